@@ -1,0 +1,66 @@
+"""The foundation methods: Mean, MGDA and PrimaryAux."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..solvers import min_norm_simplex, primary_aux
+from .base import Weighting, _uniform
+
+__all__ = ["MGDA", "Mean", "PrimaryAux"]
+
+
+class Mean(Weighting):
+    """Equal weights wᵢ = 1/k: the gradient of the mean loss (1/k) Σ Lᵢ (needs no Gram)."""
+
+    needs = frozenset({"losses"})
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert losses is not None
+        return _uniform(losses[..., 0], losses.shape[-1])
+
+
+class MGDA(Weighting):
+    """Multiple-gradient descent (Désidéri 2012; Sener & Koltun 2018), solved exactly.
+
+    w = argmin over the simplex of wᵀGw; d = Jᵀw is the min-norm point of the convex hull of
+    the task gradients, with ⟨d, gᵢ⟩ ≥ ‖d‖² for every task.
+    """
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert gram is not None
+        return min_norm_simplex(gram, check_input=False)
+
+
+class PrimaryAux(Weighting):
+    """Primary/auxiliary projection: the update closest to the primary gradient that raises no
+    auxiliary loss to first order.
+
+    With one primary: u = g0 + Σ λᵢgᵢ with λ ≥ 0 minimizing ‖u‖², so ⟨u, gᵢ⟩ ≥ 0 (≥ margin·‖u‖
+    with a robust margin) for every auxiliary. With several primaries, the min-norm common
+    descent direction of the primaries subject to the same constraints (see
+    :func:`taskgrad.solvers.primary_aux`). The primary tasks are the first ``n_primary``.
+    """
+
+    def __init__(
+        self, n_primary: int = 1, eps: float = 1e-12, margin: float = 0.0, relative_margin: bool = False
+    ) -> None:
+        if not isinstance(n_primary, int) or n_primary < 1:
+            raise ValueError(f"n_primary must be a positive int, got {n_primary!r}.")
+        if margin < 0:
+            raise ValueError(f"margin must be ≥ 0, got {margin!r}.")
+        self.n_primary = n_primary
+        self.eps = eps
+        self.margin = margin
+        self.relative_margin = relative_margin
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert gram is not None
+        return primary_aux(
+            gram,
+            n_primary=self.n_primary,
+            eps=self.eps,
+            margin=self.margin,
+            relative_margin=self.relative_margin,
+            check_input=False,
+        )
