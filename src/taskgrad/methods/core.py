@@ -43,7 +43,7 @@ class PrimaryAux(Weighting):
     """
 
     def __init__(
-        self, n_primary: int = 1, eps: float = 1e-12, margin: float = 0.0, relative_margin: bool = False
+        self, n_primary: int = 1, eps: float = 0.0, margin: float = 0.0, relative_margin: bool = False
     ) -> None:
         if not isinstance(n_primary, int) or n_primary < 1:
             raise ValueError(f"n_primary must be a positive int, got {n_primary!r}.")

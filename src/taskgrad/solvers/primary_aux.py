@@ -152,7 +152,7 @@ def _margin_projection(
 def primary_aux(
     G: Tensor,
     n_primary: int = 1,
-    eps: float = 1e-12,
+    eps: float = 0.0,
     margin: float = 0.0,
     *,
     relative_margin: bool = False,
@@ -175,7 +175,10 @@ def primary_aux(
 
     Args:
         eps: a task with ‖gᵢ‖² ≤ eps·max_j ‖gⱼ‖² is a zero gradient: an auxiliary one gets
-            weight 0 (never NaN); its constraint holds trivially.
+            weight 0 (never NaN) and its constraint is dropped. The default 0 drops exact zeros
+            only: the problem is solved in variables rescaled by 1/‖gᵢ‖, so a tiny but nonzero
+            gradient (1e-20 beside 1e20 in float64) keeps its constraint exactly. Raise eps to
+            treat gradients below a relative size as noise (e.g. 1e-12 for norm ratios < 1e-6).
         margin: with n_primary = 1, enforce the robust constraint ⟨u, gᵢ⟩ ≥ margin·‖u‖ (the
             worst case over perturbations ‖δᵢ‖ ≤ margin of each auxiliary gradient). Then
             w₀ = κ ∈ [0, 1] shrinks the step; u = 0 when no direction satisfies the margins.
@@ -253,36 +256,38 @@ def min_norm_simplex(
     )
 
 
-def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: float = 1e-12) -> Tensor:
+def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: float = 0.0) -> Tensor:
     """Scale-free KKT residual of primary/aux weights w for Gram G, batched; 0 at the optimum.
 
-    With u = Jᵀw, primary weights normalized to sum 1, and σᵢ = ‖gᵢ‖:
-    max over auxiliaries of |min(λᵢσᵢ/‖ḡ‖, ⟨u, gᵢ⟩/(σᵢ‖ḡ‖))|, and for n_primary > 1 also
-    |min(αⱼ, (⟨u, gⱼ⟩ − ‖u‖²)/‖ḡ‖²)| over primaries, where ‖ḡ‖ = max σ.
+    With u = Jᵀw (primary weights normalized to sum 1), σᵢ = ‖gᵢ‖ and S = ‖w‖₁·maxⱼ σⱼ (the
+    data's scale of ⟨u, gᵢ⟩/σᵢ): the largest of |min(λᵢσᵢ/S, ⟨u, gᵢ⟩/(σᵢS))| over auxiliaries
+    (feasibility and complementarity) and, for n_primary > 1, |min(αⱼ, (⟨u, gⱼ⟩ − ‖u‖²)/(σⱼS))|
+    over primaries. Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖²) are exempt.
     """
     k = G.shape[-1]
     Gd = G.to(torch.float64) if G.device.type == "cpu" else G
-    wd = w.to(Gd.dtype)
     n = n_primary
+    wd = w.to(Gd.dtype)
     wd = wd / wd[..., :n].sum(-1, keepdim=True).clamp_min(torch.finfo(wd.dtype).tiny)
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0)
     sig = diag.sqrt()
-    gbar = sig.amax(-1, keepdim=True)
-    gbar = torch.where(gbar > 0, gbar, torch.ones_like(gbar))
+    S = wd.abs().sum(-1, keepdim=True) * sig.amax(-1, keepdim=True)
+    S = torch.where(S > 0, S, torch.ones_like(S))
     Gu = (Gd @ wd.unsqueeze(-1)).squeeze(-1)  # ⟨u, gᵢ⟩
     dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag <= 0)
     sig_safe = torch.where(dead, torch.ones_like(sig), sig)
-    aux = torch.minimum(wd * sig / gbar, Gu / (sig_safe * gbar)).abs()
+    aux = torch.minimum(wd * sig / S, Gu / (sig_safe * S)).abs()
     aux = torch.where(dead, torch.zeros_like(aux), aux)[..., n:]
     out = aux.amax(-1) if k > n else torch.zeros(G.shape[:-2], dtype=Gd.dtype, device=G.device)
     if n > 1:
         uu = (wd * Gu).sum(-1, keepdim=True)
-        prim = torch.minimum(wd[..., :n], (Gu[..., :n] - uu) / gbar**2).abs().amax(-1)
+        prim = torch.minimum(wd[..., :n], (Gu[..., :n] - uu) / (sig_safe[..., :n] * S)).abs()
+        prim = torch.where(dead[..., :n], torch.zeros_like(prim), prim).amax(-1)
         out = torch.maximum(out, prim)
     return out.to(G.dtype)
 
 
-def primary_aux_frank_wolfe(G: Tensor, iters: int = 100, eps: float = 1e-12) -> Tensor:
+def primary_aux_frank_wolfe(G: Tensor, iters: int = 100, eps: float = 0.0) -> Tensor:
     """Reference coordinate iteration for n_primary = 1 (slow, for tests and benchmarks).
 
     Each step picks τ = argminᵢ ⟨gᵢ, u⟩ and minimizes ½‖u‖² exactly over λ_τ ≥ 0:

@@ -1,0 +1,87 @@
+"""Invariances of the solvers, checked with hypothesis on random Jacobians."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from taskgrad.solvers import min_norm_simplex, nnls, primary_aux
+
+finite = st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity=False, width=64)
+
+
+@st.composite
+def jacobians(draw, min_k: int = 2, max_k: int = 8):
+    k = draw(st.integers(min_k, max_k))
+    P = draw(st.integers(1, 12))
+    J = draw(arrays(np.float64, (k, P), elements=finite))
+    return torch.from_numpy(J)
+
+
+def _tol(J: torch.Tensor, w: torch.Tensor) -> float:
+    return 1e-9 * float(J.norm(dim=1).max() ** 2 * (1 + w.abs().sum())) + 1e-300
+
+
+@settings(max_examples=150, deadline=None)
+@given(jacobians())
+def test_primary_aux_never_conflicts_with_an_auxiliary(J: torch.Tensor) -> None:
+    w = primary_aux(J @ J.T)
+    assert torch.isfinite(w).all()
+    assert float(w[0]) == 1.0 and bool((w[1:] >= 0).all())
+    u = J.T @ w
+    assert bool((J[1:] @ u >= -_tol(J, w)).all())
+    # it is also the closest such point: no feasible step towards g0 helps (⟨u − g0, u⟩ = 0)
+    assert abs(float((u - J[0]) @ u)) <= _tol(J, w)
+
+
+@settings(max_examples=100, deadline=None)
+@given(jacobians(min_k=3), st.randoms(use_true_random=False))
+def test_permuting_auxiliaries_permutes_weights(J: torch.Tensor, rnd) -> None:
+    k = J.shape[0]
+    perm = list(range(1, k))
+    rnd.shuffle(perm)
+    order = torch.tensor([0, *perm])
+    w = primary_aux(J @ J.T)
+    wp = primary_aux(J[order] @ J[order].T)
+    # the direction is unique; the weights too when the auxiliaries are independent
+    torch.testing.assert_close(J[order].T @ wp, J.T @ w, rtol=1e-7, atol=1e-7 * float(1 + J.abs().max() ** 2))
+    Ja = J[1:]
+    if torch.linalg.matrix_rank(Ja) == k - 1 and torch.linalg.cond(Ja @ Ja.T) < 1e6:
+        torch.testing.assert_close(wp, w[order], rtol=1e-6, atol=1e-8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(jacobians(min_k=2, max_k=2))
+def test_closed_form_matches_general_solver(J: torch.Tensor) -> None:
+    G = J @ J.T
+    w = primary_aux(G)  # k = 2: the closed form
+    lam = nnls(G[1:, 1:], G[1:, 0])  # the general pivoting solver
+    # with an extra zero auxiliary the general active-set path runs on the same problem
+    J3 = torch.cat([J, torch.zeros_like(J[:1])])
+    w3 = primary_aux(J3 @ J3.T)
+    u = J.T @ w
+    for other in (torch.cat([w[:1], lam]), w3[:2]):
+        torch.testing.assert_close(J.T @ other, u, rtol=1e-8, atol=1e-8 * float(1 + J.abs().max() ** 2))
+    assert float(w3[2]) == 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(jacobians(min_k=1))
+def test_mgda_direction_descends_every_task(J: torch.Tensor) -> None:
+    a = min_norm_simplex(J @ J.T)
+    assert bool((a >= 0).all()) and abs(float(a.sum()) - 1) <= 1e-12
+    d = J.T @ a
+    assert bool((J @ d >= (d @ d) - _tol(J, a)).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(jacobians(min_k=2, max_k=6), st.floats(min_value=1e-12, max_value=1e12))
+def test_global_scale_invariance(J: torch.Tensor, s: float) -> None:
+    G = J @ J.T
+    for n in (1, J.shape[0]):
+        w = primary_aux(G, n_primary=n)
+        ws = primary_aux(G * s, n_primary=n)
+        torch.testing.assert_close(J.T @ ws, J.T @ w, rtol=1e-6, atol=1e-6 * float(1 + J.abs().max() ** 2))

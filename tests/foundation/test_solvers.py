@@ -1,0 +1,302 @@
+"""Exactness of the batched Gram solvers: KKT conditions and agreement with independent solvers."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from taskgrad.solvers import (
+    min_norm_simplex,
+    nnls,
+    primary_aux,
+    primary_aux_frank_wolfe,
+    primary_aux_kkt_residual,
+)
+from tests.foundation.gram_cases import KINDS, gram, jacobian
+
+
+def kkt_primary_aux(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: float = 1e-12) -> float:
+    """Independent KKT residual of the (mixed) primary/aux problem, written from the math.
+
+    n = 1: w₀ = 1, λ ≥ 0, ⟨u, gᵢ⟩ ≥ 0 and λᵢ⟨u, gᵢ⟩ = 0 (stationarity holds by construction
+    u = g0 + Σλᵢgᵢ). n > 1: α in the simplex and ⟨u, gⱼ⟩ ≥ ‖u‖² with equality where αⱼ > 0.
+    Inner products with gᵢ are normalized by σᵢ·T with T = ‖w‖₁·maxⱼ σⱼ, the data's scale.
+    """
+    G = G.double()
+    w = w.double()
+    assert bool((w >= 0).all()), "negative weight"
+    if n == 1:
+        assert abs(float(w[0]) - 1.0) < 1e-12
+    else:
+        assert abs(float(w[:n].sum()) - 1.0) < 1e-9
+    sig = torch.diagonal(G).clamp_min(0).sqrt()
+    S = float(w.abs().sum() * sig.max()) or 1.0
+    Gu = G @ w
+    live = torch.diagonal(G) > eps * torch.diagonal(G).max()
+    res = 0.0
+    for i in range(len(w)):
+        if not live[i]:
+            continue
+        if i < n:
+            if n == 1:
+                continue
+            slack = (Gu[i] - w @ Gu) / (sig[i] * S)
+            res = max(res, abs(min(float(w[i]), float(slack))))
+        else:
+            res = max(res, abs(min(float(w[i] * sig[i] / S), float(Gu[i] / (sig[i] * S)))))
+    return res
+
+
+def cvxpy_direction(J: np.ndarray, n: int = 1, margin: float = 0.0) -> np.ndarray:
+    """u from cvxpy, independently of taskgrad (the primal form for n = 1, the dual otherwise)."""
+    k, P = J.shape
+    scale = np.abs(J).max() or 1.0
+    Js = J / scale
+    if n == 1:
+        u = cp.Variable(P)
+        cons = [Js[1:] @ u >= margin / scale * cp.norm(u)] if margin > 0 else [Js[1:] @ u >= 0]
+        cp.Problem(cp.Minimize(cp.sum_squares(u - Js[0])), cons).solve(solver=cp.CLARABEL)
+        return u.value * scale
+    w = cp.Variable(k)
+    cons = [w >= 0, cp.sum(w[:n]) == 1]
+    cp.Problem(cp.Minimize(cp.sum_squares(Js.T @ w)), cons).solve(solver=cp.CLARABEL)
+    return Js.T @ w.value * scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("k", [2, 3, 8, 40])
+def test_primary_aux_kkt_and_agrees_with_cvxpy(kind: str, k: int) -> None:
+    J = jacobian(kind, k, P=2 * k + 5, seed=k)
+    G = gram(J)
+    w, info = primary_aux(G, return_info=True)
+    assert bool(info.converged)
+    assert kkt_primary_aux(w, G) <= 1e-6
+    assert float(info.kkt_residual) <= 1e-6
+    u = J.T @ w
+    u_ref = torch.from_numpy(cvxpy_direction(J.numpy()))
+    ref_scale = float(J.norm(dim=1).max())
+    assert float((u - u_ref).norm()) <= 1e-4 * ref_scale
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("k,n", [(3, 2), (8, 3), (12, 12), (40, 5)])
+def test_mixed_and_mgda_agree_with_cvxpy(kind: str, k: int, n: int) -> None:
+    J = jacobian(kind, k, P=2 * k + 5, seed=7 * k + n)
+    G = gram(J)
+    w, info = primary_aux(G, n_primary=n, return_info=True)
+    assert bool(info.converged)
+    assert kkt_primary_aux(w, G, n=n) <= 1e-6
+    u = J.T @ w
+    u_ref = torch.from_numpy(cvxpy_direction(J.numpy(), n=n))
+    assert float((u - u_ref).norm()) <= 1e-4 * float(J.norm(dim=1).max())
+
+
+def test_min_norm_simplex_is_mgda() -> None:
+    J = jacobian("random", 6, 9, seed=3)
+    G = gram(J)
+    a = min_norm_simplex(G)
+    assert torch.allclose(a, primary_aux(G, n_primary=6), atol=0, rtol=0)
+    d = J.T @ a
+    # ⟨d, g_j⟩ ≥ ‖d‖² for every task, equality on the support
+    inner = J @ d
+    assert bool((inner >= d @ d - 1e-10 * float(G.diagonal().max())).all())
+
+
+@pytest.mark.parametrize("k", [128, 512])
+def test_large_k_kkt(k: int) -> None:
+    for kind in ["conflicting", "rank_deficient", "duplicated", "zero"]:
+        J = jacobian(kind, k, P=k + 50, seed=k)
+        G = gram(J)
+        w, info = primary_aux(G, return_info=True)
+        assert bool(info.converged), kind
+        assert kkt_primary_aux(w, G) <= 1e-6, kind
+        w32, info32 = primary_aux(G.float(), compute_dtype=torch.float32, return_info=True)
+        assert bool(info32.converged), kind
+        assert kkt_primary_aux(w32, G) <= 1e-4, kind
+
+
+def test_k512_agrees_with_cvxpy() -> None:
+    J = jacobian("conflicting", 512, P=600, seed=1)
+    w = primary_aux(gram(J))
+    u_ref = torch.from_numpy(cvxpy_direction(J.numpy()))
+    assert float((J.T @ w - u_ref).norm()) <= 1e-4 * float(J.norm(dim=1).max())
+
+
+def test_agrees_with_quadprog_on_full_rank() -> None:
+    quadprog = pytest.importorskip("quadprog")
+    for seed in range(5):
+        J = jacobian("conflicting", 20, 60, seed=seed)
+        G = gram(J).numpy()
+        Q, c = G[1:, 1:], G[1:, 0]
+        lam_ref = quadprog.solve_qp(Q, -c, np.eye(19), np.zeros(19))[0]
+        w = primary_aux(torch.from_numpy(G))
+        np.testing.assert_allclose(w[1:].numpy(), lam_ref, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+def test_scale_invariance_1e20(dtype: torch.dtype, tol: float) -> None:
+    """Scaling task i's gradient by sᵢ leaves the cone unchanged: u(DGD) = s₀·u(G)."""
+    J = jacobian("conflicting", 10, 30, seed=5)
+    lo, hi = (-20, 20) if dtype == torch.float64 else (-8, 8)
+    s = torch.logspace(lo, hi, 10, dtype=torch.float64)[torch.randperm(10, generator=torch.Generator().manual_seed(0))]
+    Js = J * s[:, None]
+    w = primary_aux(gram(J))
+    ws, info = primary_aux(gram(Js).to(dtype), compute_dtype=dtype, return_info=True)
+    assert bool(info.converged)
+    u = J.T @ w
+    us = Js.T @ ws.double() / s[0]
+    assert float((u - us).norm()) <= tol * 10 * float(u.norm() + J[0].norm())
+    for g in [1e-20, 1e20] if dtype == torch.float64 else [1e-15, 1e15]:
+        wg = primary_aux((gram(J) * g).to(dtype), compute_dtype=dtype)
+        torch.testing.assert_close(wg.double(), w, rtol=tol, atol=tol)
+
+
+def test_zero_gradients_get_zero_weight_and_no_nan() -> None:
+    J = jacobian("conflicting", 6, 12, seed=2)
+    J[2] = 0.0
+    J[4] = 0.0
+    G = gram(J)
+    w = primary_aux(G)
+    assert torch.isfinite(w).all()
+    assert w[2] == 0 and w[4] == 0
+    # one auxiliary with a zero gradient: closed form gives 0, not NaN
+    G2 = gram(torch.stack([J[0], torch.zeros_like(J[0])]))
+    assert torch.equal(primary_aux(G2), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # zero primary: no step at all
+    G3 = gram(torch.cat([torch.zeros_like(J[:1]), J[1:]]))
+    w3 = primary_aux(G3)
+    assert torch.isfinite(w3).all() and float((J[1:].T @ w3[1:]).norm()) <= 1e-12
+    # all-zero Gram, for every solver
+    Z = torch.zeros(4, 4, dtype=torch.float64)
+    assert torch.equal(primary_aux(Z), torch.tensor([1.0, 0, 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(min_norm_simplex(Z).sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_closed_form_one_auxiliary() -> None:
+    J = jacobian("conflicting", 2, 7, seed=11)
+    G = gram(J)
+    w = primary_aux(G)
+    lam = max(0.0, -float(G[0, 1])) / float(G[1, 1])
+    assert float(w[1]) == pytest.approx(lam, rel=1e-14)
+    # the general solver (through the margin-free NNLS on a 1×1 block) agrees
+    lam_nnls = nnls(G[1:, 1:], G[1:, 0])
+    assert float(lam_nnls[0]) == pytest.approx(lam, rel=1e-12)
+
+
+def test_batched_equals_one_by_one() -> None:
+    Gs = torch.stack([gram(jacobian(kind, 12, 20, seed=i)) for i, kind in enumerate(KINDS * 3)])
+    Gs = Gs.reshape(3, len(KINDS), 12, 12)
+    for n in (1, 4, 12):
+        wb = primary_aux(Gs, n_primary=n)
+        assert wb.shape == (3, len(KINDS), 12)
+        for a in range(3):
+            for b in range(len(KINDS)):
+                w1 = primary_aux(Gs[a, b], n_primary=n)
+                torch.testing.assert_close(wb[a, b], w1, rtol=1e-9, atol=1e-12)
+
+
+def test_nnls_kkt_and_cvxpy() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        k = int(rng.integers(1, 30))
+        A = rng.standard_normal((k, int(rng.integers(1, 2 * k + 2))))
+        Q = A @ A.T
+        c = A @ rng.standard_normal(A.shape[1])  # c in range(Q): bounded
+        x, info = nnls(torch.from_numpy(Q), torch.from_numpy(c), return_info=True)
+        x = x.numpy()
+        y = Q @ x + c
+        assert (x >= 0).all()
+        scale = 1 + np.abs(Q).max() * np.abs(x).sum() + np.abs(c).max()
+        assert np.abs(np.minimum(x, y)).max() <= 1e-9 * scale
+        xv = cp.Variable(k)
+        prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(A.T @ xv) + c @ xv), [xv >= 0])
+        prob.solve(solver=cp.CLARABEL)
+        ours = 0.5 * x @ Q @ x + c @ x
+        assert ours <= prob.value + 1e-6 * (1 + abs(prob.value))
+
+
+def test_nnls_unbounded_raises() -> None:
+    Q = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    c = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="unbounded"):
+        nnls(Q, c)
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.3])
+def test_margin_against_cvxpy_socp(margin: float) -> None:
+    for seed in range(4):
+        J = jacobian("conflicting", 5, 12, seed=seed)
+        J = J / J.norm(dim=1, keepdim=True)
+        G = gram(J)
+        w, info = primary_aux(G, margin=margin, return_info=True)
+        assert bool(info.converged)
+        u = J.T @ w
+        u_ref = torch.from_numpy(cvxpy_direction(J.numpy(), margin=margin))
+        assert float((u - u_ref).norm()) <= 1e-5
+        # the robust constraint holds: ⟨u, gᵢ⟩ ≥ margin·‖u‖
+        assert bool((J[1:] @ u >= margin * u.norm() - 1e-8).all())
+
+
+def test_relative_margin_is_cosine() -> None:
+    J = jacobian("conflicting", 4, 10, seed=9) * torch.tensor([[1.0], [3.0], [0.2], [7.0]], dtype=torch.float64)
+    w = primary_aux(gram(J), margin=0.1, relative_margin=True)
+    u = J.T @ w
+    cos = (J[1:] @ u) / (J[1:].norm(dim=1) * u.norm())
+    assert bool((cos >= 0.1 - 1e-8).all())
+
+
+def test_margin_infeasible_gives_zero_step() -> None:
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    w = primary_aux(gram(g), margin=0.1)
+    assert float((g.T @ w).norm()) <= 1e-12
+
+
+def test_frank_wolfe_reference_converges_to_exact() -> None:
+    for kind in ["random", "conflicting", "zero"]:
+        J = jacobian(kind, 6, 15, seed=4)
+        G = gram(J)
+        exact = J.T @ primary_aux(G)
+        approx = J.T @ primary_aux_frank_wolfe(G, iters=3000)
+        assert float((exact - approx).norm()) <= 1e-6 * float(J.norm(dim=1).max())
+        assert float(primary_aux_kkt_residual(primary_aux_frank_wolfe(G, iters=3000), G)) <= 1e-6
+
+
+def test_bad_input_errors() -> None:
+    G = gram(jacobian("random", 3, 5))
+    with pytest.raises(ValueError, match="square"):
+        primary_aux(G[:, :2])
+    with pytest.raises(ValueError, match="symmetric"):
+        bad = G.clone()
+        bad[0, 1] += 1.0
+        primary_aux(bad)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        bad = G.clone()
+        bad[1, 1] = float("nan")
+        primary_aux(bad)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        bad = G.clone()
+        bad[0, 0] = float("inf")
+        min_norm_simplex(bad)
+    with pytest.raises(ValueError, match="n_primary"):
+        primary_aux(G, n_primary=0)
+    with pytest.raises(ValueError, match="n_primary"):
+        primary_aux(G, n_primary=4)
+    with pytest.raises(TypeError, match="floating"):
+        primary_aux(torch.eye(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="margin"):
+        primary_aux(G, margin=-1.0)
+    with pytest.raises(ValueError, match="one primary"):
+        primary_aux(G, n_primary=2, margin=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    Gs = torch.stack([gram(jacobian(kind, 32, 40, seed=i)) for i, kind in enumerate(KINDS)])
+    w_cpu = primary_aux(Gs)
+    w_gpu = primary_aux(Gs.float().cuda())
+    assert w_gpu.device.type == "cuda"
+    for i in range(len(KINDS)):
+        assert kkt_primary_aux(w_gpu[i].cpu(), Gs[i]) <= 1e-4
+    torch.testing.assert_close(Gs @ w_gpu.double().cpu().unsqueeze(-1), Gs @ w_cpu.unsqueeze(-1), rtol=1e-3, atol=1e-3)
