@@ -10,6 +10,15 @@ from torch import Tensor
 
 def as_loss_vector(losses: Sequence[Tensor] | Tensor) -> Tensor:
     """Stack k scalar losses into a (k,) tensor that stays in the graph; clear errors otherwise."""
+    return torch.stack(loss_list(losses))
+
+
+def loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    """Validate k scalar losses and return them as a list of 0-d tensors.
+
+    Graph walks (which parameters a loss depends on) must start from these, not from the
+    entries of a stacked vector, whose graphs all pass through the stack.
+    """
     if isinstance(losses, Tensor):
         if losses.dim() != 1:
             raise ValueError(
@@ -36,7 +45,7 @@ def as_loss_vector(losses: Sequence[Tensor] | Tensor) -> Tensor:
                 f"loss {i} does not require grad: it is not connected to any parameter (was it "
                 "computed under torch.no_grad() or from detached tensors?)."
             )
-    return torch.stack([loss.reshape(()) for loss in items])
+    return [loss.reshape(()) for loss in items]
 
 
 def check_params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -80,9 +89,9 @@ def reachable_leaves(root: Tensor) -> list[Tensor]:
     return out
 
 
-def shared_parameters(losses: Tensor) -> list[Tensor]:
+def shared_parameters(losses: Sequence[Tensor]) -> list[Tensor]:
     """Parameters reachable from at least two of the k losses (all of them when k = 1)."""
-    per_task = [reachable_leaves(loss) for loss in losses.unbind()]
+    per_task = [reachable_leaves(loss) for loss in loss_list(losses)]
     if len(per_task) == 1:
         return per_task[0]
     count: dict[int, int] = {}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._graph import as_loss_vector, check_params, depends_on
+from ._graph import as_loss_vector, check_params, depends_on, loss_list
 
 __all__ = ["parameter_gram", "representation_gram"]
 
@@ -118,7 +118,8 @@ def representation_gram(
     2018). Raises ValueError when ``features`` is not in the losses' graph or a loss does not
     depend on it.
     """
-    L = as_loss_vector(losses)
+    items = loss_list(losses)
+    L = torch.stack(items)
     feats = [features] if isinstance(features, Tensor) else list(features)
     if not feats:
         raise ValueError("features is empty: pass the shared representation tensor z.")
@@ -140,7 +141,7 @@ def representation_gram(
         )
     dtype = _gram_dtype(feats[0])
     flat = torch.cat([g.reshape(k, -1).to(dtype) for g in rows if g is not None], dim=1)
-    idx = [i for i, loss in enumerate(L.unbind()) if not depends_on(loss, feats)]
+    idx = [i for i, loss in enumerate(items) if not depends_on(loss, feats)]
     if idx:
         raise ValueError(
             f"loss(es) {idx} do not depend on the features, so their gradient at the "

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..methods.base import Weighting
 from ..methods.core import Mean
-from ..sources._graph import as_loss_vector, check_params, shared_parameters
+from ..sources._graph import check_params, loss_list, shared_parameters
 from ..sources.gram import parameter_gram, representation_gram
 
 __all__ = ["BackwardResult", "backward"]
@@ -73,7 +73,8 @@ def backward(
     method = Mean() if method is None else method
     if not isinstance(method, Weighting):
         raise TypeError(f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(method).__name__}.")
-    L = as_loss_vector(losses)
+    items = loss_list(losses)
+    L = torch.stack(items)
     L_det = L.detach()
     k = L.shape[0]
 
@@ -91,9 +92,9 @@ def backward(
     gram: Tensor | None = None
     if "gram" in method.needs:
         if features is not None:
-            gram = representation_gram(L, features)
+            gram = representation_gram(items, features)
         else:
-            plist = shared_parameters(L) if params is None else check_params(params)
+            plist = shared_parameters(items) if params is None else check_params(params)
             gram = parameter_gram(L, plist, max_jacobian_numel=max_jacobian_numel)
         if not bool(torch.isfinite(gram).all()):
             return skip(gram, "the Gram matrix of the task gradients")
