@@ -186,15 +186,23 @@ def test_closed_form_one_auxiliary() -> None:
 
 
 def test_batched_equals_one_by_one() -> None:
-    Gs = torch.stack([gram(jacobian(kind, 12, 20, seed=i)) for i, kind in enumerate(KINDS * 3)])
+    kinds = KINDS * 3
+    Gs = torch.stack([gram(jacobian(kind, 12, 20, seed=i)) for i, kind in enumerate(kinds)])
     Gs = Gs.reshape(3, len(KINDS), 12, 12)
     for n in (1, 4, 12):
         wb = primary_aux(Gs, n_primary=n)
         assert wb.shape == (3, len(KINDS), 12)
         for a in range(3):
             for b in range(len(KINDS)):
-                w1 = primary_aux(Gs[a, b], n_primary=n)
-                torch.testing.assert_close(wb[a, b], w1, rtol=1e-9, atol=1e-12)
+                G = Gs[a, b]
+                w1 = primary_aux(G, n_primary=n)
+                # the direction u = Jᵀw is unique: compare ⟨u, gᵢ⟩ = (Gw)ᵢ and ‖u_b − u_1‖
+                scale = float(G.diagonal().max())
+                torch.testing.assert_close(G @ wb[a, b], G @ w1, rtol=0, atol=1e-9 * scale)
+                diff = wb[a, b] - w1
+                assert float(diff @ G @ diff) <= 1e-18 * scale
+                if KINDS[b] in ("random", "conflicting"):  # full rank: the weights are unique too
+                    torch.testing.assert_close(wb[a, b], w1, rtol=1e-9, atol=1e-12)
 
 
 def test_nnls_kkt_and_cvxpy() -> None:

@@ -61,7 +61,24 @@ def _scaled_residual(Qs: Tensor, cs: Tensor, xs: Tensor) -> Tensor:
 
 
 def _solve_free_block(Qs: Tensor, cs: Tensor, free: Tensor, ridge: float) -> Tensor:
-    """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F and x_A = 0, for every problem of the batch."""
+    """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F and x_A = 0, for every problem of the batch.
+
+    A batch is solved with masks (no gather, no host synchronization); a single problem on the
+    CPU solves the gathered free block only, which is cheaper when few variables are free.
+    """
+    if Qs.shape[0] == 1 and Qs.device.type == "cpu":
+        idx = free[0].nonzero().squeeze(1)
+        x = torch.zeros_like(cs)
+        if idx.numel() == 0:
+            return x
+        M = Qs[0].index_select(0, idx).index_select(1, idx)
+        M = M + ridge * torch.eye(idx.numel(), dtype=M.dtype)
+        rhs = -cs[0].index_select(0, idx).unsqueeze(-1)
+        L, _ = torch.linalg.cholesky_ex(M)
+        xf = torch.cholesky_solve(rhs, L)
+        xf = xf + torch.cholesky_solve(rhs - M @ xf, L)
+        x[0, idx] = xf.squeeze(-1)
+        return x
     f = free.to(Qs.dtype)
     ff = f.unsqueeze(-1) * f.unsqueeze(-2)
     M = Qs * ff + torch.diag_embed((1.0 - f) + ridge * f)
@@ -85,12 +102,10 @@ def _pivot(
     """Block principal pivoting on (B, k) problems; returns (x, free, iterations, converged)."""
     B, k = cs.shape
     dev = cs.device
-    if free is None:
-        free = torch.zeros(B, k, dtype=torch.bool, device=dev)
-        x = torch.zeros_like(cs)
-    else:
-        free = free & ~fixed_zero
-        x = _solve_free_block(Qs, cs, free, ridge)
+    if free is None:  # start from the variables that would decrease the objective alone
+        free = cs < 0
+    free = free & ~fixed_zero
+    x = _solve_free_block(Qs, cs, free, ridge)
     y = torch.where(free, torch.zeros_like(cs), (Qs @ x.unsqueeze(-1)).squeeze(-1) + cs)
     n_best = torch.full((B,), k + 1, dtype=torch.long, device=dev)
     budget = torch.full((B,), 3, dtype=torch.long, device=dev)
