@@ -16,11 +16,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _methods(args: argparse.Namespace) -> int:
     from . import methods
 
-    listing = getattr(methods, "available", None)
-    rows = listing() if listing is not None else {
-        name: (getattr(methods, name).__doc__ or "").strip().splitlines()[0]
-        for name in ("Mean", "MGDA", "PrimaryAux")
-    }
+    rows = methods.available()
     width = max(len(n) for n in rows)
     for name, doc in rows.items():
         print(f"{name:<{width}}  {doc}")

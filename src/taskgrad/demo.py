@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .methods import Mean, PrimaryAux, Weighting
+from .methods import Mean, PrimaryAux, PrimaryOnly, Weighting
 from .training import backward
 
 A0 = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
@@ -38,18 +38,6 @@ def quadratic(A: torch.Tensor, m: torch.Tensor) -> Callable[[torch.Tensor], torc
 
 L0 = quadratic(A0, M0)
 L1 = quadratic(A1, M1)
-
-
-class PrimaryOnly(Weighting):
-    """w = (1, 0, …, 0): the primary gradient alone (a baseline for the demo)."""
-
-    needs = frozenset({"losses"})
-
-    def compute(self, *, gram: torch.Tensor | None, losses: torch.Tensor | None) -> torch.Tensor:
-        assert losses is not None
-        w = torch.zeros_like(losses)
-        w[..., 0] = 1.0
-        return w
 
 
 def run(method: Weighting, steps: int = 60, lr: float = 0.05) -> dict[str, list]:
