@@ -1,0 +1,196 @@
+"""Per-step overhead of every registered method relative to Mean, and Nash-MTL's exact solver
+against a transcription of the reference implementation's cvxpy (ECOS) CCP loop.
+
+    python benchmarks/methods.py [--device cpu|cuda] [--ks 2 10 40] [--reps 5]
+
+Writes benchmarks/out/methods.json and benchmarks/out/methods.png; prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import taskgrad
+from taskgrad import methods as M
+
+OUT = Path(__file__).parent / "out"
+
+
+def make_model(k: int, device: str, width: int = 256, depth: int = 3, d_in: int = 64):
+    torch.manual_seed(0)
+    layers = []
+    for i in range(depth):
+        layers += [torch.nn.Linear(d_in if i == 0 else width, width), torch.nn.ReLU()]
+    trunk = torch.nn.Sequential(*layers).to(device)
+    heads = torch.nn.Linear(width, k).to(device)
+    x = torch.randn(128, d_in, device=device)
+    y = torch.randn(128, k, device=device)
+    return trunk, heads, x, y
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_time(method, k: int, device: str, reps: int) -> float:
+    """Median seconds of one full step: forward, taskgrad.backward(method), optimizer step."""
+    trunk, heads, x, y = make_model(k, device)
+    params = list(trunk.parameters()) + list(heads.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    times = []
+    for r in range(reps + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        out = heads(trunk(x))
+        losses = ((out - y) ** 2).mean(0) + 0.1
+        taskgrad.backward(list(losses), params=list(trunk.parameters()), method=method)
+        opt.step()
+        sync(device)
+        if r > 0:  # first step warms up
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def solve_time(method, G: torch.Tensor, L: torch.Tensor, reps: int, device: str) -> float:
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        method(gram=G, losses=L)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def nash_reference_loop(GTG, prev_alpha, optim_niter: int = 20):
+    """Transcription of the reference Nash-MTL solver: a sequence of convex problems (the
+    concave part of the objective linearized at the previous α), solved by cvxpy + ECOS with
+    warm starts, stopping on ‖Gα − 1/α‖ < 1e-3 or a step < 1e-6. GTG normalized by its norm."""
+    import cvxpy as cp
+    import numpy as np
+
+    k = GTG.shape[0]
+    nf = np.linalg.norm(GTG)
+    Gn = GTG / nf
+    alpha = cp.Variable(k, nonneg=True)
+    prev = cp.Parameter(k, value=prev_alpha)
+    Gp = cp.Parameter((k, k), value=Gn)
+    nfp = cp.Parameter(1, value=np.array([nf]))
+    Ga = Gp @ alpha
+    lin = (1 / prev + (1 / (Gp @ prev)) @ Gp) @ (alpha - prev)
+    cons = [-cp.log(alpha[i] * nfp) - cp.log(Ga[i]) <= 0 for i in range(k)]
+    prob = cp.Problem(cp.Minimize(cp.sum(Ga) + lin / nfp), cons)
+    a_t = prev_alpha
+    for _ in range(optim_niter):
+        alpha.value = a_t
+        prev.value = a_t
+        try:
+            prob.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
+        except Exception:
+            alpha.value = prev.value
+        if alpha.value is None or np.linalg.norm(Gn @ a_t - 1 / (a_t + 1e-10)) < 1e-3 or np.linalg.norm(alpha.value - prev.value) < 1e-6:
+            break
+        a_t = alpha.value
+    return a_t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 10, 40])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    from rich.progress import track
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    names = [n for n in M.available() if n != "prior-loss"]
+    rows = []
+    for k in args.ks:
+        base = step_time(M.Mean(), k, args.device, args.reps)
+        torch.manual_seed(1)
+        J = torch.randn(k, 2000, device=args.device) + 1.0  # a common component keeps Nash-MTL defined
+        G = J @ J.T
+        L = torch.rand(k, device=args.device) + 0.5
+        for name in track(names, description=f"k={k}"):
+            try:
+                t = step_time(M.get(name), k, args.device, args.reps)
+                s = solve_time(M.get(name), G, L, args.reps, args.device)
+                rows.append({"k": k, "method": name, "step_s": t, "mean_step_s": base, "ratio": t / base, "solve_s": s})
+            except M.UndefinedMethodError as e:
+                rows.append({"k": k, "method": name, "error": str(e)[:80]})
+    # Nash-MTL: exact Newton vs the reference CCP loop on the same Gram matrices
+    nash = []
+    import numpy as np
+
+    for k in args.ks:
+        torch.manual_seed(2)
+        J = torch.randn(k, 2000, dtype=torch.float64) + 1.0
+        G = J @ J.T
+        t0 = time.perf_counter()
+        for _ in range(args.reps):
+            a = M.NashMTL(max_norm=0)(gram=G.to(args.device))
+        t_ours = (time.perf_counter() - t0) / args.reps
+        t0 = time.perf_counter()
+        reps_ref = 1 if k >= 40 else args.reps
+        for _ in range(reps_ref):
+            a_ref = nash_reference_loop(G.numpy(), np.ones(k))
+        t_ref = (time.perf_counter() - t0) / reps_ref
+        a = a.cpu().double()
+        res_ours = float((a * (G @ a) - 1).abs().max())
+        ar = torch.tensor(a_ref)
+        res_ref = float((ar * (G @ ar) - 1).abs().max())
+        nash.append({"k": k, "ours_s": t_ours, "reference_s": t_ref, "speedup": t_ref / t_ours,
+                     "kkt_ours": res_ours, "kkt_reference": res_ref})
+    result = {"device": args.device, "threads": args.threads, "rows": rows, "nash": nash}
+    (OUT / "methods.json").write_text(json.dumps(result, indent=1))
+
+    print(f"\n### Step time relative to Mean (device {args.device})\n")
+    print("| method | " + " | ".join(f"k={k} ratio" for k in args.ks) + " | " + " | ".join(f"k={k} solve ms" for k in args.ks) + " |")
+    print("|---|" + "---|" * (2 * len(args.ks)))
+    for name in names:
+        cells, solves = [], []
+        for k in args.ks:
+            r = next(r for r in rows if r["k"] == k and r["method"] == name)
+            cells.append(f"{r['ratio']:.2f}" if "ratio" in r else "undefined")
+            solves.append(f"{1e3 * r['solve_s']:.2f}" if "solve_s" in r else "-")
+        print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(solves) + " |")
+    print("\nMean step (ms): " + ", ".join(f"k={k}: {1e3 * next(r['mean_step_s'] for r in rows if r['k'] == k and 'mean_step_s' in r):.2f}" for k in args.ks))
+    print("\n### Nash-MTL: exact Newton vs the reference cvxpy/ECOS loop\n")
+    print("| k | ours (ms) | reference loop (ms) | speedup | max abs(a(Ga)-1) ours | reference |")
+    print("|---|---|---|---|---|---|")
+    for n in nash:
+        print(f"| {n['k']} | {1e3 * n['ours_s']:.2f} | {1e3 * n['reference_s']:.1f} | {n['speedup']:.0f}x | {n['kkt_ours']:.1e} | {n['kkt_reference']:.1e} |")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(12, 4))
+        width = 0.8 / len(args.ks)
+        for i, k in enumerate(args.ks):
+            vals = [next((r.get("ratio", float("nan")) for r in rows if r["k"] == k and r["method"] == n), float("nan")) for n in names]
+            ax.bar([j + i * width for j in range(len(names))], vals, width, label=f"k={k}")
+        ax.set_xticks([j + 0.4 for j in range(len(names))], names, rotation=75, fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_ylabel("step time / Mean")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(OUT / "methods.png", dpi=120)
+    except Exception as e:  # plotting is a convenience
+        print(f"(plot skipped: {e})")
+
+
+if __name__ == "__main__":
+    main()

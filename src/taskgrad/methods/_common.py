@@ -1,0 +1,142 @@
+"""Small helpers shared by the method zoo: working dtype, norms from a Gram diagonal, randomness,
+state dictionaries and learnable per-task parameters with their own optimizer."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LearnedTaskParameter",
+    "check_generator",
+    "check_positive_losses",
+    "clone_state",
+    "diag_norms",
+    "flat_gram",
+    "work_dtype",
+]
+
+
+def work_dtype(x: Tensor) -> torch.dtype:
+    """float64 on the CPU (as cheap as float32 at these sizes); the input's dtype on a GPU."""
+    if x.device.type == "cpu" or x.dtype == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+def flat_gram(G: Tensor) -> tuple[Tensor, torch.Size]:
+    """(B, k, k) symmetrized Gram in the working dtype, and the batch shape to restore."""
+    k = G.shape[-1]
+    Gb = G.to(work_dtype(G)).reshape(-1, k, k)
+    return 0.5 * (Gb + Gb.transpose(-1, -2)), G.shape[:-2]
+
+
+def diag_norms(G: Tensor) -> Tensor:
+    """σᵢ = ‖gᵢ‖ = √G_ii (clamped at 0 against rounding), shape (..., k)."""
+    return torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+
+
+def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """Validate an optional ``torch.Generator`` (used for every random draw of a method)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+    return generator
+
+
+def check_positive_losses(name: str, losses: Tensor, offset: float = 0.0) -> None:
+    """Raise a clear error unless every loss exceeds ``offset`` (methods that take logs/ratios)."""
+    if bool((losses <= offset).any()):
+        raise ValueError(
+            f"{name} needs every task loss > {offset:g} (it divides by or takes the log of the "
+            f"losses), got min {float(losses.min()):.4g}. Shift the losses to be positive (e.g. "
+            "add a constant) or use a method that accepts any sign."
+        )
+
+
+def clone_state(x: Any) -> Any:
+    """A deep copy of a state value with tensors cloned (so later steps cannot alter it)."""
+    if isinstance(x, Tensor):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: clone_state(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(clone_state(v) for v in x)
+    return copy.deepcopy(x)
+
+
+def generator_state(generator: torch.Generator | None) -> Tensor | None:
+    return None if generator is None else generator.get_state()
+
+
+def set_generator_state(generator: torch.Generator | None, state: Tensor | None) -> None:
+    if generator is not None and state is not None:
+        generator.set_state(state)
+
+
+class LearnedTaskParameter:
+    """A per-task parameter tensor ξ (shape of the losses, created lazily) updated by its own
+    optimizer: ``step(grad)`` sets ξ.grad = grad and takes one step of SGD or Adam with
+    learning rate ``lr`` (torch.optim, so the update is exactly torch's)."""
+
+    def __init__(
+        self, init: float, lr: float, optimizer: Literal["sgd", "adam"] = "sgd", weight_decay: float = 0.0
+    ) -> None:
+        if lr < 0 or lr != lr:
+            raise ValueError(f"lr must be ≥ 0, got {lr!r}.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay!r}.")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+        self.init = float(init)
+        self.lr = float(lr)
+        self.optimizer = optimizer
+        self.weight_decay = float(weight_decay)
+        self.value: Tensor | None = None
+        self._opt: torch.optim.Optimizer | None = None
+
+    def get(self, like: Tensor) -> Tensor:
+        """The current ξ (created as ``init`` with the shape, dtype and device of ``like``)."""
+        if self.value is None:
+            self.value = torch.full_like(like, self.init, dtype=like.dtype).requires_grad_(True)
+        elif self.value.shape != like.shape:
+            raise ValueError(
+                f"the losses changed shape from {tuple(self.value.shape)} to {tuple(like.shape)}; "
+                "call reset() before changing the number of tasks."
+            )
+        return self.value
+
+    def _optim(self) -> torch.optim.Optimizer:
+        if self._opt is None:
+            assert self.value is not None
+            if self.optimizer == "sgd":
+                self._opt = torch.optim.SGD([self.value], lr=self.lr, weight_decay=self.weight_decay)
+            else:
+                self._opt = torch.optim.Adam([self.value], lr=self.lr, weight_decay=self.weight_decay)
+        return self._opt
+
+    def step(self, grad: Tensor) -> None:
+        """One optimizer step on ξ with the given gradient."""
+        assert self.value is not None
+        self.value.grad = grad.detach().to(self.value.dtype).clone()
+        self._optim().step()
+        self.value.grad = None
+
+    def reset(self) -> None:
+        self.value = None
+        self._opt = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "value": None if self.value is None else self.value.detach().clone(),
+            "optim": None if self._opt is None else clone_state(self._opt.state_dict()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        if state.get("value") is not None:
+            self.value = state["value"].detach().clone().requires_grad_(True)
+            if state.get("optim") is not None:
+                self._optim().load_state_dict(clone_state(state["optim"]))
