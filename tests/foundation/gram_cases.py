@@ -16,6 +16,9 @@ def jacobian(kind: str, k: int, P: int, seed: int = 0) -> torch.Tensor:
         J[1:] -= 1.5 * J[:1] * rng.uniform(0.2, 1.0, size=(k - 1, 1))
     elif kind == "rank_deficient":  # rank 3 whatever k
         J = rng.standard_normal((k, 3)) @ rng.standard_normal((3, P))
+    elif kind == "rank_half":  # rank k/2, conflicting: wide active sets on a singular Gram
+        J = rng.standard_normal((k, max(1, k // 2))) @ rng.standard_normal((max(1, k // 2), P))
+        J[1:] -= 0.5 * J[:1]
     elif kind == "duplicated":
         J[k // 2 :] = J[: k - k // 2]
     elif kind == "opposite":
@@ -34,7 +37,7 @@ def jacobian(kind: str, k: int, P: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(J)
 
 
-KINDS = ["random", "conflicting", "rank_deficient", "duplicated", "opposite", "zero", "near_parallel"]
+KINDS = ["random", "conflicting", "rank_deficient", "rank_half", "duplicated", "opposite", "zero", "near_parallel"]
 
 
 def gram(J: torch.Tensor) -> torch.Tensor:

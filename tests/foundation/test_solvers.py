@@ -106,7 +106,8 @@ def test_min_norm_simplex_is_mgda() -> None:
 
 @pytest.mark.parametrize("k", [128, 512])
 def test_large_k_kkt(k: int) -> None:
-    for kind in ["conflicting", "rank_deficient", "duplicated", "zero"]:
+    kinds = ["conflicting", "rank_deficient", "duplicated", "zero"] + (["rank_half"] if k <= 128 else [])
+    for kind in kinds:
         J = jacobian(kind, k, P=k + 50, seed=k)
         G = gram(J)
         w, info = primary_aux(G, return_info=True)
@@ -115,6 +116,9 @@ def test_large_k_kkt(k: int) -> None:
         w32, info32 = primary_aux(G.float(), compute_dtype=torch.float32, return_info=True)
         assert bool(info32.converged), kind
         assert kkt_primary_aux(w32, G) <= 1e-4, kind
+        a, info_m = min_norm_simplex(G, return_info=True)
+        assert bool(info_m.converged), kind
+        assert kkt_primary_aux(a, G, n=k) <= 1e-6, kind
 
 
 def test_k512_agrees_with_cvxpy() -> None:

@@ -89,17 +89,22 @@ def _solve_free_block(Qs: Tensor, cs: Tensor, free: Tensor, ridge: float) -> Ten
     return x.squeeze(-1) * f
 
 
-def _pivot(
+def _block_pivoting(
     Qs: Tensor,
     cs: Tensor,
     fixed_zero: Tensor,
     tol: float,
     ridge: float,
     max_iter: int,
-    check_every: int,
     free: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Block principal pivoting on (B, k) problems; returns (x, free, iterations, converged)."""
+    """Block principal pivoting on (B, k) problems; returns (x, free, iterations, converged).
+
+    The host learns whether every problem is done once per iteration on the CPU and once every
+    four on a GPU (iterations after a problem is done leave it unchanged), so a GPU solve costs
+    a handful of scalar synchronizations, never a copy of the data.
+    """
+    check_every = 1 if cs.device.type == "cpu" else 4
     B, k = cs.shape
     dev = cs.device
     if free is None:  # start from the variables that would decrease the objective alone
@@ -132,6 +137,87 @@ def _pivot(
         y = torch.where(free, torch.zeros_like(cs), (Qs @ x.unsqueeze(-1)).squeeze(-1) + cs)
     converged = ~infeasible.any(-1)
     return x.clamp_min(0.0), free, iterations, converged
+
+
+def _lawson_hanson(
+    Qs: Tensor, cs: Tensor, fixed_zero: Tensor, tol: float, ridge: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lawson–Hanson active set on (B, k) problems; returns (x, free, iterations, converged).
+
+    Adds the most negative multiplier's variable to the free set, solves the free block, and
+    steps back to the boundary (dropping variables that reach 0) until the block solution is
+    positive. The objective decreases at every step, so it cannot cycle; the free columns stay
+    independent, which makes it the robust fallback for rank-deficient Q.
+    """
+    B, k = cs.shape
+    dev = cs.device
+    x = torch.zeros_like(cs)
+    free = torch.zeros(B, k, dtype=torch.bool, device=dev)
+    blocked = torch.zeros_like(free)
+    inner = torch.zeros(B, dtype=torch.bool, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    iterations = torch.zeros(B, dtype=torch.long, device=dev)
+    inf = torch.tensor(float("inf"), dtype=cs.dtype, device=dev)
+    for _ in range(max_iter):
+        y = (Qs @ x.unsqueeze(-1)).squeeze(-1) + cs
+        scale = 1.0 + x.abs().amax(-1, keepdim=True)
+        cand = ~free & ~fixed_zero & ~blocked & (y < -tol * scale)
+        done = done | (~inner & ~cand.any(-1))
+        if bool(done.all()):
+            break
+        adding = ~inner & ~done
+        j = torch.where(cand, y, inf).argmin(-1, keepdim=True)
+        added = torch.zeros_like(free).scatter_(-1, j, True) & adding.unsqueeze(-1)
+        free = free | added
+        z = _solve_free_block(Qs, cs, free, ridge)
+        bad = free & (z <= 0)
+        backtrack = bad.any(-1) & ~done
+        ratio = torch.where(bad, x / (x - z).clamp_min(torch.finfo(cs.dtype).tiny), inf)
+        alpha = ratio.amin(-1, keepdim=True).clamp(0.0, 1.0)
+        step = torch.where(backtrack.unsqueeze(-1), x + alpha * (z - x), z)
+        # a variable that cannot enter (its block solution is not positive) is skipped until
+        # the point moves; it would otherwise be added and dropped forever
+        stuck = added & bad & (alpha == 0)
+        blocked = torch.where(backtrack.unsqueeze(-1), blocked | stuck, torch.zeros_like(blocked))
+        drop = backtrack.unsqueeze(-1) & free & (step <= 0) | stuck
+        new_free = free & ~drop
+        step = torch.where(new_free, step, torch.zeros_like(step))
+        live = ~done
+        x = torch.where(live.unsqueeze(-1), step, x)
+        free = torch.where(live.unsqueeze(-1), new_free, free)
+        inner = backtrack & ~stuck.any(-1)
+        iterations = iterations + live.long()
+    return x.clamp_min(0.0), free, iterations, done
+
+
+def _pivot(
+    Qs: Tensor,
+    cs: Tensor,
+    fixed_zero: Tensor,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Block principal pivoting, then Lawson–Hanson for the problems it did not finish.
+
+    Pivoting exchanges many variables per iteration and usually ends in a few iterations; on
+    nearly singular Q (rank-deficient Gram matrices) it can wander, so after a budget of
+    2·log2(k) + 12 iterations the unfinished problems restart with Lawson–Hanson, which
+    terminates. Returns (x, free, iterations, converged).
+    """
+    k = cs.shape[-1]
+    budget = min(max_iter, 2 * int(k).bit_length() + 12)
+    x, free_out, iters, conv = _block_pivoting(Qs, cs, fixed_zero, tol, ridge, budget, free)
+    if budget >= max_iter or bool(conv.all()):
+        return x, free_out, iters, conv
+    idx = (~conv).nonzero().squeeze(1)
+    xl, fl, il, cl = _lawson_hanson(Qs[idx], cs[idx], fixed_zero[idx], tol, ridge, max_iter - budget)
+    x = x.index_copy(0, idx, xl)
+    free_out = free_out.index_copy(0, idx, fl)
+    iters = iters.index_copy(0, idx, iters[idx] + il)
+    conv = conv.index_copy(0, idx, cl)
+    return x, free_out, iters, conv
 
 
 def _rescale(Q: Tensor, c: Tensor, zero_tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -220,9 +306,7 @@ def nnls(
                 "(Q_ii = 0) and a negative linear term c_i, so x_i → ∞ decreases the objective."
             )
     tol, ridge = _tolerances(work)
-    xs, _, iters, converged = _pivot(
-        Qs, cs, zero, tol, ridge, max_iter if max_iter is not None else 10 * k + 50, 1
-    )
+    xs, _, iters, converged = _pivot(Qs, cs, zero, tol, ridge, max_iter if max_iter is not None else 10 * k + 50)
     x = (xs * d * gamma).to(out_dtype).reshape(*batch, k)
     if not return_info:
         return x

@@ -59,7 +59,7 @@ def _projection(
     Qs, cs, d, gamma, zero = _rescale(Q, c, 0.0)
     zero = zero | dead
     tol, ridge = _tolerances(Gb.dtype)
-    xs, free, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter, 1, free)
+    xs, free, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter, free)
     res = _scaled_residual(Qs, cs, xs)
     return xs * d * gamma, free, iters, conv, res
 
@@ -82,7 +82,7 @@ def _mixed(Gb: Tensor, n: int, eps: float, max_iter: int) -> tuple[Tensor, Tenso
     Qs, cs, d, gamma, zero = _rescale(Q, c, 0.0)
     zero = zero | dead
     tol, ridge = _tolerances(Gb.dtype)
-    xs, _, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter, 1)
+    xs, _, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter)
     res = _scaled_residual(Qs, cs, xs)
     y = xs * d * gamma
     w = y / y[:, :n].sum(-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
