@@ -1,6 +1,24 @@
 """Gradient sources: produce the k×k Gram matrix of the task gradients from the losses."""
 
 from ._graph import shared_parameters
+from .blockwise import blockwise_gram
 from .gram import parameter_gram, representation_gram
+from .objects import FullGram, GramSource, JacobianGram, ModuleLoss, RepresentationGram, SketchGram, make_source
+from .sketch import module_loss_fn, sketch_gram, sketch_jacobian
 
-__all__ = ["parameter_gram", "representation_gram", "shared_parameters"]
+__all__ = [
+    "FullGram",
+    "GramSource",
+    "JacobianGram",
+    "ModuleLoss",
+    "RepresentationGram",
+    "SketchGram",
+    "blockwise_gram",
+    "make_source",
+    "module_loss_fn",
+    "parameter_gram",
+    "representation_gram",
+    "shared_parameters",
+    "sketch_gram",
+    "sketch_jacobian",
+]

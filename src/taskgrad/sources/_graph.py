@@ -68,30 +68,49 @@ def check_params(params: Iterable[Tensor]) -> list[Tensor]:
     return out
 
 
-def reachable_leaves(root: Tensor) -> list[Tensor]:
-    """Leaf tensors requiring grad that ``root`` depends on, in first-seen order."""
+def _leaves_from(node: object) -> list[Tensor]:
+    """Leaf tensors requiring grad below an autograd node, in first-seen order."""
     out: list[Tensor] = []
     seen_nodes: set = set()
     seen_leaves: set[int] = set()
-    stack = [root.grad_fn] if root.grad_fn is not None else []
-    if root.grad_fn is None and root.requires_grad:
-        return [root]
+    stack = [node]
     while stack:
-        node = stack.pop()
-        if node is None or node in seen_nodes:
+        n = stack.pop()
+        if n is None or n in seen_nodes:
             continue
-        seen_nodes.add(node)
-        var = getattr(node, "variable", None)
+        seen_nodes.add(n)
+        var = getattr(n, "variable", None)
         if var is not None and id(var) not in seen_leaves:
             seen_leaves.add(id(var))
             out.append(var)
-        stack.extend(nxt for nxt, _ in node.next_functions)
+        stack.extend(nxt for nxt, _ in n.next_functions)
     return out
 
 
-def shared_parameters(losses: Sequence[Tensor]) -> list[Tensor]:
+def reachable_leaves(root: Tensor) -> list[Tensor]:
+    """Leaf tensors requiring grad that ``root`` depends on, in first-seen order."""
+    if root.grad_fn is None:
+        return [root] if root.requires_grad else []
+    return _leaves_from(root.grad_fn)
+
+
+def task_leaves(losses: Sequence[Tensor] | Tensor) -> list[list[Tensor]]:
+    """For each task, the leaves its own loss depends on.
+
+    Accepts the list of losses or a (k,) tensor made by ``torch.stack``; in the second case each
+    task is followed from its own input to the stack, since every element of the stacked tensor
+    reaches every parameter through the stack.
+    """
+    if isinstance(losses, Tensor):
+        fn = losses.grad_fn
+        if fn is not None and type(fn).__name__.startswith("StackBackward") and len(fn.next_functions) == losses.shape[0]:
+            return [_leaves_from(nf) for nf, _ in fn.next_functions]
+    return [reachable_leaves(loss) for loss in loss_list(losses)]
+
+
+def shared_parameters(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     """Parameters reachable from at least two of the k losses (all of them when k = 1)."""
-    per_task = [reachable_leaves(loss) for loss in loss_list(losses)]
+    per_task = task_leaves(losses)
     if len(per_task) == 1:
         return per_task[0]
     count: dict[int, int] = {}
