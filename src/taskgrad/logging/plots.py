@@ -1,0 +1,129 @@
+"""Plots of a training log: gradient cosines over training (heat map) and weights over time.
+
+All functions take the ``{name: (steps, values)}`` mapping of :func:`read_csv_log` (or
+``MemoryLogger.series()``) and return the matplotlib Figure (``path`` also saves it).
+:func:`report` writes every plot for a CSV log: ``python -m taskgrad.logging.report LOG.csv --out DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["cosine_matrix", "plot_conditioning", "plot_cosine_heatmap", "plot_weights", "report"]
+
+Series = Mapping[str, tuple[list[int], list[float]]]
+
+
+def _mpl() -> Any:
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _prefixed(log: Series, prefix: str) -> list[str]:
+    return [n for n in log if n.startswith(prefix)]
+
+
+def cosine_matrix(log: Series) -> tuple[list[str], list[int], np.ndarray]:
+    """(pair names, steps, M) with M[p, t] = cos of pair p at step t (NaN where not logged)."""
+    pairs = _prefixed(log, "cos/")
+    if not pairs:
+        raise ValueError("the log has no gradient cosines (cos/…): log steps whose result carries the Gram.")
+    steps = sorted({s for p in pairs for s in log[p][0]})
+    col = {s: i for i, s in enumerate(steps)}
+    M = np.full((len(pairs), len(steps)), np.nan)
+    for r, p in enumerate(pairs):
+        for s, v in zip(*log[p]):
+            M[r, col[s]] = v
+    return [p[len("cos/") :] for p in pairs], steps, M
+
+
+def plot_cosine_heatmap(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+    """Heat map: one row per task pair, one column per logged step, colour cos(gᵢ, gⱼ) ∈ [−1, 1]."""
+    plt = _mpl()
+    names, steps, M = cosine_matrix(log)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
+    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest",
+                   extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5))
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("step")
+    ax.set_title(title or "cosine between task gradients")
+    fig.colorbar(im, ax=ax, label="cos(gᵢ, gⱼ)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_weights(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+    """One line per task: its weight wᵢ against the step."""
+    plt = _mpl()
+    names = _prefixed(log, "weight/")
+    if not names:
+        raise ValueError("the log has no task weights (weight/…).")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for n in names:
+        ax.plot(log[n][0], log[n][1], label=n[len("weight/") :], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("weight")
+    ax.set_title(title or "task weights")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any:
+    """κ(G) (log scale; infinite values drawn at the top edge) and the active-constraint count."""
+    plt = _mpl()
+    if "gram/cond" not in log:
+        raise ValueError("the log has no gram/cond entries.")
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    s, v = np.asarray(log["gram/cond"][0]), np.asarray(log["gram/cond"][1], dtype=float)
+    finite = np.isfinite(v)
+    a1.semilogy(s[finite], v[finite], lw=1.2)
+    if (~finite).any():
+        top = v[finite].max() if finite.any() else 1.0
+        a1.scatter(s[~finite], np.full((~finite).sum(), top), marker="^", color="red", label="singular (κ = ∞)")
+        a1.legend(fontsize=8)
+    a1.set_ylabel("κ(G)")
+    if "gram/active_constraints" in log:
+        a2.step(log["gram/active_constraints"][0], log["gram/active_constraints"][1], where="post")
+    a2.set_ylabel("active constraints")
+    a2.set_xlabel("step")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def report(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write weights.png, cosines.png and conditioning.png (those the log has data for)."""
+    from .loggers import read_csv_log
+
+    plt = _mpl()
+    log = read_csv_log(csv_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, fn in (("weights.png", plot_weights), ("cosines.png", plot_cosine_heatmap),
+                      ("conditioning.png", plot_conditioning)):
+        try:
+            fig = fn(log, out / fname)
+        except ValueError:
+            continue  # nothing of that kind in the log
+        plt.close(fig)
+        written.append(out / fname)
+    if not written:
+        raise ValueError(f"{csv_path} has no weights, cosines or Gram statistics to plot.")
+    return written
