@@ -196,6 +196,17 @@ def test_amp_autocast_scaler_and_nonfinite_steps_are_skipped():
         GradStep(taskgrad.MGDA(), "full", nonfinite="raise").backward([L[0] * float("inf"), L[1], L[2]])
 
 
+def test_first_step_nonfinite_lowers_a_fresh_scaler():
+    model = small_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), GradStep(taskgrad.MGDA(), "full"), scaler=scaler)
+    x, y = data()
+    z, L = task_losses(model, x, y)
+    res = opt.step([L[0] * float("nan"), L[1], L[2]])  # the scaler has scaled nothing yet
+    assert res.skipped and opt.n_skipped == 1
+    assert scaler.get_scale() == 2.0**10 * scaler.get_backoff_factor()
+
+
 def test_compiled_model_with_every_source():
     try:
         model = small_model()

@@ -60,9 +60,14 @@ def _scale_of(scaler: Any) -> float:
     return float(scaler.get_scale())
 
 
-def _back_off(scaler: Any) -> None:
-    """Lower the GradScaler's scale as it does after a step with non-finite gradients."""
+def _back_off(scaler: Any, device: torch.device) -> None:
+    """Lower the GradScaler's scale as it does after a step with non-finite gradients.
+
+    The scaler's state is created lazily by its first ``scale`` call; a first step that is
+    already non-finite creates it here, so that ``update`` has a scale to lower.
+    """
     if scaler is not None and scaler.is_enabled():
+        scaler.scale(torch.zeros((), device=device))
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
@@ -114,7 +119,7 @@ class GradStep:
                 f"{why} is not finite (NaN or Inf); the step cannot be taken. Lower the learning rate, "
                 "check the inputs, or use nonfinite='skip'."
             )
-        _back_off(scaler)
+        _back_off(scaler, losses.device)
         nan = torch.full((k,), float("nan"), dtype=losses.dtype, device=losses.device)
         return StepResult(nan, None, losses, torch.arange(k), refreshed=False, skipped=True, reason=f"non-finite {why}")
 
