@@ -1,15 +1,80 @@
-"""The `taskgrad` command line: `taskgrad demo`, `taskgrad methods`."""
+"""The `taskgrad` command line: `taskgrad demo`, `taskgrad methods`, `taskgrad bench CONFIG...`,
+`taskgrad report DIR`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
     main(out_dir=args.out, steps=args.steps, lr=args.lr)
+    if not args.quadratics_only:
+        from .bench.demo_extra import run_extra
+
+        run_extra(args.out, quick=args.quick)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .bench.config import load_config
+    from .bench.report import report
+    from .bench.runner import run
+    from .bench.toy_runner import run_toy
+
+    console = Console()
+    configs = [load_config(p) for p in args.configs]  # validate every file before running any
+    out = Path(args.out)
+    for cfg in configs:
+        if cfg.kind == "toy":
+            from .bench.config import _method_entries
+
+            raw_methods = cfg.toy.get("methods")
+            entries = _method_entries(raw_methods, cfg.path or cfg.name) if raw_methods else None
+            kw = {k: v for k, v in cfg.toy.items() if k != "methods"}
+            console.print(f"[bold]{cfg.name}[/]: toy trajectories ({cfg.path})")
+            if args.dry_run:
+                continue
+            run_toy(out, cfg.name, entries, show_progress=not args.quiet, **kw)
+            continue
+        runs = cfg.runs
+        if args.seeds is not None:
+            runs = [r for r in runs if r.seed in args.seeds]
+        if args.methods is not None:
+            runs = [r for r in runs if r.label in args.methods or r.method in args.methods or r.is_single_task]
+        if cfg.baseline:
+            (out / cfg.name).mkdir(parents=True, exist_ok=True)
+            (out / cfg.name / "baseline.json").write_text(json.dumps(cfg.baseline, indent=1))
+        console.print(f"[bold]{cfg.name}[/]: {len(runs)} runs ({cfg.path})")
+        if args.dry_run:
+            for r in runs:
+                console.print(f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} optimizer={r.optimizer}")
+            continue
+        for r in runs:
+            if args.device is not None:
+                r = replace(r, device=args.device)
+            res = run(r, out, resume=not args.restart, show_progress=not args.quiet)
+            final = ", ".join(f"{s['key']}={res['final'][s['key']]:.4f}" for s in res["metric_specs"])
+            console.print(f"  {r.run_id}: {final} ({res['time_per_epoch_s']:.1f} s/epoch)")
+    if not args.dry_run:
+        path = report(out, md_path=args.md)
+        console.print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .bench.report import report
+
+    path = report(args.dir, md_path=args.md)
+    print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
     return 0
 
 
@@ -31,7 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="taskgrad-demo", help="output folder (default: taskgrad-demo)")
     demo.add_argument("--steps", type=int, default=60)
     demo.add_argument("--lr", type=float, default=0.05)
+    demo.add_argument("--quick", action="store_true", help="fewer toy steps and a tiny MultiMNIST run (smoke test)")
+    demo.add_argument("--quadratics-only", action="store_true", help="only the two-quadratics part")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="run benchmark configs (TOML) and write results, tables and plots")
+    bench.add_argument("configs", nargs="+", help="config files, e.g. benchmarks/configs/*.toml")
+    bench.add_argument("--out", default="benchmarks/out/bench", help="results folder (default: benchmarks/out/bench)")
+    bench.add_argument("--md", default=None, help="also write the Markdown report to this file")
+    bench.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
+    bench.add_argument("--methods", nargs="+", default=None, help="only these method labels (single-task runs kept)")
+    bench.add_argument("--device", default=None, help="override the configs' device (cpu, cuda)")
+    bench.add_argument("--restart", action="store_true", help="ignore saved checkpoints and results")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(func=_bench)
+    rep = sub.add_parser("report", help="rebuild tables and plots from saved runs in DIR")
+    rep.add_argument("dir")
+    rep.add_argument("--md", default=None, help="also write the Markdown report to this file")
+    rep.set_defaults(func=_report)
     meth = sub.add_parser("methods", help="list the methods with a one-line description each")
     meth.set_defaults(func=_methods)
     return parser

@@ -1,0 +1,53 @@
+"""Census-income (income, marital status) as a bench problem: shared-bottom MLP, AUC per task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .problems import Metric, Problem, _MLPMulti
+
+__all__ = ["CensusProblem"]
+
+
+class CensusProblem(Problem):
+    """Binary cross-entropy per task; metrics: AUC (↑) per task on the test split."""
+
+    tasks = ["income", "marital"]
+    metrics = [Metric("income", "auc", True), Metric("marital", "auc", True)]
+
+    def __init__(self, source: str | None = None, n_train: int = 0) -> None:
+        from ..datasets.census import load_census
+
+        d = load_census(source)
+        n = n_train or None
+        super().__init__(torch.from_numpy(d.train_x[:n]), torch.from_numpy(d.train_y[:n]),
+                         torch.from_numpy(d.test_x), torch.from_numpy(d.test_y))
+        self.dim = d.train_x.shape[1]
+
+    def make_model(self, hidden: list[int] | None = None) -> nn.Module:
+        return _MLPMulti(self.dim, list(hidden or [128, 64]), [1, 1])
+
+    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
+        return [nn.functional.binary_cross_entropy_with_logits(o.squeeze(-1), y[:, i].float())
+                for i, o in enumerate(outputs)]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 4096, split: str = "test") -> dict[str, Any]:
+        from sklearn.metrics import roc_auc_score
+
+        was = model.training
+        model.eval()
+        n = self.n(split)
+        scores: list[list[np.ndarray]] = [[], []]
+        for s in range(0, n, batch_size):
+            x, _ = self.batch(torch.arange(s, min(s + batch_size, n)), split)
+            _, outs = model(x)
+            for i, o in enumerate(outs):
+                scores[i].append(o.squeeze(-1).float().cpu().numpy())
+        model.train(was)
+        y = self.y[split].cpu().numpy()
+        return {f"{t}/auc": float(roc_auc_score(y[:, i], np.concatenate(scores[i]))) for i, t in enumerate(self.tasks)}

