@@ -71,9 +71,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    target = Path(args.path)
+    if target.is_file():  # a CSV training log: weights, gradient cosines, κ(G) over training
+        from .logging import report as log_report
+
+        out = Path(args.out) if args.out else target.with_suffix("")
+        for p in log_report(target, out):
+            print(p)
+        return 0
     from .bench.report import report
 
-    path = report(args.dir, md_path=args.md)
+    path = report(target, md_path=args.md)
     print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
     return 0
 
@@ -110,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="list the runs without training")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(func=_bench)
-    rep = sub.add_parser("report", help="rebuild tables and plots from saved runs in DIR")
-    rep.add_argument("dir")
-    rep.add_argument("--md", default=None, help="also write the Markdown report to this file")
+    rep = sub.add_parser(
+        "report",
+        help="rebuild tables and plots from saved runs in a folder, or plot a CSV training log",
+    )
+    rep.add_argument("path", help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.logging.CSVLogger")
+    rep.add_argument("--md", default=None, help="(runs) also write the Markdown report to this file")
+    rep.add_argument("--out", default=None, help="(log) folder for the plots (default: next to the log)")
     rep.set_defaults(func=_report)
     meth = sub.add_parser("methods", help="list the methods with a one-line description each")
     meth.set_defaults(func=_methods)

@@ -23,7 +23,7 @@ def test_demo_claims_hold(tmp_path) -> None:
 
 
 def test_cli_demo_and_methods(tmp_path, capsys) -> None:
-    assert cli_main(["demo", "--out", str(tmp_path), "--steps", "5"]) == 0
+    assert cli_main(["demo", "--out", str(tmp_path), "--steps", "5", "--quadratics-only"]) == 0
     assert "toy2d.png" in capsys.readouterr().out
     assert cli_main(["methods"]) == 0
     listing = capsys.readouterr().out

@@ -180,6 +180,11 @@ def test_report_writes_plots(tmp_path):
                         "gram/cond": [2.0, math.inf, 3.0][t], "gram/active_constraints": 1.0})
     files = report(tmp_path / "log.csv", tmp_path / "plots")
     assert sorted(f.name for f in files) == ["conditioning.png", "cosines.png", "weights.png"]
+    # the same through the command line: `taskgrad report LOG.csv --out DIR`
+    from taskgrad.cli import main as cli_main
+
+    assert cli_main(["report", str(tmp_path / "log.csv"), "--out", str(tmp_path / "cli")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["conditioning.png", "cosines.png", "weights.png"]
     with pytest.raises(ValueError, match="not a taskgrad CSV log"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         read_csv_log(tmp_path / "bad.csv")

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import _single
 from ._checks import check_finite, check_float
 
 __all__ = ["SolverInfo", "nnls"]
@@ -63,27 +64,20 @@ def _scaled_residual(Qs: Tensor, cs: Tensor, xs: Tensor) -> Tensor:
 def _solve_free_block(Qs: Tensor, cs: Tensor, free: Tensor, ridge: float) -> Tensor:
     """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F and x_A = 0, for every problem of the batch.
 
-    A batch is solved with masks (no gather, no host synchronization); a single problem on the
-    CPU solves the gathered free block only, which is cheaper when few variables are free.
+    Solved with masks over the whole batch: no gather and no host synchronization.
     """
-    if Qs.shape[0] == 1 and Qs.device.type == "cpu":
-        idx = free[0].nonzero().squeeze(1)
-        x = torch.zeros_like(cs)
-        if idx.numel() == 0:
-            return x
-        M = Qs[0].index_select(0, idx).index_select(1, idx)
-        M = M + ridge * torch.eye(idx.numel(), dtype=M.dtype)
-        rhs = -cs[0].index_select(0, idx).unsqueeze(-1)
-        L, _ = torch.linalg.cholesky_ex(M)
-        xf = torch.cholesky_solve(rhs, L)
-        xf = xf + torch.cholesky_solve(rhs - M @ xf, L)
-        x[0, idx] = xf.squeeze(-1)
-        return x
     f = free.to(Qs.dtype)
     ff = f.unsqueeze(-1) * f.unsqueeze(-2)
     M = Qs * ff + torch.diag_embed((1.0 - f) + ridge * f)
     rhs = (-cs * f).unsqueeze(-1)
-    L, _ = torch.linalg.cholesky_ex(M)
+    L, info = torch.linalg.cholesky_ex(M)
+    bump = ridge
+    while bool((info > 0).any()):  # rounding made a block indefinite: raise its ridge only
+        bump *= 100.0
+        if bump > 1e-2:
+            raise torch.linalg.LinAlgError("nnls: a free block is not positive definite even with a ridge of 1e-2.")
+        M = M + torch.diag_embed((info > 0).to(Qs.dtype).unsqueeze(-1) * bump * f)
+        L, info = torch.linalg.cholesky_ex(M)
     x = torch.cholesky_solve(rhs, L)
     x = x + torch.cholesky_solve(rhs - M @ x, L)  # one step of iterative refinement
     return x.squeeze(-1) * f
@@ -207,6 +201,17 @@ def _pivot(
     terminates. Returns (x, free, iterations, converged).
     """
     k = cs.shape[-1]
+    if cs.shape[0] == 1 and cs.device.type == "cpu":  # one problem: NumPy on the gathered block
+        xn, fn, it, ok = _single.pivot(
+            Qs[0].numpy(), cs[0].numpy(), fixed_zero[0].numpy(), tol, ridge, max_iter,
+            None if free is None else free[0].numpy(),
+        )
+        return (
+            torch.from_numpy(xn).unsqueeze(0),
+            torch.from_numpy(fn).unsqueeze(0),
+            torch.tensor([it]),
+            torch.tensor([ok]),
+        )
     budget = min(max_iter, 2 * int(k).bit_length() + 12)
     x, free_out, iters, conv = _block_pivoting(Qs, cs, fixed_zero, tol, ridge, budget, free)
     if budget >= max_iter or bool(conv.all()):

@@ -48,8 +48,14 @@ def _single_aux(Gb: Tensor, eps: float) -> Tensor:
 
 
 def _projection(
-    Gb: Tensor, eps: float, m: Tensor | None, rho: Tensor | None, free: Tensor | None, max_iter: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    Gb: Tensor,
+    eps: float,
+    m: Tensor | None,
+    rho: Tensor | None,
+    free: Tensor | None,
+    max_iter: int,
+    residual: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """λ ≥ 0 minimizing ½‖g0 + Σ λᵢgᵢ‖² − ρ Σ λᵢmᵢ; returns (λ, free set, iters, conv, residual)."""
     Q = Gb[:, 1:, 1:]
     c = Gb[:, 1:, 0]
@@ -60,11 +66,13 @@ def _projection(
     zero = zero | dead
     tol, ridge = _tolerances(Gb.dtype)
     xs, free, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter, free)
-    res = _scaled_residual(Qs, cs, xs)
+    res = _scaled_residual(Qs, cs, xs) if residual else None
     return xs * d * gamma, free, iters, conv, res
 
 
-def _mixed(Gb: Tensor, n: int, eps: float, max_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _mixed(
+    Gb: Tensor, n: int, eps: float, max_iter: int, residual: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """min ‖Σ_{j<n} αⱼgⱼ + Σ_{i≥n} λᵢgᵢ‖² over α in the simplex and λ ≥ 0.
 
     Reduced to a non-negative least-distance problem (Lawson & Hanson, ch. 23): with b = (1ₙ, 0),
@@ -83,7 +91,7 @@ def _mixed(Gb: Tensor, n: int, eps: float, max_iter: int) -> tuple[Tensor, Tenso
     zero = zero | dead
     tol, ridge = _tolerances(Gb.dtype)
     xs, _, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter)
-    res = _scaled_residual(Qs, cs, xs)
+    res = _scaled_residual(Qs, cs, xs) if residual else None
     y = xs * d * gamma
     w = y / y[:, :n].sum(-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
     return w, iters, conv, res
@@ -212,7 +220,7 @@ def primary_aux(
         w = torch.ones(B, 1, dtype=work, device=G.device)
         info = (zeros, torch.zeros(B, dtype=work, device=G.device), torch.ones(B, dtype=torch.bool, device=G.device))
     elif n_primary > 1:
-        w, iters, conv, res = _mixed(Gb, n_primary, eps, iters_cap)
+        w, iters, conv, res = _mixed(Gb, n_primary, eps, iters_cap, return_info)
         info = (iters, res, conv)
     elif margin > 0:
         diag = torch.diagonal(Gb, dim1=-2, dim2=-1)[:, 1:]
@@ -221,10 +229,10 @@ def primary_aux(
         info = (iters, res, conv)
     elif k == 2:
         w = _single_aux(Gb, eps)
-        res = primary_aux_kkt_residual(w, Gb, eps=eps)
+        res = primary_aux_kkt_residual(w, Gb, eps=eps) if return_info else None
         info = (zeros, res, torch.ones(B, dtype=torch.bool, device=G.device))
     else:
-        lam, _, iters, conv, res = _projection(Gb, eps, None, None, None, iters_cap)
+        lam, _, iters, conv, res = _projection(Gb, eps, None, None, None, iters_cap, return_info)
         w = torch.cat([torch.ones_like(lam[:, :1]), lam], -1)
         info = (iters, res, conv)
     out = w.to(G.dtype).reshape(*batch, k)
