@@ -1,0 +1,316 @@
+"""Regularization paths (warm-started, one duality-gap target for the whole path) and CV estimators."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold, check_cv
+
+from . import _inputs as I
+from ._estimators import (
+    Data,
+    MultiTaskElasticNet,
+    MultiTaskLasso,
+    MultiTaskLogisticRegression,
+    check_common,
+    intercept_from,
+    solve,
+)
+from ._problem import Problem
+from ._solver import alpha_max_of, datafit_at_zero
+
+__all__ = [
+    "MultiTaskElasticNetCV",
+    "MultiTaskLassoCV",
+    "MultiTaskLogisticRegressionCV",
+    "Path",
+    "multitask_enet_path",
+    "multitask_lasso_path",
+    "multitask_logistic_path",
+]
+
+
+class Path(NamedTuple):
+    """A regularization path: ``coefs[k]`` (T, p) and ``intercepts[k]`` (T,) solve at ``alphas[k]``."""
+
+    alphas: np.ndarray
+    coefs: np.ndarray
+    intercepts: np.ndarray
+    dual_gaps: np.ndarray
+    n_iters: np.ndarray
+
+
+def alpha_grid(P: Problem, pen: int, rho: float, n_alphas: int, eps: float) -> np.ndarray:
+    """n_alphas values from α_max = max_j Ω*_j(x_jᵀθ₀)/ρ down to eps·α_max, log-spaced."""
+    amax = alpha_max_of(P, pen) / max(rho, 1e-3)
+    if amax <= 0:
+        amax = 1.0
+    return np.geomspace(amax, amax * eps, n_alphas)
+
+
+def _penalty_split(alpha: float, rho: float, pen: int):
+    """(a1, a2, code): ρ = 1 pure Ω, ρ = 0 ridge (code 2)."""
+    if pen == 2 or rho == 0:
+        return 0.0, alpha, 2
+    return alpha * rho, alpha * (1 - rho), pen
+
+
+def path_on_problem(P: Problem, alphas, rho: float, pen: int, *, tol: float, max_iter: int,
+                    solver: str, device: str, fit_intercept: bool) -> Path:
+    """Solve at each α in order, each fit warm-started from the previous one."""
+    tol_abs = tol * datafit_at_zero(P)
+    W = b = None
+    coefs, ints, gaps, iters = [], [], [], []
+    for alpha in alphas:
+        a1, a2, code = _penalty_split(float(alpha), rho, pen)
+        res = solve(P, a1, a2, code, solver=solver, device=device, tol=tol, max_iter=max_iter,
+                    W0=W, b0=b, tol_abs=tol_abs)
+        W, b = res.W, res.b
+        coefs.append(res.W.T.copy())
+        ints.append(intercept_from(P, res) if fit_intercept else np.zeros(P.n_tasks))
+        gaps.append(res.gap)
+        iters.append(res.n_iter)
+    return Path(np.asarray(alphas, dtype=float), np.array(coefs), np.array(ints), np.array(gaps),
+                np.array(iters))
+
+
+def _check_alphas(alphas, n_alphas, eps):
+    if alphas is not None:
+        a = np.sort(np.asarray(alphas, dtype=float).ravel())[::-1]
+        if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
+            raise ValueError(f"alphas must be positive finite numbers, got {alphas!r}.")
+        return a
+    I.check_int("n_alphas", n_alphas)
+    I.check_positive("eps", eps)
+    return None
+
+
+def multitask_enet_path(X, y=None, *, l1_ratio: float = 0.5, penalty: str = "l21", alphas=None,
+                        n_alphas: int = 100, eps: float = 1e-3, fit_intercept: bool = True,
+                        sample_weight=None, tol: float = 1e-4, max_iter: int = 1000,
+                        solver: str = "auto", device: str = "cpu") -> Path:
+    """Multi-task elastic-net path: the :class:`MultiTaskElasticNet` solution for each α.
+
+    α runs from α_max (the smallest α with W = 0) down to eps·α_max unless ``alphas`` is given;
+    every fit is warm-started from the previous one and stops at duality gap ≤ tol·f(0).
+    """
+    est = MultiTaskElasticNet(l1_ratio=l1_ratio, penalty=penalty, fit_intercept=fit_intercept,
+                              tol=tol, max_iter=max_iter, solver=solver, device=device)
+    check_common(est)
+    _, _, pen = est._penalty()
+    a = _check_alphas(alphas, n_alphas, eps)
+    P = est._data(X, y, sample_weight).problem(fit_intercept)
+    if a is None:
+        a = alpha_grid(P, pen, l1_ratio, n_alphas, eps)
+    return path_on_problem(P, a, l1_ratio, pen, tol=tol, max_iter=max_iter, solver=solver,
+                           device=device, fit_intercept=fit_intercept)
+
+
+def multitask_lasso_path(X, y=None, **kwargs) -> Path:
+    """Multi-task Lasso path (:func:`multitask_enet_path` with l1_ratio = 1)."""
+    return multitask_enet_path(X, y, l1_ratio=1.0, **kwargs)
+
+
+def multitask_logistic_path(X, y=None, *, penalty: str = "l21", multi_class: str = "auto",
+                            alphas=None, n_alphas: int = 20, eps: float = 1e-2,
+                            fit_intercept: bool = True, sample_weight=None, tol: float = 1e-4,
+                            max_iter: int = 1000, solver: str = "auto",
+                            device: str = "cpu") -> Path:
+    """Path of :class:`MultiTaskLogisticRegression` solutions, warm-started, from α_max down."""
+    est = MultiTaskLogisticRegression(penalty=penalty, multi_class=multi_class,
+                                      fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
+                                      solver=solver, device=device)
+    check_common(est)
+    _, _, pen = est._penalty()
+    a = _check_alphas(alphas, n_alphas, eps)
+    P = est._data(X, y, sample_weight).problem(fit_intercept)
+    if a is None:
+        a = alpha_grid(P, 0 if pen == 2 else pen, 1.0, n_alphas, eps)
+    return path_on_problem(P, a, 0.0 if pen == 2 else 1.0, pen, tol=tol, max_iter=max_iter,
+                           solver=solver, device=device, fit_intercept=fit_intercept)
+
+
+# --------------------------------------------------------------------------- cross-validation
+def _folds(D: Data, cv, classify: bool, y_raw):
+    """(train, test) row indices: per-task designs are split within every task (a task with
+    fewer samples than folds is kept in every training set)."""
+    if D.task is not None:
+        k = I.check_int("cv", cv, low=2) if not hasattr(cv, "split") else None
+        if k is None:
+            raise ValueError("With per-task designs, cv must be an integer number of folds.")
+        fold = np.full(D.task.shape[0], -1)  # −1: a task with < k samples is always trained on
+        for t in range(D.n_tasks):
+            rows = np.flatnonzero(D.task == t)
+            if rows.size >= k:
+                for f, (_, te) in enumerate(KFold(k).split(rows)):
+                    fold[rows[te]] = f
+        return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+    strat = classify and y_raw is not None and np.ndim(y_raw) == 1
+    splitter = check_cv(cv, y_raw if strat else None, classifier=strat)
+    n = D.Y.shape[0]
+    return list(splitter.split(np.zeros((n, 1)), y_raw if strat else None))
+
+
+def _held_out_loss(D: Data, coef: np.ndarray, intercept: np.ndarray) -> float:
+    """Mean loss of (coef, intercept) on the rows of D (MSE for regression, log-loss else)."""
+    P = D.problem(False)
+    val = P.value(P.predict(coef.T, intercept))  # (1/n̄) Σ s_i ℓ_i: T × the mean over entries
+    if D.loss == "multinomial":
+        return val
+    val /= P.n_tasks
+    return 2.0 * val if D.loss == "quadratic" else val
+
+
+class _CVMixin:
+    """Fit a path per fold, pick the α (and ρ) with the least mean held-out loss, refit."""
+
+    def _cv_fit(self, base, X, y, sample_weight, rhos, pen_of):
+        D = base._data(X, y, sample_weight)
+        self.n_features_in_ = base.n_features_in_
+        if hasattr(base, "feature_names_in_"):
+            self.feature_names_in_ = base.feature_names_in_
+        a_given = _check_alphas(self.alphas, self.n_alphas, self.eps)
+        P_full = D.problem(self.fit_intercept)
+        grids = []
+        for rho in rhos:
+            pen = pen_of(rho)
+            grids.append(a_given if a_given is not None else alpha_grid(
+                P_full, 0 if pen == 2 else pen, rho if pen != 2 else 1.0, self.n_alphas, self.eps))
+        y_raw = None if I.is_per_task(X, y) else np.asarray(y)
+        folds = _folds(D, self.cv, isinstance(base, MultiTaskLogisticRegression), y_raw)
+        losses = np.zeros((len(rhos), len(grids[0]), len(folds)))
+        for r, rho in enumerate(rhos):
+            pen = pen_of(rho)
+            for f, (tr, te) in enumerate(folds):
+                Dtr, Dte = D.rows(tr), D.rows(te)
+                path = path_on_problem(Dtr.problem(self.fit_intercept), grids[r], rho, pen,
+                                       tol=self.tol, max_iter=self.max_iter, solver=self.solver,
+                                       device=self.device, fit_intercept=self.fit_intercept)
+                for k in range(len(grids[r])):
+                    losses[r, k, f] = _held_out_loss(Dte, path.coefs[k], path.intercepts[k])
+        mean = losses.mean(axis=2)
+        r, k = np.unravel_index(np.argmin(mean), mean.shape)
+        self.alphas_ = np.array(grids) if len(rhos) > 1 else grids[0]
+        self.alpha_ = float(grids[r][k])
+        self.cv_loss_path_ = losses if len(rhos) > 1 else losses[0]
+        return D, rhos[r]
+
+    def _finish(self, est):
+        for name in ("coef_", "intercept_", "n_iter_", "dual_gap_", "dual_gap_tol_",
+                     "converged_", "n_screened_"):
+            setattr(self, name, getattr(est, name))
+        self.estimator_ = est
+
+
+class MultiTaskElasticNetCV(_CVMixin, MultiTaskElasticNet):
+    """:class:`MultiTaskElasticNet` with α (and ``l1_ratio`` if a list) chosen by K-fold CV.
+
+    For each ρ, a warm-started path over ``alphas`` (default: ``n_alphas`` values from α_max to
+    eps·α_max) is fitted on every training fold; the pair with the least mean held-out MSE is
+    refitted on all data. Per-task designs are split within every task.
+    Attributes: ``alpha_``, ``l1_ratio_``, ``alphas_``, ``mse_path_`` (ρ, α, fold).
+    """
+
+    def __init__(self, *, l1_ratio=0.5, alphas=None, n_alphas=100, eps=1e-3, cv=5,
+                 penalty="l21", fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto",
+                 device="cpu"):
+        self.l1_ratio = l1_ratio
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.eps = eps
+        self.cv = cv
+        self.penalty = penalty
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+        self.solver = solver
+        self.device = device
+
+    def _rhos(self):
+        return [float(r) for r in np.atleast_1d(self.l1_ratio)]
+
+    def fit(self, X, y=None, sample_weight=None):
+        rhos = self._rhos()
+        base = MultiTaskElasticNet(l1_ratio=rhos[0], penalty=self.penalty,
+                                   fit_intercept=self.fit_intercept, tol=self.tol,
+                                   max_iter=self.max_iter, solver=self.solver, device=self.device)
+        check_common(base)
+        pens = {}
+        for rho in rhos:
+            base.l1_ratio = rho
+            pens[rho] = base._penalty()[2]
+        _, rho = self._cv_fit(base, X, y, sample_weight, rhos, pens.__getitem__)
+        self.l1_ratio_ = rho
+        self.mse_path_ = self.cv_loss_path_
+        est = MultiTaskElasticNet(alpha=self.alpha_, l1_ratio=rho, penalty=self.penalty,
+                                  fit_intercept=self.fit_intercept, tol=self.tol,
+                                  max_iter=self.max_iter, solver=self.solver,
+                                  device=self.device).fit(X, y, sample_weight)
+        self._finish(est)
+        self.per_task_ = est.per_task_
+        return self
+
+
+class MultiTaskLassoCV(MultiTaskElasticNetCV):
+    """:class:`MultiTaskLasso` with α chosen by K-fold CV (see :class:`MultiTaskElasticNetCV`)."""
+
+    def __init__(self, *, alphas=None, n_alphas=100, eps=1e-3, cv=5, penalty="l21",
+                 fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto", device="cpu"):
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.eps = eps
+        self.cv = cv
+        self.penalty = penalty
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+        self.solver = solver
+        self.device = device
+
+    def _rhos(self):
+        return [1.0]
+
+    def _rho(self):
+        return 1.0
+
+
+class MultiTaskLogisticRegressionCV(_CVMixin, MultiTaskLogisticRegression):
+    """:class:`MultiTaskLogisticRegression` with α chosen by K-fold CV (mean held-out log-loss).
+
+    Attributes: ``alpha_``, ``alphas_``, ``cv_loss_path_`` (α, fold); stratified folds for a 1-D y.
+    """
+
+    def __init__(self, *, alphas=None, n_alphas=20, eps=1e-2, cv=5, penalty="l21",
+                 multi_class="auto", fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto",
+                 device="cpu"):
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.eps = eps
+        self.cv = cv
+        self.penalty = penalty
+        self.multi_class = multi_class
+        self.fit_intercept = fit_intercept
+        self.tol = tol
+        self.max_iter = max_iter
+        self.solver = solver
+        self.device = device
+
+    def fit(self, X, y=None, sample_weight=None):
+        base = MultiTaskLogisticRegression(penalty=self.penalty, multi_class=self.multi_class,
+                                           fit_intercept=self.fit_intercept, tol=self.tol,
+                                           max_iter=self.max_iter, solver=self.solver,
+                                           device=self.device)
+        check_common(base)
+        pen = base._penalty()[2]
+        self._cv_fit(base, X, y, sample_weight, [1.0], lambda rho: pen)
+        est = MultiTaskLogisticRegression(
+            alpha=self.alpha_, penalty=self.penalty, multi_class=self.multi_class,
+            fit_intercept=self.fit_intercept, tol=self.tol, max_iter=self.max_iter,
+            solver=self.solver, device=self.device).fit(X, y, sample_weight)
+        self._finish(est)
+        self.classes_ = est.classes_
+        self._mode = est._mode
+        if hasattr(est, "task_classes_"):
+            self.task_classes_ = est.task_classes_
+        return self
