@@ -312,3 +312,11 @@ def test_cuda_matches_cpu() -> None:
     for i in range(len(KINDS)):
         assert kkt_primary_aux(w_gpu[i].cpu(), Gs[i]) <= 1e-4
     torch.testing.assert_close(Gs @ w_gpu.double().cpu().unsqueeze(-1), Gs @ w_cpu.unsqueeze(-1), rtol=1e-3, atol=1e-3)
+
+
+def test_gram_that_requires_grad_is_accepted() -> None:
+    J = jacobian("conflicting", 5, 9, seed=2).requires_grad_(True)
+    G = J @ J.T  # still in a graph: the solvers treat it as data
+    for n in (1, 5):
+        w = primary_aux(G, n_primary=n)
+        assert kkt_primary_aux(w.detach(), G.detach(), n=n) <= 1e-6

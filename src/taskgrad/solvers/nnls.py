@@ -203,7 +203,7 @@ def _pivot(
     k = cs.shape[-1]
     if cs.shape[0] == 1 and cs.device.type == "cpu":  # one problem: NumPy on the gathered block
         xn, fn, it, ok = _single.pivot(
-            Qs[0].numpy(), cs[0].numpy(), fixed_zero[0].numpy(), tol, ridge, max_iter,
+            Qs[0].detach().numpy(), cs[0].detach().numpy(), fixed_zero[0].numpy(), tol, ridge, max_iter,
             None if free is None else free[0].numpy(),
         )
         return (
