@@ -165,7 +165,7 @@ def main() -> None:
             f"{mark}{tj:.3f}" if tj is not None else r.get("torchjd_error", "-"),
             f"{r['torchjd_kkt']:.1e}" if tj is not None else "-",
         )
-    Console().print(table)
+    Console(width=170).print(table)
     print(f"saved {stem}.json and {stem}.csv")
 
 
