@@ -11,6 +11,9 @@ Numerics: variables are rescaled so that diag(Q) = 1 and ‖c‖∞ = 1, which m
 invariant to the scale of each task's gradient (1e-20 to 1e20 is fine in float64); a ridge of
 a few machine epsilons keeps the free block positive definite when Q is rank deficient
 (duplicated or opposite gradients), and one step of iterative refinement recovers accuracy.
+Working on G = J Jᵀ squares the conditioning of the gradients: gradients that are parallel or
+opposite to within ~1e-8 in angle make G singular to float64 rounding, and there the answer is
+only as accurate as G itself (the KKT conditions still hold to the stated tolerance).
 """
 
 from __future__ import annotations
