@@ -244,3 +244,6 @@ def seed_everything(seed: int) -> None:
     """Seed torch and numpy (Python's ``random`` is not used by the harness)."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
+
+
+from . import qm9_problem  # noqa: E402,F401  (issue 6: registers "qm9" and "qm9-u0")
