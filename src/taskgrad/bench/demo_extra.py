@@ -30,7 +30,7 @@ def run_extra(out_dir: str | Path, quick: bool = False, show: bool = True) -> di
     work = out / "runs"
     summary: dict[str, Any] = {}
 
-    steps = 120 if quick else 700
+    steps = 120 if quick else 300
     data = run_toy(work, "toy", steps=steps, lr=0.05, record_every=5, show_progress=show)
     png = plot_toy(data, out / "toy_pareto.png")
     table = Table(title=f"CAGrad toy: Adam lr 0.05, {steps} steps, five standard starts")
@@ -61,8 +61,9 @@ def run_extra(out_dir: str | Path, quick: bool = False, show: bool = True) -> di
     raw = {
         "name": "demo-multimnist", "dataset": "multimnist",
         "methods": [{"name": "primary-aux", "label": "PrimaryAux (left primary)"}, {"name": "mean", "label": "Mean"}],
-        "seeds": [0], "epochs": 2 if quick else 5, "batch_size": 128 if quick else 256,
-        "max_steps_per_epoch": 3 if quick else 30, "data": {"n_train": 2000 if quick else 20000, "n_test": 500 if quick else 3000},
+        "seeds": [0], "epochs": 2 if quick else 3, "batch_size": 128,
+        "max_steps_per_epoch": 3 if quick else 25, "data": {"n_train": 2000 if quick else 6000, "n_test": 500 if quick else 2000},
+        "source": "representation",  # the recommended source for encoder + heads: ~one backward
         "optimizer": {"name": "adam", "lr": 1e-3},
     }
     cfg = parse_config(raw, "demo")

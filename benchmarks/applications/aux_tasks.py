@@ -1,0 +1,463 @@
+"""Auxiliary-task learning: one primary task helped (or not) by an auxiliary one.
+
+Experiments (task 0 primary, task 1 auxiliary, a shared encoder with two heads):
+  parkinsons  UCI Parkinsons telemonitoring, shared inputs: total_UPDRS (primary) and
+              motor_UPDRS (auxiliary) on the same recordings; split by patient; features and
+              targets standardized with training statistics; MLP encoder + two linear heads;
+              MSE on standardized targets. Metric: test MAE of total_UPDRS (original units).
+  multimnist  MultiMNIST, left digit (primary) and right digit (auxiliary); the MultiLeNet of
+              taskgrad.models.lenet; cross-entropy. Metric: test accuracy on the left digit.
+
+Methods (taskgrad.methods registry, trained through ``taskgrad.backward``): each entry of the
+config's ``methods`` is {"label", "name", "kwargs", "source"} with source "params" (Gram of the
+shared-parameter gradients) or "features" (Gram of ∂Lᵢ/∂z, the representation source).
+
+Recorded per run: the primary metric, the auxiliary loss over training (on a fixed training
+subset, every ``eval_every`` steps), time per step (forward + weighting + backward + optimizer
+step, evaluation excluded), and the fraction of steps whose update direction u (the filled
+.grad) raises the auxiliary loss to first order, ⟨g_aux, u⟩ < 0 on the shared parameters
+(parameter source only; for "features" it is measured in z-space).
+
+Usage:
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/parkinsons.json
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/multimnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, BatchStream, load_config, save_rows, to_tensor  # noqa: E402
+
+import taskgrad  # noqa: E402
+from taskgrad.datasets.multimnist import MultiDigits  # noqa: E402
+from taskgrad.datasets.tabular import TaskData  # noqa: E402
+from taskgrad.methods import get as get_method  # noqa: E402
+from taskgrad.methods.base import Weighting  # noqa: E402
+from taskgrad.models.lenet import MultiLeNet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = Path(__file__).resolve().parent / "configs" / "aux_tasks"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class Split:
+    """Training and test tensors; y is (N, 2) (primary, auxiliary); ``scale`` maps the
+    primary's standardized units back to the original ones (1 for classification)."""
+
+    x: Tensor
+    y: Tensor
+    xt: Tensor
+    yt: Tensor
+    scale: float = 1.0
+
+
+def parkinsons_split(data: TaskData, n_test_patients: int, seed: int) -> Split:
+    """Patient-level split (``n_test_patients`` held out, drawn with ``seed``), x and y standardized
+    with the training mean/std: x ← (x − μ)/σ; y = (total, motor) likewise."""
+    if data.tasks[0][1].ndim != 2 or data.tasks[0][1].shape[1] != 2:
+        raise ValueError("parkinsons_split needs both targets: load with load_parkinsons(path, target='both').")
+    if not 0 < n_test_patients < data.n_tasks:
+        raise ValueError(f"n_test_patients must be in [1, {data.n_tasks - 1}], got {n_test_patients}.")
+    order = list(data.target_names)
+    cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
+    perm = np.random.default_rng(seed).permutation(data.n_tasks)
+    test_ids, train_ids = perm[:n_test_patients], perm[n_test_patients:]
+    X = np.concatenate([data.tasks[i][0] for i in train_ids])
+    Y = np.concatenate([data.tasks[i][1][:, cols] for i in train_ids])
+    Xt = np.concatenate([data.tasks[i][0] for i in test_ids])
+    Yt = np.concatenate([data.tasks[i][1][:, cols] for i in test_ids])
+    mx, sx = X.mean(0), X.std(0)
+    sx[sx == 0] = 1.0
+    my, sy = Y.mean(0), Y.std(0)
+    sy[sy == 0] = 1.0
+
+    def f(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).float()
+
+    return Split(f((X - mx) / sx), f((Y - my) / sy), f((Xt - mx) / sx), f((Yt - my) / sy), float(sy[0]))
+
+
+def multimnist_split(data: MultiDigits, n_train: int, n_test: int, seed: int) -> Split:
+    """The first ``n_test`` test images and ``n_train`` training images drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    n_train = min(n_train, data.train_x.shape[0])
+    idx = np.sort(rng.choice(data.train_x.shape[0], size=n_train, replace=False))
+    n_test = min(n_test, data.test_x.shape[0])
+    return Split(
+        to_tensor(data.train_x[idx]),
+        torch.from_numpy(data.train_y[idx]),
+        to_tensor(data.test_x[:n_test]),
+        torch.from_numpy(data.test_y[:n_test]),
+    )
+
+
+def fake_parkinsons(n_patients: int = 8, per_patient: int = 25, n_features: int = 19, seed: int = 0) -> TaskData:
+    """Tiny generated stand-in for the Parkinsons data (target='both' layout), for tests."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n_features,))
+    tasks = []
+    for _ in range(n_patients):
+        X = rng.normal(size=(per_patient, n_features))
+        motor = X @ w + rng.normal(size=per_patient)
+        total = 1.2 * motor + rng.normal(size=per_patient)
+        tasks.append((X, np.stack([motor, total], 1)))
+    return TaskData(tasks, [f"f{i}" for i in range(n_features)], ["motor_UPDRS", "total_UPDRS"], list(range(n_patients)))
+
+
+def fake_multimnist(n_train: int = 256, n_test: int = 64, seed: int = 0) -> MultiDigits:
+    """Random uint8 28×28 images with random (left, right) labels, for tests."""
+    rng = np.random.default_rng(seed)
+    return MultiDigits(
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, (n_train, 2)).astype(np.int64),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, (n_test, 2)).astype(np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------- models and tasks
+
+
+class TwoHeadMLP(nn.Module):
+    """x ↦ z = MLP(x) (ReLU, ``depth`` layers of width ``hidden``); heads: z ↦ ŷ₀, z ↦ ŷ₁ (linear)."""
+
+    def __init__(self, n_in: int, hidden: int = 64, depth: int = 2, n_tasks: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(n_in if i == 0 else hidden, hidden), nn.ReLU()]
+        self.encoder = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_tasks))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        z = self.encoder(x)
+        return z, [h(z).squeeze(-1) for h in self.heads]
+
+
+def task_losses(kind: str, outs: list[Tensor], y: Tensor) -> list[Tensor]:
+    """Per-task mean losses: MSE (regression) or cross-entropy (classification)."""
+    if kind == "parkinsons":
+        return [nn.functional.mse_loss(o, y[:, i]) for i, o in enumerate(outs)]
+    return [nn.functional.cross_entropy(o, y[:, i]) for i, o in enumerate(outs)]
+
+
+@torch.no_grad()
+def evaluate(kind: str, model: nn.Module, x: Tensor, y: Tensor, scale: float, batch: int = 2048) -> dict[str, float]:
+    """Mean task losses over (x, y) and the primary metric: MAE·scale (regression) or accuracy."""
+    model.eval()
+    tot = torch.zeros(2, dtype=torch.float64)
+    metric = 0.0
+    for i in range(0, x.shape[0], batch):
+        xb, yb = x[i : i + batch], y[i : i + batch]
+        _, outs = model(xb)
+        n = xb.shape[0]
+        tot += torch.stack([L.double() for L in task_losses(kind, outs, yb)]) * n
+        if kind == "parkinsons":
+            metric += float((outs[0] - yb[:, 0]).abs().sum()) * scale
+        else:
+            metric += float((outs[0].argmax(-1) == yb[:, 0]).sum())
+    model.train()
+    n = x.shape[0]
+    return {"loss_primary": float(tot[0]) / n, "loss_aux": float(tot[1]) / n, "metric": metric / n}
+
+
+def make_model(kind: str, n_in: int, config: dict[str, Any]) -> nn.Module:
+    if kind == "parkinsons":
+        return TwoHeadMLP(n_in, config.get("hidden", 64), config.get("depth", 2))
+    if kind == "multimnist":
+        return MultiLeNet(n_tasks=2)
+    raise ValueError(f"unknown experiment {kind!r}: use 'parkinsons' or 'multimnist'.")
+
+
+def make_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+    name = config.get("optimizer", "adam")
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config["lr"])
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config.get("momentum", 0.0))
+    raise ValueError(f"unknown optimizer {name!r}: use 'adam' or 'sgd'.")
+
+
+def make_method(spec: dict[str, Any]) -> Weighting:
+    """The registry method ``spec["name"]`` with ``spec["kwargs"]``."""
+    return get_method(spec["name"], **spec.get("kwargs", {}))
+
+
+def _shared(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.encoder.parameters()]
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int, config: dict[str, Any]) -> dict[str, Any]:
+    """Train one method for ``steps`` steps; returns the final metrics and the curves."""
+    torch.manual_seed(seed)
+    model = make_model(kind, split.x.shape[1] if split.x.dim() == 2 else 0, config)
+    opt = make_optimizer(model, config)
+    method = make_method(spec)
+    use_z = spec.get("source", "params") == "features"
+    stream = BatchStream(split.x, split.y, config["batch_size"], seed)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    n_mon = min(config.get("n_monitor", 2000), split.x.shape[0])
+    mon = torch.randperm(split.x.shape[0], generator=gen)[:n_mon]
+    xm, ym = split.x[mon], split.y[mon]
+    eval_every = max(1, config.get("eval_every", max(1, steps // 20)))
+    check_every = config.get("check_every", 10)
+    curve: list[dict[str, float]] = []
+
+    def record(step: int) -> None:
+        tr = evaluate(kind, model, xm, ym, split.scale)
+        te = evaluate(kind, model, split.xt, split.yt, split.scale)
+        curve.append({"step": step, "train_aux": tr["loss_aux"], "train_primary": tr["loss_primary"],
+                      "test_aux": te["loss_aux"], "test_metric": te["metric"]})
+
+    record(0)
+    secs = 0.0
+    w_aux: list[float] = []
+    raised = checked = 0
+    for step in range(1, steps + 1):
+        xb, yb = stream.next()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        z, outs = model(xb)
+        losses = task_losses(kind, outs, yb)
+        g_aux = None
+        if step % check_every == 0:  # outside the timed region below
+            secs += time.perf_counter() - t0
+            g_aux = torch.autograd.grad(losses[1], _shared(model), retain_graph=True, allow_unused=True)
+            g_aux = [torch.zeros_like(p) if g is None else g for g, p in zip(g_aux, _shared(model))]
+            t0 = time.perf_counter()
+        res = taskgrad.backward(losses, method=method, features=z if use_z else None)
+        opt.step()
+        secs += time.perf_counter() - t0
+        w_aux.append(float(res.weights[1]))
+        if g_aux is not None:
+            d = float(sum((g * p.grad).sum() for g, p in zip(g_aux, _shared(model)) if p.grad is not None))
+            scale = float(sum((g * g).sum() for g in g_aux)) ** 0.5 * float(
+                sum((p.grad * p.grad).sum() for p in _shared(model) if p.grad is not None)) ** 0.5
+            checked += 1
+            raised += int(d < -1e-6 * max(scale, 1e-30))
+        if step % eval_every == 0 or step == steps:
+            record(step)
+    final = evaluate(kind, model, split.xt, split.yt, split.scale)
+    aux_curve = [c["train_aux"] for c in curve]
+    return {
+        "experiment": kind,
+        "method": spec["label"],
+        "seed": seed,
+        "steps": steps,
+        "test_metric": final["metric"],
+        "test_loss_primary": final["loss_primary"],
+        "test_loss_aux": final["loss_aux"],
+        "train_aux_first": aux_curve[0],
+        "train_aux_min": min(aux_curve),
+        "train_aux_last": aux_curve[-1],
+        # largest rise of the monitored training aux loss above its running minimum
+        "train_aux_max_rise": max(a - min(aux_curve[: i + 1]) for i, a in enumerate(aux_curve)),
+        "aux_weight_mean": float(np.mean(w_aux)),
+        "frac_aux_raised": raised / max(checked, 1),
+        "ms_per_step": 1000 * secs / steps,
+        "curve": curve,
+    }
+
+
+def time_methods(kind: str, split: Split, config: dict[str, Any], steps: int = 20, rounds: int = 3, warmup: int = 3) -> dict[str, float]:
+    """Median ms per training step of each method, the methods interleaved round by round (so a
+    change in machine load hits all of them alike); same data, init and batches for all."""
+    torch.set_num_threads(config.get("threads", 1))
+    times: dict[str, list[float]] = {m["label"]: [] for m in config["methods"]}
+    for r in range(rounds):
+        for spec in config["methods"]:
+            torch.manual_seed(r)
+            model = make_model(kind, split.x.shape[1] if split.x.dim() == 2 else 0, config)
+            opt, method = make_optimizer(model, config), make_method(spec)
+            use_z = spec.get("source", "params") == "features"
+            stream = BatchStream(split.x, split.y, config["batch_size"], r)
+            for i in range(warmup + steps):
+                if i == warmup:
+                    t0 = time.perf_counter()
+                xb, yb = stream.next()
+                opt.zero_grad(set_to_none=True)
+                z, outs = model(xb)
+                taskgrad.backward(task_losses(kind, outs, yb), method=method, features=z if use_z else None)
+                opt.step()
+            times[spec["label"]].append(1000 * (time.perf_counter() - t0) / steps)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+# ---------------------------------------------------------------------------- the grid
+
+
+def _load(config: dict[str, Any]) -> Any:
+    """The real data of the experiment (only the scripts call this, never the tests)."""
+    if config["experiment"] == "parkinsons":
+        from taskgrad.datasets.tabular import load_parkinsons
+
+        return load_parkinsons(ROOT / config["data_path"], target="both")
+    from taskgrad.datasets.multimnist import load_multimnist
+
+    return load_multimnist("mnist")
+
+
+def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every (seed, method) of the config. ``data``: a TaskData (parkinsons) or MultiDigits
+    (multimnist) to use instead of the real data; ``smoke``: one step per run, nothing saved."""
+    torch.set_num_threads(config.get("threads", 1))
+    kind = config["experiment"]
+    data = _load(config) if data is None else data
+    seeds = config["seeds"][:1] if smoke else config["seeds"]
+    jobs = [(seed, spec) for seed in seeds for spec in config["methods"]]
+    out_dir = out_dir or OUT
+    stem = config.get("name", f"aux_{kind}")
+    rows: list[dict[str, Any]] = []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(stem, total=len(jobs))
+        for seed, spec in jobs:
+            if kind == "parkinsons":
+                n_test = min(config["n_test_patients"], data.n_tasks - 1)
+                split = parkinsons_split(data, n_test, seed)
+            else:
+                split = multimnist_split(data, config["n_train"], config["n_test"], seed)
+            steps = 1 if smoke else int(config["steps"])
+            rows.append(run_one(kind, split, spec, seed, steps, {**config, "eval_every": 1} if smoke else config))
+            bar.advance(task)
+            if not smoke:
+                save_rows([_flat(r) for r in rows], stem + "_partial", out_dir)
+                _save_curves(rows, out_dir / f"{stem}_curves_partial.json")
+    if not smoke:
+        save_rows([_flat(r) for r in rows], stem, out_dir)
+        _save_curves(rows, out_dir / f"{stem}_curves.json")
+        summarize(rows, config, out_dir / f"{stem}_summary.md")
+        plot(rows, config, out_dir / f"{stem}.png")
+    return rows
+
+
+def _flat(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "curve"}
+
+
+def _save_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump([{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f)
+
+
+def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> str:
+    """Markdown table: mean ± std over seeds, the paired difference to primary-only, aux loss, time."""
+    kind = config["experiment"]
+    metric = "test MAE total_UPDRS" if kind == "parkinsons" else "test acc left digit (%)"
+    mult = 1.0 if kind == "parkinsons" else 100.0
+    base = {r["seed"]: r["test_metric"] for r in rows if r["method"] == "primary-only"}
+    lines = [
+        f"| method | {metric} | Δ vs primary-only (paired) | train aux loss first → min → last | max aux rise | "
+        "steps with ⟨g_aux,u⟩<0 | mean w_aux | ms/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in config["methods"]:
+        rs = [r for r in rows if r["method"] == spec["label"]]
+        if not rs:
+            continue
+        m = np.array([r["test_metric"] for r in rs]) * mult
+        d = [mult * (r["test_metric"] - base[r["seed"]]) for r in rs if r["seed"] in base]
+        dtxt = f"{np.mean(d):+.3f}" + (f" ± {np.std(d):.3f}" if len(d) > 1 else "") if d else "—"
+        mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        lines.append(
+            f"| {spec['label']} | {m.mean():.3f} ± {m.std():.3f} | {dtxt} | "
+            f"{mean('train_aux_first'):.3f} → {mean('train_aux_min'):.3f} → {mean('train_aux_last'):.3f} | "
+            f"{mean('train_aux_max_rise'):.3f} | {100 * mean('frac_aux_raised'):.0f}% | {mean('aux_weight_mean'):.2f} | "
+            f"{mean('ms_per_step'):.2f} |"
+        )
+    text = f"{len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps\n\n" + "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None:
+    """Left: training aux loss over steps (mean over seeds); middle: primary test metric over
+    steps; right: final primary metric vs ms/step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = config["experiment"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    for spec in config["methods"]:
+        rs = [r for r in rows if r["method"] == spec["label"]]
+        if not rs:
+            continue
+        steps = [c["step"] for c in rs[0]["curve"]]
+        aux = np.mean([[c["train_aux"] for c in r["curve"]] for r in rs], 0)
+        met = np.mean([[c["test_metric"] for c in r["curve"]] for r in rs], 0)
+        style = "-" if spec["name"] == "primary-aux" else "--"
+        axes[0].plot(steps, aux, style, label=spec["label"])
+        axes[1].plot(steps, met, style, label=spec["label"])
+        axes[2].scatter([np.mean([r["ms_per_step"] for r in rs])], [np.mean([r["test_metric"] for r in rs])], label=spec["label"])
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("auxiliary training loss (monitor subset)")
+    axes[0].set_title(f"{kind}: auxiliary loss over training")
+    ylab = "test MAE total_UPDRS" if kind == "parkinsons" else "test accuracy, left digit"
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel(ylab)
+    axes[1].set_title("primary metric over training")
+    axes[2].set_xlabel("ms per step")
+    axes[2].set_ylabel(ylab)
+    axes[2].set_title("final primary metric vs cost")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(CONFIGS / "parkinsons.json"))
+    ap.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
+    ap.add_argument("--timing", action="store_true", help="only the interleaved ms/step comparison (time_methods)")
+    args = ap.parse_args()
+    config = load_config(args.config)
+    if args.timing:
+        import json
+
+        data = _load(config)
+        kind = config["experiment"]
+        split = parkinsons_split(data, config["n_test_patients"], 0) if kind == "parkinsons" else multimnist_split(data, config["n_train"], config["n_test"], 0)
+        ms = time_methods(kind, split, config, **config.get("timing", {}))
+        base = ms.get("primary-only", float("nan"))
+        for k, v in ms.items():
+            print(f"| {k} | {v:.2f} | {v / base:.2f}× |")
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(OUT / f"{config.get('name', 'aux')}_timing.json", "w") as f:
+            json.dump({"ms_per_step_median": ms, "protocol": config.get("timing", {})}, f, indent=1)
+        return
+    if args.seeds:
+        config["seeds"] = args.seeds
+    t = time.perf_counter()
+    rows = run(config)
+    print(summarize(rows, config, OUT / f"{config.get('name', 'aux')}_summary.md"))
+    print(f"total {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
