@@ -2,13 +2,44 @@
 
 With task gradients g_1..g_k (rows of J) and G = J Jᵀ, a method picks weights w = f(G) and the
 update is d = Jᵀw, which costs one backward of Σ wᵢLᵢ.
+
+The core (solvers, methods, sources, training) is imported with the package; the other
+subpackages (``taskgrad.linear``, ``taskgrad.second_order``, ``taskgrad.regularize``,
+``taskgrad.noisy``, ``taskgrad.distributed``, ``taskgrad.logging``, ``taskgrad.datasets``,
+``taskgrad.models``, ``taskgrad.bench``) load on first use.
 """
 
-from . import methods, solvers, sources
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import methods, solvers, sources, training
 from .methods import MGDA, Mean, PrimaryAux, Weighting
 from .training import BackwardResult, backward
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "bench",
+    "datasets",
+    "distributed",
+    "lightning",
+    "linear",
+    "logging",
+    "models",
+    "noisy",
+    "regularize",
+    "second_order",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the optional subpackages on first attribute access (``taskgrad.linear`` …)."""
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'taskgrad' has no attribute {name!r}")
+
 
 __all__ = [
     "MGDA",
@@ -20,4 +51,6 @@ __all__ = [
     "methods",
     "solvers",
     "sources",
+    "training",
+    *sorted(_LAZY),
 ]
