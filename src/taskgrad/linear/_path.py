@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.model_selection import KFold, StratifiedKFold, check_cv
 
 from . import _inputs as I
@@ -56,7 +57,7 @@ def _penalty_split(alpha: float, rho: float, pen: int):
     return alpha * rho, alpha * (1 - rho), pen
 
 
-def path_on_problem(P: Problem, alphas, rho: float, pen: int, *, tol: float, max_iter: int,
+def path_on_problem(P: Problem, alphas: ArrayLike, rho: float, pen: int, *, tol: float, max_iter: int,
                     solver: str, device: str, fit_intercept: bool) -> Path:
     """Solve at each α in order, each fit warm-started from the previous one."""
     tol_abs = tol * datafit_at_zero(P)
@@ -86,9 +87,10 @@ def _check_alphas(alphas, n_alphas, eps):
     return None
 
 
-def multitask_enet_path(X, y=None, *, l1_ratio: float = 0.5, penalty: str = "l21", alphas=None,
+def multitask_enet_path(X: Data, y: ArrayLike | None = None, *, l1_ratio: float = 0.5, penalty: str = "l21",
+                        alphas: ArrayLike | None = None,
                         n_alphas: int = 100, eps: float = 1e-3, fit_intercept: bool = True,
-                        sample_weight=None, tol: float = 1e-4, max_iter: int = 1000,
+                        sample_weight: ArrayLike | None = None, tol: float = 1e-4, max_iter: int = 1000,
                         solver: str = "auto", device: str = "cpu") -> Path:
     """Multi-task elastic-net path: the :class:`MultiTaskElasticNet` solution for each α.
 
@@ -107,14 +109,15 @@ def multitask_enet_path(X, y=None, *, l1_ratio: float = 0.5, penalty: str = "l21
                            device=device, fit_intercept=fit_intercept)
 
 
-def multitask_lasso_path(X, y=None, **kwargs) -> Path:
+def multitask_lasso_path(X: Data, y: ArrayLike | None = None, **kwargs: Any) -> Path:
     """Multi-task Lasso path (:func:`multitask_enet_path` with l1_ratio = 1)."""
     return multitask_enet_path(X, y, l1_ratio=1.0, **kwargs)
 
 
-def multitask_logistic_path(X, y=None, *, penalty: str = "l21", multi_class: str = "auto",
-                            alphas=None, n_alphas: int = 20, eps: float = 1e-2,
-                            fit_intercept: bool = True, sample_weight=None, tol: float = 1e-4,
+def multitask_logistic_path(X: Data, y: ArrayLike | None = None, *, penalty: str = "l21",
+                            multi_class: str = "auto",
+                            alphas: ArrayLike | None = None, n_alphas: int = 20, eps: float = 1e-2,
+                            fit_intercept: bool = True, sample_weight: ArrayLike | None = None, tol: float = 1e-4,
                             max_iter: int = 1000, solver: str = "auto",
                             device: str = "cpu") -> Path:
     """Path of :class:`MultiTaskLogisticRegression` solutions, warm-started, from α_max down."""
