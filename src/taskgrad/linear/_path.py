@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,6 +21,9 @@ from ._estimators import (
 )
 from ._problem import Problem
 from ._solver import alpha_max_of, datafit_at_zero
+
+#: a design matrix (dense or scipy.sparse) or per-task designs [(X_t, y_t), ...]
+XInput = ArrayLike | Sequence[tuple[ArrayLike, ArrayLike]]
 
 __all__ = [
     "MultiTaskElasticNetCV",
@@ -87,7 +91,7 @@ def _check_alphas(alphas, n_alphas, eps):
     return None
 
 
-def multitask_enet_path(X: Data, y: ArrayLike | None = None, *, l1_ratio: float = 0.5, penalty: str = "l21",
+def multitask_enet_path(X: XInput, y: ArrayLike | None = None, *, l1_ratio: float = 0.5, penalty: str = "l21",
                         alphas: ArrayLike | None = None,
                         n_alphas: int = 100, eps: float = 1e-3, fit_intercept: bool = True,
                         sample_weight: ArrayLike | None = None, tol: float = 1e-4, max_iter: int = 1000,
@@ -109,12 +113,12 @@ def multitask_enet_path(X: Data, y: ArrayLike | None = None, *, l1_ratio: float 
                            device=device, fit_intercept=fit_intercept)
 
 
-def multitask_lasso_path(X: Data, y: ArrayLike | None = None, **kwargs: Any) -> Path:
+def multitask_lasso_path(X: XInput, y: ArrayLike | None = None, **kwargs: Any) -> Path:
     """Multi-task Lasso path (:func:`multitask_enet_path` with l1_ratio = 1)."""
     return multitask_enet_path(X, y, l1_ratio=1.0, **kwargs)
 
 
-def multitask_logistic_path(X: Data, y: ArrayLike | None = None, *, penalty: str = "l21",
+def multitask_logistic_path(X: XInput, y: ArrayLike | None = None, *, penalty: str = "l21",
                             multi_class: str = "auto",
                             alphas: ArrayLike | None = None, n_alphas: int = 20, eps: float = 1e-2,
                             fit_intercept: bool = True, sample_weight: ArrayLike | None = None, tol: float = 1e-4,
