@@ -234,7 +234,7 @@ def _rescale(Q: Tensor, c: Tensor, zero_tol: float) -> tuple[Tensor, Tensor, Ten
     diag = torch.diagonal(Q, dim1=-2, dim2=-1)
     dmax = diag.amax(-1, keepdim=True)
     zero = diag <= zero_tol * dmax.clamp_min(torch.finfo(Q.dtype).tiny)
-    zero = zero | (diag <= 0)
+    zero = zero | (diag < torch.finfo(Q.dtype).tiny)  # zero or subnormal: no usable curvature
     d = torch.where(zero, torch.zeros_like(diag), diag.clamp_min(torch.finfo(Q.dtype).tiny).rsqrt())
     Qs = Q * d.unsqueeze(-1) * d.unsqueeze(-2)
     Qs = Qs + torch.diag_embed(zero.to(Q.dtype))  # unit curvature on held variables keeps M PD

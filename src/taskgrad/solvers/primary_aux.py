@@ -28,10 +28,11 @@ def _flatten(G: Tensor, work: torch.dtype) -> tuple[Tensor, torch.Size]:
 
 
 def _zero_gradients(Gb: Tensor, eps: float) -> Tensor:
-    """(B, k) mask of tasks whose squared gradient norm is at most eps·max_j ‖g_j‖² (or is 0)."""
+    """(B, k) mask of tasks whose squared gradient norm is at most eps·max_j ‖g_j‖², or is below
+    the smallest normal number of the dtype (a subnormal ‖g‖² has too few bits to give a direction)."""
     diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
     dmax = diag.amax(-1, keepdim=True)
-    return (diag <= eps * dmax) | (diag <= 0)
+    return (diag <= eps * dmax) | (diag < torch.finfo(Gb.dtype).tiny)
 
 
 def _info(iters: Tensor, res: Tensor, conv: Tensor, batch: torch.Size, dtype: torch.dtype) -> SolverInfo:
@@ -184,7 +185,7 @@ def primary_aux(
     Args:
         eps: a task with ‖gᵢ‖² ≤ eps·max_j ‖gⱼ‖² is a zero gradient: an auxiliary one gets
             weight 0 (never NaN) and its constraint is dropped. The default 0 drops exact zeros
-            only: the problem is solved in variables rescaled by 1/‖gᵢ‖, so a tiny but nonzero
+            (and squared norms below the dtype's smallest normal number) only: the problem is solved in variables rescaled by 1/‖gᵢ‖, so a tiny but nonzero
             gradient (1e-20 beside 1e20 in float64) keeps its constraint exactly. Raise eps to
             treat gradients below a relative size as noise (e.g. 1e-12 for norm ratios < 1e-6).
         margin: with n_primary = 1, enforce the robust constraint ⟨u, gᵢ⟩ ≥ margin·‖u‖ (the
