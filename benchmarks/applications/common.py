@@ -118,3 +118,18 @@ def save_rows(rows: list[dict[str, Any]], stem: str, out_dir: Path) -> tuple[Pat
             w.writeheader()
             w.writerows(rows)
     return jpath, cpath
+
+
+def command_line(doc: str, default_config: Path, run: Any, summarize: Any, default_name: str) -> None:
+    """``--config PATH``: load it, ``rows = run(config)``, print ``summarize(rows, config, md_path)``."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(default_config))
+    args = ap.parse_args()
+    config = load_config(args.config)
+    t = time.perf_counter()
+    rows = run(config)
+    print(summarize(rows, config, OUT / f"{config.get('name', default_name)}_summary.md"))
+    print(f"total {time.perf_counter() - t:.0f} s")

@@ -17,7 +17,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, BatchStream, accuracy, load_config, load_dataset, make_model, save_rows, to_tensor  # noqa: E402
+from common import OUT, BatchStream, command_line, accuracy, load_dataset, make_model, save_rows, to_tensor  # noqa: E402
 
 from taskgrad.datasets.images import ImageDataset, stratified_subset  # noqa: E402
 from taskgrad.noisy import CleanSetTrainer, corrupt_labels  # noqa: E402
@@ -172,14 +171,7 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "noisy_labels.json"))
-    args = ap.parse_args()
-    config = load_config(args.config)
-    t = time.perf_counter()
-    rows = run(config)
-    print(summarize(rows, config, OUT / f"{config.get('name', 'noisy_labels')}_summary.md"))
-    print(f"total {time.perf_counter() - t:.0f} s")
+    command_line(__doc__, Path(__file__).parent / "configs" / "noisy_labels.json", run, summarize, "noisy_labels")
 
 
 if __name__ == "__main__":
