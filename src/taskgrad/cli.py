@@ -27,7 +27,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .bench.config import load_config
     from .bench.report import report
-    from .bench.runner import run
+    from .bench.runner import order_runs, run
     from .bench.toy_runner import run_toy
 
     console = Console()
@@ -45,7 +45,7 @@ def _bench(args: argparse.Namespace) -> int:
                 continue
             run_toy(out, cfg.name, entries, show_progress=not args.quiet, **kw)
             continue
-        runs = cfg.runs
+        runs = order_runs(cfg.runs)  # single-task baselines first: the delta_m selection reads them
         if args.seeds is not None:
             runs = [r for r in runs if r.seed in args.seeds]
         if args.methods is not None:
@@ -56,14 +56,18 @@ def _bench(args: argparse.Namespace) -> int:
         console.print(f"[bold]{cfg.name}[/]: {len(runs)} runs ({cfg.path})")
         if args.dry_run:
             for r in runs:
-                console.print(f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} optimizer={r.optimizer}")
+                console.print(f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} optimizer={r.optimizer} "
+                              f"scheduler={r.scheduler} val_fraction={r.val_fraction:g} selection={r.selection}")
             continue
         for r in runs:
             if args.device is not None:
                 r = replace(r, device=args.device)
             res = run(r, out, resume=not args.restart, show_progress=not args.quiet)
             final = ", ".join(f"{s['key']}={res['final'][s['key']]:.4f}" for s in res["metric_specs"])
-            console.print(f"  {r.run_id}: {final} ({res['time_per_epoch_s']:.1f} s/epoch)")
+            sel = res.get("selection") or {}
+            chosen = (f"epoch {sel['epoch']}/{r.epochs} by validation {sel['criterion']}"
+                      if sel.get("criterion", "last") != "last" else f"last epoch ({r.epochs})")
+            console.print(f"  {r.run_id}: {final} at {chosen} ({res['time_per_epoch_s']:.1f} s/epoch)")
     if not args.dry_run:
         path = report(out, md_path=args.md)
         console.print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
@@ -109,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer toy steps and a tiny MultiMNIST run (smoke test)")
     demo.add_argument("--quadratics-only", action="store_true", help="only the two-quadratics part")
     demo.set_defaults(func=_demo)
-    bench = sub.add_parser("bench", help="run benchmark configs (TOML) and write results, tables and plots")
-    bench.add_argument("configs", nargs="+", help="config files, e.g. benchmarks/configs/*.toml")
+    bench = sub.add_parser("bench", help="run benchmark configs (TOML or YAML) and write results, tables and plots")
+    bench.add_argument("configs", nargs="+",
+                       help="config files (.toml, .yaml, .yml), e.g. benchmarks/configs/*.toml; "
+                            "schema: benchmarks/configs/README.md")
     bench.add_argument("--out", default="benchmarks/out/bench", help="results folder (default: benchmarks/out/bench)")
     bench.add_argument("--md", default=None, help="also write the Markdown report to this file")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")

@@ -36,18 +36,19 @@ class CensusProblem(Problem):
                 for i, o in enumerate(outputs)]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int = 4096, split: str = "test") -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, batch_size: int = 4096, split: str = "test",
+                 indices: torch.Tensor | None = None) -> dict[str, Any]:
         from sklearn.metrics import roc_auc_score
 
         was = model.training
         model.eval()
-        n = self.n(split)
         scores: list[list[np.ndarray]] = [[], []]
-        for s in range(0, n, batch_size):
-            x, _ = self.batch(torch.arange(s, min(s + batch_size, n)), split)
+        for idx in self._chunks(self.n(split), batch_size, indices):
+            x, _ = self.batch(idx, split)
             _, outs = model(x)
             for i, o in enumerate(outs):
                 scores[i].append(o.squeeze(-1).float().cpu().numpy())
         model.train(was)
-        y = self.y[split].cpu().numpy()
+        y = self.y[split] if indices is None else self.y[split][indices.to(self.device)]
+        y = y.cpu().numpy()
         return {f"{t}/auc": float(roc_auc_score(y[:, i], np.concatenate(scores[i]))) for i, t in enumerate(self.tasks)}

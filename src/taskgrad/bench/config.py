@@ -1,6 +1,7 @@
-"""Benchmark configs: one TOML file describes an experiment, expanded into runs (method × seed).
+"""Benchmark configs: one TOML or YAML file describes an experiment, expanded into runs (method × seed).
 
-A file holds (all keys but ``name`` and ``dataset`` optional)::
+The schema (all keys but ``name``, ``dataset`` and ``methods`` optional; the full reference with
+examples is ``benchmarks/configs/README.md``)::
 
     name = "multimnist"            # experiment name: results go to OUT/<name>/<label>/seed<s>/
     dataset = "multimnist"         # a problem of taskgrad.bench.problems (see `problems()`)
@@ -9,33 +10,55 @@ A file holds (all keys but ``name`` and ``dataset`` optional)::
     epochs = 10
     batch_size = 256
     single_task = true             # also train one single-task baseline per task (for Δm)
-    source = "full"                # Gram source: full | representation | jacobian | sketch
-    device = "auto"                # auto | cpu | cuda
+    source = "full"                # Gram source: full | representation | jacobian | sketch | auto
+    device = "auto"                # auto | cpu | cuda | cuda:N
     max_steps_per_epoch = 0        # 0: the whole training set each epoch
     checkpoint_every = 200         # steps between checkpoints (and at every epoch end)
+    eval_batch_size = 1024
+    val_fraction = 0.0             # carve this fraction of the training set (by seed) for validation;
+                                   # 0: the data set's own validation split if it has one, else none
     [data]                         # keyword arguments of the problem
     [model]                        # keyword arguments of the problem's model
     [optimizer]                    # name = "adam" | "sgd" | "adamw", lr, weight_decay, momentum
+    [scheduler]                    # name = "none" | "step" | "cosine" | "plateau" (+ its parameters)
+    [selection]                    # criterion = "last" | "val_loss" | "metric" | "primary" | "delta_m"
     [baseline]                     # optional fixed single-task metrics {"task/metric" = value}
+
+YAML files (``.yaml``/``.yml``, read with PyYAML) use the same keys. Every key is checked: an
+unknown key or a value of the wrong type is a ``ValueError`` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExperimentConfig", "RunConfig", "load_config", "parse_config"]
+__all__ = ["ExperimentConfig", "RunConfig", "load_config", "parse_config", "read_config_file"]
 
 _TOP_KEYS = {
     "name", "dataset", "kind", "methods", "seeds", "epochs", "batch_size", "single_task", "source",
     "device", "max_steps_per_epoch", "checkpoint_every", "data", "model", "optimizer", "baseline",
-    "description", "eval_batch_size", "toy",
+    "description", "eval_batch_size", "toy", "scheduler", "val_fraction", "selection",
 }
 _OPT_KEYS = {"name", "lr", "weight_decay", "momentum"}
+SCHEDULERS: dict[str, dict[str, Any]] = {  # name → {parameter: default}; None: required/derived
+    "none": {},
+    "step": {"step_size": None, "milestones": None, "gamma": 0.1},
+    "cosine": {"t_max": None, "eta_min": 0.0},
+    "plateau": {"factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel", "cooldown": 0,
+                "min_lr": 0.0, "monitor": "val_loss"},
+}
+CRITERIA = ("last", "val_loss", "metric", "primary", "delta_m")
+MONITORS = ("val_loss", "criterion", "train_loss")
+# Defaults of the fields added after the first release: a run at these defaults keeps its old
+# fingerprint, so saved results and checkpoints of older versions are still recognized.
+_NEW_FIELD_DEFAULTS: dict[str, Any] = {"scheduler": {"name": "none"}, "val_fraction": 0.0,
+                                       "selection": {"criterion": "last"}}
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,8 @@ class RunConfig:
     """One training run: a problem, a model, a method, an optimizer, epochs and a seed.
 
     ``method`` is a registry name of :mod:`taskgrad.methods`, or ``"single-task:<i>"`` for the
-    single-task baseline of task i. ``label`` names the run in tables and folders.
+    single-task baseline of task i. ``label`` names the run in tables and folders. ``scheduler``
+    and ``selection`` are the normalized [scheduler] and [selection] tables (defaults filled in).
     """
 
     experiment: str
@@ -62,6 +86,9 @@ class RunConfig:
     data: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    val_fraction: float = 0.0
+    selection: dict[str, Any] = field(default_factory=lambda: {"criterion": "last"})
 
     @property
     def run_id(self) -> str:
@@ -72,13 +99,22 @@ class RunConfig:
     def is_single_task(self) -> bool:
         return self.method.startswith("single-task:")
 
+    @property
+    def single_task_index(self) -> int | None:
+        """i for ``single-task:<i>``, else None."""
+        return int(self.method.split(":", 1)[1]) if self.is_single_task else None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the result except ``device`` (a resumed run must match)."""
+        """Hash of everything that changes the result except ``device`` (a resumed run must match).
+        Fields added later are left out while at their defaults (older saved runs keep matching)."""
         d = self.to_dict()
         d.pop("device")
+        for key, default in _NEW_FIELD_DEFAULTS.items():
+            if d[key] == default:
+                d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -98,6 +134,49 @@ def _err(where: str, msg: str) -> ValueError:
     return ValueError(f"{where}: {msg}")
 
 
+def _tname(v: Any) -> str:
+    return type(v).__name__
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    v = raw.get(key, {})
+    if v is None:  # YAML `key:` with nothing after it
+        v = {}
+    if not isinstance(v, dict):
+        raise _err(where, f"[{key}] must be a table (mapping), got {v!r} ({_tname(v)}).")
+    bad = [k for k in v if not isinstance(k, str)]
+    if bad:
+        raise _err(where, f"[{key}] keys must be strings, got {bad!r}.")
+    return v
+
+
+def _number(tbl: dict[str, Any], key: str, where: str, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False) -> float:
+    v = tbl[key]
+    rng = (("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", "
+           + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]"))
+    if not _is_num(v) or not math.isfinite(v):
+        raise _err(where, f"'{key}' must be a number in {rng}, got {v!r} ({_tname(v)}).")
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
+        raise _err(where, f"'{key}' must be in {rng}, got {v!r}.")
+    return float(v)
+
+
+def _int(tbl: dict[str, Any], key: str, where: str, lo: int) -> int:
+    v = tbl[key]
+    if not _is_int(v) or v < lo:
+        raise _err(where, f"'{key}' must be an int ≥ {lo}, got {v!r} ({_tname(v)}).")
+    return int(v)
+
+
 def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]]]:
     if not isinstance(raw, list) or not raw:
         raise _err(where, "'methods' must be a non-empty list of names or {name = ..., ...} tables.")
@@ -106,6 +185,8 @@ def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]
         if isinstance(m, str):
             out.append((m, m, {}))
         elif isinstance(m, dict) and isinstance(m.get("name"), str):
+            if "label" in m and not isinstance(m["label"], str):
+                raise _err(where, f"method entry {m!r}: 'label' must be a string, got {_tname(m['label'])}.")
             kw = {k: v for k, v in m.items() if k not in ("name", "label")}
             label = m.get("label") or (m["name"] if not kw else m["name"] + "-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items())))
             out.append((m["name"], str(label), kw))
@@ -117,78 +198,246 @@ def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]
     return out
 
 
+def _optimizer(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    opt = {"name": "adam", "lr": 1e-3, **_table(raw, "optimizer", where)}
+    if set(opt) - _OPT_KEYS:
+        raise _err(where, f"[optimizer] has unknown keys {sorted(set(opt) - _OPT_KEYS)}; allowed: {sorted(_OPT_KEYS)}.")
+    if opt["name"] not in ("adam", "adamw", "sgd"):
+        raise _err(where, f"optimizer name must be 'adam', 'adamw' or 'sgd', got {opt['name']!r}.")
+    w = f"{where}: [optimizer]"
+    if not _is_num(opt["lr"]) or opt["lr"] <= 0:
+        raise _err(where, f"optimizer lr must be a positive number, got {opt['lr']!r} ({_tname(opt['lr'])}).")
+    if "weight_decay" in opt:
+        _number(opt, "weight_decay", w, lo=0.0)
+    if "momentum" in opt:
+        _number(opt, "momentum", w, lo=0.0, hi=1.0, hi_open=True)
+    return opt
+
+
+def parse_scheduler(raw: dict[str, Any] | None, epochs: int, lr: float, where: str = "config") -> dict[str, Any]:
+    """Validate a [scheduler] table and fill its defaults (see ``SCHEDULERS``).
+
+    none: constant lr. step: lr·γ^⌊e/step_size⌋, or lr·γ^(number of milestones ≤ e) after epoch e.
+    cosine: η_min + (lr − η_min)(1 + cos(π e / t_max))/2 (t_max defaults to ``epochs``).
+    plateau: torch's ReduceLROnPlateau (mode "min") on ``monitor``, stepped once per epoch.
+    """
+    tbl = dict(raw or {})
+    w = f"{where}: [scheduler]"
+    name = tbl.pop("name", "none")
+    if name not in SCHEDULERS:
+        raise _err(where, f"[scheduler] name must be one of {list(SCHEDULERS)}, got {name!r}.")
+    allowed = SCHEDULERS[name]
+    unknown = set(tbl) - set(allowed)
+    if unknown:
+        raise _err(where, f"[scheduler] name = {name!r} does not take {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    spec: dict[str, Any] = {"name": name}
+    if name == "step":
+        if ("step_size" in tbl) == ("milestones" in tbl):
+            raise _err(where, "[scheduler] name = 'step' needs exactly one of 'step_size' (decay every n epochs) "
+                              "or 'milestones' (a list of epochs).")
+        if "step_size" in tbl:
+            spec["step_size"] = _int(tbl, "step_size", w, 1)
+        else:
+            ms = tbl["milestones"]
+            if not isinstance(ms, list) or not ms or not all(_is_int(m) and m >= 1 for m in ms) or ms != sorted(set(ms)):
+                raise _err(where, f"[scheduler] 'milestones' must be a non-empty increasing list of epochs ≥ 1, got {ms!r}.")
+            spec["milestones"] = list(ms)
+        spec["gamma"] = _number({"gamma": tbl.get("gamma", 0.1)}, "gamma", w, lo=0.0, hi=1.0, lo_open=True)
+    elif name == "cosine":
+        spec["t_max"] = _int({"t_max": tbl.get("t_max", epochs)}, "t_max", w, 1)
+        spec["eta_min"] = _number({"eta_min": tbl.get("eta_min", 0.0)}, "eta_min", w, lo=0.0)
+        if spec["eta_min"] >= lr:
+            raise _err(where, f"[scheduler] eta_min = {spec['eta_min']} must be below the optimizer lr = {lr}.")
+    elif name == "plateau":
+        full = {**allowed, **tbl}
+        spec["factor"] = _number(full, "factor", w, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        spec["patience"] = _int(full, "patience", w, 0)
+        spec["threshold"] = _number(full, "threshold", w, lo=0.0)
+        if full["threshold_mode"] not in ("rel", "abs"):
+            raise _err(where, f"[scheduler] threshold_mode must be 'rel' or 'abs', got {full['threshold_mode']!r}.")
+        spec["threshold_mode"] = full["threshold_mode"]
+        spec["cooldown"] = _int(full, "cooldown", w, 0)
+        spec["min_lr"] = _number(full, "min_lr", w, lo=0.0)
+        if full["monitor"] not in MONITORS:
+            raise _err(where, f"[scheduler] monitor must be one of {list(MONITORS)}, got {full['monitor']!r}.")
+        spec["monitor"] = full["monitor"]
+    return spec
+
+
+def parse_selection(raw: dict[str, Any] | None, tasks: list[str] | None, where: str = "config") -> dict[str, Any]:
+    """Validate a [selection] table: ``criterion`` (one of ``CRITERIA``) and, for ``"metric"``,
+    ``metric = "<task>/<name>"`` (a validation metric; its direction comes from the problem)."""
+    tbl = dict(raw or {})
+    crit = tbl.pop("criterion", "last")
+    if crit not in CRITERIA:
+        raise _err(where, f"[selection] criterion must be one of {list(CRITERIA)}, got {crit!r}.")
+    allowed = {"metric"} if crit == "metric" else set()
+    unknown = set(tbl) - allowed
+    if unknown:
+        raise _err(where, f"[selection] criterion = {crit!r} does not take {sorted(unknown)}"
+                          + ("; 'metric' goes with criterion = 'metric'." if "metric" in unknown else "."))
+    spec: dict[str, Any] = {"criterion": crit}
+    if crit == "metric":
+        m = tbl.get("metric")
+        if not isinstance(m, str) or "/" not in m:
+            raise _err(where, f"[selection] criterion = 'metric' needs metric = \"<task>/<name>\", got {m!r}.")
+        if tasks is not None and m.split("/", 1)[0] not in tasks:
+            raise _err(where, f"[selection] metric {m!r}: task {m.split('/', 1)[0]!r} is not one of {tasks}.")
+        spec["metric"] = m
+    return spec
+
+
 def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool = True) -> ExperimentConfig:
-    """Validate a config mapping (as read from TOML) and expand it into runs."""
+    """Validate a config mapping (as read from TOML or YAML) and expand it into runs."""
+    if not isinstance(raw, dict):
+        raise _err(where, f"a config is a table (mapping) of keys, got {_tname(raw)}.")
+    nonstr = [k for k in raw if not isinstance(k, str)]
+    if nonstr:
+        raise _err(where, f"keys must be strings, got {nonstr!r}.")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise _err(where, f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}.")
     for key in ("name", "dataset"):
         if not isinstance(raw.get(key), str) or not raw[key]:
-            raise _err(where, f"'{key}' must be a non-empty string.")
+            raise _err(where, f"'{key}' must be a non-empty string, got {raw.get(key)!r}.")
+    if "description" in raw and not isinstance(raw["description"], str):
+        raise _err(where, f"'description' must be a string, got {_tname(raw['description'])}.")
     kind = raw.get("kind", "train")
     if kind not in ("train", "toy"):
         raise _err(where, f"'kind' must be 'train' or 'toy', got {kind!r}.")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
         raise _err(where, f"'seeds' must be a non-empty list of ints, got {seeds!r}.")
+    if len(set(seeds)) != len(seeds):
+        raise _err(where, f"'seeds' has duplicates: {seeds!r}.")
     ints = {"epochs": 1, "batch_size": 256, "max_steps_per_epoch": 0, "checkpoint_every": 200, "eval_batch_size": 1024}
     vals: dict[str, int] = {}
     for key, default in ints.items():
         v = raw.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "max_steps_per_epoch" else 1):
-            raise _err(where, f"'{key}' must be a positive int, got {v!r}.")
+        if not _is_int(v) or v < (0 if key == "max_steps_per_epoch" else 1):
+            raise _err(where, f"'{key}' must be a {'non-negative' if key == 'max_steps_per_epoch' else 'positive'} int, "
+                              f"got {v!r} ({_tname(v)}).")
         vals[key] = v
-    opt = {"name": "adam", "lr": 1e-3, **raw.get("optimizer", {})}
-    if set(opt) - _OPT_KEYS:
-        raise _err(where, f"[optimizer] has unknown keys {sorted(set(opt) - _OPT_KEYS)}; allowed: {sorted(_OPT_KEYS)}.")
-    if opt["name"] not in ("adam", "adamw", "sgd"):
-        raise _err(where, f"optimizer name must be 'adam', 'adamw' or 'sgd', got {opt['name']!r}.")
-    if not isinstance(opt["lr"], (int, float)) or opt["lr"] <= 0:
-        raise _err(where, f"optimizer lr must be a positive number, got {opt['lr']!r}.")
+    single_task = raw.get("single_task", False)
+    if not isinstance(single_task, bool):
+        raise _err(where, f"'single_task' must be true or false, got {single_task!r} ({_tname(single_task)}).")
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "mps") or device.split(":")[0] == "cuda"):
+        raise _err(where, f"'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    opt = _optimizer(raw, where)
     source = raw.get("source", "full")
     if source not in ("full", "representation", "jacobian", "sketch", "auto"):
         raise _err(where, f"'source' must be full, representation, jacobian, sketch or auto, got {source!r}.")
-    for tbl in ("data", "model", "baseline", "toy"):
-        if not isinstance(raw.get(tbl, {}), dict):
-            raise _err(where, f"[{tbl}] must be a table.")
+    tables = {tbl: _table(raw, tbl, where) for tbl in ("data", "model", "baseline", "toy", "scheduler", "selection")}
+    for k, v in tables["baseline"].items():
+        if not _is_num(v):
+            raise _err(where, f"[baseline] '{k}' must be a number, got {v!r} ({_tname(v)}).")
+    val_fraction = _number({"val_fraction": raw.get("val_fraction", 0.0)}, "val_fraction", where, lo=0.0, hi=1.0, hi_open=True)
     entries = _method_entries(raw.get("methods"), where)
     if check_methods:
         from .. import methods as _methods
 
         names = set(_methods.available())
-        for name, _, _ in entries:
+        for name, label, kw in entries:
             key = name.strip().lower().replace("_", "-")
             if key not in names:
                 raise _err(where, f"unknown method {name!r}; `taskgrad methods` lists them.")
+            try:  # constructing a method is cheap: bad keyword arguments fail here, not mid-benchmark
+                _methods.get(name, **kw)
+            except (TypeError, ValueError) as e:
+                raise _err(where, f"method {label!r}: {e}") from e
     runs: list[RunConfig] = []
     if kind == "train":
+        from .problems import task_names
+
+        try:
+            tasks = task_names(raw["dataset"], tables["data"])
+        except KeyError as e:
+            raise _err(where, f"'dataset': {e.args[0]}") from e
+        scheduler = parse_scheduler(tables["scheduler"], vals["epochs"], float(opt["lr"]), where)
+        selection = parse_selection(tables["selection"], tasks, where)
+        if selection["criterion"] == "delta_m" and not single_task and not tables["baseline"]:
+            raise _err(where, "[selection] criterion = 'delta_m' compares with single-task validation metrics: "
+                              "set single_task = true, or give a fixed [baseline] table.")
+        if selection["criterion"] == "delta_m" and not single_task:
+            selection["baseline"] = {str(k): float(v) for k, v in tables["baseline"].items()}
+        if scheduler.get("monitor") == "criterion" and selection["criterion"] == "last":
+            raise _err(where, "[scheduler] monitor = 'criterion' needs a [selection] criterion other than 'last'.")
         common = dict(
-            experiment=raw["name"], dataset=raw["dataset"], source=source, device=raw.get("device", "auto"),
-            data=dict(raw.get("data", {})), model=dict(raw.get("model", {})), optimizer=opt, **vals,
+            experiment=raw["name"], dataset=raw["dataset"], source=source, device=device,
+            data=dict(tables["data"]), model=dict(tables["model"]), optimizer=opt, scheduler=scheduler,
+            val_fraction=val_fraction, selection=selection, **vals,
         )
         for seed in seeds:
             for name, label, kw in entries:
                 runs.append(RunConfig(method=name, label=label, seed=seed, method_kwargs=kw, **common))
-        if raw.get("single_task", False):
-            from .problems import task_names
-
+        if single_task:
             for seed in seeds:
-                for i, t in enumerate(task_names(raw["dataset"], raw.get("data", {}))):
+                for i, t in enumerate(tasks):
                     runs.append(RunConfig(method=f"single-task:{i}", label=f"single-task:{t}", seed=seed, **common))
-    baseline = {str(k): float(v) for k, v in raw.get("baseline", {}).items()}
-    return ExperimentConfig(raw["name"], kind, runs, baseline, dict(raw.get("toy", {})), None)
+    baseline = {str(k): float(v) for k, v in tables["baseline"].items()}
+    return ExperimentConfig(raw["name"], kind, runs, baseline, dict(tables["toy"]), None)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate one TOML config file (see the module docstring for the keys)."""
+def _yaml_loader() -> Any:
+    """A PyYAML SafeLoader that reads YAML 1.2 floats (``1e-3``, which YAML 1.1 reads as a string)
+    and refuses duplicate keys (which PyYAML otherwise silently overwrites)."""
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError("YAML configs need PyYAML: `pip install pyyaml` (or write the config as TOML).") from e
+    import re
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in out:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            out[key] = loader.construct_object(value_node, deep=deep)
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a ``.toml``, ``.yaml`` or ``.yml`` file (no validation)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-    if path.suffix.lower() != ".toml":
-        raise ValueError(f"{path}: configs are TOML files (*.toml), got {path.suffix!r}.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from e
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from e
+    if suffix in (".yaml", ".yml"):
+        loader = _yaml_loader()
+        import yaml
+
+        try:
+            raw = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 (a SafeLoader subclass)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config is a mapping of keys at the top level, got {_tname(raw)}.")
+        return raw
+    raise ValueError(f"{path}: configs are TOML (*.toml) or YAML (*.yaml, *.yml) files, got {path.suffix!r}.")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate one TOML or YAML config file (see the module docstring for the keys)."""
+    raw = read_config_file(path)
     cfg = parse_config(raw, where=str(path))
     return ExperimentConfig(cfg.name, cfg.kind, cfg.runs, cfg.baseline, cfg.toy, str(path))

@@ -76,15 +76,26 @@ class Problem:
     def finalize(self, sums: dict[str, float], n: int) -> dict[str, float]:
         return {k: v / n for k, v in sums.items()}
 
+    def has_split(self, split: str) -> bool:
+        """Whether the problem holds a non-empty ``split`` (e.g. its own ``"val"`` split)."""
+        return split in self.y and self.n(split) > 0
+
+    @staticmethod
+    def _chunks(n: int, batch_size: int, indices: Tensor | None) -> list[Tensor]:
+        """Consecutive index batches over ``indices`` (default: 0..n−1)."""
+        idx = torch.arange(n) if indices is None else indices
+        return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int = 1024, split: str = "test") -> dict[str, float]:
-        """Every metric on ``split`` (model in eval mode; restored afterwards)."""
+    def evaluate(self, model: nn.Module, batch_size: int = 1024, split: str = "test",
+                 indices: Tensor | None = None) -> dict[str, float]:
+        """Every metric on ``split`` (or on its rows ``indices``; model in eval mode, restored afterwards)."""
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
-        n = self.n(split)
-        for s in range(0, n, batch_size):
-            x, y = self.batch(torch.arange(s, min(s + batch_size, n)), split)
+        n = self.n(split) if indices is None else len(indices)
+        for idx in self._chunks(self.n(split), batch_size, indices):
+            x, y = self.batch(idx, split)
             _, outs = model(x)
             for k, v in self.metric_sums(outs, y).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -93,6 +104,29 @@ class Problem:
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"metrics {bad} are not finite: the model diverged (lower the learning rate).")
+        return out
+
+    @torch.no_grad()
+    def mean_losses(self, model: nn.Module, batch_size: int = 1024, split: str = "test",
+                    indices: Tensor | None = None) -> list[float]:
+        """The k task losses over ``split`` (or its rows ``indices``): L_i = Σ_b |b|·L_i(b) / n, the
+        example average of per-batch mean losses (exact for losses that are means over examples)."""
+        was_training = model.training
+        model.eval()
+        n = self.n(split) if indices is None else len(indices)
+        if n == 0:
+            raise ValueError(f"mean_losses over an empty {split!r} split.")
+        total: list[float] = []
+        for idx in self._chunks(self.n(split), batch_size, indices):
+            x, y = self.batch(idx, split)
+            _, outs = model(x)
+            ls = [float(v) * len(idx) for v in self.losses(outs, y)]
+            total = ls if not total else [a + b for a, b in zip(total, ls)]
+        model.train(was_training)
+        out = [t / n for t in total]
+        bad = [t for t, v in zip(self.tasks, out) if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"{split} losses of {bad} are not finite: the model diverged (lower the learning rate).")
         return out
 
 

@@ -61,7 +61,9 @@ class Molecules:
 class QM9Problem(Problem):
     """QM9 regression (see the module docstring). ``[data]``: ``source`` (qm9pack data dir or CSV),
     ``cache_dir``, ``split_seed`` (0), ``n_train`` (110000), ``n_val`` (10000), ``subset`` (0: all
-    training molecules), ``n_test`` (0: the whole evaluation split), ``eval_split`` ("test" | "val")."""
+    training molecules), ``n_test`` (0: the whole evaluation split), ``eval_split`` ("test" | "val"). With
+    ``eval_split = "test"`` the validation molecules are kept as the ``"val"`` split, which the
+    harness evaluates every epoch (model selection, ReduceLROnPlateau)."""
 
     def __init__(self, source: str | None = None, cache_dir: str | None = None, split_seed: int = 0,
                  n_train: int = 110_000, n_val: int = 10_000, subset: int = 0, n_test: int = 0,
@@ -87,6 +89,9 @@ class QM9Problem(Problem):
         norm = lambda y: torch.from_numpy(((y - self.mean) / self.std).astype(np.float32))  # noqa: E731
         super().__init__(Molecules.select(d.z, d.pos, d.ptr, split["train"]), norm(y_tr),
                          Molecules.select(d.z, d.pos, d.ptr, ev), norm(y_ev))
+        if eval_split == "test" and len(split["val"]):  # the protocol's validation split (model selection)
+            self.x["val"] = Molecules.select(d.z, d.pos, d.ptr, split["val"])
+            self.y["val"] = norm(d.y[split["val"]][:, cols])
 
     def to(self, device: torch.device) -> Problem:
         self.scale = self.scale.to(device)

@@ -1,8 +1,9 @@
 """Rebuild tables and plots from saved runs: ``report(DIR)`` reads every ``result.json`` under
 DIR (and ``toy.json`` of toy experiments) and writes ``DIR/report.md`` and ``DIR/plots/*.png``.
 
-Per experiment: each method's final metrics as mean ± std over seeds, Δm% against the
-single-task runs of the same experiment (computed per seed, then mean ± std; with several
+Per experiment: each method's test metrics at its selected epoch (the last one unless the config
+selects by a validation criterion; the table then shows the selected epoch of each seed) as
+mean ± std over seeds, Δm% against the single-task runs of the same experiment (computed per seed, then mean ± std; with several
 baseline seeds their mean is the baseline; a config's fixed [baseline] table is used when the
 experiment has no single-task runs), the training time per epoch and the median time per step.
 """
@@ -52,8 +53,12 @@ def summarize(results: list[dict[str, Any]], fixed_baseline: dict[str, float] | 
     rows = []
     for label, runs in by_label.items():
         finals = [r["final"] for r in runs]
+        sels = [r.get("selection") or {} for r in runs]
         row: dict[str, Any] = {"label": label, "method": runs[0]["config"]["method"], "seeds": len(runs),
                                "metrics": aggregate(finals),
+                               "selected_epochs": [s.get("epoch", len(r["history"])) for s, r in zip(sels, runs)],
+                               "criterion": sels[0].get("criterion", "last"),
+                               "validation": sels[0].get("validation", "none"),
                                "time_per_epoch_s": mean_std([r["time_per_epoch_s"] for r in runs]),
                                "time_per_step_s": mean_std([r["time_per_step_s"] for r in runs]),
                                "epochs": runs[0]["config"]["epochs"]}
@@ -75,18 +80,28 @@ def _fmt(ms: tuple[float, float], digits: int = 4, pct: bool = False) -> str:
 def markdown_table(name: str, summ: dict[str, Any]) -> str:
     """A Markdown table of one experiment (Δm first, then every metric, then timings)."""
     specs = summ["specs"]
-    head = ["method", "seeds", "epochs", "Δm% ↓"] + [f"{k} {'↑' if h else '↓'}" for k, h in specs.items()]
+    selecting = any(r.get("criterion", "last") != "last" for r in summ["rows"])
+    head = ["method", "seeds", "epochs"] + (["selected epoch"] if selecting else []) + ["Δm% ↓"] + [f"{k} {'↑' if h else '↓'}" for k, h in specs.items()]
     head += ["s / epoch", "ms / step"]
     lines = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summ["rows"]:
         dm = _fmt(r["delta_m"], pct=True) if "delta_m" in r else "n/a"
-        cells = [r["label"], str(r["seeds"]), str(r["epochs"]), dm]
+        cells = [r["label"], str(r["seeds"]), str(r["epochs"])]
+        if selecting:
+            cells.append(", ".join(str(e) for e in r.get("selected_epochs", [])))
+        cells.append(dm)
         cells += [_fmt(r["metrics"][k]) if k in r["metrics"] else "n/a" for k in specs]
         cells += [f"{r['time_per_epoch_s'][0]:.1f}", f"{1e3 * r['time_per_step_s'][0]:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Δm baseline: {summ['baseline_source']}; mean ± sample std over seeds; "
                  "time per step is the median optimizer step (forward, Gram, weights, backward, update).")
+    if selecting:
+        crits = sorted({r["criterion"] for r in summ["rows"] if not r["method"].startswith("single-task")} or {"last"})
+        vals = sorted({r["validation"] for r in summ["rows"]})
+        lines.append(f"Model selection: test metrics at the epoch of the best validation {', '.join(crits)} "
+                     f"(selected epoch per seed; single-task baselines select on their own task); "
+                     f"validation: {'; '.join(vals)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -112,10 +127,19 @@ def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]
             ax.plot(ep, arr.mean(0), ".-", color=colors[lbl], label=lbl)
             if arr.shape[0] > 1:
                 ax.fill_between(ep, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), color=colors[lbl], alpha=0.15)
+            vcurves = [[h.get(f"val/{key}", np.nan) for h in r["history"][:n]] for r in runs]
+            varr = np.array(vcurves, dtype=float)
+            if np.isfinite(varr).any():  # validation curve (dashed)
+                ax.plot(ep, np.nanmean(varr, 0), "--", color=colors[lbl], lw=0.9)
+            for r in runs:  # the selected epoch of each seed
+                sel = (r.get("selection") or {}).get("epoch")
+                if sel and (r.get("selection") or {}).get("criterion", "last") != "last" and sel <= n:
+                    ax.plot([sel], [r["history"][sel - 1][key]], "o", mfc="none", color=colors[lbl], ms=7)
         ax.set_title(key)
         ax.set_xlabel("epoch")
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{name}: test metrics during training")
+    has_val = any(k.startswith("val/") for runs in summ["by_label"].values() for r in runs for k in r["history"][0])
+    fig.suptitle(f"{name}: test metrics during training" + (" (dashed: validation; circles: selected epochs)" if has_val else ""))
     fig.tight_layout()
     written.append(plots / f"{name}_curves.png")
     fig.savefig(written[-1], dpi=110)

@@ -1,11 +1,15 @@
 """Train one run of a config, with checkpoints, per-epoch evaluation and saved results.
 
 Files in ``OUT/<experiment>/<label>/seed<s>/``: ``checkpoint.pt`` (model, optimizer, method state,
-RNG state, position in the epoch, history; written every ``checkpoint_every`` steps and at each
-epoch end), ``history.csv`` (one row per epoch), ``result.json`` (config, final metrics, history,
-timings; written when the run completes). Starting a run whose folder holds a checkpoint of the
-same config resumes from it: the data order of epoch e is a function of (seed, e), so the resumed
-run takes the same steps as an uninterrupted one.
+LR scheduler, RNG state, position in the epoch, history, best-so-far selection; written every
+``checkpoint_every`` steps and at each epoch end), ``history.csv`` (one row per epoch: lr, training
+losses and weights, test metrics, validation metrics ``val/<key>`` and losses ``val_loss/<task>``,
+the selection score ``val_score`` and ``selected`` = 1 on the best epoch so far), ``best_model.pt``
+(the model of the selected epoch, when the criterion is not ``"last"``) and ``result.json`` (config,
+selected and last metrics, history, selection, timings; written when the run completes). ``final``
+in result.json holds the test metrics of the selected epoch (the last one for ``"last"``).
+Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
+of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from .. import methods as _methods
 from ..methods.base import Weighting
 from ..training import GradStep, TaskOptimizer
 from .config import RunConfig
-from .problems import get_problem, seed_everything
+from .problems import Problem, get_problem, seed_everything
+from .schedulers import build_scheduler, step_scheduler
+from .validation import Selector, carve_validation
 
-__all__ = ["OneTask", "build_method", "run", "run_all"]
+__all__ = ["OneTask", "build_method", "order_runs", "run", "run_all", "single_task_val_baseline"]
 
 
 class OneTask(Weighting):
@@ -96,6 +102,41 @@ def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
         w.writerows(history)
 
 
+def _validation(problem: Problem, cfg: RunConfig) -> tuple[Tensor | None, str | None, Tensor | None, str]:
+    """(training rows or None for all, validation split name, validation rows or None, source)."""
+    if cfg.val_fraction > 0:
+        train_idx, val_idx = carve_validation(problem.n("train"), cfg.val_fraction, cfg.seed)
+        return train_idx, "train", val_idx, f"{cfg.val_fraction:g} of the training set, carved by seed"
+    if problem.has_split("val"):
+        return None, "val", None, "the data set's validation split"
+    return None, None, None, "none"
+
+
+def single_task_val_baseline(out_dir: str | Path, cfg: RunConfig, tasks: list[str], keys: list[str]) -> dict[str, float]:
+    """Validation metrics of the single-task runs of ``cfg``'s experiment and seed at their selected
+    epochs ({key: value} for the metrics ``keys``, each from the run of its task)."""
+    base: dict[str, float] = {}
+    for t in tasks:
+        path = Path(out_dir) / cfg.experiment / f"single-task:{t}" / f"seed{cfg.seed}" / "result.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{cfg.run_id} selects by validation Δm against the single-task runs, but {path} does not exist: "
+                "run the single-task baselines first (`taskgrad bench` does), or give a fixed [baseline].")
+        r = json.loads(path.read_text())
+        other = r["config"]
+        for key in ("val_fraction", "data", "dataset", "seed"):
+            if other.get(key, 0.0 if key == "val_fraction" else None) != getattr(cfg, key):
+                raise RuntimeError(f"{path} was trained with a different {key!r} ({other.get(key)!r} ≠ "
+                                   f"{getattr(cfg, key)!r}): its validation metrics are no baseline for {cfg.run_id}.")
+        val = (r.get("selection") or {}).get("val") or {}
+        for k in keys:
+            if k.split("/", 1)[0] == t:
+                if k not in val:
+                    raise RuntimeError(f"{path} has no validation metric {k!r} (trained without a validation split?).")
+                base[k] = float(val[k])
+    return base
+
+
 def run(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -103,31 +144,49 @@ def run(
     resume: bool = True,
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    val_baseline: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` (or resume it, or return its saved result) and return the result dict.
 
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt).
+    ``val_baseline`` ({metric: value}) overrides the single-task validation metrics used by the
+    ``delta_m`` selection criterion (by default: the config's fixed [baseline], else the saved
+    single-task runs of the same experiment and seed under ``out_dir``).
     """
     run_dir = Path(out_dir) / cfg.run_id
-    result_path, ckpt_path = run_dir / "result.json", run_dir / "checkpoint.pt"
+    result_path, ckpt_path, best_path = run_dir / "result.json", run_dir / "checkpoint.pt", run_dir / "best_model.pt"
     fp = cfg.fingerprint()
     if resume and result_path.is_file():
         saved = json.loads(result_path.read_text())
         if saved.get("fingerprint") == fp:
             return saved
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     problem = get_problem(cfg.dataset, **cfg.data).to(device)
+    train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
+    crit = cfg.selection.get("criterion", "last")
+    monitor = cfg.scheduler.get("monitor") if cfg.scheduler.get("name") == "plateau" else None
+    if val_split is None and (crit != "last" or monitor == "val_loss"):
+        what = f"[selection] criterion = {crit!r}" if crit != "last" else "[scheduler] monitor = 'val_loss'"
+        raise ValueError(f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
+                         "set val_fraction (e.g. 0.1) in the config.")
+    specs = {m.key: m.higher_is_better for m in problem.metrics}
+    k = len(problem.tasks)
+    st = cfg.single_task_index
+    if crit == "delta_m" and st is None and val_baseline is None:
+        val_baseline = cfg.selection.get("baseline")
+    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     model = problem.make_model(**cfg.model).to(device)
     method = build_method(cfg)
-    topt = TaskOptimizer(_optimizer(model.parameters(), cfg.optimizer), GradStep(method, source=cfg.source))
-    n_train = problem.n("train")
+    opt = _optimizer(model.parameters(), cfg.optimizer)
+    scheduler = build_scheduler(opt, cfg.scheduler)
+    topt = TaskOptimizer(opt, GradStep(method, source=cfg.source))
+    n_train = problem.n("train") if train_idx is None else len(train_idx)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
-                             "epoch_stats": None, "step_times": [], "resumed": 0}
+                             "epoch_stats": None, "step_times": [], "resumed": 0, "selection": None}
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck["fingerprint"] != fp:
@@ -137,20 +196,33 @@ def run(
             )
         model.load_state_dict(ck["model"])
         topt.load_state_dict(ck["topt"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         if ck.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(ck["cuda_rng"])
         state = ck["state"]
+        state.setdefault("selection", None)
         state["resumed"] += 1
+    if state["selection"] is None and crit == "delta_m" and st is None and val_baseline is None:
+        val_baseline = single_task_val_baseline(out_dir, cfg, list(problem.tasks), list(specs))
+    selector = Selector(crit, specs, list(problem.tasks), metric=cfg.selection.get("metric"), single_task=st,
+                        baseline=val_baseline if state["selection"] is None else state["selection"]["baseline"])
+    if state["selection"] is not None:
+        selector.load_state_dict(state["selection"])
 
     def save_checkpoint() -> None:
+        state["selection"] = selector.state_dict()
         _atomic_save({
             "fingerprint": fp, "model": model.state_dict(), "topt": topt.state_dict(), "state": state,
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         }, ckpt_path)
 
-    k = len(problem.tasks)
+    def task_mean(values: list[float]) -> float:
+        return float(values[st]) if st is not None else sum(values) / len(values)
+
     use_features = cfg.source in ("representation", "auto")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -168,6 +240,8 @@ def run(
             model.train()
             for b in range(state["step_in_epoch"], steps_per_epoch):
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if train_idx is not None:
+                    idx = train_idx[idx]
                 x, y = problem.batch(idx, "train")
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -197,12 +271,34 @@ def run(
             n_steps = max(stats["steps"], 1)
             applied = max(stats["steps"] - stats["skipped"], 1)
             row: dict[str, Any] = {"epoch": epoch + 1, "train_time_s": stats["time"], "steps": stats["steps"],
-                                   "skipped": stats["skipped"]}
+                                   "skipped": stats["skipped"], "lr": float(opt.param_groups[0]["lr"])}
             for i, t in enumerate(problem.tasks):
                 row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
                 row[f"weight/{t}"] = stats["w_sum"][i] / applied
             row.update(metrics)
+            val_metrics: dict[str, float] = {}
+            val_losses: list[float] | None = None
+            if val_split is not None:
+                val_metrics = problem.evaluate(model, cfg.eval_batch_size, split=val_split, indices=val_idx)
+                val_losses = problem.mean_losses(model, cfg.eval_batch_size, split=val_split, indices=val_idx)
+                row.update({f"val/{key}": v for key, v in val_metrics.items()})
+                row.update({f"val_loss/{t}": v for t, v in zip(problem.tasks, val_losses)})
+                row["val_loss"] = task_mean(val_losses)
+            score = selector.score(val_metrics, val_losses)
+            if score is not None:
+                row["val_score"] = score
+            improved = selector.update(epoch + 1, score)
+            if improved and selector.needs_validation:
+                _atomic_save(model.state_dict(), best_path)
             state["history"].append(row)
+            for r in state["history"]:  # 1 on the best epoch so far
+                r["selected"] = int(r["epoch"] == selector.best_epoch)
+            if monitor is not None:
+                train_loss = task_mean([row[f"train_loss/{t}"] for t in problem.tasks])
+                step_scheduler(scheduler, {"val_loss": row.get("val_loss"), "criterion": score,
+                                           "train_loss": train_loss}[monitor])
+            else:
+                step_scheduler(scheduler, None)
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             state["epoch_stats"] = None
@@ -210,10 +306,21 @@ def run(
             _write_history_csv(run_dir / "history.csv", state["history"])
             if show_progress:
                 progress.console.print(
-                    f"[bold]{cfg.run_id}[/] epoch {epoch + 1}/{cfg.epochs}: "
+                    f"[bold]{cfg.run_id}[/] epoch {epoch + 1}/{cfg.epochs} (lr {row['lr']:.3g}): "
                     + ", ".join(f"{m.key}={metrics[m.key]:.4f}" for m in problem.metrics)
+                    + (f"; validation {crit} {score:.4f}" + (" (best)" if improved else f" (best: epoch {selector.best_epoch})")
+                       if score is not None else "")
                 )
     times = torch.tensor(state["step_times"], dtype=torch.float64)
+    hist = state["history"]
+    best = selector.best_epoch or len(hist)
+    sel_row = hist[best - 1] if hist else {}
+    selection = {
+        "criterion": crit, "metric": selector.metric, "epoch": best, "score": selector.best_score,
+        "val": {key: sel_row[f"val/{key}"] for key in specs if f"val/{key}" in sel_row},
+        "baseline": selector.baseline or None, "validation": val_source,
+        "n_val": 0 if val_split is None else (len(val_idx) if val_idx is not None else problem.n(val_split)),
+    }
     # the first steps include warm-up (allocations, solver compilation): report the median
     result = {
         "fingerprint": fp,
@@ -222,10 +329,12 @@ def run(
         "tasks": list(problem.tasks),
         "metric_specs": [{"key": m.key, "task": m.task, "name": m.name, "higher_is_better": m.higher_is_better}
                          for m in problem.metrics],
-        "final": state["history"][-1] if state["history"] else {},
-        "history": state["history"],
+        "final": sel_row,
+        "last": hist[-1] if hist else {},
+        "selection": selection,
+        "history": hist,
         "time_per_step_s": float(times.median()) if times.numel() else float("nan"),
-        "time_per_epoch_s": float(sum(r["train_time_s"] for r in state["history"]) / max(len(state["history"]), 1)),
+        "time_per_epoch_s": float(sum(r["train_time_s"] for r in hist) / max(len(hist), 1)),
         "n_params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "resumed": state["resumed"],
@@ -235,6 +344,14 @@ def run(
     return result
 
 
+def order_runs(cfgs: list[RunConfig]) -> list[RunConfig]:
+    """Single-task baselines first (their validation metrics are the ``delta_m`` selection baseline),
+    otherwise in the given order."""
+    return [c for c in cfgs if c.is_single_task] + [c for c in cfgs if not c.is_single_task]
+
+
 def run_all(cfgs: list[RunConfig], out_dir: str | Path, *, resume: bool = True, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Run every config in order (each resumes or is skipped when already complete)."""
-    return [run(c, out_dir, resume=resume, show_progress=show_progress) for c in cfgs]
+    """Run every config, single-task baselines first (each resumes or is skipped when complete);
+    the results come back in the order of ``cfgs``."""
+    done = {id(c): run(c, out_dir, resume=resume, show_progress=show_progress) for c in order_runs(cfgs)}
+    return [done[id(c)] for c in cfgs]
