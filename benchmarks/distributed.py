@@ -3,7 +3,8 @@
 Model: an MLP encoder (in → width → width, tanh) with k linear heads, per-rank batch b.
 Per configuration, every rank runs ``warmup`` + ``steps`` SGD steps; we report the median step
 time on rank 0 (max over ranks per step), the numbers taskgrad all-reduces per step (besides
-DDP's own gradient all-reduce of P numbers), and the ratio to the plain DDP summed-loss step.
+DDP's own gradient all-reduce of P numbers) with their bytes and the number of taskgrad
+all-reduces per step, and the ratio to the plain DDP summed-loss step.
 
     .venv/bin/python benchmarks/distributed.py            # full table (a few minutes on 2 cores)
     .venv/bin/python benchmarks/distributed.py --quick    # smoke run
@@ -129,10 +130,12 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     print(f"\n2 ranks, gloo, CPU ({time.time() - t0:.0f} s)")
-    print(f"{'width':>5} {'k':>3} {'P':>8} {'source':>15} {'ms/step':>8} {'× sum':>6} {'taskgrad floats':>15} {'DDP floats':>10}")
+    print(f"{'width':>5} {'k':>3} {'P':>8} {'source':>15} {'ms/step':>8} {'× sum':>6} {'taskgrad floats':>15} "
+          f"{'bytes':>9} {'calls':>5} {'DDP floats':>10}")
     for r in rows:
         print(f"{r['width']:>5} {r['k']:>3} {r['P']:>8} {r['source']:>15} {r['median_s'] * 1e3:>8.2f} "
-              f"{r['ratio_to_sum']:>6.2f} {r['taskgrad_numel_per_step']:>15.0f} {r['ddp_grad_numel']:>10}")
+              f"{r['ratio_to_sum']:>6.2f} {r['taskgrad_numel_per_step']:>15.0f} {r['taskgrad_bytes_per_step']:>9.0f} "
+              f"{r['taskgrad_calls_per_step']:>5.0f} {r['ddp_grad_numel']:>10}")
     try:
         import matplotlib
 

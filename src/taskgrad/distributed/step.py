@@ -1,6 +1,7 @@
 """`DistributedStep`: one taskgrad step under DistributedDataParallel, exact to the global batch.
 
-Per step every rank
+:class:`DistributedStep` is a :class:`~taskgrad.training.GradStep` whose combine hook is an
+all-reduce. Per step every rank
 
 1. computes its local losses Lʳ (k,) and, when the method needs it, its local Gram payload
    (Gʳ k×k for the representation source, JʳΩ k×r for the sketch, Jʳ k×P for the full
@@ -19,27 +20,29 @@ Gradient accumulation (:meth:`DistributedStep.accumulate` per micro-batch, then
 rank's micro-batches: it stores each micro-batch's per-task gradients (k × P floats per rank
 for the P trainable parameters of ``module``; no ``.backward()`` is called, so ``no_sync`` is
 irrelevant and DDP's reducer never fires), then at the end all-reduces
-[bad-rank count, Σ_m c_m Lᵐ, Gram payload, task-reach mask] and, for the representation
+[bad-rank count, Σ_m c_m Lᵐ, task-reach mask, Gram payload] and, for the representation
 and sketch sources, the weighted gradient (P numbers, what DDP would send); for the full
-source the k × P per-task gradients themselves, which gives the gradient directly.
+source the k × P per-task gradients themselves, which gives the gradient directly. The storage
+is dense over ``module``'s parameters (not per graph leaf, as GradStep's) so that every rank
+all-reduces the same layout even when, with ``find_unused_parameters=True``, a rank's losses
+do not reach every parameter; the reach mask tells which parameters DDP would leave untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..methods.base import Weighting
-from ..methods.core import Mean
 from ..sources._graph import as_loss_vector, reachable_leaves
 from ..sources.blockwise import for_each_block
-from ..sources.gram import representation_gram
 from ..sources.objects import GramSource, SketchGram
-from ..training.schedule import Periodic
+from ..training.step import (ADVICE, GradStep, StepNumbers, _count_micro_batch, _finite, _representation_part,
+                             _scale_of, _sketch_part)
 from .comm import Traffic, all_reduce_sum, assert_identical, assert_in_sync, world_size
 from .sources import DistributedSource
 
@@ -93,26 +96,14 @@ class FeatureHook:
         self._handle.remove()
 
 
-def _scale_of(scaler: Any) -> float:
-    if scaler is None or not scaler.is_enabled():
-        return 1.0
-    return float(scaler.get_scale())
-
-
-def _back_off(scaler: Any, device: torch.device) -> None:
-    """Lower the GradScaler's scale as it does after a step with non-finite gradients."""
-    if scaler is not None and scaler.is_enabled():
-        if getattr(scaler, "_scale", 0) is None:  # lazily initialized: scale() creates it
-            scaler.scale(torch.zeros((), device=device))
-        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-
-
-def _default_backward(total: Tensor) -> None:
-    total.backward()
-
-
-class DistributedStep:
+class DistributedStep(GradStep):
     """Method + source (+ periodic schedule) over a process group; see the module docstring.
+
+    ``backward(losses, features=..., params=..., loss_fn=..., scaler=..., backward_fn=...)`` is
+    :meth:`GradStep.backward <taskgrad.training.GradStep.backward>` and a collective: every rank
+    must call it at the same step. With ``scaler`` the backward is of s·Σ wᵢLᵢʳ (s the
+    GradScaler's scale); ``backward_fn`` routes the backward through a framework (e.g.
+    Lightning's ``manual_backward``). It returns a :class:`DistributedStepResult`.
 
     Args:
         method: a :class:`~taskgrad.methods.Weighting` (default Mean). Every rank must build
@@ -130,6 +121,8 @@ class DistributedStep:
         traffic: a :class:`~taskgrad.distributed.comm.Traffic` to count what is sent.
     """
 
+    _lockstep = True  # the payload (and the sketch's random directions) even on a rank with a NaN
+
     def __init__(
         self,
         method: Weighting | None = None,
@@ -144,63 +137,61 @@ class DistributedStep:
         bucket_numel: int | None = 1 << 22,
         traffic: Traffic | None = None,
     ) -> None:
-        self.method = Mean() if method is None else method
-        if not isinstance(self.method, Weighting):
-            raise TypeError(f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(self.method).__name__}.")
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}.")
+        super().__init__(method, DistributedSource(source, group, bucket_numel=bucket_numel, traffic=None),
+                         period=period, ema=ema, nonfinite=nonfinite)
+        self.source: DistributedSource
         self.group = group
         self.traffic = traffic if traffic is not None else Traffic()
-        self.source = DistributedSource(source, group, bucket_numel=bucket_numel, traffic=None)
         self.module = module
-        self.schedule = Periodic(period, ema)
-        self.nonfinite = nonfinite
         self.debug = debug
         self.bucket_numel = bucket_numel
-        self._acc: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ GradStep hooks
     @property
     def world_size(self) -> int:
         """Number of ranks R."""
         return world_size(self.group)
 
     def _reduce(self, buf: Tensor, what: str) -> Tensor:
-        return all_reduce_sum(buf.contiguous(), self.group, bucket_numel=self.bucket_numel, traffic=self.traffic, what=what)
+        return all_reduce_sum(buf.contiguous(), self.group, bucket_numel=self.bucket_numel, traffic=self.traffic,
+                              what=what)
 
-    def _needs_gram(self) -> bool:
-        return "gram" in self.method.needs and self.schedule.due()
+    def _combine(self, numbers: StepNumbers, what: str = "step") -> StepNumbers:
+        """ONE all-reduce of [bad flag, L (k), payload]: the bad-rank count, L̄ = ΣL/R, Σ payload.
 
-    def _skip(self, k: int, L_bar: Tensor, L_loc: Tensor, why: str, bad: int, n: int, scaler: Any) -> DistributedStepResult:
-        if self.nonfinite == "raise":
-            raise FloatingPointError(
-                f"{why} is not finite (NaN or Inf) on {bad} of {self.world_size} ranks; every rank stops. "
-                "Lower the learning rate, check the inputs, or use nonfinite='skip'."
-            )
-        _back_off(scaler, L_bar.device)
-        nan = torch.full((k,), float("nan"), dtype=L_bar.dtype, device=L_bar.device)
-        return DistributedStepResult(nan, None, L_bar, L_loc, refreshed=False, skipped=True,
-                                     reason=f"non-finite {why} on {bad} rank(s)", bad_ranks=bad, numel_reduced=n)
+        A bad rank sends zeros for its losses and payload (their NaN would poison the sums).
+        """
+        L, payload = numbers.losses, numbers.payload
+        bad = numbers.bad is not None
+        wide = L.dtype == torch.float64 or (payload is not None and payload.dtype == torch.float64)
+        dtype = torch.float64 if wide else torch.float32
+        k = L.shape[0]
+        parts = [torch.tensor([float(bad)], dtype=dtype, device=L.device),
+                 torch.zeros(k, dtype=dtype, device=L.device) if bad else L.to(dtype)]
+        if payload is not None:
+            parts.append(torch.zeros_like(payload, dtype=dtype) if bad else payload.to(dtype))
+        buf = self._reduce(torch.cat(parts), what)
+        n_bad = int(round(float(buf[0])))
+        why = ("loss or Gram" if what == "step" else "loss or gradient") if n_bad else None
+        return StepNumbers(why, buf[1 : 1 + k] / self.world_size, buf[1 + k :] if payload is not None else None,
+                           n_bad=n_bad, numel=buf.numel())
 
-    def _weights(self, L_bar: Tensor, gram: Tensor | None) -> tuple[Tensor, Tensor | None, bool] | str:
-        """Weights from the global losses/Gram via the schedule; a reason string to skip."""
-        if self.schedule.due() or self.schedule.weights is None:
-            if gram is not None:
-                gram = self.schedule.smooth(gram)
-            losses = L_bar.to(gram.dtype) if gram is not None else L_bar
-            w = self.method(gram=gram if "gram" in self.method.needs else None, losses=losses).detach()
-            if not bool(torch.isfinite(w).all()):
-                return f"weights from {type(self.method).__name__}"
-            self.schedule.remember(w, torch.arange(w.shape[-1], device=w.device))
-            refreshed = True
-        else:
-            refreshed = False
-        assert self.schedule.weights is not None
-        return self.schedule.weights.to(L_bar.device), gram, refreshed
+    def _local_payload(self, losses: Any, L: Tensor, subset: Tensor, *, features: Any, params: Any, loss_fn: Any,
+                       scale: float) -> Tensor:
+        """This rank's Gʳ, JʳΩ or Jʳ (flat; see :class:`DistributedSource`), for all k tasks."""
+        self._check_sketch_generator()
+        return self.source.local_payload(L, features=features, params=params, loss_fn=loss_fn, scale=scale)
 
-    def _check_identical(self, w: Tensor) -> None:
+    def _gram_from(self, payload: Tensor, k: int, features: Any) -> Tensor:
+        return self.source.gram_from_sum(payload, k, features)
+
+    def _before_step(self) -> None:
+        if self.debug and self.module is not None:
+            assert_in_sync(self.module.parameters(), self.group, what="the model parameters before the step")
+
+    def _check_weights(self, v: Tensor) -> None:
         if self.debug:
-            assert_identical(w, self.group, what=f"the weights of {type(self.method).__name__}")
+            assert_identical(v, self.group, what=f"the weights of {type(self.method).__name__}")
 
     def _check_sketch_generator(self) -> None:
         src = self.source.inner
@@ -208,64 +199,21 @@ class DistributedStep:
             state = src._gen.get_state().to(torch.float64)
             assert_identical(state, self.group, what="the sketch's random generator state (seed every rank the same)")
 
-    # ------------------------------------------------------------------ one step
-    def backward(
-        self,
-        losses: Sequence[Tensor] | Tensor,
-        *,
-        features: Tensor | Sequence[Tensor] | None = None,
-        params: Sequence[Tensor] | None = None,
-        loss_fn: Any = None,
-        scaler: Any = None,
-        backward_fn: Callable[[Tensor], None] | None = None,
-    ) -> DistributedStepResult:
-        """Weights from the global batch, then ``backward_fn(Σᵢ wᵢ Lᵢʳ)`` (default ``.backward()``).
+    def _skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:
+        message = f"{why} is not finite (NaN or Inf) on {n_bad} of {self.world_size} ranks; every rank stops. {ADVICE}"
+        return message, f"non-finite {why} on {n_bad} rank(s)"
 
-        Every rank must call it at the same step (it is a collective). With ``scaler`` the
-        backward is of s·Σ wᵢLᵢʳ (s the GradScaler's scale); pass ``backward_fn`` to route the
-        backward through a framework (e.g. Lightning's ``manual_backward``).
-        """
-        if self._acc is not None:
-            raise RuntimeError("micro-batches are being accumulated: call backward_accumulated() first.")
-        if self.debug and self.module is not None:
-            assert_in_sync(self.module.parameters(), self.group, what="the model parameters before the step")
-        L = as_loss_vector(losses)
-        L_loc = L.detach()
-        k = L.shape[0]
-        s = _scale_of(scaler)
-        needs_gram = self._needs_gram()
-        payload = None
-        if needs_gram:
-            self._check_sketch_generator()
-            # computed even on a rank with non-finite losses, so random generators stay in step
-            payload = self.source.local_payload(L, features=features, params=params, loss_fn=loss_fn, scale=s)
-        dtype = torch.float64 if (L_loc.dtype == torch.float64 or (payload is not None and payload.dtype == torch.float64)) else torch.float32
-        bad_local = not bool(torch.isfinite(L_loc).all()) or (payload is not None and not bool(torch.isfinite(payload).all()))
-        parts = [torch.tensor([float(bad_local)], dtype=dtype, device=L.device),
-                 torch.zeros(k, dtype=dtype, device=L.device) if bad_local else L_loc.to(dtype)]
-        if payload is not None:
-            parts.append(torch.zeros_like(payload, dtype=dtype) if bad_local else payload.to(dtype))
-        buf = self._reduce(torch.cat(parts), "step")
-        n = buf.numel()
-        bad = int(round(float(buf[0])))
-        R = self.world_size
-        L_bar = buf[1 : 1 + k] / R
-        if bad > 0:
-            return self._skip(k, L_bar.to(L_loc.dtype), L_loc, "loss or Gram", bad, n, scaler)
-        gram = self.source.gram_from_sum(buf[1 + k :], k, features) if payload is not None else None
-        if gram is not None and not bool(torch.isfinite(gram).all()):
-            return self._skip(k, L_bar, L_loc, "Gram matrix", R, n, scaler)
-        out = self._weights(L_bar, gram)
-        if isinstance(out, str):
-            return self._skip(k, L_bar, L_loc, out, R, n, scaler)
-        w, gram, refreshed = out
-        self._check_identical(w)
-        total = (w.to(L.dtype) * L).sum()
-        if s != 1.0:
-            total = total * s
-        (backward_fn or _default_backward)(total)
-        self.schedule.advance()
-        return DistributedStepResult(w, gram, L_bar.to(L_loc.dtype), L_loc, refreshed, numel_reduced=n)
+    def _result(self, weights: Tensor, gram: Tensor | None, numbers: StepNumbers, local: Tensor, subset: Tensor,
+                refreshed: bool, reason: str | None = None) -> DistributedStepResult:  # type: ignore[override]
+        return DistributedStepResult(weights, gram, numbers.losses.to(local.dtype), local, refreshed,
+                                     skipped=reason is not None, reason=reason, bad_ranks=numbers.n_bad,
+                                     numel_reduced=numbers.numel)
+
+    def _source_state(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def _load_source(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
 
     # ------------------------------------------------------------------ accumulation
     def _trainable(self) -> list[Tensor]:
@@ -294,27 +242,20 @@ class DistributedStep:
         k = L.shape[0]
         plist = self._trainable()
         if self._acc is None:
-            sizes = [p.numel() for p in plist]
             offsets = [0]
-            for n_ in sizes:
-                offsets.append(offsets[-1] + n_)
+            for p in plist:
+                offsets.append(offsets[-1] + p.numel())
             dtype = torch.float64 if plist[0].dtype == torch.float64 else torch.float32
             self._acc = {"k": k, "offsets": offsets, "rows": torch.zeros(k, offsets[-1], dtype=dtype, device=L.device),
                          "reach": torch.zeros(k, len(plist), dtype=dtype, device=L.device), "n": 0,
                          "explicit": None, "bad": False, "losses": torch.zeros(k, dtype=dtype, device=L.device),
-                         "payload": None, "gen0": None, "scale": _scale_of(scaler), "features": features is not None}
+                         "payload": None, "gen0": None, "scale": _scale_of(scaler, L.device),
+                         "features": features is not None}
         acc = self._acc
-        if k != acc["k"]:
-            raise ValueError(f"micro-batch has {k} losses but the accumulation started with {acc['k']}.")
-        explicit = weight is not None
-        if acc["explicit"] is not None and acc["explicit"] != explicit:
-            raise ValueError("pass weight= for every micro-batch or for none of them.")
-        acc["explicit"] = explicit
-        acc["n"] += 1
-        c = 1.0 if weight is None else float(weight)
+        c = _count_micro_batch(acc, k, weight)
         s = acc["scale"]
         L_det = L.detach()
-        if not bool(torch.isfinite(L_det).all()):
+        if not _finite(L_det):
             acc["bad"] = True
         acc["losses"] += c * L_det.to(acc["losses"].dtype)
         index = {id(p): j for j, p in enumerate(plist)}
@@ -336,24 +277,16 @@ class DistributedStep:
         kind = self.source.kind(features) if "gram" in self.method.needs else None
         part = None
         if kind == "representation":
-            if features is None:
-                raise ValueError("the representation source needs features=z for every micro-batch.")
-            part = (c * c) * representation_gram(L * s if s != 1.0 else L, features).detach() / (s * s)
+            part = _representation_part(L, features, c, s)
         elif kind == "sketch":
             src = self.source.inner
             assert isinstance(src, SketchGram)
-            named = src.select(L, loss_fn, params)
-            gen = src.generator(next(iter(named.values())).device)
-            if acc["gen0"] is None:
-                self._check_sketch_generator()
-                acc["gen0"] = gen.get_state()
-            gen.set_state(acc["gen0"])  # the same directions Ω in every micro-batch
-            part = c * src.jacobian(L, loss_fn=loss_fn, params=params).detach()
+            part = _sketch_part(acc, src, L, c, loss_fn, params, on_first=self._check_sketch_generator)
         if part is not None:
             part = part.reshape(-1).to(rows_buf.dtype)
             acc["payload"] = part if acc["payload"] is None else acc["payload"] + part
 
-    def backward_accumulated(self, scaler: Any = None) -> DistributedStepResult:
+    def backward_accumulated(self, scaler: Any = None) -> DistributedStepResult:  # type: ignore[override]
         """Weights from the accumulated global batch, then ``.grad`` += the averaged Σᵢ vᵢ ∇Lᵢ.
 
         A collective. The written gradient is already averaged over ranks (do not let DDP
@@ -363,93 +296,64 @@ class DistributedStep:
         acc, self._acc = self._acc, None
         if acc is None:
             raise RuntimeError("nothing accumulated: call accumulate(losses, ...) for each micro-batch first.")
-        if self.debug and self.module is not None:
-            assert_in_sync(self.module.parameters(), self.group, what="the model parameters before the step")
+        self._before_step()
         plist = self._trainable()
-        k, n_micro, R = acc["k"], acc["n"], self.world_size
-        c = 1.0 / n_micro if not acc["explicit"] else 1.0
-        rows = acc["rows"]
+        k, R, offs, rows = acc["k"], self.world_size, acc["offsets"], acc["rows"]
+        c = 1.0 / acc["n"] if not acc["explicit"] else 1.0
         kind = self.source.kind(True if acc["features"] else None) if "gram" in self.method.needs else None
         full = kind == "jacobian"
-        needs_gram = kind is not None and self.schedule.due()
-        bad_local = bool(acc["bad"]) or not bool(torch.isfinite(rows).all())
-        if acc["payload"] is not None:
-            bad_local = bad_local or not bool(torch.isfinite(acc["payload"]).all())
-        dtype = rows.dtype
-        parts = [torch.tensor([float(bad_local)], dtype=dtype, device=rows.device),
-                 torch.zeros(k, dtype=dtype, device=rows.device) if bad_local else acc["losses"] * c,
-                 acc["reach"].reshape(-1)]
-        if needs_gram and not full:
-            assert acc["payload"] is not None
-            parts.append(torch.zeros_like(acc["payload"]) if bad_local else acc["payload"])
-        if full:
-            parts.append(torch.zeros_like(rows).reshape(-1) if bad_local else rows.reshape(-1))
-        buf = self._reduce(torch.cat(parts), "accumulated")
-        n = buf.numel()
-        bad = int(round(float(buf[0])))
-        L_bar = buf[1 : 1 + k] / R
-        if bad > 0:
-            return self._skip(k, L_bar, acc["losses"] * c, "loss or gradient", bad, n, scaler)
-        reach = buf[1 + k : 1 + k + k * len(plist)].reshape(k, len(plist)) > 0
-        rest = buf[1 + k + k * len(plist) :]
-        gram = None
-        J_bar = None
-        offs = acc["offsets"]
-        if full:
-            J_bar = rest.reshape(k, -1) * (c / R)
-            if needs_gram:
+        bad = acc["bad"] or not _finite(rows) or (acc["payload"] is not None and not _finite(acc["payload"]))
+        n_reach = k * len(plist)
+        got: dict[str, Tensor] = {}
+
+        def payload_of(subset: Tensor | None) -> Tensor:
+            """[reach mask (k × len(plist)), then Jʳ (full source) or the Gram payload (refresh)]."""
+            parts = [acc["reach"].reshape(-1)]
+            if full:
+                parts.append(rows.reshape(-1))
+            elif subset is not None and kind is not None:
+                parts.append(acc["payload"])
+            return torch.cat(parts)
+
+        def gram_of(total: Tensor, subset: Tensor | None) -> Tensor | None:
+            got["reach"] = total[:n_reach].reshape(k, len(plist)) > 0
+            rest = total[n_reach:]
+            if full:
+                got["J"] = J_bar = rest.reshape(k, -1) * (c / R)
+                if subset is None:
+                    return None
                 own = getattr(self.source.inner, "params", None)
                 ids = None if own is None else {id(p) for p in own}
-                cols = [j for j, p in enumerate(plist)
-                        if (ids is None and int(reach[:, j].sum()) >= 2) or (ids is not None and id(p) in ids)]
-                G = torch.zeros(k, k, dtype=dtype, device=rows.device)
-                for j in cols:
-                    block = J_bar[:, offs[j] : offs[j + 1]]
-                    G = G + block @ block.T
-                gram = 0.5 * (G + G.T)
-        elif needs_gram:
-            if kind == "representation":
-                gram = self.source.gram_from_sum(rest * (c * c), k, True)
-            else:
-                gram = self.source.gram_from_sum(rest * c, k, None)
-        if gram is not None and not bool(torch.isfinite(gram).all()):
-            return self._skip(k, L_bar, acc["losses"] * c, "Gram matrix", R, n, scaler)
-        out = self._weights(L_bar, gram)
-        if isinstance(out, str):
-            return self._skip(k, L_bar, acc["losses"] * c, out, R, n, scaler)
-        w, gram, refreshed = out
-        self._check_identical(w)
-        s = _scale_of(scaler)
+                G = torch.zeros(k, k, dtype=rows.dtype, device=rows.device)
+                for j, p in enumerate(plist):
+                    if (ids is None and int(got["reach"][:, j].sum()) >= 2) or (ids is not None and id(p) in ids):
+                        block = J_bar[:, offs[j] : offs[j + 1]]
+                        G = G + block @ block.T
+                return 0.5 * (G + G.T)
+            if subset is None or kind is None:
+                return None
+            return self.source.gram_from_sum(rest * (c * c if kind == "representation" else c), k,
+                                             True if kind == "representation" else None)
+
+        out = self._decide_step(acc["losses"] * c, "loss or gradient" if bad else None, payload_of, gram_of, scaler,
+                                "accumulated")
+        if not isinstance(out, tuple):
+            return out  # skipped on every rank
+        numbers, w, gram, subset, refreshed = out
+        s = _scale_of(scaler, rows.device)
         if full:
-            assert J_bar is not None
-            flat = w.to(dtype) @ J_bar
+            flat = w.to(rows.dtype) @ got["J"]
         else:
-            flat = (w.to(dtype) @ rows) * c
+            flat = (w.to(rows.dtype) @ rows) * c
             self._reduce(flat, "gradient")
             flat = flat / R
-            n += flat.numel()
+            numbers = replace(numbers, numel=numbers.numel + flat.numel())
         if s != 1.0:
             flat = flat * s
         for j, p in enumerate(plist):
-            if not bool(reach[:, j].any()):
+            if not bool(got["reach"][:, j].any()):
                 continue  # no loss reaches it on any rank: leave .grad untouched, as DDP does
             g = flat[offs[j] : offs[j + 1]].reshape(p.shape).to(p.dtype)
             p.grad = g.clone() if p.grad is None else p.grad + g
         self.schedule.advance()
-        return DistributedStepResult(w, gram, L_bar, acc["losses"] * c, refreshed, numel_reduced=n)
-
-    # ------------------------------------------------------------------ checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        """Method, source and schedule state (identical on every rank; save it from rank 0)."""
-        if self._acc is not None:
-            raise RuntimeError("cannot checkpoint in the middle of an accumulation window.")
-        return {"method": {"type": type(self.method).__name__, "state": self.method.state_dict()},
-                "source": self.source.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (load the same checkpoint on every rank)."""
-        if state["method"]["type"] != type(self.method).__name__:
-            raise ValueError(f"checkpoint is for method {state['method']['type']}, not {type(self.method).__name__}.")
-        self.method.load_state_dict(state["method"]["state"])
-        self.source.load_state_dict(state["source"])
-        self.schedule.load_state_dict(state["schedule"])
+        return self._result(w, gram, numbers, acc["losses"] * c, subset, refreshed)

@@ -10,12 +10,19 @@ on the whole batch whose losses are Σ_m c_m L^m (c_m = 1/M by default). It keep
 gradient sums: k × P_shared + P_task-specific floats (plus one k × numel block at a time), and
 for the representation source the Gram adds over samples, G = Σ_m c_m² G^m; for the sketch the
 same directions Ω are reused in every micro-batch, so JΩ = Σ_m c_m J^m Ω.
+
+Extension point (how :class:`~taskgrad.distributed.DistributedStep` is built on GradStep). Every
+step decides from one :class:`StepNumbers`: why this process cannot step (None: all finite),
+the k losses, and the source's Gram *payload* (here the Gram itself). :meth:`GradStep._combine`
+maps it to the numbers every participant decides from — the identity in one process, one
+all-reduce of [non-finite flag, k losses, payload] under DDP — *before* the finiteness decision
+and the solve, so a process that saw a NaN still takes part and every process skips together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -30,7 +37,10 @@ from ..sources._graph import shared_parameters, task_leaves
 from ..sources.objects import FullGram, GramSource, JacobianGram, RepresentationGram, SketchGram, make_source
 from .schedule import Periodic, TaskSubsample
 
-__all__ = ["GradStep", "StepResult", "TaskOptimizer"]
+__all__ = ["GradStep", "StepNumbers", "StepResult", "TaskOptimizer"]
+
+GRAM_REASON = "Gram matrix of the task gradients"
+ADVICE = "Lower the learning rate, check the inputs, or use nonfinite='skip'."
 
 
 @dataclass
@@ -53,10 +63,28 @@ class StepResult:
     reason: str | None = None
 
 
-def _scale_of(scaler: Any) -> float:
+@dataclass
+class StepNumbers:
+    """The numbers one step decides from, before and after :meth:`GradStep._combine`.
+
+    bad: why this process cannot step (None: its losses and payload are finite); after the
+    combine, why the step is skipped everywhere. losses: (k,) the losses the method sees.
+    payload: what the Gram is made from (None: no Gram this step). n_bad: after the combine,
+    how many processes could not step. numel: numbers the combine exchanged.
+    """
+
+    bad: str | None
+    losses: Tensor
+    payload: Tensor | None
+    n_bad: int = 0
+    numel: int = 0
+
+
+def _scale_of(scaler: Any, device: torch.device | None = None) -> float:
+    """The GradScaler's current scale s (1 without an enabled scaler); creates its state lazily."""
     if scaler is None or not scaler.is_enabled():
         return 1.0
-    scaler.scale(torch.zeros(()))  # a GradScaler creates its scale tensor lazily, in scale()
+    scaler.scale(torch.zeros((), device=device))  # a GradScaler creates its scale tensor lazily, in scale()
     return float(scaler.get_scale())
 
 
@@ -71,6 +99,48 @@ def _back_off(scaler: Any, device: torch.device) -> None:
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
+def _finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _count_micro_batch(acc: dict[str, Any], k: int, weight: float | None) -> float:
+    """Check one more micro-batch against the accumulation ``acc``, count it; its factor c.
+
+    c = ``weight``, or 1 when no weights are given (the mean 1/M is applied at the end).
+    """
+    if k != acc["k"]:
+        raise ValueError(f"micro-batch has {k} losses but the accumulation started with {acc['k']}.")
+    explicit = weight is not None
+    if acc["explicit"] is not None and acc["explicit"] != explicit:
+        raise ValueError("pass weight= for every micro-batch or for none of them.")
+    acc["explicit"] = explicit
+    acc["n"] += 1
+    return 1.0 if weight is None else float(weight)
+
+
+def _representation_part(L: Tensor, features: Any, c: float, s: float) -> Tensor:
+    """One micro-batch's share c²·Gᵐ of the representation Gram, computed on s·L and unscaled."""
+    if features is None:
+        raise ValueError("the representation source needs features=z for every micro-batch.")
+    return representation_gram(L * s if s != 1.0 else L, features).detach() * (c * c / (s * s))
+
+
+def _sketch_part(acc: dict[str, Any], source: SketchGram, L: Tensor, c: float, loss_fn: Any, params: Any,
+                on_first: Callable[[], None] | None = None) -> Tensor:
+    """One micro-batch's share c·JᵐΩ of the sketch, with the same directions Ω in every micro-batch.
+
+    ``on_first`` runs once, when the directions are fixed (the generator state stored in ``acc``).
+    """
+    named = source.select(L, loss_fn, params)
+    gen = source.generator(next(iter(named.values())).device)
+    if acc["gen0"] is None:
+        if on_first is not None:
+            on_first()
+        acc["gen0"] = gen.get_state()
+    gen.set_state(acc["gen0"])  # the same directions Ω for every micro-batch
+    return c * source.jacobian(L, loss_fn=loss_fn, params=params).detach()
+
+
 class GradStep:
     """One multi-task step: G from ``source`` → w = method(G, L) → backward of Σ vᵢLᵢ.
 
@@ -81,7 +151,18 @@ class GradStep:
         period, ema: the :class:`~taskgrad.training.schedule.Periodic` schedule.
         subsample: m tasks per step (a :class:`TaskSubsample` or an int), None for all.
         nonfinite: "skip" (default: report and apply nothing) or "raise".
+
+    Extension points (see the module docstring; DistributedStep overrides them): ``_combine``
+    (the numbers every participant decides from), ``_local_payload`` / ``_gram_from`` (this
+    process's payload, and the Gram of the combined one), ``_lockstep`` (compute the payload
+    even when this process's losses are not finite), ``world_size``, ``_before_step`` /
+    ``_check_weights`` (consistency checks), ``_skip_texts`` / ``_result`` (what is reported),
+    ``_source_state`` / ``_load_source`` (checkpoint of the source).
     """
+
+    #: compute the payload even when this process's losses are not finite (processes that
+    #: combine must issue the same operations and draw the same random directions)
+    _lockstep = False
 
     def __init__(
         self,
@@ -95,7 +176,9 @@ class GradStep:
     ) -> None:
         self.method = Mean() if method is None else method
         if not isinstance(self.method, Weighting):
-            raise TypeError(f"method must be a taskgrad Weighting, got {type(self.method).__name__}.")
+            raise TypeError(
+                f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(self.method).__name__}."
+            )
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}.")
         self._source_spec = source
@@ -107,47 +190,161 @@ class GradStep:
         self.nonfinite = nonfinite
         self._acc: dict[str, Any] | None = None
 
+    # ------------------------------------------------------- extension points
+    @property
+    def world_size(self) -> int:
+        """Number of processes that take each step together (1 here)."""
+        return 1
+
+    def _combine(self, numbers: StepNumbers, what: str = "step") -> StepNumbers:
+        """The numbers every participant decides from (one process: these, with n_bad ∈ {0, 1}).
+
+        Called once per step, before the finiteness decision, by every participant (also one
+        whose ``bad`` is set). ``what`` labels the exchange ("step", "accumulated").
+        """
+        return replace(numbers, n_bad=int(numbers.bad is not None))
+
+    def _local_payload(self, losses: Any, L: Tensor, subset: Tensor, *, features: Any, params: Any, loss_fn: Any,
+                       scale: float) -> Tensor:
+        """This process's Gram payload: here the m×m Gram of the tasks in ``subset``.
+
+        ``scale``: a GradScaler's scale s; the Gram is computed through s·L and divided by s².
+        """
+        source = self.source
+        assert source is not None
+        k = L.shape[0]
+        if params is None and not isinstance(source, RepresentationGram) and getattr(source, "params", None) is None \
+                and getattr(source, "param_names", None) is None:
+            params = shared_parameters(losses)  # from the separate losses, before stacking
+        L_sub = L[subset] if subset.numel() < k else L
+        if source.uses_graph and scale != 1.0:
+            return source.gram(L_sub * scale, features=features, params=params, loss_fn=loss_fn) / (scale * scale)
+        if isinstance(source, SketchGram):
+            G = source.gram(None, features=features, params=params, loss_fn=loss_fn)
+            if G.shape[0] != k:
+                raise ValueError(f"loss_fn returns {G.shape[0]} losses but {k} were given.")
+            return G[subset][:, subset]
+        return source.gram(L_sub, features=features, params=params, loss_fn=loss_fn)
+
+    def _gram_from(self, payload: Tensor, k: int, features: Any) -> Tensor:
+        """The Gram from the combined payload (here the payload is the Gram)."""
+        return payload
+
+    def _before_step(self) -> None:
+        """Called at the start of every step (a consistency check under DDP)."""
+
+    def _check_weights(self, v: Tensor) -> None:
+        """Called with the weights about to be applied (a consistency check under DDP)."""
+
+    def _skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:
+        """(error message for nonfinite='raise', ``reason`` of the skipped step)."""
+        return f"{why} is not finite (NaN or Inf); the step cannot be taken. {ADVICE}", f"non-finite {why}"
+
+    def _result(self, weights: Tensor, gram: Tensor | None, numbers: StepNumbers, local: Tensor, subset: Tensor,
+                refreshed: bool, reason: str | None = None) -> StepResult:
+        """What the step reports (``local``: this process's losses; ``reason``: why it was skipped)."""
+        return StepResult(weights, gram, numbers.losses, subset, refreshed, skipped=reason is not None, reason=reason)
+
+    def _source_state(self) -> dict[str, Any] | None:
+        return None if self.source is None else {"type": type(self.source).__name__, "state": self.source.state_dict()}
+
+    def _load_source(self, state: dict[str, Any]) -> None:
+        if self.source is None:
+            names = {"FullGram": "full", "JacobianGram": "jacobian", "RepresentationGram": "representation",
+                     "SketchGram": "sketch"}
+            if self._source_spec not in ("auto", names.get(state["type"])):
+                raise ValueError(f"checkpoint is for source {state['type']}, not {self._source_spec!r}.")
+            self.source = make_source(names[state["type"]], True)
+        if state["type"] != type(self.source).__name__:
+            raise ValueError(f"checkpoint is for source {state['type']}, not {type(self.source).__name__}.")
+        self.source.load_state_dict(state["state"])
+
     # ----------------------------------------------------------------- helpers
     def _resolve_source(self, features: Any) -> GramSource:
         if self.source is None:
             self.source = make_source(self._source_spec, features is not None)
         return self.source
 
-    def _skip(self, k: int, losses: Tensor, why: str, scaler: Any) -> StepResult:
+    def _skip(self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any) -> StepResult:
+        message, reason = self._skip_texts(str(numbers.bad), numbers.n_bad)
         if self.nonfinite == "raise":
-            raise FloatingPointError(
-                f"{why} is not finite (NaN or Inf); the step cannot be taken. Lower the learning rate, "
-                "check the inputs, or use nonfinite='skip'."
-            )
-        _back_off(scaler, losses.device)
-        nan = torch.full((k,), float("nan"), dtype=losses.dtype, device=losses.device)
-        return StepResult(nan, None, losses, torch.arange(k), refreshed=False, skipped=True, reason=f"non-finite {why}")
+            raise FloatingPointError(message)
+        _back_off(scaler, local.device)
+        nan = torch.full((k,), float("nan"), dtype=local.dtype, device=local.device)
+        return self._result(nan, None, numbers, local, torch.arange(k), refreshed=False, reason=reason)
 
-    def _weights(self, L_det: Tensor, gram_of: Any) -> tuple[Tensor, Tensor | None, Tensor, bool] | str:
-        """Full weight vector v (k,), the Gram seen, the subset, refreshed; or a reason to skip."""
-        k = L_det.shape[0]
+    def _plan(self, k: int, device: torch.device) -> Tensor | None:
+        """The tasks to weight when the weights are due for a refresh (drawn now); None: reuse them."""
         sched = self.schedule
-        if sched.due() or sched.weights is None or sched.weights.shape[0] > k:
-            subset = self.subsample.draw(k).to(L_det.device) if self.subsample else torch.arange(k, device=L_det.device)
-            gram = None
-            L_sub = L_det[subset]
-            if "gram" in self.method.needs:
-                gram = gram_of(subset)
-                if not bool(torch.isfinite(gram).all()):
-                    return "Gram matrix of the task gradients"
+        if not (sched.due() or sched.weights is None or sched.weights.shape[0] > k):
+            return None
+        return self.subsample.draw(k).to(device) if self.subsample else torch.arange(k, device=device)
+
+    def _decide(
+        self, L: Tensor, gram: Tensor | None, subset: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor, bool] | str:
+        """Full weight vector v (k,), the Gram seen, the subset, refreshed; or a reason to skip.
+
+        ``subset`` None: reuse the schedule's weights; else w = method(G, L[subset]) on it.
+        """
+        k = L.shape[0]
+        sched = self.schedule
+        if subset is not None:
+            if gram is not None:
+                if not _finite(gram):
+                    return GRAM_REASON
                 gram = sched.smooth(gram)
+            L_sub = L[subset]
             w = self.method(gram=gram, losses=L_sub.to(gram.dtype) if gram is not None else L_sub).detach()
-            if not bool(torch.isfinite(w).all()):
+            if not _finite(w):
                 return f"weights from {type(self.method).__name__}"
             sched.remember(w, subset)
             refreshed = True
         else:
             gram, refreshed = None, False
-        subset = sched.subset.to(L_det.device)
+        subset = sched.subset.to(L.device)
         scale = self.subsample.scale(k) if self.subsample else 1.0
-        v = torch.zeros(k, dtype=sched.weights.dtype, device=L_det.device)
-        v[subset] = sched.weights.to(L_det.device) * scale
+        v = torch.zeros(k, dtype=sched.weights.dtype, device=L.device)
+        v[subset] = sched.weights.to(L.device) * scale
         return v, gram, subset, refreshed
+
+    def _weights(self, L_det: Tensor, gram_of: Any) -> tuple[Tensor, Tensor | None, Tensor, bool] | str:
+        """:meth:`_decide` on ``gram_of(subset)`` (one process, no combine)."""
+        subset = self._plan(L_det.shape[0], L_det.device)
+        gram = gram_of(subset) if subset is not None and "gram" in self.method.needs else None
+        return self._decide(L_det, gram, subset)
+
+    def _decide_step(
+        self,
+        local: Tensor,
+        why: str | None,
+        payload_of: Callable[[Tensor | None], Tensor | None],
+        gram_of: Callable[[Tensor, Tensor | None], Tensor | None],
+        scaler: Any,
+        what: str = "step",
+    ) -> tuple[StepNumbers, Tensor, Tensor | None, Tensor, bool] | StepResult:
+        """Plan → ``payload_of(subset)`` → :meth:`_combine` → finiteness → weights.
+
+        ``local``: this process's (k,) losses; ``why``: why it cannot step (None: finite);
+        ``subset`` is None when the weights are reused. Returns (combined numbers, v, Gram,
+        subset, refreshed), or the skipped step's result (every participant skips together).
+        """
+        k = local.shape[0]
+        subset = payload = None
+        if why is None or self._lockstep:
+            subset = self._plan(k, local.device)
+            payload = payload_of(subset)
+            if why is None and payload is not None and not _finite(payload):
+                why = GRAM_REASON
+        numbers = self._combine(StepNumbers(why, local, payload), what)
+        if numbers.n_bad:
+            return self._skip(k, numbers, local, scaler)
+        gram = None if numbers.payload is None else gram_of(numbers.payload, subset)
+        out = self._decide(numbers.losses, gram, subset)
+        if isinstance(out, str):
+            return self._skip(k, replace(numbers, bad=out, n_bad=self.world_size), local, scaler)
+        self._check_weights(out[0])
+        return (numbers, *out)
 
     # ----------------------------------------------------------------- one step
     def backward(
@@ -158,46 +355,40 @@ class GradStep:
         params: Sequence[Tensor] | None = None,
         loss_fn: Any = None,
         scaler: Any = None,
+        backward_fn: Callable[[Tensor], None] | None = None,
     ) -> StepResult:
         """Fill ``.grad`` with ∇ Σᵢ vᵢLᵢ (scaled by the GradScaler's scale when ``scaler`` is given).
 
         Accumulates into existing ``.grad`` as a plain backward does. Non-finite losses, Gram or
         weights: nothing is applied (``skipped=True``; the scaler's scale is lowered).
+        ``backward_fn(total)`` replaces ``total.backward()`` (e.g. Lightning's ``manual_backward``).
         """
         if self._acc is not None:
             raise RuntimeError("micro-batches are being accumulated: call backward_accumulated() first.")
+        self._before_step()
         L = as_loss_vector(losses)
         L_det = L.detach()
-        k = L.shape[0]
-        if not bool(torch.isfinite(L_det).all()):
-            return self._skip(k, L_det, "task loss", scaler)
-        source = self._resolve_source(features)
-        s = _scale_of(scaler)
-        if params is None and not isinstance(source, RepresentationGram) and getattr(source, "params", None) is None \
-                and getattr(source, "param_names", None) is None and "gram" in self.method.needs:
-            params = shared_parameters(losses)  # from the separate losses, before stacking
+        why = None if _finite(L_det) else "task loss"
+        s = 1.0
+        if why is None or self._lockstep:
+            self._resolve_source(features)
+            s = _scale_of(scaler, L.device)
 
-        def gram_of(subset: Tensor) -> Tensor:
-            L_sub = L[subset] if subset.numel() < k else L
-            if source.uses_graph and s != 1.0:
-                return source.gram(L_sub * s, features=features, params=params, loss_fn=loss_fn) / (s * s)
-            if isinstance(source, SketchGram):
-                G = source.gram(None, features=features, params=params, loss_fn=loss_fn)
-                if G.shape[0] != k:
-                    raise ValueError(f"loss_fn returns {G.shape[0]} losses but {k} were given.")
-                return G[subset][:, subset]
-            return source.gram(L_sub, features=features, params=params, loss_fn=loss_fn)
+        def payload_of(subset: Tensor | None) -> Tensor | None:
+            if subset is None or "gram" not in self.method.needs:
+                return None
+            return self._local_payload(losses, L, subset, features=features, params=params, loss_fn=loss_fn, scale=s)
 
-        out = self._weights(L_det, gram_of)
-        if isinstance(out, str):
-            return self._skip(k, L_det, out, scaler)
-        v, gram, subset, refreshed = out
+        out = self._decide_step(L_det, why, payload_of, lambda p, _: self._gram_from(p, L.shape[0], features), scaler)
+        if not isinstance(out, tuple):
+            return out  # skipped
+        numbers, v, gram, subset, refreshed = out
         total = (v.to(L.dtype) * L).sum()
-        if scaler is not None and scaler.is_enabled():
-            total = scaler.scale(total)  # multiplies by s (and initialises the scaler lazily)
-        total.backward()
+        if s != 1.0:
+            total = total * s
+        (backward_fn or Tensor.backward)(total)
         self.schedule.advance()
-        return StepResult(v, gram, L_det, subset, refreshed)
+        return self._result(v, gram, numbers, L_det, subset, refreshed)
 
     # ----------------------------------------------------------- accumulation
     def accumulate(
@@ -229,22 +420,15 @@ class GradStep:
                     tasks[id(p)].append(i)
             self._acc = {"k": k, "params": order, "tasks": [tasks[id(p)] for p in order], "sums": [None] * len(order),
                          "n": 0, "explicit": None, "bad": None, "losses": torch.zeros_like(L.detach()),
-                         "gram": None, "sketch": None, "gen0": None, "scale": _scale_of(scaler)}
+                         "gram": None, "sketch": None, "gen0": None, "scale": _scale_of(scaler, L.device)}
         acc = self._acc
-        if k != acc["k"]:
-            raise ValueError(f"micro-batch has {k} losses but the accumulation started with {acc['k']}.")
-        explicit = weight is not None
-        if acc["explicit"] is not None and acc["explicit"] != explicit:
-            raise ValueError("pass weight= for every micro-batch or for none of them.")
-        acc["explicit"] = explicit
-        acc["n"] += 1
+        c = _count_micro_batch(acc, k, weight)
         if acc["bad"] is not None:
             return
         L_det = L.detach()
-        if not bool(torch.isfinite(L_det).all()):
+        if not _finite(L_det):
             acc["bad"] = "task loss"
             return
-        c = 1.0 if weight is None else float(weight)
         s = acc["scale"]
         acc["losses"] = acc["losses"] + c * L_det
         index = {id(p): j for j, p in enumerate(acc["params"])}
@@ -258,21 +442,14 @@ class GradStep:
             acc["sums"][gj] = rows if acc["sums"][gj] is None else acc["sums"][gj] + rows
 
         for_each_block(Ls, local, consume)
-        if any(r is not None and not bool(torch.isfinite(r).all()) for r in acc["sums"]):
+        if any(r is not None and not _finite(r) for r in acc["sums"]):
             acc["bad"] = "gradient"
             return
         if isinstance(source, RepresentationGram) and "gram" in self.method.needs:
-            if features is None:
-                raise ValueError("RepresentationGram needs features=z for every micro-batch.")
-            g = representation_gram(Ls, features) * (c * c / (s * s))
+            g = _representation_part(L, features, c, s)
             acc["gram"] = g if acc["gram"] is None else acc["gram"] + g
         elif isinstance(source, SketchGram) and "gram" in self.method.needs:
-            named = source.select(L, loss_fn, params)
-            gen = source.generator(next(iter(named.values())).device)
-            if acc["gen0"] is None:
-                acc["gen0"] = gen.get_state()
-            gen.set_state(acc["gen0"])  # the same directions Ω for every micro-batch
-            S = c * source.jacobian(L, loss_fn=loss_fn, params=params)
+            S = _sketch_part(acc, source, L, c, loss_fn, params)
             acc["sketch"] = S if acc["sketch"] is None else acc["sketch"] + S
 
     def backward_accumulated(self, scaler: Any = None) -> StepResult:
@@ -280,17 +457,18 @@ class GradStep:
         acc, self._acc = self._acc, None
         if acc is None:
             raise RuntimeError("nothing accumulated: call accumulate(losses, ...) for each micro-batch first.")
+        self._before_step()
         k, n = acc["k"], acc["n"]
         mean = not acc["explicit"]
         L_det = acc["losses"] / n if mean else acc["losses"]
-        if acc["bad"] is not None:
-            return self._skip(k, L_det, acc["bad"], scaler)
         c = 1.0 / n if mean else 1.0
         s = acc["scale"]
         sums = [None if r is None else r * c for r in acc["sums"]]
         source = self.source
 
-        def gram_of(subset: Tensor) -> Tensor:
+        def gram_of(subset: Tensor | None) -> Tensor | None:
+            if subset is None or "gram" not in self.method.needs:
+                return None
             if isinstance(source, RepresentationGram):
                 G = acc["gram"] * (c * c)
             elif isinstance(source, SketchGram):
@@ -316,10 +494,10 @@ class GradStep:
             G = 0.5 * (G + G.T)
             return G[subset][:, subset]
 
-        out = self._weights(L_det, gram_of)
-        if isinstance(out, str):
-            return self._skip(k, L_det, out, scaler)
-        v, gram, subset, refreshed = out
+        out = self._decide_step(L_det, acc["bad"], gram_of, lambda G, _: G, scaler, "accumulated")
+        if not isinstance(out, tuple):
+            return out  # skipped
+        numbers, v, gram, subset, refreshed = out
         for p, t, r in zip(acc["params"], acc["tasks"], sums):
             if r is None:
                 continue
@@ -330,38 +508,29 @@ class GradStep:
             g = g.to(p.dtype)
             p.grad = g if p.grad is None else p.grad + g
         self.schedule.advance()
-        return StepResult(v, gram, L_det, subset, refreshed)
+        return self._result(v, gram, numbers, L_det, subset, refreshed)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Method, source and schedule state (a checkpoint cannot be taken mid-accumulation)."""
         if self._acc is not None:
             raise RuntimeError("cannot checkpoint in the middle of an accumulation window.")
-        source = self.source if self.source is not None else None
         return {
             "method": {"type": type(self.method).__name__, "state": self.method.state_dict()},
-            "source": None if source is None else {"type": type(source).__name__, "state": source.state_dict()},
+            "source": self._source_state(),
             "schedule": self.schedule.state_dict(),
             "subsample": None if self.subsample is None else self.subsample.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` into a GradStep built with the same configuration."""
+        """Restore :meth:`state_dict` into a step built with the same configuration."""
         if state["method"]["type"] != type(self.method).__name__:
             raise ValueError(f"checkpoint is for method {state['method']['type']}, not {type(self.method).__name__}.")
         self.method.load_state_dict(state["method"]["state"])
         if state["source"] is not None:
-            if self.source is None:
-                names = {"FullGram": "full", "JacobianGram": "jacobian", "RepresentationGram": "representation",
-                         "SketchGram": "sketch"}
-                if self._source_spec not in ("auto", names.get(state["source"]["type"])):
-                    raise ValueError(f"checkpoint is for source {state['source']['type']}, not {self._source_spec!r}.")
-                self.source = make_source(names[state["source"]["type"]], True)
-            if state["source"]["type"] != type(self.source).__name__:
-                raise ValueError(f"checkpoint is for source {state['source']['type']}, not {type(self.source).__name__}.")
-            self.source.load_state_dict(state["source"]["state"])
+            self._load_source(state["source"])
         self.schedule.load_state_dict(state["schedule"])
-        if (state["subsample"] is None) != (self.subsample is None):
+        if (state.get("subsample") is None) != (self.subsample is None):
             raise ValueError("checkpoint and this GradStep disagree on task sub-sampling.")
         if self.subsample is not None:
             self.subsample.load_state_dict(state["subsample"])
