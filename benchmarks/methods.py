@@ -1,9 +1,13 @@
 """Per-step overhead of every registered method relative to Mean, and Nash-MTL's exact solver
-against a transcription of the reference implementation's cvxpy (ECOS) CCP loop.
+against a transcription of the reference implementation's cvxpy (ECOS) CCP loop; then the solve
+time of the Gram-based methods on both implementations (``impl="torch"``: the batched torch
+path, ``impl="auto"``: the compiled host kernels on the CPU), measured in the same run.
 
     python benchmarks/methods.py [--device cpu|cuda] [--ks 2 10 40] [--reps 5]
+    python benchmarks/methods.py --solve-only [--solve-reps 31] [--batch 64]
 
-Writes benchmarks/out/methods.json and benchmarks/out/methods.png; prints markdown tables.
+Writes benchmarks/out/methods.json and benchmarks/out/methods.png (full run) and
+benchmarks/out/methods_solve.json (solve times); prints markdown tables.
 """
 
 from __future__ import annotations
@@ -102,18 +106,109 @@ def nash_reference_loop(GTG, prev_alpha, optim_niter: int = 20):
     return a_t
 
 
+def solve_grams(k: int, device: str, batch: int = 0) -> dict[str, torch.Tensor]:
+    """Fixed Gram matrices (float32, as a training loop produces them): "aligned" gradients with
+    a common component (no conflicts: the projections are no-ops) and "conflicting" ones (about
+    half of the pairs conflict). With ``batch`` > 0, that many such Grams stacked."""
+    out = {}
+    for name, common in (("aligned", 1.0), ("conflicting", 0.0)):
+        g = torch.Generator().manual_seed(1)
+        shape = (batch, k, 2000) if batch else (k, 2000)
+        J = torch.randn(*shape, generator=g) + common
+        out[name] = (J @ J.transpose(-1, -2)).to(device)
+    return out
+
+
+def interleaved_medians(fns: dict[str, object], reps: int, device: str) -> dict[str, float]:
+    """Median seconds of each callable, the callables alternating rep by rep (so that the load
+    of a shared machine hits them alike); one untimed warm-up call each."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(reps):
+        for n, f in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+
+
+def solve_benchmark(args) -> dict:
+    """Solve ms of every Gram-based method at each k: ``impl="torch"`` (the batched reference
+    path, the implementation before the compiled kernels) against ``impl="auto"``."""
+    from rich.progress import track
+
+    names = [n for n in M.available() if "gram" in M.get(n, **({"prior": [1.0]} if n == "prior-loss" else {})).needs]
+    rows = []
+    for batch in [0] + ([args.batch] if args.batch else []):
+        for k in args.ks:
+            grams = solve_grams(k, args.device, batch)
+            L = (torch.rand(*((batch,) if batch else ()), k) + 0.5).to(args.device)
+            for name in track(names, description=f"solve k={k} batch={batch or 1}"):
+                for case, G in grams.items():
+                    fns = {}
+                    for impl in ("torch", "auto"):
+                        try:
+                            m = M.get(name, impl=impl)
+                        except TypeError:  # a method with one implementation: timed once
+                            fns = {"auto": (lambda m=M.get(name), G=G: m(gram=G, losses=L))}
+                            break
+                        fns[impl] = (lambda m=m, G=G: m(gram=G, losses=L))
+                    try:
+                        t = interleaved_medians(fns, args.solve_reps, args.device)
+                    except M.UndefinedMethodError:
+                        continue
+                    two = "torch" in t
+                    rows.append({"k": k, "batch": batch or 1, "method": name, "case": case, "two_impls": two,
+                                 "torch_s": t.get("torch", t["auto"]), "auto_s": t["auto"],
+                                 "speedup": t["torch"] / t["auto"] if two else None})
+    return {"device": args.device, "threads": args.threads, "reps": args.solve_reps, "rows": rows}
+
+
+def print_solve_table(res: dict, ks: list[int]) -> None:
+    rows = res["rows"]
+    for batch in sorted({r["batch"] for r in rows}):
+        for case in ("aligned", "conflicting"):
+            sel = [r for r in rows if r["batch"] == batch and r["case"] == case]
+            if not sel:
+                continue
+            print(f"\n### Solve ms, {case} gradients, batch {batch} (device {res['device']}, torch → auto)\n")
+            cols = " | ".join(f"k={k} torch | k={k} auto" for k in ks)
+            print(f"| method | {cols} | k={ks[-1]} speedup |")
+            print("|---|" + "---|---|" * len(ks) + "---|")
+            for name in sorted({r["method"] for r in sel}):
+                cells = []
+                last = None
+                for k in ks:
+                    r = next((r for r in sel if r["k"] == k and r["method"] == name), None)
+                    cells += [f"{1e3 * r['torch_s']:.3f}", f"{1e3 * r['auto_s']:.3f}"] if r else ["-", "-"]
+                    last = r
+                sp = f"{last['speedup']:.1f}x" if last and last["speedup"] else "(one impl)"
+                print(f"| {name} | " + " | ".join(cells) + f" | {sp} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 10, 40])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--solve-only", action="store_true", help="only the solve-time comparison (no training steps)")
+    ap.add_argument("--solve-reps", type=int, default=31, help="repetitions of each solve (median reported)")
+    ap.add_argument("--batch", type=int, default=64, help="also time a batch of this many Grams (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from rich.progress import track
 
     OUT.mkdir(parents=True, exist_ok=True)
+    solve = solve_benchmark(args)
+    (OUT / "methods_solve.json").write_text(json.dumps(solve, indent=1))
+    print_solve_table(solve, args.ks)
+    if args.solve_only:
+        return
     names = [n for n in M.available() if n != "prior-loss"]
     rows = []
     for k in args.ks:

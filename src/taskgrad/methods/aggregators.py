@@ -4,12 +4,26 @@ Every method here sees the task gradients only through their inner products, so 
 Gram matrix and one weighted backward. QP-type inner problems use :mod:`taskgrad.solvers`
 (exact, batched, on the device of G); Nash-MTL/FairGrad and CAGrad solve their convex problems
 to machine precision (Newton's method, and an exact parametric min-norm search).
+
+Two implementations of the Gram-based methods, chosen by ``impl``:
+
+* ``"torch"``: batched torch operators on the device of G (the reference path);
+* ``"numba"``: compiled loops on the host, one problem at a time (:mod:`._kernels`), the same
+  algorithm with the same decisions and tolerances in float64. At k ≈ 40 a solve is a few
+  hundred small operators on the torch path (~10 µs of overhead each) and well under a
+  millisecond compiled.
+* ``"auto"`` (default): ``"numba"`` for a Gram matrix on the CPU; on a GPU ``"numba"`` when the
+  batch is small (B·k³ ≤ 2²²: the k×k copy to the host and its single synchronization are
+  cheaper than the torch path's sequence of kernel launches), else ``"torch"``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from types import ModuleType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +36,7 @@ from ._common import (
     flat_gram,
     generator_state,
     set_generator_state,
+    work_dtype,
 )
 from .base import Weighting
 
@@ -41,6 +56,69 @@ __all__ = [
     "UndefinedMethodError",
     "alpha_fair_weights",
 ]
+
+
+Impl = Literal["auto", "numba", "torch"]
+
+# on a GPU, "auto" runs the host kernels when B·k³ is at most this (≈ a few ms of host work)
+GPU_HOST_MAX_WORK = 1 << 22
+
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_KERNELS: ModuleType | None = None
+
+
+def _k() -> ModuleType:
+    """The compiled kernels (:mod:`._kernels`), imported on first use: importing numba costs
+    ~0.3 s, which ``import taskgrad`` does not pay until a host kernel runs."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import _kernels
+
+        _KERNELS = _kernels
+    return _KERNELS
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in ("auto", "numba", "torch"):
+        raise ValueError(f"impl must be 'auto', 'numba' or 'torch', got {impl!r}.")
+    if impl == "numba" and not HAVE_NUMBA:
+        raise ImportError("impl='numba' needs numba (pip install numba); use impl='torch' or 'auto'.")
+    return impl
+
+
+def _use_host(impl: str, G: Tensor) -> bool:
+    """Whether the compiled host kernels solve the problems of G (..., k, k) (see the module doc)."""
+    if impl == "torch" or not HAVE_NUMBA:
+        return False
+    if impl == "numba" or G.device.type == "cpu":
+        return True
+    return G.numel() * G.shape[-1] <= GPU_HOST_MAX_WORK
+
+
+def _host(x: Tensor) -> np.ndarray:
+    """A float64 C-contiguous NumPy copy/view of x on the host (one copy + sync from a GPU)."""
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float64).numpy())
+
+
+def _host_gram(G: Tensor) -> np.ndarray:
+    """(B, k, k) float64 symmetrized copy of G on the host: :func:`flat_gram` in NumPy."""
+    k = G.shape[-1]
+    a = G.detach().reshape(-1, k, k).to("cpu", torch.float64).numpy()
+    return 0.5 * (a + a.transpose(0, 2, 1))
+
+
+def _from_host(
+    w: np.ndarray, shape: tuple[int, ...] | torch.Size, like: Tensor, dtype: torch.dtype | None = None
+) -> Tensor:
+    """The host result w as a tensor of ``shape`` on the device of ``like``, in ``dtype``
+    (default: that of ``like``)."""
+    return torch.from_numpy(w).to(device=like.device, dtype=dtype or like.dtype).reshape(shape)
+
+
+def _raise_not_pd(status: np.ndarray) -> None:
+    if bool((status == _k().NOT_PD).any()):
+        raise torch.linalg.LinAlgError("a free block is not positive definite even with a ridge of 1e-2.")
 
 
 def _draw_permutations(B: int, k: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -75,13 +153,23 @@ class PCGrad(Weighting):
     The order for task i is ``torch.randperm(k, generator=generator)`` (drawn task by task),
     so a run is reproducible from the generator's seed; ``generator=None`` uses torch's
     global RNG. The generator's state is part of :meth:`state_dict`.
+
+    ``impl`` (see the module doc): the orders are drawn the same way on every path, so a seeded
+    run gives the same weights (to rounding) with ``"numba"`` and ``"torch"``. On a GPU,
+    ``"numba"`` copies the k×k Gram matrix to the host (one synchronization) and the weights back.
     """
 
-    def __init__(self, generator: torch.Generator | None = None) -> None:
+    def __init__(self, generator: torch.Generator | None = None, impl: Impl = "auto") -> None:
         self.generator = check_generator(generator)
+        self.impl = _check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
+        if _use_host(self.impl, gram):
+            Gn = _host_gram(gram)
+            B, k = Gn.shape[0], Gn.shape[-1]
+            perms = _draw_permutations(B, k, k, self.generator, torch.device("cpu"))
+            return _from_host(_k().pcgrad(Gn, perms.numpy()), gram.shape[:-1], gram)
         Gb, batch = flat_gram(gram)
         B, k = Gb.shape[0], Gb.shape[-1]
         perms = _draw_permutations(B, k, k, self.generator, Gb.device)
@@ -113,10 +201,13 @@ class GradVac(Weighting):
     then φ̂ᵢⱼ ← (1−β)φ̂ᵢⱼ + βφᵢⱼ. The update is d = Σᵢ gᵢᴾᶜ (φ̂ starts at 0).
 
     State: φ̂ of shape (..., k, k), advanced once per call; plus the generator's state.
-    Orders come from ``torch.randperm(k − 1, generator=generator)`` for each task in turn.
+    Orders come from ``torch.randperm(k − 1, generator=generator)`` for each task in turn, on
+    every ``impl`` (see the module doc; ``"numba"`` on a GPU copies G and φ̂ to the host and back).
     """
 
-    def __init__(self, beta: float = 0.5, eps: float = 1e-8, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, beta: float = 0.5, eps: float = 1e-8, generator: torch.Generator | None = None, impl: Impl = "auto"
+    ) -> None:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta!r}.")
         if eps < 0:
@@ -124,19 +215,30 @@ class GradVac(Weighting):
         self.beta = beta
         self.eps = eps
         self.generator = check_generator(generator)
+        self.impl = _check_impl(impl)
         self._phi: Tensor | None = None
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
-        Gb, batch = flat_gram(gram)
-        B, k = Gb.shape[0], Gb.shape[-1]
+        batch, k = gram.shape[:-2], gram.shape[-1]
+        B = batch.numel()
+        dtype = work_dtype(gram)
         if self._phi is None or self._phi.shape != (*batch, k, k):
             if self._phi is not None:
                 raise ValueError(
                     f"GradVac's state is for Gram matrices of shape {tuple(self._phi.shape)}, got "
                     f"{tuple(gram.shape)}; call reset() before changing the number of tasks."
                 )
-            self._phi = torch.zeros(*batch, k, k, dtype=Gb.dtype, device=Gb.device)
+            self._phi = torch.zeros(*batch, k, k, dtype=dtype, device=gram.device)
+        if _use_host(self.impl, gram):
+            ph = np.array(self._phi.detach().reshape(B, k, k).to("cpu", torch.float64).numpy())  # a copy
+            w = np.ones((B, k))
+            if k > 1:
+                perms = _draw_permutations(B, k, k - 1, self.generator, torch.device("cpu"))
+                w = _k().gradvac(_host_gram(gram), perms.numpy(), ph, float(self.beta), float(self.eps))
+            self._phi = _from_host(ph, (*batch, k, k), gram, dtype)
+            return _from_host(w, (*batch, k), gram)
+        Gb, _ = flat_gram(gram)
         phi_hat = self._phi.to(Gb.dtype).reshape(B, k, k).clone()
         C = torch.eye(k, dtype=Gb.dtype, device=Gb.device).expand(B, k, k).clone()
         if k > 1:
@@ -200,9 +302,17 @@ class CAGrad(Weighting):
     ``rescale``: 0 keeps d (the paper's Algorithm 1, TorchJD), 1 divides by 1 + c², 2 by 1 + c
     (the options of the official code). If the min-norm point of the hull is ≤ ``norm_eps``·√tr G
     (a Pareto-stationary point) the weights are 0, as in TorchJD.
+
+    ``impl`` (see the module doc): ``"numba"`` runs the same search compiled, with each
+    min-norm solve by the compiled port of the solvers' pivoting and the affine-path roots
+    from a Cholesky solve of the active block (the torch path uses a pseudo-inverse of the KKT
+    matrix); both stop on the same test, so they agree to rounding.
     """
 
-    def __init__(self, c: float = 0.4, rescale: Literal[0, 1, 2] = 0, norm_eps: float = 1e-4, max_iter: int = 100) -> None:
+    def __init__(
+        self, c: float = 0.4, rescale: Literal[0, 1, 2] = 0, norm_eps: float = 1e-4, max_iter: int = 100,
+        impl: Impl = "auto",
+    ) -> None:
         if c < 0 or c != c:
             raise ValueError(f"c must be ≥ 0, got {c!r}.")
         if rescale not in (0, 1, 2):
@@ -211,14 +321,21 @@ class CAGrad(Weighting):
         self.rescale = rescale
         self.norm_eps = norm_eps
         self.max_iter = max_iter
+        self.impl = _check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
+        scale = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
+        if _use_host(self.impl, gram):
+            k = gram.shape[-1]
+            wn, status = _k().cagrad(
+                _host_gram(gram), float(self.c), float(self.norm_eps), int(self.max_iter), 10 * k + 50
+            )
+            _raise_not_pd(status)
+            return _from_host(wn / scale, gram.shape[:-1], gram)
         Gb, batch = flat_gram(gram)
-        B, k = Gb.shape[0], Gb.shape[-1]
-        w = cagrad_weights(Gb, self.c, self.norm_eps, self.max_iter)
-        w = w / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        return w.to(gram.dtype).reshape(*batch, k)
+        w = cagrad_weights(Gb, self.c, self.norm_eps, self.max_iter) / scale
+        return w.to(gram.dtype).reshape(*batch, Gb.shape[-1])
 
 
 def _shifted_gram(Gb: Tensor, b: Tensor, g0sq: Tensor, rho: Tensor) -> Tensor:
@@ -390,20 +507,41 @@ def aligned_mtl_balance(Gb: Tensor, scale_mode: str = "min", eps_dtype: torch.dt
     return torch.where((rank == 0)[:, None, None], eye, Bm)
 
 
+def _host_nnls(Q: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """λ[b, m] ≥ 0 minimizing ½λᵀQ[b]λ + C[b, m]ᵀλ (Q (B, k, k), C (B, m, k)) by the compiled
+    port of :func:`taskgrad.solvers.nnls` (float64, on the host)."""
+    X, status = _k().nnls_rows(Q, np.ascontiguousarray(C), 10 * Q.shape[-1] + 50)
+    _raise_not_pd(status)
+    return X
+
+
+def _host_pref(pref: Tensor | None, k: int) -> np.ndarray:
+    if pref is None:
+        return np.full(k, 1.0 / k)
+    return _host(_check_pref(pref, k, pref))
+
+
 class UPGrad(Weighting):
     """UPGrad (Quinton & Rey, 2024): project each pᵢgᵢ onto the dual cone of the gradients and sum.
 
     Projection of Jᵀu onto {x : Jx ≥ 0} is Jᵀv with v = argmin vᵀGv s.t. v ≥ u; with
     u = pᵢeᵢ and v = pᵢeᵢ + λ, λ ≥ 0 solves the NNLS ½λᵀGλ + pᵢ(Geᵢ)ᵀλ. The k problems are
-    one batched :func:`~taskgrad.solvers.nnls` call; w = Σᵢ vⁱ. The result never conflicts
-    with a task gradient: Gw ≥ 0.
+    one batched :func:`~taskgrad.solvers.nnls` call (``impl="torch"``) or k calls of its compiled
+    port (``"numba"``, see the module doc); w = Σᵢ vⁱ. The result never conflicts with a task
+    gradient: Gw ≥ 0.
     """
 
-    def __init__(self, pref_vector: Tensor | None = None) -> None:
+    def __init__(self, pref_vector: Tensor | None = None, impl: Impl = "auto") -> None:
         self.pref_vector = pref_vector
+        self.impl = _check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
+        if _use_host(self.impl, gram):
+            Gn = _host_gram(gram)
+            p = _host_pref(self.pref_vector, Gn.shape[-1])
+            lam = _host_nnls(Gn, Gn * p[:, None])  # (B, k, k): row i is λ of problem i, c = pᵢGeᵢ
+            return _from_host(lam.sum(-2) + p, gram.shape[:-1], gram)
         Gb, batch = flat_gram(gram)
         B, k = Gb.shape[0], Gb.shape[-1]
         p = _check_pref(self.pref_vector, k, Gb)
@@ -419,14 +557,21 @@ class DualProj(Weighting):
     cone of the task gradients (GEM's Equation 11; Quinton & Rey, 2024).
 
     w = argmin vᵀGv s.t. v ≥ p, solved as the NNLS of λ = v − p ≥ 0 minimizing
-    ½λᵀGλ + (Gp)ᵀλ. The result never conflicts with a task gradient: Gw ≥ 0.
+    ½λᵀGλ + (Gp)ᵀλ (``impl`` as in :class:`UPGrad`). The result never conflicts with a task
+    gradient: Gw ≥ 0.
     """
 
-    def __init__(self, pref_vector: Tensor | None = None) -> None:
+    def __init__(self, pref_vector: Tensor | None = None, impl: Impl = "auto") -> None:
         self.pref_vector = pref_vector
+        self.impl = _check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
+        if _use_host(self.impl, gram):
+            Gn = _host_gram(gram)
+            p = _host_pref(self.pref_vector, Gn.shape[-1])
+            lam = _host_nnls(Gn, (Gn @ p)[:, None, :])[:, 0]
+            return _from_host(lam + p, gram.shape[:-1], gram)
         Gb, batch = flat_gram(gram)
         k = Gb.shape[-1]
         p = _check_pref(self.pref_vector, k, Gb)
@@ -452,7 +597,9 @@ def _fair_objective(Gs: Tensor, x: Tensor, a: float) -> Tensor:
     return quad + h
 
 
-def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100) -> tuple[Tensor, Tensor]:
+def alpha_fair_weights(
+    G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto"
+) -> tuple[Tensor, Tensor]:
     """α-fair weights: the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), batched over G (..., k, k).
 
     They are the unique minimizer of the strictly convex f(w) = ½wᵀGw + Σ h(wᵢ) with
@@ -463,9 +610,16 @@ def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100) -> tuple[Te
 
     Returns (w, ok) where ``ok`` marks problems that converged; a solution exists iff some d has
     ⟨gᵢ, d⟩ > 0 for all i (no zero gradient, 0 not in the convex hull of the gradients).
+
+    ``impl`` (see the module doc): ``"numba"`` runs the same iteration compiled, in float64 (also
+    for a float32 Gram matrix on a GPU, whose torch path works in float32 with rtol 1e-5).
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0 here, got {alpha!r}.")
+    if _use_host(_check_impl(impl), G):
+        wn, okn = _k().alpha_fair(_host_gram(G), float(alpha), int(max_iter))
+        w = _from_host(wn, G.shape[:-1], G, work_dtype(G))
+        return w, torch.from_numpy(okn).to(G.device).reshape(G.shape[:-2])
     Gb, batch = flat_gram(G)
     B, k = Gb.shape[0], Gb.shape[-1]
     diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
@@ -545,7 +699,9 @@ class NashMTL(Weighting):
     0 in the convex hull) raise :class:`UndefinedMethodError`.
     """
 
-    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int = 100) -> None:
+    def __init__(
+        self, max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int = 100, impl: Impl = "auto"
+    ) -> None:
         if max_norm < 0:
             raise ValueError(f"max_norm must be ≥ 0 (0 disables clipping), got {max_norm!r}.")
         if not isinstance(update_weights_every, int) or update_weights_every < 1:
@@ -553,13 +709,14 @@ class NashMTL(Weighting):
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every
         self.max_iter = max_iter
+        self.impl = _check_impl(impl)
         self._step = 0
         self._alpha: Tensor | None = None
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         if self._step % self.update_weights_every == 0 or self._alpha is None:
-            alpha, ok = alpha_fair_weights(gram, 1.0, self.max_iter)
+            alpha, ok = alpha_fair_weights(gram, 1.0, self.max_iter, self.impl)
             if not bool(ok.all()):
                 _raise_undefined("Nash-MTL")
             self._alpha = alpha
@@ -593,18 +750,19 @@ class FairGrad(Weighting):
     ⟨gᵢ, d⟩ > 0 for all i) raise :class:`UndefinedMethodError`.
     """
 
-    def __init__(self, alpha: float = 1.0, max_iter: int = 100) -> None:
+    def __init__(self, alpha: float = 1.0, max_iter: int = 100, impl: Impl = "auto") -> None:
         if alpha < 0 or alpha != alpha:
             raise ValueError(f"alpha must be ≥ 0, got {alpha!r}.")
         self.alpha = alpha
         self.max_iter = max_iter
+        self.impl = _check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         k = gram.shape[-1]
         if self.alpha == 0:
             return torch.full(gram.shape[:-1], 1.0 / k, dtype=gram.dtype, device=gram.device)
-        w, ok = alpha_fair_weights(gram, self.alpha, self.max_iter)
+        w, ok = alpha_fair_weights(gram, self.alpha, self.max_iter, self.impl)
         if not bool(ok.all()):
             _raise_undefined(f"FairGrad(alpha={self.alpha})")
         return w.to(gram.dtype)
@@ -645,13 +803,21 @@ class MGDAUB(Weighting):
     or 1 ("none"); α = min-norm point of the normalized gradients' hull (Gram D⁻¹GD⁻¹, exact),
     and, as in the reference code, α weighs the raw losses (w = α). With ``scale_weights``
     the weights are α/n instead, so that d is the min-norm point of the normalized gradients.
+    ``impl`` (see the module doc): ``"torch"`` calls :func:`~taskgrad.solvers.min_norm_simplex`,
+    ``"numba"`` its compiled port (same pivoting and tolerances).
     """
 
-    def __init__(self, normalization: Literal["l2", "loss", "loss+l2", "none"] = "l2", scale_weights: bool = False) -> None:
+    def __init__(
+        self,
+        normalization: Literal["l2", "loss", "loss+l2", "none"] = "l2",
+        scale_weights: bool = False,
+        impl: Impl = "auto",
+    ) -> None:
         if normalization not in ("l2", "loss", "loss+l2", "none"):
             raise ValueError(f"normalization must be 'l2', 'loss', 'loss+l2' or 'none', got {normalization!r}.")
         self.normalization = normalization
         self.scale_weights = scale_weights
+        self.impl = _check_impl(impl)
         self.needs = frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
@@ -666,8 +832,18 @@ class MGDAUB(Weighting):
         dead = n <= 0
         inv = torch.where(dead, torch.zeros_like(n), 1.0 / torch.where(dead, torch.ones_like(n), n))
         Gn = gram * inv.unsqueeze(-1) * inv.unsqueeze(-2)
-        alpha = min_norm_simplex(Gn, check_input=False)
+        alpha = min_norm_weights(Gn, self.impl)
         return alpha * inv if self.scale_weights else alpha
+
+
+def min_norm_weights(G: Tensor, impl: Impl = "auto") -> Tensor:
+    """MGDA's α in the simplex minimizing αᵀGα for G (..., k, k), in G's dtype: the solvers'
+    :func:`~taskgrad.solvers.min_norm_simplex` (``impl="torch"``) or its compiled port."""
+    if not _use_host(_check_impl(impl), G):
+        return min_norm_simplex(G, check_input=False)
+    wn, status = _k().min_norm(_host_gram(G), 10 * G.shape[-1] + 50)
+    _raise_not_pd(status)
+    return _from_host(wn, G.shape[:-1], G)
 
 
 def random_softmax_weights(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:

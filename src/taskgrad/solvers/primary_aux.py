@@ -108,7 +108,7 @@ def _margin_projection(
     the outer problem is the scalar equation ρ = ‖v(ρ)‖, solved by a bracketed bisection/secant
     (Illinois) search. If no unit vector satisfies all constraints, the cone is {0} and u = 0.
     """
-    B, k = Gb.shape[0], Gb.shape[-1]
+    B = Gb.shape[0]
     g00 = Gb[:, 0, 0]
 
     def phi(rho: Tensor, free: Tensor | None):
