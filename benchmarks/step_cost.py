@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import statistics
 import threading
 import time
@@ -243,7 +242,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     base = {r["k"]: r for r in results if r["method"] == "sum"}
-    print(f"\n| k | method | time/step (ms) | × sum | peak mem (MiB) | × sum |\n|---|---|---|---|---|---|")
+    print("\n| k | method | time/step (ms) | × sum | peak mem (MiB) | × sum |\n|---|---|---|---|---|---|")
     for r in results:
         b = base.get(r["k"])
         rt = r["time_s"] / b["time_s"] if b else float("nan")

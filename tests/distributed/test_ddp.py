@@ -40,7 +40,6 @@ def _close(a, b, tol=TOL) -> bool:
 
 @pytest.mark.parametrize("name", list(sc.SCENARIOS))
 def test_matches_single_process(ranks, refs, name):
-    spec = sc.SCENARIOS[name]
     for r in range(2):
         assert "error" not in ranks[r][name], ranks[r][name].get("error")
     ref = refs[name]

@@ -8,7 +8,7 @@ from torch import nn
 
 import taskgrad
 from taskgrad import MGDA, Mean, PrimaryAux
-from taskgrad.sources import parameter_gram, representation_gram
+from taskgrad.sources import parameter_gram
 
 
 class Net(nn.Module):

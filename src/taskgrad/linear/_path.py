@@ -7,13 +7,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.model_selection import KFold, StratifiedKFold, check_cv
+from sklearn.model_selection import KFold, check_cv
 
 from . import _inputs as I
 from ._estimators import (
     Data,
     MultiTaskElasticNet,
-    MultiTaskLasso,
     MultiTaskLogisticRegression,
     check_common,
     intercept_from,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ._graph import as_loss_vector, check_params, shared_parameters, task_leaves
+from ._graph import as_loss_vector, check_params, shared_parameters
 from .blockwise import blockwise_gram
 from .gram import parameter_gram, representation_gram
 from .sketch import module_loss_fn, sketch_jacobian

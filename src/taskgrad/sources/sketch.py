@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._graph import as_loss_vector
 
 __all__ = ["module_loss_fn", "sketch_gram", "sketch_jacobian"]
 
