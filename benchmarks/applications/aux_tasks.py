@@ -1,26 +1,33 @@
 """Auxiliary-task learning: one primary task helped (or not) by an auxiliary one.
 
-Experiments (task 0 primary, task 1 auxiliary, a shared encoder with two heads):
+Experiments (task 0 primary, tasks 1..k−1 auxiliary, a shared encoder with one head per task):
   parkinsons  UCI Parkinsons telemonitoring, shared inputs: total_UPDRS (primary) and
               motor_UPDRS (auxiliary) on the same recordings; split by patient; features and
               targets standardized with training statistics; MLP encoder + two linear heads;
               MSE on standardized targets. Metric: test MAE of total_UPDRS (original units).
   multimnist  MultiMNIST, left digit (primary) and right digit (auxiliary); the MultiLeNet of
               taskgrad.models.lenet; cross-entropy. Metric: test accuracy on the left digit.
+  qm9         QM9 (qm9pack): the config's ``primary`` target (e.g. mu, gap, U0) primary and the
+              other ten targets auxiliary; targets standardized with training statistics; the
+              compact MPNN of taskgrad.models.mpnn; MSE per standardized target. Metric: test
+              MAE of the primary in original units (meV for energies).
 
 Methods (taskgrad.methods registry, trained through ``taskgrad.backward``): each entry of the
 config's ``methods`` is {"label", "name", "kwargs", "source"} with source "params" (Gram of the
 shared-parameter gradients) or "features" (Gram of ∂Lᵢ/∂z, the representation source).
 
-Recorded per run: the primary metric, the auxiliary loss over training (on a fixed training
-subset, every ``eval_every`` steps), time per step (forward + weighting + backward + optimizer
-step, evaluation excluded), and the fraction of steps whose update direction u (the filled
-.grad) raises the auxiliary loss to first order, ⟨g_aux, u⟩ < 0 on the shared parameters
-(parameter source only; for "features" it is measured in z-space).
+Recorded per run: the primary metric, the auxiliary loss over training (the mean of the
+auxiliary tasks' losses on a fixed training subset, every ``eval_every`` steps), time per step
+(forward + weighting + backward + optimizer step, evaluation excluded), and the fraction of
+checked steps whose update direction u (the filled .grad of the shared parameters) raises some
+auxiliary loss to first order, ⟨g_i, u⟩ < 0 for an auxiliary i. The check is made on the shared
+parameters whatever the source, so for the "features" source it measures how often the
+representation approximation lets an auxiliary rise in parameter space.
 
 Usage:
   .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/parkinsons.json
   .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/multimnist.json
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/qm9_mu.json
 """
 
 from __future__ import annotations
@@ -55,12 +62,13 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "aux_tasks"
 
 @dataclass
 class Split:
-    """Training and test tensors; y is (N, 2) (primary, auxiliary); ``scale`` maps the
-    primary's standardized units back to the original ones (1 for classification)."""
+    """Training and test inputs (tensors, or molecules for qm9) and targets; y is (N, k), column 0
+    the primary; ``scale`` maps the primary's standardized units back to the original ones (1 for
+    classification)."""
 
-    x: Tensor
+    x: Any
     y: Tensor
-    xt: Tensor
+    xt: Any
     yt: Tensor
     scale: float = 1.0
 
@@ -103,6 +111,37 @@ def multimnist_split(data: MultiDigits, n_train: int, n_test: int, seed: int) ->
         to_tensor(data.test_x[:n_test]),
         torch.from_numpy(data.test_y[:n_test]),
     )
+
+
+def qm9_split(data: Any, primary: str, n_train: int, n_test: int, split_seed: int = 0) -> Split:
+    """QM9 with ``primary`` first and the other targets after it (standard order), the seeded split
+    of :func:`taskgrad.datasets.qm9.split_qm9` (110,000/10,000/rest on the full data; 80 %/10 %/rest
+    of a smaller data set), its first ``n_train`` training molecules and first ``n_test`` test
+    molecules; targets standardized with the training mean/std."""
+    from taskgrad.bench.qm9_problem import _STANDARD, QM9Problem
+
+    if primary not in _STANDARD:
+        raise ValueError(f"unknown QM9 target {primary!r}: use one of {list(_STANDARD)}.")
+    tasks = (primary,) + tuple(t for t in _STANDARD if t != primary)
+    n = len(data)
+    p = QM9Problem(tasks=tasks, split_seed=split_seed, n_train=min(110_000, int(0.8 * n)), n_val=min(10_000, n // 10),
+                   subset=n_train, n_test=n_test, data=data)
+    return Split(p.x["train"], p.y["train"], p.x["test"], p.y["test"], float(p.scale[0]))
+
+
+def fake_qm9(n_molecules: int = 400, seed: int = 0) -> Any:
+    """Tiny generated molecules (random C/H/N/O chains, targets from simple geometric features) in
+    the QM9Data layout, for tests."""
+    from taskgrad.datasets.qm9 import QM9Data
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(3, 9, n_molecules)
+    z = rng.choice(np.array([1, 6, 7, 8], dtype=np.uint8), counts.sum())
+    pos = (1.5 * rng.normal(size=(counts.sum(), 3))).astype(np.float32)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    feats = np.stack([np.add.reduceat(z.astype(float), ptr[:-1]), counts.astype(float)], 1)
+    y = feats @ rng.normal(size=(2, 11)) + 0.1 * rng.normal(size=(n_molecules, 11))
+    return QM9Data(z, pos, ptr, y, np.arange(n_molecules))
 
 
 def fake_parkinsons(n_patients: int = 8, per_patient: int = 25, n_features: int = 19, seed: int = 0) -> TaskData:
@@ -148,39 +187,58 @@ class TwoHeadMLP(nn.Module):
         return z, [h(z).squeeze(-1) for h in self.heads]
 
 
+REGRESSION = ("parkinsons", "qm9")
+
+
 def task_losses(kind: str, outs: list[Tensor], y: Tensor) -> list[Tensor]:
     """Per-task mean losses: MSE (regression) or cross-entropy (classification)."""
-    if kind == "parkinsons":
-        return [nn.functional.mse_loss(o, y[:, i]) for i, o in enumerate(outs)]
+    if kind in REGRESSION:
+        return [nn.functional.mse_loss(o.reshape(-1), y[:, i]) for i, o in enumerate(outs)]
     return [nn.functional.cross_entropy(o, y[:, i]) for i, o in enumerate(outs)]
+
+
+def _subset(x: Any, idx: Tensor) -> Any:
+    """The examples ``idx`` as a data set of the same kind (a tensor, or a molecule set)."""
+    if isinstance(x, Tensor):
+        return x[idx]
+    return type(x).select(x.z.numpy(), x.pos.numpy(), x.ptr.numpy(), idx.numpy())
+
+
+def _rows(x: Any, lo: int, hi: int) -> Any:
+    """Examples lo..hi−1 of a tensor or of a molecule set (indexed by a tensor of indices)."""
+    return x[lo:hi] if isinstance(x, Tensor) else x[torch.arange(lo, hi)]
 
 
 @torch.no_grad()
 def evaluate(kind: str, model: nn.Module, x: Tensor, y: Tensor, scale: float, batch: int = 2048) -> dict[str, float]:
-    """Mean task losses over (x, y) and the primary metric: MAE·scale (regression) or accuracy."""
+    """Mean task losses over (x, y), the primary's and the mean of the auxiliaries', and the
+    primary metric: MAE·scale (regression) or accuracy."""
     model.eval()
-    tot = torch.zeros(2, dtype=torch.float64)
+    n = y.shape[0]
+    tot = torch.zeros(y.shape[1], dtype=torch.float64)
     metric = 0.0
-    for i in range(0, x.shape[0], batch):
-        xb, yb = x[i : i + batch], y[i : i + batch]
+    for i in range(0, n, batch):
+        xb, yb = _rows(x, i, min(i + batch, n)), y[i : i + batch]
         _, outs = model(xb)
-        n = xb.shape[0]
-        tot += torch.stack([L.double() for L in task_losses(kind, outs, yb)]) * n
-        if kind == "parkinsons":
-            metric += float((outs[0] - yb[:, 0]).abs().sum()) * scale
+        tot += torch.stack([L.double() for L in task_losses(kind, outs, yb)]) * yb.shape[0]
+        if kind in REGRESSION:
+            metric += float((outs[0].reshape(-1) - yb[:, 0]).abs().sum()) * scale
         else:
             metric += float((outs[0].argmax(-1) == yb[:, 0]).sum())
     model.train()
-    n = x.shape[0]
-    return {"loss_primary": float(tot[0]) / n, "loss_aux": float(tot[1]) / n, "metric": metric / n}
+    return {"loss_primary": float(tot[0]) / n, "loss_aux": float(tot[1:].mean()) / n, "metric": metric / n}
 
 
-def make_model(kind: str, n_in: int, config: dict[str, Any]) -> nn.Module:
+def make_model(kind: str, split: Split, config: dict[str, Any]) -> nn.Module:
     if kind == "parkinsons":
-        return TwoHeadMLP(n_in, config.get("hidden", 64), config.get("depth", 2))
+        return TwoHeadMLP(split.x.shape[1], config.get("hidden", 64), config.get("depth", 2))
     if kind == "multimnist":
         return MultiLeNet(n_tasks=2)
-    raise ValueError(f"unknown experiment {kind!r}: use 'parkinsons' or 'multimnist'.")
+    if kind == "qm9":
+        from taskgrad.models.mpnn import MPNN
+
+        return MPNN(split.y.shape[1], hidden=config.get("hidden", 64), n_layers=config.get("n_layers", 3))
+    raise ValueError(f"unknown experiment {kind!r}: use 'parkinsons', 'multimnist' or 'qm9'.")
 
 
 def make_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
@@ -198,7 +256,9 @@ def make_method(spec: dict[str, Any]) -> Weighting:
 
 
 def _shared(model: nn.Module) -> list[Tensor]:
-    return [p for p in model.encoder.parameters()]
+    """Every parameter outside the task heads (the encoder of the two-head models, the MPNN's
+    embedding, message passing and readout)."""
+    return [p for n, p in model.named_parameters() if not n.startswith("heads.")]
 
 
 # ---------------------------------------------------------------------------- one run
@@ -207,15 +267,15 @@ def _shared(model: nn.Module) -> list[Tensor]:
 def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int, config: dict[str, Any]) -> dict[str, Any]:
     """Train one method for ``steps`` steps; returns the final metrics and the curves."""
     torch.manual_seed(seed)
-    model = make_model(kind, split.x.shape[1] if split.x.dim() == 2 else 0, config)
+    model = make_model(kind, split, config)
     opt = make_optimizer(model, config)
     method = make_method(spec)
     use_z = spec.get("source", "params") == "features"
     stream = BatchStream(split.x, split.y, config["batch_size"], seed)
     gen = torch.Generator().manual_seed(10_000 + seed)
-    n_mon = min(config.get("n_monitor", 2000), split.x.shape[0])
-    mon = torch.randperm(split.x.shape[0], generator=gen)[:n_mon]
-    xm, ym = split.x[mon], split.y[mon]
+    n_mon = min(config.get("n_monitor", 2000), split.y.shape[0])
+    mon = torch.randperm(split.y.shape[0], generator=gen)[:n_mon]
+    xm, ym = _subset(split.x, mon), split.y[mon]
     eval_every = max(1, config.get("eval_every", max(1, steps // 20)))
     check_every = config.get("check_every", 10)
     curve: list[dict[str, float]] = []
@@ -239,19 +299,19 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
         g_aux = None
         if step % check_every == 0:  # outside the timed region below
             secs += time.perf_counter() - t0
-            g_aux = torch.autograd.grad(losses[1], _shared(model), retain_graph=True, allow_unused=True)
-            g_aux = [torch.zeros_like(p) if g is None else g for g, p in zip(g_aux, _shared(model))]
+            shared = _shared(model)
+            g_aux = [_flat_grad(torch.autograd.grad(L, shared, retain_graph=True, allow_unused=True), shared)
+                     for L in losses[1:]]
             t0 = time.perf_counter()
         res = taskgrad.backward(losses, method=method, features=z if use_z else None)
         opt.step()
         secs += time.perf_counter() - t0
-        w_aux.append(float(res.weights[1]))
+        w_aux.append(float(res.weights[1:].sum()))
         if g_aux is not None:
-            d = float(sum((g * p.grad).sum() for g, p in zip(g_aux, _shared(model)) if p.grad is not None))
-            scale = float(sum((g * g).sum() for g in g_aux)) ** 0.5 * float(
-                sum((p.grad * p.grad).sum() for p in _shared(model) if p.grad is not None)) ** 0.5
+            shared = _shared(model)
+            u = _flat_grad([p.grad for p in shared], shared)
             checked += 1
-            raised += int(d < -1e-6 * max(scale, 1e-30))
+            raised += int(any(float(g @ u) < -1e-6 * max(float(g.norm() * u.norm()), 1e-30) for g in g_aux))
         if step % eval_every == 0 or step == steps:
             record(step)
     final = evaluate(kind, model, split.xt, split.yt, split.scale)
@@ -276,6 +336,11 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
     }
 
 
+def _flat_grad(grads: Any, params: list[Tensor]) -> Tensor:
+    """One flat vector from per-parameter gradients (None read as zero)."""
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
 def time_methods(kind: str, split: Split, config: dict[str, Any], steps: int = 20, rounds: int = 3, warmup: int = 3) -> dict[str, float]:
     """Median ms per training step of each method, the methods interleaved round by round (so a
     change in machine load hits all of them alike); same data, init and batches for all."""
@@ -284,7 +349,7 @@ def time_methods(kind: str, split: Split, config: dict[str, Any], steps: int = 2
     for r in range(rounds):
         for spec in config["methods"]:
             torch.manual_seed(r)
-            model = make_model(kind, split.x.shape[1] if split.x.dim() == 2 else 0, config)
+            model = make_model(kind, split, config)
             opt, method = make_optimizer(model, config), make_method(spec)
             use_z = spec.get("source", "params") == "features"
             stream = BatchStream(split.x, split.y, config["batch_size"], r)
@@ -309,14 +374,28 @@ def _load(config: dict[str, Any]) -> Any:
         from taskgrad.datasets.tabular import load_parkinsons
 
         return load_parkinsons(ROOT / config["data_path"], target="both")
+    if config["experiment"] == "qm9":
+        from taskgrad.datasets.qm9 import load_qm9
+
+        return load_qm9()
     from taskgrad.datasets.multimnist import load_multimnist
 
     return load_multimnist("mnist")
 
 
+def make_split(kind: str, data: Any, config: dict[str, Any], seed: int) -> Split:
+    """The experiment's split for ``seed``: Parkinsons and MultiMNIST draw it with the seed; QM9
+    keeps the split of ``split_seed`` (0) fixed, so that seeds vary only the model and batches."""
+    if kind == "parkinsons":
+        return parkinsons_split(data, min(config["n_test_patients"], data.n_tasks - 1), seed)
+    if kind == "qm9":
+        return qm9_split(data, config["primary"], config["n_train"], config["n_test"], config.get("split_seed", 0))
+    return multimnist_split(data, config["n_train"], config["n_test"], seed)
+
+
 def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every (seed, method) of the config. ``data``: a TaskData (parkinsons) or MultiDigits
-    (multimnist) to use instead of the real data; ``smoke``: one step per run, nothing saved."""
+    """Run every (seed, method) of the config. ``data``: a TaskData (parkinsons), MultiDigits
+    (multimnist) or QM9Data (qm9) to use instead of the real data; ``smoke``: one step per run, nothing saved."""
     torch.set_num_threads(config.get("threads", 1))
     kind = config["experiment"]
     data = _load(config) if data is None else data
@@ -330,11 +409,7 @@ def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: 
     with Progress(disable=not progress) as bar:
         task = bar.add_task(stem, total=len(jobs))
         for seed, spec in jobs:
-            if kind == "parkinsons":
-                n_test = min(config["n_test_patients"], data.n_tasks - 1)
-                split = parkinsons_split(data, n_test, seed)
-            else:
-                split = multimnist_split(data, config["n_train"], config["n_test"], seed)
+            split = make_split(kind, data, config, seed)
             steps = 1 if smoke else int(config["steps"])
             rows.append(run_one(kind, split, spec, seed, steps, {**config, "eval_every": 1} if smoke else config))
             bar.advance(task)
@@ -361,11 +436,22 @@ def _save_curves(rows: list[dict[str, Any]], path: Path) -> None:
         json.dump([{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f)
 
 
+def metric_label(config: dict[str, Any]) -> str:
+    kind = config["experiment"]
+    if kind == "parkinsons":
+        return "test MAE total_UPDRS"
+    if kind == "qm9":
+        from taskgrad.bench.qm9_problem import _ENERGIES
+
+        return f"test MAE {config['primary']}" + (" (meV)" if config["primary"] in _ENERGIES else "")
+    return "test acc left digit (%)"
+
+
 def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> str:
     """Markdown table: mean ± std over seeds, the paired difference to primary-only, aux loss, time."""
     kind = config["experiment"]
-    metric = "test MAE total_UPDRS" if kind == "parkinsons" else "test acc left digit (%)"
-    mult = 1.0 if kind == "parkinsons" else 100.0
+    metric = metric_label(config)
+    mult = 1.0 if kind in REGRESSION else 100.0
     base = {r["seed"]: r["test_metric"] for r in rows if r["method"] == "primary-only"}
     lines = [
         f"| method | {metric} | Δ vs primary-only (paired) | train aux loss first → min → last | max aux rise | "
@@ -417,7 +503,7 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("auxiliary training loss (monitor subset)")
     axes[0].set_title(f"{kind}: auxiliary loss over training")
-    ylab = "test MAE total_UPDRS" if kind == "parkinsons" else "test accuracy, left digit"
+    ylab = metric_label(config)
     axes[1].set_xlabel("step")
     axes[1].set_ylabel(ylab)
     axes[1].set_title("primary metric over training")
@@ -442,7 +528,7 @@ def main() -> None:
 
         data = _load(config)
         kind = config["experiment"]
-        split = parkinsons_split(data, config["n_test_patients"], 0) if kind == "parkinsons" else multimnist_split(data, config["n_train"], config["n_test"], 0)
+        split = make_split(kind, data, config, 0)
         ms = time_methods(kind, split, config, **config.get("timing", {}))
         base = ms.get("primary-only", float("nan"))
         for k, v in ms.items():

@@ -71,17 +71,18 @@ def make_model(name: str, num_classes: int = 10, hidden: int = 256) -> nn.Module
 
 
 class BatchStream:
-    """Endless shuffled mini-batches (reshuffled every epoch) from (x, y) with a seeded generator."""
+    """Endless shuffled mini-batches (reshuffled every epoch) from (x, y) with a seeded generator;
+    x is anything indexed by a tensor of example indices (a tensor, a molecule set)."""
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
-        self.x, self.y, self.bs = x, y, min(batch_size, x.shape[0])
+        self.x, self.y, self.bs = x, y, min(batch_size, y.shape[0])
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(x.shape[0], generator=self.gen)
+        self.perm = torch.randperm(y.shape[0], generator=self.gen)
         self.pos = 0
 
     def next(self) -> tuple[Tensor, Tensor]:
-        if self.pos + self.bs > self.x.shape[0]:
-            self.perm = torch.randperm(self.x.shape[0], generator=self.gen)
+        if self.pos + self.bs > self.y.shape[0]:
+            self.perm = torch.randperm(self.y.shape[0], generator=self.gen)
             self.pos = 0
         idx = self.perm[self.pos : self.pos + self.bs]
         self.pos += self.bs

@@ -33,15 +33,18 @@ A = _aux()
 
 
 def test_configs_exist() -> None:
-    assert {p.stem for p in CONFIGS} >= {"parkinsons", "multimnist"}
+    assert {p.stem for p in CONFIGS} >= {"parkinsons", "multimnist", "qm9_mu", "qm9_gap", "qm9_U0"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_runs_one_batch(path: Path) -> None:
     """One step per method on tiny generated data (never the real data)."""
     config = json.loads(path.read_text())
-    data = A.fake_parkinsons() if config["experiment"] == "parkinsons" else A.fake_multimnist(64, 16)
+    kind = config["experiment"]
+    data = {"parkinsons": A.fake_parkinsons, "qm9": A.fake_qm9}.get(kind, lambda: A.fake_multimnist(64, 16))()
     config = {**config, "batch_size": 16, "n_monitor": 32}
+    if kind == "qm9":
+        config = {**config, "n_train": 64, "n_test": 32, "hidden": 16, "n_layers": 1}
     rows = A.run(config, data=data, smoke=True, progress=False)
     assert [r["method"] for r in rows] == [m["label"] for m in config["methods"]]
     for r, spec in zip(rows, config["methods"]):
@@ -49,8 +52,8 @@ def test_config_runs_one_batch(path: Path) -> None:
         assert len(r["curve"]) == 2 and all(np.isfinite(c["train_aux"]) for c in r["curve"])
         if spec["name"] == "primary-only":
             assert r["aux_weight_mean"] == 0.0
-        if spec["name"] == "sum":
-            assert r["aux_weight_mean"] == 1.0
+        if spec["name"] == "sum":  # the total auxiliary weight: 1 per auxiliary task
+            assert r["aux_weight_mean"] == (10.0 if kind == "qm9" else 1.0)
         if config["experiment"] == "multimnist":
             assert 0.0 <= r["test_metric"] <= 1.0
 
