@@ -11,6 +11,7 @@ final gap of every contender's coefficients is recomputed by one independent for
     python benchmarks/linear.py --device cuda   # adds the large GPU case (taskgrad solver='apg')
     python benchmarks/linear.py --quick         # smaller sizes, for a smoke test
     python benchmarks/linear.py --datasets      # School / Parkinsons nMSE (10/20/30 % splits)
+    python benchmarks/linear.py --logistic-scaling  # logistic CD on badly scaled vs standardized X
 """
 
 from __future__ import annotations
@@ -155,9 +156,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".." /
                                               "shared" / "data"))
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--logistic-scaling", action="store_true",
+                    help="L2,1 logistic CD epochs/time on badly scaled vs standardized features")
     args = ap.parse_args(argv)
     if args.datasets:
         return run_datasets(args)
+    if args.logistic_scaling:
+        return run_logistic_scaling(args)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     from rich.console import Console
@@ -245,11 +250,74 @@ def main(argv=None) -> int:
 
 
 
+# --------------------------------------------------------------------------- logistic scaling
+def make_logistic(n: int = 400, p: int = 40, T: int = 4, bad: bool = True, seed: int = 0):
+    """T binary tasks from a standardized Gaussian X with 8 shared active features; with ``bad``
+    the columns are then multiplied by 10^U(−3, 3) (the labels do not change)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    W = np.zeros((p, T))
+    W[:8] = 1.5 * rng.standard_normal((8, T))
+    Y = (X @ W + 0.3 + rng.standard_normal((n, T)) > 0).astype(int)
+    return (X * 10.0 ** rng.uniform(-3, 3, p) if bad else X), Y
+
+
+def run_logistic_scaling(args) -> int:
+    """Epochs, time and final gap of MultiTaskLogisticRegression (l21, tol 1e-8) at α = f·α_max
+    for standardized and badly scaled columns (each problem's own α_max)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from taskgrad.linear import MultiTaskLogisticRegression
+    from taskgrad.linear._solver import alpha_max_of
+
+    MultiTaskLogisticRegression(alpha=0.01).fit(*make_logistic(50, 10, 2))  # JIT warm-up
+    rows = []
+    for bad in (False, True):
+        X, Y = make_logistic(bad=bad)
+        am = alpha_max_of(MultiTaskLogisticRegression()._data(X, Y, None).problem(True), 0)
+        for frac in (1e-1, 2e-2, 1e-3, 1e-4):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                m = MultiTaskLogisticRegression(alpha=frac * am, tol=1e-8,
+                                                max_iter=100000).fit(X, Y)
+                dt = time.perf_counter() - t0
+            rows.append(dict(columns="10^U(-3,3) scaled" if bad else "standardized",
+                             alpha_frac=frac, epochs=int(m.n_iter_), time_s=dt,
+                             gap=float(m.dual_gap_), gap_tol=float(m.dual_gap_tol_),
+                             converged=bool(m.converged_),
+                             n_active=int((np.abs(m.coef_).sum(0) > 0).sum())))
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "linear_logistic_scaling.json").write_text(json.dumps(rows, indent=1))
+    table = Table(title="MultiTaskLogisticRegression (l21), n=400 p=40 T=4, tol=1e-8")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()])
+    Console().print(table)
+    return 0
+
+
 # --------------------------------------------------------------------------- real data sets
 def nmse(tasks_test, preds) -> float:
     """Normalized MSE: mean squared error over all test samples / variance of the test targets."""
     y = np.concatenate([t[1] for t in tasks_test])
     return float(np.mean((y - np.concatenate(preds)) ** 2) / np.var(y))
+
+
+def nmse_task_mean(tasks_test, preds) -> float:
+    """Task-averaged nMSE: (1/T) Σ_t MSE_t / Var(y_t) over the tasks' test samples (tasks with
+    fewer than 2 test samples or constant targets skipped)."""
+    vals = [np.mean((t[1] - p) ** 2) / np.var(t[1]) for t, p in zip(tasks_test, preds)
+            if t[1].size > 1 and np.var(t[1]) > 0]
+    return float(np.mean(vals))
+
+
+def malsar_rmse(tasks_test, preds) -> float:
+    """MALSAR's ``eval_MTL_rmse``: Σ_t N_t·RMSE_t / Σ_t N_t (sample-weighted per-task RMSE)."""
+    num = sum(np.sqrt(np.mean((t[1] - p) ** 2)) * t[1].size for t, p in zip(tasks_test, preds))
+    return float(num / sum(t[1].size for t in tasks_test))
 
 
 def split_tasks(data, ratio: float, rng):
@@ -265,6 +333,23 @@ def split_tasks(data, ratio: float, rng):
     sd[sd == 0] = 1.0
     f = lambda ts: [((x - mu) / sd, y) for x, y in ts]  # noqa: E731
     return f(train), f(test)
+
+
+def split_tasks_malsar(data, ratio: float, rng):
+    """MALSAR's ``examples/train_and_test/test_script.m`` protocol: every task's X is z-scored
+    over all of that task's samples (Matlab ``zscore``: ddof 1, a constant column becomes 0), a
+    bias column of ones is appended, then ``mtSplitPerc`` keeps the samples whose position in a
+    random permutation 1..n_t is < ratio·n_t for training (⌈ratio·n_t⌉ − 1 of them)."""
+    train, test = [], []
+    for X, y in data.tasks:
+        n = X.shape[0]
+        sd = X.std(0, ddof=1) if n > 1 else np.ones(X.shape[1])
+        sd[~(sd > 0)] = 1.0
+        Xz = np.hstack([(X - X.mean(0)) / sd, np.ones((n, 1))])
+        sel = (rng.permutation(n) + 1) < n * ratio
+        train.append((Xz[sel], y[sel]))
+        test.append((Xz[~sel], y[~sel]))
+    return train, test
 
 
 def run_datasets(args) -> int:
@@ -284,39 +369,52 @@ def run_datasets(args) -> int:
         "per-task Lasso": lambda: MultiTaskLassoCV(penalty="l1", n_alphas=20, cv=3),
         "per-task ridge": lambda: MultiTaskElasticNetCV(l1_ratio=0.0, n_alphas=20, eps=1e-5, cv=3),
     }
+    # protocol "ours": pooled training standardization, per-task intercepts (fit_intercept=True);
+    # protocol "MALSAR": per-task z-score + bias column, mtSplitPerc split, no separate intercept
+    protocols = {"ours": (split_tasks, True), "MALSAR": (split_tasks_malsar, False)}
     ratios, reps = (0.1, 0.2, 0.3), args.reps
     rows = []
     with Progress() as progress:
-        tid = progress.add_task("splits", total=len(sets) * len(ratios) * reps)
+        tid = progress.add_task("splits", total=(len(sets) + 1) * len(ratios) * reps)
         for dname, data in sets.items():
-            for ratio in ratios:
-                for rep in range(reps):
-                    tr, te = split_tasks(data, ratio, np.random.default_rng(rep))
-                    for mname, make in models.items():
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            m = make().fit(tr)
-                        rows.append(dict(dataset=dname, ratio=ratio, rep=rep, model=mname,
-                                         nmse=nmse(te, m.predict([x for x, _ in te])),
-                                         alpha=m.alpha_,
-                                         n_features=int((np.abs(m.coef_).sum(0) > 0).sum())))
-                    progress.advance(tid)
+            for proto, (splitter, intercept) in protocols.items():
+                if proto == "MALSAR" and not dname.startswith("School"):
+                    continue
+                for ratio in ratios:
+                    for rep in range(reps):
+                        tr, te = splitter(data, ratio, np.random.default_rng(rep))
+                        for mname, make in models.items():
+                            est = make().set_params(fit_intercept=intercept)
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore")
+                                m = est.fit(tr)
+                            pred = m.predict([x for x, _ in te])
+                            rows.append(dict(
+                                dataset=dname, protocol=proto, ratio=ratio, rep=rep, model=mname,
+                                nmse=nmse(te, pred), nmse_task_mean=nmse_task_mean(te, pred),
+                                malsar_rmse=malsar_rmse(te, pred), alpha=m.alpha_,
+                                n_features=int((np.abs(m.coef_).sum(0) > 0).sum())))
+                        progress.advance(tid)
     OUT.mkdir(parents=True, exist_ok=True)
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     (OUT / "linear_datasets.json").write_text(json.dumps(dict(command=cmd, rows=rows), indent=1))
-    table = Table(title=f"normalized MSE on the test samples (mean ± std over {reps} splits)")
-    table.add_column("dataset")
-    table.add_column("model")
+    table = Table(title=f"test error, mean ± std over {reps} splits (nMSE pooled | nMSE "
+                        "task-averaged | MALSAR eval_MTL_rmse)")
+    for col in ("dataset", "protocol", "model", "metric"):
+        table.add_column(col)
     for r in ratios:
         table.add_column(f"{int(r * 100)} % train")
     for dname in sets:
-        for mname in models:
-            cells = []
-            for r in ratios:
-                v = [x["nmse"] for x in rows if x["dataset"] == dname and x["model"] == mname
-                     and x["ratio"] == r]
-                cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}")
-            table.add_row(dname, mname, *cells)
+        for proto in protocols:
+            for mname in models:
+                for metric in ("nmse", "nmse_task_mean", "malsar_rmse"):
+                    cells = []
+                    for r in ratios:
+                        v = [x[metric] for x in rows if x["dataset"] == dname and x["model"] == mname
+                             and x["ratio"] == r and x["protocol"] == proto]
+                        cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "")
+                    if any(cells):
+                        table.add_row(dname, proto, mname, metric, *cells)
     Console().print(table)
     return 0
 

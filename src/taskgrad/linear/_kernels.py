@@ -221,3 +221,92 @@ def intercept_step_per_task(b, z, y, s, task, loss, inv_n, Lb):
         b[t] += g[t]
     for i in range(N):
         z[i] += g[task[i]]
+
+
+@njit(cache=True)
+def epoch_gram(W, Q, G, Lmat, a1, a2, pen):
+    """One pass over the rows of W (m, T) for the quadratic loss on a shared design, through the
+    Gram matrix: Q = ∇_W f = Xᵀ diag(s/n̄)(XW − Y) and G = Xᵀ diag(s/n̄) X (m, m) of the working
+    set; after row j moves by δ, Q_k += G_kj δ for every k (m·T work instead of n·T)."""
+    m, T = W.shape
+    delta = np.empty(T)
+    for j in range(m):
+        if _prox_row(W, j, Q[j], Lmat[j], a1, a2, pen, delta):
+            for k in range(m):
+                gkj = G[k, j]
+                if gkj != 0.0:
+                    for t in range(T):
+                        Q[k, t] += gkj * delta[t]
+
+
+@njit(cache=True)
+def model_epoch_shared(ws, W, dZ, G, D, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a2, pen):
+    """One BCD pass over ``ws`` on the quadratic model of the loss around Z₀ (shared design):
+    q(ΔZ) = Σ G∘ΔZ + ½ Σ D∘ΔZ², whose gradient is G + D∘ΔZ; ``Lm[j, t] = Σ_i D_it x_ij²`` the
+    exact coordinate curvatures (the block step uses max_t for the l21 penalty). ΔZ updated."""
+    n, T = dZ.shape
+    g = np.empty(T)
+    delta = np.empty(T)
+    for jj in range(ws.shape[0]):
+        j = ws[jj]
+        for t in range(T):
+            g[t] = 0.0
+        if sparse:
+            for k in range(Xptr[j], Xptr[j + 1]):
+                i = Xind[k]
+                x = Xdata[k]
+                for t in range(T):
+                    g[t] += x * (G[i, t] + D[i, t] * dZ[i, t])
+        else:
+            for i in range(n):
+                x = Xd[i, jj]
+                if x != 0.0:
+                    for t in range(T):
+                        g[t] += x * (G[i, t] + D[i, t] * dZ[i, t])
+        row = jj if not sparse else j
+        if _prox_row(W, row, g, Lm[jj], a1, a2, pen, delta):
+            if sparse:
+                for k in range(Xptr[j], Xptr[j + 1]):
+                    i = Xind[k]
+                    x = Xdata[k]
+                    for t in range(T):
+                        dZ[i, t] += x * delta[t]
+            else:
+                for i in range(n):
+                    x = Xd[i, jj]
+                    if x != 0.0:
+                        for t in range(T):
+                            dZ[i, t] += x * delta[t]
+
+
+@njit(cache=True)
+def model_epoch_per_task(ws, W, dz, G, D, task, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a2, pen):
+    """:func:`model_epoch_shared` for per-task designs (dz, G, D of shape (N,))."""
+    N = dz.shape[0]
+    T = W.shape[1]
+    g = np.empty(T)
+    delta = np.empty(T)
+    for jj in range(ws.shape[0]):
+        j = ws[jj]
+        for t in range(T):
+            g[t] = 0.0
+        if sparse:
+            for k in range(Xptr[j], Xptr[j + 1]):
+                i = Xind[k]
+                g[task[i]] += Xdata[k] * (G[i] + D[i] * dz[i])
+        else:
+            for i in range(N):
+                x = Xd[i, jj]
+                if x != 0.0:
+                    g[task[i]] += x * (G[i] + D[i] * dz[i])
+        row = jj if not sparse else j
+        if _prox_row(W, row, g, Lm[jj], a1, a2, pen, delta):
+            if sparse:
+                for k in range(Xptr[j], Xptr[j + 1]):
+                    i = Xind[k]
+                    dz[i] += Xdata[k] * delta[task[i]]
+            else:
+                for i in range(N):
+                    x = Xd[i, jj]
+                    if x != 0.0:
+                        dz[i] += x * delta[task[i]]

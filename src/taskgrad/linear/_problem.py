@@ -38,7 +38,7 @@ class Problem:
 
     layout: str
     loss: int
-    Xd: np.ndarray  # dense (rows, p) Fortran-ordered, or a (1, 1) dummy when sparse
+    Xd: np.ndarray  # dense (rows, p) (per task: Fortran-ordered), or a (1, 1) dummy when sparse
     Xs: sp.csc_matrix | None
     Y: np.ndarray  # (n, T) shared; (N,) per task
     S: np.ndarray  # sample weights, Σ_{i∈t} s_i = n_t
@@ -49,6 +49,7 @@ class Problem:
     offsets: np.ndarray | None = None
     x_offset: np.ndarray | None = None  # weighted means removed when centering ((p,) or (p, T))
     y_offset: np.ndarray | None = None  # (T,)
+    center: np.ndarray | None = None  # (p,): the design is Xd − 1·centerᵀ, never materialized
     Lmat: np.ndarray = field(init=False)
     Lb: np.ndarray = field(init=False)
     colnorm: np.ndarray = field(init=False)
@@ -61,9 +62,7 @@ class Problem:
                 X2 = self.Xs.multiply(self.Xs)
                 sq, wsq = np.asarray(X2.sum(axis=0)).ravel(), np.asarray(X2.T @ self.S).ravel()
             else:  # no n × p temporary
-                sq = np.einsum("ij,ij->j", self.Xd, self.Xd)
-                wsq = sq if np.all(self.S == 1.0) else np.einsum("ij,ij,i->j", self.Xd, self.Xd,
-                                                                  self.S)
+                sq, wsq = self._dense_sq_norms()
             self.Lmat = np.repeat((c * self.inv_n * wsq)[:, None], self.n_tasks, axis=1)
             self.colnorm = np.sqrt(sq)
             self.Lb = np.full(self.n_tasks, c * self.inv_n * self.S.sum())
@@ -76,6 +75,25 @@ class Problem:
             self.Lb = c * self.inv_n * np.bincount(self.task, self.S, minlength=self.n_tasks)
         self.Lmat = np.ascontiguousarray(self.Lmat)
         self.s_max = float(self.S.max())
+
+    def _dense_sq_norms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ_i x̃_ij², Σ_i s_i x̃_ij²) of the (implicitly centered) dense shared design x̃."""
+        X, S = self.Xd, self.S
+        unit = bool(np.all(S == 1.0))
+        sq = np.einsum("ij,ij->j", X, X)
+        wsq = sq if unit else np.einsum("ij,ij,i->j", X, X, S)
+        if self.center is None:
+            return sq, wsq
+        mu = self.center  # weighted mean: Σ s_i (x_ij − μ_j)² = Σ s_i x_ij² − (Σ s) μ_j²
+        raw = wsq
+        wsq = np.maximum(wsq - S.sum() * mu**2, 0.0)
+        sq = wsq if unit else np.maximum(sq - 2 * mu * X.sum(axis=0) + X.shape[0] * mu**2, 0.0)
+        bad = np.flatnonzero(wsq <= 1e-8 * raw)  # cancellation: recompute these columns exactly
+        if bad.size:
+            Xc = X[:, bad] - mu[bad]
+            sq[bad] = np.einsum("ij,ij->j", Xc, Xc)
+            wsq[bad] = sq[bad] if unit else np.einsum("ij,ij,i->j", Xc, Xc, S)
+        return sq, wsq
 
     # ----------------------------------------------------------------- linear algebra
     @property
@@ -96,24 +114,43 @@ class Problem:
         return np.asarray((M.T @ X).T)
 
     def columns(self, cols: np.ndarray):
-        """The design restricted to ``cols`` (a copy), for repeated :meth:`xt` calls."""
-        return self.Xs[:, cols] if self.sparse else self.Xd[:, cols]
+        """The design restricted to ``cols`` (a copy; dense: centered and column-major), for
+        repeated :meth:`xt` calls and the working-set epochs."""
+        if self.sparse:
+            return self.Xs[:, cols]
+        Xc = np.asfortranarray(self.Xd[:, cols])
+        if self.center is not None:
+            Xc -= self.center[cols]
+        return Xc
+
+    def dense_design(self) -> np.ndarray:
+        """The dense design with the centering applied (materialized: for the torch solver)."""
+        return self.Xd if self.center is None else self.Xd - self.center
 
     def xt(self, theta: np.ndarray, Xsub=None) -> np.ndarray:
         """V = Xᵀθ (or Xsubᵀθ), shape (p, T); per task V_jt = Σ_{i∈t} x_ij θ_i."""
         X = Xsub if Xsub is not None else (self.Xs if self.sparse else self.Xd)
         if self.layout == "shared":
-            V = X.T @ theta
-            return np.asarray(V)
+            V = np.asarray(X.T @ theta)
+            if Xsub is None and self.center is not None:  # (X − 1μᵀ)ᵀθ = Xᵀθ − μ(1ᵀθ)
+                V -= np.outer(self.center, theta.sum(axis=0))
+            return V
         return self._xt_sparse_rhs(X, self._indicator(theta))
 
     def predict(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Z = XW + b (shared) or z_i = x_i·w_{t(i)} + b_{t(i)} (per task)."""
         X = self.Xs if self.sparse else self.Xd
         if self.layout == "shared":
-            if not W.any():
+            rows = np.flatnonzero(W.any(axis=1))
+            if rows.size == 0:
                 return np.zeros((X.shape[0], W.shape[1])) + b
-            return np.asarray(X @ W) + b
+            if rows.size < 0.5 * W.shape[0]:  # only the support's columns
+                Z = np.asarray(X[:, rows] @ W[rows])
+            else:
+                Z = np.asarray(X @ W)
+            if self.center is not None:
+                Z -= self.center[rows] @ W[rows]
+            return Z + b
         z = np.empty(self.Y.shape[0])
         Xr = X.tocsr() if self.sparse else X
         for t in range(self.n_tasks):
@@ -124,6 +161,8 @@ class Problem:
     def sub_column(self, Z: np.ndarray, j: int, w_j: np.ndarray) -> None:
         """Z ← Z − x_j w_jᵀ (used when a screened feature still holds a nonzero row)."""
         col = (self.Xs[:, j].toarray().ravel() if self.sparse else self.Xd[:, j])
+        if self.center is not None:
+            col = col - self.center[j]
         if self.layout == "shared":
             Z -= np.outer(col, w_j)
         else:
@@ -131,6 +170,10 @@ class Problem:
 
     # ----------------------------------------------------------------- solver steps
     def epoch(self, ws: np.ndarray, W, Z, a1: float, a2: float, pen: int) -> None:
+        """One epoch over the features ``ws`` indexing the full design (dense: uncentered only;
+        the solver uses :meth:`epoch_dense` on a compact block)."""
+        if self.center is not None:
+            raise RuntimeError("implicitly centered design: use epoch_dense on columns(ws)")
         Xs = self.Xs
         args = (
             (Xs.data, Xs.indices, Xs.indptr) if self.sparse
@@ -142,6 +185,18 @@ class Problem:
         else:
             K.epoch_per_task(ws, W, Z, self.Y, self.S, self.task, self.Xd, *args, self.sparse,
                              self.Lmat, self.loss, self.inv_n, a1, a2, pen)
+
+    def epoch_dense(self, Xsub: np.ndarray, Wsub, Lsub, Z, a1: float, a2: float,
+                    pen: int) -> None:
+        """One epoch over all columns of the compact dense block ``Xsub`` (from :meth:`columns`)
+        with their rows ``Wsub`` of W and Lipschitz constants ``Lsub``."""
+        loc = np.arange(Xsub.shape[1], dtype=np.int64)
+        if self.layout == "shared":
+            K.epoch_shared(loc, Wsub, Z, self.Y, self.S, Xsub, _EMPTY_F, _EMPTY_I, _EMPTY_I,
+                           False, Lsub, self.loss, self.inv_n, a1, a2, pen)
+        else:
+            K.epoch_per_task(loc, Wsub, Z, self.Y, self.S, self.task, Xsub, _EMPTY_F, _EMPTY_I,
+                             _EMPTY_I, False, Lsub, self.loss, self.inv_n, a1, a2, pen)
 
     def intercept_step(self, b: np.ndarray, Z: np.ndarray) -> None:
         if not self.intercept_coord:
@@ -164,6 +219,26 @@ class Problem:
             return -w * self.Y * expit(-self.Y * Z)
         P = np.exp(Z - logsumexp(Z, axis=1, keepdims=True))
         return w * (P - self.Y)
+
+    def curvature(self, Z: np.ndarray) -> np.ndarray:
+        """Diagonal of ∇²f(Z) (same shape as Z): s_i/n̄ for the quadratic loss,
+        s_i/n̄·σ(yz)(1 − σ(yz)) for the logistic loss, s_i/n̄·p(1 − p) (softmax) for multinomial."""
+        w = self.S * self.inv_n
+        if self.layout == "shared":
+            w = w[:, None]
+        if self.loss == 0:
+            return np.broadcast_to(w, Z.shape).copy()
+        if self.loss == 1:
+            p = expit(self.Y * Z)
+            return w * p * (1.0 - p)
+        P = np.exp(Z - logsumexp(Z, axis=1, keepdims=True))
+        return w * P * (1.0 - P)
+
+    def task_sum(self, A: np.ndarray) -> np.ndarray:
+        """Σ over the samples of each task: column sums (shared) or per-task sums (per task)."""
+        if self.layout == "shared":
+            return A.sum(axis=0)
+        return np.bincount(self.task, A, minlength=self.n_tasks)
 
     def value(self, Z: np.ndarray) -> float:
         """f(Z)."""
@@ -270,7 +345,7 @@ def make_problem(
         S = S * (cnt / np.where(tot > 0, tot, 1.0))[task]  # a task may have no rows (CV)
         n_bar = S.shape[0] / n_tasks
         offsets = np.concatenate([[0], np.cumsum(cnt).astype(np.int64)])
-    x_off = y_off = None
+    x_off = y_off = center = None
     Y = np.ascontiguousarray(Y, dtype=np.float64)
     if sparse:
         Xs = sp.csc_matrix(X, dtype=np.float64)
@@ -285,9 +360,8 @@ def make_problem(
     if fit_intercept and code == 0 and not sparse:
         Y = Y.copy()
         if layout == "shared":
-            x_off = _wmean(Xd, S)
+            x_off = center = _wmean(Xd, S)  # X is centered implicitly: no n × p copy
             y_off = _wmean(Y, S)
-            Xd = np.asfortranarray(Xd - x_off)  # one copy, centered and column-major
             Y -= y_off
         else:
             Xd = np.array(Xd, order="F")
@@ -300,11 +374,11 @@ def make_problem(
                 Xd[lo:hi] -= x_off[:, t]
                 Y[lo:hi] -= y_off[t]
         coord = False
-    if not sparse:
+    if not sparse and layout == "per_task":
         Xd = np.asfortranarray(Xd)
     return Problem(
         layout=layout, loss=code, Xd=Xd, Xs=Xs, Y=Y, S=np.ascontiguousarray(S),
         n_tasks=n_tasks, inv_n=1.0 / n_bar, intercept_coord=coord,
         task=None if task is None else np.ascontiguousarray(task, dtype=np.int64),
-        offsets=offsets, x_offset=x_off, y_offset=y_off,
+        offsets=offsets, x_offset=x_off, y_offset=y_off, center=center,
     )

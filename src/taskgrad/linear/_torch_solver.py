@@ -41,7 +41,7 @@ class _Ops:
                 torch.from_numpy(Xt.indptr.astype(np.int64)), torch.from_numpy(Xt.indices.astype(np.int64)),
                 torch.from_numpy(Xt.data), size=Xt.shape, check_invariants=False, **kw)
         else:
-            self.X = torch.as_tensor(np.ascontiguousarray(P.Xd), **kw)
+            self.X = torch.as_tensor(np.ascontiguousarray(P.dense_design()), **kw)
             self.XT = None
         self.Y = torch.as_tensor(P.Y, **kw)
         w = torch.as_tensor(P.S * P.inv_n, **kw)
