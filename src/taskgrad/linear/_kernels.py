@@ -119,6 +119,39 @@ def _prox_row(W, j, g, Lrow, a1, a2, pen, delta):
 
 
 @njit(cache=True)
+def _add_column(Z, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
+    """Z[i, :] += x_ij · delta over the non-zeros of column j (dense column ``jd`` of Xd, or
+    sparse column ``js`` of the CSC arrays): the shared design's residual update."""
+    T = Z.shape[1]
+    if sparse:
+        for k in range(Xptr[js], Xptr[js + 1]):
+            i = Xind[k]
+            x = Xdata[k]
+            for t in range(T):
+                Z[i, t] += x * delta[t]
+    else:
+        for i in range(Z.shape[0]):
+            x = Xd[i, jd]
+            if x != 0.0:
+                for t in range(T):
+                    Z[i, t] += x * delta[t]
+
+
+@njit(cache=True)
+def _add_column_per_task(z, task, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
+    """z[i] += x_ij · delta[task[i]] over the non-zeros of column j (per-task designs)."""
+    if sparse:
+        for k in range(Xptr[js], Xptr[js + 1]):
+            i = Xind[k]
+            z[i] += Xdata[k] * delta[task[i]]
+    else:
+        for i in range(z.shape[0]):
+            x = Xd[i, jd]
+            if x != 0.0:
+                z[i] += x * delta[task[i]]
+
+
+@njit(cache=True)
 def epoch_shared(ws, W, Z, Y, S, Xd, Xdata, Xind, Xptr, sparse, Lmat, loss, inv_n, a1, a2, pen):
     """One pass over the features ``ws`` for the shared design X (n, p), Z and Y (n, T)."""
     n, T = Z.shape
@@ -144,18 +177,7 @@ def epoch_shared(ws, W, Z, Y, S, Xd, Xdata, Xind, Xptr, sparse, Lmat, loss, inv_
                     for t in range(T):
                         g[t] += x * d[t]
         if _prox_row(W, j, g, Lmat[j], a1, a2, pen, delta):
-            if sparse:
-                for k in range(Xptr[j], Xptr[j + 1]):
-                    i = Xind[k]
-                    x = Xdata[k]
-                    for t in range(T):
-                        Z[i, t] += x * delta[t]
-            else:
-                for i in range(n):
-                    x = Xd[i, j]
-                    if x != 0.0:
-                        for t in range(T):
-                            Z[i, t] += x * delta[t]
+            _add_column(Z, Xd, j, Xdata, Xind, Xptr, j, sparse, delta)
 
 
 @njit(cache=True)
@@ -180,15 +202,7 @@ def epoch_per_task(ws, W, z, y, s, task, Xd, Xdata, Xind, Xptr, sparse, Lmat, lo
                 if x != 0.0:
                     g[task[i]] += x * _dloss_scalar(z[i], y[i], s[i] * inv_n, loss)
         if _prox_row(W, j, g, Lmat[j], a1, a2, pen, delta):
-            if sparse:
-                for k in range(Xptr[j], Xptr[j + 1]):
-                    i = Xind[k]
-                    z[i] += Xdata[k] * delta[task[i]]
-            else:
-                for i in range(N):
-                    x = Xd[i, j]
-                    if x != 0.0:
-                        z[i] += x * delta[task[i]]
+            _add_column_per_task(z, task, Xd, j, Xdata, Xind, Xptr, j, sparse, delta)
 
 
 @njit(cache=True)
@@ -265,18 +279,7 @@ def model_epoch_shared(ws, W, dZ, G, D, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a
                         g[t] += x * (G[i, t] + D[i, t] * dZ[i, t])
         row = jj if not sparse else j
         if _prox_row(W, row, g, Lm[jj], a1, a2, pen, delta):
-            if sparse:
-                for k in range(Xptr[j], Xptr[j + 1]):
-                    i = Xind[k]
-                    x = Xdata[k]
-                    for t in range(T):
-                        dZ[i, t] += x * delta[t]
-            else:
-                for i in range(n):
-                    x = Xd[i, jj]
-                    if x != 0.0:
-                        for t in range(T):
-                            dZ[i, t] += x * delta[t]
+            _add_column(dZ, Xd, jj, Xdata, Xind, Xptr, j, sparse, delta)
 
 
 @njit(cache=True)
@@ -301,12 +304,4 @@ def model_epoch_per_task(ws, W, dz, G, D, task, Xd, Xdata, Xind, Xptr, sparse, L
                     g[task[i]] += x * (G[i] + D[i] * dz[i])
         row = jj if not sparse else j
         if _prox_row(W, row, g, Lm[jj], a1, a2, pen, delta):
-            if sparse:
-                for k in range(Xptr[j], Xptr[j + 1]):
-                    i = Xind[k]
-                    dz[i] += Xdata[k] * delta[task[i]]
-            else:
-                for i in range(N):
-                    x = Xd[i, jj]
-                    if x != 0.0:
-                        dz[i] += x * delta[task[i]]
+            _add_column_per_task(dz, task, Xd, jj, Xdata, Xind, Xptr, j, sparse, delta)
