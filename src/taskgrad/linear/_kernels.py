@@ -16,17 +16,7 @@ import math
 
 import numpy as np
 
-try:  # numba is optional: without it the same code runs as (slow) Python.
-    from numba import njit
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    HAVE_NUMBA = False
-
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        if args and callable(args[0]):
-            return args[0]
-        return lambda f: f
+from .._numba import HAVE_NUMBA, njit  # noqa: F401  (HAVE_NUMBA re-exported; without numba the kernels run as Python)
 
 
 @njit(cache=True)

@@ -130,18 +130,32 @@ def gradvac(G, perms, phi_hat, beta, eps):
 
 
 @njit(**_INTERNAL)
+def _xGx(x, G):
+    """xᵀGx."""
+    k = x.shape[0]
+    q = 0.0
+    for i in range(k):
+        t = 0.0
+        for j in range(k):
+            t += G[i, j] * x[j]
+        q += x[i] * t
+    return q
+
+
+@njit(**_INTERNAL)
+def _quad(w, G):
+    """max(wᵀGw, 0): ‖Jᵀw‖² with the rounding below zero removed."""
+    return max(_xGx(w, G), 0.0)
+
+
+@njit(**_INTERNAL)
 def _fair_objective(Gs, x, a, xn, clamp):
     """½xᵀGx + Σh(xᵢ) (at max(x, tiny) when ``clamp``), h = −log (a = 1) or −t^e/e,
     e = (a − 1)/a."""
     k = x.shape[0]
     for i in range(k):
         xn[i] = max(x[i], TINY) if clamp else x[i]
-    quad = 0.0
-    for i in range(k):
-        t = 0.0
-        for j in range(k):
-            t += Gs[i, j] * xn[j]
-        quad += xn[i] * t
+    quad = _xGx(xn, Gs)
     h = 0.0
     if a == 1.0:
         for i in range(k):
@@ -188,13 +202,7 @@ def alpha_fair(G, alpha, max_iter):
                 Gs[i, j] = G[b, i, j] / s_safe if ok else (1.0 if i == j else 0.0)
         for i in range(k):
             x[i] = Gs[i, i] ** (-pw)
-        q = 0.0
-        for i in range(k):
-            t = 0.0
-            for j in range(k):
-                t += Gs[i, j] * x[j]
-            q += x[i] * t
-        t0 = (k / max(q, TINY)) ** pw
+        t0 = (k / max(_xGx(x, Gs), TINY)) ** pw
         for i in range(k):
             x[i] = x[i] * t0
         converged = False
@@ -262,18 +270,6 @@ def alpha_fair(G, alpha, max_iter):
 
 # --------------------------------------------------------------------------------------------
 # CAGrad
-
-
-@njit(**_INTERNAL)
-def _quad(w, G):
-    k = w.shape[0]
-    q = 0.0
-    for i in range(k):
-        t = 0.0
-        for j in range(k):
-            t += G[i, j] * w[j]
-        q += w[i] * t
-    return max(q, 0.0)
 
 
 @njit(**_INTERNAL)
