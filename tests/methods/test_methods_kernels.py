@@ -254,3 +254,46 @@ def test_cuda_gram_auto_path_matches_cpu():
     w_host = M.PCGrad(gc, impl="numba")(gram=G.cuda())
     w_dev = M.PCGrad(gt, impl="torch")(gram=G.cuda())
     assert w_host.device.type == "cuda" and rel(w_host.cpu(), w_dev.cpu()) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", *sorted(SOLVERS)])
+def test_auto_runs_the_host_kernels_on_a_cpu_gram(name, monkeypatch):
+    """impl="auto" on a CPU Gram goes through the compiled kernels (a spy on the kernel module
+    counts the calls), and impl="torch" never does — the two paths agree, so only a spy can tell."""
+    from taskgrad.methods import aggregators
+
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, attr):
+            value = getattr(_kernels, attr)
+            if callable(value):
+                def wrapped(*args, **kwargs):
+                    calls.append(attr)
+                    return value(*args, **kwargs)
+                return wrapped
+            return value
+
+    monkeypatch.setattr(aggregators, "_k", lambda: Spy())
+    make = {"pcgrad": lambda impl: M.PCGrad(generator=torch.Generator().manual_seed(0), impl=impl),
+            "gradvac": lambda impl: M.GradVac(generator=torch.Generator().manual_seed(0), impl=impl)}.get(name, SOLVERS.get(name))
+    G = gram(jacobian(5, 30, 3, correlated=0.0))
+    try:
+        make("torch")(gram=G)
+    except M.UndefinedMethodError:
+        pass
+    assert calls == []
+    try:
+        make("auto")(gram=G)
+    except M.UndefinedMethodError:
+        pass
+    assert calls, f"{name}: impl='auto' did not call a compiled kernel on a CPU Gram"
+
+
+def test_min_norm_kernel_on_all_zero_gradients_is_uniform():
+    """Every point of the simplex is optimal when G = 0; the kernel returns the uniform weights."""
+    import numpy as np
+
+    W, status = _kernels.min_norm(np.zeros((1, 4, 4)), 100)
+    assert int(status[0]) == _kernels.OK
+    np.testing.assert_array_equal(W[0], np.full(4, 0.25))

@@ -401,6 +401,9 @@ def _yaml_loader() -> Any:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:  # e.g. `? [a, b]`
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a scalar (a name), got a {type(key).__name__}", key_node.start_mark)
             if key in out:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)

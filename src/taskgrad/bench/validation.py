@@ -64,7 +64,11 @@ class Selector:
         if criterion == "delta_m" and single_task is None:
             missing = [k for k in self.specs if k not in self.baseline]
             if missing:
-                raise ValueError(f"selection by validation Δm needs a baseline value for every metric; missing {missing}.")
+                raise ValueError(
+                    f"selection by validation Δm needs a baseline value for every metric; missing {missing}. "
+                    "Add them to the config's [baseline] table, or set single_task = true so that the "
+                    "single-task runs provide them."
+                )
         self.best_epoch: int | None = None
         self.best_score: float | None = None
         self.reference: dict[str, float] | None = None  # single-task: first epoch's own-task metrics

@@ -91,9 +91,13 @@ def _use_host(impl: str, G: Tensor) -> bool:
     """Whether the compiled host kernels solve the problems of G (..., k, k) (see the module doc)."""
     if impl == "torch" or not HAVE_NUMBA:
         return False
-    if impl == "numba" or G.device.type == "cpu":
+    if impl == "numba":
         return True
-    return G.numel() * G.shape[-1] <= GPU_HOST_MAX_WORK
+    if G.device.type != "cpu" and G.numel() * G.shape[-1] > GPU_HOST_MAX_WORK:
+        return False
+    # numba found but not importable (e.g. an unsupported NumPy): the kernels would run as plain
+    # Python, 10-20x slower than the torch path, so "auto" keeps the torch path
+    return bool(_k().HAVE_NUMBA)
 
 
 def _host(x: Tensor) -> np.ndarray:

@@ -365,7 +365,11 @@ def _min_norm_one(G, max_iter, w):
     for i in range(1, k):
         if G[i, i] > dmax:
             dmax = G[i, i]
-    sc = dmax if dmax > 0.0 else 1.0
+    if not dmax > 0.0:  # every gradient is zero: all points of the simplex are optimal
+        for i in range(k):
+            w[i] = 1.0 / k
+        return OK
+    sc = dmax
     Q = np.empty((k, k))
     for i in range(k):
         for j in range(k):
