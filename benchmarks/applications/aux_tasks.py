@@ -130,8 +130,8 @@ def qm9_split(data: Any, primary: str, n_train: int, n_test: int, split_seed: in
 
 
 def fake_qm9(n_molecules: int = 400, seed: int = 0) -> Any:
-    """Tiny generated molecules (random C/H/N/O chains, targets from simple geometric features) in
-    the QM9Data layout, for tests."""
+    """Tiny generated molecules (3–8 random H/C/N/O atoms at random positions; targets linear in the
+    atom count and the sum of atomic numbers, plus noise) in the QM9Data layout, for tests."""
     from taskgrad.datasets.qm9 import QM9Data
 
     rng = np.random.default_rng(seed)
