@@ -408,8 +408,11 @@ def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: 
 
     with Progress(disable=not progress) as bar:
         task = bar.add_task(stem, total=len(jobs))
+        splits: dict[int, Split] = {}  # one split per seed, shared by its methods (read only)
         for seed, spec in jobs:
-            split = make_split(kind, data, config, seed)
+            if seed not in splits:
+                splits[seed] = make_split(kind, data, config, seed)
+            split = splits[seed]
             steps = 1 if smoke else int(config["steps"])
             rows.append(run_one(kind, split, spec, seed, steps, {**config, "eval_every": 1} if smoke else config))
             bar.advance(task)
