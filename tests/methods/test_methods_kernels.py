@@ -300,3 +300,23 @@ def test_min_norm_kernel_on_all_zero_gradients_is_uniform():
     W, status = _kernels.min_norm(np.zeros((1, 4, 4)), 100)
     assert int(status[0]) == _kernels.OK
     np.testing.assert_array_equal(W[0], np.full(4, 0.25))
+
+
+@pytest.mark.parametrize("k", [2, 5, 40])
+def test_min_norm_weights_compiled_equals_solver_and_meets_kkt(k):
+    """min_norm_weights on the host equals the solvers' min_norm_simplex on a batch (2, 3, k, k),
+    and satisfies MGDA's KKT conditions: α in the simplex, (Gα)ᵢ ≥ αᵀGα with equality where αᵢ > 0."""
+    from taskgrad.methods.aggregators import min_norm_weights
+    from taskgrad.solvers import min_norm_simplex
+
+    G = torch.stack([gram(jacobian(k, 3 * k, seed, correlated=0.3)) for seed in range(6)]).reshape(2, 3, k, k)
+    a = min_norm_weights(G, impl="numba")
+    assert a.shape == (2, 3, k) and a.dtype == G.dtype
+    torch.testing.assert_close(a, min_norm_simplex(G), rtol=0, atol=1e-10)
+    torch.testing.assert_close(a, min_norm_weights(G, impl="torch"), rtol=0, atol=1e-10)
+    assert bool((a >= 0).all()) and torch.allclose(a.sum(-1), torch.ones(2, 3, dtype=G.dtype))
+    Ga = (G @ a.unsqueeze(-1)).squeeze(-1)
+    q = (a * Ga).sum(-1, keepdim=True)
+    scale = G.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)
+    assert bool((Ga >= q - 1e-9 * scale).all())
+    assert bool(((a > 1e-12) <= ((Ga - q).abs() <= 1e-9 * scale)).all())
