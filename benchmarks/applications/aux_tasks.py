@@ -2,9 +2,13 @@
 
 Experiments (task 0 primary, tasks 1..k−1 auxiliary, a shared encoder with one head per task):
   parkinsons  UCI Parkinsons telemonitoring, shared inputs: total_UPDRS (primary) and
-              motor_UPDRS (auxiliary) on the same recordings; split by patient; features and
-              targets standardized with training statistics; MLP encoder + two linear heads;
-              MSE on standardized targets. Metric: test MAE of total_UPDRS (original units).
+              motor_UPDRS (auxiliary) on the same recordings; split by patient (config
+              "n_test_patients", "n_val_patients") or, with "split": "time", within each patient
+              in time (the last "test_frac" of a patient's visits test, the "val_frac" before
+              them validation); features and targets standardized with training statistics; MLP
+              encoder + two linear heads; MSE on standardized targets. Metric: test MAE of
+              total_UPDRS (original units), at the last step and, when there is a validation
+              set, at the recorded step with the best validation MAE (early stopping).
   multimnist  MultiMNIST, left digit (primary) and right digit (auxiliary); the MultiLeNet of
               taskgrad.models.lenet; cross-entropy. Metric: test accuracy on the left digit.
   qm9         QM9 (qm9pack): the config's ``primary`` target (e.g. mu, gap, U0) primary and the
@@ -64,26 +68,34 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "aux_tasks"
 class Split:
     """Training and test inputs (tensors, or molecules for qm9) and targets; y is (N, k), column 0
     the primary; ``scale`` maps the primary's standardized units back to the original ones (1 for
-    classification)."""
+    classification); ``xv, yv`` an optional validation set, used only to pick the early-stopping
+    step (the test metric is then read at the step with the best validation metric)."""
 
     x: Any
     y: Tensor
     xt: Any
     yt: Tensor
     scale: float = 1.0
+    xv: Any = None
+    yv: Tensor | None = None
 
 
-def parkinsons_split(data: TaskData, n_test_patients: int, seed: int) -> Split:
-    """Patient-level split (``n_test_patients`` held out, drawn with ``seed``), x and y standardized
-    with the training mean/std: x ← (x − μ)/σ; y = (total, motor) likewise."""
+def parkinsons_split(data: TaskData, n_test_patients: int, seed: int, n_val_patients: int = 0) -> Split:
+    """Patient-level split (``n_test_patients`` test and ``n_val_patients`` validation patients
+    held out, drawn with ``seed``), x and y standardized with the training mean/std:
+    x ← (x − μ)/σ; y = (total, motor) likewise."""
     if data.tasks[0][1].ndim != 2 or data.tasks[0][1].shape[1] != 2:
         raise ValueError("parkinsons_split needs both targets: load with load_parkinsons(path, target='both').")
     if not 0 < n_test_patients < data.n_tasks:
         raise ValueError(f"n_test_patients must be in [1, {data.n_tasks - 1}], got {n_test_patients}.")
+    if not 0 <= n_val_patients < data.n_tasks - n_test_patients:
+        raise ValueError(f"n_val_patients must be in [0, {data.n_tasks - n_test_patients - 1}] "
+                         f"(at least one training patient is left), got {n_val_patients}.")
     order = list(data.target_names)
     cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
     perm = np.random.default_rng(seed).permutation(data.n_tasks)
-    test_ids, train_ids = perm[:n_test_patients], perm[n_test_patients:]
+    test_ids, train_ids = perm[:n_test_patients], perm[n_test_patients + n_val_patients:]
+    val_ids = perm[n_test_patients : n_test_patients + n_val_patients]
     X = np.concatenate([data.tasks[i][0] for i in train_ids])
     Y = np.concatenate([data.tasks[i][1][:, cols] for i in train_ids])
     Xt = np.concatenate([data.tasks[i][0] for i in test_ids])
@@ -96,7 +108,55 @@ def parkinsons_split(data: TaskData, n_test_patients: int, seed: int) -> Split:
     def f(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a).float()
 
-    return Split(f((X - mx) / sx), f((Y - my) / sy), f((Xt - mx) / sx), f((Yt - my) / sy), float(sy[0]))
+    split = Split(f((X - mx) / sx), f((Y - my) / sy), f((Xt - mx) / sx), f((Yt - my) / sy), float(sy[0]))
+    if n_val_patients:
+        Xv = np.concatenate([data.tasks[i][0] for i in val_ids])
+        Yv = np.concatenate([data.tasks[i][1][:, cols] for i in val_ids])
+        split.xv, split.yv = f((Xv - mx) / sx), f((Yv - my) / sy)
+    return split
+
+
+def parkinsons_time_split(data: TaskData, test_frac: float = 0.3, val_frac: float = 0.15) -> Split:
+    """Within-patient split in time: each patient's recordings ordered by ``test_time``, the last
+    ``test_frac`` of them test, the ``val_frac`` before those validation, the rest training (every
+    patient is seen in training; the task is to track a known patient's later visits). The
+    ``test_time`` column is used for the order and dropped from the features; x and y
+    standardized with the training mean/std as in :func:`parkinsons_split`."""
+    if "test_time" not in data.feature_names:
+        raise ValueError("parkinsons_time_split needs the test_time column: load with "
+                         "load_parkinsons(path, target='both', drop=()).")
+    if data.tasks[0][1].ndim != 2 or data.tasks[0][1].shape[1] != 2:
+        raise ValueError("parkinsons_time_split needs both targets: load with load_parkinsons(path, target='both', drop=()).")
+    if not (0 < test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
+        raise ValueError(f"need 0 < test_frac, 0 <= val_frac and test_frac + val_frac < 1; got {test_frac}, {val_frac}.")
+    order = list(data.target_names)
+    cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
+    t_col = list(data.feature_names).index("test_time")
+    keep = [j for j in range(len(data.feature_names)) if j != t_col]
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": [], "test": []}
+    for x, y in data.tasks:
+        idx = np.argsort(x[:, t_col], kind="stable")
+        n = len(idx)
+        n_test = max(1, int(np.ceil(test_frac * n)))
+        n_val = int(np.ceil(val_frac * n)) if val_frac else 0
+        n_train = n - n_test - n_val
+        if n_train < 1:
+            raise ValueError(f"a patient with {n} recordings leaves no training rows; lower test_frac/val_frac.")
+        for name, sl in (("train", idx[:n_train]), ("val", idx[n_train : n_train + n_val]), ("test", idx[n_train + n_val :])):
+            parts[name].append((x[sl][:, keep], y[sl][:, cols]))
+    X, Y = (np.concatenate([p[i] for p in parts["train"]]) for i in (0, 1))
+    mx, sx = X.mean(0), X.std(0)
+    sx[sx == 0] = 1.0
+    my, sy = Y.mean(0), Y.std(0)
+    sy[sy == 0] = 1.0
+
+    def f(name: str, i: int, mu: np.ndarray, sd: np.ndarray) -> Tensor:
+        return torch.from_numpy((np.concatenate([p[i] for p in parts[name]]) - mu) / sd).float()
+
+    split = Split(f("train", 0, mx, sx), f("train", 1, my, sy), f("test", 0, mx, sx), f("test", 1, my, sy), float(sy[0]))
+    if val_frac:
+        split.xv, split.yv = f("val", 0, mx, sx), f("val", 1, my, sy)
+    return split
 
 
 def multimnist_split(data: MultiDigits, n_train: int, n_test: int, seed: int) -> Split:
@@ -145,16 +205,19 @@ def fake_qm9(n_molecules: int = 400, seed: int = 0) -> Any:
 
 
 def fake_parkinsons(n_patients: int = 8, per_patient: int = 25, n_features: int = 19, seed: int = 0) -> TaskData:
-    """Tiny generated stand-in for the Parkinsons data (target='both' layout), for tests."""
+    """Tiny generated stand-in for the Parkinsons data (target='both' layout, the last feature named
+    ``test_time`` holding random visit days, as when loaded with ``drop=()``), for tests."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(n_features,))
     tasks = []
     for _ in range(n_patients):
         X = rng.normal(size=(per_patient, n_features))
-        motor = X @ w + rng.normal(size=per_patient)
+        X[:, -1] = rng.uniform(0, 200, per_patient)
+        motor = X[:, :-1] @ w[:-1] + 0.01 * X[:, -1] + rng.normal(size=per_patient)
         total = 1.2 * motor + rng.normal(size=per_patient)
         tasks.append((X, np.stack([motor, total], 1)))
-    return TaskData(tasks, [f"f{i}" for i in range(n_features)], ["motor_UPDRS", "total_UPDRS"], list(range(n_patients)))
+    names = [f"f{i}" for i in range(n_features - 1)] + ["test_time"]
+    return TaskData(tasks, names, ["motor_UPDRS", "total_UPDRS"], list(range(n_patients)))
 
 
 def fake_multimnist(n_train: int = 256, n_test: int = 64, seed: int = 0) -> MultiDigits:
@@ -285,6 +348,8 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
         te = evaluate(kind, model, split.xt, split.yt, split.scale)
         curve.append({"step": step, "train_aux": tr["loss_aux"], "train_primary": tr["loss_primary"],
                       "test_aux": te["loss_aux"], "test_metric": te["metric"]})
+        if split.yv is not None:
+            curve[-1]["val_metric"] = evaluate(kind, model, split.xv, split.yv, split.scale)["metric"]
 
     record(0)
     secs = 0.0
@@ -316,6 +381,12 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
             record(step)
     final = evaluate(kind, model, split.xt, split.yt, split.scale)
     aux_curve = [c["train_aux"] for c in curve]
+    early: dict[str, Any] = {}
+    if split.yv is not None:  # early stopping: the recorded step with the best validation metric
+        pick = min if kind in REGRESSION else max
+        best = pick(curve, key=lambda c: c["val_metric"])
+        early = {"best_val_step": best["step"], "best_val_metric": best["val_metric"],
+                 "test_metric_at_best_val": best["test_metric"]}
     return {
         "experiment": kind,
         "method": spec["label"],
@@ -332,6 +403,7 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
         "aux_weight_mean": float(np.mean(w_aux)),
         "frac_aux_raised": raised / max(checked, 1),
         "ms_per_step": 1000 * secs / steps,
+        **early,
         "curve": curve,
     }
 
@@ -373,7 +445,8 @@ def _load(config: dict[str, Any]) -> Any:
     if config["experiment"] == "parkinsons":
         from taskgrad.datasets.tabular import load_parkinsons
 
-        return load_parkinsons(ROOT / config["data_path"], target="both")
+        drop = () if config.get("split", "patient") == "time" else ("test_time",)
+        return load_parkinsons(ROOT / config["data_path"], target="both", drop=drop)
     if config["experiment"] == "qm9":
         from taskgrad.datasets.qm9 import load_qm9
 
@@ -386,8 +459,12 @@ def _load(config: dict[str, Any]) -> Any:
 def make_split(kind: str, data: Any, config: dict[str, Any], seed: int) -> Split:
     """The experiment's split for ``seed``: Parkinsons and MultiMNIST draw it with the seed; QM9
     keeps the split of ``split_seed`` (0) fixed, so that seeds vary only the model and batches."""
+    if kind == "parkinsons" and config.get("split", "patient") == "time":
+        return parkinsons_time_split(data, config.get("test_frac", 0.3), config.get("val_frac", 0.15))
     if kind == "parkinsons":
-        return parkinsons_split(data, min(config["n_test_patients"], data.n_tasks - 1), seed)
+        n_test = min(config["n_test_patients"], data.n_tasks - 1)
+        n_val = min(config.get("n_val_patients", 0), data.n_tasks - n_test - 1)
+        return parkinsons_split(data, n_test, seed, n_val)
     if kind == "qm9":
         return qm9_split(data, config["primary"], config["n_train"], config["n_test"], config.get("split_seed", 0))
     return multimnist_split(data, config["n_train"], config["n_test"], seed)
@@ -451,26 +528,35 @@ def metric_label(config: dict[str, Any]) -> str:
 
 
 def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> str:
-    """Markdown table: mean ± std over seeds, the paired difference to primary-only, aux loss, time."""
+    """Markdown table: mean ± std over seeds, the paired difference to primary-only, aux loss, time;
+    with a validation set also the test metric at the best validation step (early stopping)."""
     kind = config["experiment"]
     metric = metric_label(config)
     mult = 1.0 if kind in REGRESSION else 100.0
-    base = {r["seed"]: r["test_metric"] for r in rows if r["method"] == "primary-only"}
+    early = all("test_metric_at_best_val" in r for r in rows)
+
+    def stat(rs: list[dict[str, Any]], key: str) -> str:
+        m = np.array([r[key] for r in rs]) * mult
+        base = {r["seed"]: r[key] for r in rows if r["method"] == "primary-only"}
+        d = [mult * (r[key] - base[r["seed"]]) for r in rs if r["seed"] in base]
+        dtxt = f"{np.mean(d):+.3f}" + (f" ± {np.std(d):.3f}" if len(d) > 1 else "") if d else "—"
+        return f"{m.mean():.3f} ± {m.std():.3f} | {dtxt}"
+
+    head = f"| method | {metric} | Δ vs primary-only (paired) | "
+    if early:
+        head += f"{metric}, early-stopped on validation | Δ vs primary-only (paired) | "
     lines = [
-        f"| method | {metric} | Δ vs primary-only (paired) | train aux loss first → min → last | max aux rise | "
-        "steps with ⟨g_aux,u⟩<0 | mean w_aux | ms/step |",
-        "|---|---|---|---|---|---|---|---|",
+        head + "train aux loss first → min → last | max aux rise | steps with ⟨g_aux,u⟩<0 | mean w_aux | ms/step |",
+        "|---" * (head.count("|") + 5 - 1) + "|",
     ]
     for spec in config["methods"]:
         rs = [r for r in rows if r["method"] == spec["label"]]
         if not rs:
             continue
-        m = np.array([r["test_metric"] for r in rs]) * mult
-        d = [mult * (r["test_metric"] - base[r["seed"]]) for r in rs if r["seed"] in base]
-        dtxt = f"{np.mean(d):+.3f}" + (f" ± {np.std(d):.3f}" if len(d) > 1 else "") if d else "—"
         mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        cells = stat(rs, "test_metric") + (" | " + stat(rs, "test_metric_at_best_val") if early else "")
         lines.append(
-            f"| {spec['label']} | {m.mean():.3f} ± {m.std():.3f} | {dtxt} | "
+            f"| {spec['label']} | {cells} | "
             f"{mean('train_aux_first'):.3f} → {mean('train_aux_min'):.3f} → {mean('train_aux_last'):.3f} | "
             f"{mean('train_aux_max_rise'):.3f} | {100 * mean('frac_aux_raised'):.0f}% | {mean('aux_weight_mean'):.2f} | "
             f"{mean('ms_per_step'):.2f} |"
@@ -479,6 +565,25 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def merge_summaries(config: dict[str, Any], paths: list[Path], out: Path) -> str:
+    """One summary table from the saved rows of several runs of ``config`` (e.g. seeds run as
+    separate jobs); a (method, seed) pair found in two files is an error, not silently doubled."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, int], Path] = {}
+    for path in paths:
+        for r in json.loads(path.read_text()):
+            key = (r["method"], r["seed"])
+            if key in seen:
+                raise ValueError(f"{key} is in both {seen[key]} and {path}: merge each run once.")
+            seen[key] = path
+            rows.append(r)
+    if not rows:
+        raise ValueError(f"no rows in {[str(p) for p in paths]}.")
+    return summarize(rows, config, out)
 
 
 def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None:
@@ -523,9 +628,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(CONFIGS / "parkinsons.json"))
     ap.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
+    ap.add_argument("--methods", nargs="*", help="run only the config's methods with these labels")
+    ap.add_argument("--name", help="output stem (default: the config's name, plus _seeds<…> when --seeds is given)")
     ap.add_argument("--timing", action="store_true", help="only the interleaved ms/step comparison (time_methods)")
+    ap.add_argument("--merge", nargs="+", metavar="ROWS_JSON",
+                    help="run nothing: summarize the rows of earlier runs of this config (e.g. one file per seed) together")
     args = ap.parse_args()
     config = load_config(args.config)
+    if args.merge:
+        print(merge_summaries(config, [Path(p) for p in args.merge], OUT / f"{args.name or config.get('name', 'aux')}_merged_summary.md"))
+        return
+    if args.methods:
+        labels = [m["label"] for m in config["methods"]]
+        unknown = sorted(set(args.methods) - set(labels))
+        if unknown:
+            raise SystemExit(f"--methods: {unknown} are not labels of {args.config}; its labels are {labels}")
+        config["methods"] = [m for m in config["methods"] if m["label"] in args.methods]
     if args.timing:
         import json
 
@@ -542,6 +660,9 @@ def main() -> None:
         return
     if args.seeds:
         config["seeds"] = args.seeds
+        config["name"] = f"{config.get('name', 'aux')}_seeds{'-'.join(map(str, args.seeds))}"
+    if args.name:
+        config["name"] = args.name
     t = time.perf_counter()
     rows = run(config)
     print(summarize(rows, config, OUT / f"{config.get('name', 'aux')}_summary.md"))

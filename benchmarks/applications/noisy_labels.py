@@ -1,7 +1,8 @@
 """Noisy labels with 1,000 clean examples: PrimaryAux (clean loss as constraint) vs baselines.
 
-Data: a noisy training set (n_noisy images from the training split, labels corrupted) and a
-disjoint clean set (n_clean images, true labels); the full 10k test split for accuracy.
+Data: a noisy training set (n_noisy images from the training split, stratified, or "rest": every
+training image outside the clean set; labels corrupted) and a disjoint clean set (n_clean images,
+true labels); the full 10k test split for accuracy.
 Methods, all with the same optimizer and the same number of steps T on the noisy stream:
   noisy        noisy loss only
   clean        clean loss only (T steps on the clean set)
@@ -93,9 +94,13 @@ def run(
             ds = cache[dname]
             rng = np.random.default_rng(2000 + seed)
             n_clean = min(config["n_clean"], ds.train_y.shape[0] // 4) if smoke else config["n_clean"]
-            n_noisy = min(config["n_noisy"], ds.train_y.shape[0] // 2) if smoke else config["n_noisy"]
             cidx = stratified_subset(ds.train_y, n_clean, rng)
-            nidx = stratified_subset(ds.train_y, n_noisy, rng, exclude=cidx)
+            if config["n_noisy"] == "rest":  # every training image outside the clean set
+                nidx = rng.permutation(np.setdiff1d(np.arange(ds.train_y.shape[0]), cidx))
+            else:
+                n_noisy = min(config["n_noisy"], ds.train_y.shape[0] // 2) if smoke else config["n_noisy"]
+                nidx = stratified_subset(ds.train_y, n_noisy, rng, exclude=cidx)
+            n_noisy = nidx.shape[0]
             ynoisy, flipped = corrupt_labels(ds.train_y[nidx], kind, rate, 10, rng)
             data = {
                 "x": to_tensor(ds.train_x[nidx]),

@@ -75,6 +75,55 @@ def test_parkinsons_split_is_by_patient_and_standardized() -> None:
         A.parkinsons_split(single, 2, 0)
 
 
+def test_parkinsons_validation_patients_are_disjoint_and_optional() -> None:
+    data = A.fake_parkinsons(n_patients=9, per_patient=6)
+    base = A.parkinsons_split(data, n_test_patients=2, seed=3)
+    assert base.xv is None and base.yv is None
+    s = A.parkinsons_split(data, n_test_patients=2, seed=3, n_val_patients=3)
+    perm = np.random.default_rng(3).permutation(9)
+    assert s.xt.shape == base.xt.shape  # the same test patients (standardized with other statistics)
+    assert s.xt.shape[0] == sum(data.tasks[i][0].shape[0] for i in perm[:2])
+    assert s.xv.shape[0] == sum(data.tasks[i][0].shape[0] for i in perm[2:5])
+    assert s.x.shape[0] + s.xv.shape[0] + s.xt.shape[0] == data.n_samples
+    rows = {tuple(r) for r in np.round(s.x.numpy(), 5)}
+    assert not rows & {tuple(r) for r in np.round(s.xv.numpy(), 5)}
+    with pytest.raises(ValueError, match="n_val_patients"):
+        A.parkinsons_split(data, 2, 0, n_val_patients=7)
+
+
+def test_parkinsons_time_split_keeps_each_patients_order() -> None:
+    data = A.fake_parkinsons(n_patients=4, per_patient=20)
+    s = A.parkinsons_time_split(data, test_frac=0.25, val_frac=0.2)
+    assert (s.x.shape[0], s.xv.shape[0], s.xt.shape[0]) == (4 * 11, 4 * 4, 4 * 5)
+    assert s.x.shape[1] == len(data.feature_names) - 1  # test_time used for the order, then dropped
+    for x, _ in data.tasks:  # every test visit is later than every training or validation visit
+        t = np.sort(x[:, -1])
+        assert t[-5:].min() >= t[:15].max()
+    # the test rows are exactly each patient's last five visits (compare the unstandardized targets)
+    last = np.concatenate([y[np.argsort(x[:, -1])[-5:]][:, 1] for x, y in data.tasks])
+    train_total = np.concatenate([y[np.argsort(x[:, -1])[:11]][:, 1] for x, y in data.tasks])
+    np.testing.assert_allclose(s.yt[:, 0].numpy(), (last - train_total.mean()) / train_total.std(), rtol=1e-4, atol=1e-5)
+    assert A.parkinsons_time_split(data, 0.25, 0.0).xv is None
+    with pytest.raises(ValueError, match="drop=\\(\\)"):
+        A.parkinsons_time_split(A.TaskData(data.tasks, [f"f{i}" for i in range(19)], data.target_names, data.task_ids))
+    with pytest.raises(ValueError, match="test_frac"):
+        A.parkinsons_time_split(data, 0.7, 0.3)
+
+
+def test_early_stopping_reads_the_test_metric_at_the_best_validation_step(tmp_path: Path) -> None:
+    config = json.loads((APPS / "configs" / "aux_tasks" / "parkinsons.json").read_text())
+    methods = config["methods"][:1] + [m for m in config["methods"] if m["name"] == "primary-only"]
+    config = {**config, "n_test_patients": 3, "n_val_patients": 3, "batch_size": 16, "n_monitor": 32,
+              "steps": 12, "eval_every": 3, "methods": methods}
+    rows = A.run(config, data=A.fake_parkinsons(n_patients=10, per_patient=10), out_dir=tmp_path, progress=False)
+    for r in rows:
+        best = min(r["curve"], key=lambda c: c["val_metric"])
+        assert r["best_val_step"] == best["step"] and r["test_metric_at_best_val"] == best["test_metric"]
+        assert len(r["curve"]) == 5
+    summary = (tmp_path / f"{config['name']}_summary.md").read_text()
+    assert "early-stopped on validation" in summary and summary.count("| primary-only |") == 1
+
+
 def _conflicting_problem(seed: int):
     """A small shared MLP whose auxiliary target is the negated primary: their encoder gradients conflict."""
     g = torch.Generator().manual_seed(seed)
@@ -135,3 +184,19 @@ def test_margin_and_representation_constraints_hold() -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p -= 0.05 * p.grad
+
+
+def test_merge_summaries_joins_seed_files_and_refuses_duplicates(tmp_path: Path) -> None:
+    config = json.loads((APPS / "configs" / "aux_tasks" / "parkinsons.json").read_text())
+    config = {**config, "n_test_patients": 2, "n_val_patients": 0, "batch_size": 16, "n_monitor": 32, "steps": 2,
+              "eval_every": 1, "methods": [m for m in config["methods"] if m["name"] in ("primary-only", "sum")]}
+    data = A.fake_parkinsons()
+    files = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"s{seed}"
+        A.run({**config, "seeds": [seed]}, data=data, out_dir=run_dir, progress=False)
+        files.append(run_dir / f"{config['name']}.json")
+    text = A.merge_summaries(config, files, tmp_path / "merged.md")
+    assert text.startswith("2 seed(s)") and text.count("| sum |") == 1
+    with pytest.raises(ValueError, match="merge each run once"):
+        A.merge_summaries(config, [files[0], files[0]], tmp_path / "dup.md")
