@@ -171,3 +171,26 @@ def test_permutation_equivariance(perm_seed):
     a = MultiTaskLasso(alpha=0.1, **TIGHT).fit(X, Y).coef_
     b = MultiTaskLasso(alpha=0.1, **TIGHT).fit(X[:, pf], Y[:, pt]).coef_
     np.testing.assert_allclose(b, a[pt][:, pf], atol=1e-8)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_all_columns_are_built_once_and_equal_the_centered_design(fit_intercept: bool, order: str) -> None:
+    """The working set of every feature reuses one design (no copy per outer iteration) that
+    equals the explicitly centered design; a subset is still a fresh centered copy."""
+    from taskgrad.linear._problem import make_problem
+
+    rng = np.random.default_rng(0)
+    X = np.asarray(rng.normal(size=(30, 6)) + 3.0, order=order)
+    Y = rng.normal(size=(30, 2))
+    P = make_problem(X, Y, np.ones(30), loss="quadratic", fit_intercept=fit_intercept, task=None, n_tasks=2)
+    every = np.arange(6)
+    A1 = P.columns(every)
+    assert P.columns(every) is A1 and A1.flags.f_contiguous
+    np.testing.assert_allclose(A1, P.dense_design(), atol=1e-12)
+    sub = P.columns(np.array([1, 4]))
+    np.testing.assert_allclose(sub, P.dense_design()[:, [1, 4]], atol=1e-12)
+    assert sub is not P.columns(np.array([1, 4]))
+    est = MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept).fit(X, Y)  # every feature active
+    ref = sk.MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept, tol=1e-10, max_iter=100_000).fit(X, Y)
+    np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)

@@ -53,6 +53,7 @@ class Problem:
     Lmat: np.ndarray = field(init=False)
     Lb: np.ndarray = field(init=False)
     colnorm: np.ndarray = field(init=False)
+    _all_columns: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         c = CURVATURE[self.loss]
@@ -114,13 +115,23 @@ class Problem:
         return np.asarray((M.T @ X).T)
 
     def columns(self, cols: np.ndarray):
-        """The design restricted to ``cols`` (a copy; dense: centered and column-major), for
-        repeated :meth:`xt` calls and the working-set epochs."""
+        """The design restricted to ``cols`` (dense: centered and column-major), for repeated
+        :meth:`xt` calls and the working-set epochs; read only. A subset is a copy; every column
+        in order is the design itself when it needs neither centering nor reordering, else one
+        copy made once per fit (not once per outer iteration)."""
         if self.sparse:
             return self.Xs[:, cols]
-        Xc = np.asfortranarray(self.Xd[:, cols])
-        if self.center is not None:
-            Xc -= self.center[cols]
+        every = cols.size == self.n_features and bool(np.all(cols == np.arange(cols.size)))
+        if every and self._all_columns is not None:
+            return self._all_columns
+        if every and self.center is None and self.Xd.flags.f_contiguous:
+            Xc = self.Xd
+        else:
+            Xc = np.asfortranarray(self.Xd[:, cols])
+            if self.center is not None:
+                Xc -= self.center[cols]
+        if every:
+            self._all_columns = Xc
         return Xc
 
     def dense_design(self) -> np.ndarray:
