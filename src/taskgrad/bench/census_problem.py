@@ -35,20 +35,30 @@ class CensusProblem(Problem):
         return [nn.functional.binary_cross_entropy_with_logits(o.squeeze(-1), y[:, i].float())
                 for i, o in enumerate(outputs)]
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch_size: int = 4096, split: str = "test",
-                 indices: torch.Tensor | None = None) -> dict[str, Any]:
+    def _aucs(self, model: nn.Module, batch_size: int, split: str, indices: torch.Tensor | None,
+              with_losses: bool) -> tuple[dict[str, float], list[float] | None]:
         from sklearn.metrics import roc_auc_score
 
-        was = model.training
-        model.eval()
         scores: list[list[np.ndarray]] = [[], []]
-        for idx in self._chunks(self.n(split), batch_size, indices):
-            x, _ = self.batch(idx, split)
-            _, outs = model(x)
+
+        def visit(outs: list[Tensor], y: Tensor) -> None:
             for i, o in enumerate(outs):
                 scores[i].append(o.squeeze(-1).float().cpu().numpy())
-        model.train(was)
+
+        losses = self._eval_loop(model, batch_size, split, indices, visit, with_losses)
         y = self.y[split] if indices is None else self.y[split][indices.to(self.device)]
         y = y.cpu().numpy()
-        return {f"{t}/auc": float(roc_auc_score(y[:, i], np.concatenate(scores[i]))) for i, t in enumerate(self.tasks)}
+        aucs = {f"{t}/auc": float(roc_auc_score(y[:, i], np.concatenate(scores[i]))) for i, t in enumerate(self.tasks)}
+        return aucs, losses
+
+    def evaluate(self, model: nn.Module, batch_size: int = 4096, split: str = "test",
+                 indices: torch.Tensor | None = None) -> dict[str, Any]:
+        """AUC of each task on ``split`` (or its rows ``indices``), from the scores of every example."""
+        return self._aucs(model, batch_size, split, indices, with_losses=False)[0]
+
+    def evaluate_with_losses(self, model: nn.Module, batch_size: int = 4096, split: str = "test",
+                             indices: torch.Tensor | None = None) -> tuple[dict[str, float], list[float]]:
+        """``(evaluate(...), mean_losses(...))`` from one forward pass per batch."""
+        aucs, losses = self._aucs(model, batch_size, split, indices, with_losses=True)
+        assert losses is not None
+        return aucs, losses

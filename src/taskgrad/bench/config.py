@@ -24,8 +24,9 @@ examples is ``benchmarks/configs/README.md``)::
     [selection]                    # criterion = "last" | "val_loss" | "metric" | "primary" | "delta_m"
     [baseline]                     # optional fixed single-task metrics {"task/metric" = value}
 
-YAML files (``.yaml``/``.yml``, read with PyYAML) use the same keys. Every key is checked: an
-unknown key or a value of the wrong type is a ``ValueError`` naming the file and the key.
+YAML files (``.yaml``/``.yml``, read with PyYAML) use the same keys; anchors, aliases and merge
+keys (``<<: *anchor``) are resolved before the checks. Every key is checked: an unknown key or a
+value of the wrong type is a ``ValueError`` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import hashlib
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExperimentConfig", "RunConfig", "load_config", "parse_config", "read_config_file"]
+__all__ = ["ExperimentConfig", "RunConfig", "load_config", "parse_config", "read_config_file", "single_task_config"]
 
 _TOP_KEYS = {
     "name", "dataset", "kind", "methods", "seeds", "epochs", "batch_size", "single_task", "source",
@@ -116,6 +117,12 @@ class RunConfig:
             if d[key] == default:
                 d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def single_task_config(cfg: RunConfig, index: int, task: str) -> RunConfig:
+    """The single-task baseline of task ``index`` (named ``task``) that goes with ``cfg``: the run
+    ``single_task = true`` adds for the same experiment, seed and settings (w = e_index)."""
+    return replace(cfg, method=f"single-task:{index}", label=f"single-task:{task}", method_kwargs={})
 
 
 @dataclass(frozen=True)
@@ -373,15 +380,17 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
                 runs.append(RunConfig(method=name, label=label, seed=seed, method_kwargs=kw, **common))
         if single_task:
             for seed in seeds:
-                for i, t in enumerate(tasks):
-                    runs.append(RunConfig(method=f"single-task:{i}", label=f"single-task:{t}", seed=seed, **common))
+                template = RunConfig(method="single-task:0", label="", seed=seed, **common)
+                runs.extend(single_task_config(template, i, t) for i, t in enumerate(tasks))
     baseline = {str(k): float(v) for k, v in tables["baseline"].items()}
     return ExperimentConfig(raw["name"], kind, runs, baseline, dict(tables["toy"]), None)
 
 
 def _yaml_loader() -> Any:
-    """A PyYAML SafeLoader that reads YAML 1.2 floats (``1e-3``, which YAML 1.1 reads as a string)
-    and refuses duplicate keys (which PyYAML otherwise silently overwrites)."""
+    """A PyYAML SafeLoader that reads YAML 1.2 floats (``1e-3``, which YAML 1.1 reads as a string),
+    refuses duplicate keys (which PyYAML otherwise silently overwrites) and resolves merge keys:
+    ``<<: *a`` copies the keys of mapping a, ``<<: [*a, *b]`` those of a and b (a's win), and the
+    mapping's own keys override merged ones (YAML's merge-key rule, as PyYAML's ``safe_load``)."""
     try:
         import yaml
     except ImportError as e:
@@ -396,19 +405,38 @@ def _yaml_loader() -> Any:
         re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
         list("-+0123456789."),
     )
+    error = yaml.constructor.ConstructorError
+    merge_tag = "tag:yaml.org,2002:merge"
+
+    def merged(loader: Any, key_node: Any, value_node: Any, deep: bool) -> dict[Any, Any]:
+        """The keys a merge key ``<<`` brings in: one mapping, or a list of them (earlier ones win)."""
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        out: dict[Any, Any] = {}
+        for src in sources:
+            if not isinstance(src, yaml.MappingNode):
+                raise error(None, None, "a merge key `<<` takes a mapping (`<<: *anchor`) or a list of mappings "
+                                        f"(`<<: [*a, *b]`), got a {src.id}", src.start_mark)
+            for k, v in loader.construct_object(src, deep=deep).items():
+                out.setdefault(k, v)
+        return out
 
     def mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
+        own: dict[Any, Any] = {}
+        base: dict[Any, Any] | None = None
         for key_node, value_node in node.value:
+            if key_node.tag == merge_tag:
+                if base is not None:
+                    raise error(None, None, "two merge keys `<<` in one mapping: merge a list, `<<: [*a, *b]`",
+                                key_node.start_mark)
+                base = merged(loader, key_node, value_node, deep)
+                continue
             key = loader.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:  # e.g. `? [a, b]`
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a scalar (a name), got a {type(key).__name__}", key_node.start_mark)
-            if key in out:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            out[key] = loader.construct_object(value_node, deep=deep)
-        return out
+                raise error(None, None, f"a key must be a scalar (a name), got a {type(key).__name__}", key_node.start_mark)
+            if key in own:
+                raise error(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            own[key] = loader.construct_object(value_node, deep=deep)
+        return own if base is None else {**base, **own}
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     return Loader

@@ -10,6 +10,9 @@ selected and last metrics, history, selection, timings; written when the run com
 in result.json holds the test metrics of the selected epoch (the last one for ``"last"``).
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
 of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted one.
+A saved result is reused only when its config fingerprint is that of the run: a result of another
+config (the config file changed since) is recomputed, and the progress output says so and why. A
+checkpoint of another config stops the run, unless it is the end of that stale finished run.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from torch import Tensor
 from .. import methods as _methods
 from ..methods.base import Weighting
 from ..training import GradStep, TaskOptimizer
-from .config import RunConfig
-from .problems import Problem, get_problem, seed_everything
+from .config import RunConfig, single_task_config
+from .problems import Problem, get_problem, seed_everything, split_evaluator
 from .schedulers import build_scheduler, step_scheduler
 from .validation import Selector, carve_validation
 
@@ -112,22 +115,50 @@ def _validation(problem: Problem, cfg: RunConfig) -> tuple[Tensor | None, str | 
     return None, None, None, "none"
 
 
+def _note(message: str, show: bool) -> None:
+    """One line of progress output (nothing when ``show`` is False)."""
+    if show:
+        from rich.console import Console
+
+        Console().print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _config_changes(saved: dict[str, Any], cfg: RunConfig) -> str:
+    """What differs between a saved run's config and ``cfg`` ("epochs 2 → 3, ..."), ``device`` aside."""
+    def canon(v: Any) -> str:  # as saved in result.json (tuples become lists)
+        return json.dumps(v, sort_keys=True, default=str)
+
+    diff = [f"{k} {saved.get(k, '(absent)')!r} → {v!r}" for k, v in cfg.to_dict().items()
+            if k != "device" and canon(saved.get(k)) != canon(v)]
+    return ", ".join(diff) or "the same fields, an older fingerprint rule"
+
+
+def _stale_result(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The saved result at ``path`` when it is of another config than ``cfg`` (else None)."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return None if saved.get("fingerprint") == cfg.fingerprint() else saved
+
+
 def single_task_val_baseline(out_dir: str | Path, cfg: RunConfig, tasks: list[str], keys: list[str]) -> dict[str, float]:
     """Validation metrics of the single-task runs of ``cfg``'s experiment and seed at their selected
-    epochs ({key: value} for the metrics ``keys``, each from the run of its task)."""
+    epochs ({key: value} for the metrics ``keys``, each from the run of its task). Each saved run must
+    be ``single_task_config(cfg, i, task)`` (same config fingerprint): another one is an error."""
     base: dict[str, float] = {}
-    for t in tasks:
-        path = Path(out_dir) / cfg.experiment / f"single-task:{t}" / f"seed{cfg.seed}" / "result.json"
+    for i, t in enumerate(tasks):
+        st_cfg = single_task_config(cfg, i, t)
+        path = Path(out_dir) / st_cfg.run_id / "result.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{cfg.run_id} selects by validation Δm against the single-task runs, but {path} does not exist: "
                 "run the single-task baselines first (`taskgrad bench` does), or give a fixed [baseline].")
         r = json.loads(path.read_text())
-        other = r["config"]
-        for key in ("val_fraction", "data", "dataset", "seed"):
-            if other.get(key, 0.0 if key == "val_fraction" else None) != getattr(cfg, key):
-                raise RuntimeError(f"{path} was trained with a different {key!r} ({other.get(key)!r} ≠ "
-                                   f"{getattr(cfg, key)!r}): its validation metrics are no baseline for {cfg.run_id}.")
+        if r.get("fingerprint") != st_cfg.fingerprint():
+            raise RuntimeError(
+                f"{path} was trained with another config than the single-task baseline of {cfg.run_id} "
+                f"({_config_changes(r.get('config', {}), st_cfg)}): its validation metrics are no baseline. "
+                "Run it again (`run` / `taskgrad bench` recompute a stale run).")
         val = (r.get("selection") or {}).get("val") or {}
         for k in keys:
             if k.split("/", 1)[0] == t:
@@ -135,6 +166,31 @@ def single_task_val_baseline(out_dir: str | Path, cfg: RunConfig, tasks: list[st
                     raise RuntimeError(f"{path} has no validation metric {k!r} (trained without a validation split?).")
                 base[k] = float(val[k])
     return base
+
+
+def _delta_m_baseline(cfg: RunConfig, out_dir: str | Path, tasks: list[str], keys: list[str],
+                      explicit: dict[str, float] | None, saved: dict[str, float] | None,
+                      resume: bool, show_progress: bool) -> dict[str, float]:
+    """The Δm baseline of a multi-task ``delta_m`` run. Resuming (``saved``: the checkpoint's): the
+    saved one, which scored the finished epochs; an ``explicit`` one that differs is an error. Else
+    ``explicit``, the config's fixed [baseline], or the single-task runs' (stale ones recomputed)."""
+    if saved is not None:
+        if explicit is not None and {k: float(v) for k, v in explicit.items()} != saved:
+            raise ValueError(
+                f"{cfg.run_id}: val_baseline={dict(explicit)} differs from the Δm baseline {saved} that scored the "
+                "epochs of its checkpoint (and chose the best epoch so far). To resume, pass val_baseline=None or "
+                "those values; to select against the new baseline, start the run over (resume=False, "
+                "`taskgrad bench --restart`, or another out_dir).")
+        return saved
+    if explicit is not None:
+        return {k: float(v) for k, v in explicit.items()}
+    if cfg.selection.get("baseline") is not None:
+        return dict(cfg.selection["baseline"])
+    for i, t in enumerate(tasks):
+        st_cfg = single_task_config(cfg, i, t)
+        if _stale_result(Path(out_dir) / st_cfg.run_id / "result.json", st_cfg) is not None:
+            run(st_cfg, out_dir, resume=resume, show_progress=show_progress)  # says it recomputes, and why
+    return single_task_val_baseline(out_dir, cfg, tasks, keys)
 
 
 def run(
@@ -148,18 +204,27 @@ def run(
 ) -> dict[str, Any]:
     """Train ``cfg`` (or resume it, or return its saved result) and return the result dict.
 
+    A saved ``result.json`` is returned only when its config fingerprint is ``cfg``'s; one of another
+    config is recomputed (with a note in the progress output saying which fields changed).
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt).
     ``val_baseline`` ({metric: value}) overrides the single-task validation metrics used by the
     ``delta_m`` selection criterion (by default: the config's fixed [baseline], else the saved
-    single-task runs of the same experiment and seed under ``out_dir``).
+    single-task runs of the same experiment and seed under ``out_dir``; stale ones are recomputed).
+    Resuming keeps the baseline its checkpoint was scored against: a ``val_baseline`` that differs
+    from it is a ``ValueError`` (the finished epochs and the best-so-far model were chosen with the
+    old one); start over with ``resume=False`` to select against a new baseline.
     """
     run_dir = Path(out_dir) / cfg.run_id
     result_path, ckpt_path, best_path = run_dir / "result.json", run_dir / "checkpoint.pt", run_dir / "best_model.pt"
     fp = cfg.fingerprint()
+    stale_fp: str | None = None  # fingerprint of a finished run of another config in this folder
     if resume and result_path.is_file():
         saved = json.loads(result_path.read_text())
         if saved.get("fingerprint") == fp:
             return saved
+        stale_fp = saved.get("fingerprint")
+        _note(f"{cfg.run_id}: the saved result.json is of another config "
+              f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.", show_progress)
     device = _device(cfg.device)
     problem = get_problem(cfg.dataset, **cfg.data).to(device)
     train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
@@ -169,12 +234,28 @@ def run(
         what = f"[selection] criterion = {crit!r}" if crit != "last" else "[scheduler] monitor = 'val_loss'"
         raise ValueError(f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
                          "set val_fraction (e.g. 0.1) in the config.")
+    evaluate_val = None if val_split is None else split_evaluator(problem, val_split, val_idx)  # signature errors now
     specs = {m.key: m.higher_is_better for m in problem.metrics}
     k = len(problem.tasks)
     st = cfg.single_task_index
-    if crit == "delta_m" and st is None and val_baseline is None:
-        val_baseline = cfg.selection.get("baseline")
+    ck: dict[str, Any] | None = None
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["fingerprint"] != fp:
+            if stale_fp is None or ck["fingerprint"] != stale_fp:
+                raise RuntimeError(
+                    f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ {fp}); "
+                    "delete that folder or write to another --out."
+                )
+            ck = None  # the last checkpoint of the stale finished run: start over
+    saved_selection = None if ck is None else ck["state"].get("selection")
+    if crit == "delta_m" and st is None:  # before seeding: recomputing a baseline run draws random numbers
+        val_baseline = _delta_m_baseline(cfg, out_dir, list(problem.tasks), list(specs), val_baseline,
+                                         None if saved_selection is None else dict(saved_selection["baseline"]),
+                                         resume, show_progress)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if ck is None:
+        best_path.unlink(missing_ok=True)  # a fresh start: a best model here is another run's
     seed_everything(cfg.seed)
     model = problem.make_model(**cfg.model).to(device)
     method = build_method(cfg)
@@ -187,13 +268,7 @@ def run(
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
                              "epoch_stats": None, "step_times": [], "resumed": 0, "selection": None}
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["fingerprint"] != fp:
-            raise RuntimeError(
-                f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ {fp}); "
-                "delete that folder or write to another --out."
-            )
+    if ck is not None:
         model.load_state_dict(ck["model"])
         topt.load_state_dict(ck["topt"])
         if scheduler is not None:
@@ -204,8 +279,6 @@ def run(
         state = ck["state"]
         state.setdefault("selection", None)
         state["resumed"] += 1
-    if state["selection"] is None and crit == "delta_m" and st is None and val_baseline is None:
-        val_baseline = single_task_val_baseline(out_dir, cfg, list(problem.tasks), list(specs))
     selector = Selector(crit, specs, list(problem.tasks), metric=cfg.selection.get("metric"), single_task=st,
                         baseline=val_baseline if state["selection"] is None else state["selection"]["baseline"])
     if state["selection"] is not None:
@@ -278,9 +351,8 @@ def run(
             row.update(metrics)
             val_metrics: dict[str, float] = {}
             val_losses: list[float] | None = None
-            if val_split is not None:
-                val_metrics = problem.evaluate(model, cfg.eval_batch_size, split=val_split, indices=val_idx)
-                val_losses = problem.mean_losses(model, cfg.eval_batch_size, split=val_split, indices=val_idx)
+            if evaluate_val is not None:  # metrics and losses from one pass (see split_evaluator)
+                val_metrics, val_losses = evaluate_val(model, cfg.eval_batch_size)
                 row.update({f"val/{key}": v for key, v in val_metrics.items()})
                 row.update({f"val_loss/{t}": v for t, v in zip(problem.tasks, val_losses)})
                 row["val_loss"] = task_mean(val_losses)
