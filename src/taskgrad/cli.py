@@ -1,11 +1,13 @@
 """The `taskgrad` command line: `taskgrad demo`, `taskgrad methods`, `taskgrad bench CONFIG...`,
-`taskgrad report DIR`."""
+`taskgrad report DIR [--config CONFIG...]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -69,9 +71,20 @@ def _bench(args: argparse.Namespace) -> int:
                       if sel.get("criterion", "last") != "last" else f"last epoch ({r.epochs})")
             console.print(f"  {r.run_id}: {final} at {chosen} ({res['time_per_epoch_s']:.1f} s/epoch)")
     if not args.dry_run:
-        path = report(out, md_path=args.md)
+        path = report(out, md_path=args.md, configs=configs)  # runs of other configs: listed as stale
         console.print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
+        _say_stale(path, console.print)
     return 0
+
+
+def _say_stale(report_md: Path, say: Callable[[str], object]) -> None:
+    """One line naming how many stale runs (another config) the report left out, if any."""
+    import json
+
+    n = json.loads(report_md.with_name("report.json").read_text()).get("excluded_stale", 0)
+    if n:
+        say(f"{n} stale run{'s' if n != 1 else ''} (another config) left out of the tables: see "
+            "“stale runs” in the report; rerun them with `taskgrad bench CONFIG` to include them.")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -85,10 +98,13 @@ def _report(args: argparse.Namespace) -> int:
         for p in log_report(target, out):
             print(p)
         return 0
+    from .bench.config import load_config
     from .bench.report import report
 
-    path = report(target, md_path=args.md)
+    configs = [load_config(p) for p in args.config or ()]
+    path = report(target, md_path=args.md, configs=configs)
     print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""))
+    _say_stale(path, print)
     return 0
 
 
@@ -132,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("path", help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.logging.CSVLogger")
     rep.add_argument("--md", default=None, help="(runs) also write the Markdown report to this file")
+    rep.add_argument("--config", nargs="+", default=None,
+                     help="(runs) the config files the runs should be of: a saved run of another config is "
+                          "left out of the tables and listed as stale (default: per experiment, the runs of "
+                          "another protocol than its newest run are)")
     rep.add_argument("--out", default=None, help="(log) folder for the plots (default: next to the log)")
     rep.set_defaults(func=_report)
     meth = sub.add_parser("methods", help="list the methods with a one-line description each")

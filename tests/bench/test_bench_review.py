@@ -19,6 +19,9 @@ from taskgrad.bench.problems import Problem, SyntheticProblem
 from taskgrad.bench.runner import run_all, single_task_val_baseline
 from taskgrad.bench.validation import carve_validation
 
+# these tests recompute stale runs on purpose; the warning itself is tested in test_report_stale.py
+pytestmark = pytest.mark.filterwarnings("ignore::taskgrad.bench.runner.StaleResultWarning")
+
 registry = importlib.import_module("taskgrad.bench.problems")  # the module (bench.problems is a function)
 
 

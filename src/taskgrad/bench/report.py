@@ -6,29 +6,158 @@ selects by a validation criterion; the table then shows the selected epoch of ea
 mean ± std over seeds, Δm% against the single-task runs of the same experiment (computed per seed, then mean ± std; with several
 baseline seeds their mean is the baseline; a config's fixed [baseline] table is used when the
 experiment has no single-task runs), the training time per epoch and the median time per step.
+
+Stale runs are never mixed in silently. With ``configs`` (``taskgrad report DIR --config CFG``, and
+the report at the end of ``taskgrad bench CFG``), a saved run of an experiment of those configs is
+*current* when its saved fingerprint is the one the config gives its (experiment, label, seed), or,
+for a run the config does not list (a method or seed since removed), when its protocol (every
+setting but method, label, method arguments, seed and device) is the config's. Without a config for
+an experiment, its runs are grouped by protocol and, when there are several, the protocol of the
+newest ``result.json`` (modification time) is kept. Every other run is *stale*: left out of the
+tables and plots, listed with the settings it differs in under "stale runs (another config; rerun
+with taskgrad bench … to include)", and counted in ``report.json`` (``excluded_stale``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import shlex
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .config import _NEW_FIELD_DEFAULTS, ExperimentConfig, RunConfig
 from .metrics import aggregate, delta_m, mean_std
 
-__all__ = ["collect", "report", "summarize"]
+__all__ = ["collect", "protocol_fingerprint", "report", "split_stale", "summarize"]
+
+# the settings in which the runs of one protocol (one config) differ from each other
+_RUN_FIELDS = ("method", "label", "method_kwargs", "seed")
+STALE_HEADING = "stale runs (another config; rerun with taskgrad bench … to include)"
+
+
+def _collect_entries(root: str | Path) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+    """{experiment: [(modification time of result.json, result), …]} under ``root``."""
+    out: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for p in sorted(Path(root).rglob("result.json")):
+        r = json.loads(p.read_text())
+        out[r["config"]["experiment"]].append((p.stat().st_mtime, r))
+    return dict(out)
 
 
 def collect(root: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """{experiment: [result, …]} for every complete run under ``root``."""
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for p in sorted(Path(root).rglob("result.json")):
-        r = json.loads(p.read_text())
-        out[r["config"]["experiment"]].append(r)
-    return dict(out)
+    """{experiment: [result, …]} for every complete run under ``root`` (stale ones included)."""
+    return {name: [r for _, r in entries] for name, entries in _collect_entries(root).items()}
+
+
+def _settings(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
+    """A run's config as saved in result.json (JSON types), fields added later at their defaults
+    when absent, ``device`` left out (it never changes a result)."""
+    raw = config.to_dict() if isinstance(config, RunConfig) else config
+    d = json.loads(json.dumps(raw, default=str))
+    for key, default in _NEW_FIELD_DEFAULTS.items():
+        d.setdefault(key, default)
+    d.pop("device", None)
+    return d
+
+
+def protocol_fingerprint(config: dict[str, Any] | RunConfig) -> str:
+    """Hash of a run's settings without method, label, method arguments, seed and device: the runs
+    of one experiment are comparable (Δm against each other) iff their protocol fingerprints agree."""
+    d = {k: v for k, v in _settings(config).items() if k not in _RUN_FIELDS}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changes(saved: dict[str, Any], current: dict[str, Any] | RunConfig, skip: Sequence[str] = ()) -> str:
+    """The settings in which ``saved`` differs from ``current`` ("epochs 1 → 2, …", saved → current)."""
+    a, b = _settings(saved), _settings(current)
+    keys = list(b) + [k for k in a if k not in b]
+    diff = [f"{k} {a.get(k, '(absent)')!r} → {b.get(k, '(absent)')!r}" for k in keys
+            if k not in skip and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+    return ", ".join(diff) or "the same settings, an older fingerprint rule"
+
+
+def _run_id(r: dict[str, Any]) -> str:
+    c = r["config"]
+    return r.get("run_id") or f"{c['experiment']}/{c['label']}/seed{c['seed']}"
+
+
+def _stale(r: dict[str, Any], reason: str, in_config: bool | None) -> dict[str, Any]:
+    c = r["config"]
+    return {"run_id": _run_id(r), "label": c["label"], "seed": c["seed"], "fingerprint": r.get("fingerprint"),
+            "differs": reason, "in_config": in_config}
+
+
+def split_stale(entries: list[tuple[float, dict[str, Any]]], configs: Sequence[ExperimentConfig] = ()
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Split one experiment's saved runs ``[(mtime, result), …]`` into (current results, stale runs,
+    what they were checked against). With ``configs`` (those of this experiment): current iff the
+    saved fingerprint is the config's for that (experiment, label, seed), or, for a run the configs
+    do not list, iff its protocol is theirs. Without: the protocol of the newest result is kept.
+    A stale run is {run_id, label, seed, fingerprint, differs ("setting saved → current, …"), in_config
+    (whether the configs list its (label, seed); None without configs)}."""
+    current: list[dict[str, Any]] = []
+    stale: list[dict[str, Any]] = []
+    if configs:
+        expected = {r.run_id: r for cfg in configs for r in cfg.runs}
+        protocols = {protocol_fingerprint(r): r for r in expected.values()}
+        paths = [cfg.path for cfg in configs if cfg.path]
+        against = ("config " + ", ".join(f"`{p}`" for p in paths)) if paths else "the given config"
+        for _, r in entries:
+            want = expected.get(_run_id(r))
+            if want is not None:
+                if r.get("fingerprint") == want.fingerprint():
+                    current.append(r)
+                else:
+                    stale.append(_stale(r, _changes(r["config"], want), True))
+            elif protocol_fingerprint(r["config"]) in protocols:
+                current.append(r)
+            else:
+                ref = next(iter(protocols.values()))
+                stale.append(_stale(r, "not in the config; " + _changes(r["config"], ref, _RUN_FIELDS), False))
+        return current, stale, against
+    groups: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for mtime, r in entries:
+        groups[protocol_fingerprint(r["config"])].append((mtime, r))
+    if len(groups) <= 1:
+        return [r for _, r in entries], [], "one protocol (no config given)"
+    keep = max(groups, key=lambda p: (max(m for m, _ in groups[p]), len(groups[p]), p))
+    ref = max(groups[keep], key=lambda e: e[0])[1]
+    for p, members in groups.items():
+        for _, r in members:
+            if p == keep:
+                current.append(r)
+            else:
+                stale.append(_stale(r, _changes(r["config"], ref["config"], _RUN_FIELDS), None))
+    return current, stale, f"those of the newest run `{_run_id(ref)}` (no config given)"
+
+
+def stale_markdown(name: str, stale: list[dict[str, Any]], against: str, root: Path,
+                   configs: Sequence[ExperimentConfig] = ()) -> str:
+    """The "stale runs" section of one experiment: each left-out run, what differs, how to rerun."""
+    n = len(stale)
+    lines = [f"#### {name}: {STALE_HEADING}", "",
+             (f"{n} saved run{'s' if n != 1 else ''} of `{name}` {'were' if n != 1 else 'was'} trained with other "
+              f"settings than {against} and {'are' if n != 1 else 'is'} left out of the table and plots above.")]
+    rerun = sorted({s["label"] for s in stale if s["in_config"] is not False})
+    path = next((cfg.path for cfg in configs if cfg.path), None)
+    if rerun:
+        cmd = shlex.join(["taskgrad", "bench", path or "CONFIG", "--out", str(root), "--methods", *rerun])
+        lines.append(f"To include {'them' if n > 1 else 'it'}, rerun `{cmd}`"
+                     + ("." if configs else " with the config of the kept runs as CONFIG, or report with "
+                        "`taskgrad report DIR --config CONFIG` to check every run against a config."))
+    if any(s["in_config"] is False for s in stale):
+        lines.append("A run *not in the config* cannot be rerun by it: add its method (or seed) back to the "
+                     "config, or delete its folder.")
+    lines += ["", "| run | differs in (saved → current) |", "|---|---|"]
+    lines += [f"| {s['run_id']} | {s['differs'].replace('|', chr(92) + '|')} |"
+              for s in sorted(stale, key=lambda s: s["run_id"])]
+    return "\n".join(lines) + "\n"
 
 
 def summarize(results: list[dict[str, Any]], fixed_baseline: dict[str, float] | None = None) -> dict[str, Any]:
@@ -222,17 +351,50 @@ def toy_table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = None, md_path: str | Path | None = None) -> Path:
-    """Write ``root/report.md`` and ``root/plots/`` from every saved run under ``root``."""
+def _strict_json(v: Any) -> Any:
+    """``v`` with tuples as lists and non-finite floats as None (strict JSON has no NaN/Infinity)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    return v
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _strict_json(v) for k, v in row.items()}
+
+
+def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = None, md_path: str | Path | None = None,
+           configs: Sequence[ExperimentConfig] | None = None) -> Path:
+    """Write ``root/report.md``, ``root/report.json`` and ``root/plots/`` from the saved runs under
+    ``root``. Runs of another config than ``configs`` (for their experiments) or, for an experiment
+    without one, of another protocol than its newest run are stale: left out of the tables, listed
+    in a "stale runs" section, and counted in report.json's ``excluded_stale`` (see the module)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is not a directory of saved runs.")
+    by_name: dict[str, list[ExperimentConfig]] = defaultdict(list)
+    for cfg in configs or ():
+        if cfg.kind == "train":
+            by_name[cfg.name].append(cfg)
     plots = root / "plots"
     plots.mkdir(exist_ok=True)
-    parts = ["# taskgrad benchmark report", "", f"Runs found under `{root}`.", ""]
+    head = ["# taskgrad benchmark report", "", f"Runs found under `{root}`."]
+    if by_name:
+        paths = [cfg.path or cfg.name for cfgs in by_name.values() for cfg in cfgs]
+        head.append("Checked against the configs " + ", ".join(f"`{p}`" for p in paths)
+                    + " (other experiments: against the settings of their newest run).")
+    parts: list[str] = []
     baselines = dict(baselines or {})
+    for name, cfgs in by_name.items():
+        if cfgs[-1].baseline:
+            baselines.setdefault(name, dict(cfgs[-1].baseline))
     for p in root.rglob("baseline.json"):
         baselines.setdefault(p.parent.name, json.loads(p.read_text()))
+    summary: dict[str, Any] = {"root": str(root), "configs": [c.path or c.name for cs in by_name.values() for c in cs],
+                               "excluded_stale": 0, "experiments": {}}
     found = False
     for p in sorted(root.rglob("toy.json")):
         data = json.loads(p.read_text())
@@ -240,17 +402,37 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
         png = plot_toy(data, plots / f"{name}_pareto.png")
         parts += [f"### {name} (toy)", "", toy_table(data), f"![{name}]({png.relative_to(root)})", ""]
         found = True
-    for name, results in collect(root).items():
-        summ = summarize(results, baselines.get(name))
-        parts.append(markdown_table(name, summ))
-        for png in _plot_experiment(name, summ, plots):
-            parts.append(f"![{png.stem}]({png.relative_to(root)})")
-        parts.append("")
+    for name, entries in _collect_entries(root).items():
         found = True
+        results, stale, against = split_stale(entries, by_name.get(name, ()))
+        exp: dict[str, Any] = {"checked_against": against, "runs": len(results), "excluded_stale": len(stale),
+                               "stale_runs": stale}
+        if results:
+            summ = summarize(results, baselines.get(name))
+            summ["excluded_stale"] = len(stale)
+            parts.append(markdown_table(name, summ))
+            for png in _plot_experiment(name, summ, plots):
+                parts.append(f"![{png.stem}]({png.relative_to(root)})")
+            parts.append("")
+            exp.update(baseline=summ["baseline"], baseline_source=summ["baseline_source"],
+                       rows=[_json_row(r) for r in summ["rows"]])
+        else:
+            parts += [f"### {name}", "", f"No saved run of {against}: nothing to tabulate.", ""]
+            exp.update(baseline={}, baseline_source="none", rows=[])
+        if stale:
+            parts.append(stale_markdown(name, stale, against, root, by_name.get(name, ())))
+        summary["experiments"][name] = exp
+        summary["excluded_stale"] += len(stale)
     if not found:
         raise FileNotFoundError(f"no result.json or toy.json under {str(root)!r}: run `taskgrad bench` first.")
+    n = summary["excluded_stale"]
+    if n:
+        head.append(f"**{n} stale run{'s' if n != 1 else ''} (another config) left out of the tables**: listed "
+                    "after each table under “stale runs”.")
+    text = "\n".join(head + [""] + parts)
     out = root / "report.md"
-    out.write_text("\n".join(parts))
+    out.write_text(text)
+    (root / "report.json").write_text(json.dumps(_strict_json(summary), indent=1, default=str, allow_nan=False))
     if md_path is not None:
-        Path(md_path).write_text("\n".join(parts))
+        Path(md_path).write_text(text)
     return out

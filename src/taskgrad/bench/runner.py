@@ -11,7 +11,8 @@ in result.json holds the test metrics of the selected epoch (the last one for ``
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
 of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted one.
 A saved result is reused only when its config fingerprint is that of the run: a result of another
-config (the config file changed since) is recomputed, and the progress output says so and why. A
+config (the config file changed since) is recomputed, and says so and why: a ``StaleResultWarning``
+(also with ``show_progress=False`` / ``--quiet``) and a line of the progress output. A
 checkpoint of another config stops the run, unless it is the end of that stale finished run.
 """
 
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,11 @@ from .problems import Problem, get_problem, seed_everything, split_evaluator
 from .schedulers import build_scheduler, step_scheduler
 from .validation import Selector, carve_validation
 
-__all__ = ["OneTask", "build_method", "order_runs", "run", "run_all", "single_task_val_baseline"]
+__all__ = ["OneTask", "StaleResultWarning", "build_method", "order_runs", "run", "run_all", "single_task_val_baseline"]
+
+
+class StaleResultWarning(UserWarning):
+    """A saved ``result.json`` of another config than the run's is being recomputed (overwritten)."""
 
 
 class OneTask(Weighting):
@@ -205,7 +211,8 @@ def run(
     """Train ``cfg`` (or resume it, or return its saved result) and return the result dict.
 
     A saved ``result.json`` is returned only when its config fingerprint is ``cfg``'s; one of another
-    config is recomputed (with a note in the progress output saying which fields changed).
+    config is recomputed, with a ``StaleResultWarning`` saying which fields changed (always, so a
+    quiet run shows it too) and the same note in the progress output.
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt).
     ``val_baseline`` ({metric: value}) overrides the single-task validation metrics used by the
     ``delta_m`` selection criterion (by default: the config's fixed [baseline], else the saved
@@ -223,8 +230,10 @@ def run(
         if saved.get("fingerprint") == fp:
             return saved
         stale_fp = saved.get("fingerprint")
-        _note(f"{cfg.run_id}: the saved result.json is of another config "
-              f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.", show_progress)
+        msg = (f"{cfg.run_id}: the saved result.json is of another config "
+               f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.")
+        warnings.warn(msg, StaleResultWarning, stacklevel=2)  # shown with progress output off too
+        _note(msg, show_progress)
     device = _device(cfg.device)
     problem = get_problem(cfg.dataset, **cfg.data).to(device)
     train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
