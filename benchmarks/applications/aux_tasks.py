@@ -94,25 +94,28 @@ def parkinsons_split(data: TaskData, n_test_patients: int, seed: int, n_val_pati
     order = list(data.target_names)
     cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
     perm = np.random.default_rng(seed).permutation(data.n_tasks)
-    test_ids, train_ids = perm[:n_test_patients], perm[n_test_patients + n_val_patients:]
-    val_ids = perm[n_test_patients : n_test_patients + n_val_patients]
-    X = np.concatenate([data.tasks[i][0] for i in train_ids])
-    Y = np.concatenate([data.tasks[i][1][:, cols] for i in train_ids])
-    Xt = np.concatenate([data.tasks[i][0] for i in test_ids])
-    Yt = np.concatenate([data.tasks[i][1][:, cols] for i in test_ids])
+    ids = {"test": perm[:n_test_patients], "val": perm[n_test_patients : n_test_patients + n_val_patients],
+           "train": perm[n_test_patients + n_val_patients :]}
+    return _standardized_split({name: [(data.tasks[i][0], data.tasks[i][1][:, cols]) for i in part]
+                                for name, part in ids.items()})
+
+
+def _standardized_split(parts: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> Split:
+    """The Split of the (x, y) blocks of "train", "test" and (if non-empty) "val", x and y
+    standardized with the training mean/std: a ← (a − μ)/σ (σ = 0 read as 1)."""
+    X, Y = (np.concatenate([b[i] for b in parts["train"]]) for i in (0, 1))
     mx, sx = X.mean(0), X.std(0)
     sx[sx == 0] = 1.0
     my, sy = Y.mean(0), Y.std(0)
     sy[sy == 0] = 1.0
 
-    def f(a: np.ndarray) -> Tensor:
-        return torch.from_numpy(a).float()
+    def f(name: str, i: int) -> Tensor:
+        mu, sd = (mx, sx) if i == 0 else (my, sy)
+        return torch.from_numpy((np.concatenate([b[i] for b in parts[name]]) - mu) / sd).float()
 
-    split = Split(f((X - mx) / sx), f((Y - my) / sy), f((Xt - mx) / sx), f((Yt - my) / sy), float(sy[0]))
-    if n_val_patients:
-        Xv = np.concatenate([data.tasks[i][0] for i in val_ids])
-        Yv = np.concatenate([data.tasks[i][1][:, cols] for i in val_ids])
-        split.xv, split.yv = f((Xv - mx) / sx), f((Yv - my) / sy)
+    split = Split(f("train", 0), f("train", 1), f("test", 0), f("test", 1), float(sy[0]))
+    if sum(len(b[0]) for b in parts.get("val", ())):
+        split.xv, split.yv = f("val", 0), f("val", 1)
     return split
 
 
@@ -144,19 +147,7 @@ def parkinsons_time_split(data: TaskData, test_frac: float = 0.3, val_frac: floa
             raise ValueError(f"a patient with {n} recordings leaves no training rows; lower test_frac/val_frac.")
         for name, sl in (("train", idx[:n_train]), ("val", idx[n_train : n_train + n_val]), ("test", idx[n_train + n_val :])):
             parts[name].append((x[sl][:, keep], y[sl][:, cols]))
-    X, Y = (np.concatenate([p[i] for p in parts["train"]]) for i in (0, 1))
-    mx, sx = X.mean(0), X.std(0)
-    sx[sx == 0] = 1.0
-    my, sy = Y.mean(0), Y.std(0)
-    sy[sy == 0] = 1.0
-
-    def f(name: str, i: int, mu: np.ndarray, sd: np.ndarray) -> Tensor:
-        return torch.from_numpy((np.concatenate([p[i] for p in parts[name]]) - mu) / sd).float()
-
-    split = Split(f("train", 0, mx, sx), f("train", 1, my, sy), f("test", 0, mx, sx), f("test", 1, my, sy), float(sy[0]))
-    if val_frac:
-        split.xv, split.yv = f("val", 0, mx, sx), f("val", 1, my, sy)
-    return split
+    return _standardized_split(parts)
 
 
 def multimnist_split(data: MultiDigits, n_train: int, n_test: int, seed: int) -> Split:
