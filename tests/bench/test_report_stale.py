@@ -34,6 +34,13 @@ def _train(cfg, out, labels=None):
             if labels is None or r.label in labels or r.is_single_task]
 
 
+def _cli_toml(name: str, methods: list[str], single_task: bool = False) -> str:
+    """A tiny synthetic TOML config with an ``{epochs}`` field to fill (changing it makes runs stale)."""
+    return (f'name = "{name}"\ndataset = "synthetic"\nmethods = {json.dumps(methods)}\nepochs = {{epochs}}\n'
+            'batch_size = 32\n' + ("single_task = true\n" if single_task else "")
+            + '[optimizer]\nname = "sgd"\nlr = 0.05\n[data]\nn_train = 32\nn_test = 16\n')
+
+
 def _table_labels(md: str, experiment: str = "tiny") -> list[str]:
     """Method labels of the rows of ``experiment``'s table (not of the stale section)."""
     lines = md.split(f"### {experiment}\n", 1)[1].lstrip("\n").splitlines()
@@ -134,8 +141,7 @@ def test_folder_report_keeps_the_protocol_of_the_newest_result(tmp_path) -> None
 def test_cli_bench_and_report_exclude_stale_runs(tmp_path) -> None:
     from taskgrad.cli import main
 
-    toml = ('name = "cli"\ndataset = "synthetic"\nmethods = ["mean", "mgda"]\nepochs = {epochs}\nbatch_size = 32\n'
-            'single_task = true\n[optimizer]\nname = "sgd"\nlr = 0.05\n[data]\nn_train = 32\nn_test = 16\n')
+    toml = _cli_toml("cli", ["mean", "mgda"], single_task=True)
     path, out = tmp_path / "c.toml", tmp_path / "out"
     path.write_text(toml.format(epochs=1))
     assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 0
@@ -177,8 +183,7 @@ def test_cli_quiet_bench_still_reports_the_recompute(tmp_path) -> None:
     from taskgrad.bench.runner import StaleResultWarning
     from taskgrad.cli import main
 
-    toml = ('name = "q"\ndataset = "synthetic"\nmethods = ["mean"]\nepochs = {epochs}\nbatch_size = 32\n'
-            '[optimizer]\nname = "sgd"\nlr = 0.05\n[data]\nn_train = 32\nn_test = 16\n')
+    toml = _cli_toml("q", ["mean"])
     path, out = tmp_path / "c.toml", tmp_path / "out"
     path.write_text(toml.format(epochs=1))
     assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 0

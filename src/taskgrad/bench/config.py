@@ -408,7 +408,7 @@ def _yaml_loader() -> Any:
     error = yaml.constructor.ConstructorError
     merge_tag = "tag:yaml.org,2002:merge"
 
-    def merged(loader: Any, key_node: Any, value_node: Any, deep: bool) -> dict[Any, Any]:
+    def merged(loader: Any, value_node: Any, deep: bool) -> dict[Any, Any]:
         """The keys a merge key ``<<`` brings in: one mapping, or a list of them (earlier ones win)."""
         sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
         out: dict[Any, Any] = {}
@@ -428,7 +428,7 @@ def _yaml_loader() -> Any:
                 if base is not None:
                     raise error(None, None, "two merge keys `<<` in one mapping: merge a list, `<<: [*a, *b]`",
                                 key_node.start_mark)
-                base = merged(loader, key_node, value_node, deep)
+                base = merged(loader, value_node, deep)
                 continue
             key = loader.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:  # e.g. `? [a, b]`
