@@ -194,3 +194,16 @@ def test_all_columns_are_built_once_and_equal_the_centered_design(fit_intercept:
     est = MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept).fit(X, Y)  # every feature active
     ref = sk.MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept, tol=1e-10, max_iter=100_000).fit(X, Y)
     np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["cd", "apg"])
+@pytest.mark.parametrize("tol", [1e-4, 1e-2, 0.25])
+def test_below_alpha_max_is_never_all_zero_at_the_gap_boundary(reg_data, solver, tol):
+    """At α = (1 − √tol)·α_max the duality gap of W = 0 equals tol·f(0) exactly, so rounding alone
+    decided whether the all-zero solution passed the stopping test; any α < α_max must move W."""
+    X, Y = reg_data
+    alpha = (1 - np.sqrt(tol)) * alpha_max_l21(X, Y)
+    m = MultiTaskLasso(alpha=alpha, tol=tol, solver=solver).fit(X, Y)
+    assert np.any(m.coef_ != 0) and m.n_iter_ > 0
+    enet = MultiTaskElasticNet(alpha=alpha / 0.5, l1_ratio=0.5, tol=tol, solver=solver).fit(X, Y)
+    assert np.any(enet.coef_ != 0)

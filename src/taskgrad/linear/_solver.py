@@ -99,6 +99,17 @@ def alpha_max_of(P: Problem, pen: int) -> float:
     return float(dual_norms(V, pen).max()) if V.size else 0.0
 
 
+def zero_is_not_optimal(P: Problem, a1: float, pen: int) -> bool:
+    """True when α < α_max: W = 0 violates max_j Ω*_j(x_jᵀθ₀) ≤ a1, so it is not optimal.
+
+    At W = 0 and α = (1 − √tol)·α_max the duality gap equals tol·f(0) exactly (the scaled dual
+    point gives gap = (1 − α/α_max)²·f(0) for the quadratic loss), so the stopping test alone would
+    let rounding decide whether the all-zero solution is returned; the solvers instead make at
+    least one pass whenever W = 0 is known not to be optimal.
+    """
+    return alpha_max_of(P, pen) > a1
+
+
 _EMPTY_F = np.zeros(0)
 _EMPTY_I = np.zeros(0, dtype=np.int32)
 _DUMMY_X = np.zeros((1, 1), order="F")
@@ -296,7 +307,8 @@ def solve_cd(
             check_first = True
         else:
             gap, theta, V, _ = duality_gap(P, W, b, Z, a1, a2, pen)
-            if gap <= tol_abs:
+            if gap <= tol_abs and not (
+                    n_epochs == 0 and not W.any() and zero_is_not_optimal(P, a1, pen)):
                 converged = True
                 break
             if n_epochs >= max_iter:

@@ -17,7 +17,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._problem import Problem
-from ._solver import SolverResult, datafit_at_zero
+from ._solver import SolverResult, datafit_at_zero, zero_is_not_optimal
 
 
 def _entr(u: torch.Tensor) -> torch.Tensor:
@@ -242,7 +242,8 @@ def solve_apg(
         if it % check_every == 0:
             Z = ops.mv(W, b)
             gap = _gap(ops, W, b, Z, a1, a2, pen)  # refits b (a better point, kept)
-            if gap <= tol_abs:
+            if gap <= tol_abs and not (
+                    it == 0 and not bool(W.any()) and zero_is_not_optimal(P, a1, pen)):
                 converged = True
                 break
             if it >= max_iter:
