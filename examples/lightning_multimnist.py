@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import taskgrad
 from taskgrad.lightning import TaskGradMixin
-from taskgrad.logging import CSVLogger, report
+from taskgrad.tracking import CSVLogger, report
 
 try:
     import lightning.pytorch as pl

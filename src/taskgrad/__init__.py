@@ -5,7 +5,7 @@ update is d = Jᵀw, which costs one backward of Σ wᵢLᵢ.
 
 The core (solvers, methods, sources, training) is imported with the package; the other
 subpackages (``taskgrad.linear``, ``taskgrad.second_order``, ``taskgrad.regularize``,
-``taskgrad.noisy``, ``taskgrad.distributed``, ``taskgrad.logging``, ``taskgrad.datasets``,
+``taskgrad.noisy``, ``taskgrad.distributed``, ``taskgrad.tracking``, ``taskgrad.datasets``,
 ``taskgrad.models``, ``taskgrad.bench``) load on first use.
 """
 
@@ -26,17 +26,18 @@ _LAZY = {
     "distributed",
     "lightning",
     "linear",
-    "logging",
     "models",
     "noisy",
     "regularize",
     "second_order",
+    "tracking",
 }
+_DEPRECATED = {"logging"}  # taskgrad.logging: the old name of taskgrad.tracking (warns on import)
 
 
 def __getattr__(name: str) -> Any:
     """Import the optional subpackages on first attribute access (``taskgrad.linear`` …)."""
-    if name in _LAZY:
+    if name in _LAZY or name in _DEPRECATED:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'taskgrad' has no attribute {name!r}")
 

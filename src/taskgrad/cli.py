@@ -92,7 +92,7 @@ def _report(args: argparse.Namespace) -> int:
 
     target = Path(args.path)
     if target.is_file():  # a CSV training log: weights, gradient cosines, κ(G) over training
-        from .logging import report as log_report
+        from .tracking import report as log_report
 
         out = Path(args.out) if args.out else target.with_suffix("")
         for p in log_report(target, out):
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="rebuild tables and plots from saved runs in a folder, or plot a CSV training log",
     )
-    rep.add_argument("path", help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.logging.CSVLogger")
+    rep.add_argument("path", help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.tracking.CSVLogger")
     rep.add_argument("--md", default=None, help="(runs) also write the Markdown report to this file")
     rep.add_argument("--config", nargs="+", default=None,
                      help="(runs) the config files the runs should be of: a saved run of another config is "

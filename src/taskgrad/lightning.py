@@ -24,7 +24,7 @@ plugin and strategy do the backward) → ``optimizer.step()``. A step with a non
 Gram or weights on any rank is skipped on every rank. Each step logs ``taskgrad/weight/<task>``,
 ``taskgrad/loss/<task>``, ``taskgrad/cos/<a>|<b>``, ``taskgrad/gram_cond`` and
 ``taskgrad/active_constraints`` through ``self.log`` and, when given, a
-:class:`taskgrad.logging.TrainingLogger` (written by rank 0).
+:class:`taskgrad.tracking.TrainingLogger` (written by rank 0).
 
 Learning-rate schedulers are not stepped automatically under manual optimization: call
 ``self.lr_schedulers().step()`` where you want it (e.g. in ``on_train_epoch_end``).
@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from .distributed.step import DistributedStep, DistributedStepResult
-from .logging.loggers import TrainingLogger
-from .logging.stats import step_scalars
+from .tracking.loggers import TrainingLogger
+from .tracking.stats import step_scalars
 from .methods.base import Weighting
 from .sources.objects import GramSource
 

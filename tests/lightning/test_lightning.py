@@ -13,7 +13,7 @@ from torch import nn
 
 import taskgrad
 from taskgrad.lightning import TaskGradMixin, lightning_available
-from taskgrad.logging import MemoryLogger
+from taskgrad.tracking import MemoryLogger
 
 pytestmark = pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
 

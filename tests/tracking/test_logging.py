@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import taskgrad
-from taskgrad.logging import (
+from taskgrad.tracking import (
     CSVLogger,
     MemoryLogger,
     MultiLogger,
@@ -138,7 +138,7 @@ def test_tensorboard_round_trip(tmp_path):
 
 
 def test_tensorboard_absent_gives_clear_error(monkeypatch):
-    import taskgrad.logging.loggers as lg
+    import taskgrad.tracking.loggers as lg
 
     monkeypatch.setattr(lg, "tensorboard_available", lambda: False)
     with pytest.raises(ImportError, match="pip install tensorboard"):

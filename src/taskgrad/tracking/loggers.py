@@ -195,7 +195,7 @@ def read_csv_log(path: str | os.PathLike) -> dict[str, tuple[list[int], list[flo
     """{name: (steps, values)} from a :class:`CSVLogger` file."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"no log at {p}; write one with taskgrad.logging.CSVLogger.")
+        raise FileNotFoundError(f"no log at {p}; write one with taskgrad.tracking.CSVLogger.")
     with open(p, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)

@@ -2,7 +2,7 @@
 
 All functions take the ``{name: (steps, values)}`` mapping of :func:`read_csv_log` (or
 ``MemoryLogger.series()``) and return the matplotlib Figure (``path`` also saves it).
-:func:`report` writes every plot for a CSV log: ``python -m taskgrad.logging.report LOG.csv --out DIR``.
+:func:`report` writes every plot for a CSV log: ``taskgrad report LOG.csv``.
 """
 
 from __future__ import annotations
