@@ -50,8 +50,12 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
 
     torch.manual_seed(0)
     k, width, d_in, b = cfg["k"], cfg["width"], cfg["d_in"], cfg["batch"]
-    base = Net(d_in, width, k)
-    ddp = nn.parallel.DistributedDataParallel(base)
+    cuda = cfg.get("device", "cpu") == "cuda"  # one GPU per rank (NCCL)
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    base = Net(d_in, width, k).to(device)
+    ddp = nn.parallel.DistributedDataParallel(base, device_ids=[rank] if cuda else None)
     hook = FeatureHook(base.encoder)
     opt = torch.optim.SGD(ddp.parameters(), lr=1e-3)
     traffic = Traffic()
@@ -62,8 +66,8 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
                   "sketch": SketchGram(r=cfg.get("r", 16), seed=0)}[src]
         step = DistributedStep(taskgrad.MGDA(), source, traffic=traffic)
     g = torch.Generator().manual_seed(rank)
-    x = torch.randn(b, d_in, generator=g)
-    y = torch.randn(b, k, generator=g)
+    x = torch.randn(b, d_in, generator=g).to(device)
+    y = torch.randn(b, k, generator=g).to(device)
     times = []
     for t in range(warmup + steps):
         dist.barrier()
@@ -77,7 +81,9 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
             kw = {"loss_fn": ModuleLoss(base, lambda o: _losses(o[0], y), x)} if src == "sketch" else {}
             step.backward(losses, features=hook.value, **kw)
         opt.step()
-        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if cuda:
+            torch.cuda.synchronize(device)
+        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
         dist.all_reduce(dt, op=dist.ReduceOp.MAX)
         if t >= warmup:
             times.append(float(dt))
@@ -105,6 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cpu: 2 gloo ranks; cuda: one NCCL rank per GPU, batch 256 per rank")
     args = ap.parse_args()
     from taskgrad.distributed import run_on_ranks
 
@@ -115,11 +123,14 @@ def main() -> None:
     for width in widths:
         for k in ks:
             for source in ("sum", "representation", "sketch", "full"):
-                configs.append({"k": k, "width": width, "d_in": 64, "batch": 64, "source": source, "r": 16})
+                configs.append({"k": k, "width": width, "d_in": 64, "batch": 256 if args.device == "cuda" else 64,
+                                "source": source, "r": 16, "device": args.device})
     steps = 3 if args.quick else args.steps
     path = OUT / "distributed.json"
     t0 = time.time()
-    run_on_ranks(worker, 2, args=(configs, 2, steps, str(path)), timeout=590, threads=1)
+    world = torch.cuda.device_count() if args.device == "cuda" else 2
+    run_on_ranks(worker, world, args=(configs, 2, steps, str(path)), timeout=590, threads=1,
+                 backend="nccl" if args.device == "cuda" else "gloo")
     rows = json.loads(path.read_text())
     base = {(r["k"], r["width"]): r["median_s"] for r in rows if r["source"] == "sum"}
     for r in rows:
@@ -129,7 +140,7 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n2 ranks, gloo, CPU ({time.time() - t0:.0f} s)")
+    print(f"\n{world} ranks, {'NCCL, GPU' if args.device == 'cuda' else 'gloo, CPU'} ({time.time() - t0:.0f} s)")
     print(f"{'width':>5} {'k':>3} {'P':>8} {'source':>15} {'ms/step':>8} {'× sum':>6} {'taskgrad floats':>15} "
           f"{'bytes':>9} {'calls':>5} {'DDP floats':>10}")
     for r in rows:
