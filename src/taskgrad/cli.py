@@ -92,10 +92,18 @@ def _report(args: argparse.Namespace) -> int:
 
     target = Path(args.path)
     if target.is_file():  # a CSV training log: weights, gradient cosines, κ(G) over training
+        import warnings
+
+        from .tracking import NothingToPlotWarning
         from .tracking import report as log_report
 
         out = Path(args.out) if args.out else target.with_suffix("")
-        for p in log_report(target, out):
+        with warnings.catch_warnings(record=True) as caught:  # an empty log: its message, no source line
+            warnings.simplefilter("always", NothingToPlotWarning)
+            written = log_report(target, out)
+        for w in caught:
+            print(w.message)
+        for p in written:
             print(p)
         return 0
     from .bench.config import load_config

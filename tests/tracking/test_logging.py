@@ -188,3 +188,67 @@ def test_report_writes_plots(tmp_path):
     with pytest.raises(ValueError, match="not a taskgrad CSV log"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         read_csv_log(tmp_path / "bad.csv")
+
+
+def _result(w):
+    class R:
+        skipped = False
+        weights = torch.tensor(w)
+        gram = None
+        losses = torch.tensor([1.0, 2.0])
+
+    return R()
+
+
+def test_multi_logger_keeps_its_childrens_task_names(tmp_path):
+    a = MemoryLogger(names=["left", "right"])
+    with CSVLogger(tmp_path / "log.csv", names=["left", "right"]) as b:
+        multi = MultiLogger([a, b])
+        assert multi.names == ["left", "right"]
+        multi.log_step(0, _result([0.25, 0.75]))
+    assert {n for _, n, _ in a.rows} >= {"weight/left", "weight/right", "loss/left"}
+    assert read_csv_log(tmp_path / "log.csv")["weight/right"] == ([0], [0.75])
+    # names given to the MultiLogger (or set later, as the Lightning mixin does) reach the children
+    c, d = MemoryLogger(), MemoryLogger()
+    late = MultiLogger([c, d])
+    late.names = ["x", "y"]
+    late.log_step(0, _result([0.5, 0.5]))
+    assert c.names == d.names == ["x", "y"] and "weight/y" in {n for _, n, _ in d.rows}
+    with pytest.raises(ValueError, match="different task names"):
+        MultiLogger([MemoryLogger(names=["a", "b"]), MemoryLogger(names=["b", "a"])])
+
+
+@pytest.mark.parametrize("content", ["", "step,name,value\n", "step,name,value\n3,skipped,1.0\n"])
+def test_report_of_a_log_with_nothing_to_plot_warns_instead_of_failing(tmp_path, content):
+    from taskgrad.tracking import NothingToPlotWarning
+
+    (tmp_path / "log.csv").write_text(content)
+    with pytest.warns(NothingToPlotWarning, match="no weights, cosines or Gram statistics.*every"):
+        assert report(tmp_path / "log.csv", tmp_path / "plots") == []
+    assert not (tmp_path / "plots").exists()
+
+
+def test_short_run_with_every_larger_than_the_run_reports_nothing_without_crashing(tmp_path):
+    from taskgrad.tracking import NothingToPlotWarning
+
+    with CSVLogger(tmp_path / "log.csv", names=["a", "b"], every=5) as log:
+        for t in range(1, 5):  # steps 1..4: none is a multiple of every=5
+            log.log_step(t, _result([0.5, 0.5]))
+    with pytest.warns(NothingToPlotWarning, match="no logged step"):
+        assert report(tmp_path / "log.csv", tmp_path / "plots") == []
+
+
+def test_report_draws_the_logged_losses(tmp_path):
+    with CSVLogger(tmp_path / "log.csv", names=["a", "b"]) as log:
+        for t in range(4):
+            log.log_step(t, _result([0.5, 0.5]))
+    files = report(tmp_path / "log.csv", tmp_path / "plots")
+    assert sorted(f.name for f in files) == ["losses.png", "weights.png"]
+
+
+def test_cli_report_of_an_empty_log_prints_the_reason(tmp_path, capsys):
+    from taskgrad.cli import main as cli_main
+
+    (tmp_path / "log.csv").write_text("step,name,value\n")
+    assert cli_main(["report", str(tmp_path / "log.csv"), "--out", str(tmp_path / "plots")]) == 0
+    assert "no weights, cosines or Gram statistics to plot" in capsys.readouterr().out

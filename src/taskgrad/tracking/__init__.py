@@ -14,13 +14,22 @@ from .loggers import (
     read_csv_log,
     tensorboard_available,
 )
-from .plots import cosine_matrix, plot_conditioning, plot_cosine_heatmap, plot_weights, report
+from .plots import (
+    NothingToPlotWarning,
+    cosine_matrix,
+    plot_conditioning,
+    plot_cosine_heatmap,
+    plot_losses,
+    plot_weights,
+    report,
+)
 from .stats import active_constraints, condition_number, gradient_cosines, step_scalars, task_names
 
 __all__ = [
     "CSVLogger",
     "MemoryLogger",
     "MultiLogger",
+    "NothingToPlotWarning",
     "TensorBoardLogger",
     "TrainingLogger",
     "active_constraints",
@@ -29,6 +38,7 @@ __all__ = [
     "gradient_cosines",
     "plot_conditioning",
     "plot_cosine_heatmap",
+    "plot_losses",
     "plot_weights",
     "read_csv_log",
     "report",

@@ -161,14 +161,38 @@ class TensorBoardLogger(TrainingLogger):
 
 
 class MultiLogger(TrainingLogger):
-    """Forwards every call to several loggers (their own ``every``/``names`` are ignored)."""
+    """Forwards every call to several loggers (their own ``every`` is ignored).
+
+    Task names: ``names`` if given, else the names the children were given (they must agree);
+    a MultiLogger whose names are set later (e.g. by the Lightning mixin) passes them on.
+    """
 
     def __init__(self, loggers: Iterable[TrainingLogger], names: Sequence[str] | None = None, *, every: int = 1,
                  tol: float = 1e-6) -> None:
-        super().__init__(names, every=every, tol=tol)
         self.loggers = list(loggers)
         if not self.loggers:
             raise ValueError("MultiLogger needs at least one logger.")
+        given = {tuple(lg.names) for lg in self.loggers if lg.names is not None}
+        if names is None and len(given) > 1:
+            raise ValueError(
+                f"the loggers of a MultiLogger were given different task names {sorted(given)}: give "
+                "them the same names, or pass names= to the MultiLogger."
+            )
+        if names is None and given:
+            names = list(given.pop())
+        super().__init__(names, every=every, tol=tol)
+
+    @property
+    def names(self) -> list[str] | None:
+        """The task names used for ``weight/<task>`` etc. (set on the children too)."""
+        return self._names
+
+    @names.setter
+    def names(self, value: Sequence[str] | None) -> None:
+        self._names = None if value is None else list(value)
+        for lg in getattr(self, "loggers", ()):
+            if value is not None:
+                lg.names = list(value)
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
         for lg in self.loggers:
@@ -199,6 +223,8 @@ def read_csv_log(path: str | os.PathLike) -> dict[str, tuple[list[int], list[flo
     with open(p, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
+        if header is None:  # created but never flushed (a run stopped before its first row)
+            return {}
         if header != ["step", "name", "value"]:
             raise ValueError(f"{p} is not a taskgrad CSV log (header {header}, expected step,name,value).")
         rows = [(int(s), n, float(v)) for s, n, v in reader]

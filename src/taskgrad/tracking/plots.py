@@ -8,13 +8,15 @@ All functions take the ``{name: (steps, values)}`` mapping of :func:`read_csv_lo
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["cosine_matrix", "plot_conditioning", "plot_cosine_heatmap", "plot_weights", "report"]
+__all__ = ["NothingToPlotWarning", "cosine_matrix", "plot_conditioning", "plot_cosine_heatmap", "plot_losses",
+           "plot_weights", "report"]
 
 Series = Mapping[str, tuple[list[int], list[float]]]
 
@@ -83,6 +85,27 @@ def plot_weights(log: Series, path: str | os.PathLike | None = None, *, title: s
     return fig
 
 
+def plot_losses(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+    """One line per task: its loss Lᵢ against the step (log scale when every value is positive)."""
+    plt = _mpl()
+    names = _prefixed(log, "loss/")
+    if not names:
+        raise ValueError("the log has no task losses (loss/…).")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for n in names:
+        ax.plot(log[n][0], log[n][1], label=n[len("loss/") :], lw=1.2)
+    if all(v > 0 for n in names for v in log[n][1]):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "task losses")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any:
     """κ(G) (log scale; infinite values drawn at the top edge) and the active-constraint count."""
     plt = _mpl()
@@ -107,23 +130,42 @@ def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any
     return fig
 
 
+class NothingToPlotWarning(UserWarning):
+    """A training log holds nothing :func:`report` can draw (e.g. a run shorter than the logger's
+    ``every``); the report writes no file and says so instead of failing."""
+
+
 def report(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write weights.png, cosines.png and conditioning.png (those the log has data for)."""
+    """Write weights.png, cosines.png, conditioning.png and losses.png (those the log has data for).
+
+    Returns the files written; a log with nothing to draw (empty, or only skipped steps) writes
+    none and warns (:class:`NothingToPlotWarning`) with what the log holds.
+    """
     from .loggers import read_csv_log
 
     plt = _mpl()
     log = read_csv_log(csv_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for fname, fn in (("weights.png", plot_weights), ("cosines.png", plot_cosine_heatmap),
-                      ("conditioning.png", plot_conditioning)):
+                      ("conditioning.png", plot_conditioning), ("losses.png", plot_losses)):
         try:
-            fig = fn(log, out / fname)
+            fig = fn(log, None)
         except ValueError:
             continue  # nothing of that kind in the log
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out / fname, dpi=120)
         plt.close(fig)
         written.append(out / fname)
     if not written:
-        raise ValueError(f"{csv_path} has no weights, cosines or Gram statistics to plot.")
+        steps = sorted({s for steps, _ in log.values() for s in steps})
+        held = (f"{len(steps)} logged step(s), {steps[0]}..{steps[-1]}, with only "
+                f"{', '.join(sorted(log))}" if steps else "no logged step")
+        warnings.warn(
+            f"{csv_path} has no weights, cosines or Gram statistics to plot ({held}); no plot was "
+            "written. A run shorter than the logger's `every` steps logs nothing: train longer or "
+            "pass a smaller `every`.",
+            NothingToPlotWarning,
+            stacklevel=2,
+        )
     return written
