@@ -15,6 +15,7 @@ import importlib
 from typing import Any
 
 from . import methods, solvers, sources, training
+from ._warmup import compile_kernels
 from .methods import MGDA, Mean, PrimaryAux, Weighting
 from .training import BackwardResult, backward
 
@@ -49,6 +50,7 @@ __all__ = [
     "PrimaryAux",
     "Weighting",
     "backward",
+    "compile_kernels",
     "methods",
     "solvers",
     "sources",
