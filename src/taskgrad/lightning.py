@@ -6,7 +6,7 @@
         def __init__(self):
             super().__init__()
             self.encoder, self.heads = ..., ...
-            self.configure_taskgrad(taskgrad.MGDA(), source="representation")
+            self.configure_taskgrad(taskgrad.MGDA(), source="representation", automatic=True)
 
         def task_losses(self, batch, batch_idx):
             x, y = batch
@@ -16,18 +16,35 @@
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-The mixin turns on manual optimization and supplies ``training_step``: the task losses (and
-optional shared features z) → weights w from :class:`~taskgrad.distributed.DistributedStep`
-(exact under Lightning's DDP strategy: one all-reduce of the k×k Gram, see
-:mod:`taskgrad.distributed`) → ``self.manual_backward(Σ wᵢLᵢ)`` (so Lightning's precision
-plugin and strategy do the backward) → ``optimizer.step()``. A step with a non-finite loss,
-Gram or weights on any rank is skipped on every rank. Each step logs ``taskgrad/weight/<task>``,
-``taskgrad/loss/<task>``, ``taskgrad/cos/<a>|<b>``, ``taskgrad/gram_cond`` and
-``taskgrad/active_constraints`` through ``self.log`` and, when given, a
-:class:`taskgrad.tracking.TrainingLogger` (written by rank 0).
+The mixin supplies ``training_step``: the task losses (and optional shared features z) →
+weights w from :class:`~taskgrad.distributed.DistributedStep` (exact under Lightning's DDP
+strategy: one all-reduce of the k×k Gram, see :mod:`taskgrad.distributed`) → a backward of
+Σ wᵢLᵢ. Two ways to run it:
 
-Learning-rate schedulers are not stepped automatically under manual optimization: call
-``self.lr_schedulers().step()`` where you want it (e.g. in ``on_train_epoch_end``).
+* ``automatic=True`` (recommended): Lightning's automatic optimization is kept. ``training_step``
+  computes w and returns Σ wᵢLᵢ; Lightning then does the backward (precision plugin and
+  strategy), ``gradient_clip_val``, ``accumulate_grad_batches``, the optimizer step and the
+  learning-rate schedulers as for any module. Under ``accumulate_grad_batches=M`` every
+  micro-batch gets its own weights from its own Gram (the update is (1/M) Σₘ Σᵢ wᵢᵐ ∇Lᵢᵐ, as
+  Lightning accumulates any loss), not the weights of the Gram of the whole window (for that,
+  use :meth:`taskgrad.training.GradStep.accumulate` in a plain loop).
+* ``automatic=False`` (the default, kept for existing code): manual optimization,
+  ``self.manual_backward(Σ wᵢLᵢ)`` then ``optimizer.step()``. Lightning refuses
+  ``gradient_clip_val`` and ``accumulate_grad_batches`` under manual optimization, and
+  schedulers are not stepped: call ``self.lr_schedulers().step()`` yourself.
+
+In both, a step with a non-finite loss, Gram or weights on any rank is skipped on every rank
+(automatic: ``training_step`` returns None, so Lightning skips backward and step). Each step
+logs through ``self.log`` (so to every Lightning logger): ``loss`` (Σ wᵢLᵢ, in the progress
+bar), ``taskgrad/weight/<task>``, ``taskgrad/loss/<task>``, ``taskgrad/cos/<a>|<b>``,
+``taskgrad/gram_cond`` and ``taskgrad/active_constraints``; and, when given, to a
+:class:`taskgrad.tracking.TrainingLogger` (written by rank 0; under accumulation, the first
+micro-batch of each optimizer step).
+
+Checkpoints: the method's, source's and schedule's state (e.g. FAMO's logits and their Adam
+moments) go into Lightning checkpoints under ``checkpoint["taskgrad"]`` through
+``on_save_checkpoint``/``on_load_checkpoint``, so ``trainer.fit(model, ckpt_path=...)`` resumes
+them exactly. A module that overrides these hooks must call ``super()`` in them.
 """
 
 from __future__ import annotations
@@ -39,10 +56,10 @@ import torch
 from torch import Tensor
 
 from .distributed.step import DistributedStep, DistributedStepResult
-from .tracking.loggers import TrainingLogger
-from .tracking.stats import step_scalars
 from .methods.base import Weighting
 from .sources.objects import GramSource
+from .tracking.loggers import TrainingLogger
+from .tracking.stats import step_scalars
 
 __all__ = ["TaskGradMixin", "lightning_available"]
 
@@ -67,6 +84,7 @@ class TaskGradMixin:
         method: Weighting | None = None,
         source: GramSource | str = "auto",
         *,
+        automatic: bool = False,
         period: int = 1,
         ema: float | None = None,
         nonfinite: Literal["raise", "skip"] = "skip",
@@ -75,14 +93,19 @@ class TaskGradMixin:
         log_every: int = 1,
         log_stats: bool = True,
     ) -> None:
-        """Choose the method and source; switches the module to manual optimization.
+        """Choose the method and source, and whether Lightning keeps automatic optimization.
 
-        ``logger`` receives every ``log_every``-th applied step (rank 0 only); ``log_stats``
-        adds the Gram statistics (cosines, κ, active constraints) to ``self.log``.
+        ``automatic=True`` keeps Lightning's automatic optimization (clipping, accumulation,
+        precision plugins and schedulers work); False switches to manual optimization (see the
+        module docstring). ``logger`` receives every ``log_every``-th applied step (rank 0
+        only); ``log_stats`` adds the Gram statistics (cosines, κ, active constraints) to
+        ``self.log``.
         """
         if not isinstance(log_every, int) or log_every < 1:
             raise ValueError(f"log_every must be a positive int, got {log_every!r}.")
-        self.automatic_optimization = False
+        if not isinstance(automatic, bool):
+            raise TypeError(f"automatic must be True or False, got {automatic!r}.")
+        self.automatic_optimization = automatic
         self.taskgrad_step = DistributedStep(method, source, period=period, ema=ema, nonfinite=nonfinite,
                                              debug=debug, module=self if debug else None)  # type: ignore[arg-type]
         self.taskgrad_logger = logger
@@ -90,6 +113,7 @@ class TaskGradMixin:
         self.taskgrad_log_stats = log_stats
         self.taskgrad_last: DistributedStepResult | None = None
         self.taskgrad_skipped = 0
+        self._taskgrad_logged_step: int | None = None
 
     def task_losses(self, batch: Any, batch_idx: int) -> Mapping[str, Tensor] | tuple[Mapping[str, Tensor], Any]:
         """Return {task name: scalar loss}, or ({...}, z) with z the shared features."""
@@ -110,11 +134,14 @@ class TaskGradMixin:
             )
         return [str(n) for n in out], list(out.values()), features
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """One taskgrad step (manual optimization); returns the weighted loss, detached."""
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """One taskgrad step; returns Σ wᵢLᵢ (automatic: with its graph, for Lightning's
+        backward; manual: detached, after the step), or None for a skipped automatic step."""
         if not hasattr(self, "taskgrad_step"):
             raise RuntimeError("call self.configure_taskgrad(...) in __init__ before training.")
         names, losses, features = self._taskgrad_split(self.task_losses(batch, batch_idx))
+        if self.automatic_optimization:  # type: ignore[attr-defined]
+            return self._taskgrad_automatic(names, losses, features)
         opt = self.optimizers()  # type: ignore[attr-defined]
         if isinstance(opt, list):
             raise ValueError("TaskGradMixin drives one optimizer; configure_optimizers returned several.")
@@ -122,15 +149,34 @@ class TaskGradMixin:
         res = self.taskgrad_step.backward(losses, features=features, backward_fn=self.manual_backward)  # type: ignore[attr-defined]
         self.taskgrad_last = res
         if res.skipped:
-            self.taskgrad_skipped += 1
-            self.log("taskgrad/skipped", float(self.taskgrad_skipped), on_step=True, on_epoch=False)  # type: ignore[attr-defined]
+            self._taskgrad_skip()
             return torch.stack([x.detach() for x in losses]).sum()
         opt.step()
-        self._taskgrad_log(names, res)
-        return (res.weights.to(res.local_losses.dtype) * res.local_losses).sum()
+        total = (res.weights.to(res.local_losses.dtype) * res.local_losses).sum()
+        self._taskgrad_log(names, res, total, int(self.global_step))  # type: ignore[attr-defined]
+        return total
 
-    def _taskgrad_log(self, names: list[str], res: DistributedStepResult) -> None:
-        step = int(self.global_step)  # type: ignore[attr-defined]
+    def _taskgrad_automatic(self, names: list[str], losses: list[Tensor], features: Any) -> Tensor | None:
+        """Weights now; the weighted loss (with its graph) goes back to Lightning's backward."""
+        captured: list[Tensor] = []
+        res = self.taskgrad_step.backward(losses, features=features, backward_fn=captured.append)
+        self.taskgrad_last = res
+        if res.skipped:
+            self._taskgrad_skip()
+            return None
+        total = captured[0]
+        # the optimizer step this micro-batch contributes to (global_step counts finished steps)
+        self._taskgrad_log(names, res, total.detach(), int(self.global_step) + 1)  # type: ignore[attr-defined]
+        return total
+
+    def _taskgrad_skip(self) -> None:
+        self.taskgrad_skipped += 1
+        self.log("taskgrad/skipped", float(self.taskgrad_skipped), on_step=True, on_epoch=False)  # type: ignore[attr-defined]
+
+    def _taskgrad_log(self, names: list[str], res: DistributedStepResult, total: Tensor, step: int) -> None:
+        # Σ wᵢLᵢ on this rank's batch, shown in the progress bar
+        self.log("loss", total.detach().float(), prog_bar=True, on_step=True, on_epoch=False,  # type: ignore[attr-defined]
+                 batch_size=1)
         if step % self.taskgrad_log_every:
             return
         gram = res.gram if self.taskgrad_log_stats else None
@@ -141,7 +187,36 @@ class TaskGradMixin:
             renamed[f"taskgrad/{key}"] = v if v != float("inf") else torch.finfo(torch.float32).max
         # identical on every rank (one all-reduce made them so): no sync_dist needed
         self.log_dict(renamed, on_step=True, on_epoch=False, batch_size=1)  # type: ignore[attr-defined]
-        if self.taskgrad_logger is not None and getattr(self, "global_rank", 0) == 0:
+        if self.taskgrad_logger is not None and getattr(self, "global_rank", 0) == 0 \
+                and step != self._taskgrad_logged_step:
             if self.taskgrad_logger.names is None:
                 self.taskgrad_logger.names = names
             self.taskgrad_logger.log_step(step, res)
+            self._taskgrad_logged_step = step
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the method, source and schedule state under ``checkpoint["taskgrad"]``."""
+        parent = getattr(super(), "on_save_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+        if hasattr(self, "taskgrad_step"):
+            checkpoint["taskgrad"] = {"step": self.taskgrad_step.state_dict(), "skipped": self.taskgrad_skipped}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` stored; a checkpoint without it is an error
+        (the method would silently restart from scratch)."""
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+        if not hasattr(self, "taskgrad_step"):
+            return
+        state = checkpoint.get("taskgrad")
+        if state is None:
+            raise KeyError(
+                "this checkpoint holds no taskgrad state (checkpoint['taskgrad']): it was written by a "
+                "module without TaskGradMixin's on_save_checkpoint (one that overrides it must call "
+                "super().on_save_checkpoint(checkpoint)); resuming would restart the method from scratch."
+            )
+        self.taskgrad_step.load_state_dict(state["step"])
+        self.taskgrad_skipped = int(state.get("skipped", 0))
