@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from methods_helpers import gram, jacobian, rel
 from taskgrad import methods as M
-from taskgrad.methods import _kernels
+from taskgrad.methods import _impl
+from taskgrad.methods.kernels import common as _kernels
 
 pytestmark = pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba is not installed")
 
@@ -82,14 +83,15 @@ def test_numba_path_equals_torch_path_on_scaled_gradients(J):
     # per-task scales from 1e-3 to 1e3 (conditioning up to 1e12 in G): compare the directions.
     # The two paths order their float64 sums differently (loops vs BLAS), and the active-set
     # solves amplify that rounding by the conditioning of the active block: hypothesis found a
-    # 1.2e-9 disagreement for MGDA-UB (6 tasks, scales 1e-3…30), so the bound is 1e-7 (float64
-    # rounding times a conditioning of ~1e9; the well-conditioned tests above keep 1e-12). CAGrad's root search also stops at |‖g_w(ρ)‖ − rρ| ≤ 1e-12·rρ + 64ε·maxᵢ‖gᵢ‖
+    # 1.2e-9 disagreement for MGDA-UB (6 tasks, scales 1e-3…30) and later 1.0e-7 (5 tasks, one
+    # 500x larger than the rest, a near-degenerate active set), so the bound is 1e-6 (float64
+    # rounding times a conditioning of ~1e10; the well-conditioned tests above keep 1e-12). CAGrad's root search also stops at |‖g_w(ρ)‖ − rρ| ≤ 1e-12·rρ + 64ε·maxᵢ‖gᵢ‖
     # on both paths, an absolute term that lets the two stop ~1e-9 apart in ρ.
     for name in SOLVERS:
         ref, ours = pair(name, gram(J))
         assert (ref is None) == (ours is None), name
         if ref is not None:
-            assert rel(ours @ J, ref @ J) < 1e-7, name
+            assert rel(ours @ J, ref @ J) < 1e-6, name
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
@@ -263,13 +265,15 @@ def test_cuda_gram_auto_path_matches_cpu():
 def test_auto_runs_the_host_kernels_on_a_cpu_gram(name, monkeypatch):
     """impl="auto" on a CPU Gram goes through the compiled kernels (a spy on the kernel module
     counts the calls), and impl="torch" never does — the two paths agree, so only a spy can tell."""
-    from taskgrad.methods import aggregators
-
     calls: list[str] = []
+    real_kernel = _impl.kernel
 
     class Spy:
+        def __init__(self, module):
+            self.module = module
+
         def __getattr__(self, attr):
-            value = getattr(_kernels, attr)
+            value = getattr(self.module, attr)
             if callable(value):
                 def wrapped(*args, **kwargs):
                     calls.append(attr)
@@ -277,7 +281,7 @@ def test_auto_runs_the_host_kernels_on_a_cpu_gram(name, monkeypatch):
                 return wrapped
             return value
 
-    monkeypatch.setattr(aggregators, "_k", lambda: Spy())
+    monkeypatch.setattr(_impl, "kernel", lambda name: Spy(real_kernel(name)))
     make = {"pcgrad": lambda impl: M.PCGrad(generator=torch.Generator().manual_seed(0), impl=impl),
             "gradvac": lambda impl: M.GradVac(generator=torch.Generator().manual_seed(0), impl=impl)}.get(name, SOLVERS.get(name))
     G = gram(jacobian(5, 30, 3, correlated=0.0))
@@ -306,7 +310,7 @@ def test_min_norm_kernel_on_all_zero_gradients_is_uniform():
 def test_min_norm_weights_compiled_equals_solver_and_meets_kkt(k):
     """min_norm_weights on the host equals the solvers' min_norm_simplex on a batch (2, 3, k, k),
     and satisfies MGDA's KKT conditions: α in the simplex, (Gα)ᵢ ≥ αᵀGα with equality where αᵢ > 0."""
-    from taskgrad.methods.aggregators import min_norm_weights
+    from taskgrad.methods._impl import min_norm_weights
     from taskgrad.solvers import min_norm_simplex
 
     G = torch.stack([gram(jacobian(k, 3 * k, seed, correlated=0.3)) for seed in range(6)]).reshape(2, 3, k, k)

@@ -79,7 +79,7 @@ def test_aligned_mtl_balances_and_is_scale_invariant(J, c):
     # every loss by c leaves the weights unchanged (d scales by c)
     k = J.shape[0]
     G = gram(J)
-    from taskgrad.methods.aggregators import aligned_mtl_balance
+    from taskgrad.methods.gram.aligned_mtl import aligned_mtl_balance
 
     B = aligned_mtl_balance(G.unsqueeze(0))[0]
     lam = torch.linalg.eigvalsh(G)

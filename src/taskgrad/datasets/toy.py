@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..methods.aggregators import UndefinedMethodError
+from ..methods.errors import UndefinedMethodError
 from ..methods.base import Weighting
 
 __all__ = ["PARETO_Y", "STARTS", "pareto_front", "toy_losses", "trajectories"]

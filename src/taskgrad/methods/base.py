@@ -16,14 +16,22 @@ attributes, advance it once per call, and expose ``state_dict()`` / ``load_state
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .._stateful import Stateful
 from ..solvers._checks import check_finite, check_float, check_gram
 
 __all__ = ["Weighting", "check_losses"]
+
+# reduced precisions are computed in float32 (and the weights returned in the input's dtype)
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _widen(x: Tensor | None) -> Tensor | None:
+    return x.float() if x is not None and x.dtype in _REDUCED else x
 
 
 def check_losses(losses: Tensor, k: int | None = None) -> int:
@@ -37,11 +45,14 @@ def check_losses(losses: Tensor, k: int | None = None) -> int:
     return losses.shape[-1]
 
 
-class Weighting(ABC):
+class Weighting(Stateful, ABC):
     """Base class of every method: ``w = method(gram=G, losses=L)``.
 
     Subclasses set ``needs`` and implement :meth:`compute`. The base class validates inputs,
-    calls :meth:`compute`, and checks that the result is finite and of shape (..., k).
+    calls :meth:`compute`, and checks that the result is finite and of shape (..., k). Inputs in
+    float16 or bfloat16 are computed in float32 and the weights returned in the input's dtype.
+    Stateless methods inherit ``state_dict() == {}`` and a ``repr`` of their public attributes
+    from :class:`~taskgrad._stateful.Stateful`; stateful ones override the state methods.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"gram"})
@@ -52,6 +63,8 @@ class Weighting(ABC):
 
     def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
         """Validate the inputs named in ``needs`` and return the weights (..., k)."""
+        out_dtype = next((x.dtype for x in (gram, losses) if x is not None and x.dtype in _REDUCED), None)
+        gram, losses = _widen(gram), _widen(losses)
         k = None
         if "gram" in self.needs:
             if gram is None:
@@ -69,7 +82,7 @@ class Weighting(ABC):
         w = self.compute(gram=gram, losses=losses)
         if k is not None and w.shape[-1] != k:
             raise RuntimeError(f"{type(self).__name__} returned {w.shape[-1]} weights for {k} tasks.")
-        return w
+        return w if out_dtype is None else w.to(out_dtype)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         """Direction d = Jᵀ w(J Jᵀ) for an explicit Jacobian J of shape (k, P) (or (..., k, P))."""
@@ -88,19 +101,6 @@ class Weighting(ABC):
 
     def reset(self) -> None:
         """Forget any state (stateless methods have none)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless methods)."""
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
-        if state_dict:
-            raise ValueError(f"{type(self).__name__} is stateless but got state {sorted(state_dict)}.")
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({params})"
 
 
 def _uniform(like: Tensor, k: int) -> Tensor:

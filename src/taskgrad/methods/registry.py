@@ -1,114 +1,236 @@
-"""One way to name methods: ``get("cagrad", c=0.4)`` and ``available()`` (name -> description)."""
+"""Method names and the method-info table: ``get("cagrad", c=0.4)``, ``available()``, ``infos()``.
+
+A method registers itself in its own file with :func:`register_method` (a class decorator) and
+declares its properties in a :class:`MethodInfo`: where it is defined, whether it never
+conflicts with a task, permutation equivariance, invariance to each task's scale, state and
+randomness. ``tests/methods/test_methods_registry.py`` checks every declared property of every
+registered method, and fails for a method that declares none.
+
+Names are looked up case-, space-, '-' and '_'-insensitively (``"Nash_MTL"``, ``"nash mtl"``,
+``"NashMTL"`` are the same), through each method's aliases (class names, LibMTL and TorchJD
+names); an unknown name raises ``KeyError`` with the closest names.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from .aggregators import (
-    CAGrad,
-    DBMTL,
-    AlignedMTL,
-    DualProj,
-    FairGrad,
-    GradVac,
-    IMTLG,
-    MGDAUB,
-    NashMTL,
-    PCGrad,
-    RandomGradient,
-    UPGrad,
-)
-from .aux_baselines import CosineGatedAux, OLAux, PCGradAux, PrimaryOnly, Sum
-from .base import Weighting
-from .core import MGDA, Mean, PrimaryAux
-from .loss_weightings import (
-    DWA,
-    FAMO,
-    RLW,
-    STCH,
-    GeneralizedMean,
-    GeometricMean,
-    GradNorm,
-    GradientNormalization,
-    IMTLL,
-    InitialLossNormalization,
-    LogSum,
-    PriorLossNormalization,
-    UncertaintyWeighting,
-)
+__all__ = ["DEFINED", "MethodInfo", "available", "describe", "get", "infos", "register", "register_method"]
 
-__all__ = ["available", "get", "register"]
+#: the values of :attr:`MethodInfo.defined` (the generic tests know how to check each one)
+DEFINED: dict[str, str] = {
+    "everywhere": "finite weights for every Gram matrix and every finite loss vector",
+    "positive-losses": "finite weights for every Gram matrix when every loss is > 0",
+    "zero-not-in-hull": "defined iff some d has <g_i, d> > 0 for all i (0 not in the convex hull "
+    "of the gradients); raises UndefinedMethodError otherwise",
+}
 
-_REGISTRY: dict[str, tuple[Callable[..., Weighting], str]] = {}
+FAMILIES = ("gram", "loss", "auxiliary", "jacobian")
 
 
-def _key(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(" ", "-")
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method and its declared properties (``None``: not declared).
+
+    Properties hold for the method built with its default arguments (plus ``example_kwargs``):
+
+    * ``defined``: a key of :data:`DEFINED`;
+    * ``non_conflicting``: ⟨gᵢ, d⟩ ≥ 0 for every task i wherever the method is defined;
+    * ``permutation_equivariant``: permuting the tasks permutes the weights;
+    * ``scale_invariant``: the direction of d is unchanged when each gᵢ becomes cᵢgᵢ (cᵢ > 0);
+    * ``stateful``: it keeps state advanced per call (``state_dict()`` non-empty);
+    * ``random``: it draws random numbers, from a generator it owns (``generator=`` argument,
+      saved in ``state_dict()``).
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    paper: str = ""
+    aliases: tuple[str, ...] = ()
+    family: str = ""
+    defined: str | None = None
+    non_conflicting: bool | None = None
+    permutation_equivariant: bool | None = None
+    scale_invariant: bool | None = None
+    stateful: bool | None = None
+    random: bool | None = None
+    example_kwargs: Callable[[int], Mapping[str, Any]] | None = field(default=None, repr=False)
+
+    PROPERTIES = ("defined", "non_conflicting", "permutation_equivariant", "scale_invariant", "stateful", "random")
+
+    def undeclared(self) -> list[str]:
+        """The property names this method has not declared."""
+        return [p for p in self.PROPERTIES if getattr(self, p) is None]
+
+    def example(self, k: int, **kwargs: Any) -> Any:
+        """An instance for k tasks: the defaults, plus ``example_kwargs(k)``, plus ``kwargs``."""
+        base = dict(self.example_kwargs(k)) if self.example_kwargs is not None else {}
+        return self.factory(**{**base, **kwargs})
 
 
-def register(name: str, factory: Callable[..., Weighting], description: str, *, overwrite: bool = False) -> None:
-    """Register ``factory`` (a Weighting class or a function returning one) under ``name``."""
-    key = _key(name)
-    if key in _REGISTRY and not overwrite:
-        raise ValueError(f"a method named {key!r} is already registered; pass overwrite=True to replace it.")
-    _REGISTRY[key] = (factory, description)
+_REGISTRY: dict[str, MethodInfo] = {}
+_LOOKUP: dict[str, str] = {}  # compact key -> canonical name
+
+T = TypeVar("T")
 
 
-def get(name: str, **kwargs: Any) -> Weighting:
-    """A new instance of the method registered as ``name`` (case and '-'/'_' insensitive)."""
-    key = _key(name)
-    if key not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; taskgrad.methods.available() lists them: {', '.join(sorted(_REGISTRY))}.")
-    factory, _ = _REGISTRY[key]
+def _canonical(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def _compact(name: str) -> str:
+    return re.sub(r"[^0-9a-z+]", "", name.lower())
+
+
+def _family_of(factory: Callable[..., Any]) -> str:
+    parts = getattr(factory, "__module__", "").split(".")
+    for fam in FAMILIES:
+        if fam in parts:
+            return fam
+    return ""
+
+
+def _add(info: MethodInfo, overwrite: bool) -> None:
+    if info.defined is not None and info.defined not in DEFINED:
+        raise ValueError(f"defined must be one of {sorted(DEFINED)}, got {info.defined!r} for {info.name!r}.")
+    keys = {_compact(info.name), *(_compact(a) for a in info.aliases)}
+    if not overwrite:
+        if info.name in _REGISTRY:
+            raise ValueError(f"a method named {info.name!r} is already registered; pass overwrite=True to replace it.")
+        for key in keys:
+            if key in _LOOKUP and _LOOKUP[key] != info.name:
+                raise ValueError(
+                    f"the name or alias {key!r} of {info.name!r} is already taken by {_LOOKUP[key]!r}; "
+                    "choose another alias."
+                )
+    else:
+        old = _REGISTRY.pop(info.name, None)
+        if old is not None:
+            for key in [k for k, v in _LOOKUP.items() if v == old.name]:
+                del _LOOKUP[key]
+    _REGISTRY[info.name] = info
+    for key in keys:
+        _LOOKUP[key] = info.name
+
+
+def register(
+    name: str,
+    factory: Callable[..., Any],
+    description: str,
+    *,
+    overwrite: bool = False,
+    **properties: Any,
+) -> None:
+    """Register ``factory`` (a Weighting class or a function returning one) under ``name``.
+
+    ``properties`` are the other fields of :class:`MethodInfo` (``paper``, ``aliases``,
+    ``defined``, ``non_conflicting``, ...); a method registered without them fails the registry's
+    generic tests until they are declared.
+    """
+    if "aliases" in properties:
+        properties["aliases"] = tuple(properties["aliases"])
+    properties.setdefault("family", _family_of(factory))
+    _add(MethodInfo(name=_canonical(name), factory=factory, description=description, **properties), overwrite)
+
+
+def register_method(name: str, *, description: str, overwrite: bool = False, **properties: Any) -> Callable[[T], T]:
+    """Class decorator: register the decorated Weighting class as ``name`` (see :func:`register`)."""
+
+    def deco(cls: T) -> T:
+        register(name, cls, description, overwrite=overwrite, **properties)  # type: ignore[arg-type]
+        cls.method_name = _canonical(name)  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def lookup(name: str) -> MethodInfo:
+    """The :class:`MethodInfo` registered as ``name`` or one of its aliases (KeyError with the
+    closest names otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a str, got {type(name).__name__}.")
+    key = _compact(name)
+    if key in _LOOKUP:
+        return _REGISTRY[_LOOKUP[key]]
+    close = difflib.get_close_matches(key, list(_LOOKUP), n=3, cutoff=0.6)
+    names = list(dict.fromkeys(_LOOKUP[c] for c in close))
+    hint = f" did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
+    raise KeyError(
+        f"unknown method {name!r};{hint} taskgrad.methods.available() lists them: {', '.join(sorted(_REGISTRY))}."
+    )
+
+
+def get(name: str, **kwargs: Any) -> Any:
+    """A new instance of the method registered as ``name`` (or an alias), built with ``kwargs``."""
+    info = lookup(name)
     try:
-        return factory(**kwargs)
-    except TypeError as e:
-        raise TypeError(f"method {key!r} does not accept {sorted(kwargs)}: {e}") from e
+        sig = inspect.signature(info.factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        sig = None
+    if sig is not None:
+        params = sig.parameters
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = [k for k in kwargs if k not in params] if not var_kw else []
+        if unknown:
+            raise TypeError(
+                f"method {info.name!r} does not accept the argument(s) {unknown}; it accepts "
+                f"{named or 'no arguments'} (taskgrad.methods.describe({info.name!r}) lists them)."
+            )
+        missing = [
+            n for n, p in params.items()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs
+        ]
+        if missing:
+            raise TypeError(
+                f"method {info.name!r} needs the argument(s) {missing}: e.g. "
+                f"get({info.name!r}, {', '.join(f'{m}=...' for m in missing)}) "
+                f"(taskgrad.methods.describe({info.name!r}) says what they are)."
+            )
+    return info.factory(**kwargs)
 
 
 def available() -> dict[str, str]:
     """{name: one-line description} of every registered method, sorted by name."""
-    return {k: _REGISTRY[k][1] for k in sorted(_REGISTRY)}
+    return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}
 
 
-for _name, _factory, _desc in [
-    # gradient aggregators
-    ("mean", Mean, "Equal weights 1/k: the gradient of the mean loss."),
-    ("mgda", MGDA, "MGDA: min-norm point of the convex hull of the task gradients (exact)."),
-    ("mgda-ub", MGDAUB, "MGDA on normalized gradients (l2, loss, loss+l2) as in Sener & Koltun 2018."),
-    ("pcgrad", PCGrad, "PCGrad: project conflicting gradients off each other in random order."),
-    ("gradvac", GradVac, "Gradient Vaccine: steer pairwise cosines to an EMA target."),
-    ("cagrad", CAGrad, "CAGrad: best worst-task improvement within a ball around the mean gradient (exact)."),
-    ("imtl-g", IMTLG, "IMTL-G: equal projections of the update on every unit task gradient."),
-    ("nash-mtl", NashMTL, "Nash-MTL: Nash bargaining solution G a = 1/a (exact Newton solve)."),
-    ("aligned-mtl", AlignedMTL, "Aligned-MTL: align the gradients' principal components (condition number 1)."),
-    ("upgrad", UPGrad, "UPGrad: sum of each gradient projected onto the dual cone of all gradients."),
-    ("dualproj", DualProj, "DualProj: the mean gradient projected onto the dual cone of the gradients."),
-    ("fairgrad", FairGrad, "FairGrad: alpha-fair allocation (G w)_i = w_i^(-1/alpha) (exact Newton solve)."),
-    ("db-mtl", DBMTL, "DB-MTL gradient-magnitude step: log-loss gradients rescaled to the largest norm."),
-    ("random", RandomGradient, "Random gradient weighting: softmax of Gaussian draws."),
-    ("gradient-normalization", GradientNormalization, "Gradient-norm normalization: w_i = 1/||g_i|| (Gram diagonal)."),
-    # loss-based weightings
-    ("rlw", RLW, "Random Loss Weighting: softmax of Gaussian draws, no Gram needed."),
-    ("log-sum", LogSum, "Sum of log losses: w_i = 1/L_i."),
-    ("geometric-mean", GeometricMean, "Geometric mean of the losses: w_i = GM/(k L_i)."),
-    ("generalized-mean", GeneralizedMean, "Power mean of the losses with exponent gamma."),
-    ("initial-loss", InitialLossNormalization, "Normalize each loss by its value at the first step."),
-    ("prior-loss", PriorLossNormalization, "Normalize each loss by a given prior (reference) loss."),
-    ("uncertainty", UncertaintyWeighting, "Uncertainty Weighting (Kendall 2018), learned log-variances."),
-    ("dwa", DWA, "Dynamic Weight Average: softmax of loss descent rates."),
-    ("gradnorm", GradNorm, "GradNorm: learned weights balancing gradient norms and training rates."),
-    ("famo", FAMO, "FAMO: fast adaptive multitask optimization from loss decreases."),
-    ("stch", STCH, "Smooth Tchebycheff scalarization: smooth max of weighted losses."),
-    ("imtl-l", IMTLL, "IMTL-L: learned loss scales e^s with -s regularizer."),
-    # primary/auxiliary
-    ("primary-aux", PrimaryAux, "Exact primary/auxiliary projection: closest to g0 raising no auxiliary loss."),
-    ("primary-only", PrimaryOnly, "Primary task only: w = (1, 0, ..., 0)."),
-    ("sum", Sum, "Plain sum of the losses: w = 1."),
-    ("cosine-gated", CosineGatedAux, "Auxiliaries kept when cos(g0, g_i) > 0 (Du et al. 2018, unweighted)."),
-    ("cosine-weighted", lambda **kw: CosineGatedAux(weighted=True, **kw), "Auxiliaries weighted by max(0, cos(g0, g_i)) (Du et al. 2018)."),
-    ("pcgrad-aux", PCGradAux, "PCGrad on auxiliaries only: project a conflicting auxiliary off the primary."),
-    ("ol-aux", OLAux, "OL-AUX-style online auxiliary weights from <g0, g_i>."),
-]:
-    register(_name, _factory, _desc)
+def infos() -> dict[str, MethodInfo]:
+    """{name: MethodInfo} of every registered method, sorted by name."""
+    return {k: _REGISTRY[k] for k in sorted(_REGISTRY)}
+
+
+def describe(name: str) -> str:
+    """A few lines about a method: its name, description, paper, aliases, parameters with their
+    defaults (from the signature) and declared properties."""
+    info = lookup(name)
+    lines = [f"{info.name}: {info.description}"]
+    if info.paper:
+        lines.append(f"  paper: {info.paper}")
+    if info.aliases:
+        lines.append(f"  aliases: {', '.join(info.aliases)}")
+    try:
+        params = inspect.signature(info.factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        params = {}
+    shown = [p for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if shown:
+        lines.append("  parameters:")
+        for p in shown:
+            default = "required" if p.default is p.empty else f"default {p.default!r}"
+            ann = "" if p.annotation is p.empty else (
+                p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            )
+            lines.append(f"    {p.name}{f': {ann}' if ann else ''} ({default})")
+    else:
+        lines.append("  parameters: none")
+    props = [f"{p}={getattr(info, p)}" for p in MethodInfo.PROPERTIES if getattr(info, p) is not None]
+    if props:
+        lines.append(f"  properties: {', '.join(props)}")
+    return "\n".join(lines)

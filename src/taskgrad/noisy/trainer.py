@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..methods.core import PrimaryAux
+from ..methods.auxiliary.primary_aux import PrimaryAux
 
 __all__ = ["STRATEGIES", "CleanSetTrainer", "StepResult", "glmask_alignment"]
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..methods.base import Weighting
-from ..methods.core import Mean
+from ..methods.loss.mean import Mean
 from ._closure import evaluate, method_weights
 from ._flat import flatten, unflatten
 from .products import HessianOperator, weighted_objective

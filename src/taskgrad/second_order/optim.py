@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..methods.base import Weighting
-from ..methods.core import Mean
+from ..methods.loss.mean import Mean
 from ._closure import Closure, evaluate, loss_vector, method_weights, split_output
 from ._flat import flatten, unflatten
 from .cg import conjugate_gradient

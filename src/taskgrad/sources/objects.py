@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._stateful import Stateful
 from ._graph import as_loss_vector, check_params, shared_parameters
 from .blockwise import blockwise_gram
 from .gram import parameter_gram, representation_gram
@@ -31,8 +32,11 @@ from .sketch import module_loss_fn, sketch_jacobian
 __all__ = ["FullGram", "GramSource", "JacobianGram", "ModuleLoss", "RepresentationGram", "SketchGram", "make_source"]
 
 
-class GramSource(ABC):
+class GramSource(Stateful, ABC):
     """Produces the k×k Gram matrix of the task gradients for given losses.
+
+    Stateless sources inherit ``state_dict() == {}`` and their ``repr`` from
+    :class:`~taskgrad._stateful.Stateful`.
 
     ``uses_graph``: True when G is computed from the losses' autograd graph (so it scales as
     s² when the losses are scaled by s, e.g. by a GradScaler); False for the sketch, which
@@ -52,18 +56,6 @@ class GramSource(ABC):
     ) -> Tensor:
         """G (k×k) for the k losses; raise ValueError naming what is missing."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint (empty for stateless sources)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        if state:
-            raise ValueError(f"{type(self).__name__} is stateless but got state {sorted(state)}.")
-
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({items})"
 
 
 def _params_for(losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tensor] | None) -> list[Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..methods.base import Weighting
-from ..methods.core import Mean
+from ..methods.loss.mean import Mean
 from ..sources._graph import check_params, loss_list, shared_parameters
 from ..sources.gram import parameter_gram, representation_gram
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..methods.base import Weighting
-from ..methods.core import Mean
+from ..methods.loss.mean import Mean
 from ..sources._graph import as_loss_vector, check_params
 from ..sources.blockwise import for_each_block
 from ..sources.gram import representation_gram

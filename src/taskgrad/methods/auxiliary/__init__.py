@@ -1,0 +1,1 @@
+"""Primary/auxiliary methods: one module per method, each registering itself."""

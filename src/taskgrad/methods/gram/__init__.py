@@ -1,0 +1,1 @@
+"""Gram-based aggregators: one module per method, each registering itself."""

@@ -1,0 +1,86 @@
+"""Nash-MTL: see :class:`NashMTL`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _impl
+from .._common import (
+    clone_state,
+)
+from .._impl import Impl
+from ..base import Weighting
+from ..registry import register_method
+from ._alpha_fair import _raise_undefined, alpha_fair_weights
+
+__all__ = ["NashMTL", "alpha_fair_weights"]
+
+
+@register_method(
+    "nash-mtl",
+    description="Nash-MTL: Nash bargaining solution G a = 1/a (exact Newton solve).",
+    paper="Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022",
+    aliases=("NashMTL", "Nash_MTL"),
+    defined="zero-not-in-hull",
+    non_conflicting=True,
+    permutation_equivariant=True,
+    scale_invariant=True,
+    stateful=True,
+    random=False,
+)
+class NashMTL(Weighting):
+    """Nash-MTL (Navon et al., 2022): the Nash bargaining solution, solved exactly.
+
+    The bargaining direction maximizes Σ log⟨gᵢ, d⟩ over ‖d‖ ≤ 1; d = Jᵀα with α > 0 solving
+    Gα = 1/α (elementwise), the minimizer of the strictly convex ½αᵀGα − Σ log αᵢ. The
+    reference solves it with a sequence of convex (CCP) problems in cvxpy; here Newton's method
+    (see :func:`alpha_fair_weights`) reaches the same fixed point to machine precision.
+
+    As in the reference (and TorchJD): weights are recomputed every ``update_weights_every``
+    calls and reused in between (state: the call count and the last α), and when ``max_norm``
+    > 0 the weights are scaled so that ‖Jᵀα‖ ≤ max_norm. Undefined problems (a zero gradient,
+    0 in the convex hull) raise :class:`UndefinedMethodError`.
+    """
+
+    def __init__(
+        self, max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int = 100, impl: Impl = "auto"
+    ) -> None:
+        if max_norm < 0:
+            raise ValueError(f"max_norm must be ≥ 0 (0 disables clipping), got {max_norm!r}.")
+        if not isinstance(update_weights_every, int) or update_weights_every < 1:
+            raise ValueError(f"update_weights_every must be a positive int, got {update_weights_every!r}.")
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.max_iter = max_iter
+        self.impl = _impl.check_impl(impl)
+        self._step = 0
+        self._alpha: Tensor | None = None
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert gram is not None
+        if self._step % self.update_weights_every == 0 or self._alpha is None:
+            alpha, ok = alpha_fair_weights(gram, 1.0, self.max_iter, self.impl)
+            if not bool(ok.all()):
+                _raise_undefined("Nash-MTL")
+            self._alpha = alpha
+        self._step += 1
+        alpha = self._alpha.to(gram.dtype)
+        if self.max_norm > 0:
+            norm = torch.einsum("...i,...ij,...j->...", alpha, gram, alpha).clamp_min(0).sqrt()
+            factor = torch.where(norm > self.max_norm, self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+            alpha = alpha * factor.unsqueeze(-1)
+        return alpha
+
+    def reset(self) -> None:
+        self._step = 0
+        self._alpha = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "alpha": clone_state(self._alpha)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._step = int(state_dict["step"])
+        self._alpha = clone_state(state_dict.get("alpha"))

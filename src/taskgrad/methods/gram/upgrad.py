@@ -1,0 +1,49 @@
+"""UPGrad: see :class:`UPGrad`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _impl
+from .._common import (
+    work_dtype,
+)
+from .._dual_cone import dual_cone_weights
+from .._impl import Impl
+from ..base import Weighting
+from ..registry import register_method
+
+__all__ = ["UPGrad"]
+
+
+@register_method(
+    "upgrad",
+    description="UPGrad: sum of each gradient projected onto the dual cone of all gradients.",
+    paper="Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024",
+    aliases=("UPGrad",),
+    defined="everywhere",
+    non_conflicting=True,
+    permutation_equivariant=True,
+    scale_invariant=False,
+    stateful=False,
+    random=False,
+)
+class UPGrad(Weighting):
+    """UPGrad (Quinton & Rey, 2024): project each pᵢgᵢ onto the dual cone of the gradients and sum.
+
+    Projection of Jᵀu onto {x : Jx ≥ 0} is Jᵀv with v = argmin vᵀGv s.t. v ≥ u; with
+    u = pᵢeᵢ (p: ``pref_vector``, default 1/k); w = Σᵢ vⁱ. The k projections are one call of
+    :func:`~taskgrad.methods._dual_cone.dual_cone_weights` (``impl``: see
+    :mod:`taskgrad.methods._impl`). The result never conflicts with a task
+    gradient: Gw ≥ 0.
+    """
+
+    def __init__(self, pref_vector: Tensor | None = None, impl: Impl = "auto") -> None:
+        self.pref_vector = pref_vector
+        self.impl = _impl.check_impl(impl)
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert gram is not None
+        p = _impl.check_pref(self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram)))
+        return dual_cone_weights(gram, torch.diag(p), self.impl).sum(-2)

@@ -1,0 +1,1 @@
+"""Jacobian aggregators: one module per method (needs the Jacobian itself), each registering itself."""

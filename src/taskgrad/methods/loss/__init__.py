@@ -1,0 +1,1 @@
+"""Loss-based weightings: one module per method, each registering itself."""

@@ -1,0 +1,52 @@
+"""The base of Uncertainty Weighting and IMTL-L: learned per-task loss scales."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .._common import (
+    LearnedTaskParameter,
+)
+from ..base import Weighting
+
+__all__ = ["_LearnedScale"]
+
+
+class _LearnedScale(Weighting):
+    """Base of Uncertainty Weighting and IMTL-L: S(L, s) = Σ a(sᵢ)Lᵢ + b(sᵢ); the weights are
+    a(s) and s takes one optimizer step on ∂S/∂s = a'(s)L + b'(s) per call."""
+
+    needs = frozenset({"losses"})
+
+    def __init__(self, lr: float, optimizer: Literal["sgd", "adam"], init: float) -> None:
+        self.lr = lr
+        self.optimizer = optimizer
+        self._s = LearnedTaskParameter(init, lr, optimizer)
+
+    def _weights_and_grad(self, s: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def log_scale(self) -> Tensor | None:
+        """The learned per-task parameter s (None before the first call)."""
+        return None if self._s.value is None else self._s.value.detach()
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+        assert losses is not None
+        s = self._s.get(losses)
+        with torch.no_grad():
+            w, grad = self._weights_and_grad(s.detach(), losses.to(s.dtype))
+        self._s.step(grad)
+        return w.to(losses.dtype)
+
+    def reset(self) -> None:
+        self._s.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"s": self._s.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._s.load_state_dict(state_dict["s"])
