@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -42,7 +45,7 @@ def check_gram(G: Tensor, *, name: str = "G", check_values: bool = True) -> int:
         )
     if G.shape[-1] == 0:
         raise ValueError(f"{name} has k = 0 tasks; at least one task is needed.")
-    if check_values:
+    if check_values and G.numel() > 0:  # an empty batch (0, k, k) has nothing to check
         check_finite(name, G)
         scale = G.abs().amax().clamp_min(torch.finfo(G.dtype).tiny)
         asym = (G - G.transpose(-1, -2)).abs().amax()
@@ -60,3 +63,43 @@ def check_gram(G: Tensor, *, name: str = "G", check_values: bool = True) -> int:
                 "‖g_i‖² ≥ 0 on its diagonal."
             )
     return G.shape[-1]
+
+
+def check_nonneg(name: str, value: object) -> float:
+    """Return ``value`` as a float after checking that it is a finite real number ≥ 0.
+
+    Raises TypeError for a non-number (bools and tensors included) and ValueError for NaN,
+    ±inf or a negative value, naming the parameter and its valid range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number ≥ 0 (a Python float or int), got {type(value).__name__} {value!r}.")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}.")
+    return v
+
+
+def check_max_iter(value: object, name: str = "max_iter") -> int | None:
+    """Return ``value`` after checking that it is None or an int ≥ 1 (a cap on iterations)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be None (the default cap) or an int ≥ 1, got {type(value).__name__} {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name} must be an int ≥ 1 (or None for the default cap), got {value!r}.")
+    return int(value)
+
+
+def compute_dtype_for(x: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the solvers compute in: ``compute_dtype`` if given, else float64 on the CPU and
+    the input's dtype on other devices; reduced precisions (float16, bfloat16) become float32,
+    which LAPACK-style factorizations support on every device."""
+    if compute_dtype is not None:
+        if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
+            raise TypeError(f"compute_dtype must be a floating torch.dtype (torch.float32 or torch.float64), got {compute_dtype!r}.")
+        work = compute_dtype
+    elif x.device.type == "cpu":
+        work = torch.float64
+    else:
+        work = x.dtype
+    return work if work in (torch.float32, torch.float64) else torch.float32

@@ -356,25 +356,39 @@ def nnls_rows(Q, C, max_iter):
 @njit(**_INTERNAL)
 def _min_norm_one(G, max_iter, w):
     """MGDA's α in the simplex minimizing αᵀGα (port of ``solvers.primary_aux._mixed`` with
-    n = k): y ≥ 0 minimizing ½yᵀ(G/s + 11ᵀ)y − 1ᵀy, α = y/1ᵀy. Writes w; returns a status."""
+    n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with C the Gram of the normalized gradients
+    (unit diagonal) and b̃ᵢ = σ_min/σᵢ ≤ 1, then αᵢ ∝ zᵢ·σ_min/σᵢ. Every entry keeps the
+    rounding of C whatever the spread of the norms σᵢ = ‖gᵢ‖. Gradients with ‖gᵢ‖² below the
+    smallest normal number make d = 0 optimal: α is uniform over them. Writes w; returns a status."""
     k = G.shape[0]
     if k == 1:
         w[0] = 1.0
         return OK
-    dmax = G[0, 0]
-    for i in range(1, k):
-        if G[i, i] > dmax:
-            dmax = G[i, i]
-    if not dmax > 0.0:  # every gradient is zero: all points of the simplex are optimal
+    n_zero = 0
+    for i in range(k):
+        if not G[i, i] >= TINY:  # zero, subnormal (or NaN) squared norm
+            n_zero += 1
+    if n_zero > 0:  # d = 0 is attained: uniform weights on the zero gradients
         for i in range(k):
-            w[i] = 1.0 / k
+            w[i] = 1.0 / n_zero if not G[i, i] >= TINY else 0.0
         return OK
-    sc = dmax
+    inv = np.empty(k)
+    sig_min = np.inf
+    for i in range(k):
+        sg = math.sqrt(G[i, i])
+        inv[i] = 1.0 / sg
+        if sg < sig_min:
+            sig_min = sg
+    bt = np.empty(k)
+    for i in range(k):
+        bt[i] = sig_min * inv[i]
     Q = np.empty((k, k))
     for i in range(k):
         for j in range(k):
-            Q[i, j] = G[i, j] / sc + 1.0
-    c = -np.ones(k)
+            Q[i, j] = G[i, j] * inv[i] * inv[j] + bt[i] * bt[j]
+    c = np.empty(k)
+    for i in range(k):
+        c[i] = -bt[i]
     Qs = np.empty((k, k))
     cs = np.empty(k)
     d = np.empty(k)
@@ -383,7 +397,7 @@ def _min_norm_one(G, max_iter, w):
     _, conv, st = _pivot(Qs, cs, zero, NNLS_TOL, NNLS_RIDGE, max_iter, xs)
     tot = 0.0
     for i in range(k):
-        w[i] = xs[i] * d[i] * gamma
+        w[i] = xs[i] * d[i] * gamma * bt[i]
         tot += w[i]
     tot = max(tot, TINY)
     for i in range(k):

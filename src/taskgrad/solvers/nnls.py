@@ -24,18 +24,24 @@ import torch
 from torch import Tensor
 
 from . import _single
-from ._checks import check_finite, check_float
+from ._checks import check_finite, check_float, check_max_iter, check_nonneg, compute_dtype_for
 
-__all__ = ["SolverInfo", "nnls"]
+__all__ = ["SolverInfo", "certificate_tolerance", "nnls"]
 
 
 class SolverInfo(NamedTuple):
-    """Certificate returned with ``return_info=True``.
+    """Certificate returned with ``return_info=True``, computed on the problem the user posed.
 
     iterations: (...,) pivoting iterations each problem took.
-    kkt_residual: (...,) ‖min(x̄, Q̄x̄ + c̄)‖∞ / (1 + ‖x̄‖∞) of the rescaled problem (diag Q̄ = 1,
-        ‖c̄‖∞ = 1): zero exactly at the optimum, invariant to the scale of the inputs.
-    converged: (...,) whether the pivoting loop ended with no infeasible variable.
+    kkt_residual: (...,) scale-free KKT residual of the returned answer on the original input
+        (not on the solver's internal rescaled problem): zero exactly at the optimum, invariant
+        to the scale of each variable (each task's gradient). For :func:`nnls` it is
+        ‖min(x̄, ȳ)‖∞ / (1 + ‖x̄‖∞) with x̄ᵢ = √Qᵢᵢ·xᵢ/γ, ȳᵢ = (Qx + c)ᵢ/(√Qᵢᵢ·γ) and
+        γ = maxᵢ |cᵢ|/√Qᵢᵢ: each constraint measured in its own units. For the Gram solvers
+        see :func:`~taskgrad.solvers.primary_aux_kkt_residual`.
+    converged: (...,) the solver finished (no infeasible variable left) *and* kkt_residual is
+        at most :func:`certificate_tolerance` of the output dtype, so a wrong answer is never
+        reported as converged.
     """
 
     iterations: Tensor
@@ -43,11 +49,18 @@ class SolverInfo(NamedTuple):
     converged: Tensor
 
 
+def certificate_tolerance(dtype: torch.dtype, k: int) -> float:
+    """Largest ``kkt_residual`` reported as converged for answers of ``dtype`` with k variables:
+    max(√eps, 1000·k·eps) of the dtype (1.5e-8 in float64, 3.5e-4 in float32 at small k).
+    Rounding of a correct answer stays orders of magnitude below; a wrong one is O(1)."""
+    eps = torch.finfo(dtype).eps
+    return max(eps**0.5, 1e3 * k * eps)
+
+
 def _default_compute_dtype(x: Tensor) -> torch.dtype:
-    # On the CPU float64 costs about what float32 does at these sizes; on a GPU keep the input's.
-    if x.device.type == "cpu":
-        return torch.float64
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    # On the CPU float64 costs about what float32 does at these sizes; on a GPU keep the
+    # input's precision, with float16/bfloat16 computed in float32.
+    return compute_dtype_for(x, None)
 
 
 def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
@@ -228,6 +241,39 @@ def _pivot(
     return x, free_out, iters, conv
 
 
+def _unbounded(Qs: Tensor, cs: Tensor, xs: Tensor, ridge: float) -> Tensor:
+    """(B,) mask of rescaled problems (diag Qs = 1, ‖cs‖∞ = 1) certified unbounded below.
+
+    On an unbounded problem the ridge-regularized pivoting returns x ≈ v/ridge for a direction
+    v ≥ 0 with Qv = 0 and cᵀv < 0 (the objective decreases without bound along v). The
+    certificate is checked on v = x/‖x‖∞: ‖x‖∞ ≥ 1e-3/ridge, ‖Qs v‖∞ ≤ 1e4·ridge and cs·v < 0.
+    A bounded problem gives ‖x‖∞ ≈ 1e-3/ridge only when Q is singular to within the ridge.
+    """
+    nrm = xs.abs().amax(-1)
+    big = nrm * ridge >= 1e-3
+    if not bool(big.any()):
+        return big
+    v = xs / nrm.clamp_min(torch.finfo(xs.dtype).tiny).unsqueeze(-1)
+    Qv = (Qs @ v.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
+    return big & (v.min(-1).values >= 0) & (Qv <= 1e4 * ridge) & ((cs * v).sum(-1) < 0)
+
+
+def _nnls_residual(Q: Tensor, c: Tensor, x: Tensor, held: Tensor) -> Tensor:
+    """KKT residual of x for x ≥ 0 minimizing ½xᵀQx + cᵀx on the original (B, k) problems,
+    each variable in its own units (see :class:`SolverInfo`); ``held`` variables are exempt."""
+    diag = torch.diagonal(Q, dim1=-2, dim2=-1).clamp_min(0)
+    sq = diag.sqrt()
+    live = ~held & (diag >= torch.finfo(Q.dtype).tiny)
+    sq_safe = torch.where(live, sq, torch.ones_like(sq))
+    gamma = torch.where(live, c.abs() / sq_safe, torch.zeros_like(c)).amax(-1, keepdim=True)
+    gamma = torch.where(gamma > 0, gamma, torch.ones_like(gamma))
+    y = (Q @ x.unsqueeze(-1)).squeeze(-1) + c
+    xb = x * sq / gamma
+    yb = y / (sq_safe * gamma)
+    r = torch.where(live, torch.minimum(xb, yb).abs(), torch.zeros_like(xb)).amax(-1)
+    return r / (1.0 + torch.where(live, xb.abs(), torch.zeros_like(xb)).amax(-1))
+
+
 def _rescale(Q: Tensor, c: Tensor, zero_tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Rescale so that diag(Q) = 1 and ‖c‖∞ = 1; returns (Qs, cs, d, gamma, zero) with
     x = d ⊙ x̄ · gamma; ``zero`` marks variables with no curvature (held at 0)."""
@@ -268,7 +314,8 @@ def nnls(
         fixed_zero: optional (..., k) boolean mask of variables held at 0.
         max_iter: pivoting iterations at most (default 10·k + 50); problems that do not finish
             are reported with ``converged = False``.
-        compute_dtype: dtype of the arithmetic; default float64 on the CPU, the input's on a GPU.
+        compute_dtype: dtype of the arithmetic; default float64 on the CPU, the input's on a GPU
+            (float16 and bfloat16 are computed in float32; x is returned in the input dtype).
         check_input: validate shapes and finiteness (one host synchronization).
         return_info: also return a :class:`SolverInfo` certificate.
 
@@ -276,22 +323,36 @@ def nnls(
         x of shape (..., k) in the dtype of Q, and optionally the info.
 
     Raises:
-        ValueError: shapes do not match, or the problem is unbounded (a variable with no
-            curvature and cᵢ < 0).
+        ValueError: shapes do not match, or the problem is unbounded below: a variable with no
+            curvature and cᵢ < 0, or (when ``check_input``) a certified direction v ≥ 0 with
+            Qv = 0 and cᵀv < 0 to rounding.
+        TypeError: a non-float Q or c, a non-boolean ``fixed_zero``, a non-numeric
+            ``zero_tol`` or a non-int ``max_iter`` (also ValueError when negative or NaN).
     """
     check_float("Q", Q)
     check_float("c", c)
+    zero_tol = check_nonneg("zero_tol", zero_tol)
+    max_iter = check_max_iter(max_iter)
     if Q.dim() < 2 or Q.shape[-1] != Q.shape[-2]:
         raise ValueError(f"Q must have shape (..., k, k), got {tuple(Q.shape)}.")
     k = Q.shape[-1]
     if c.shape[-1:] != (k,):
         raise ValueError(f"c must have shape (..., {k}) to match Q {tuple(Q.shape)}, got {tuple(c.shape)}.")
+    if fixed_zero is not None:
+        if not isinstance(fixed_zero, Tensor) or fixed_zero.dtype != torch.bool:
+            raise TypeError(
+                "fixed_zero must be a boolean tensor of shape (..., k) marking the variables held "
+                f"at 0, got {getattr(fixed_zero, 'dtype', type(fixed_zero).__name__)}; build it with "
+                "a comparison (e.g. mask = weights == 0) or .bool()."
+            )
+        if fixed_zero.shape[-1:] != (k,):
+            raise ValueError(f"fixed_zero must have shape (..., {k}), got {tuple(fixed_zero.shape)}.")
     batch = torch.broadcast_shapes(Q.shape[:-2], c.shape[:-1])
     if check_input:
         check_finite("Q", Q)
         check_finite("c", c)
     out_dtype = torch.promote_types(Q.dtype, c.dtype)
-    work = compute_dtype or _default_compute_dtype(Q)
+    work = compute_dtype_for(Q, compute_dtype)
     Qb = Q.to(work).expand(*batch, k, k).reshape(-1, k, k)
     cb = c.to(work).expand(*batch, k).reshape(-1, k)
     if k == 0 or Qb.shape[0] == 0:
@@ -303,7 +364,7 @@ def nnls(
     Qb = 0.5 * (Qb + Qb.transpose(-1, -2))
     Qs, cs, d, gamma, zero = _rescale(Qb, cb, zero_tol)
     if fixed_zero is not None:
-        zero = zero | fixed_zero.expand(*batch, k).reshape(-1, k)
+        zero = zero | fixed_zero.to(Q.device).expand(*batch, k).reshape(-1, k)
     if check_input:
         unbounded = (torch.diagonal(Qb, dim1=-2, dim2=-1) <= 0) & (cb < 0)
         if fixed_zero is not None:
@@ -315,9 +376,19 @@ def nnls(
             )
     tol, ridge = _tolerances(work)
     xs, _, iters, converged = _pivot(Qs, cs, zero, tol, ridge, max_iter if max_iter is not None else 10 * k + 50)
-    x = (xs * d * gamma).to(out_dtype).reshape(*batch, k)
+    if check_input:
+        bad = _unbounded(Qs, cs, xs, ridge)
+        if bool(bad.any()):
+            raise ValueError(
+                f"nnls: the problem is unbounded below ({int(bad.sum())} of {bad.numel()} in the batch): "
+                "there is a direction v ≥ 0 with Qv = 0 and cᵀv < 0 (to rounding), so x = t·v "
+                "decreases the objective without bound as t → ∞. Make Q positive definite on the "
+                "feasible directions (e.g. add a ridge) or bound the variables."
+            )
+    x = (xs * d * gamma).to(out_dtype)
     if not return_info:
-        return x
-    res = _scaled_residual(Qs, cs, xs)
+        return x.reshape(*batch, k)
+    res = _nnls_residual(Qb, cb, x.to(work), zero)
+    converged = converged & (res <= certificate_tolerance(out_dtype, k))
     info = SolverInfo(iters.reshape(batch), res.to(out_dtype).reshape(batch), converged.reshape(batch))
-    return x, info
+    return x.reshape(*batch, k), info

@@ -9,8 +9,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_gram
-from .nnls import SolverInfo, _default_compute_dtype, _pivot, _rescale, _scaled_residual, _tolerances
+from ._checks import check_gram, check_max_iter, check_nonneg, compute_dtype_for
+from .nnls import (
+    SolverInfo,
+    _default_compute_dtype,
+    _pivot,
+    _rescale,
+    _scaled_residual,
+    _tolerances,
+    _unbounded,
+    certificate_tolerance,
+)
 
 __all__ = [
     "min_norm_simplex",
@@ -76,40 +85,65 @@ def _mixed(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """min ‖Σ_{j<n} αⱼgⱼ + Σ_{i≥n} λᵢgᵢ‖² over α in the simplex and λ ≥ 0.
 
-    Reduced to a non-negative least-distance problem (Lawson & Hanson, ch. 23): with b = (1ₙ, 0),
-    y ≥ 0 minimizing ½ yᵀ(G/s + bbᵀ)y − bᵀy gives w = y / Σ_{j<n} yⱼ (s = max diag G).
+    Reduced to a non-negative least-distance problem (Lawson & Hanson, ch. 23): with
+    b = (1ₙ, 0), y ≥ 0 minimizing ½ yᵀ(G/s + bbᵀ)y − bᵀy gives w = y / Σ_{j<n} yⱼ for any s > 0.
+    It is solved in the variables zᵢ = yᵢ·σᵢ/σ_min (σᵢ = ‖gᵢ‖, σ_min the smallest nonzero
+    primary norm, s = σ_min²): the matrix is C + b̃b̃ᵀ with C the Gram of the normalized
+    gradients (unit diagonal) and b̃ⱼ = σ_min/σⱼ ≤ 1 on primaries. Every entry then has the
+    rounding of the normalized Gram itself whatever the spread of the norms (1e-20 to 1e20 in
+    float64): adding bbᵀ to G/s with s = max σ² instead would round a small task's curvature
+    away. Zero primary gradients (‖gⱼ‖² below the dtype's smallest normal) make d = 0 optimal:
+    their weights are uniform and the rest 0. Returns (w, iters, conv, None).
     """
-    k = Gb.shape[-1]
-    dmax = torch.diagonal(Gb, dim1=-2, dim2=-1).amax(-1)
-    s = torch.where(dmax > 0, dmax, torch.ones_like(dmax))
-    b = torch.zeros(k, dtype=Gb.dtype, device=Gb.device)
-    b[:n] = 1.0
-    Q = Gb / s[:, None, None] + b[:, None] * b[None, :]
-    c = -b.expand(Gb.shape[0], k)
+    B, k = Gb.shape[0], Gb.shape[-1]
+    tiny = torch.finfo(Gb.dtype).tiny
+    diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
     dead = _zero_gradients(Gb, eps)
-    dead[:, :n] = False  # a zero primary gradient is a valid MGDA answer (d = 0)
-    Qs, cs, d, gamma, zero = _rescale(Q, c, 0.0)
+    zero_prim = (diag[:, :n] < tiny) | (diag[:, :n] <= 0)
+    dead[:, :n] = zero_prim
+    sig = torch.where(dead, torch.ones_like(diag), diag.clamp_min(tiny).sqrt())
+    inv = torch.where(dead, torch.zeros_like(sig), 1.0 / sig)
+    C = Gb * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    sig_min = torch.where(dead[:, :n], torch.full_like(sig[:, :n], float("inf")), sig[:, :n]).amin(-1, keepdim=True)
+    sig_min = torch.where(torch.isfinite(sig_min), sig_min, torch.ones_like(sig_min))
+    bt = torch.zeros_like(sig)
+    bt[:, :n] = torch.where(dead[:, :n], torch.zeros_like(sig[:, :n]), sig_min / sig[:, :n])
+    Q = C + bt.unsqueeze(-1) * bt.unsqueeze(-2)
+    Qs, cs, d, gamma, zero = _rescale(Q, -bt, 0.0)
     zero = zero | dead
     tol, ridge = _tolerances(Gb.dtype)
     xs, _, iters, conv = _pivot(Qs, cs, zero, tol, ridge, max_iter)
-    res = _scaled_residual(Qs, cs, xs) if residual else None
-    y = xs * d * gamma
-    w = y / y[:, :n].sum(-1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
-    return w, iters, conv, res
+    z = xs * d * gamma
+    y = z * torch.where(dead, torch.zeros_like(sig), sig_min / sig)  # yᵢ = zᵢ·σ_min/σᵢ
+    w = y / y[:, :n].sum(-1, keepdim=True).clamp_min(tiny)
+    any_zero = zero_prim.any(-1, keepdim=True)
+    if bool(any_zero.any()):
+        uniform = torch.zeros_like(w)
+        uniform[:, :n] = zero_prim.to(w.dtype) / zero_prim.sum(-1, keepdim=True).clamp_min(1).to(w.dtype)
+        w = torch.where(any_zero, uniform, w)
+        conv = conv | any_zero.squeeze(-1)
+    return w, iters, conv, None
 
 
 def _margin_projection(
     Gb: Tensor, eps: float, m: Tensor, max_iter: int, max_outer: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Closest u to g0 with ⟨u, gᵢ⟩ ≥ mᵢ‖u‖ (a second-order cone constraint per auxiliary).
 
     KKT: u = κ·v with v = g0 + Σ λᵢgᵢ, λ ≥ 0 complementary to ⟨v, gᵢ⟩ ≥ mᵢ‖v‖, and
     κ = 1 − λᵀm/‖v‖. For fixed ρ the conditions ⟨v, gᵢ⟩ ≥ mᵢρ are a projection (an NNLS);
     the outer problem is the scalar equation ρ = ‖v(ρ)‖, solved by a bracketed bisection/secant
     (Illinois) search. If no unit vector satisfies all constraints, the cone is {0} and u = 0.
+    Returns (w, iterations, converged, trivial, λ at the last ρ).
     """
     B = Gb.shape[0]
     g00 = Gb[:, 0, 0]
+    # A direction λ ≥ 0 with Σλᵢgᵢ = 0 and λᵀm > 0 proves the cone is {0} (0 = ⟨u, Σλᵢgᵢ⟩ ≥
+    # λᵀm·‖u‖); it is the unbounded direction of the projection for every ρ > 0, found once.
+    Qs, cs, _, _, zero = _rescale(Gb[:, 1:, 1:], -m, 0.0)
+    tol, ridge = _tolerances(Gb.dtype)
+    xs, *_ = _pivot(Qs, cs, zero | _zero_gradients(Gb, eps)[:, 1:], tol, ridge, max_iter)
+    certified_trivial = _unbounded(Qs, cs, xs, ridge)
 
     def phi(rho: Tensor, free: Tensor | None):
         lam, free, it, conv, res = _projection(Gb, eps, m, rho, free, max_iter)
@@ -124,12 +158,12 @@ def _margin_projection(
     hi = torch.maximum(g00.clamp_min(0).sqrt(), scale)
     f_hi, *_ = phi(hi, free)
     for _ in range(200):  # grow the bracket until φ(hi) < 0 (or the cone is trivial)
-        grow = (f_hi >= 0) & (hi < scale * 1e30)
+        grow = (f_hi >= 0) & ~certified_trivial & (hi < scale * 1e30)
         if not bool(grow.any()):
             break
         hi = torch.where(grow, hi * 4.0, hi)
         f_hi, *_ = phi(hi, free)
-    trivial = f_hi >= 0  # no root: K = {0}
+    trivial = (f_hi >= 0) | certified_trivial  # no root: K = {0}
     side = torch.zeros(B, dtype=torch.long, device=Gb.device)
     rtol = 1e-14 if Gb.dtype == torch.float64 else 1e-6
     rho = lo
@@ -153,9 +187,12 @@ def _margin_projection(
             break
     nv = f + rho  # ‖v‖
     kappa = torch.where(nv > 0, 1.0 - (lam * m).sum(-1) / nv.clamp_min(torch.finfo(Gb.dtype).tiny), torch.zeros_like(nv))
+    # κ ≤ 0: the zero step is the answer, certified by ‖v‖ ≤ λᵀm (checked by the caller's
+    # residual) whether or not the root search met its own tolerance
+    zero_step = trivial | (kappa <= 0)
     kappa = torch.where(trivial, torch.zeros_like(kappa), kappa.clamp_min(0.0))
     w = torch.cat([torch.ones_like(lam[:, :1]), lam], -1) * kappa.unsqueeze(-1)
-    return w, iters, conv & (trivial | (f.abs() <= 1e3 * rtol * (scale + rho))), res
+    return w, iters, zero_step | (conv & (f.abs() <= 1e3 * rtol * (scale + rho))), trivial, lam
 
 
 def primary_aux(
@@ -198,48 +235,60 @@ def primary_aux(
         return_info: also return a :class:`SolverInfo` (iterations, KKT residual, converged).
     """
     k = check_gram(G, check_values=check_input)
-    if not isinstance(n_primary, int) or not 1 <= n_primary <= k:
+    if isinstance(n_primary, bool) or not isinstance(n_primary, int) or not 1 <= n_primary <= k:
         raise ValueError(
             f"n_primary must be an int between 1 and k = {k} (the first n_primary rows of G are "
             f"the primary tasks), got {n_primary!r}."
         )
-    if margin < 0 or margin != margin:
-        raise ValueError(f"margin must be ≥ 0, got {margin!r}.")
+    margin = check_nonneg("margin", margin)
+    eps = check_nonneg("eps", eps)
+    max_iter = check_max_iter(max_iter)
     if margin > 0 and n_primary != 1:
         raise ValueError(
             "margin > 0 is defined for one primary task (n_primary = 1); with several primaries "
             "use margin = 0 or group the primaries into one loss."
         )
-    if eps < 0:
-        raise ValueError(f"eps must be ≥ 0, got {eps!r}.")
-    work = compute_dtype or _default_compute_dtype(G)
+    work = compute_dtype_for(G, compute_dtype)
     Gb, batch = _flatten(G, work)
     B = Gb.shape[0]
+    out_dtype = G.dtype
+    if B == 0:
+        out = torch.zeros(*batch, k, dtype=out_dtype, device=G.device)
+        if return_info:
+            z = torch.zeros(batch, dtype=torch.long, device=G.device)
+            return out, SolverInfo(z, z.to(out_dtype), torch.ones(batch, dtype=torch.bool, device=G.device))
+        return out
     iters_cap = max_iter if max_iter is not None else 10 * k + 50
     zeros = torch.zeros(B, dtype=torch.long, device=G.device)
+    ones = torch.ones(B, dtype=torch.bool, device=G.device)
+    trivial = None
     if k == 1:
         w = torch.ones(B, 1, dtype=work, device=G.device)
-        info = (zeros, torch.zeros(B, dtype=work, device=G.device), torch.ones(B, dtype=torch.bool, device=G.device))
+        iters, conv = zeros, ones
     elif n_primary > 1:
-        w, iters, conv, res = _mixed(Gb, n_primary, eps, iters_cap, return_info)
-        info = (iters, res, conv)
+        w, iters, conv, _ = _mixed(Gb, n_primary, eps, iters_cap, False)
     elif margin > 0:
         diag = torch.diagonal(Gb, dim1=-2, dim2=-1)[:, 1:]
         m = margin * diag.clamp_min(0).sqrt() if relative_margin else torch.full_like(diag, margin)
-        w, iters, conv, res = _margin_projection(Gb, eps, m, iters_cap, 200)
-        info = (iters, res, conv)
+        w, iters, conv, trivial, lam = _margin_projection(Gb, eps, m, iters_cap, 200)
     elif k == 2:
         w = _single_aux(Gb, eps)
-        res = primary_aux_kkt_residual(w, Gb, eps=eps) if return_info else None
-        info = (zeros, res, torch.ones(B, dtype=torch.bool, device=G.device))
+        iters, conv = zeros, ones
     else:
-        lam, _, iters, conv, res = _projection(Gb, eps, None, None, None, iters_cap, return_info)
+        lam, _, iters, conv, _ = _projection(Gb, eps, None, None, None, iters_cap, False)
         w = torch.cat([torch.ones_like(lam[:, :1]), lam], -1)
-        info = (iters, res, conv)
-    out = w.to(G.dtype).reshape(*batch, k)
+    out = w.to(out_dtype)
     if return_info:
-        return out, _info(*info, batch, G.dtype)
-    return out
+        # the certificate of the answer returned, on the user's G (not the rescaled problem)
+        wr = out.to(work)
+        if margin > 0 and k > 1:
+            res = _margin_kkt_residual(wr, Gb, m, eps, lam)
+            res = torch.where(trivial, torch.zeros_like(res), res)
+        else:
+            res = primary_aux_kkt_residual(wr, Gb, n_primary, eps)
+        conv = conv & (res <= certificate_tolerance(out_dtype, k))
+        return out.reshape(*batch, k), _info(iters, res, conv, batch, out_dtype)
+    return out.reshape(*batch, k)
 
 
 def min_norm_simplex(
@@ -268,32 +317,72 @@ def min_norm_simplex(
 def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: float = 0.0) -> Tensor:
     """Scale-free KKT residual of primary/aux weights w for Gram G, batched; 0 at the optimum.
 
-    With u = Jᵀw (primary weights normalized to sum 1), σᵢ = ‖gᵢ‖ and S = ‖w‖₁·maxⱼ σⱼ (the
-    data's scale of ⟨u, gᵢ⟩/σᵢ): the largest of |min(λᵢσᵢ/S, ⟨u, gᵢ⟩/(σᵢS))| over auxiliaries
-    (feasibility and complementarity) and, for n_primary > 1, |min(αⱼ, (⟨u, gⱼ⟩ − ‖u‖²)/(σⱼS))|
-    over primaries. Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖²) are exempt.
+    With u = Jᵀw (primary weights normalized to sum 1), σᵢ = ‖gᵢ‖, vᵢ = |wᵢ|σᵢ (the weight of
+    the normalized gradient gᵢ/σᵢ) and V = Σᵢ vᵢ: the largest over auxiliaries of
+    |min(vᵢ/V, ⟨u, gᵢ⟩/(σᵢV))| (feasibility and complementarity of ⟨u, gᵢ⟩ ≥ 0) and, for
+    n_primary > 1, over primaries of |min(vⱼ/V, (⟨u, gⱼ⟩ − ‖u‖²)/(σⱼV))|.
+
+    Each constraint is measured relative to its own scale: σᵢV bounds every term of ⟨u, gᵢ⟩
+    (|⟨u, gᵢ⟩| ≤ ‖u‖σᵢ ≤ σᵢV), so float rounding of a correct answer gives O(k·eps) while a
+    constraint violated by a fraction of its scale gives O(1), whatever the spread of the task
+    norms. Rescaling a task's gradient by s (and its weight by 1/s) leaves it unchanged; a
+    residual normalized by the largest norm alone (max σ·‖w‖₁) would hide the violation of a
+    task 1e8 times smaller. Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖², or below the dtype's
+    smallest normal number) are exempt.
     """
     k = G.shape[-1]
-    Gd = G.to(torch.float64) if G.device.type == "cpu" else G
+    if G.shape[:-2].numel() == 0:
+        return torch.zeros(G.shape[:-2], dtype=G.dtype, device=G.device)
+    Gd = G.to(compute_dtype_for(G, None))
     n = n_primary
     wd = w.to(Gd.dtype)
     wd = wd / wd[..., :n].sum(-1, keepdim=True).clamp_min(torch.finfo(wd.dtype).tiny)
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0)
     sig = diag.sqrt()
-    S = wd.abs().sum(-1, keepdim=True) * sig.amax(-1, keepdim=True)
-    S = torch.where(S > 0, S, torch.ones_like(S))
+    V = (wd.abs() * sig).sum(-1, keepdim=True)
+    V = torch.where(V > 0, V, torch.ones_like(V))
     Gu = (Gd @ wd.unsqueeze(-1)).squeeze(-1)  # ⟨u, gᵢ⟩
-    dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag <= 0)
+    dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag < torch.finfo(Gd.dtype).tiny)
     sig_safe = torch.where(dead, torch.ones_like(sig), sig)
-    aux = torch.minimum(wd * sig / S, Gu / (sig_safe * S)).abs()
+    aux = torch.minimum(wd * sig / V, Gu / (sig_safe * V)).abs()
     aux = torch.where(dead, torch.zeros_like(aux), aux)[..., n:]
     out = aux.amax(-1) if k > n else torch.zeros(G.shape[:-2], dtype=Gd.dtype, device=G.device)
     if n > 1:
         uu = (wd * Gu).sum(-1, keepdim=True)
-        prim = torch.minimum(wd[..., :n], (Gu[..., :n] - uu) / (sig_safe[..., :n] * S)).abs()
+        prim = torch.minimum(wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / (sig_safe[..., :n] * V)).abs()
         prim = torch.where(dead[..., :n], torch.zeros_like(prim), prim).amax(-1)
         out = torch.maximum(out, prim)
     return out.to(G.dtype)
+
+
+def _margin_kkt_residual(w: Tensor, Gb: Tensor, m: Tensor, eps: float, lam: Tensor) -> Tensor:
+    """KKT residual of the margin problem's answer w = κ·(1, μ) on (B, k, k) Grams.
+
+    The Lagrangian ½‖u − g0‖² − Σ μᵢ(⟨u, gᵢ⟩ − mᵢ‖u‖) gives u = κv with v = g0 + Σ μᵢgᵢ and
+    κ = 1 − μᵀm/‖v‖. With V = σ₀ + Σ μᵢσᵢ (the scale of v), for a step u ≠ 0: the largest of
+    |min(μᵢσᵢ/V, (⟨v, gᵢ⟩ − mᵢ‖v‖)/(σᵢV))| over auxiliaries and |κ + μᵀm/‖v‖ − 1|. For the
+    zero step u = 0 (κ = 0) the subgradient condition is ‖v‖ ≤ μᵀm for the solver's
+    multipliers μ = ``lam``: the residual is relu(‖v‖ − μᵀm)/V. (A cone certified trivial,
+    {0}, has residual 0; the caller applies it.)
+    """
+    tiny = torch.finfo(w.dtype).tiny
+    kappa = w[:, 0]
+    step = kappa > 0
+    mu = torch.where(step.unsqueeze(-1), w[:, 1:] / kappa.clamp_min(tiny).unsqueeze(-1), lam.to(w.dtype))
+    wv = torch.cat([torch.ones_like(kappa).unsqueeze(-1), mu], -1)
+    sig = torch.diagonal(Gb, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    V = (wv * sig).sum(-1)
+    V = torch.where(V > 0, V, torch.ones_like(V))
+    Gv = (Gb @ wv.unsqueeze(-1)).squeeze(-1)
+    nv = (wv * Gv).sum(-1).clamp_min(0).sqrt()
+    dead = _zero_gradients(Gb, eps)[:, 1:]
+    sig_a = torch.where(dead, torch.ones_like(sig[:, 1:]), sig[:, 1:])
+    r = torch.minimum(mu * sig[:, 1:] / V[:, None], (Gv[:, 1:] - m * nv[:, None]) / (sig_a * V[:, None])).abs()
+    r = torch.where(dead, torch.zeros_like(r), r).amax(-1)
+    mm = (mu * m).sum(-1)
+    stat = (kappa + mm / nv.clamp_min(tiny) - 1).abs()
+    zero_step = torch.relu(nv - mm) / V
+    return torch.where(step, torch.maximum(r, stat), zero_step)
 
 
 def primary_aux_frank_wolfe(G: Tensor, iters: int = 100, eps: float = 0.0) -> Tensor:
