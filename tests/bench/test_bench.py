@@ -15,7 +15,8 @@ from taskgrad.bench import load_config, parse_config, run
 from taskgrad.bench.metrics import aggregate, delta_m, mean_std
 from taskgrad.bench.report import report, summarize
 from taskgrad.datasets.multimnist import compose_pairs
-from taskgrad.datasets.toy import PARETO_Y, STARTS, pareto_front, toy_losses, trajectories
+from taskgrad.bench.toy import trajectories
+from taskgrad.datasets.toy import PARETO_Y, STARTS, pareto_front, toy_losses
 
 
 # ------------------------------------------------------------------ Δm and aggregation
@@ -69,7 +70,7 @@ def test_config_expands_methods_seeds_and_single_task(tmp_path) -> None:
         ({"dataset": "synthetic", "methods": ["mean"]}, "'name'"),
         ({"name": "e", "dataset": "synthetic", "methods": ["no-such-method"]}, "unknown method"),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "epochs": 0}, "'epochs'"),
-        ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "typo": 1}, "unknown keys"),
+        ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "typo": 1}, "unknown key .typo."),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean", "mean"]}, "share a label"),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "optimizer": {"name": "rmsprop"}}, "optimizer"),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "seeds": []}, "'seeds'"),

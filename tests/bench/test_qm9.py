@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from taskgrad.bench.qm9_problem import Molecules, QM9Problem, U0_FIRST
+from taskgrad.bench.problems.qm9 import Molecules, QM9Problem, U0_FIRST
 from taskgrad.datasets.qm9 import HARTREE_TO_EV, TARGETS, QM9Data, load_qm9, parse_qm9_csv, split_qm9
 from taskgrad.models.mpnn import MPNN, GraphBatch, radius_edges
 
@@ -186,15 +186,13 @@ def test_problem_standardizes_with_train_stats_and_reports_mae_in_units() -> Non
 
 
 def test_harness_runs_qm9_one_batch_and_two_epochs(tmp_path, monkeypatch) -> None:
-    import importlib
-
+    from taskgrad.bench import registry
     from taskgrad.bench.config import parse_config
     from taskgrad.bench.runner import run
 
     d = _tiny_problem_data()
     monkeypatch.setattr("taskgrad.datasets.qm9.load_qm9", lambda *a, **k: d)
-    registry = importlib.import_module("taskgrad.bench.problems")  # the module, not bench.problems()
-    monkeypatch.setattr(registry, "_CACHE", {})
+    registry.clear_cache()
     raw = {"name": "qm9-tiny", "dataset": "qm9-u0", "methods": ["mean", {"name": "primary-aux", "label": "pa"}],
            "epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1, "source": "representation", "device": "cpu",
            "data": {"n_train": 24, "n_val": 6}, "model": {"hidden": 8, "n_layers": 1, "n_rbf": 4}}

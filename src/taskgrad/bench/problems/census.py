@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .problems import Metric, Problem, _MLPMulti
+from ..problem import Metric, Problem
+from .mlp import MultiHeadMLP
 
 __all__ = ["CensusProblem"]
 
@@ -20,7 +21,7 @@ class CensusProblem(Problem):
     metrics = [Metric("income", "auc", True), Metric("marital", "auc", True)]
 
     def __init__(self, source: str | None = None, n_train: int = 0) -> None:
-        from ..datasets.census import load_census
+        from ...datasets.census import load_census
 
         d = load_census(source)
         n = n_train or None
@@ -29,7 +30,7 @@ class CensusProblem(Problem):
         self.dim = d.train_x.shape[1]
 
     def make_model(self, hidden: list[int] | None = None) -> nn.Module:
-        return _MLPMulti(self.dim, list(hidden or [128, 64]), [1, 1])
+        return MultiHeadMLP(self.dim, list(hidden or [128, 64]), [1, 1])
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
         return [nn.functional.binary_cross_entropy_with_logits(o.squeeze(-1), y[:, i].float())

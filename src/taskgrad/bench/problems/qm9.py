@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .problems import Metric, Problem, register_problem
+from ..problem import Metric, Problem
 
-__all__ = ["Molecules", "QM9Problem", "U0_FIRST"]
+__all__ = ["ENERGY_TARGETS", "STANDARD_ORDER", "U0_FIRST", "Molecules", "QM9Problem", "qm9", "qm9_u0"]
 
-_STANDARD = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G")
-U0_FIRST = ("U0",) + tuple(t for t in _STANDARD if t != "U0")
-_ENERGIES = {"homo", "lumo", "gap", "zpve", "U0", "U", "H", "G"}  # eV in the data, reported in meV
+STANDARD_ORDER = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G")
+U0_FIRST = ("U0",) + tuple(t for t in STANDARD_ORDER if t != "U0")
+ENERGY_TARGETS = {"homo", "lumo", "gap", "zpve", "U0", "U", "H", "G"}  # eV in the data, reported in meV
 
 
 class Molecules:
@@ -48,7 +48,7 @@ class Molecules:
         return Molecules(self.z.to(device), self.pos.to(device), self.ptr.to(device))
 
     def __getitem__(self, idx: Tensor) -> Any:
-        from ..models.mpnn import GraphBatch
+        from ...models.mpnn import GraphBatch
 
         idx = idx.to(self.ptr.device).long()
         counts = self.ptr[idx + 1] - self.ptr[idx]
@@ -67,8 +67,8 @@ class QM9Problem(Problem):
 
     def __init__(self, source: str | None = None, cache_dir: str | None = None, split_seed: int = 0,
                  n_train: int = 110_000, n_val: int = 10_000, subset: int = 0, n_test: int = 0,
-                 eval_split: str = "test", tasks: tuple[str, ...] = _STANDARD, data: Any = None) -> None:
-        from ..datasets.qm9 import TARGETS, load_qm9, split_qm9
+                 eval_split: str = "test", tasks: tuple[str, ...] = STANDARD_ORDER, data: Any = None) -> None:
+        from ...datasets.qm9 import TARGETS, load_qm9, split_qm9
 
         if eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {eval_split!r}.")
@@ -85,7 +85,7 @@ class QM9Problem(Problem):
                              "standardization needs at least two distinct values (use a larger subset).")
         self.tasks = list(tasks)
         self.metrics = [Metric(t, "mae", False) for t in self.tasks]
-        self.scale = torch.tensor([self.std[i] * (1000.0 if t in _ENERGIES else 1.0) for i, t in enumerate(tasks)])
+        self.scale = torch.tensor([self.std[i] * (1000.0 if t in ENERGY_TARGETS else 1.0) for i, t in enumerate(tasks)])
         norm = lambda y: torch.from_numpy(((y - self.mean) / self.std).astype(np.float32))  # noqa: E731
         super().__init__(Molecules.select(d.z, d.pos, d.ptr, split["train"]), norm(y_tr),
                          Molecules.select(d.z, d.pos, d.ptr, ev), norm(y_ev))
@@ -98,7 +98,7 @@ class QM9Problem(Problem):
         return super().to(device)
 
     def make_model(self, hidden: int = 64, n_layers: int = 3, n_rbf: int = 32, cutoff: float = 5.0) -> nn.Module:
-        from ..models.mpnn import MPNN
+        from ...models.mpnn import MPNN
 
         return MPNN(len(self.tasks), hidden=hidden, n_layers=n_layers, n_rbf=n_rbf, cutoff=cutoff)
 
@@ -111,7 +111,13 @@ class QM9Problem(Problem):
                 for i, (t, o) in enumerate(zip(self.tasks, outputs))}
 
 
-register_problem("qm9", lambda **kw: QM9Problem(tasks=_STANDARD, **kw), list(_STANDARD),
-                 "QM9 (qm9pack), 11 regression targets, compact MPNN, MAE per target")
-register_problem("qm9-u0", lambda **kw: QM9Problem(tasks=U0_FIRST, **kw), list(U0_FIRST),
-                 "QM9 with U0 first (primary for primary-aux), 11 targets, compact MPNN")
+def qm9(source: str | None = None, cache_dir: str | None = None, split_seed: int = 0, n_train: int = 110_000,
+        n_val: int = 10_000, subset: int = 0, n_test: int = 0, eval_split: str = "test") -> Problem:
+    """The ``qm9`` problem: the 11 targets in the standard order (mu first); [data] as :class:`QM9Problem`."""
+    return QM9Problem(source, cache_dir, split_seed, n_train, n_val, subset, n_test, eval_split, tasks=STANDARD_ORDER)
+
+
+def qm9_u0(source: str | None = None, cache_dir: str | None = None, split_seed: int = 0, n_train: int = 110_000,
+           n_val: int = 10_000, subset: int = 0, n_test: int = 0, eval_split: str = "test") -> Problem:
+    """The ``qm9-u0`` problem: U0 first (the primary of ``primary-aux``), then the others in standard order."""
+    return QM9Problem(source, cache_dir, split_seed, n_train, n_val, subset, n_test, eval_split, tasks=U0_FIRST)

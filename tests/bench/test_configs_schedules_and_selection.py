@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import json
 import math
 import sys
@@ -16,12 +15,13 @@ import pytest
 import torch
 
 from taskgrad.bench import load_config, parse_config, run
-from taskgrad.bench.problems import Metric, SyntheticProblem
+from taskgrad.bench import registry
+from taskgrad.bench.problem import Metric
+from taskgrad.bench.problems.synthetic import SyntheticProblem
 from taskgrad.bench.report import collect, markdown_table, report, summarize
 from taskgrad.bench.runner import run_all
 from taskgrad.bench.validation import Selector, carve_validation
 
-registry = importlib.import_module("taskgrad.bench.problems")  # the module (bench.problems is a function)
 
 
 # ------------------------------------------------------------------ YAML and config errors
@@ -99,7 +99,7 @@ _BASE = {"name": "e", "dataset": "synthetic", "methods": ["mean"]}
     ("extra", "key", "match"),
     [
         ({"epochs": "3"}, "epochs", "int"),
-        ({"typo": 1}, "typo", "unknown keys"),
+        ({"typo": 1}, "typo", "unknown key 'typo'"),
         ({"seeds": [True]}, "seeds", "list of ints"),
         ({"single_task": "yes"}, "single_task", "true or false"),
         ({"val_fraction": 1.0}, "val_fraction", r"\[0, 1\)"),
@@ -107,7 +107,7 @@ _BASE = {"name": "e", "dataset": "synthetic", "methods": ["mean"]}
         ({"optimizer": {"lr": "fast"}}, "lr", "positive number"),
         ({"optimizer": {"momentum": 1.5}}, "momentum", r"\[0, 1\)"),
         ({"scheduler": {"name": "exp"}}, "scheduler", "one of"),
-        ({"scheduler": {"name": "cosine", "step_size": 2}}, "step_size", "does not take"),
+        ({"scheduler": {"name": "cosine", "step_size": 2}}, "step_size", r"unknown key 'step_size' in \[scheduler\]"),
         ({"scheduler": {"name": "step"}}, "step_size", "exactly one"),
         ({"scheduler": {"name": "plateau", "patience": 1.5}}, "patience", "int"),
         ({"scheduler": {"name": "plateau", "monitor": "criterion"}}, "monitor", "criterion other than 'last'"),
@@ -117,6 +117,10 @@ _BASE = {"name": "e", "dataset": "synthetic", "methods": ["mean"]}
         ({"methods": [{"name": "cagrad", "cc": 1}]}, "cagrad", "does not accept"),
         ({"dataset": "no-such-data"}, "dataset", "unknown dataset"),
         ({"data": [1, 2]}, "data", "table"),
+        ({"data": {"n_trian": 64}}, "n_trian", r"\[data\].*Did you mean 'n_train'\?"),
+        ({"model": {"hiden": 4}}, "hiden", r"\[model\].*Did you mean 'hidden'\?"),
+        ({"optimizer": {"momentun": 0.9}}, "momentun", r"\[optimizer\].*Did you mean 'momentum'\?"),
+        ({"methods": ["pcgard"]}, "pcgard", "Did you mean 'pcgrad'"),
     ],
 )
 def test_config_errors_name_the_file_and_the_key(tmp_path, extra, key, match) -> None:
@@ -311,9 +315,9 @@ class _Scripted(SyntheticProblem):
         ({"criterion": "last"}, 5),
     ],
 )
-def test_selected_epoch_is_the_best_validation_epoch(tmp_path, monkeypatch, selection, epoch) -> None:
-    monkeypatch.setitem(registry._PROBLEMS, "scripted", (_Scripted, ["reg", "cls"], "test"))
-    monkeypatch.setattr(registry, "_CACHE", {})
+def test_selected_epoch_is_the_best_validation_epoch(tmp_path, add_problem, selection, epoch) -> None:
+    add_problem("scripted", _Scripted, ["reg", "cls"])
+    registry.clear_cache()
     rc = parse_config({"name": "s", "dataset": "scripted", "methods": ["mean"], "epochs": 5, "batch_size": 32,
                        "data": {"n_train": 40}, "val_fraction": 0.2, "selection": selection,
                        "baseline": {"reg/mse": 2.0, "cls/acc": 0.8}}).runs[0]
@@ -389,16 +393,16 @@ def test_validation_needed_but_missing_is_a_clear_error(tmp_path) -> None:
         run(rc, tmp_path, show_progress=False)
 
 
-def test_resume_keeps_the_best_so_far_epoch(tmp_path, monkeypatch) -> None:
+def test_resume_keeps_the_best_so_far_epoch(tmp_path, add_problem) -> None:
     """Interrupted in epoch 4, after the best validation epoch (2): the resumed run still selects
     epoch 2 (a run that forgot its best-so-far state would pick epoch 4) and keeps its model."""
-    monkeypatch.setitem(registry._PROBLEMS, "scripted", (_Scripted, ["reg", "cls"], "test"))
+    add_problem("scripted", _Scripted, ["reg", "cls"])
     rc = parse_config({"name": "s", "dataset": "scripted", "methods": ["mean"], "epochs": 5, "batch_size": 32,
                        "data": {"n_train": 40}, "val_fraction": 0.2, "checkpoint_every": 1,
                        "selection": {"criterion": "metric", "metric": "reg/mse"}}).runs[0]
-    monkeypatch.setattr(registry, "_CACHE", {})
+    registry.clear_cache()
     full = run(rc, tmp_path / "a", show_progress=False)
-    monkeypatch.setattr(registry, "_CACHE", {})  # the scripted metrics start again at epoch 1
+    registry.clear_cache()  # the scripted metrics start again at epoch 1
 
     def stop(step: int) -> None:
         if step == 4:  # one step per epoch: inside epoch 4, before its evaluation

@@ -5,7 +5,6 @@ resume, YAML merge keys, one validation pass per epoch, and problems whose ``eva
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import replace
@@ -14,15 +13,16 @@ import pytest
 import torch
 
 from taskgrad.bench import load_config, parse_config, run
-from taskgrad.bench.census_problem import CensusProblem
-from taskgrad.bench.problems import Problem, SyntheticProblem
+from taskgrad.bench.problems.census import CensusProblem
+from taskgrad.bench import registry
+from taskgrad.bench.problem import Problem
+from taskgrad.bench.problems.synthetic import SyntheticProblem
 from taskgrad.bench.runner import run_all, single_task_val_baseline
 from taskgrad.bench.validation import carve_validation
 
 # these tests recompute stale runs on purpose; the warning itself is tested in test_report_stale.py
 pytestmark = pytest.mark.filterwarnings("ignore::taskgrad.bench.runner.StaleResultWarning")
 
-registry = importlib.import_module("taskgrad.bench.problems")  # the module (bench.problems is a function)
 
 
 class _Interrupt(Exception):
@@ -72,7 +72,7 @@ def test_stale_single_task_baseline_is_recomputed_not_reused(tmp_path, capsys) -
     # a run whose result matches is reused as it is: nothing is recomputed
     again = run(stl[0], tmp_path, show_progress=True)
     assert "recomputing" not in capsys.readouterr().out and again["history"] == json.loads(
-        (tmp_path / "st" / "single-task:reg" / "seed0" / "result.json").read_text())["history"]
+        (tmp_path / "st" / "single-task-reg" / "seed0" / "result.json").read_text())["history"]
 
 
 def test_cli_methods_recomputes_stale_single_task_runs(tmp_path) -> None:
@@ -273,9 +273,9 @@ class _CountingWithVal(_Counting):
 
 @pytest.mark.parametrize(("problem", "val_fraction", "n_val"), [(_Counting, 0.25, 16), (_CountingWithVal, 0.0, 12)],
                          ids=["carved", "own-split"])
-def test_validation_is_one_forward_pass_per_batch(tmp_path, monkeypatch, problem, val_fraction, n_val) -> None:
-    monkeypatch.setitem(registry._PROBLEMS, "counting", (problem, ["reg", "cls"], "test"))
-    monkeypatch.setattr(registry, "_CACHE", {})
+def test_validation_is_one_forward_pass_per_batch(tmp_path, add_problem, problem, val_fraction, n_val) -> None:
+    add_problem("counting", problem, ["reg", "cls"])
+    registry.clear_cache()
     rc = parse_config({"name": "c", "dataset": "counting", "methods": ["mean"], "epochs": 2, "batch_size": 16,
                        "eval_batch_size": 5, "data": {"n_train": 64, "n_test": 32}, "val_fraction": val_fraction,
                        "optimizer": {"name": "sgd", "lr": 0.05}, "selection": {"criterion": "val_loss"}}).runs[0]
@@ -327,7 +327,7 @@ class _CountingCensus(CensusProblem):
         return m
 
 
-def test_census_validation_is_one_pass_too(tmp_path, monkeypatch) -> None:
+def test_census_validation_is_one_pass_too(tmp_path, add_problem) -> None:
     """CensusProblem's AUC is not a sum over batches; its validation is still one forward pass per
     batch, and gives exactly what its evaluate and mean_losses give."""
     pytest.importorskip("sklearn")
@@ -337,8 +337,8 @@ def test_census_validation_is_one_pass_too(tmp_path, monkeypatch) -> None:
         p.__class__ = _CountingCensus
         return p
 
-    monkeypatch.setitem(registry._PROBLEMS, "census-tiny", (factory, ["income", "marital"], "test"))
-    monkeypatch.setattr(registry, "_CACHE", {})
+    add_problem("census-tiny", factory, ["income", "marital"])
+    registry.clear_cache()
     rc = parse_config({"name": "c", "dataset": "census-tiny", "methods": ["mean"], "epochs": 1, "batch_size": 8,
                        "eval_batch_size": 4, "model": {"hidden": [8]}, "val_fraction": 0.5,
                        "optimizer": {"name": "sgd", "lr": 0.05}, "selection": {"criterion": "val_loss"}}).runs[0]
@@ -381,9 +381,9 @@ class _NoSplit(_Modern):
         return super().evaluate(model, batch_size)
 
 
-def _user_run(tmp_path, monkeypatch, problem, **over):
-    monkeypatch.setitem(registry._PROBLEMS, "user", (problem, ["reg", "cls"], "test"))
-    monkeypatch.setattr(registry, "_CACHE", {})
+def _user_run(add_problem, problem, **over):
+    add_problem("user", problem, ["reg", "cls"])
+    registry.clear_cache()
     raw = {"name": "u", "dataset": "user", "methods": ["mean"], "epochs": 2, "batch_size": 16,
            "data": {"n_train": 64, "n_test": 32}, "val_fraction": 0.25, "optimizer": {"name": "sgd", "lr": 0.05},
            "selection": {"criterion": "metric", "metric": "reg/mse"}}
@@ -392,7 +392,7 @@ def _user_run(tmp_path, monkeypatch, problem, **over):
 
 
 @pytest.mark.parametrize("val_fraction", [0.25, 0.0], ids=["carved", "own-split"])
-def test_evaluate_without_indices_is_supported(tmp_path, monkeypatch, val_fraction) -> None:
+def test_evaluate_without_indices_is_supported(tmp_path, add_problem, val_fraction) -> None:
     """Same training, same validation rows: a problem whose evaluate takes no indices= logs exactly
     the validation metrics of the same problem with indices=."""
 
@@ -406,21 +406,21 @@ def test_evaluate_without_indices_is_supported(tmp_path, monkeypatch, val_fracti
             return _Modern.evaluate(self, model, batch_size, split)
 
     modern, legacy = (WithVal, WithValNoIndices) if val_fraction == 0 else (_Modern, _NoIndices)
-    a = run(_user_run(tmp_path, monkeypatch, modern, val_fraction=val_fraction), tmp_path / "a", show_progress=False)
-    b = run(_user_run(tmp_path, monkeypatch, legacy, val_fraction=val_fraction), tmp_path / "b", show_progress=False)
+    a = run(_user_run(add_problem, modern, val_fraction=val_fraction), tmp_path / "a", show_progress=False)
+    b = run(_user_run(add_problem, legacy, val_fraction=val_fraction), tmp_path / "b", show_progress=False)
     assert _strip(a["history"]) == _strip(b["history"]) and a["selection"] == b["selection"]
     assert a["selection"]["n_val"] == (16 if val_fraction else 10)
     assert "val/reg/mse" in b["history"][0] and "val_loss/reg" in b["history"][0]
 
 
-def test_evaluate_without_split_is_an_early_clear_error(tmp_path, monkeypatch) -> None:
+def test_evaluate_without_split_is_an_early_clear_error(tmp_path, add_problem) -> None:
     steps = []
-    rc = _user_run(tmp_path, monkeypatch, _NoSplit)
+    rc = _user_run(add_problem, _NoSplit)
     with pytest.raises(TypeError, match=r"def evaluate\(self, model, batch_size=1024, split='test', indices=None\)"):
         run(rc, tmp_path, show_progress=False, on_step=steps.append)
     assert steps == []  # before any training step
     # without a validation split it is a valid problem, as before
-    res = run(_user_run(tmp_path, monkeypatch, _NoSplit, val_fraction=0.0, selection={"criterion": "last"}),
+    res = run(_user_run(add_problem, _NoSplit, val_fraction=0.0, selection={"criterion": "last"}),
               tmp_path / "ok", show_progress=False)
     assert len(res["history"]) == 2 and not any(k.startswith("val") for k in res["final"])
 
