@@ -365,9 +365,9 @@ def run_datasets(args) -> int:
     sets = {"School": load_school(data_dir / "school.mat"),
             "Parkinsons (total_UPDRS)": load_parkinsons(data_dir / "parkinsons_updrs.data")}
     models = {
-        "MTL L2,1 (taskgrad)": lambda: MultiTaskLassoCV(n_alphas=20, cv=3),
-        "per-task Lasso": lambda: MultiTaskLassoCV(penalty="l1", n_alphas=20, cv=3),
-        "per-task ridge": lambda: MultiTaskElasticNetCV(l1_ratio=0.0, n_alphas=20, eps=1e-5, cv=3),
+        "MTL L2,1 (taskgrad)": lambda: MultiTaskLassoCV(alphas=20, cv=3),
+        "per-task Lasso": lambda: MultiTaskLassoCV(penalty="l1", alphas=20, cv=3),
+        "per-task ridge": lambda: MultiTaskElasticNetCV(l1_ratio=0.0, alphas=20, eps=1e-5, cv=3),
     }
     # protocol "ours": pooled training standardization, per-task intercepts (fit_intercept=True);
     # protocol "MALSAR": per-task z-score + bias column, mtSplitPerc split, no separate intercept

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+from joblib import Parallel, delayed
 from sklearn.model_selection import KFold, check_cv
 
 from . import _inputs as I
@@ -20,6 +22,7 @@ from ._estimators import (
 )
 from ._problem import Problem
 from ._solver import alpha_max_of, datafit_at_zero
+from ._warn import warn_at_user
 
 #: a design matrix (dense or scipy.sparse) or per-task designs [(X_t, y_t), ...]
 XInput = ArrayLike | Sequence[tuple[ArrayLike, ArrayLike]]
@@ -79,35 +82,70 @@ def path_on_problem(P: Problem, alphas: ArrayLike, rho: float, pen: int, *, tol:
                 np.array(iters))
 
 
-def _check_alphas(alphas, n_alphas, eps):
-    if alphas is not None:
-        a = np.sort(np.asarray(alphas, dtype=float).ravel())[::-1]
-        if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
-            raise ValueError(f"alphas must be positive finite numbers, got {alphas!r}.")
-        return a
-    I.check_int("n_alphas", n_alphas)
-    I.check_positive("eps", eps)
-    return None
+def check_alphas(alphas: Any, eps: float, name: str = "alphas") -> int | np.ndarray:
+    """scikit-learn's convention: an int is that many α on a log grid from α_max down to eps·α_max
+    (returned as the int), an array-like the α values themselves (returned sorted, decreasing)."""
+    if isinstance(alphas, (Integral, np.integer)) and not isinstance(alphas, (bool, np.bool_)):
+        I.check_int(name, int(alphas))
+        I.check_positive("eps", eps)
+        return int(alphas)
+    if alphas is None or isinstance(alphas, (str, bool, np.bool_, Real, np.floating)):
+        raise ValueError(
+            f"{name} must be an int (that many α on a grid from α_max down to eps·α_max) or an "
+            f"array-like of positive α values, got {alphas!r}."
+        )
+    a = np.sort(np.asarray(alphas, dtype=float).ravel())[::-1]
+    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ValueError(f"{name} must be positive finite numbers, got {alphas!r}.")
+    return a
+
+
+def path_alphas(alphas: Any, n_alphas: Any, default: int, eps: float) -> int | np.ndarray:
+    """The α argument of a path function, with scikit-learn 1.9's deprecation of ``n_alphas``:
+    ``alphas="warn"`` (the default) means ``default`` α on a grid; ``n_alphas`` and
+    ``alphas=None`` still work with a FutureWarning, as in :func:`sklearn.linear_model.enet_path`."""
+    count: Any = default
+    if not (isinstance(n_alphas, str) and n_alphas == "deprecated"):
+        warn_at_user(
+            "'n_alphas' is deprecated (as in scikit-learn 1.9) and will be removed: 'alphas' accepts "
+            "an int, that many α on a grid. Pass alphas=<int> and leave n_alphas unset to silence "
+            "this warning.",
+            FutureWarning,
+        )
+        count = n_alphas
+    if isinstance(alphas, str) and alphas == "warn":
+        pass
+    elif alphas is None:
+        warn_at_user(
+            f"'alphas=None' is deprecated (as in scikit-learn 1.9) and will be removed: pass "
+            f"alphas={default} (the default) or another int, or the α values.",
+            FutureWarning,
+        )
+    else:
+        count = alphas
+    return check_alphas(count, eps)
 
 
 def multitask_enet_path(X: XInput, y: ArrayLike | None = None, *, l1_ratio: float = 0.5, penalty: str = "l21",
-                        alphas: ArrayLike | None = None,
-                        n_alphas: int = 100, eps: float = 1e-3, fit_intercept: bool = True,
+                        alphas: int | ArrayLike | str | None = "warn",
+                        n_alphas: int | str = "deprecated", eps: float = 1e-3, fit_intercept: bool = True,
                         sample_weight: ArrayLike | None = None, tol: float = 1e-4, max_iter: int = 1000,
                         solver: str = "auto", device: str = "cpu") -> Path:
     """Multi-task elastic-net path: the :class:`MultiTaskElasticNet` solution for each α.
 
-    α runs from α_max (the smallest α with W = 0) down to eps·α_max unless ``alphas`` is given;
-    every fit is warm-started from the previous one and stops at duality gap ≤ tol·f(0).
+    ``alphas``: an int is that many α, log-spaced from α_max (the smallest α with W = 0) down to
+    eps·α_max (default 100), an array-like the α values (scikit-learn 1.9's convention;
+    ``n_alphas`` is deprecated as there). Every fit is warm-started from the previous one and
+    stops at duality gap ≤ tol·f(0).
     """
     est = MultiTaskElasticNet(l1_ratio=l1_ratio, penalty=penalty, fit_intercept=fit_intercept,
                               tol=tol, max_iter=max_iter, solver=solver, device=device)
     check_common(est)
     _, _, pen = est._penalty()
-    a = _check_alphas(alphas, n_alphas, eps)
+    a = path_alphas(alphas, n_alphas, 100, eps)
     P = est._data(X, y, sample_weight).problem(fit_intercept)
-    if a is None:
-        a = alpha_grid(P, pen, l1_ratio, n_alphas, eps)
+    if isinstance(a, int):
+        a = alpha_grid(P, pen, l1_ratio, a, eps)
     return path_on_problem(P, a, l1_ratio, pen, tol=tol, max_iter=max_iter, solver=solver,
                            device=device, fit_intercept=fit_intercept)
 
@@ -119,20 +157,25 @@ def multitask_lasso_path(X: XInput, y: ArrayLike | None = None, **kwargs: Any) -
 
 def multitask_logistic_path(X: XInput, y: ArrayLike | None = None, *, penalty: str = "l21",
                             multi_class: str = "auto",
-                            alphas: ArrayLike | None = None, n_alphas: int = 20, eps: float = 1e-2,
+                            alphas: int | ArrayLike | str | None = "warn", n_alphas: int | str = "deprecated",
+                            eps: float = 1e-2,
                             fit_intercept: bool = True, sample_weight: ArrayLike | None = None, tol: float = 1e-4,
                             max_iter: int = 1000, solver: str = "auto",
                             device: str = "cpu") -> Path:
-    """Path of :class:`MultiTaskLogisticRegression` solutions, warm-started, from α_max down."""
+    """Path of :class:`MultiTaskLogisticRegression` solutions, warm-started, from α_max down.
+
+    ``alphas``: an int is that many α from α_max down to eps·α_max (default 20), an array-like
+    the α values (``n_alphas`` is deprecated, as in :func:`multitask_enet_path`).
+    """
     est = MultiTaskLogisticRegression(penalty=penalty, multi_class=multi_class,
                                       fit_intercept=fit_intercept, tol=tol, max_iter=max_iter,
                                       solver=solver, device=device)
     check_common(est)
     _, _, pen = est._penalty()
-    a = _check_alphas(alphas, n_alphas, eps)
+    a = path_alphas(alphas, n_alphas, 20, eps)
     P = est._data(X, y, sample_weight).problem(fit_intercept)
-    if a is None:
-        a = alpha_grid(P, 0 if pen == 2 else pen, 1.0, n_alphas, eps)
+    if isinstance(a, int):
+        a = alpha_grid(P, 0 if pen == 2 else pen, 1.0, a, eps)
     return path_on_problem(P, a, 0.0 if pen == 2 else 1.0, pen, tol=tol, max_iter=max_iter,
                            solver=solver, device=device, fit_intercept=fit_intercept)
 
@@ -176,25 +219,29 @@ class _CVMixin:
         self.n_features_in_ = base.n_features_in_
         if hasattr(base, "feature_names_in_"):
             self.feature_names_in_ = base.feature_names_in_
-        a_given = _check_alphas(self.alphas, self.n_alphas, self.eps)
+        a_given = check_alphas(self.alphas, self.eps)
         P_full = D.problem(self.fit_intercept)
         grids = []
         for rho in rhos:
             pen = pen_of(rho)
-            grids.append(a_given if a_given is not None else alpha_grid(
-                P_full, 0 if pen == 2 else pen, rho if pen != 2 else 1.0, self.n_alphas, self.eps))
+            grids.append(a_given if not isinstance(a_given, int) else alpha_grid(
+                P_full, 0 if pen == 2 else pen, rho if pen != 2 else 1.0, a_given, self.eps))
         y_raw = None if I.is_per_task(X, y) else np.asarray(y)
         folds = _folds(D, self.cv, isinstance(base, MultiTaskLogisticRegression), y_raw)
+        def fold_losses(r: int, tr: np.ndarray, te: np.ndarray) -> list[float]:
+            Dtr, Dte = D.rows(tr), D.rows(te)
+            path = path_on_problem(Dtr.problem(self.fit_intercept), grids[r], rhos[r], pen_of(rhos[r]),
+                                   tol=self.tol, max_iter=self.max_iter, solver=self.solver,
+                                   device=self.device, fit_intercept=self.fit_intercept)
+            return [_held_out_loss(Dte, path.coefs[k], path.intercepts[k]) for k in range(len(grids[r]))]
+
+        # one path per (ρ, fold), in threads as scikit-learn's CV estimators do (n_jobs, verbose)
+        jobs = [(r, f, tr, te) for r in range(len(rhos)) for f, (tr, te) in enumerate(folds)]
+        out = Parallel(n_jobs=self.n_jobs, verbose=self.verbose, prefer="threads")(
+            delayed(fold_losses)(r, tr, te) for r, _, tr, te in jobs)
         losses = np.zeros((len(rhos), len(grids[0]), len(folds)))
-        for r, rho in enumerate(rhos):
-            pen = pen_of(rho)
-            for f, (tr, te) in enumerate(folds):
-                Dtr, Dte = D.rows(tr), D.rows(te)
-                path = path_on_problem(Dtr.problem(self.fit_intercept), grids[r], rho, pen,
-                                       tol=self.tol, max_iter=self.max_iter, solver=self.solver,
-                                       device=self.device, fit_intercept=self.fit_intercept)
-                for k in range(len(grids[r])):
-                    losses[r, k, f] = _held_out_loss(Dte, path.coefs[k], path.intercepts[k])
+        for (r, f, _, _), vals in zip(jobs, out):
+            losses[r, :, f] = vals
         mean = losses.mean(axis=2)
         r, k = np.unravel_index(np.argmin(mean), mean.shape)
         self.alphas_ = np.array(grids) if len(rhos) > 1 else grids[0]
@@ -212,20 +259,24 @@ class _CVMixin:
 class MultiTaskElasticNetCV(_CVMixin, MultiTaskElasticNet):
     """:class:`MultiTaskElasticNet` with α (and ``l1_ratio`` if a list) chosen by K-fold CV.
 
-    For each ρ, a warm-started path over ``alphas`` (default: ``n_alphas`` values from α_max to
-    eps·α_max) is fitted on every training fold; the pair with the least mean held-out MSE is
-    refitted on all data. Per-task designs are split within every task.
+    For each ρ, a warm-started path over ``alphas`` (scikit-learn's convention: an int is that
+    many α log-spaced from α_max to eps·α_max, default 100; an array-like, the α values) is
+    fitted on every training fold; the pair with the least mean held-out MSE is
+    refitted on all data. Per-task designs are split within every task. ``n_jobs`` fits the
+    (ρ, fold) paths in parallel threads and ``verbose`` reports their progress (joblib), as in
+    scikit-learn's CV estimators.
     Attributes: ``alpha_``, ``l1_ratio_``, ``alphas_``, ``mse_path_`` (ρ, α, fold).
     """
 
-    def __init__(self, *, l1_ratio=0.5, alphas=None, n_alphas=100, eps=1e-3, cv=5,
+    def __init__(self, *, l1_ratio=0.5, alphas=100, eps=1e-3, cv=5,
                  penalty="l21", fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto",
-                 device="cpu"):
+                 device="cpu", verbose=0, n_jobs=None):
         self.l1_ratio = l1_ratio
         self.alphas = alphas
-        self.n_alphas = n_alphas
         self.eps = eps
         self.cv = cv
+        self.verbose = verbose
+        self.n_jobs = n_jobs
         self.penalty = penalty
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -261,12 +312,14 @@ class MultiTaskElasticNetCV(_CVMixin, MultiTaskElasticNet):
 class MultiTaskLassoCV(MultiTaskElasticNetCV):
     """:class:`MultiTaskLasso` with α chosen by K-fold CV (see :class:`MultiTaskElasticNetCV`)."""
 
-    def __init__(self, *, alphas=None, n_alphas=100, eps=1e-3, cv=5, penalty="l21",
-                 fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto", device="cpu"):
+    def __init__(self, *, alphas=100, eps=1e-3, cv=5, penalty="l21",
+                 fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto", device="cpu",
+                 verbose=False, n_jobs=None):
         self.alphas = alphas
-        self.n_alphas = n_alphas
         self.eps = eps
         self.cv = cv
+        self.verbose = verbose
+        self.n_jobs = n_jobs
         self.penalty = penalty
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -284,16 +337,19 @@ class MultiTaskLassoCV(MultiTaskElasticNetCV):
 class MultiTaskLogisticRegressionCV(_CVMixin, MultiTaskLogisticRegression):
     """:class:`MultiTaskLogisticRegression` with α chosen by K-fold CV (mean held-out log-loss).
 
-    Attributes: ``alpha_``, ``alphas_``, ``cv_loss_path_`` (α, fold); stratified folds for a 1-D y.
+    ``alphas``: an int is that many α from α_max down to eps·α_max (default 20), an array-like
+    the α values. Attributes: ``alpha_``, ``alphas_``, ``cv_loss_path_`` (α, fold); stratified
+    folds for a 1-D y.
     """
 
-    def __init__(self, *, alphas=None, n_alphas=20, eps=1e-2, cv=5, penalty="l21",
+    def __init__(self, *, alphas=20, eps=1e-2, cv=5, penalty="l21",
                  multi_class="auto", fit_intercept=True, tol=1e-4, max_iter=1000, solver="auto",
-                 device="cpu"):
+                 device="cpu", verbose=0, n_jobs=None):
         self.alphas = alphas
-        self.n_alphas = n_alphas
         self.eps = eps
         self.cv = cv
+        self.verbose = verbose
+        self.n_jobs = n_jobs
         self.penalty = penalty
         self.multi_class = multi_class
         self.fit_intercept = fit_intercept

@@ -11,7 +11,6 @@ on a small working set), or proximal Newton steps with a line search for the bin
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import _kernels as K
 from ._problem import Problem
+from ._warn import warn_at_user
 
 
 @dataclass
@@ -344,11 +344,10 @@ def solve_cd(
                     break
         blk.sync()
     if not converged:
-        warnings.warn(
+        warn_at_user(
             f"The solver did not reach the duality gap tolerance {tol_abs:.3g} in {max_iter} "
             f"epochs (gap {gap:.3g}). Increase max_iter, loosen tol, or scale the features.",
             ConvergenceWarning,
-            stacklevel=3,
         )
     return SolverResult(W=W, b=b, gap=float(gap), n_iter=n_epochs, converged=converged,
                         tol_abs=float(tol_abs), n_screened=int(p - alive.sum()))

@@ -17,6 +17,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._problem import Problem
+from ._warn import warn_at_user
 from ._solver import SolverResult, datafit_at_zero, zero_is_not_optimal
 
 
@@ -259,9 +260,9 @@ def solve_apg(
         W, b, t = Wn, bn, tn
         it += 1
     if not converged:
-        warnings.warn(
+        warn_at_user(
             f"The accelerated proximal gradient did not reach the duality gap tolerance "
             f"{tol_abs:.3g} in {max_iter} iterations (gap {gap:.3g}). Increase max_iter or "
-            "loosen tol.", ConvergenceWarning, stacklevel=3)
+            "loosen tol.", ConvergenceWarning)
     return SolverResult(W=W.double().cpu().numpy(), b=b.double().cpu().numpy(), gap=gap,
                         n_iter=it, converged=converged, tol_abs=float(tol_abs), n_screened=0)
