@@ -28,6 +28,8 @@ DEFINED: dict[str, str] = {
     "positive-losses": "finite weights for every Gram matrix when every loss is > 0",
     "zero-not-in-hull": "defined iff some d has <g_i, d> > 0 for all i (0 not in the convex hull "
     "of the gradients); raises UndefinedMethodError otherwise",
+    "enough-tasks": "finite weights for every Gram matrix of at least the instance's min_tasks "
+    "tasks; raises UndefinedMethodError for fewer (Krum)",
 }
 
 FAMILIES = ("gram", "loss", "auxiliary", "jacobian")

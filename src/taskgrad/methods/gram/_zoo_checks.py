@@ -1,0 +1,81 @@
+"""Validation and small numeric helpers shared by the methods ported from TorchJD and LibMTL:
+range checks on hyper-parameters with errors that name the parameter, and the Euclidean
+projection onto the probability simplex."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_int", "check_real", "check_vector", "project_simplex"]
+
+
+def check_real(
+    name: str, value: object, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False, high_open: bool = False,
+) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` and the accepted range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+    v = float(value)
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    interval = f"{left}{lo}, {hi}{right}"
+    bad = math.isnan(v)
+    if low is not None:
+        bad = bad or (v <= low if low_open else v < low)
+    if high is not None:
+        bad = bad or (v >= high if high_open else v > high)
+    if bad:
+        raise ValueError(f"{name} must be in {interval}, got {value!r}.")
+    return v
+
+
+def check_int(name: str, value: object, *, low: int) -> int:
+    """``value`` as an int ≥ ``low``, or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int ≥ {low}, got {type(value).__name__} {value!r}.")
+    if value < low:
+        raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}.")
+    return value
+
+
+def check_vector(name: str, value: Tensor | None, *, nonnegative: bool = False) -> Tensor | None:
+    """An optional 1-D finite float tensor (one entry per task), detached."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        value = torch.as_tensor(value, dtype=torch.float64)
+    if value.dim() != 1 or not value.is_floating_point():
+        raise ValueError(
+            f"{name} must be a 1-D floating-point tensor with one entry per task, got shape "
+            f"{tuple(value.shape)} and dtype {value.dtype}."
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite, got {value.tolist()}.")
+    if nonnegative and bool((value < 0).any()):
+        raise ValueError(f"{name} must be ≥ 0 entrywise, got {value.tolist()}.")
+    return value.detach()
+
+
+def check_length(name: str, value: Tensor, k: int) -> None:
+    """Raise unless the per-task vector ``value`` has k entries."""
+    if value.shape[-1] != k:
+        raise ValueError(f"{name} has {value.shape[-1]} entries but there are {k} tasks; pass one per task.")
+
+
+def project_simplex(y: Tensor) -> Tensor:
+    """Euclidean projection of each row of y (..., k) onto {x ≥ 0, Σx = 1}: x = max(y − θ, 0),
+    θ = (Σ_{j≤ρ} u_j − 1)/ρ for u = y sorted decreasingly and ρ the last j with u_j > θ_j."""
+    k = y.shape[-1]
+    u, _ = torch.sort(y, dim=-1, descending=True)
+    css = u.cumsum(-1) - 1.0
+    j = torch.arange(1, k + 1, dtype=y.dtype, device=y.device)
+    active = u - css / j > 0
+    rho = active.to(torch.long).cumsum(-1).argmax(-1, keepdim=True)  # last index where active
+    theta = css.gather(-1, rho) / (rho + 1).to(y.dtype)
+    return (y - theta).clamp_min(0.0)
