@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ...solvers import primary_aux
 from ..base import Weighting
 from ..registry import register_method
+from ._progress import progress_margin_weights
 
 __all__ = ["PrimaryAux"]
 
@@ -30,10 +32,23 @@ class PrimaryAux(Weighting):
     with a robust margin) for every auxiliary. With several primaries, the min-norm common
     descent direction of the primaries subject to the same constraints (see
     :func:`taskgrad.solvers.primary_aux`). The primary tasks are the first ``n_primary``.
+
+    Progress margin (``progress`` = τ > 0, one primary, no ``margin``): every auxiliary gets at
+    least τ of the first-order progress of a step of the primary's length along its own
+    normalized gradient, ⟨u, gᵢ/‖gᵢ‖⟩ ≥ τ‖g₀‖; u = g₀ + Σλᵢgᵢ with λ ≥ 0 minimizing the dual
+    ½‖g₀ + Σλᵢgᵢ‖² − τ‖g₀‖Σλᵢ‖gᵢ‖ (see :mod:`taskgrad.methods.auxiliary._progress`). When no u
+    meets every margin (0 in the hull of the auxiliary gradients) the step is the τ = 0 one.
+    ``last_info`` holds the last call's ``active`` constraints (λᵢ > 0, shape (..., k−1)) and
+    whether it was ``infeasible``.
     """
 
     def __init__(
-        self, n_primary: int = 1, eps: float = 0.0, margin: float = 0.0, relative_margin: bool = False
+        self,
+        n_primary: int = 1,
+        eps: float = 0.0,
+        margin: float = 0.0,
+        relative_margin: bool = False,
+        progress: float = 0.0,
     ) -> None:
         if not isinstance(n_primary, int) or n_primary < 1:
             raise ValueError(f"n_primary must be a positive int, got {n_primary!r}.")
@@ -43,10 +58,25 @@ class PrimaryAux(Weighting):
         self.eps = eps
         self.margin = margin
         self.relative_margin = relative_margin
+        if not progress >= 0:
+            raise ValueError(f"progress must be ≥ 0 (a fraction of each auxiliary's progress), got {progress!r}.")
+        if progress > 0 and (n_primary != 1 or margin > 0):
+            raise ValueError("progress works with one primary task and margin=0; pass n_primary=1 and no margin.")
+        self.progress = progress
+        self._last_info: dict[str, Tensor] | None = None
+
+    @property
+    def last_info(self) -> dict[str, Tensor] | None:
+        """``{"active": (..., k−1) bool, "infeasible": (...) bool}`` of the last call (one primary)."""
+        return self._last_info
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
-        return primary_aux(
+        if self.progress > 0:
+            w, active, infeasible = progress_margin_weights(gram, self.progress)
+            self._last_info = {"active": active, "infeasible": infeasible}
+            return w
+        w = primary_aux(
             gram,
             n_primary=self.n_primary,
             eps=self.eps,
@@ -54,3 +84,6 @@ class PrimaryAux(Weighting):
             relative_margin=self.relative_margin,
             check_input=False,
         )
+        if self.n_primary == 1:
+            self._last_info = {"active": w[..., 1:] > 0, "infeasible": torch.zeros(w.shape[:-1], dtype=torch.bool, device=w.device)}
+        return w
