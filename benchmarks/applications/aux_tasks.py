@@ -48,17 +48,20 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, BatchStream, load_config, save_rows, to_tensor  # noqa: E402
+from common import OUT, BatchStream, load_config, save_rows, to_tensor
 
-import taskgrad  # noqa: E402
-from taskgrad.datasets.multimnist import MultiDigits  # noqa: E402
-from taskgrad.datasets.tabular import TaskData  # noqa: E402
-from taskgrad.methods import get as get_method  # noqa: E402
-from taskgrad.methods.base import Weighting  # noqa: E402
-from taskgrad.models.lenet import MultiLeNet  # noqa: E402
+import taskgrad
+from taskgrad.datasets.multimnist import MultiDigits
+from taskgrad.datasets.tabular import TaskData
+from taskgrad.methods import get as get_method
+from taskgrad.methods.base import Weighting
+from taskgrad.models.lenet import MultiLeNet
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = Path(__file__).resolve().parent / "configs" / "aux_tasks"
+# the eleven QM9 targets in their standard order, and those in eV in the data (reported in meV)
+QM9_TARGETS = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G")
+QM9_ENERGIES = {"homo", "lumo", "gap", "zpve", "U0", "U", "H", "G"}
 
 
 # ---------------------------------------------------------------------------- data
@@ -169,11 +172,11 @@ def qm9_split(data: Any, primary: str, n_train: int, n_test: int, split_seed: in
     of :func:`taskgrad.datasets.qm9.split_qm9` (110,000/10,000/rest on the full data; 80 %/10 %/rest
     of a smaller data set), its first ``n_train`` training molecules and first ``n_test`` test
     molecules; targets standardized with the training mean/std."""
-    from taskgrad.bench.qm9_problem import _STANDARD, QM9Problem
+    from taskgrad.bench.problems.qm9 import QM9Problem
 
-    if primary not in _STANDARD:
-        raise ValueError(f"unknown QM9 target {primary!r}: use one of {list(_STANDARD)}.")
-    tasks = (primary,) + tuple(t for t in _STANDARD if t != primary)
+    if primary not in QM9_TARGETS:
+        raise ValueError(f"unknown QM9 target {primary!r}: use one of {list(QM9_TARGETS)}.")
+    tasks = (primary,) + tuple(t for t in QM9_TARGETS if t != primary)
     n = len(data)
     p = QM9Problem(tasks=tasks, split_seed=split_seed, n_train=min(110_000, int(0.8 * n)), n_val=min(10_000, n // 10),
                    subset=n_train, n_test=n_test, data=data)
@@ -512,9 +515,7 @@ def metric_label(config: dict[str, Any]) -> str:
     if kind == "parkinsons":
         return "test MAE total_UPDRS"
     if kind == "qm9":
-        from taskgrad.bench.qm9_problem import _ENERGIES
-
-        return f"test MAE {config['primary']}" + (" (meV)" if config["primary"] in _ENERGIES else "")
+        return f"test MAE {config['primary']}" + (" (meV)" if config["primary"] in QM9_ENERGIES else "")
     return "test acc left digit (%)"
 
 
@@ -544,7 +545,9 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) ->
         rs = [r for r in rows if r["method"] == spec["label"]]
         if not rs:
             continue
-        mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        def mean(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return float(np.mean([r[key] for r in rs]))
+
         cells = stat(rs, "test_metric") + (" | " + stat(rs, "test_metric_at_best_val") if early else "")
         lines.append(
             f"| {spec['label']} | {cells} | "
