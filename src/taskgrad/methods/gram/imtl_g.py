@@ -31,17 +31,29 @@ class IMTLG(Weighting):
     """IMTL-G (Liu et al., 2021), in the pseudo-inverse form of Quinton & Rey (2024).
 
     The update d = Jᵀw has equal projections on every unit gradient, ⟨d, gᵢ/‖gᵢ‖⟩ = const:
-    Gw ∝ σ (σᵢ = ‖gᵢ‖), so w = G⁺σ / 1ᵀG⁺σ (0 when 1ᵀG⁺σ vanishes). With linearly independent
-    gradients this is the paper's closed form; the direction of d is invariant to rescaling any
-    task's loss.
+    Gw ∝ σ (σᵢ = ‖gᵢ‖), so w ∝ G⁺σ, scaled so that Σwᵢ = ±1 with the sign that makes the common
+    projection positive (w = G⁺σ/|1ᵀG⁺σ|; the paper's Σwᵢ = 1 wherever 1ᵀG⁺σ > 0, always for
+    k = 2; elsewhere the paper's d would raise every loss). 0 when 1ᵀG⁺σ vanishes.
+
+    Scale-free computation: with D = diag(σ) and the cosine matrix Ĝ = D⁻¹GD⁻¹ (unit diagonal),
+    G⁺σ = D⁻¹Ĝ⁺1 for independent gradients, so w is computed from Ĝ, whose conditioning does not
+    depend on the gradient norms. The direction of d is then invariant to rescaling any task's
+    loss for norm ratios as small as the Gram entries stay normal numbers (σᵢσⱼ ≳ 1e-300 in
+    float64, 1e-37 in float32), provided G is accurate relative to each entry (a Gram matrix
+    accumulated in float64 is). Zero gradients get weight 0.
     """
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         Gb, batch = flat_gram(gram)
         k = Gb.shape[-1]
-        v = (torch.linalg.pinv(Gb, hermitian=True) @ diag_norms(Gb).unsqueeze(-1)).squeeze(-1)
+        sig = diag_norms(Gb)
+        alive = sig > 0
+        inv = torch.where(alive, 1.0 / torch.where(alive, sig, torch.ones_like(sig)), torch.zeros_like(sig))
+        cosm = Gb * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+        vhat = (torch.linalg.pinv(cosm, hermitian=True) @ alive.to(Gb.dtype).unsqueeze(-1)).squeeze(-1)
+        v = vhat * inv
         s = v.sum(-1, keepdim=True)
         tiny = s.abs() <= 1e-12 * v.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-        w = torch.where(tiny, torch.zeros_like(v), v / torch.where(tiny, torch.ones_like(s), s))
+        w = torch.where(tiny, torch.zeros_like(v), v / torch.where(tiny, torch.ones_like(s), s.abs()))
         return w.to(gram.dtype).reshape(*batch, k)

