@@ -1,0 +1,144 @@
+"""Partially labelled tasks: run a method on the tasks present in a batch only.
+
+A batch may hold no labelled example of some task; its (masked-mean) loss is then NaN or
+undefined. With ``present`` (a (k,) boolean tensor) the absent tasks are left out: the method
+sees the Gram matrix and the losses of the present tasks only, the absent tasks get weight 0
+and nothing of their loss reaches ``.grad``.
+
+State of a stateful method: a step advances the state of the present tasks only. Every tensor
+of ``state_dict()`` whose trailing dimension is k is per-task (trailing (k, k): per pair of
+tasks); the method runs on those tensors restricted to the present tasks, and afterwards only
+the present entries are written back: the entries of absent tasks (and pairs involving one)
+are bit-identical before and after the step. Other entries (step counters, a shared
+optimizer step, random generators) advance as on any step. Concretely:
+
+* DWA: the loss history shifts for the present tasks only; an absent task keeps its last two
+  losses, so its descent rate is measured across its absence when it comes back.
+* FAMO: the logits ξ, their Adam moments and the previous losses change for present tasks
+  only (the Adam step count is shared and advances).
+* GradVac: the EMA targets φ̂ᵢⱼ change only for pairs of present tasks.
+* Uncertainty weighting (and the other learned per-task parameters): the log-variances of
+  absent tasks and their Adam moments are unchanged.
+
+A state that does not exist yet (the method has never run, or a history still filling) cannot
+be written back per task: until the method has run once with every task present, a step with
+absent tasks runs it on a temporary copy whose state is discarded.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_present", "merge_state", "present_weights", "restrict_state"]
+
+
+def check_present(present: Any, k: int) -> Tensor | None:
+    """Validate ``present`` for k tasks: a (k,) bool tensor (or a sequence of bools); returns it
+    on the CPU, or None when every task is present (nothing to do)."""
+    if present is None:
+        return None
+    p = torch.as_tensor(present)
+    if p.dtype != torch.bool:
+        raise TypeError(f"present must be a boolean tensor (True for a task present in the batch), got dtype {p.dtype}.")
+    if p.shape != (k,):
+        raise ValueError(f"present must have shape ({k},), one flag per task, got {tuple(p.shape)}.")
+    p = p.detach().cpu()
+    return None if bool(p.all()) else p
+
+
+class _Unmergeable(Exception):
+    """The new state has per-task entries the old one has no slot for (a state still forming)."""
+
+
+def _per_task_dims(x: Tensor, k: int) -> int:
+    """How many trailing dimensions of x index tasks: 2 for (…, k, k), 1 for (…, k), else 0."""
+    if x.dim() >= 2 and x.shape[-1] == k and x.shape[-2] == k:
+        return 2
+    if x.dim() >= 1 and x.shape[-1] == k:
+        return 1
+    return 0
+
+
+def restrict_state(state: Any, idx: Tensor, k: int) -> Any:
+    """The state with every per-task tensor restricted to the tasks ``idx`` (see the module doc)."""
+    if isinstance(state, Tensor):
+        n = _per_task_dims(state, k)
+        if n == 2:
+            return state[..., idx, :][..., idx].clone()
+        if n == 1:
+            return state[..., idx].clone()
+        return state.clone()
+    if isinstance(state, dict):
+        return {key: restrict_state(v, idx, k) for key, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(restrict_state(v, idx, k) for v in state)
+    return copy.deepcopy(state)
+
+
+def merge_state(old: Any, new: Any, idx: Tensor, k: int) -> Any:
+    """``old`` with the present entries ``idx`` of every per-task tensor taken from ``new`` (the
+    state of the method run on the present tasks); everything else taken from ``new``."""
+    m = idx.numel()
+    if isinstance(old, Tensor) and isinstance(new, Tensor):
+        n = _per_task_dims(old, k)
+        if n == 0:
+            return new
+        out = old.clone()
+        if n == 2:
+            if new.shape[-2:] != (m, m):
+                raise _Unmergeable
+            sub = out[..., idx, :]
+            sub[..., idx] = new.to(out)
+            out[..., idx, :] = sub
+        else:
+            if new.shape[-1] != m:
+                raise _Unmergeable
+            out[..., idx] = new.to(out)
+        return out
+    if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) != set(new):
+            raise _Unmergeable
+        return {key: merge_state(old[key], new[key], idx, k) for key in new}
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        if len(old) != len(new):
+            raise _Unmergeable
+        return type(new)(merge_state(o, n, idx, k) for o, n in zip(old, new))
+    if isinstance(old, Tensor) != isinstance(new, Tensor):  # None -> tensor: a state being created
+        raise _Unmergeable
+    return new
+
+
+def present_weights(method: Any, gram: Tensor | None, losses: Tensor | None, present: Tensor) -> Tensor:
+    """w (k,) = the method on the present tasks (sub-Gram, sub-losses), 0 for absent tasks; the
+    method's state advances for the present tasks only (see the module docstring)."""
+    k = present.shape[0]
+    idx = present.nonzero().squeeze(-1)
+    like = gram if gram is not None else losses
+    assert like is not None
+    w = torch.zeros(k, dtype=like.dtype, device=like.device)
+    if idx.numel() == 0:
+        return w
+    if idx.numel() == k:
+        return method(gram=gram, losses=losses)
+    dev_idx = idx.to(like.device)
+    g = None if gram is None else gram[..., dev_idx, :][..., dev_idx]
+    L = None if losses is None else losses[..., dev_idx]
+    old = method.state_dict()
+    method.load_state_dict(restrict_state(old, idx, k))
+    try:
+        w_sub = method(gram=g, losses=L)
+        new = method.state_dict()
+    except BaseException:
+        method.load_state_dict(old)
+        raise
+    try:
+        merged = merge_state(old, new, idx, k)
+    except _Unmergeable:
+        merged = old  # the state is still forming: this step ran on a temporary copy
+    method.load_state_dict(merged)
+    w[dev_idx] = w_sub.to(w)
+    return w
