@@ -6,13 +6,31 @@ v = u + λ, λ ≥ 0 solves the NNLS ½λᵀGλ + (Gu)ᵀλ.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..solvers import nnls
 from . import _impl
 from ._common import flat_gram
 
-__all__ = ["dual_cone_weights"]
+__all__ = ["dual_cone_weights", "torchjd_gram"]
+
+
+def torchjd_gram(gram: Tensor, norm_eps: float, reg_eps: float) -> Tensor:
+    """TorchJD's QuadprogProjector input: G/tr(G) (0 when tr(G) < norm_eps) + reg_eps·I.
+
+    With norm_eps = reg_eps = 0 the projection is unchanged (it is invariant to scaling G); the
+    defaults of TorchJD (1e-4 and 1e-4) perturb it, and passing them reproduces its numbers.
+    """
+    for name, v in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+            raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}.")
+    if norm_eps == 0 and reg_eps == 0:
+        return gram
+    tr = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    small = (tr < norm_eps) | (tr <= 0)
+    G = torch.where(small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(tr), tr))
+    return G + reg_eps * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
 def dual_cone_weights(gram: Tensor, U: Tensor, impl: str = "auto") -> Tensor:

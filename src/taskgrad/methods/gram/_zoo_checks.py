@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_real", "check_vector", "project_simplex"]
+__all__ = ["check_int", "check_max_norm", "check_real", "check_vector", "project_simplex"]
 
 
 def check_real(
@@ -42,6 +42,15 @@ def check_int(name: str, value: object, *, low: int) -> int:
     if value < low:
         raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}.")
     return value
+
+
+def check_max_norm(value: float | None) -> float | None:
+    """A gradient-clipping norm: None (off) or a positive finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"max_norm must be a positive finite number or None (no clipping), got {value!r}.")
+    return float(value)
 
 
 def check_vector(name: str, value: Tensor | None, *, nonnegative: bool = False) -> Tensor | None:

@@ -8,8 +8,10 @@ from torch import Tensor
 from .. import _impl
 from .._impl import Impl
 from ..base import Weighting
+from .._validate import check_int, check_real
 from ..registry import register_method
-from ._alpha_fair import _raise_undefined, alpha_fair_weights
+from ._alpha_fair import fair_weights
+from ._zoo_checks import check_max_norm
 
 __all__ = ["FairGrad"]
 
@@ -33,22 +35,31 @@ class FairGrad(Weighting):
     strictly convex function (see :func:`alpha_fair_weights`); α = 1 is Nash-MTL's
     equation, α → ∞ approaches MGDA-like max-min fairness, and α = 0 is linear scalarization
     (uniform weights 1/k, as in the paper and TorchJD). Undefined problems (no d with
-    ⟨gᵢ, d⟩ > 0 for all i) raise :class:`UndefinedMethodError`.
+    ⟨gᵢ, d⟩ > 0 for all i) raise :class:`UndefinedMethodError`, a solve that does not converge in
+    ``max_iter`` Newton steps (e.g. a huge alpha) :class:`MethodConvergenceError`.
+
+    Reference-code options: ``scale_by_k`` multiplies the weights by k (the official code
+    overwrites the shared gradient with k·Σwᵢgᵢ); ``max_norm`` (None: off) clips the shared
+    gradient to that norm, applied by the training step (its default ``max_norm``).
     """
 
-    def __init__(self, alpha: float = 1.0, max_iter: int = 100, impl: Impl = "auto") -> None:
-        if alpha < 0 or alpha != alpha:
-            raise ValueError(f"alpha must be ≥ 0, got {alpha!r}.")
-        self.alpha = alpha
-        self.max_iter = max_iter
+    def __init__(
+        self, alpha: float = 1.0, max_iter: int = 100, impl: Impl = "auto", max_norm: float | None = None,
+        scale_by_k: bool = False,
+    ) -> None:
+        if not isinstance(scale_by_k, bool):
+            raise TypeError(f"scale_by_k must be True or False, got {scale_by_k!r}.")
+        self.max_norm = check_max_norm(max_norm)
+        self.scale_by_k = scale_by_k
+        self.alpha = check_real("FairGrad", "alpha", alpha, low=0.0)
+        self.max_iter = check_int("FairGrad", "max_iter", max_iter, low=0)
         self.impl = _impl.check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         k = gram.shape[-1]
+        factor = float(k) if self.scale_by_k else 1.0
         if self.alpha == 0:
-            return torch.full(gram.shape[:-1], 1.0 / k, dtype=gram.dtype, device=gram.device)
-        w, ok = alpha_fair_weights(gram, self.alpha, self.max_iter, self.impl)
-        if not bool(ok.all()):
-            _raise_undefined(f"FairGrad(alpha={self.alpha})")
-        return w.to(gram.dtype)
+            return torch.full(gram.shape[:-1], factor / k, dtype=gram.dtype, device=gram.device)
+        w = fair_weights(gram, self.alpha, self.max_iter, self.impl, f"FairGrad(alpha={self.alpha:g})")
+        return factor * w.to(gram.dtype)

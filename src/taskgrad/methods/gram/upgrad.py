@@ -9,7 +9,7 @@ from .. import _impl
 from .._common import (
     work_dtype,
 )
-from .._dual_cone import dual_cone_weights
+from .._dual_cone import dual_cone_weights, torchjd_gram
 from .._impl import Impl
 from ..base import Weighting
 from ..registry import register_method
@@ -37,13 +37,23 @@ class UPGrad(Weighting):
     :func:`~taskgrad.methods._dual_cone.dual_cone_weights` (``impl``: see
     :mod:`taskgrad.methods._impl`). The result never conflicts with a task
     gradient: Gw ≥ 0.
+
+    ``norm_eps``/``reg_eps`` (default 0: the exact projection) solve the problem on
+    G/tr(G) + reg_eps·I instead, as TorchJD's QuadprogProjector does (its defaults are 1e-4 and
+    1e-4): pass them to reproduce TorchJD's numbers exactly.
     """
 
-    def __init__(self, pref_vector: Tensor | None = None, impl: Impl = "auto") -> None:
+    def __init__(
+        self, pref_vector: Tensor | None = None, impl: Impl = "auto", norm_eps: float = 0.0, reg_eps: float = 0.0
+    ) -> None:
         self.pref_vector = pref_vector
         self.impl = _impl.check_impl(impl)
+        torchjd_gram(torch.zeros(1, 1), norm_eps, reg_eps)  # validates both
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         p = _impl.check_pref(self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram)))
+        gram = torchjd_gram(gram, self.norm_eps, self.reg_eps)
         return dual_cone_weights(gram, torch.diag(p), self.impl).sum(-2)

@@ -12,6 +12,7 @@ from .._common import (
     clone_state,
 )
 from ..base import Weighting
+from ..gram._zoo_checks import check_max_norm
 from ..registry import register_method
 
 __all__ = ["FAMO"]
@@ -41,6 +42,9 @@ class FAMO(Weighting):
     calls :meth:`update` with them. Without that extra forward, the next call's losses stand
     in (``update_on_next_call=True``, the single-forward variant): the update then happens at
     the start of the next call, unless :meth:`update` was called in between.
+
+    ``max_norm`` (None: off) is the reference code's clipping of the shared-parameter gradient
+    to that norm; the training step applies it (it is the step's default ``max_norm``).
     """
 
     needs = frozenset({"losses"})
@@ -52,7 +56,9 @@ class FAMO(Weighting):
         min_losses: Tensor | None = None,
         eps: float = 1e-8,
         update_on_next_call: bool = True,
+        max_norm: float | None = None,
     ) -> None:
+        self.max_norm = check_max_norm(max_norm)
         self.lr = lr
         self.weight_decay = weight_decay
         self.min_losses = min_losses

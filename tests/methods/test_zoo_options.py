@@ -1,0 +1,98 @@
+"""Reference options of existing methods: DWA's sliding window (the Nash-MTL/FAMO repositories),
+FAMO's and FairGrad's ``max_norm`` and FairGrad's ×k, UPGrad/DualProj with TorchJD's
+``norm_eps``/``reg_eps`` (TorchJD's default numbers reproduced), and the other options below."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from methods_helpers import gram, jacobian, rel
+
+from taskgrad import methods as M
+
+A = pytest.importorskip("torchjd.aggregation")
+
+
+def reference_dwa_window(loss_seq: list[np.ndarray], window: int, temp: float) -> list[np.ndarray]:
+    """The repositories' DynamicWeightAverage: a 2W FIFO of losses filled with ones at the start;
+    weights K·softmax(ratio/T) once more than W calls have been made (before this one)."""
+    k = loss_seq[0].shape[0]
+    costs = np.ones((window * 2, k))
+    weights = np.ones(k)
+    out = []
+    for running, cost in enumerate(loss_seq):
+        costs[:-1, :] = costs[1:, :]
+        costs[-1, :] = cost
+        if running > window:
+            ws = costs[window:, :].mean(0) / costs[:window, :].mean(0)
+            weights = (k * np.exp(ws / temp)) / np.exp(ws / temp).sum()
+        out.append(weights.copy())
+    return out
+
+
+@pytest.mark.parametrize("window,temp", [(1, 2.0), (3, 2.0), (5, 0.5)])
+def test_dwa_iteration_window_is_the_reference_fifo(window, temp):
+    rng = np.random.default_rng(window)
+    seq = [rng.uniform(0.1, 3.0, size=4) for _ in range(4 * window + 5)]
+    ref = reference_dwa_window(seq, window, temp)
+    m = M.DWA(temperature=temp, iteration_window=window)
+    for L, r in zip(seq, ref):
+        assert rel(m(losses=torch.tensor(L)), torch.tensor(r)) < 1e-12
+
+
+def test_dwa_window_state_resumes_and_validates():
+    m = M.DWA(iteration_window=2)
+    seq = [torch.rand(3, dtype=torch.float64) + 0.5 for _ in range(9)]
+    for L in seq[:4]:
+        m(losses=L)
+    m2 = M.DWA(iteration_window=2)
+    m2.load_state_dict(m.state_dict())
+    for L in seq[4:]:
+        assert torch.equal(m(losses=L), m2(losses=L))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="iteration_window must be a positive int"):
+            M.DWA(iteration_window=bad)
+
+
+def test_max_norm_attributes_of_famo_and_fairgrad():
+    assert M.FAMO().max_norm is None and M.FairGrad().max_norm is None
+    assert M.FAMO(max_norm=1).max_norm == 1.0 and M.FairGrad(max_norm=0.5).max_norm == 0.5
+    assert M.get("famo", max_norm=2.0).max_norm == 2.0
+    for bad in (0.0, -1.0, float("inf"), float("nan"), "1"):
+        with pytest.raises(ValueError, match="max_norm must be a positive finite number or None"):
+            M.FAMO(max_norm=bad)
+        with pytest.raises(ValueError, match="max_norm must be a positive finite number or None"):
+            M.FairGrad(max_norm=bad)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0])
+def test_fairgrad_scale_by_k(alpha):
+    G = gram(jacobian(4, 9, 0, correlated=1.5))
+    w = M.FairGrad(alpha)(gram=G)
+    assert rel(M.FairGrad(alpha, scale_by_k=True)(gram=G), 4 * w) < 1e-14
+    with pytest.raises(TypeError, match="scale_by_k must be True or False"):
+        M.FairGrad(scale_by_k=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_upgrad_dualproj_reproduce_torchjd_defaults(seed):
+    J = jacobian(5, 12, seed)
+    J[1] = -0.6 * J[0] + 0.3 * J[1]
+    J = J * torch.logspace(-2, 2, 5, dtype=torch.float64)[:, None]
+    G = gram(J)
+    pref = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
+    assert rel(M.UPGrad(norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting()(G)) < 1e-6
+    assert rel(M.DualProj(norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.DualProjWeighting()(G)) < 1e-6
+    assert rel(M.UPGrad(pref, norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting(pref)(G)) < 1e-6
+    # the defaults stay the exact projection, which TorchJD's regularized one is not
+    assert rel(M.UPGrad()(gram=G), A.UPGradWeighting()(G)) > 1e-6
+
+
+def test_upgrad_eps_on_a_tiny_gram_and_validation():
+    G = 1e-6 * gram(jacobian(3, 5, 0))  # trace below norm_eps: TorchJD zeroes the normalized Gram
+    assert rel(M.UPGrad(norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting()(G)) < 1e-6
+    with pytest.raises(ValueError, match="reg_eps must be a finite number ≥ 0"):
+        M.UPGrad(reg_eps=-1.0)
+    with pytest.raises(ValueError, match="norm_eps must be a finite number ≥ 0"):
+        M.DualProj(norm_eps=float("nan"))
