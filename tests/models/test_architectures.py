@@ -185,3 +185,20 @@ def test_bad_arguments_are_clear_errors():
         DSelectK(_expert, 4, 2, _heads(), per_example=True)
     with pytest.raises(ValueError, match="n_experts"):
         MMoE(_expert, 0, D_IN, _heads())
+
+
+@pytest.mark.parametrize("architecture", ["shared", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k"])
+def test_tabular_models_follow_the_benchmark_contract(architecture):
+    """(features, [outputs]) with every task's loss reaching the features."""
+    from taskgrad.models import tabular_multitask
+
+    torch.manual_seed(0)
+    model = tabular_multitask(architecture, D_IN, [16, 8], [1, 2])
+    x, y = _vector_data()
+    z, outs = model(x)
+    assert [o.shape for o in outs] == [(64, 1), (64, 2)]
+    losses = [((outs[0].squeeze(-1) - y[:, 0]) ** 2).mean(), nn.functional.cross_entropy(outs[1], (y[:, 1] > 0).long())]
+    G = representation_gram(losses, z)
+    assert torch.all(torch.diagonal(G) > 0)
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        tabular_multitask("moe", D_IN, [8], [1])

@@ -38,11 +38,14 @@ __all__ = [
     "PLE",
     "CrossStitch",
     "DSelectK",
+    "FeaturesAndOutputs",
     "HardParameterSharing",
     "MMoE",
     "MTAN",
     "MultiTaskOutput",
+    "TABULAR_ARCHITECTURES",
     "mlp",
+    "tabular_multitask",
 ]
 
 
@@ -374,3 +377,60 @@ class DSelectK(nn.Module):
         E = torch.stack([e(x) for e in self.experts])  # (E, B, d)
         mixed = {t: torch.einsum("be,eb...->b...", w.to(E.dtype), E) for t, w in self.gate_weights(x).items()}
         return MultiTaskOutput({t: self.heads[t](h) for t, h in mixed.items()}, E, mixed)
+
+
+class FeaturesAndOutputs(nn.Module):
+    """Adapts a model returning a :class:`MultiTaskOutput` to the benchmark harness's contract:
+    ``forward(x) -> (features, [prediction of each task, in the order of the heads])``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor | list[Tensor], list[Tensor]]:
+        out = self.model(x)
+        return out.features, [out.preds[t] for t in out.tasks]
+
+
+#: the architectures :func:`tabular_multitask` builds
+TABULAR_ARCHITECTURES = ("shared", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k")
+
+
+def tabular_multitask(architecture: str, d_in: int, hidden: Sequence[int], outs: Sequence[int], *,
+                      n_experts: int = 4, n_shared: int = 2, n_specific: int = 1, k: int = 2) -> nn.Module:
+    """One of :data:`TABULAR_ARCHITECTURES` on flat inputs of size ``d_in``, as the benchmark
+    harness expects it (:class:`FeaturesAndOutputs`): the shared part (encoder, columns, backbone
+    or each expert) is an MLP of widths ``hidden`` (Linear + ReLU), head t a Linear to ``outs[t]``.
+
+    ``n_experts`` (MMoE, DSelect-k), ``n_shared``/``n_specific`` (CGC, PLE: experts per layer; PLE
+    has one extraction layer per entry of ``hidden``) and ``k`` (DSelect-k's selectors, per-example
+    gates) size the gated models.
+    """
+    hidden = list(hidden)
+    if not hidden:
+        raise ValueError("hidden must hold at least one width.")
+    heads = {f"task{i}": nn.Linear(hidden[-1], o) for i, o in enumerate(outs)}
+    dims = [d_in, *hidden]
+    layers = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:])]
+
+    def expert() -> nn.Module:
+        return mlp(dims)
+
+    if architecture == "shared":
+        model: nn.Module = HardParameterSharing(nn.Sequential(*layers), heads)
+    elif architecture == "cross_stitch":
+        model = CrossStitch(layers, heads)
+    elif architecture == "mtan":
+        model = MTAN(layers, hidden, heads, image=False)
+    elif architecture == "mmoe":
+        model = MMoE(expert, n_experts, d_in, heads)
+    elif architecture == "cgc":
+        model = CGC(d_in, hidden[-1], heads, n_shared=n_shared, n_specific=n_specific,
+                    make_expert=lambda a, b: mlp([a, *hidden[:-1], b]))
+    elif architecture == "ple":
+        model = PLE(dims, heads, n_shared=n_shared, n_specific=n_specific)
+    elif architecture == "dselect_k":
+        model = DSelectK(expert, n_experts, k, heads, per_example=True, gate_in=d_in)
+    else:
+        raise ValueError(f"architecture must be one of {', '.join(TABULAR_ARCHITECTURES)}, got {architecture!r}.")
+    return FeaturesAndOutputs(model)

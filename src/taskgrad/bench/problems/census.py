@@ -29,8 +29,16 @@ class CensusProblem(Problem):
                          torch.from_numpy(d.test_x), torch.from_numpy(d.test_y))
         self.dim = d.train_x.shape[1]
 
-    def make_model(self, hidden: list[int] | None = None) -> nn.Module:
-        return MultiHeadMLP(self.dim, list(hidden or [128, 64]), [1, 1])
+    def make_model(self, hidden: list[int] | None = None, architecture: str = "shared", n_experts: int = 4,
+                   n_shared: int = 2, n_specific: int = 1, k: int = 2) -> nn.Module:
+        """The shared-bottom MLP, or another architecture of :func:`taskgrad.models.tabular_multitask`
+        (``architecture``: mmoe, cgc, ple, dselect_k, cross_stitch, mtan) of the same widths."""
+        if architecture == "shared":
+            return MultiHeadMLP(self.dim, list(hidden or [128, 64]), [1, 1])
+        from ...models import tabular_multitask
+
+        return tabular_multitask(architecture, self.dim, list(hidden or [128, 64]), [1, 1], n_experts=n_experts,
+                                 n_shared=n_shared, n_specific=n_specific, k=k)
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
         return [nn.functional.binary_cross_entropy_with_logits(o.squeeze(-1), y[:, i].float())
