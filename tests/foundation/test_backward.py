@@ -182,7 +182,9 @@ def test_nonfinite_raise_or_skip() -> None:
     _, L = net(x, ys)
     bad = [L[0] * float("nan"), *L[1:]]
     with pytest.raises(FloatingPointError, match="not finite"):
-        taskgrad.backward(bad, method=MGDA())
+        taskgrad.backward(bad, method=MGDA(), nonfinite="raise")
+    res = taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"])  # the default skips, naming the task
+    assert res.skipped and "task 0 ('a')" in res.reason
     _, L = net(x, ys)
     res = taskgrad.backward([L[0] * float("inf"), *L[1:]], method=PrimaryAux(), nonfinite="skip")
     assert res.skipped

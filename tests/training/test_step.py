@@ -89,7 +89,7 @@ def test_subsampling_is_unbiased_for_fixed_weights(normalized, method, target):
     total = torch.zeros(k)
     L = torch.ones(k)
     for _ in range(n):
-        v, _, subset, _ = gs._weights(L, None)
+        v, _, subset, _ = gs._decide(L, None, gs._plan(k, L.device))[:4]
         assert subset.numel() == m
         total += v
     mean = total / n

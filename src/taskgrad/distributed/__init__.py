@@ -10,9 +10,10 @@
 from .comm import Traffic, all_reduce_sum, assert_identical, assert_in_sync, is_distributed, rank, world_size
 from .launch import free_port, run_on_ranks
 from .sources import DistributedSource, local_jacobian
-from .step import DistributedStep, DistributedStepResult, FeatureHook
+from .step import AllReduce, DistributedStep, DistributedStepResult, FeatureHook
 
 __all__ = [
+    "AllReduce",
     "DistributedSource",
     "DistributedStep",
     "DistributedStepResult",

@@ -32,10 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sources._graph import as_loss_vector, check_params, shared_parameters
-from ..sources.blockwise import for_each_block
-from ..sources.gram import representation_gram
-from ..sources.objects import FullGram, GramSource, JacobianGram, RepresentationGram, SketchGram, make_source
+from ..sources import (FullGram, GramSource, JacobianGram, LossSet, Part, RepresentationGram, SketchGram,
+                       check_params, make_source, task_gradients)
 from .comm import Traffic, all_reduce_sum, world_size
 
 __all__ = ["DistributedSource", "local_jacobian"]
@@ -43,27 +41,21 @@ __all__ = ["DistributedSource", "local_jacobian"]
 KINDS = ("representation", "sketch", "jacobian")
 
 
-def local_jacobian(losses: Tensor, params: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+def local_jacobian(losses: Sequence[Tensor] | Tensor, params: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
     """J (k × P): row i is ∂Lᵢ/∂θ flattened over ``params`` in order (zeros where unreached).
 
-    One batched backward (:func:`~taskgrad.sources.blockwise.for_each_block`); memory k × P.
+    Each task's gradient through its own subgraph (:func:`~taskgrad.sources.task_gradients`).
     """
-    L = as_loss_vector(losses)
+    ls = losses if isinstance(losses, LossSet) else LossSet(losses)
     plist = check_params(params)
-    k = L.shape[0]
-    sizes = [p.numel() for p in plist]
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
+    tg = task_gradients(ls)
     if dtype is None:
         dtype = torch.float64 if plist[0].dtype == torch.float64 else torch.float32
-    J = torch.zeros(k, offsets[-1], dtype=dtype, device=L.device)
-
-    def consume(j: int, rows: Tensor) -> None:
-        J[:, offsets[j] : offsets[j + 1]] += rows.reshape(k, -1).to(dtype)
-
-    for_each_block(L, plist, consume)
-    return J
+    blocks = []
+    for p in plist:
+        j = tg.index(p)
+        blocks.append(torch.zeros(ls.k, p.numel(), dtype=dtype, device=p.device) if j < 0 else tg.dense_rows(j, dtype))
+    return torch.cat(blocks, dim=1)
 
 
 class DistributedSource(GramSource):
@@ -71,9 +63,9 @@ class DistributedSource(GramSource):
     the Gram of the task gradients of L̄ = (1/R) Σ_r Lʳ (see the module docstring for what is
     all-reduced). Without ``torch.distributed`` it returns the wrapped source's Gram.
 
-    ``gram()`` is a collective: every rank must call it at the same step. Split form for callers
-    that pack it with other numbers into one all-reduce: :meth:`local_payload`, then
-    :meth:`gram_from_sum` on the summed payload.
+    ``gram()`` is a collective: every rank must call it at the same step. Split form:
+    :meth:`local_payload`, then :meth:`gram_from_sum` on the summed payload. (Inside a step, pass
+    the plain source to :class:`~taskgrad.distributed.DistributedStep`: its reducer does this.)
 
     Args:
         source: the local source (a GramSource or a name accepted by
@@ -102,7 +94,6 @@ class DistributedSource(GramSource):
         self.bucket_numel = bucket_numel
         self.traffic = traffic
 
-    # ------------------------------------------------------------------ pieces
     def resolve(self, features: Any) -> GramSource:
         """The wrapped local source (resolved from its name on first use)."""
         if self.inner is None:
@@ -112,6 +103,10 @@ class DistributedSource(GramSource):
     @property
     def uses_graph(self) -> bool:  # type: ignore[override]
         return self.inner.uses_graph if self.inner is not None else True
+
+    @property
+    def payload_power(self) -> int:  # type: ignore[override]
+        return self.resolve(None).payload_power
 
     def kind(self, features: Any = None) -> str:
         """"representation", "sketch" or "jacobian": what is all-reduced."""
@@ -127,70 +122,36 @@ class DistributedSource(GramSource):
             "comes from a Jacobian that does. Use RepresentationGram, SketchGram, FullGram or JacobianGram."
         )
 
-    def compared_params(self, losses: Tensor, params: Sequence[Tensor] | None) -> list[Tensor]:
-        """The parameters whose gradients the full-parameter source compares, in a fixed order."""
-        if params is not None:
-            return check_params(params)
-        own = getattr(self.inner, "params", None)
-        if own is not None:
-            return check_params(own)
-        return shared_parameters(losses)
-
-    def local_payload(
-        self,
-        losses: Tensor,
-        *,
-        features: Tensor | Sequence[Tensor] | None = None,
-        params: Sequence[Tensor] | None = None,
-        loss_fn: Any = None,
-        scale: float = 1.0,
-    ) -> Tensor:
-        """This rank's flat contribution (Gʳ, Sʳ or Jʳ); summed over ranks it gives the Gram.
-
-        ``scale``: the losses are multiplied by it for the backward through the graph (a
-        GradScaler's scale, against underflow under float16) and the result divided back.
-        """
-        kind = self.kind(features)
-        L = as_loss_vector(losses)
-        src = self.inner
-        assert src is not None
-        if kind == "representation":
-            if features is None:
-                raise ValueError(
-                    "the representation source needs features=z, the tensor the task heads were "
-                    "computed from (under DDP with find_unused_parameters=True, capture it inside "
-                    "the module with taskgrad.distributed.FeatureHook: DDP's outputs are copies)."
-                )
-            G = representation_gram(L * scale if scale != 1.0 else L, features)
-            return (G / (scale * scale) if scale != 1.0 else G).detach().reshape(-1)
-        if kind == "sketch":
-            assert isinstance(src, SketchGram)
-            return src.jacobian(L, loss_fn=loss_fn, params=params).detach().reshape(-1)
-        plist = self.compared_params(L, params)
-        J = local_jacobian(L * scale if scale != 1.0 else L, plist)
-        return (J / scale if scale != 1.0 else J).detach().reshape(-1)
+    def local_payload(self, losses: Any, *, features: Any = None, params: Sequence[Tensor] | None = None,
+                      loss_fn: Any = None, scale: float = 1.0) -> Tensor:
+        """This rank's flat contribution (Gʳ, Sʳ or Jʳ); summed over ranks it gives the Gram."""
+        self.kind(features)
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+        part = self.resolve(features).part(ls, features=features, params=params, loss_fn=loss_fn, scale=scale,
+                                           additive=True)
+        assert part.payload is not None
+        return part.payload
 
     def gram_from_sum(self, total: Tensor, k: int, features: Any = None) -> Tensor:
         """The global Gram (k × k) from the payload summed over the R ranks."""
-        R = world_size(self.group)
-        kind = self.kind(features)
-        if kind == "representation":
-            G = total.reshape(k, k) / (R * R)
-        elif kind == "sketch":
-            assert isinstance(self.inner, SketchGram)
-            S = total.reshape(k, -1) / R
-            G = S @ S.T / self.inner.r
-        else:
-            J = total.reshape(k, -1) / R
-            G = J @ J.T
-        return 0.5 * (G + G.T)
+        return self.resolve(features).gram_of(total, k, world_size(self.group))
 
     # ------------------------------------------------------------------ GramSource API
+    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
+             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+        payload = self.local_payload(losses, features=features, params=params, loss_fn=loss_fn, scale=scale)
+        all_reduce_sum(payload.contiguous(), self.group, bucket_numel=self.bucket_numel, traffic=self.traffic,
+                       what=self.kind(features))
+        k = losses.k
+        return Part(self.gram_from_sum(payload, k, features).reshape(-1))
+
+    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+        G = payload.reshape(k, k)
+        return 0.5 * (G + G.T)
+
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
-        L = as_loss_vector(losses)
-        payload = self.local_payload(L, features=features, params=params, loss_fn=loss_fn).contiguous()
-        all_reduce_sum(payload, self.group, bucket_numel=self.bucket_numel, traffic=self.traffic, what=self.kind(features))
-        return self.gram_from_sum(payload, L.shape[0], features)
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+        return self.gram_of(self.part(ls, features=features, params=params, loss_fn=loss_fn).payload, ls.k)
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return {} if self.inner is None else {"inner": type(self.inner).__name__, "state": self.inner.state_dict()}

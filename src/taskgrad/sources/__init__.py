@@ -1,12 +1,21 @@
 """Gradient sources: produce the k×k Gram matrix of the task gradients from the losses."""
 
-from ._graph import shared_parameters
-from .blockwise import blockwise_gram
+from ._graph import LossSet, check_params, check_reach, shared_parameters
+from .blockwise import blockwise_gram, for_each_block
+from .capture import TaskGrads, feature_rows, task_gradients
 from .gram import parameter_gram, representation_gram
-from .objects import FullGram, GramSource, JacobianGram, ModuleLoss, RepresentationGram, SketchGram, make_source
+from .objects import FullGram, GramSource, JacobianGram, ModuleLoss, Part, RepresentationGram, SketchGram, make_source
 from .sketch import module_loss_fn, sketch_gram, sketch_jacobian
 
 __all__ = [
+    "LossSet",
+    "Part",
+    "TaskGrads",
+    "check_params",
+    "check_reach",
+    "feature_rows",
+    "for_each_block",
+    "task_gradients",
     "FullGram",
     "GramSource",
     "JacobianGram",

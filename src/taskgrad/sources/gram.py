@@ -3,7 +3,11 @@
 * :func:`parameter_gram`: G = J Jᵀ with J the Jacobian of the losses with respect to parameters,
   from batched vector-Jacobian products (one batched backward per parameter chunk).
 * :func:`representation_gram`: G with J the Jacobian with respect to a feature tensor z (the
-  encoder's output): G_ij = Σ_b ⟨∂Lᵢ/∂z_b, ∂Lⱼ/∂z_b⟩, costing a backward through the heads only.
+  encoder's output): G_ij = Σ_b ⟨∂Lᵢ/∂z_b, ∂Lⱼ/∂z_b⟩, costing one backward through the heads
+  (each head once; see :func:`~taskgrad.sources.capture.feature_rows`).
+
+A list of losses and the same losses stacked into a (k,) tensor give the same Gram: each task
+is followed from its own loss, never through the stack.
 
 Both keep the graph alive (``retain_graph=True``) so that the weighted backward can follow.
 """
@@ -15,13 +19,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._graph import as_loss_vector, check_params, depends_on, loss_list
+from ._graph import LossSet, check_params, check_reach
+from .capture import REENTRANT, _is_reentrant_error, _is_vmap_error, feature_rows, gram_dtype, guarded_grad
 
 __all__ = ["parameter_gram", "representation_gram"]
 
 
 def _gram_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return gram_dtype(t)
 
 
 def _chunks(params: list[Tensor], k: int, max_jacobian_numel: int | None) -> list[list[Tensor]]:
@@ -40,23 +45,29 @@ def _chunks(params: list[Tensor], k: int, max_jacobian_numel: int | None) -> lis
     return groups
 
 
-def _task_vjps(losses: Tensor, inputs: list[Tensor], batched: bool) -> list[Tensor | None]:
-    """Rows of the Jacobian of ``losses`` (k,) w.r.t. each input: a list of (k, *input.shape)."""
-    k = losses.shape[0]
+def _task_vjps(losses: LossSet | Tensor, inputs: list[Tensor], batched: bool) -> list[Tensor | None]:
+    """Rows of the Jacobian of the k losses w.r.t. each input: a list of (k, *input.shape).
+
+    Batched: one backward with ``is_grads_batched`` over the k one-hot cotangents; when an op has
+    no batching rule (torch says "Batching rule not implemented", or "vmap: ..."), a loop of
+    per-task backwards, each through its own task's subgraph, instead.
+    """
+    ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+    k = ls.k
     if batched:
-        eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
+        eye = torch.eye(k, dtype=ls.vector.dtype, device=ls.vector.device)
         try:
             return list(
                 torch.autograd.grad(
-                    losses, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+                    ls.vector, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
                 )
             )
-        except RuntimeError as err:  # an op without a vmap rule: fall back to a loop
-            if "vmap" not in str(err).lower() and "batched" not in str(err).lower():
+        except RuntimeError as err:
+            if _is_reentrant_error(err):
+                raise ValueError(REENTRANT) from err
+            if not _is_vmap_error(err):
                 raise
-    rows: list[list[Tensor | None]] = [
-        list(torch.autograd.grad(losses[i], inputs, retain_graph=True, allow_unused=True)) for i in range(k)
-    ]
+    rows: list[list[Tensor | None]] = [list(guarded_grad(lambda i=i: ls.task_grad(i, inputs))) for i in range(k)]
     out: list[Tensor | None] = []
     for j, x in enumerate(inputs):
         col = [r[j] for r in rows]
@@ -86,16 +97,17 @@ def parameter_gram(
             batching rule, loops over the k tasks instead.
 
     Returns:
-        G in float32 (float64 when the parameters are float64). A task whose loss does not depend
-        on ``params`` has a zero row.
+        G in float32 (float64 when the parameters are float64). A listed parameter that no loss
+        reaches, or a loss that reaches none of them, is a ValueError (as for every source).
     """
-    L = as_loss_vector(losses)
+    ls = losses if isinstance(losses, LossSet) else LossSet(losses)
     plist = check_params(params)
-    k = L.shape[0]
+    check_reach(ls, plist)
+    k = ls.k
     dtype = _gram_dtype(plist[0])
-    G = torch.zeros(k, k, dtype=dtype, device=L.device)
+    G = torch.zeros(k, k, dtype=dtype, device=ls.vector.device)
     for group in _chunks(plist, k, max_jacobian_numel):
-        rows = _task_vjps(L, group, batched)
+        rows = _task_vjps(ls, group, batched)
         for g in rows:
             if g is None:
                 continue
@@ -118,8 +130,7 @@ def representation_gram(
     2018). Raises ValueError when ``features`` is not in the losses' graph or a loss does not
     depend on it.
     """
-    items = loss_list(losses)
-    L = torch.stack(items)
+    ls = losses if isinstance(losses, LossSet) else LossSet(losses)
     feats = [features] if isinstance(features, Tensor) else list(features)
     if not feats:
         raise ValueError("features is empty: pass the shared representation tensor z.")
@@ -132,21 +143,20 @@ def representation_gram(
                 "is False). Pass the encoder's output z itself, not z.detach() or a tensor made "
                 "under torch.no_grad()."
             )
-    k = L.shape[0]
-    rows = _task_vjps(L, feats, batched)
+    k = ls.k
+    rows, unreached = feature_rows(ls, feats)
     if all(g is None for g in rows):
         raise ValueError(
             "features are not in the graph of any loss: pass the tensor the task heads were "
             "computed from (the encoder's output), not a copy of it."
         )
-    dtype = _gram_dtype(feats[0])
-    flat = torch.cat([g.reshape(k, -1).to(dtype) for g in rows if g is not None], dim=1)
-    idx = [i for i, loss in enumerate(items) if not depends_on(loss, feats)]
-    if idx:
+    if unreached:
         raise ValueError(
-            f"loss(es) {idx} do not depend on the features, so their gradient at the "
+            f"loss(es) {unreached} do not depend on the features, so their gradient at the "
             "representation says nothing about the shared parameters. Every loss must be computed from the features (a task-specific-only loss "
             "should be added separately, or use the parameter source)."
         )
+    dtype = _gram_dtype(feats[0])
+    flat = torch.cat([g.reshape(k, -1).to(dtype) for g in rows if g is not None], dim=1)
     G = flat @ flat.T
     return 0.5 * (G + G.T)

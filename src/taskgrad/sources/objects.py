@@ -24,12 +24,31 @@ import torch
 from torch import Tensor, nn
 
 from .._stateful import Stateful
-from ._graph import as_loss_vector, check_params, shared_parameters
+from dataclasses import dataclass
+
+from ._graph import LossSet, as_loss_vector, check_params, check_reach, shared_parameters
 from .blockwise import blockwise_gram
+from .capture import TaskGrads, task_gradients
 from .gram import parameter_gram, representation_gram
 from .sketch import module_loss_fn, sketch_jacobian
 
-__all__ = ["FullGram", "GramSource", "JacobianGram", "ModuleLoss", "RepresentationGram", "SketchGram", "make_source"]
+__all__ = ["FullGram", "GramSource", "JacobianGram", "ModuleLoss", "Part", "RepresentationGram", "SketchGram",
+           "make_source"]
+
+
+@dataclass
+class Part:
+    """What one (micro-)batch contributes to a step.
+
+    payload: flat numbers that add over micro-batches (scaled by c**source.payload_power for a
+    loss factor c) and over processes; ``source.gram_of(payload, k, R)`` turns their sum into the
+    Gram. None when no Gram is needed. grads: every task's gradient with respect to every
+    parameter it reaches, when the source computed them anyway (then the update needs no second
+    backward); None otherwise.
+    """
+
+    payload: Tensor | None
+    grads: TaskGrads | None = None
 
 
 class GramSource(Stateful, ABC):
@@ -56,6 +75,31 @@ class GramSource(Stateful, ABC):
     ) -> Tensor:
         """G (k×k) for the k losses; raise ValueError naming what is missing."""
 
+    #: how the payload scales when the losses are multiplied by c (c**payload_power)
+    payload_power: ClassVar[int] = 1
+
+    def part(self, losses: LossSet, *, features: Any = None, params: Sequence[Tensor] | None = None,
+             loss_fn: Any = None, scale: float = 1.0, additive: bool = False, want_grads: bool = False,
+             all_losses: LossSet | None = None) -> Part:
+        """This batch's contribution for the tasks of ``losses`` (a view of ``all_losses``).
+
+        ``additive``: the payload must add over processes (DDP), e.g. a Jacobian instead of its
+        Gram. ``want_grads``: the caller can use per-task gradients instead of a weighted
+        backward. ``scale``: a GradScaler's scale s; the backward runs on s·L and the payload is
+        returned unscaled. Default: the payload is :meth:`gram` (not additive).
+        """
+        if additive:
+            raise TypeError(
+                f"{type(self).__name__} has no distributed form: its Gram neither adds over samples nor "
+                "comes from a Jacobian that does. Use RepresentationGram, SketchGram, FullGram or JacobianGram."
+            )
+        return Part(self.gram(losses.vector, features=features, params=params, loss_fn=loss_fn).reshape(-1))
+
+    def gram_of(self, payload: Tensor, k: int, world: int = 1) -> Tensor:
+        """The k×k Gram from the payload summed over ``world`` processes (and micro-batches)."""
+        G = payload.reshape(k, k) / (world * world)
+        return 0.5 * (G + G.T)
+
 
 
 def _params_for(losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tensor] | None) -> list[Tensor]:
@@ -63,19 +107,82 @@ def _params_for(losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tenso
         return check_params(given)
     if own is not None:
         return check_params(own)
+    if isinstance(losses, LossSet):
+        return losses.shared_parameters()
     return shared_parameters(losses)
 
 
-class FullGram(GramSource):
-    """G = Σ_p J_p J_pᵀ over the parameters (default: those shared by ≥ 2 losses), accumulated
-    block by block during one batched backward; no k×P Jacobian is ever stored."""
+def _scaled(ls: LossSet, scale: float) -> Tensor:
+    return ls.vector * scale if scale != 1.0 else ls.vector
 
-    def __init__(self, params: Sequence[Tensor] | None = None) -> None:
+
+def _jacobian(ls: LossSet, plist: list[Tensor], scale: float, strategy: str) -> Tensor:
+    """J (k × P) over ``plist`` (zeros where a task does not reach), unscaled."""
+    tg = task_gradients(ls, strategy=strategy)
+    return _flat_rows(tg, plist)
+
+
+def _flat_rows(tg: TaskGrads, plist: list[Tensor]) -> Tensor:
+    blocks = []
+    for p in plist:
+        j = tg.index(p)
+        if j < 0:
+            blocks.append(torch.zeros(tg.k, p.numel(), dtype=p.dtype, device=p.device))
+        else:
+            blocks.append(tg.dense_rows(j))
+    return torch.cat(blocks, dim=1)
+
+
+class FullGram(GramSource):
+    """G = Σ_p J_p J_pᵀ over the parameters (default: those shared by ≥ 2 losses).
+
+    ``strategy``: "loop" (one backward per task, each through its own task's subgraph; the
+    per-task gradients are kept, k × P_reached floats, and the update is written from them
+    without a second backward: the fastest exact choice on CPUs), "batched" (one vmapped
+    backward with each block J_p freed as soon as it is added: no k × P Jacobian is stored; a
+    weighted backward follows; an op without a batching rule falls back to the loop) or
+    "auto" (batched on CUDA, the loop elsewhere).
+    """
+
+    def __init__(self, params: Sequence[Tensor] | None = None, *, strategy: str = "auto") -> None:
+        if strategy not in ("auto", "loop", "batched"):
+            raise ValueError(f"strategy must be 'auto', 'loop' or 'batched', got {strategy!r}.")
         self.params = None if params is None else list(params)
+        self.strategy = strategy
+
+    def _strategy(self, ls: LossSet) -> str:
+        if self.strategy != "auto":
+            return self.strategy
+        return "batched" if ls.vector.is_cuda else "loop"
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
-        L = as_loss_vector(losses)
-        return blockwise_gram(L, _params_for(losses, self.params, params))
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+        plist = _params_for(ls, self.params, params)
+        if self._strategy(ls) == "batched":
+            return blockwise_gram(ls, plist)
+        check_reach(ls, plist)
+        return task_gradients(ls, strategy="loop").gram(plist)
+
+    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
+             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+        plist = _params_for(all_losses or losses, self.params, params)
+        check_reach(losses, plist)
+        if self._strategy(losses) == "loop":
+            tg = task_gradients(losses, strategy="loop")
+            payload = _flat_rows(tg, plist).reshape(-1) if additive else tg.gram(plist).reshape(-1)
+            return Part(payload, tg if want_grads else None)
+        if additive:
+            return Part(_jacobian(losses, plist, scale, "batched").reshape(-1))
+        G = blockwise_gram(losses if scale == 1.0 else [x * scale for x in losses.items], plist)
+        return Part((G / (scale * scale)).reshape(-1))
+
+    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+        if payload.numel() == k * k and world == 1:
+            G = payload.reshape(k, k)
+        else:
+            J = payload.reshape(k, -1) / world
+            G = J @ J.T
+        return 0.5 * (G + G.T)
 
 
 class JacobianGram(GramSource):
@@ -86,12 +193,32 @@ class JacobianGram(GramSource):
         self.max_jacobian_numel = max_jacobian_numel
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
-        L = as_loss_vector(losses)
-        return parameter_gram(L, _params_for(losses, self.params, params), max_jacobian_numel=self.max_jacobian_numel)
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+        plist = _params_for(ls, self.params, params)
+        return parameter_gram(ls, plist, max_jacobian_numel=self.max_jacobian_numel)
+
+    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
+             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+        plist = _params_for(all_losses or losses, self.params, params)
+        if additive:
+            check_reach(losses, plist)
+            return Part(_jacobian(losses, plist, scale, "batched").reshape(-1))
+        src = losses if scale == 1.0 else [x * scale for x in losses.items]
+        G = parameter_gram(src, plist, max_jacobian_numel=self.max_jacobian_numel)
+        return Part((G / (scale * scale)).reshape(-1))
+
+    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+        return FullGram.gram_of(self, payload, k, world)  # type: ignore[arg-type]
 
 
 class RepresentationGram(GramSource):
-    """G_ij = Σ_b ⟨∂Lᵢ/∂z_b, ∂Lⱼ/∂z_b⟩ at the shared representation z (pass ``features=z``)."""
+    """G_ij = Σ_b ⟨∂Lᵢ/∂z_b, ∂Lⱼ/∂z_b⟩ at the shared representation z (pass ``features=z``).
+
+    Costs one backward through the heads (each head once) when every op reading z belongs to one
+    task; the Gram adds over samples, so micro-batches add c²Gᵐ and processes add their Gʳ.
+    """
+
+    payload_power = 2
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
         if features is None:
@@ -99,7 +226,22 @@ class RepresentationGram(GramSource):
                 "RepresentationGram needs the shared representation: pass features=z, the encoder "
                 "output the task heads were computed from."
             )
-        return representation_gram(losses, features)
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+        return representation_gram(ls, features)
+
+    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
+             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+        if features is None:
+            raise ValueError(
+                "the representation source needs features=z, the tensor the task heads were "
+                "computed from (under DDP with find_unused_parameters=True, capture it inside "
+                "the module with taskgrad.distributed.FeatureHook: DDP's outputs are copies)."
+            )
+        if scale != 1.0:
+            G = representation_gram([x * scale for x in losses.items], features) / (scale * scale)
+        else:
+            G = representation_gram(losses, features)
+        return Part(G.detach().reshape(-1))
 
 
 class ModuleLoss:
@@ -136,6 +278,7 @@ class SketchGram(GramSource):
     """
 
     uses_graph = False
+    payload_power = 1
 
     def __init__(self, r: int = 32, *, seed: int = 0, chunk: int | None = None, param_names: Sequence[str] | None = None):
         if not isinstance(r, int) or r < 1:
@@ -194,6 +337,22 @@ class SketchGram(GramSource):
         S = self.jacobian(losses, loss_fn=loss_fn, params=params)
         if L is not None and S.shape[0] != L.shape[0]:
             raise ValueError(f"loss_fn returns {S.shape[0]} losses but {L.shape[0]} were given.")
+        G = S @ S.T / self.r
+        return 0.5 * (G + G.T)
+
+    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
+             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+        full = all_losses or losses
+        S = self.jacobian(full.items if full.k > 1 else None, loss_fn=loss_fn, params=params).detach()
+        if S.shape[0] != full.k:
+            raise ValueError(f"loss_fn returns {S.shape[0]} losses but {full.k} were given.")
+        which = [full._which.index(w) for w in losses._which] if losses is not full else None
+        if which is not None:
+            S = S[which]
+        return Part(S.reshape(-1))
+
+    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+        S = payload.reshape(k, -1) / world
         G = S @ S.T / self.r
         return 0.5 * (G + G.T)
 

@@ -2,6 +2,7 @@
 
 from .backward import BackwardResult, backward
 from .schedule import Periodic, TaskSubsample
-from .step import GradStep, StepResult, TaskOptimizer
+from .reduce import LocalReducer, Reducer
+from .step import Accumulation, GradStep, StepResult, TaskOptimizer
 
-__all__ = ["BackwardResult", "GradStep", "Periodic", "StepResult", "TaskOptimizer", "TaskSubsample", "backward"]
+__all__ = ["Accumulation", "BackwardResult", "GradStep", "LocalReducer", "Reducer", "Periodic", "StepResult", "TaskOptimizer", "TaskSubsample", "backward"]

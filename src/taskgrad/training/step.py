@@ -1,86 +1,147 @@
-"""The step object: method + gradient source + schedule, then one weighted backward.
+"""The step object: method + gradient source + schedule + reducer, then one weighted update.
 
-:class:`GradStep` fills ``.grad`` with ∇ Σᵢ vᵢLᵢ, where v are the method's weights on the tasks
-chosen by the schedule; :class:`TaskOptimizer` wraps any ``torch.optim`` optimizer (and an
-optional ``GradScaler``) around it. Both checkpoint everything with ``state_dict()``.
+Every entry point runs through :class:`GradStep`: ``taskgrad.backward`` is one call of it,
+:class:`TaskOptimizer` wraps a ``torch.optim`` optimizer around it, and
+:class:`~taskgrad.distributed.DistributedStep` is a GradStep whose injected reducer is an
+all-reduce. So the defaults (non-finite values, undefined methods, the source), the result type
+(:class:`StepResult`) and the gradients they write are the same everywhere.
+
+One step: losses → the tasks to weight (schedule, sub-sampling) → the source's contribution
+(:class:`~taskgrad.sources.Part`: a payload that adds over micro-batches and processes, and the
+per-task gradients when the source computed them) → the reducer → finiteness → the Gram →
+weights (with the undefined-method policy, ``normalize``) → the update (per-task gradients or
+one weighted backward; the head-gradient convention; ``max_norm`` clipping).
+
+Weight scales. Methods do not share a scale: Mean, MGDA, MGDA-UB, IMTL-G, CAGrad and the
+primary/auxiliary family return weights that sum to 1 (the update is a convex combination, of
+the size of one task gradient); loss weightings (DWA, uncertainty, RLW, …) and the projection
+methods (PCGrad, GradVac, UPGrad, …) sum to about k (the size of the summed loss); Nash-MTL and
+FairGrad solve Gw = 1/w, so their weights scale as 1/‖g‖ (large for small gradients). A
+learning rate tuned for one family is therefore off by up to a factor k or more for another.
+``normalize="sum"`` rescales the weights to sum to 1 and ``normalize="mean-norm"`` rescales
+the update to the norm of the mean gradient ‖(1/k)Σ gᵢ‖ (needs a Gram), so one learning rate
+fits every method.
 
 Gradient accumulation (:meth:`GradStep.accumulate` per micro-batch, then
 :meth:`GradStep.backward_accumulated`) is exact: the update and the Gram equal those of one step
-on the whole batch whose losses are Σ_m c_m L^m (c_m = 1/M by default). It keeps per-task
-gradient sums: k × P_shared + P_task-specific floats (plus one k × numel block at a time), and
-for the representation source the Gram adds over samples, G = Σ_m c_m² G^m; for the sketch the
-same directions Ω are reused in every micro-batch, so JΩ = Σ_m c_m J^m Ω.
-
-Extension point (how :class:`~taskgrad.distributed.DistributedStep` is built on GradStep). Every
-step decides from one :class:`StepNumbers`: why this process cannot step (None: all finite),
-the k losses, and the source's Gram *payload* (here the Gram itself). :meth:`GradStep._combine`
-maps it to the numbers every participant decides from — the identity in one process, one
-all-reduce of [non-finite flag, k losses, payload] under DDP — *before* the finiteness decision
-and the solve, so a process that saw a NaN still takes part and every process skips together.
+on the whole batch whose losses are Σ_m c_m L^m (c_m = 1/M by default). It keeps every task's
+gradient (a :class:`~taskgrad.sources.capture.TaskGrads`) and the source's payload summed with
+c^power (representation: the Gram adds over samples, c²Gᵐ; sketch: the same directions Ω in
+every micro-batch, c·JᵐΩ; full: from the summed per-task gradients).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ..methods.base import Weighting
-from ..methods.loss.mean import Mean
-from ..sources._graph import as_loss_vector, check_params
-from ..sources.blockwise import for_each_block
-from ..sources.gram import representation_gram
-from ..sources._graph import shared_parameters, task_leaves
-from ..sources.objects import FullGram, GramSource, JacobianGram, RepresentationGram, SketchGram, make_source
+from ..methods import Mean, UndefinedMethodError, Weighting
+from ..sources import FullGram, GramSource, JacobianGram, LossSet, Part, SketchGram, TaskGrads, check_params, make_source
+from ..sources.capture import gram_dtype, task_gradients
+from .reduce import ADVICE, LocalReducer, Reducer, StepNumbers
 from .schedule import Periodic, TaskSubsample
 
-__all__ = ["GradStep", "StepNumbers", "StepResult", "TaskOptimizer"]
+__all__ = ["Accumulation", "GradStep", "StepNumbers", "StepResult", "TaskOptimizer"]
 
 GRAM_REASON = "Gram matrix of the task gradients"
-ADVICE = "Lower the learning rate, check the inputs, or use nonfinite='skip'."
+HEADS = ("weighted", "unweighted")
+CLIP_SCOPES = ("all", "shared")
+NORMALIZE = (None, "sum", "mean-norm")
 
 
-@dataclass
+@dataclass(repr=False)
 class StepResult:
-    """What one step did.
+    """What one step did (the one result type of every entry point).
 
     weights: (k,) weights applied to the k losses (0 for tasks not drawn; NaN when skipped).
     gram: the Gram the method saw (m×m over ``subset``), None when reused or not needed.
-    losses: (k,) detached losses. subset: indices of the tasks weighted this step.
-    refreshed: whether the weights were recomputed (False: reused by the periodic schedule).
-    skipped: True when nothing was applied; ``reason`` says why.
+    losses: (k,) detached losses (averaged over processes under DDP); local_losses: this
+    process's. subset: indices of the tasks weighted this step. refreshed: whether the weights
+    were recomputed (False: reused by the periodic schedule). skipped: nothing was applied;
+    ``reason`` says why (naming the task when one is at fault). fallback: the name of the
+    Weighting used instead of an undefined method (``on_undefined=<Weighting>``), and
+    ``reason`` says why. grad_norm: norm of the update before ``max_norm`` clipping (None when
+    not clipping); clipped: whether it was scaled down. bad_ranks / numel_reduced: processes
+    that saw a non-finite value; numbers this process exchanged for the step.
     """
 
     weights: Tensor
     gram: Tensor | None
     losses: Tensor
-    subset: Tensor
-    refreshed: bool
+    subset: Tensor | None = None
+    refreshed: bool = True
     skipped: bool = False
     reason: str | None = None
+    fallback: str | None = None
+    grad_norm: float | None = None
+    clipped: bool = False
+    local_losses: Tensor | None = None
+    bad_ranks: int = 0
+    numel_reduced: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        w = ", ".join(f"{x:.4g}" for x in self.weights.detach().reshape(-1).tolist()[:8])
+        more = ", …" if self.weights.numel() > 8 else ""
+        parts = [f"weights=[{w}{more}]", f"skipped={self.skipped}"]
+        if self.reason is not None:
+            parts.append(f"reason={self.reason!r}")
+        if self.fallback is not None:
+            parts.append(f"fallback={self.fallback!r}")
+        if self.gram is not None:
+            parts.append(f"gram=<{'×'.join(map(str, self.gram.shape))} {str(self.gram.dtype).replace('torch.', '')}>")
+        if not self.refreshed and not self.skipped:
+            parts.append("refreshed=False")
+        if self.clipped:
+            parts.append(f"clipped from norm {self.grad_norm:.4g}")
+        return f"StepResult({', '.join(parts)})"
 
 
 @dataclass
-class StepNumbers:
-    """The numbers one step decides from, before and after :meth:`GradStep._combine`.
+class Accumulation:
+    """The state of an accumulation window (typed: one field per fact).
 
-    bad: why this process cannot step (None: its losses and payload are finite); after the
-    combine, why the step is skipped everywhere. losses: (k,) the losses the method sees.
-    payload: what the Gram is made from (None: no Gram this step). n_bad: after the combine,
-    how many processes could not step. numel: numbers the combine exchanged.
+    k: tasks; n: micro-batches counted; explicit: whether weight= was given (None: not yet
+    known); bad: why the window cannot step (None: finite so far); losses: Σ c_m Lᵐ (k,);
+    grads: Σ c_m (per-task gradients); payload: Σ c_m^power (source payload), for sources whose
+    Gram is not a function of ``grads``; directions: the sketch's generator state, fixed at
+    the first micro-batch; scale: the GradScaler's scale for the window.
     """
 
-    bad: str | None
+    k: int
     losses: Tensor
-    payload: Tensor | None
-    n_bad: int = 0
-    numel: int = 0
+    scale: float = 1.0
+    n: int = 0
+    explicit: bool | None = None
+    bad: str | None = None
+    grads: TaskGrads | None = None
+    payload: Tensor | None = None
+    directions: Tensor | None = None
+
+    def count(self, k: int, weight: float | None) -> float:
+        """Check one more micro-batch against the window and count it; its factor c (1 without
+        weight=, the mean 1/M being applied at the end)."""
+        if k != self.k:
+            raise ValueError(f"micro-batch has {k} losses but the accumulation started with {self.k}.")
+        explicit = weight is not None
+        if self.explicit is not None and self.explicit != explicit:
+            raise ValueError("pass weight= for every micro-batch or for none of them.")
+        self.explicit = explicit
+        self.n += 1
+        return 1.0 if weight is None else float(weight)
+
+    @property
+    def factor(self) -> float:
+        """The factor applied at the end: 1/M for M micro-batches without weight=, else 1."""
+        return 1.0 if self.explicit else 1.0 / self.n
 
 
-def _scale_of(scaler: Any, device: torch.device | None = None) -> float:
+def scale_of(scaler: Any, device: torch.device | None = None) -> float:
     """The GradScaler's current scale s (1 without an enabled scaler); creates its state lazily."""
     if scaler is None or not scaler.is_enabled():
         return 1.0
@@ -88,81 +149,69 @@ def _scale_of(scaler: Any, device: torch.device | None = None) -> float:
     return float(scaler.get_scale())
 
 
-def _back_off(scaler: Any, device: torch.device) -> None:
-    """Lower the GradScaler's scale as it does after a step with non-finite gradients.
-
-    The scaler's state is created lazily by its first ``scale`` call; a first step that is
-    already non-finite creates it here, so that ``update`` has a scale to lower.
-    """
+def back_off(scaler: Any, device: torch.device) -> None:
+    """Lower the GradScaler's scale as it does after a step with non-finite gradients."""
     if scaler is not None and scaler.is_enabled():
         scaler.scale(torch.zeros((), device=device))
         scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
-def _finite(t: Tensor) -> bool:
+def finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite."""
     return bool(torch.isfinite(t).all())
 
 
-def _count_micro_batch(acc: dict[str, Any], k: int, weight: float | None) -> float:
-    """Check one more micro-batch against the accumulation ``acc``, count it; its factor c.
-
-    c = ``weight``, or 1 when no weights are given (the mean 1/M is applied at the end).
-    """
-    if k != acc["k"]:
-        raise ValueError(f"micro-batch has {k} losses but the accumulation started with {acc['k']}.")
-    explicit = weight is not None
-    if acc["explicit"] is not None and acc["explicit"] != explicit:
-        raise ValueError("pass weight= for every micro-batch or for none of them.")
-    acc["explicit"] = explicit
-    acc["n"] += 1
-    return 1.0 if weight is None else float(weight)
+#: methods that already scale their own weights to their ``max_norm`` (the step must not clip again)
+SELF_CLIPPING = frozenset({"NashMTL", "AuxiNash"})
 
 
-def _representation_part(L: Tensor, features: Any, c: float, s: float) -> Tensor:
-    """One micro-batch's share c²·Gᵐ of the representation Gram, computed on s·L and unscaled."""
-    if features is None:
-        raise ValueError("the representation source needs features=z for every micro-batch.")
-    return representation_gram(L * s if s != 1.0 else L, features).detach() * (c * c / (s * s))
+def _method_max_norm(method: Weighting) -> float | None:
+    """The method's ``max_norm`` when the step is to apply it (None: no default clipping)."""
+    if type(method).__name__ in SELF_CLIPPING or getattr(method, "clips_itself", False):
+        return None
+    value = getattr(method, "max_norm", None)
+    return None if value is None or value == 0 else value
 
 
-def _sketch_part(acc: dict[str, Any], source: SketchGram, L: Tensor, c: float, loss_fn: Any, params: Any,
-                on_first: Callable[[], None] | None = None) -> Tensor:
-    """One micro-batch's share c·JᵐΩ of the sketch, with the same directions Ω in every micro-batch.
+def _task_label(i: int, names: Sequence[str] | None) -> str:
+    return f"task {i} ({names[i]!r})" if names is not None and i < len(names) else f"task {i}"
 
-    ``on_first`` runs once, when the directions are fixed (the generator state stored in ``acc``).
-    """
-    named = source.select(L, loss_fn, params)
-    gen = source.generator(next(iter(named.values())).device)
-    if acc["gen0"] is None:
-        if on_first is not None:
-            on_first()
-        acc["gen0"] = gen.get_state()
-    gen.set_state(acc["gen0"])  # the same directions Ω for every micro-batch
-    return c * source.jacobian(L, loss_fn=loss_fn, params=params).detach()
+
+def _add_grad(p: Tensor, g: Tensor) -> None:
+    g = g.to(p.dtype)
+    p.grad = g.clone() if p.grad is None else p.grad + g
 
 
 class GradStep:
-    """One multi-task step: G from ``source`` → w = method(G, L) → backward of Σ vᵢLᵢ.
+    """One multi-task step: G from ``source`` → w = method(G, L) → the update Σᵢ vᵢ∇Lᵢ.
 
     Args:
         method: a :class:`~taskgrad.methods.Weighting` (default Mean).
-        source: a :class:`~taskgrad.sources.GramSource` or a name ("auto": representation when
-            ``features`` are passed, else the blockwise full-parameter Gram).
+        source: a :class:`~taskgrad.sources.GramSource` or a name ("auto": the representation
+            source when ``features`` are passed, else the full-parameter source :class:`FullGram`).
         period, ema: the :class:`~taskgrad.training.schedule.Periodic` schedule.
         subsample: m tasks per step (a :class:`TaskSubsample` or an int), None for all.
-        nonfinite: "skip" (default: report and apply nothing) or "raise".
-
-    Extension points (see the module docstring; DistributedStep overrides them): ``_combine``
-    (the numbers every participant decides from), ``_local_payload`` / ``_gram_from`` (this
-    process's payload, and the Gram of the combined one), ``_lockstep`` (compute the payload
-    even when this process's losses are not finite), ``world_size``, ``_before_step`` /
-    ``_check_weights`` (consistency checks), ``_skip_texts`` / ``_result`` (what is reported),
-    ``_source_state`` / ``_load_source`` (checkpoint of the source).
+        nonfinite: "skip" (default: apply nothing, report ``skipped=True`` and the reason; a
+            GradScaler's scale is lowered) or "raise" (FloatingPointError).
+        on_undefined: what to do when the method raises
+            :class:`~taskgrad.methods.UndefinedMethodError` (mathematically undefined for this
+            Gram, e.g. Nash-MTL with 0 in the convex hull): "skip" (default, what a week-long job
+            wants: the step is skipped and counted, training goes on), "raise", or a Weighting
+            (e.g. ``taskgrad.MGDA()``) used for that step instead (``result.fallback`` names it).
+        heads: "weighted" (default: every parameter gets Σᵢ vᵢ∇Lᵢ, as ``sum(w_i * L_i).backward()``)
+            or "unweighted": a parameter reached by one task only (its head) gets that task's
+            unweighted ∇Lᵢ, the shared ones Σᵢ vᵢ∇Lᵢ (the official CAGrad/FairGrad, LibMTL).
+        max_norm: clip the update to this norm (None: no clipping; default: the method's own
+            ``max_norm`` attribute when it has one and leaves the clipping to the step, as FairGrad
+            and FAMO do; Nash-MTL scales its own weights and is not clipped again; a method's
+            ``max_norm_scope`` attribute, when present, sets ``clip``). clip: "all" (the norm over every parameter
+            the step writes) or "shared" (only the shared parameters' gradient is measured and
+            scaled, as Nash-MTL's reference does).
+        normalize: None (the method's own scale), "sum" (weights sum to 1) or "mean-norm" (the
+            update has the norm of the mean gradient); see the module docstring.
+        names: task names, used in the reasons of skipped steps.
+        reducer: how numbers are combined across processes (default: one process).
     """
-
-    #: compute the payload even when this process's losses are not finite (processes that
-    #: combine must issue the same operations and draw the same random directions)
-    _lockstep = False
 
     def __init__(
         self,
@@ -173,6 +222,13 @@ class GradStep:
         ema: float | None = None,
         subsample: TaskSubsample | int | None = None,
         nonfinite: Literal["raise", "skip"] = "skip",
+        on_undefined: Literal["raise", "skip"] | Weighting = "skip",
+        heads: Literal["weighted", "unweighted"] = "weighted",
+        max_norm: float | None = None,
+        clip: Literal["all", "shared"] = "all",
+        normalize: Literal["sum", "mean-norm"] | None = None,
+        names: Sequence[str] | None = None,
+        reducer: Reducer | None = None,
     ) -> None:
         self.method = Mean() if method is None else method
         if not isinstance(self.method, Weighting):
@@ -181,6 +237,21 @@ class GradStep:
             )
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}.")
+        if not (on_undefined in ("raise", "skip") or isinstance(on_undefined, Weighting)):
+            raise ValueError(
+                f"on_undefined must be 'raise', 'skip' or a taskgrad Weighting (e.g. taskgrad.MGDA()), got {on_undefined!r}."
+            )
+        if heads not in HEADS:
+            raise ValueError(f"heads must be 'weighted' or 'unweighted', got {heads!r}.")
+        if clip not in CLIP_SCOPES:
+            raise ValueError(f"clip must be 'all' or 'shared', got {clip!r}.")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be None, 'sum' or 'mean-norm', got {normalize!r}.")
+        if max_norm is None:
+            max_norm = _method_max_norm(self.method)
+            clip = getattr(self.method, "max_norm_scope", clip) if max_norm is not None else clip
+        if max_norm is not None and not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
+            raise ValueError(f"max_norm must be a positive finite number or None, got {max_norm!r}.")
         self._source_spec = source
         self.source: GramSource | None = source if isinstance(source, GramSource) else None
         if isinstance(source, str):
@@ -188,90 +259,51 @@ class GradStep:
         self.schedule = Periodic(period, ema)
         self.subsample = TaskSubsample(subsample) if isinstance(subsample, int) else subsample
         self.nonfinite = nonfinite
-        self._acc: dict[str, Any] | None = None
+        self.on_undefined = on_undefined
+        self.heads = heads
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.clip = clip
+        self.normalize = normalize
+        self.names = None if names is None else list(names)
+        self.reducer = reducer if reducer is not None else LocalReducer()
+        if self.source is not None:
+            self.reducer.attach(self.source)
+        self.n_skipped = 0
+        self.n_fallback = 0
+        self._acc: Accumulation | None = None
 
-    # ------------------------------------------------------- extension points
     @property
     def world_size(self) -> int:
-        """Number of processes that take each step together (1 here)."""
-        return 1
-
-    def _combine(self, numbers: StepNumbers, what: str = "step") -> StepNumbers:
-        """The numbers every participant decides from (one process: these, with n_bad ∈ {0, 1}).
-
-        Called once per step, before the finiteness decision, by every participant (also one
-        whose ``bad`` is set). ``what`` labels the exchange ("step", "accumulated").
-        """
-        return replace(numbers, n_bad=int(numbers.bad is not None))
-
-    def _local_payload(self, losses: Any, L: Tensor, subset: Tensor, *, features: Any, params: Any, loss_fn: Any,
-                       scale: float) -> Tensor:
-        """This process's Gram payload: here the m×m Gram of the tasks in ``subset``.
-
-        ``scale``: a GradScaler's scale s; the Gram is computed through s·L and divided by s².
-        """
-        source = self.source
-        assert source is not None
-        k = L.shape[0]
-        if params is None and not isinstance(source, RepresentationGram) and getattr(source, "params", None) is None \
-                and getattr(source, "param_names", None) is None:
-            params = shared_parameters(losses)  # from the separate losses, before stacking
-        L_sub = L[subset] if subset.numel() < k else L
-        if source.uses_graph and scale != 1.0:
-            return source.gram(L_sub * scale, features=features, params=params, loss_fn=loss_fn) / (scale * scale)
-        if isinstance(source, SketchGram):
-            G = source.gram(None, features=features, params=params, loss_fn=loss_fn)
-            if G.shape[0] != k:
-                raise ValueError(f"loss_fn returns {G.shape[0]} losses but {k} were given.")
-            return G[subset][:, subset]
-        return source.gram(L_sub, features=features, params=params, loss_fn=loss_fn)
-
-    def _gram_from(self, payload: Tensor, k: int, features: Any) -> Tensor:
-        """The Gram from the combined payload (here the payload is the Gram)."""
-        return payload
-
-    def _before_step(self) -> None:
-        """Called at the start of every step (a consistency check under DDP)."""
-
-    def _check_weights(self, v: Tensor) -> None:
-        """Called with the weights about to be applied (a consistency check under DDP)."""
-
-    def _skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:
-        """(error message for nonfinite='raise', ``reason`` of the skipped step)."""
-        return f"{why} is not finite (NaN or Inf); the step cannot be taken. {ADVICE}", f"non-finite {why}"
-
-    def _result(self, weights: Tensor, gram: Tensor | None, numbers: StepNumbers, local: Tensor, subset: Tensor,
-                refreshed: bool, reason: str | None = None) -> StepResult:
-        """What the step reports (``local``: this process's losses; ``reason``: why it was skipped)."""
-        return StepResult(weights, gram, numbers.losses, subset, refreshed, skipped=reason is not None, reason=reason)
-
-    def _source_state(self) -> dict[str, Any] | None:
-        return None if self.source is None else {"type": type(self.source).__name__, "state": self.source.state_dict()}
-
-    def _load_source(self, state: dict[str, Any]) -> None:
-        if self.source is None:
-            names = {"FullGram": "full", "JacobianGram": "jacobian", "RepresentationGram": "representation",
-                     "SketchGram": "sketch"}
-            if self._source_spec not in ("auto", names.get(state["type"])):
-                raise ValueError(f"checkpoint is for source {state['type']}, not {self._source_spec!r}.")
-            self.source = make_source(names[state["type"]], True)
-        if state["type"] != type(self.source).__name__:
-            raise ValueError(f"checkpoint is for source {state['type']}, not {type(self.source).__name__}.")
-        self.source.load_state_dict(state["state"])
+        """Number of processes that take each step together."""
+        return self.reducer.world_size
 
     # ----------------------------------------------------------------- helpers
     def _resolve_source(self, features: Any) -> GramSource:
         if self.source is None:
             self.source = make_source(self._source_spec, features is not None)
+            self.reducer.attach(self.source)
         return self.source
 
-    def _skip(self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any) -> StepResult:
-        message, reason = self._skip_texts(str(numbers.bad), numbers.n_bad)
-        if self.nonfinite == "raise":
+    def _result(self, weights: Tensor, gram: Tensor | None, numbers: StepNumbers, local: Tensor, subset: Tensor,
+                refreshed: bool, reason: str | None = None, **extra: Any) -> StepResult:
+        return StepResult(weights, gram, numbers.losses.to(local.dtype), subset, refreshed, skipped=reason is not None
+                          and not extra.get("fallback"), reason=reason, local_losses=local, bad_ranks=numbers.n_bad,
+                          numel_reduced=numbers.numel, **extra)
+
+    def _skip(self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any, reason: str | None = None) -> StepResult:
+        message, default_reason = self.reducer.skip_texts(str(numbers.bad), numbers.n_bad)
+        if reason is None and self.nonfinite == "raise":
             raise FloatingPointError(message)
-        _back_off(scaler, local.device)
+        back_off(scaler, local.device)
+        self.n_skipped += 1
         nan = torch.full((k,), float("nan"), dtype=local.dtype, device=local.device)
-        return self._result(nan, None, numbers, local, torch.arange(k), refreshed=False, reason=reason)
+        return self._result(nan, None, numbers, local, torch.arange(k), refreshed=False, reason=reason or default_reason)
+
+    def _nonfinite_loss(self, L: Tensor) -> str | None:
+        bad = [i for i, x in enumerate(L.tolist()) if not math.isfinite(x)]
+        if not bad:
+            return None
+        return "task loss of " + ", ".join(_task_label(i, self.names) for i in bad)
 
     def _plan(self, k: int, device: torch.device) -> Tensor | None:
         """The tasks to weight when the weights are due for a refresh (drawn now); None: reuse them."""
@@ -280,24 +312,59 @@ class GradStep:
             return None
         return self.subsample.draw(k).to(device) if self.subsample else torch.arange(k, device=device)
 
-    def _decide(
-        self, L: Tensor, gram: Tensor | None, subset: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor, bool] | str:
-        """Full weight vector v (k,), the Gram seen, the subset, refreshed; or a reason to skip.
+    def _solve(self, gram: Tensor | None, L_sub: Tensor) -> tuple[Tensor, str | None, str | None] | str:
+        """(weights, fallback name, reason) from the method, with the undefined-method policy; or
+        a reason to skip."""
+        losses = L_sub.to(gram.dtype) if gram is not None else L_sub
+        try:
+            return self.method(gram=gram, losses=losses).detach(), None, None
+        except UndefinedMethodError as err:
+            why = f"{type(self.method).__name__} is undefined for this step: {err}"
+            if self.on_undefined == "raise":
+                raise
+            if self.on_undefined == "skip":
+                return why
+            fb = self.on_undefined
+            assert isinstance(fb, Weighting)
+            g = gram if "gram" in fb.needs else None
+            if "gram" in fb.needs and gram is None:
+                raise ValueError(
+                    f"the fallback {type(fb).__name__} needs a Gram but {type(self.method).__name__} does not; "
+                    "pick a fallback that needs only what the method needs (e.g. taskgrad.Mean())."
+                ) from err
+            return fb(gram=g, losses=losses).detach(), type(fb).__name__, why
 
-        ``subset`` None: reuse the schedule's weights; else w = method(G, L[subset]) on it.
-        """
+    def _normalized(self, w: Tensor, gram: Tensor | None) -> Tensor:
+        if self.normalize == "sum":
+            s = w.sum()
+            return w / s if float(s) != 0.0 else w
+        if self.normalize == "mean-norm":
+            if gram is None:
+                raise ValueError("normalize='mean-norm' needs a Gram: use a method that needs one, or normalize='sum'.")
+            m = gram.shape[0]
+            ref = torch.ones(m, dtype=gram.dtype, device=gram.device) / m
+            num = float(ref @ gram @ ref)
+            den = float(w.to(gram.dtype) @ gram @ w.to(gram.dtype))
+            return w * math.sqrt(num / den) if den > 0 else w
+        return w
+
+    def _decide(self, L: Tensor, gram: Tensor | None, subset: Tensor | None) -> tuple | str:
+        """(v (k,), Gram seen, subset, refreshed, fallback, reason) or a reason to skip."""
         k = L.shape[0]
         sched = self.schedule
+        fallback = reason = None
         if subset is not None:
             if gram is not None:
-                if not _finite(gram):
+                if not finite(gram):
                     return GRAM_REASON
                 gram = sched.smooth(gram)
-            L_sub = L[subset]
-            w = self.method(gram=gram, losses=L_sub.to(gram.dtype) if gram is not None else L_sub).detach()
-            if not _finite(w):
-                return f"weights from {type(self.method).__name__}"
+            out = self._solve(gram, L[subset])
+            if isinstance(out, str):
+                return out
+            w, fallback, reason = out
+            if not finite(w):
+                return f"weights from {fallback or type(self.method).__name__}"
+            w = self._normalized(w, gram)
             sched.remember(w, subset)
             refreshed = True
         else:
@@ -306,45 +373,91 @@ class GradStep:
         scale = self.subsample.scale(k) if self.subsample else 1.0
         v = torch.zeros(k, dtype=sched.weights.dtype, device=L.device)
         v[subset] = sched.weights.to(L.device) * scale
-        return v, gram, subset, refreshed
+        return v, gram, subset, refreshed, fallback, reason
 
-    def _weights(self, L_det: Tensor, gram_of: Any) -> tuple[Tensor, Tensor | None, Tensor, bool] | str:
-        """:meth:`_decide` on ``gram_of(subset)`` (one process, no combine)."""
-        subset = self._plan(L_det.shape[0], L_det.device)
-        gram = gram_of(subset) if subset is not None and "gram" in self.method.needs else None
-        return self._decide(L_det, gram, subset)
-
-    def _decide_step(
-        self,
-        local: Tensor,
-        why: str | None,
-        payload_of: Callable[[Tensor | None], Tensor | None],
-        gram_of: Callable[[Tensor, Tensor | None], Tensor | None],
-        scaler: Any,
-        what: str = "step",
-    ) -> tuple[StepNumbers, Tensor, Tensor | None, Tensor, bool] | StepResult:
-        """Plan → ``payload_of(subset)`` → :meth:`_combine` → finiteness → weights.
-
-        ``local``: this process's (k,) losses; ``why``: why it cannot step (None: finite);
-        ``subset`` is None when the weights are reused. Returns (combined numbers, v, Gram,
-        subset, refreshed), or the skipped step's result (every participant skips together).
-        """
+    def _decide_step(self, local: Tensor, why: str | None, payload_of: Callable[[Tensor | None], Tensor | None],
+                     gram_of: Callable[[Tensor, Tensor | None], Tensor | None], scaler: Any, what: str = "step"):
+        """Plan → payload → combine → finiteness → weights; or the skipped step's result."""
         k = local.shape[0]
         subset = payload = None
-        if why is None or self._lockstep:
+        if why is None or self.reducer.lockstep:
             subset = self._plan(k, local.device)
             payload = payload_of(subset)
-            if why is None and payload is not None and not _finite(payload):
+            if why is None and payload is not None and not finite(payload):
                 why = GRAM_REASON
-        numbers = self._combine(StepNumbers(why, local, payload), what)
+        numbers = self.reducer.combine(StepNumbers(why, local, payload), what)
         if numbers.n_bad:
             return self._skip(k, numbers, local, scaler)
-        gram = None if numbers.payload is None else gram_of(numbers.payload, subset)
+        gram = None if numbers.payload is None or subset is None else gram_of(numbers.payload, subset)
         out = self._decide(numbers.losses, gram, subset)
         if isinstance(out, str):
-            return self._skip(k, replace(numbers, bad=out, n_bad=self.world_size), local, scaler)
-        self._check_weights(out[0])
+            if out == GRAM_REASON or out.startswith("weights from"):
+                return self._skip(k, replace(numbers, bad=out, n_bad=self.world_size), local, scaler)
+            return self._skip(k, numbers, local, scaler, reason=out)
+        self.reducer.check_weights(out[0])
+        if out[4] is not None:
+            self.n_fallback += 1
         return (numbers, *out)
+
+    # ----------------------------------------------------------------- the update
+    def _clip_factor(self, grads: list[tuple[Tensor, Tensor, bool]]) -> tuple[float, float | None]:
+        """(factor, norm) for (param, gradient, shared) triples under ``max_norm``."""
+        if self.max_norm is None:
+            return 1.0, None
+        measured = [g for _, g, shared in grads if shared or self.clip == "all"]
+        if not measured:
+            return 1.0, 0.0
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in measured])))
+        return (min(1.0, self.max_norm / (norm + 1e-6)) if math.isfinite(norm) else 1.0), norm
+
+    def _write(self, grads: list[tuple[Tensor, Tensor, bool]], s: float) -> tuple[float | None, bool]:
+        """Add (param, gradient, shared) to ``.grad`` after clipping, times the scaler's scale s."""
+        factor, norm = self._clip_factor(grads)
+        for p, g, shared in grads:
+            if factor != 1.0 and (shared or self.clip == "all"):
+                g = g * factor
+            _add_grad(p, g * s if s != 1.0 else g)
+        return norm, factor != 1.0
+
+    def _apply_task_grads(self, tg: TaskGrads, v_sub: Tensor, s: float) -> tuple[float | None, bool]:
+        own = torch.ones_like(v_sub) if self.heads == "unweighted" else None
+        dirs = tg.direction(v_sub, own)
+        shared = [len(t) >= 2 or tg.k == 1 for t in tg.tasks]
+        return self._write(list(zip(tg.params, dirs, shared)), s)
+
+    def _apply_backward(self, ls: LossSet, v: Tensor, s: float, backward_fn: Callable[[Tensor], None] | None,
+                        subset: Tensor) -> tuple[float | None, bool]:
+        """The update by backward of Σ vᵢLᵢ (through ``backward_fn`` when given)."""
+        total = ls.total(v)
+        if s != 1.0:
+            total = total * s
+        if self.max_norm is None and self.heads == "weighted":
+            (backward_fn or Tensor.backward)(total)
+            return None, False
+        # the step's own gradient, kept apart from what .grad already holds, then clipped/adjusted
+        leaves, tasks = _reached_leaves(ls)
+        before = [p.grad for p in leaves]
+        for p in leaves:
+            p.grad = None
+        try:
+            (backward_fn or Tensor.backward)(total)
+            new = [torch.zeros_like(p) if p.grad is None else p.grad for p in leaves]
+        finally:
+            for p, b in zip(leaves, before):
+                p.grad = b
+        k = ls.k
+        shared = [len(t) >= 2 or k == 1 for t in tasks]
+        if self.heads == "unweighted":
+            own_idx = [j for j, sh in enumerate(shared) if not sh]
+            if own_idx:
+                mask = torch.zeros_like(v)
+                mask[subset] = 1.0
+                heads = ls.total(mask) * s if s != 1.0 else ls.total(mask)
+                gs = torch.autograd.grad(heads, [leaves[j] for j in own_idx], retain_graph=True, allow_unused=True)
+                for j, g in zip(own_idx, gs):
+                    new[j] = self.reducer.average(torch.zeros_like(leaves[j]) if g is None else g)
+        grads = [(p, g / s if s != 1.0 else g, sh) for p, g, sh in zip(leaves, new, shared)]
+        return self._write(grads, s)
 
     # ----------------------------------------------------------------- one step
     def backward(
@@ -357,38 +470,55 @@ class GradStep:
         scaler: Any = None,
         backward_fn: Callable[[Tensor], None] | None = None,
     ) -> StepResult:
-        """Fill ``.grad`` with ∇ Σᵢ vᵢLᵢ (scaled by the GradScaler's scale when ``scaler`` is given).
+        """Add ∇ Σᵢ vᵢLᵢ to ``.grad`` (scaled by the GradScaler's scale when ``scaler`` is given).
 
-        Accumulates into existing ``.grad`` as a plain backward does. Non-finite losses, Gram or
-        weights: nothing is applied (``skipped=True``; the scaler's scale is lowered).
-        ``backward_fn(total)`` replaces ``total.backward()`` (e.g. Lightning's ``manual_backward``).
+        Accumulates into existing ``.grad`` as a plain backward does; a list of losses and the
+        same losses stacked give the same result. Skipped steps (non-finite values, an undefined
+        method under ``on_undefined="skip"``) apply nothing. ``backward_fn(total)`` replaces
+        ``total.backward()`` (e.g. Lightning's ``manual_backward``).
         """
         if self._acc is not None:
             raise RuntimeError("micro-batches are being accumulated: call backward_accumulated() first.")
-        self._before_step()
-        L = as_loss_vector(losses)
-        L_det = L.detach()
-        why = None if _finite(L_det) else "task loss"
+        self.reducer.before_step()
+        ls = LossSet(losses)
+        if params is not None:
+            params = check_params(params)
+        L_det = ls.vector.detach()
+        why = self._nonfinite_loss(L_det)
         s = 1.0
-        if why is None or self._lockstep:
+        needs_gram = "gram" in self.method.needs
+        if why is None or self.reducer.lockstep:
             self._resolve_source(features)
-            s = _scale_of(scaler, L.device)
+            s = scale_of(scaler, L_det.device)
+        got: dict[str, Part] = {}
+        want_grads = not self.reducer.additive and backward_fn is None
 
         def payload_of(subset: Tensor | None) -> Tensor | None:
-            if subset is None or "gram" not in self.method.needs:
+            if subset is None or not needs_gram:
                 return None
-            return self._local_payload(losses, L, subset, features=features, params=params, loss_fn=loss_fn, scale=s)
+            assert self.source is not None
+            view = ls if subset.numel() == ls.k else ls.select(subset.tolist())
+            part = self.source.part(view, features=features, params=params, loss_fn=loss_fn, scale=s,
+                                    additive=self.reducer.additive, want_grads=want_grads, all_losses=ls)
+            got["part"] = part
+            return part.payload
 
-        out = self._decide_step(L_det, why, payload_of, lambda p, _: self._gram_from(p, L.shape[0], features), scaler)
-        if not isinstance(out, tuple):
-            return out  # skipped
-        numbers, v, gram, subset, refreshed = out
-        total = (v.to(L.dtype) * L).sum()
-        if s != 1.0:
-            total = total * s
-        (backward_fn or Tensor.backward)(total)
+        def gram_of(payload: Tensor, subset: Tensor | None) -> Tensor:
+            assert self.source is not None
+            return self.source.gram_of(payload, subset.numel() if subset is not None else ls.k, self.world_size)
+
+        out = self._decide_step(L_det, why, payload_of, gram_of, scaler)
+        if isinstance(out, StepResult):
+            return out
+        numbers, v, gram, subset, refreshed, fallback, reason = out
+        part = got.get("part")
+        if part is not None and part.grads is not None and refreshed:
+            norm, clipped = self._apply_task_grads(part.grads, v[subset], s)
+        else:
+            norm, clipped = self._apply_backward(ls, v, s, backward_fn, subset)
         self.schedule.advance()
-        return self._result(v, gram, numbers, L_det, subset, refreshed)
+        return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
+                            clipped=clipped)
 
     # ----------------------------------------------------------- accumulation
     def accumulate(
@@ -403,123 +533,191 @@ class GradStep:
     ) -> None:
         """Add one micro-batch (its losses weighted by ``weight``; None: 1/M for M micro-batches).
 
-        Stores this micro-batch's per-task gradients and Gram contributions; touches no ``.grad``.
+        Stores this micro-batch's per-task gradients and the source's payload; touches no ``.grad``.
         """
-        L = as_loss_vector(losses)
-        k = L.shape[0]
+        self.reducer.layout()  # the parameter layout shared by every process (checked now)
+        ls = LossSet(losses)
         source = self._resolve_source(features)
         if self._acc is None:
-            per_task = task_leaves(losses)
-            order: list[Tensor] = []
-            tasks: dict[int, list[int]] = {}
-            for i, leaves in enumerate(per_task):
-                for p in leaves:
-                    if id(p) not in tasks:
-                        tasks[id(p)] = []
-                        order.append(p)
-                    tasks[id(p)].append(i)
-            self._acc = {"k": k, "params": order, "tasks": [tasks[id(p)] for p in order], "sums": [None] * len(order),
-                         "n": 0, "explicit": None, "bad": None, "losses": torch.zeros_like(L.detach()),
-                         "gram": None, "sketch": None, "gen0": None, "scale": _scale_of(scaler, L.device)}
+            self._acc = Accumulation(ls.k, torch.zeros_like(ls.vector.detach()), scale=scale_of(scaler, ls.vector.device))
         acc = self._acc
-        c = _count_micro_batch(acc, k, weight)
-        if acc["bad"] is not None:
+        c = acc.count(ls.k, weight)
+        if acc.bad is not None:
             return
-        L_det = L.detach()
-        if not _finite(L_det):
-            acc["bad"] = "task loss"
+        L_det = ls.vector.detach()
+        why = self._nonfinite_loss(L_det)
+        if why is not None:
+            acc.bad = why
             return
-        s = acc["scale"]
-        acc["losses"] = acc["losses"] + c * L_det
-        index = {id(p): j for j, p in enumerate(acc["params"])}
-        local = [p for p in acc["params"] if p.requires_grad]
-        Ls = L * s if s != 1.0 else L
-
-        def consume(j: int, rows: Tensor) -> None:
-            gj = index[id(local[j])]
-            t = acc["tasks"][gj]
-            rows = c * (rows[t[0]] if len(t) == 1 else rows)
-            acc["sums"][gj] = rows if acc["sums"][gj] is None else acc["sums"][gj] + rows
-
-        for_each_block(Ls, local, consume)
-        if any(r is not None and not _finite(r) for r in acc["sums"]):
-            acc["bad"] = "gradient"
+        acc.losses = acc.losses + c * L_det
+        tg = task_gradients(ls, strategy="loop").scaled(c)
+        if not tg.finite():
+            acc.bad = "gradient"
             return
-        if isinstance(source, RepresentationGram) and "gram" in self.method.needs:
-            g = _representation_part(L, features, c, s)
-            acc["gram"] = g if acc["gram"] is None else acc["gram"] + g
-        elif isinstance(source, SketchGram) and "gram" in self.method.needs:
-            S = _sketch_part(acc, source, L, c, loss_fn, params)
-            acc["sketch"] = S if acc["sketch"] is None else acc["sketch"] + S
+        if acc.grads is None:
+            acc.grads = tg
+        else:
+            acc.grads.add_(tg)
+        if "gram" not in self.method.needs or isinstance(source, (FullGram, JacobianGram)):
+            return
+        if isinstance(source, SketchGram):
+            named = source.select(ls.items, loss_fn, params)
+            gen = source.generator(next(iter(named.values())).device)
+            if acc.directions is None:
+                acc.directions = gen.get_state()
+            gen.set_state(acc.directions)  # the same directions Ω for every micro-batch
+        part = source.part(ls, features=features, params=params, loss_fn=loss_fn, scale=acc.scale)
+        if part.payload is None:
+            return
+        pay = part.payload * (c ** source.payload_power)
+        acc.payload = pay if acc.payload is None else acc.payload + pay
 
     def backward_accumulated(self, scaler: Any = None) -> StepResult:
         """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
         acc, self._acc = self._acc, None
         if acc is None:
             raise RuntimeError("nothing accumulated: call accumulate(losses, ...) for each micro-batch first.")
-        self._before_step()
-        k, n = acc["k"], acc["n"]
-        mean = not acc["explicit"]
-        L_det = acc["losses"] / n if mean else acc["losses"]
-        c = 1.0 / n if mean else 1.0
-        s = acc["scale"]
-        sums = [None if r is None else r * c for r in acc["sums"]]
+        self.reducer.before_step()
+        k = acc.k
+        c = acc.factor
+        L_det = acc.losses * c
         source = self.source
+        grads = acc.grads.scaled(c) if acc.grads is not None else None
 
-        def gram_of(subset: Tensor | None) -> Tensor | None:
+        def payload_of(subset: Tensor | None) -> Tensor | None:
             if subset is None or "gram" not in self.method.needs:
                 return None
-            if isinstance(source, RepresentationGram):
-                G = acc["gram"] * (c * c)
-            elif isinstance(source, SketchGram):
-                S = acc["sketch"] * c
-                G = S @ S.T / source.r
-            elif isinstance(source, (FullGram, JacobianGram)):
+            if isinstance(source, (FullGram, JacobianGram)):
+                assert grads is not None
                 own = source.params
-                ids = None if own is None else {id(p) for p in check_params(own)}
-                G = torch.zeros(k, k, dtype=torch.float64 if acc["params"][0].dtype == torch.float64 else torch.float32,
-                                device=L_det.device)
-                for p, t, r in zip(acc["params"], acc["tasks"], sums):
-                    if r is None or (ids is None and len(t) < 2) or (ids is not None and id(p) not in ids):
-                        continue
-                    if len(t) > 1:
-                        rows = r.reshape(k, -1).to(G.dtype)
-                    else:
-                        rows = torch.zeros(k, r.numel(), dtype=G.dtype, device=G.device)
-                        rows[t[0]] = r.reshape(-1).to(G.dtype)
-                    G = G + rows @ rows.T
-                G = G / (s * s)
-            else:
+                compared = check_params(own) if own is not None else grads.shared()
+                return grads.gram(compared)[subset][:, subset].reshape(-1)
+            if acc.payload is None:
                 raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
-            G = 0.5 * (G + G.T)
-            return G[subset][:, subset]
+            G = source.gram_of(acc.payload * (c ** source.payload_power), k)
+            return G[subset][:, subset].reshape(-1)
 
-        out = self._decide_step(L_det, acc["bad"], gram_of, lambda G, _: G, scaler, "accumulated")
-        if not isinstance(out, tuple):
-            return out  # skipped
-        numbers, v, gram, subset, refreshed = out
-        for p, t, r in zip(acc["params"], acc["tasks"], sums):
-            if r is None:
-                continue
-            if len(t) == 1:
-                g = (v[t[0]].to(r.dtype) * r).reshape(p.shape)
-            else:
-                g = (v.to(r.dtype) @ r.reshape(k, -1)).reshape(p.shape)
-            g = g.to(p.dtype)
-            p.grad = g if p.grad is None else p.grad + g
+        def gram_of(payload: Tensor, subset: Tensor | None) -> Tensor:
+            m = subset.numel() if subset is not None else k
+            G = payload.reshape(m, m)
+            return 0.5 * (G + G.T)
+
+        if self.reducer.additive:
+            return self._accumulated_across(acc, grads, scaler)
+        out = self._decide_step(L_det, acc.bad, payload_of, gram_of, scaler, "accumulated")
+        if isinstance(out, StepResult):
+            return out
+        numbers, v, gram, subset, refreshed, fallback, reason = out
+        norm, clipped = None, False
+        if grads is not None:
+            s = acc.scale
+            full_v = v.to(grads.rows[0].dtype) if grads.rows else v
+            own = torch.zeros_like(full_v)
+            own[subset] = 1.0
+            dirs = grads.direction(full_v, own if self.heads == "unweighted" else None)
+            shared = [len(t) >= 2 or grads.k == 1 for t in grads.tasks]
+            norm, clipped = self._write(list(zip(grads.params, dirs, shared)), s)
         self.schedule.advance()
-        return self._result(v, gram, numbers, L_det, subset, refreshed)
+        return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
+                            clipped=clipped)
+
+    def _accumulated_across(self, acc: Accumulation, grads: TaskGrads | None, scaler: Any) -> StepResult:
+        """The accumulated step over processes: ONE combine of [bad flag, Σ c L, reach mask, payload].
+
+        The per-task gradients are laid out densely over the reducer's parameter list (the same
+        on every process, even when a process's losses do not reach every parameter); the reach
+        mask says which parameters no loss reached anywhere (their ``.grad`` is left untouched,
+        as DDP does). Full-parameter sources send the k × P per-task gradients (which give the
+        update directly); the others send their Gram payload and then the weighted gradient.
+        """
+        plist = self.reducer.layout()
+        k, R, c = acc.k, self.world_size, acc.factor
+        source = self.source
+        offs = [0]
+        for p in plist:
+            offs.append(offs[-1] + p.numel())
+        dtype = gram_dtype(plist[0])
+        device = acc.losses.device
+        rows = torch.zeros(k, offs[-1], dtype=dtype, device=device)
+        reach = torch.zeros(k, len(plist), dtype=dtype, device=device)
+        if grads is not None:
+            for j, p in enumerate(plist):
+                g = grads.index(p)
+                if g >= 0:
+                    rows[:, offs[j]: offs[j + 1]] = grads.dense_rows(g, dtype)
+                    reach[list(grads.tasks[g]), j] = 1.0
+        needs_gram = "gram" in self.method.needs
+        full = needs_gram and isinstance(source, (FullGram, JacobianGram))
+        bad = acc.bad or (None if finite(rows) else "gradient")
+        n_reach = k * len(plist)
+        got: dict[str, Tensor] = {}
+
+        def payload_of(subset: Tensor | None) -> Tensor:
+            parts = [reach.reshape(-1)]
+            if full:
+                parts.append(rows.reshape(-1))
+            elif subset is not None and needs_gram:
+                if acc.payload is None:
+                    raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
+                parts.append((acc.payload * (c ** source.payload_power)).to(dtype))
+            return torch.cat(parts)
+
+        def gram_of(total: Tensor, subset: Tensor | None) -> Tensor | None:
+            got["reach"] = total[:n_reach].reshape(k, len(plist)) > 0
+            rest = total[n_reach:]
+            if full:
+                got["J"] = J_bar = rest.reshape(k, -1) / R
+                if subset is None:
+                    return None
+                own = getattr(source, "params", None)
+                ids = None if own is None else {id(p) for p in own}
+                G = torch.zeros(k, k, dtype=dtype, device=device)
+                for j, p in enumerate(plist):
+                    if (ids is None and int(got["reach"][:, j].sum()) >= 2) or (ids is not None and id(p) in ids):
+                        block = J_bar[:, offs[j]: offs[j + 1]]
+                        G = G + block @ block.T
+                return (0.5 * (G + G.T))[subset][:, subset]
+            if subset is None or not needs_gram:
+                return None
+            return source.gram_of(rest, k, R)[subset][:, subset]
+
+        out = self._decide_step(acc.losses * c, bad, payload_of, gram_of, scaler, "accumulated")
+        if isinstance(out, StepResult):
+            return out
+        numbers, w, gram, subset, refreshed, fallback, reason = out
+        if "reach" not in got:  # the weights were reused: the mask still came with the combine
+            got["reach"] = numbers.payload[:n_reach].reshape(k, len(plist)) > 0 if numbers.payload is not None \
+                else reach > 0
+            if full:
+                got["J"] = numbers.payload[n_reach:].reshape(k, -1) / R
+        if full:
+            flat = w.to(dtype) @ got["J"]
+        else:
+            flat = self.reducer.average((w.to(dtype) @ rows).contiguous(), "gradient")
+            numbers = replace(numbers, numel=numbers.numel + flat.numel())
+        grads_out = []
+        for j, p in enumerate(plist):
+            if not bool(got["reach"][:, j].any()):
+                continue  # no loss reaches it on any process: leave .grad untouched, as DDP does
+            grads_out.append((p, flat[offs[j]: offs[j + 1]].reshape(p.shape), int(got["reach"][:, j].sum()) >= 2))
+        norm, clipped = self._write(grads_out, acc.scale)
+        self.schedule.advance()
+        return self._result(w, gram, numbers, acc.losses * c, subset, refreshed, reason, fallback=fallback,
+                            grad_norm=norm, clipped=clipped)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
-        """Method, source and schedule state (a checkpoint cannot be taken mid-accumulation)."""
+        """Method, source, schedule, sub-sampling state and the skip/fallback counts."""
         if self._acc is not None:
             raise RuntimeError("cannot checkpoint in the middle of an accumulation window.")
         return {
             "method": {"type": type(self.method).__name__, "state": self.method.state_dict()},
-            "source": self._source_state(),
+            "source": None if self.source is None else {"type": type(self.source).__name__,
+                                                        "state": self.source.state_dict()},
             "schedule": self.schedule.state_dict(),
             "subsample": None if self.subsample is None else self.subsample.state_dict(),
+            "fallback": self.on_undefined.state_dict() if isinstance(self.on_undefined, Weighting) else None,
+            "counts": {"skipped": self.n_skipped, "fallback": self.n_fallback},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -534,6 +732,34 @@ class GradStep:
             raise ValueError("checkpoint and this GradStep disagree on task sub-sampling.")
         if self.subsample is not None:
             self.subsample.load_state_dict(state["subsample"])
+        if state.get("fallback") is not None and isinstance(self.on_undefined, Weighting):
+            self.on_undefined.load_state_dict(state["fallback"])
+        counts = state.get("counts", {})
+        self.n_skipped = int(counts.get("skipped", 0))
+        self.n_fallback = int(counts.get("fallback", 0))
+
+    def _load_source(self, state: dict[str, Any]) -> None:
+        names = {"FullGram": "full", "JacobianGram": "jacobian", "RepresentationGram": "representation",
+                 "SketchGram": "sketch"}
+        if self.source is None:
+            if self._source_spec not in ("auto", names.get(state["type"])):
+                raise ValueError(f"checkpoint is for source {state['type']}, not {self._source_spec!r}.")
+            self.source = make_source(names[state["type"]], True)
+        if state["type"] != type(self.source).__name__:
+            raise ValueError(f"checkpoint is for source {state['type']}, not {type(self.source).__name__}.")
+        self.source.load_state_dict(state["state"])
+
+
+def _reached_leaves(ls: LossSet) -> tuple[list[Tensor], list[tuple[int, ...]]]:
+    order: list[Tensor] = []
+    tasks: dict[int, list[int]] = {}
+    for i, leaves in enumerate(ls.leaves()):
+        for p in leaves:
+            if id(p) not in tasks:
+                tasks[id(p)] = []
+                order.append(p)
+            tasks[id(p)].append(i)
+    return order, [tuple(tasks[id(p)]) for p in order]
 
 
 class TaskOptimizer:

@@ -1,0 +1,329 @@
+"""Per-task gradients, each taken through its own task's subgraph only (O(k) head backwards).
+
+* :func:`feature_rows`: the k gradients ∂Lᵢ/∂z at feature tensors z. When every op that
+  consumes z belongs to one task only (the usual encoder + k heads), ONE backward of Σ Lᵢ
+  yields all k: a hook on each consumer node keeps the gradient that node sends to z, and
+  the consumers of task i only ever carry task i's gradient. Otherwise (a consumer shared by
+  tasks) a loop of per-task backwards, each through its own subgraph.
+* :func:`task_gradients`: every task's gradient with respect to every parameter it reaches, as
+  a :class:`TaskGrads` (per parameter, one row per task that reaches it). Strategies: "loop"
+  (one backward per task, each through its own subgraph; the fastest exact choice on CPUs) and
+  "batched" (one vmapped backward over the k one-hot cotangents, with a loop fallback when an
+  op has no batching rule; nothing of a failed attempt is kept).
+
+Reentrant activation checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``) cannot
+give a gradient with respect to chosen inputs: it is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._graph import REENTRANT, LossSet
+
+__all__ = ["TaskGrads", "feature_rows", "task_gradients", "gram_dtype"]
+
+def gram_dtype(t: Tensor) -> torch.dtype:
+    """float64 for float64 tensors, float32 otherwise (the Gram is never computed in half precision)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _is_reentrant_error(err: BaseException) -> bool:
+    text = str(err)
+    return "Checkpointing is not compatible" in text or "use_reentrant" in text
+
+
+def guarded_grad(fn: Callable[[], Any]) -> Any:
+    """Run an autograd call, turning reentrant checkpointing's error into a clear ValueError."""
+    try:
+        return fn()
+    except RuntimeError as err:
+        if _is_reentrant_error(err):
+            raise ValueError(REENTRANT) from err
+        raise
+
+
+def _is_vmap_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("batching rule", "vmap", "batched", "functorch", "batchedtensor"))
+
+
+# ----------------------------------------------------------------------------- features
+def _target_match(feats: Sequence[Tensor]) -> Callable[[Any, int], int]:
+    """A function (node, output_nr) -> index of the feature tensor that edge is, or -1."""
+    nodes = {}
+    leaves = {}
+    for f, z in enumerate(feats):
+        if z.grad_fn is not None:
+            nodes[(z.grad_fn, z.output_nr)] = f
+        else:
+            leaves[id(z)] = f
+
+    def match(node: Any, nr: int) -> int:
+        if node is None:
+            return -1
+        f = nodes.get((node, nr), -1)
+        if f >= 0:
+            return f
+        var = getattr(node, "variable", None)
+        return leaves.get(id(var), -1) if var is not None else -1
+
+    return match
+
+
+def _consumers(root: Any, match: Callable[[Any, int], int], stops: set) -> list[tuple[Any, int, int]]:
+    """(node, edge index, feature index) for every edge from task-reachable nodes into a feature."""
+    out: list[tuple[Any, int, int]] = []
+    seen: set = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n is None or n in seen or n in stops:
+            continue
+        seen.add(n)
+        for j, (nxt, nr) in enumerate(n.next_functions):
+            f = match(nxt, nr)
+            if f >= 0:
+                out.append((n, j, f))
+            else:
+                stack.append(nxt)
+    return out
+
+
+def feature_rows(losses: LossSet, feats: Sequence[Tensor]) -> tuple[list[Tensor | None], list[int]]:
+    """Per-task gradients at the features: (rows, unreached).
+
+    rows[f]: (k, *feats[f].shape) with row i = ∂Lᵢ/∂feats[f] (zeros where task i does not reach
+    it), or None when no loss reaches feats[f]. unreached: the tasks whose loss depends on none
+    of the features.
+    """
+    k = losses.k
+    match = _target_match(feats)
+    stops = {z.grad_fn for z in feats if z.grad_fn is not None}
+    per_task = [_consumers(node, match, stops) for node in losses.task_nodes()]
+    unreached = [i for i, c in enumerate(per_task) if not c]
+    owner: dict[Any, int] = {}
+    disjoint = True
+    for i, cons in enumerate(per_task):
+        for node, _, _ in cons:
+            if owner.setdefault(node, i) != i:
+                disjoint = False
+    grads: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
+    reached = [i for i in range(k) if i not in unreached]
+    if disjoint and reached:
+        got: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
+        failed: list[bool] = []
+        handles = []
+        for i, cons in enumerate(per_task):
+            for node, j, f in cons:
+
+                def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
+                         f: int = f) -> None:
+                    g = grad_inputs[j]
+                    if g is None:
+                        failed.append(True)
+                        return
+                    got[i][f] = g if got[i][f] is None else got[i][f] + g
+
+                handles.append(node.register_hook(hook))
+        wanted = [z for f, z in enumerate(feats) if any(c[2] == f for cons in per_task for c in cons)]
+        try:
+            ones = losses.mask()
+            guarded_grad(lambda: torch.autograd.grad(losses.root, wanted, grad_outputs=ones, retain_graph=True,
+                                                     allow_unused=True))
+        finally:
+            for h in handles:
+                h.remove()
+        if not failed:
+            grads = got
+        else:
+            disjoint = False
+    if not disjoint:
+        for i in reached:
+            grads[i] = list(guarded_grad(lambda i=i: losses.task_grad(i, feats)))
+    rows: list[Tensor | None] = []
+    for f, z in enumerate(feats):
+        col = [grads[i][f] for i in range(k)]
+        if all(g is None for g in col):
+            rows.append(None)
+        else:
+            rows.append(torch.stack([torch.zeros_like(z) if g is None else g for g in col]))
+    return rows, unreached
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass
+class TaskGrads:
+    """Every task's gradient with respect to every parameter it reaches.
+
+    params[j] is reached by the tasks ``tasks[j]`` (sorted); ``rows[j]`` is their gradients,
+    shape (len(tasks[j]), *params[j].shape). A parameter reached by two or more tasks is
+    *shared*; one reached by a single task is that task's own (a head).
+    """
+
+    k: int
+    params: list[Tensor]
+    tasks: list[tuple[int, ...]]
+    rows: list[Tensor]
+    _index: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {id(p): j for j, p in enumerate(self.params)}
+
+    def index(self, p: Tensor) -> int:
+        """Position of ``p`` in :attr:`params`, -1 when no task reaches it."""
+        return self._index.get(id(p), -1)
+
+    def shared(self) -> list[Tensor]:
+        """Parameters reached by at least two tasks (all reached ones when k = 1)."""
+        return [p for p, t in zip(self.params, self.tasks) if len(t) >= 2 or self.k == 1]
+
+    def scaled(self, c: float) -> TaskGrads:
+        """The gradients times c (a new object)."""
+        return TaskGrads(self.k, list(self.params), list(self.tasks), [r * c for r in self.rows])
+
+    def add_(self, other: TaskGrads) -> None:
+        """Add the gradients of another micro-batch with the same k (parameters may differ)."""
+        if other.k != self.k:
+            raise ValueError(f"micro-batch has {other.k} losses but the accumulation started with {self.k}.")
+        for p, t, r in zip(other.params, other.tasks, other.rows):
+            j = self.index(p)
+            if j < 0:
+                self.params.append(p)
+                self.tasks.append(t)
+                self.rows.append(r.clone())
+                self._index[id(p)] = len(self.params) - 1
+                continue
+            if self.tasks[j] == t:
+                self.rows[j] = self.rows[j] + r
+                continue
+            union = tuple(sorted(set(self.tasks[j]) | set(t)))
+            dense = torch.zeros((len(union), *p.shape), dtype=self.rows[j].dtype, device=self.rows[j].device)
+            pos = {i: a for a, i in enumerate(union)}
+            dense[[pos[i] for i in self.tasks[j]]] += self.rows[j]
+            dense[[pos[i] for i in t]] += r
+            self.tasks[j], self.rows[j] = union, dense
+
+    def finite(self) -> bool:
+        """Whether every stored gradient is finite."""
+        return all(bool(torch.isfinite(r).all()) for r in self.rows)
+
+    def dense_rows(self, j: int, dtype: torch.dtype | None = None) -> Tensor:
+        """(k, numel) rows of parameter j with zeros for the tasks that do not reach it."""
+        r = self.rows[j].reshape(len(self.tasks[j]), -1)
+        dtype = dtype or r.dtype
+        if len(self.tasks[j]) == self.k:
+            return r.to(dtype)
+        out = torch.zeros(self.k, r.shape[1], dtype=dtype, device=r.device)
+        out[list(self.tasks[j])] = r.to(dtype)
+        return out
+
+    def gram(self, compared: Sequence[Tensor]) -> Tensor:
+        """G = Σ_p J_p J_pᵀ (k×k) over the ``compared`` parameters."""
+        dtype = gram_dtype(self.rows[0]) if self.rows else torch.float32
+        device = self.rows[0].device if self.rows else None
+        G = torch.zeros(self.k, self.k, dtype=dtype, device=device)
+        for p in compared:
+            j = self.index(p)
+            if j < 0:
+                continue
+            t = list(self.tasks[j])
+            r = self.rows[j].reshape(len(t), -1).to(dtype)
+            block = r @ r.T
+            if len(t) == self.k:
+                G = G + block
+            else:
+                G[torch.tensor(t).unsqueeze(1), torch.tensor(t).unsqueeze(0)] += block
+        return 0.5 * (G + G.T)
+
+    def direction(self, v: Tensor, own: Tensor | None = None) -> list[Tensor]:
+        """Per-parameter gradient Σᵢ vᵢ ∂Lᵢ/∂p; with ``own`` (k,), a parameter reached by one task i
+        gets ownᵢ ∂Lᵢ/∂p instead (the unweighted-head convention)."""
+        out = []
+        for p, t, r in zip(self.params, self.tasks, self.rows):
+            coeff = own if own is not None and len(t) == 1 and self.k > 1 else v
+            c = coeff[list(t)].to(r.dtype)
+            out.append(torch.tensordot(c, r, dims=1).to(p.dtype))
+        return out
+
+
+def _reached(losses: LossSet) -> tuple[list[Tensor], list[tuple[int, ...]]]:
+    order: list[Tensor] = []
+    tasks: dict[int, list[int]] = {}
+    for i, leaves in enumerate(losses.leaves()):
+        for p in leaves:
+            if id(p) not in tasks:
+                tasks[id(p)] = []
+                order.append(p)
+            tasks[id(p)].append(i)
+    return order, [tuple(tasks[id(p)]) for p in order]
+
+
+def _loop(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float) -> list[Tensor]:
+    rows = [torch.empty((len(t), *p.shape), dtype=p.dtype, device=p.device) for p, t in zip(params, tasks)]
+    pos = [{i: a for a, i in enumerate(t)} for t in tasks]
+    per_task: list[list[int]] = [[] for _ in range(losses.k)]
+    for j, t in enumerate(tasks):
+        for i in t:
+            per_task[i].append(j)
+    for i in range(losses.k):
+        mine = per_task[i]
+        if not mine:
+            continue
+        inputs = [params[j] for j in mine]
+        gs = guarded_grad(lambda: losses.task_grad(i, inputs))
+        for j, g in zip(mine, gs):
+            rows[j][pos[j][i]] = 0 if g is None else g
+    if scale != 1.0:
+        rows = [r * scale for r in rows]
+    return rows
+
+
+def _batched(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float) -> list[Tensor]:
+    """One vmapped backward over the k one-hot cotangents; raises on any failure (nothing kept)."""
+    from .blockwise import for_each_block_batched
+
+    k = losses.k
+    got: dict[int, Tensor] = {}
+
+    def consume(j: int, rows: Tensor) -> None:
+        got[j] = rows.reshape(k, *params[j].shape)[list(tasks[j])].clone()
+
+    L = losses.vector * scale if scale != 1.0 else losses.vector
+    for_each_block_batched(L, params, consume)
+    return [got[j] if j in got else torch.zeros((len(t), *p.shape), dtype=p.dtype, device=p.device)
+            for j, (p, t) in enumerate(zip(params, tasks))]
+
+
+def task_gradients(losses: LossSet, *, strategy: str = "auto", scale: float = 1.0) -> TaskGrads:
+    """Every task's gradient with respect to every leaf it reaches (see the module docstring).
+
+    ``strategy``: "loop", "batched" (vmap, with the loop as fallback when an op has no batching
+    rule) or "auto" (batched on CUDA, the loop elsewhere). ``scale``: the losses are multiplied
+    by it before the backward (a GradScaler's scale), the gradients are not divided back.
+    """
+    if strategy not in ("auto", "loop", "batched"):
+        raise ValueError(f"strategy must be 'auto', 'loop' or 'batched', got {strategy!r}.")
+    params, tasks = _reached(losses)
+    if not params:
+        raise ValueError("no loss reaches a parameter that requires grad: nothing to differentiate.")
+    if strategy == "auto":
+        strategy = "batched" if losses.vector.is_cuda else "loop"
+    rows = None
+    if strategy == "batched":
+        try:
+            rows = _batched(losses, params, tasks, scale)
+        except RuntimeError as err:
+            if _is_reentrant_error(err):
+                raise ValueError(REENTRANT) from err
+            if not _is_vmap_error(err):
+                raise
+            rows = None  # an op without a batching rule: the loop below
+    if rows is None:
+        rows = _loop(losses, params, tasks, scale)
+    return TaskGrads(losses.k, params, tasks, rows)
