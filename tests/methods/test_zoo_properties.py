@@ -170,3 +170,31 @@ def test_batched_grams_give_the_weights_one_by_one():
         batched = make()(gram=Gs, losses=Ls)
         single = torch.stack([make()(gram=G, losses=L) for G, L in zip(Gs, Ls)])
         assert rel(batched, single) < 1e-10
+
+
+def test_backward_jacobian_writes_the_aggregate_and_unweighted_head_gradients():
+    from taskgrad.methods.jacobian import backward_jacobian, shared_jacobian
+
+    torch.manual_seed(0)
+    trunk = torch.nn.Linear(5, 4).double()
+    heads = torch.nn.Linear(4, 3).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+
+    def losses():
+        return ((heads(torch.tanh(trunk(x))) - y) ** 2).mean(0)
+
+    shared, own = list(trunk.parameters()), list(heads.parameters())
+    J = shared_jacobian(losses(), shared)
+    expected = ConFIG().aggregate(J)
+    head_grads = torch.autograd.grad(losses().sum(), own)
+    d = backward_jacobian(losses(), ConFIG(), shared, task_params=own)
+    assert rel(d, expected) < 1e-12
+    assert rel(torch.cat([p.grad.reshape(-1) for p in shared]), expected) < 1e-12
+    for p, g in zip(own, head_grads):
+        assert rel(p.grad, g) < 1e-12
+    # a Gram method through the same path: d = Jᵀw(JJᵀ)
+    for p in shared + own:
+        p.grad = None
+    d = backward_jacobian(losses(), M.UPGrad(), shared)
+    assert rel(d, M.UPGrad()(gram=J @ J.T) @ J) < 1e-10
+    assert all(p.grad is None for p in own)
