@@ -4,7 +4,7 @@
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root" || exit 1
 # shellcheck disable=SC1091
-source scripts/env.sh "test,peers,lightning,tensorboard" || exit 1
+source scripts/env.sh "test,peers,lightning,tensorboard,docs" || exit 1
 python -m pytest -q "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
