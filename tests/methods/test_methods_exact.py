@@ -119,3 +119,68 @@ def test_imtlg_regression_norm_ratio_1e_8():
     Js = J * torch.tensor([[1e-8], [1.0], [1.0]], dtype=torch.float64)
     ds = M.IMTLG()(gram=gram(Js)) @ Js
     assert float(d @ ds / (d.norm() * ds.norm())) >= 1 - 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# Nash-MTL and FairGrad: defined wherever a solution exists; non-convergence is not "undefined"
+
+
+def fair_residual(G: torch.Tensor, w: torch.Tensor, alpha: float) -> float:
+    """max |(Gw)ᵢ wᵢ^(1/α) − 1|: 0 at the α-fair fixed point."""
+    return float(((G @ w) * w.pow(1.0 / alpha) - 1.0).abs().max())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nash_mtl_defined_with_a_1e_8_gradient(impl):
+    J = torch.tensor([[1e-8, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    G = gram(J)
+    a = M.NashMTL(max_norm=0.0, impl=impl)(gram=G)
+    assert fair_residual(G, a, 1.0) <= 1e-10
+    torch.testing.assert_close(a, torch.tensor([7.6537e7, 0.5412], dtype=torch.float64), rtol=1e-4, atol=0)
+    w = M.FairGrad(alpha=1.0, impl=impl)(gram=G)
+    torch.testing.assert_close(w, a, rtol=1e-10, atol=0)
+
+
+@st.composite
+def mixed_scale_jacobians(draw):
+    k = draw(st.integers(2, 5))
+    J = jacobian(k, k + 3, draw(st.integers(0, 10_000)), correlated=2.0)  # a common descent direction
+    e = draw(st.lists(st.integers(-8, 8), min_size=k, max_size=k))
+    return J * torch.tensor([10.0**x for x in e], dtype=torch.float64)[:, None]
+
+
+@FAST
+@given(mixed_scale_jacobians(), st.sampled_from([0.5, 1.0, 2.0]))
+def test_alpha_fair_fixed_point_on_norms_spread_over_1e16(J, alpha):
+    G = gram(J)
+    for impl in IMPLS:
+        try:
+            w = M.FairGrad(alpha=alpha, impl=impl, max_iter=200)(gram=G)
+        except M.UndefinedMethodError:
+            # only where 0 is (numerically) in the hull of the unit gradients
+            U = J / J.norm(dim=1, keepdim=True)
+            m = M.MGDA()(gram=gram(U)) @ U
+            assert float(m.norm()) <= 1e-6
+            continue
+        assert bool((w > 0).all()) and fair_residual(G, w, alpha) <= 1e-9, (impl, fair_residual(G, w, alpha))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", ["zero", "opposite", "opposite-scaled"])
+def test_nash_mtl_undefined_only_where_zero_is_in_the_hull(impl, case):
+    g, h = jacobian(1, 5, 0)[0], jacobian(1, 5, 1)[0]
+    J = {"zero": torch.stack([g, 0 * g, h]), "opposite": torch.stack([g, -g, h]),
+         "opposite-scaled": torch.stack([1e-6 * g, -g, h])}[case]
+    for m in (M.NashMTL(impl=impl), M.FairGrad(alpha=2.0, impl=impl)):
+        with pytest.raises(M.UndefinedMethodError, match="0 lies in the convex hull"):
+            m(gram=gram(J))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_convergence_is_a_distinct_error(impl):
+    G = gram(jacobian(3, 6, 0, correlated=1.0))
+    with pytest.raises(M.MethodConvergenceError, match="max_iter=0"):
+        M.NashMTL(max_iter=0, impl=impl)(gram=G)
+    with pytest.raises(M.MethodConvergenceError, match="did not converge"):
+        M.FairGrad(alpha=1e8, impl=impl)(gram=G)
+    assert not issubclass(M.MethodConvergenceError, M.UndefinedMethodError)

@@ -354,9 +354,9 @@ def nnls_rows(Q, C, max_iter):
 
 
 @njit(**_INTERNAL)
-def _min_norm_one(G, max_iter, w):
-    """MGDA's α in the simplex minimizing αᵀGα (port of ``solvers.primary_aux._mixed`` with
-    n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with C the Gram of the normalized gradients
+def _min_norm_ldp(G, max_iter, w):
+    """MGDA's α in the simplex minimizing αᵀGα by pivoting (port of the first pass of
+    ``solvers.primary_aux._mixed`` with n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with C the Gram of the normalized gradients
     (unit diagonal) and b̃ᵢ = σ_min/σᵢ ≤ 1, then αᵢ ∝ zᵢ·σ_min/σᵢ. Every entry keeps the
     rounding of C whatever the spread of the norms σᵢ = ‖gᵢ‖. Gradients with ‖gᵢ‖² below the
     smallest normal number make d = 0 optimal: α is uniform over them. Writes w; returns a status."""
@@ -414,3 +414,312 @@ def min_norm(G, max_iter):
     for b in range(B):
         status[b] = _min_norm_one(G[b], max_iter, W[b])
     return W, status
+
+
+# --------------------------------------------------------------------------------------------
+# Exact min-norm / mixed problem in normalized variables (the fallback of the pivoting solvers)
+
+# eigenvalues of the unit-diagonal free block below this (times its size) are rounding: the
+# block is singular there
+NULL_TOL = 64.0 * EPS
+# a null direction carries β when its component is at least this fraction of ‖β_F‖
+NULL_BETA = 1e-10
+
+
+@njit(**_INTERNAL)
+def _eqp(C, beta, free, p):
+    """z_F minimizing zᵀCz subject to βᵀz = 1 on the free set (0 elsewhere), written to p;
+    returns μ = min zᵀCz (0 when a null direction of C_FF carries β).
+
+    C_FF has a unit diagonal. Cholesky when every pivot exceeds m·NULL_TOL, giving
+    z = C⁻¹β/(βᵀC⁻¹β); otherwise the eigen-decomposition: if the null space of C_FF carries
+    a fraction ≥ NULL_BETA of β, z is the projection of β on it normalized to βᵀz = 1 and
+    μ = 0 (the free gradients cancel exactly), else the pseudo-inverse on the range."""
+    k = C.shape[0]
+    idx = np.empty(k, dtype=np.int64)
+    m = 0
+    for i in range(k):
+        p[i] = 0.0
+        if free[i]:
+            idx[m] = i
+            m += 1
+    M = np.empty((m, m))
+    b = np.empty(m)
+    for a in range(m):
+        b[a] = beta[idx[a]]
+        for c in range(m):
+            M[a, c] = C[idx[a], idx[c]]
+    tau = m * NULL_TOL
+    # Cholesky with a pivot floor
+    L = np.zeros((m, m))
+    ok = True
+    for j in range(m):
+        s = M[j, j]
+        for q in range(j):
+            s -= L[j, q] * L[j, q]
+        if not s > tau:
+            ok = False
+            break
+        dj = math.sqrt(s)
+        L[j, j] = dj
+        for i in range(j + 1, m):
+            t = M[i, j]
+            for q in range(j):
+                t -= L[i, q] * L[j, q]
+            L[i, j] = t / dj
+    h = np.empty(m)
+    if ok:
+        _cho_solve(L, m, b, h)
+        bh = 0.0
+        for a in range(m):
+            bh += b[a] * h[a]
+        if bh > 0.0:
+            for a in range(m):
+                p[idx[a]] = h[a] / bh
+            return 1.0 / bh
+    lam, U = np.linalg.eigh(M)
+    lmax = max(lam[m - 1], 1.0)
+    bn = 0.0
+    bb = 0.0
+    for a in range(m):
+        bb += b[a] * b[a]
+    nullc = np.zeros(m)
+    for e in range(m):
+        if lam[e] <= tau * lmax:
+            t = 0.0
+            for a in range(m):
+                t += U[a, e] * b[a]
+            nullc[e] = t
+            bn += t * t
+    if bn > (NULL_BETA * NULL_BETA) * bb and bn > 0.0:
+        for a in range(m):
+            t = 0.0
+            for e in range(m):
+                t += U[a, e] * nullc[e]
+            p[idx[a]] = t / bn  # βᵀz = Σ nullc² / bn = 1
+        return 0.0
+    bh = 0.0
+    for a in range(m):
+        h[a] = 0.0
+    for e in range(m):
+        if lam[e] > tau * lmax:
+            t = 0.0
+            for a in range(m):
+                t += U[a, e] * b[a]
+            bh += t * t / lam[e]
+            for a in range(m):
+                h[a] += U[a, e] * t / lam[e]
+    if not bh > 0.0:
+        return -1.0
+    for a in range(m):
+        p[idx[a]] = h[a] / bh
+    return 1.0 / bh
+
+
+@njit(**_INTERNAL)
+def _simplex_qp(C, beta, live, free, tol, max_iter, z):
+    """Primal active set for z ≥ 0 minimizing ½zᵀCz subject to βᵀz = 1 (z held at 0 off
+    ``live``), from the free set ``free`` (updated in place); z is written.
+
+    Each iteration solves the equality-constrained problem on the free set exactly (:func:`_eqp`);
+    a negative component steps back to the boundary and drops the blocking variable, otherwise the
+    live variable with the most negative multiplier ηⱼ = (Cz)ⱼ − μβⱼ below −tol·Σz enters.
+    Returns (iterations, converged)."""
+    k = C.shape[0]
+    p = np.empty(k)
+    blocked = np.zeros(k, dtype=np.bool_)
+    any_free = False
+    for i in range(k):
+        free[i] = free[i] and live[i]
+        any_free = any_free or (free[i] and beta[i] > 0.0)
+    if not any_free:  # start from the vertex of smallest objective ½/βⱼ² (the smallest gradient)
+        j = -1
+        for i in range(k):
+            free[i] = False
+            if live[i] and beta[i] > 0.0 and (j < 0 or beta[i] > beta[j]):
+                j = i
+        if j < 0:
+            return 0, False
+        free[j] = True
+    mu = _eqp(C, beta, free, z)
+    for i in range(k):
+        if z[i] < 0.0:  # a warm start that is not feasible: restart from its best vertex
+            j = -1
+            for q in range(k):
+                if free[q] and beta[q] > 0.0 and (j < 0 or beta[q] > beta[j]):
+                    j = q
+            for q in range(k):
+                free[q] = q == j
+            mu = _eqp(C, beta, free, z)
+            break
+    for it in range(max_iter):
+        if mu < 0.0:
+            return it, False
+        S = 0.0
+        for i in range(k):
+            S += z[i]
+        j = -1
+        best = -tol * S
+        for i in range(k):
+            if live[i] and not free[i] and not blocked[i]:
+                eta = -mu * beta[i]
+                for q in range(k):
+                    eta += C[i, q] * z[q]
+                if eta < best:
+                    best = eta
+                    j = i
+        if j < 0:
+            return it, True
+        free[j] = True
+        while True:
+            mu = _eqp(C, beta, free, p)
+            t = 1.0
+            out = -1
+            for i in range(k):
+                if free[i] and p[i] <= 0.0:
+                    d = z[i] - p[i]
+                    r = z[i] / d if d > 0.0 else 0.0
+                    if r < t or out < 0:
+                        t = r
+                        out = i
+            if out < 0:
+                for i in range(k):
+                    z[i] = p[i]
+                    blocked[i] = False
+                break
+            if out == j and t <= 0.0:  # j cannot enter here: skip it until z moves
+                free[j] = False
+                blocked[j] = True
+                mu = _eqp(C, beta, free, p)
+                break
+            for i in range(k):
+                z[i] = z[i] + t * (p[i] - z[i])
+            free[out] = False
+            z[out] = 0.0
+            for i in range(k):
+                if free[i] and z[i] <= 0.0:
+                    free[i] = False
+                    z[i] = 0.0
+    return max_iter, False
+
+
+@njit(**_INTERNAL)
+def _mixed_exact_one(G, n, dead, free0, max_iter, w):
+    """One problem of :func:`mixed_exact`: writes w (k,); returns (iterations, converged)."""
+    k = G.shape[0]
+    n_zero = 0
+    for i in range(n):
+        if not G[i, i] >= TINY:
+            n_zero += 1
+    if n_zero > 0:
+        for i in range(k):
+            w[i] = 1.0 / n_zero if (i < n and not G[i, i] >= TINY) else 0.0
+        return 0, True
+    C = np.empty((k, k))
+    beta = np.empty(k)
+    inv = np.empty(k)
+    live = np.empty(k, dtype=np.bool_)
+    free = np.empty(k, dtype=np.bool_)
+    z = np.empty(k)
+    for i in range(k):
+        live[i] = (not dead[i]) and G[i, i] >= TINY
+        inv[i] = 1.0 / math.sqrt(G[i, i]) if live[i] else 0.0
+        beta[i] = inv[i] if i < n else 0.0
+        free[i] = free0[i]
+    bmax = 0.0
+    for i in range(n):
+        bmax = max(bmax, beta[i])
+    for i in range(k):
+        beta[i] = beta[i] / bmax  # ≤ 1: σ_min/σᵢ on primaries
+        for j in range(k):
+            C[i, j] = G[i, j] * inv[i] * inv[j] if (live[i] and live[j]) else 0.0
+        if live[i]:
+            C[i, i] = 1.0
+    it, ok = _simplex_qp(C, beta, live, free, NNLS_TOL, max_iter, z)
+    tot = 0.0
+    for i in range(k):
+        w[i] = z[i] * inv[i] if z[i] > 0.0 else 0.0
+        if i < n:
+            tot += w[i]
+    tot = max(tot, TINY)
+    for i in range(k):
+        w[i] = w[i] / tot
+    return it, ok
+
+
+@njit(**_ENTRY)
+def mixed_exact(G, n, dead, free0, max_iter):
+    """w[:n] in the simplex and w[n:] ≥ 0 minimizing wᵀGw for each (k, k) Gram of G (B, k, k),
+    exactly in the normalized variables zᵢ = wᵢσᵢ (σᵢ = ‖gᵢ‖): z ≥ 0 minimizing ½zᵀCz with
+    Σ_{j<n} zⱼ/σⱼ = 1 and C the Gram of the normalized gradients. ``dead`` (B, k) holds tasks
+    at 0; ``free0`` (B, k) is the starting free set (e.g. the support of an approximate answer).
+    Zero primary gradients (‖g‖² below the smallest normal) make d = 0 optimal: uniform weights
+    on them. Returns (W (B, k), iterations (B,), converged (B,))."""
+    B, k = G.shape[0], G.shape[-1]
+    W = np.zeros((B, k))
+    iters = np.zeros(B, dtype=np.int64)
+    conv = np.zeros(B, dtype=np.bool_)
+    for b in range(B):
+        it, ok = _mixed_exact_one(G[b], n, dead[b], free0[b], max_iter, W[b])
+        iters[b] = it
+        conv[b] = ok
+    return W, iters, conv
+
+
+@njit(**_INTERNAL)
+def _mixed_residual(G, w, n):
+    """The scale-aware KKT residual of :func:`taskgrad.solvers.primary_aux_kkt_residual` (eps = 0)
+    for weights w of one (k, k) Gram (V = Σⱼ wⱼσⱼ: auxiliary constraints in units of σᵢV,
+    primary ones in units of (σᵢ + V)·V)."""
+    k = G.shape[0]
+    tot = 0.0
+    for i in range(n):
+        tot += w[i]
+    tot = max(tot, TINY)
+    V = 0.0
+    for i in range(k):
+        if G[i, i] > 0.0:
+            V += abs(w[i]) / tot * math.sqrt(G[i, i])
+    if not V > 0.0:
+        V = 1.0
+    Gu = np.zeros(k)
+    uu = 0.0
+    for i in range(k):
+        t = 0.0
+        for j in range(k):
+            t += G[i, j] * w[j] / tot
+        Gu[i] = t
+        uu += w[i] / tot * t
+    res = 0.0
+    for i in range(k):
+        if not G[i, i] >= TINY:
+            continue
+        s = math.sqrt(G[i, i])
+        slack = (Gu[i] - uu) / ((s + V) * V) if i < n else Gu[i] / (s * V)
+        r = abs(min(w[i] / tot * s / V, slack))
+        if r > res:
+            res = r
+    return res
+
+
+@njit(**_INTERNAL)
+def _min_norm_one(G, max_iter, w):
+    """MGDA's α in the simplex minimizing αᵀGα for one Gram (writes w; returns a status): the
+    block pivoting of :func:`_min_norm_ldp` finds the support in a few exchanges, then the exact
+    active set of :func:`_mixed_exact_one` started from that support polishes it (singular
+    supports, whose large gradients cancel beside smaller ones, are beyond the pivoting's ridge).
+    The answer with the smaller KKT residual on G is kept."""
+    st = _min_norm_ldp(G, max_iter, w)
+    k = G.shape[0]
+    if st != OK or k == 1:
+        return st
+    dead = np.zeros(k, dtype=np.bool_)
+    free0 = np.empty(k, dtype=np.bool_)
+    for i in range(k):
+        free0[i] = w[i] > 0.0
+    wx = np.empty(k)
+    _mixed_exact_one(G, k, dead, free0, max_iter, wx)
+    if _mixed_residual(G, wx, k) <= _mixed_residual(G, w, k):
+        for i in range(k):
+            w[i] = wx[i]
+    return OK

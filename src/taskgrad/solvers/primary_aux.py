@@ -44,6 +44,10 @@ def _zero_gradients(Gb: Tensor, eps: float) -> Tensor:
     return (diag <= eps * dmax) | (diag < torch.finfo(Gb.dtype).tiny)
 
 
+# KKT residual (on G) above which the pivoting answer of the mixed problem is recomputed exactly
+_EXACT_FALLBACK = 1e-9
+
+
 def _info(iters: Tensor, res: Tensor, conv: Tensor, batch: torch.Size, dtype: torch.dtype) -> SolverInfo:
     return SolverInfo(iters.reshape(batch), res.to(dtype).reshape(batch), conv.reshape(batch))
 
@@ -122,6 +126,27 @@ def _mixed(
         uniform[:, :n] = zero_prim.to(w.dtype) / zero_prim.sum(-1, keepdim=True).clamp_min(1).to(w.dtype)
         w = torch.where(any_zero, uniform, w)
         conv = conv | any_zero.squeeze(-1)
+    # The pivoting ridge is relative to the normalized Gram: a support whose large gradients
+    # cancel (d far below their norms) beside a much smaller task is beyond it. On the CPU the
+    # exact active set polishes every answer from its support (a few factorizations); on other
+    # devices only the answers whose KKT residual on G exceeds _EXACT_FALLBACK go to the host.
+    res = primary_aux_kkt_residual(w, Gb, n, eps)
+    redo = (res > _EXACT_FALLBACK) | ~conv
+    if Gb.device.type == "cpu":
+        redo = torch.ones_like(conv)
+    if bool(redo.any()):
+        idx = redo.nonzero().squeeze(1)
+        from . import _compiled
+
+        Gh = Gb[idx].detach().to("cpu", torch.float64).contiguous().numpy()
+        W, it_x, ok = _compiled.mixed_exact(
+            Gh, n, dead[idx].cpu().numpy(), (w[idx] > 0).cpu().numpy(), max(max_iter, 4 * k + 20)
+        )
+        wx = torch.from_numpy(W).to(w)
+        better = primary_aux_kkt_residual(wx, Gb[idx], n, eps) <= res[idx]
+        w = w.index_copy(0, idx, torch.where(better.unsqueeze(-1), wx, w[idx]))
+        conv = conv.index_copy(0, idx, torch.where(better, torch.from_numpy(ok).to(conv.device), conv[idx]))
+        iters = iters.index_copy(0, idx, iters[idx] + torch.from_numpy(it_x).to(iters.device))
     return w, iters, conv, None
 
 
@@ -320,15 +345,17 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     With u = Jᵀw (primary weights normalized to sum 1), σᵢ = ‖gᵢ‖, vᵢ = |wᵢ|σᵢ (the weight of
     the normalized gradient gᵢ/σᵢ) and V = Σᵢ vᵢ: the largest over auxiliaries of
     |min(vᵢ/V, ⟨u, gᵢ⟩/(σᵢV))| (feasibility and complementarity of ⟨u, gᵢ⟩ ≥ 0) and, for
-    n_primary > 1, over primaries of |min(vⱼ/V, (⟨u, gⱼ⟩ − ‖u‖²)/(σⱼV))|.
+    n_primary > 1, over primaries of |min(vⱼ/V, (⟨u, gⱼ⟩ − ‖u‖²)/((σⱼ + V)·V))|.
 
-    Each constraint is measured relative to its own scale: σᵢV bounds every term of ⟨u, gᵢ⟩
-    (|⟨u, gᵢ⟩| ≤ ‖u‖σᵢ ≤ σᵢV), so float rounding of a correct answer gives O(k·eps) while a
-    constraint violated by a fraction of its scale gives O(1), whatever the spread of the task
-    norms. Rescaling a task's gradient by s (and its weight by 1/s) leaves it unchanged; a
-    residual normalized by the largest norm alone (max σ·‖w‖₁) would hide the violation of a
-    task 1e8 times smaller. Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖², or below the dtype's
-    smallest normal number) are exempt.
+    Each constraint is measured relative to its own scale, the bound on the rounding of its
+    terms when computed from G: |⟨u, gᵢ⟩| ≤ σᵢV and ‖u‖² ≤ V². A correct answer thus gives
+    O(k·eps) and a constraint violated by a fraction of its scale O(1), whatever the spread of
+    the task norms: rescaling a task's gradient by s (and its weight by 1/s) leaves the residual
+    unchanged, where one normalized by the largest norm alone (max σ·‖w‖₁) hides the violation
+    of a task 1e8 times smaller. (When large gradients cancel, ‖u‖ ≪ V, G determines u only to
+    about √eps·V: that is the resolution of any answer computed from a Gram matrix.)
+    Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖², or below the dtype's smallest normal number) are
+    exempt.
     """
     k = G.shape[-1]
     if G.shape[:-2].numel() == 0:
@@ -349,7 +376,7 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     out = aux.amax(-1) if k > n else torch.zeros(G.shape[:-2], dtype=Gd.dtype, device=G.device)
     if n > 1:
         uu = (wd * Gu).sum(-1, keepdim=True)
-        prim = torch.minimum(wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / (sig_safe[..., :n] * V)).abs()
+        prim = torch.minimum(wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / ((sig_safe[..., :n] + V) * V)).abs()
         prim = torch.where(dead[..., :n], torch.zeros_like(prim), prim).amax(-1)
         out = torch.maximum(out, prim)
     return out.to(G.dtype)

@@ -1,4 +1,15 @@
-"""α-fair weights (Nash-MTL, FairGrad): the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), by Newton's method."""
+"""α-fair weights (Nash-MTL, FairGrad): the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), by Newton's method.
+
+Scale-free formulation: with σᵢ = ‖gᵢ‖, D = diag(σ) and the cosine matrix Ĝ = D⁻¹GD⁻¹, w = D⁻¹y
+turns the equation into Ĝy = c ⊙ y^(−1/α) with cᵢ = σᵢ^(1/α − 1) (c = 1 for Nash-MTL), whose
+conditioning does not depend on the gradient norms. Its solution is the unique minimizer of the
+strictly convex ½yᵀĜy + Σ cᵢh(yᵢ), h'(t) = −t^(−1/α) (h = −log for α = 1).
+
+A solution exists iff some d has ⟨gᵢ, d⟩ > 0 for every i, i.e. no gradient is zero and 0 is not in
+the convex hull of the gradients. When Newton's method does not converge, the min-norm point of
+the hull of the unit gradients (MGDA on Ĝ) decides: at most ``HULL_TOL`` (0 in the hull, to the
+accuracy of the min-norm solve) means undefined, otherwise the solve did not converge.
+"""
 
 from __future__ import annotations
 
@@ -6,89 +17,81 @@ import torch
 from torch import Tensor
 
 from .. import _impl
-from .._common import (
-    flat_gram,
-    work_dtype,
-)
+from .._common import flat_gram, work_dtype
 from .._impl import Impl
-from ..errors import UndefinedMethodError
+from ..errors import MethodConvergenceError, UndefinedMethodError
 
-__all__ = ["alpha_fair_weights"]
+__all__ = ["CONVERGED", "NOT_CONVERGED", "UNDEFINED", "alpha_fair_solve", "alpha_fair_weights", "fair_weights"]
+
+# statuses per problem
+CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
+# the min-norm solve resolves ‖Σwᵢuᵢ‖² to ~ε, so ‖Σwᵢuᵢ‖ to ~√ε ≈ 1.5e-8
+HULL_TOL = 1e-7
 
 
-def _fair_objective(Gs: Tensor, x: Tensor, a: float) -> Tensor:
+def _fair_objective(Gs: Tensor, c: Tensor, x: Tensor, a: float) -> Tensor:
     quad = 0.5 * torch.einsum("bi,bij,bj->b", x, Gs, x)
     if a == 1.0:
-        h = -torch.log(x).sum(-1)
+        h = -(c * torch.log(x)).sum(-1)
     else:
         e = (a - 1.0) / a
-        h = -(x.pow(e) / e).sum(-1)
+        h = -(c * x.pow(e) / e).sum(-1)
     return quad + h
 
 
-def alpha_fair_weights(
-    G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto"
-) -> tuple[Tensor, Tensor]:
-    """α-fair weights: the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), batched over G (..., k, k).
-
-    They are the unique minimizer of the strictly convex f(w) = ½wᵀGw + Σ h(wᵢ) with
-    h'(t) = −t^(−1/α) (h = −log for α = 1: Nash-MTL's Gw = 1/w). Solved by Newton's method with
-    a fraction-to-boundary rule and Armijo backtracking, on G/s (s = mean diag G, then
-    w = w_s·s^(−α/(α+1))), until max |(Gw)ᵢwᵢ^(1/α) − 1| ≤ 1e-12 (float64; 1e-5 in float32) or
-    the Newton decrement² is below 1e-24 (Newton converges quadratically).
-
-    Returns (w, ok) where ``ok`` marks problems that converged; a solution exists iff some d has
-    ⟨gᵢ, d⟩ > 0 for all i (no zero gradient, 0 not in the convex hull of the gradients).
-
-    ``impl`` (see the module doc): ``"numba"`` runs the same iteration compiled, in float64 (also
-    for a float32 Gram matrix on a GPU, whose torch path works in float32 with rtol 1e-5).
-    """
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0 here, got {alpha!r}.")
-    if _impl.use_host(_impl.check_impl(impl), G):
-        wn, okn = _impl.kernel("alpha_fair").alpha_fair(_impl.host_gram(G), float(alpha), int(max_iter))
-        w = _impl.from_host(wn, G.shape[:-1], G, work_dtype(G))
-        return w, torch.from_numpy(okn).to(G.device).reshape(G.shape[:-2])
-    Gb, batch = flat_gram(G)
-    B, k = Gb.shape[0], Gb.shape[-1]
-    diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
-    s = diag.mean(-1)
-    ok = (s > 0) & (diag > 1e-14 * s.unsqueeze(-1)).all(-1)
-    s_safe = torch.where(ok, s, torch.ones_like(s))
-    Gs = Gb / s_safe[:, None, None]
-    Gs = torch.where(ok[:, None, None], Gs, torch.eye(k, dtype=Gb.dtype, device=Gb.device).expand(B, k, k))
-    d = torch.diagonal(Gs, dim1=-2, dim2=-1)
-    x = d.pow(-alpha / (alpha + 1.0))
-    # scale the start so that the diagonal model's equation holds on average: t·x is exact when
-    # G is diagonal; for a general G start from the best multiple of x.
-    gx = torch.einsum("bi,bij,bj->b", x, Gs, x)
-    t = (k / gx.clamp_min(torch.finfo(Gs.dtype).tiny)).pow(alpha / (alpha + 1.0))
-    x = x * t.unsqueeze(-1)
-    converged = torch.zeros(B, dtype=torch.bool, device=Gb.device)
-    inv_a = 1.0 / alpha
+def _cosine_form(Gb: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Ĝ, c, 1/σ, zero) for Gram matrices (B, k, k): cosine matrix (identity rows for zero
+    gradients), cᵢ = σᵢ^(1/α − 1), 1/σ (0 for a zero gradient) and the zero-gradient mask (B,)."""
+    sig = torch.diagonal(Gb, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    alive = sig > 0
+    one = torch.ones_like(sig)
+    inv = torch.where(alive, 1.0 / torch.where(alive, sig, one), torch.zeros_like(sig))
+    Gs = Gb * inv.unsqueeze(-1) * inv.unsqueeze(-2)
+    k = Gb.shape[-1]
     eye = torch.eye(k, dtype=Gb.dtype, device=Gb.device)
-    rtol = 1e-12 if Gb.dtype == torch.float64 else 1e-5
+    dead_rows = (~alive).unsqueeze(-1) | (~alive).unsqueeze(-2)
+    Gs = torch.where(dead_rows, eye.expand_as(Gs), Gs)
+    Gs = 0.5 * (Gs + Gs.transpose(-1, -2))
+    c = torch.where(alive, torch.where(alive, sig, one).pow(1.0 / alpha - 1.0), one)
+    return Gs, c, inv, ~alive.all(-1)
+
+
+def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """y > 0 with Ĝy = c ⊙ y^(−1/α) (B, k) by damped Newton, and the converged mask (B,)."""
+    B, k = Gs.shape[0], Gs.shape[-1]
+    inv_a = 1.0 / alpha
+    pw = alpha / (alpha + 1.0)
+    # the diagonal model's solution y = c^(α/(α+1)), scaled by the best multiple t
+    x = c.pow(pw)
+    gx = torch.einsum("bi,bij,bj->b", x, Gs, x)
+    num = (c * x.pow(1.0 - inv_a)).sum(-1)
+    t = (num / gx.clamp_min(torch.finfo(Gs.dtype).tiny)).pow(pw)
+    x = x * t.unsqueeze(-1)
+    converged = torch.zeros(B, dtype=torch.bool, device=Gs.device)
+    eye = torch.eye(k, dtype=Gs.dtype, device=Gs.device)
+    rtol = 1e-12 if Gs.dtype == torch.float64 else 1e-5
     for _ in range(max_iter):
-        grad = (Gs @ x.unsqueeze(-1)).squeeze(-1) - x.pow(-inv_a)
-        H = Gs + torch.diag_embed(inv_a * x.pow(-inv_a - 1.0))
+        Gx = (Gs @ x.unsqueeze(-1)).squeeze(-1)
+        grad = Gx - c * x.pow(-inv_a)
+        H = Gs + torch.diag_embed(inv_a * c * x.pow(-inv_a - 1.0))
         L, info = torch.linalg.cholesky_ex(H + 1e-300 * eye)
         step = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         dec = -(grad * step).sum(-1)  # Newton decrement²
-        # relative residual of the fixed point (Gw)ᵢ wᵢ^(1/α) = 1, scale-free
-        resid = ((Gs @ x.unsqueeze(-1)).squeeze(-1) * x.pow(inv_a) - 1.0).abs().amax(-1)
-        newly = ((dec <= 1e-24) | (resid <= rtol)) & (info == 0) & torch.isfinite(x).all(-1)
+        # relative residual of the fixed point (Ĝy)ᵢ yᵢ^(1/α) / cᵢ = 1, scale-free
+        resid = (Gx * x.pow(inv_a) / c - 1.0).abs().amax(-1)
+        newly = ((dec <= 1e-32) | (resid <= rtol)) & (info == 0) & torch.isfinite(x).all(-1)
         converged = converged | newly
         if bool(converged.all()):
             break
         neg = step < 0
         ratio = torch.where(neg, -x / torch.where(neg, step, -torch.ones_like(step)), torch.full_like(x, float("inf")))
         tmax = (0.99 * ratio.amin(-1)).clamp_max(1.0)
-        f0 = _fair_objective(Gs, x, alpha)
+        f0 = _fair_objective(Gs, c, x, alpha)
         tstep = tmax
         accept = converged.clone()
         for _ls in range(60):
             xn = x + tstep.unsqueeze(-1) * step
-            fn = _fair_objective(Gs, xn.clamp_min(torch.finfo(x.dtype).tiny), alpha)
+            fn = _fair_objective(Gs, c, xn.clamp_min(torch.finfo(x.dtype).tiny), alpha)
             # near the optimum f cannot resolve the decrease: take the (quadratically convergent)
             # full Newton step there
             good = (fn <= f0 - 1e-4 * tstep * dec) | (dec <= 1e-8)
@@ -100,15 +103,76 @@ def alpha_fair_weights(
             tstep = torch.where(accept, tstep, 0.5 * tstep)
         if not bool(torch.isfinite(x).all()):
             break
-    ok = ok & converged & torch.isfinite(x).all(-1)
-    w = x * s_safe.pow(-alpha / (alpha + 1.0)).unsqueeze(-1)
-    return w.reshape(*batch, k), ok.reshape(batch)
+    return x, converged & torch.isfinite(x).all(-1)
 
 
-def _raise_undefined(name: str) -> None:
-    raise UndefinedMethodError(
-        f"{name} is undefined for this Gram matrix: it needs a direction d with ⟨gᵢ, d⟩ > 0 for "
-        "every task, and none exists (a task gradient is zero, or 0 lies in the convex hull of "
-        "the gradients, e.g. two opposite gradients). Use a method defined everywhere (UPGrad, "
-        "MGDA, CAGrad) or skip such steps."
-    )
+def _zero_in_hull(Gs: Tensor) -> Tensor:
+    """(B,) whether 0 lies in the convex hull of the unit gradients with cosine matrix Ĝ."""
+    w = _impl.min_norm_weights(Gs, "torch")
+    return torch.einsum("bi,bij,bj->b", w, Gs, w).clamp_min(0.0).sqrt() <= HULL_TOL
+
+
+def alpha_fair_solve(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto") -> tuple[Tensor, Tensor]:
+    """α-fair weights for G (..., k, k) in the working dtype, and a status per problem (...):
+    ``CONVERGED``, ``UNDEFINED`` (a zero gradient, or 0 in the convex hull of the gradients) or
+    ``NOT_CONVERGED`` (a solution exists but Newton's method did not reach it in ``max_iter``
+    steps). ``impl="numba"`` runs the same iteration compiled, in float64."""
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 here, got {alpha!r}.")
+    Gb, batch = flat_gram(G)
+    if _impl.use_host(_impl.check_impl(impl), G):
+        wn, stn = _impl.kernel("alpha_fair").alpha_fair(_impl.host_gram(G), float(alpha), int(max_iter))
+        w = torch.from_numpy(wn).to(device=G.device, dtype=work_dtype(G))
+        status = torch.from_numpy(stn).to(G.device)
+        if bool((status == NOT_CONVERGED).any()):
+            Gs, _, _, _ = _cosine_form(Gb, alpha)
+            undefined = _zero_in_hull(Gs)
+            status = torch.where((status == NOT_CONVERGED) & undefined, torch.full_like(status, UNDEFINED), status)
+        return w.reshape(*batch, G.shape[-1]), status.reshape(batch)
+    Gs, c, inv, zero = _cosine_form(Gb, alpha)
+    y, conv = _newton(Gs, c, alpha, max_iter)
+    w = y * inv
+    status = torch.full(conv.shape, CONVERGED, dtype=torch.long, device=G.device)
+    status = torch.where(conv, status, torch.full_like(status, NOT_CONVERGED))
+    if bool((~conv & ~zero).any()):
+        status = torch.where(~conv & _zero_in_hull(Gs), torch.full_like(status, UNDEFINED), status)
+    status = torch.where(zero, torch.full_like(status, UNDEFINED), status)
+    return w.reshape(*batch, G.shape[-1]), status.reshape(batch)
+
+
+def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto") -> tuple[Tensor, Tensor]:
+    """α-fair weights: the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), batched over G (..., k, k).
+
+    They are the unique minimizer of the strictly convex ½wᵀGw + Σ h(wᵢ) with h'(t) = −t^(−1/α)
+    (h = −log for α = 1: Nash-MTL's Gw = 1/w), solved in the scale-free form of this module's
+    doc by Newton's method with a fraction-to-boundary rule and Armijo backtracking, until
+    max |(Gw)ᵢwᵢ^(1/α) − 1| ≤ 1e-12 (float64; 1e-5 in float32) or the Newton decrement² is below
+    1e-32 (rounding level; Newton converges quadratically).
+
+    Returns (w, ok) where ``ok`` marks problems that converged (see :func:`alpha_fair_solve`
+    for why the others did not). ``impl``: ``"numba"`` runs the same iteration compiled, in
+    float64 (also for a float32 Gram matrix on a GPU, whose torch path works in float32).
+    """
+    w, status = alpha_fair_solve(G, alpha, max_iter, impl)
+    return w, status == CONVERGED
+
+
+def fair_weights(G: Tensor, alpha: float, max_iter: int, impl: Impl, name: str) -> Tensor:
+    """α-fair weights, raising :class:`UndefinedMethodError` where no solution exists and
+    :class:`MethodConvergenceError` where Newton's method did not reach it."""
+    w, status = alpha_fair_solve(G, alpha, max_iter, impl)
+    if bool((status == UNDEFINED).any()):
+        raise UndefinedMethodError(
+            f"{name} is undefined for this Gram matrix: it needs a direction d with ⟨gᵢ, d⟩ > 0 for "
+            "every task, and none exists (a task gradient is zero, or 0 lies in the convex hull of "
+            "the gradients, e.g. two opposite gradients). Use a method defined everywhere (UPGrad, "
+            "MGDA, CAGrad), or on_undefined='skip' (or a fallback method) in taskgrad.backward."
+        )
+    if bool((status == NOT_CONVERGED).any()):
+        raise MethodConvergenceError(
+            f"{name}: Newton's method did not converge in max_iter={max_iter} steps although a "
+            "solution exists; raise max_iter"
+            + (" or use a smaller alpha (large alpha approaches MGDA: use MGDA)" if alpha != 1.0 else "")
+            + "."
+        )
+    return w

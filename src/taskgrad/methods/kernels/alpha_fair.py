@@ -1,4 +1,5 @@
-"""The α-fair Newton solve of Nash-MTL and FairGrad, compiled."""
+"""The α-fair Newton solve of Nash-MTL and FairGrad, compiled (the scale-free form of
+:mod:`taskgrad.methods.gram._alpha_fair`: Ĝy = c ⊙ y^(−1/α) on the cosine matrix)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import numpy as np
 
 from .common import _ENTRY, _INTERNAL, TINY, _cho_solve, _cholesky, njit, xGx
 
+# statuses, as in taskgrad.methods.gram._alpha_fair
+CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
+
 
 @njit(**_INTERNAL)
-def _fair_objective(Gs, x, a, xn, clamp):
-    """½xᵀGx + Σh(xᵢ) (at max(x, tiny) when ``clamp``), h = −log (a = 1) or −t^e/e,
+def _fair_objective(Gs, c, x, a, xn, clamp):
+    """½xᵀĜx + Σcᵢh(xᵢ) (at max(x, tiny) when ``clamp``), h = −log (a = 1) or −t^e/e,
     e = (a − 1)/a."""
     k = x.shape[0]
     for i in range(k):
@@ -20,26 +24,29 @@ def _fair_objective(Gs, x, a, xn, clamp):
     h = 0.0
     if a == 1.0:
         for i in range(k):
-            h -= math.log(xn[i])
+            h -= c[i] * math.log(xn[i])
     else:
         e = (a - 1.0) / a
         for i in range(k):
-            h -= xn[i] ** e / e
+            h -= c[i] * xn[i] ** e / e
     return 0.5 * quad + h
 
 
 @njit(**_ENTRY)
 def alpha_fair(G, alpha, max_iter):
     """α-fair weights w > 0 with (Gw)ᵢ = wᵢ^(−1/α) for each G[b] (B, k, k), by the damped Newton
-    iteration of :func:`taskgrad.methods.alpha_fair_weights` (same start, steps, line search
-    and stopping rule, float64). Returns (W (B, k), ok (B,))."""
+    iteration of :func:`taskgrad.methods.gram._alpha_fair.alpha_fair_solve` (same start, steps,
+    line search and stopping rule, float64). Returns (W (B, k), status (B,)): CONVERGED,
+    UNDEFINED (a zero gradient) or NOT_CONVERGED (the caller decides whether 0 is in the hull)."""
     B, k = G.shape[0], G.shape[-1]
-    W = np.empty((B, k))
-    OKs = np.zeros(B, dtype=np.bool_)
+    W = np.zeros((B, k))
+    status = np.zeros(B, dtype=np.int64)
     Gs = np.empty((k, k))
     H = np.empty((k, k))
     L = np.zeros((k, k))
     x = np.empty(k)
+    c = np.empty(k)
+    inv = np.empty(k)
     gx = np.empty(k)
     grad = np.empty(k)
     step = np.empty(k)
@@ -49,21 +56,28 @@ def alpha_fair(G, alpha, max_iter):
     pw = alpha / (alpha + 1.0)
     rtol = 1e-12
     for b in range(B):
-        s = 0.0
+        zero = False
         for i in range(k):
-            s += G[b, i, i]
-        s /= k
-        ok = s > 0.0
-        for i in range(k):
-            if not G[b, i, i] > 1e-14 * s:
-                ok = False
-        s_safe = s if ok else 1.0
+            sig = math.sqrt(max(G[b, i, i], 0.0))
+            if sig > 0.0:
+                inv[i] = 1.0 / sig
+                c[i] = sig ** (inv_a - 1.0)
+            else:
+                inv[i] = 0.0
+                c[i] = 1.0
+                zero = True
         for i in range(k):
             for j in range(k):
-                Gs[i, j] = G[b, i, j] / s_safe if ok else (1.0 if i == j else 0.0)
+                if inv[i] == 0.0 or inv[j] == 0.0:
+                    Gs[i, j] = 1.0 if i == j else 0.0
+                else:
+                    Gs[i, j] = 0.5 * (G[b, i, j] + G[b, j, i]) * inv[i] * inv[j]
         for i in range(k):
-            x[i] = Gs[i, i] ** (-pw)
-        t0 = (k / max(xGx(x, Gs), TINY)) ** pw
+            x[i] = c[i] ** pw
+        num = 0.0
+        for i in range(k):
+            num += c[i] * x[i] ** (1.0 - inv_a)
+        t0 = (num / max(xGx(x, Gs), TINY)) ** pw
         for i in range(k):
             x[i] = x[i] * t0
         converged = False
@@ -74,13 +88,13 @@ def alpha_fair(G, alpha, max_iter):
                 for j in range(k):
                     t += Gs[i, j] * x[j]
                 gx[i] = t
-                grad[i] = t - x[i] ** (-inv_a)
+                grad[i] = t - c[i] * x[i] ** (-inv_a)
                 if not math.isfinite(x[i]):
                     finite = False
             for i in range(k):
                 for j in range(k):
                     H[i, j] = Gs[i, j]
-                H[i, i] += inv_a * x[i] ** (-inv_a - 1.0) + 1e-300
+                H[i, i] += inv_a * c[i] * x[i] ** (-inv_a - 1.0) + 1e-300
             info = _cholesky(H, k, L)
             if info != 0:  # the iteration cannot continue (the torch path stalls here too)
                 break
@@ -90,23 +104,22 @@ def alpha_fair(G, alpha, max_iter):
             for i in range(k):
                 step[i] = -step[i]
                 dec -= grad[i] * step[i]
-                rr = abs(gx[i] * x[i] ** inv_a - 1.0)
-                if rr > resid or rr != rr:
+                rr = abs(gx[i] * x[i] ** inv_a / c[i] - 1.0)
+                if rr > resid or math.isnan(rr):
                     resid = rr
-            if (dec <= 1e-24 or resid <= rtol) and finite:
+            if (dec <= 1e-32 or resid <= rtol) and finite:
                 converged = True
                 break
             ratio = np.inf
             for i in range(k):
                 if step[i] < 0.0:
-                    t = -x[i] / step[i]
-                    ratio = min(ratio, t)
+                    ratio = min(ratio, -x[i] / step[i])
             tstep = min(0.99 * ratio, 1.0)
-            f0 = _fair_objective(Gs, x, alpha, xn, False)
+            f0 = _fair_objective(Gs, c, x, alpha, xn, False)
             for _ls in range(60):
                 for i in range(k):
                     xc[i] = x[i] + tstep * step[i]
-                fn = _fair_objective(Gs, xc, alpha, xn, True)
+                fn = _fair_objective(Gs, c, xc, alpha, xn, True)
                 if fn <= f0 - 1e-4 * tstep * dec or dec <= 1e-8:
                     for i in range(k):
                         x[i] = xc[i]
@@ -118,11 +131,13 @@ def alpha_fair(G, alpha, max_iter):
                     finite = False
             if not finite:
                 break
-        scale = s_safe ** (-pw)
         allfinite = True
         for i in range(k):
-            W[b, i] = x[i] * scale
+            W[b, i] = x[i] * inv[i]
             if not math.isfinite(x[i]):
                 allfinite = False
-        OKs[b] = ok and converged and allfinite
-    return W, OKs
+        if zero:
+            status[b] = UNDEFINED
+        elif not (converged and allfinite):
+            status[b] = NOT_CONVERGED
+    return W, status
