@@ -55,3 +55,14 @@ def test_lightning_example_checkpoints_and_resumes(tmp_path):
     _run(script, "--out", str(out), "--epochs", "2", "--method", "famo", "--resume", "--clip", "1.0")
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 8  # continued, not restarted
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
+def test_lightning_example_under_ddp_reports_the_same_validation_metrics_on_every_rank(tmp_path):
+    """Two gloo processes: the validation accuracies are synchronized (sync_dist), so both ranks
+    print the same numbers (each rank alone would see only its half of the validation set)."""
+    script = ROOT / "examples" / "lightning_multimnist.py"
+    out = _run(script, "--out", str(tmp_path / "out"), "--epochs", "1", "--devices", "2", "--strategy", "ddp")
+    lines = [line for line in out.splitlines() if line.startswith("{'val/acc_left'")]
+    assert len(lines) == 2 and lines[0] == lines[1], out
