@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_present", "merge_state", "present_weights", "restrict_state"]
+__all__ = ["PresentView", "call_restricted", "check_present", "merge_state", "present_weights", "restrict_state"]
 
 
 def check_present(present: Any, k: int) -> Tensor | None:
@@ -112,6 +112,27 @@ def merge_state(old: Any, new: Any, idx: Tensor, k: int) -> Any:
     return new
 
 
+def call_restricted(method: Any, idx: Tensor, k: int, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+    """The method's weights for the tasks ``idx`` of k, given their Gram and losses only; the
+    method's per-task state advances for those tasks only (see the module docstring)."""
+    if idx.numel() == k:
+        return method(gram=gram, losses=losses)
+    old = method.state_dict()
+    method.load_state_dict(restrict_state(old, idx.cpu(), k))
+    try:
+        w_sub = method(gram=gram, losses=losses)
+        new = method.state_dict()
+    except BaseException:
+        method.load_state_dict(old)
+        raise
+    try:
+        merged = merge_state(old, new, idx.cpu(), k)
+    except _Unmergeable:
+        merged = old  # the state is still forming: this step ran on a temporary copy
+    method.load_state_dict(merged)
+    return w_sub
+
+
 def present_weights(method: Any, gram: Tensor | None, losses: Tensor | None, present: Tensor) -> Tensor:
     """w (k,) = the method on the present tasks (sub-Gram, sub-losses), 0 for absent tasks; the
     method's state advances for the present tasks only (see the module docstring)."""
@@ -122,23 +143,29 @@ def present_weights(method: Any, gram: Tensor | None, losses: Tensor | None, pre
     w = torch.zeros(k, dtype=like.dtype, device=like.device)
     if idx.numel() == 0:
         return w
-    if idx.numel() == k:
-        return method(gram=gram, losses=losses)
     dev_idx = idx.to(like.device)
     g = None if gram is None else gram[..., dev_idx, :][..., dev_idx]
     L = None if losses is None else losses[..., dev_idx]
-    old = method.state_dict()
-    method.load_state_dict(restrict_state(old, idx, k))
-    try:
-        w_sub = method(gram=g, losses=L)
-        new = method.state_dict()
-    except BaseException:
-        method.load_state_dict(old)
-        raise
-    try:
-        merged = merge_state(old, new, idx, k)
-    except _Unmergeable:
-        merged = old  # the state is still forming: this step ran on a temporary copy
-    method.load_state_dict(merged)
-    w[dev_idx] = w_sub.to(w)
+    w[dev_idx] = call_restricted(method, idx, k, g, L).to(w)
     return w
+
+
+class PresentView:
+    """A method seen through the present tasks: called with the Gram and losses of the present
+    tasks only (m of k), it runs ``method`` on them with its state restricted to those tasks and
+    writes the advanced per-task state back (:func:`call_restricted`). Used by the training step
+    for ``present=``; ``needs`` is the wrapped method's."""
+
+    def __init__(self, method: Any, present: Tensor) -> None:
+        self.method = method
+        self.k = int(present.shape[0])
+        self.idx = present.nonzero().squeeze(-1).cpu()
+        self.needs = method.needs
+
+    def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
+        return call_restricted(self.method, self.idx, self.k, gram, losses)
+
+    def __getattr__(self, name: str) -> Any:  # max_norm, method_name ... of the wrapped method
+        if name == "method":
+            raise AttributeError(name)
+        return getattr(self.method, name)
