@@ -184,3 +184,46 @@ def test_non_convergence_is_a_distinct_error(impl):
     with pytest.raises(M.MethodConvergenceError, match="did not converge"):
         M.FairGrad(alpha=1e8, impl=impl)(gram=G)
     assert not issubclass(M.MethodConvergenceError, M.UndefinedMethodError)
+
+
+# --------------------------------------------------------------------------------------------
+# MGDA and MGDA-UB on mixed scales: the KKT conditions of the problem as posed
+
+
+def check_min_norm_kkt(J: torch.Tensor, a: torch.Tensor, rtol: float = 1e-8) -> None:
+    """α in the simplex and ⟨gᵢ, d⟩ ≥ ‖d‖² (equality where αᵢ > 0), d = Jᵀα, each constraint to
+    rtol·‖gᵢ‖·‖d‖ (its own scale)."""
+    assert bool((a >= 0).all()) and abs(float(a.sum()) - 1) <= 1e-12
+    d = a @ J
+    q = float(d @ d)
+    inner = J @ d
+    tol = rtol * J.norm(dim=1) * d.norm() + 1e-300
+    assert bool((inner - q >= -tol).all()), (inner - q, tol)
+    act = a > 1e-12
+    assert bool(((inner - q).abs()[act] <= tol[act]).all()), ((inner - q)[act], tol[act])
+
+
+def test_mgda_mixed_scales_regression():
+    J = torch.tensor([[1e-6, 0.0], [0.0, 1.0], [1e6, 1e6]], dtype=torch.float64)
+    for a in [M.MGDA()(gram=gram(J)), _impl.min_norm_weights(gram(J), "torch")] + (
+        [_impl.min_norm_weights(gram(J), "numba")] if _impl.HAVE_NUMBA else []
+    ):
+        assert float((a @ J).norm()) <= 1e-6
+        check_min_norm_kkt(J, a)
+
+
+@FAST
+@given(st.integers(2, 6), st.integers(0, 10_000), st.data())
+def test_mgda_and_mgda_ub_kkt_on_norms_spread_over_1e16(k, seed, data):
+    e = data.draw(st.lists(st.integers(-8, 8), min_size=k, max_size=k))
+    J = jacobian(k, k + 2, seed, correlated=data.draw(st.sampled_from([0.0, 1.0]))) * torch.tensor(
+        [10.0**x for x in e], dtype=torch.float64
+    )[:, None]
+    G = gram(J)
+    check_min_norm_kkt(J, M.MGDA()(gram=G))
+    for impl in IMPLS:
+        check_min_norm_kkt(J, _impl.min_norm_weights(G, impl))
+        check_min_norm_kkt(J, M.MGDAUB("none", impl=impl)(gram=G))
+        # "l2": α is MGDA on the unit gradients
+        U = J / J.norm(dim=1, keepdim=True)
+        check_min_norm_kkt(U, M.MGDAUB("l2", impl=impl)(gram=G))
