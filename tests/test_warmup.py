@@ -61,3 +61,34 @@ def test_compile_kernels_compiles_every_kernel():
     # a second call compiles nothing: it only runs the small problems again
     again = taskgrad.compile_kernels(progress=False)
     assert again.seconds < max(5.0, report.seconds)
+
+
+@pytest.mark.slow
+@needs_numba
+def test_compile_command_reports_and_exits_zero(capsys):
+    from taskgrad import cli
+
+    assert cli.main(["compile", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled kernels ready in" in out
+
+
+def test_compile_command_fails_when_a_warm_up_call_fails(monkeypatch, capsys):
+    from taskgrad import cli
+
+    report = _warmup.CompileReport(seconds=0.1, compiled=["a"], failed={"method x": "ValueError: no"})
+    monkeypatch.setattr(_warmup, "compile_kernels", lambda progress=True: report)
+    assert cli.main(["compile", "--quiet"]) == cli.EXIT_FAILED
+    assert "warm-up call failed: method x: ValueError: no" in capsys.readouterr().err
+
+
+def test_demo_compiles_the_kernels_before_it_times_the_methods(monkeypatch, tmp_path):
+    from taskgrad import cli, demo
+    from taskgrad.bench import demo_extra
+
+    calls: list[str] = []
+    monkeypatch.setattr(demo, "main", lambda **kw: calls.append("quadratics"))
+    monkeypatch.setattr(_warmup, "compile_kernels", lambda progress=True: calls.append("compile"))
+    monkeypatch.setattr(demo_extra, "run_extra", lambda *a, **kw: calls.append("timed toy and MultiMNIST"))
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == ["quadratics", "compile", "timed toy and MultiMNIST"]
