@@ -277,6 +277,11 @@ class GradStep:
         """Number of processes that take each step together."""
         return self.reducer.world_size
 
+    @property
+    def needs_gram(self) -> bool:
+        """Whether a step computes the Gram (the method needs it, or normalize="mean-norm")."""
+        return "gram" in self.method.needs or self.normalize == "mean-norm"
+
     # ----------------------------------------------------------------- helpers
     def _resolve_source(self, features: Any) -> GramSource:
         if self.source is None:
@@ -317,7 +322,8 @@ class GradStep:
         a reason to skip."""
         losses = L_sub.to(gram.dtype) if gram is not None else L_sub
         try:
-            return self.method(gram=gram, losses=losses).detach(), None, None
+            mine = gram if "gram" in self.method.needs else None
+            return self.method(gram=mine, losses=losses).detach(), None, None
         except UndefinedMethodError as err:
             why = f"{type(self.method).__name__} is undefined for this step: {err}"
             if self.on_undefined == "raise":
@@ -327,7 +333,7 @@ class GradStep:
             fb = self.on_undefined
             assert isinstance(fb, Weighting)
             g = gram if "gram" in fb.needs else None
-            if "gram" in fb.needs and gram is None:
+            if "gram" in fb.needs and gram is None:  # only when neither the method nor normalize needs one
                 raise ValueError(
                     f"the fallback {type(fb).__name__} needs a Gram but {type(self.method).__name__} does not; "
                     "pick a fallback that needs only what the method needs (e.g. taskgrad.Mean())."
@@ -436,6 +442,18 @@ class GradStep:
             return None, False
         # the step's own gradient, kept apart from what .grad already holds, then clipped/adjusted
         leaves, tasks = _reached_leaves(ls)
+        k = ls.k
+        shared = [len(t) >= 2 or k == 1 for t in tasks]
+        heads: dict[int, Tensor] = {}
+        if self.heads == "unweighted":
+            own_idx = [j for j, sh in enumerate(shared) if not sh]
+            if own_idx:  # Σ over the drawn tasks of their unweighted losses, at their own parameters only
+                mask = torch.zeros_like(v)
+                mask[subset] = 1.0
+                own_total = ls.total(mask) * s if s != 1.0 else ls.total(mask)
+                gs = torch.autograd.grad(own_total, [leaves[j] for j in own_idx], retain_graph=True, allow_unused=True)
+                for j, g in zip(own_idx, gs):
+                    heads[j] = self.reducer.average(torch.zeros_like(leaves[j]) if g is None else g)
         before = [p.grad for p in leaves]
         for p in leaves:
             p.grad = None
@@ -445,17 +463,8 @@ class GradStep:
         finally:
             for p, b in zip(leaves, before):
                 p.grad = b
-        k = ls.k
-        shared = [len(t) >= 2 or k == 1 for t in tasks]
-        if self.heads == "unweighted":
-            own_idx = [j for j, sh in enumerate(shared) if not sh]
-            if own_idx:
-                mask = torch.zeros_like(v)
-                mask[subset] = 1.0
-                heads = ls.total(mask) * s if s != 1.0 else ls.total(mask)
-                gs = torch.autograd.grad(heads, [leaves[j] for j in own_idx], retain_graph=True, allow_unused=True)
-                for j, g in zip(own_idx, gs):
-                    new[j] = self.reducer.average(torch.zeros_like(leaves[j]) if g is None else g)
+        for j, g in heads.items():
+            new[j] = g
         grads = [(p, g / s if s != 1.0 else g, sh) for p, g, sh in zip(leaves, new, shared)]
         return self._write(grads, s)
 
@@ -486,7 +495,7 @@ class GradStep:
         L_det = ls.vector.detach()
         why = self._nonfinite_loss(L_det)
         s = 1.0
-        needs_gram = "gram" in self.method.needs
+        needs_gram = self.needs_gram
         if why is None or self.reducer.lockstep:
             self._resolve_source(features)
             s = scale_of(scaler, L_det.device)
@@ -558,7 +567,7 @@ class GradStep:
             acc.grads = tg
         else:
             acc.grads.add_(tg)
-        if "gram" not in self.method.needs or isinstance(source, (FullGram, JacobianGram)):
+        if not self.needs_gram or isinstance(source, (FullGram, JacobianGram)):
             return
         if isinstance(source, SketchGram):
             named = source.select(ls.items, loss_fn, params)
@@ -585,7 +594,7 @@ class GradStep:
         grads = acc.grads.scaled(c) if acc.grads is not None else None
 
         def payload_of(subset: Tensor | None) -> Tensor | None:
-            if subset is None or "gram" not in self.method.needs:
+            if subset is None or not self.needs_gram:
                 return None
             if isinstance(source, (FullGram, JacobianGram)):
                 assert grads is not None
@@ -646,7 +655,7 @@ class GradStep:
                 if g >= 0:
                     rows[:, offs[j]: offs[j + 1]] = grads.dense_rows(g, dtype)
                     reach[list(grads.tasks[g]), j] = 1.0
-        needs_gram = "gram" in self.method.needs
+        needs_gram = self.needs_gram
         full = needs_gram and isinstance(source, (FullGram, JacobianGram))
         bad = acc.bad or (None if finite(rows) else "gradient")
         n_reach = k * len(plist)
