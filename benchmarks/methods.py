@@ -5,6 +5,13 @@ path, ``impl="auto"``: the compiled host kernels on the CPU), measured in the sa
 
     python benchmarks/methods.py [--device cpu|cuda] [--ks 2 10 40] [--reps 5]
     python benchmarks/methods.py --solve-only [--solve-reps 31] [--batch 64]
+    python benchmarks/methods.py --methods krum pcd config ... [--no-nash]   (a subset, with Mean)
+
+Every method is built by its registry entry's example for k tasks (``MethodInfo.example``), so
+methods with required arguments (Krum, Constant, TrimmedMean, prior-loss) are included. The
+Jacobian aggregators (``needs`` has "jacobian") take their step through
+:func:`taskgrad.methods.jacobian.backward_jacobian` (J materialized over the shared trunk) and
+their "solve" is ``aggregate(J)`` on a k × 2000 Jacobian.
 
 Writes benchmarks/out/methods.json and benchmarks/out/methods.png (full run) and
 benchmarks/out/methods_solve.json (solve times); prints markdown tables.
@@ -43,32 +50,50 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_time(method, k: int, device: str, reps: int) -> float:
-    """Median seconds of one full step: forward, taskgrad.backward(method), optimizer step."""
+def build(name: str, k: int, **kw):
+    """The registry's example instance of ``name`` for k tasks."""
+    return M.infos()[name].example(k, **kw)
+
+
+def _stepper(method, k: int, device: str):
+    """A closure running one full training step with ``method`` on its own copy of the model."""
+    from taskgrad.methods.jacobian import backward_jacobian
+
     trunk, heads, x, y = make_model(k, device)
     params = list(trunk.parameters()) + list(heads.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
-    times = []
-    for r in range(reps + 1):
-        sync(device)
-        t0 = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad()
         out = heads(trunk(x))
         losses = ((out - y) ** 2).mean(0) + 0.1
-        taskgrad.backward(list(losses), params=list(trunk.parameters()), method=method)
+        if "jacobian" in method.needs:
+            backward_jacobian(losses, method, list(trunk.parameters()), task_params=list(heads.parameters()))
+        else:
+            taskgrad.backward(list(losses), params=list(trunk.parameters()), method=method)
         opt.step()
-        sync(device)
-        if r > 0:  # first step warms up
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+
+    return step
 
 
-def solve_time(method, G: torch.Tensor, L: torch.Tensor, reps: int, device: str) -> float:
+def step_time(method, k: int, device: str, reps: int) -> tuple[float, float]:
+    """Median seconds of one full step (forward, taskgrad.backward(method) or backward_jacobian
+    for a Jacobian aggregator, optimizer step) and of a Mean step, interleaved round by round so
+    that the load of a shared machine hits both alike; one warm-up step each."""
+    fns = {"method": _stepper(method, k, device), "mean": _stepper(M.Mean(), k, device)}
+    t = interleaved_medians(fns, reps, device)
+    return t["method"], t["mean"]
+
+
+def solve_time(method, J: torch.Tensor, G: torch.Tensor, L: torch.Tensor, reps: int, device: str) -> float:
     times = []
     for _ in range(reps):
         sync(device)
         t0 = time.perf_counter()
-        method(gram=G, losses=L)
+        if "jacobian" in method.needs:
+            method.aggregate(J, losses=L)
+        else:
+            method(gram=G, losses=L)
         sync(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
@@ -140,7 +165,9 @@ def solve_benchmark(args) -> dict:
     path, the implementation before the compiled kernels) against ``impl="auto"``."""
     from rich.progress import track
 
-    names = [n for n in M.available() if "gram" in M.get(n, **({"prior": [1.0]} if n == "prior-loss" else {})).needs]
+    names = [n for n in M.available() if "gram" in build(n, 2).needs]
+    if args.methods:
+        names = [n for n in names if n in args.methods]
     rows = []
     for batch in [0] + ([args.batch] if args.batch else []):
         for k in args.ks:
@@ -151,11 +178,12 @@ def solve_benchmark(args) -> dict:
                     fns = {}
                     for impl in ("torch", "auto"):
                         try:
-                            m = M.get(name, impl=impl)
+                            m = build(name, k, impl=impl)
                         except TypeError:  # a method with one implementation: timed once
-                            fns = {"auto": (lambda m=M.get(name), G=G: m(gram=G, losses=L))}
+                            single = build(name, k)
+                            fns = {"auto": (lambda m=single, G=G, L=L: m(gram=G, losses=L))}
                             break
-                        fns[impl] = (lambda m=m, G=G: m(gram=G, losses=L))
+                        fns[impl] = (lambda m=m, G=G, L=L: m(gram=G, losses=L))
                     try:
                         t = interleaved_medians(fns, args.solve_reps, args.device)
                     except M.UndefinedMethodError:
@@ -198,6 +226,8 @@ def main() -> None:
     ap.add_argument("--solve-only", action="store_true", help="only the solve-time comparison (no training steps)")
     ap.add_argument("--solve-reps", type=int, default=31, help="repetitions of each solve (median reported)")
     ap.add_argument("--batch", type=int, default=64, help="also time a batch of this many Grams (0: skip)")
+    ap.add_argument("--methods", nargs="+", default=None, help="only these registered methods (and Mean)")
+    ap.add_argument("--no-nash", action="store_true", help="skip the Nash-MTL reference-loop comparison")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -209,18 +239,19 @@ def main() -> None:
     print_solve_table(solve, args.ks)
     if args.solve_only:
         return
-    names = [n for n in M.available() if n != "prior-loss"]
+    names = list(M.available())
+    if args.methods:
+        names = [n for n in names if n in args.methods or n == "mean"]
     rows = []
     for k in args.ks:
-        base = step_time(M.Mean(), k, args.device, args.reps)
         torch.manual_seed(1)
         J = torch.randn(k, 2000, device=args.device) + 1.0  # a common component keeps Nash-MTL defined
         G = J @ J.T
         L = torch.rand(k, device=args.device) + 0.5
         for name in track(names, description=f"k={k}"):
             try:
-                t = step_time(M.get(name), k, args.device, args.reps)
-                s = solve_time(M.get(name), G, L, args.reps, args.device)
+                t, base = step_time(build(name, k), k, args.device, args.reps)
+                s = solve_time(build(name, k), J, G, L, args.reps, args.device)
                 rows.append({"k": k, "method": name, "step_s": t, "mean_step_s": base, "ratio": t / base, "solve_s": s})
             except M.UndefinedMethodError as e:
                 rows.append({"k": k, "method": name, "error": str(e)[:80]})
@@ -228,7 +259,7 @@ def main() -> None:
     nash = []
     import numpy as np
 
-    for k in args.ks:
+    for k in [] if args.no_nash else args.ks:
         torch.manual_seed(2)
         J = torch.randn(k, 2000, dtype=torch.float64) + 1.0
         G = J @ J.T
@@ -250,7 +281,7 @@ def main() -> None:
     result = {"device": args.device, "threads": args.threads, "rows": rows, "nash": nash}
     (OUT / "methods.json").write_text(json.dumps(result, indent=1))
 
-    print(f"\n### Step time relative to Mean (device {args.device})\n")
+    print(f"\n### Step time relative to Mean, interleaved medians (device {args.device})\n")
     print("| method | " + " | ".join(f"k={k} ratio" for k in args.ks) + " | " + " | ".join(f"k={k} solve ms" for k in args.ks) + " |")
     print("|---|" + "---|" * (2 * len(args.ks)))
     for name in names:
