@@ -492,6 +492,8 @@ class GradStep:
         ls = LossSet(losses)
         if params is not None:
             params = check_params(params)
+        if "jacobian" in self.method.needs:
+            return self._backward_jacobian(ls, params, scaler, features, backward_fn)
         L_det = ls.vector.detach()
         why = self._nonfinite_loss(L_det)
         s = 1.0
@@ -529,6 +531,74 @@ class GradStep:
         return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
                             clipped=clipped)
 
+    def _backward_jacobian(self, ls: LossSet, params: list[Tensor] | None, scaler: Any, features: Any,
+                           backward_fn: Any) -> StepResult:
+        """The step of a Jacobian aggregator (``needs`` has "jacobian"): J (k × P) over the shared
+        parameters (``params``, default: those two or more tasks reach) is materialized from the
+        per-task gradients, d = method.aggregate(J, L) goes to them, and every other parameter a
+        task reaches (its head) gets the unweighted ∇Lᵢ (TorchJD's mtl_backward convention);
+        ``max_norm`` clipping, GradScaler scaling and the non-finite/undefined policies as usual.
+        The result's ``weights`` are NaN (the update is not a weighted sum of the gradients) and
+        ``extra["direction_norm"]`` holds ‖d‖. Memory: J holds k·P numbers.
+        """
+        name = type(self.method).__name__
+        if features is not None or backward_fn is not None:
+            raise ValueError(f"{name} needs the Jacobian over the parameters: features= and backward_fn= do not apply.")
+        if self.normalize is not None:
+            raise ValueError(f"normalize= rescales weights; {name} returns a direction, not weights: leave normalize=None.")
+        if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
+            raise ValueError(
+                f"{name} aggregates the Jacobian itself: it runs on one process, every step, on all tasks "
+                "(no reducer, subsample or period)."
+            )
+        k = ls.k
+        L_det = ls.vector.detach()
+        nan = torch.full((k,), float("nan"), dtype=L_det.dtype, device=L_det.device)
+        numbers = StepNumbers(None, L_det, None)
+        why = self._nonfinite_loss(L_det)
+        if why is None:
+            tg = task_gradients(ls, strategy="loop")
+            why = None if tg.finite() else "task gradient"
+        if why is not None:
+            return self._skip(k, replace(numbers, bad=why, n_bad=1), L_det, scaler)
+        s = scale_of(scaler, L_det.device)
+        shared = params if params is not None else tg.shared()
+        dtype = gram_dtype(tg.rows[0])
+        blocks = []
+        for p in shared:
+            j = tg.index(p)
+            blocks.append(tg.dense_rows(j, dtype) if j >= 0 else torch.zeros(k, p.numel(), dtype=dtype, device=p.device))
+        J = torch.cat(blocks, dim=1)
+        fallback = reason = None
+        try:
+            d = self.method.aggregate(J, losses=L_det.to(dtype))
+        except UndefinedMethodError as err:
+            reason = f"{name} is undefined for this step: {err}"
+            if self.on_undefined == "raise":
+                raise
+            if self.on_undefined == "skip":
+                return self._skip(k, numbers, L_det, scaler, reason=reason)
+            fb = self.on_undefined
+            assert isinstance(fb, Weighting)
+            d = fb.aggregate(J, losses=L_det.to(dtype) if "losses" in fb.needs else None)
+            fallback = type(fb).__name__
+            self.n_fallback += 1
+        if not finite(d):
+            return self._skip(k, replace(numbers, bad=f"direction from {fallback or name}", n_bad=1), L_det, scaler)
+        grads: list[tuple[Tensor, Tensor, bool]] = []
+        ids, offset = set(), 0
+        for p in shared:
+            grads.append((p, d[offset: offset + p.numel()].view_as(p), True))
+            ids.add(id(p))
+            offset += p.numel()
+        for p, r in zip(tg.params, tg.rows):
+            if id(p) not in ids:
+                grads.append((p, r.sum(0), False))
+        norm, clipped = self._write(grads, s)
+        return self._result(nan, None, numbers, L_det, torch.arange(k, device=L_det.device), True, reason,
+                            fallback=fallback, grad_norm=norm, clipped=clipped,
+                            extra={"direction_norm": float(d.norm())})
+
     # ----------------------------------------------------------- accumulation
     def accumulate(
         self,
@@ -544,6 +614,8 @@ class GradStep:
 
         Stores this micro-batch's per-task gradients and the source's payload; touches no ``.grad``.
         """
+        if "jacobian" in self.method.needs:
+            raise ValueError(f"{type(self.method).__name__} aggregates the Jacobian itself and does not support accumulate().")
         self.reducer.layout()  # the parameter layout shared by every process (checked now)
         ls = LossSet(losses)
         source = self._resolve_source(features)

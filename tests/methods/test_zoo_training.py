@@ -1,0 +1,81 @@
+"""The Jacobian aggregators through taskgrad.backward: J over the shared parameters, the
+aggregate written to them, the heads' own unweighted gradients, clipping and skipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from methods_helpers import rel
+
+import taskgrad
+from taskgrad import methods as M
+from taskgrad.methods.jacobian import backward_jacobian, shared_jacobian
+
+
+def model(seed: int = 0):
+    torch.manual_seed(seed)
+    trunk = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh()).double()
+    heads = torch.nn.ModuleList([torch.nn.Linear(6, 1).double() for _ in range(3)])
+    x, y = torch.randn(20, 5, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64)
+
+    def losses():
+        z = trunk(x)
+        return torch.stack([((h(z).squeeze(1) - y[:, i]) ** 2).mean() for i, h in enumerate(heads)])
+
+    return trunk, heads, losses
+
+
+def grads_of(mod) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in mod.parameters()])
+
+
+@pytest.mark.parametrize("make", [lambda: M.ConFIG(), lambda: M.TrimmedMean(1), lambda: M.GradDrop(generator=torch.Generator().manual_seed(3))])
+def test_backward_with_a_jacobian_aggregator_matches_the_standalone_path(make):
+    trunk, heads, losses = model()
+    res = taskgrad.backward(losses(), method=make())
+    assert res.extra["direction_norm"] > 0 and not res.skipped and bool(torch.isnan(res.weights).all())
+    ours_trunk, ours_heads = grads_of(trunk), grads_of(heads)
+    trunk.zero_grad(set_to_none=True)
+    heads.zero_grad(set_to_none=True)
+    d = backward_jacobian(losses(), make(), list(trunk.parameters()), task_params=list(heads.parameters()))
+    assert rel(ours_trunk, d) < 1e-12
+    assert rel(ours_heads, grads_of(heads)) < 1e-12
+
+
+def test_heads_get_their_own_unweighted_gradient_and_shared_the_aggregate():
+    trunk, heads, losses = model(1)
+    taskgrad.backward(losses(), method=M.ConFIG())
+    L = losses()
+    for i, h in enumerate(heads):
+        g = torch.autograd.grad(L[i], list(h.parameters()), retain_graph=True)
+        assert rel(torch.cat([p.grad.reshape(-1) for p in h.parameters()]), torch.cat([x.reshape(-1) for x in g])) < 1e-12
+    J = shared_jacobian(losses(), list(trunk.parameters()))
+    assert rel(grads_of(trunk), M.ConFIG().aggregate(J)) < 1e-12
+
+
+def test_max_norm_clips_and_nonfinite_losses_skip():
+    trunk, _heads, losses = model(2)
+    res = taskgrad.backward(losses(), method=M.TrimmedMean(1), max_norm=1e-3, clip="shared")
+    assert res.clipped and float(grads_of(trunk).norm()) == pytest.approx(1e-3, rel=1e-3)
+    trunk.zero_grad(set_to_none=True)
+    L = losses()
+    bad = torch.stack([L[0], L[1] * float("nan"), L[2]])
+    res = taskgrad.backward(bad, method=M.ConFIG())
+    assert res.skipped and "task 1" in res.reason
+    assert all(p.grad is None for p in trunk.parameters())
+
+
+def test_stateful_jacobian_method_over_steps_and_unsupported_options():
+    trunk, heads, losses = model(3)
+    m = M.MoCo()
+    opt = torch.optim.SGD(list(trunk.parameters()) + list(heads.parameters()), lr=0.05)
+    first = float(losses().sum().detach())
+    for _ in range(20):
+        opt.zero_grad()
+        taskgrad.backward(losses(), method=m)
+        opt.step()
+    assert float(losses().sum().detach()) < first and m.state_dict()["step"] == 20
+    with pytest.raises(ValueError, match="normalize"):
+        taskgrad.backward(losses(), method=M.ConFIG(), normalize="sum")
+    with pytest.raises(ValueError, match="does not support accumulate"):
+        taskgrad.training.GradStep(M.ConFIG()).accumulate(losses())
