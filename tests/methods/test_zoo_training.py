@@ -79,3 +79,25 @@ def test_stateful_jacobian_method_over_steps_and_unsupported_options():
         taskgrad.backward(losses(), method=M.ConFIG(), normalize="sum")
     with pytest.raises(ValueError, match="does not support accumulate"):
         taskgrad.training.GradStep(M.ConFIG()).accumulate(losses())
+
+
+def test_a_method_head_convention_is_the_step_default():
+    class Doubled(M.Weighting):
+        needs = frozenset({"losses"})
+
+        def __init__(self, head_convention):
+            self.head_convention = head_convention
+
+        def compute(self, *, gram, losses):
+            return torch.full_like(losses, 2.0)
+
+    for convention, factor in (("unweighted", 1.0), ("weighted", 2.0), (None, 2.0)):
+        _trunk, heads, losses = model(4)
+        taskgrad.backward(losses(), method=Doubled(convention))
+        L = losses()
+        g = torch.autograd.grad(L[0], list(heads[0].parameters()))
+        assert rel(torch.cat([p.grad.reshape(-1) for p in heads[0].parameters()]), factor * torch.cat([x.reshape(-1) for x in g])) < 1e-12
+    _trunk, heads, losses = model(4)
+    taskgrad.backward(losses(), method=Doubled("unweighted"), heads="weighted")  # an explicit choice wins
+    g = torch.autograd.grad(losses()[0], list(heads[0].parameters()))
+    assert rel(torch.cat([p.grad.reshape(-1) for p in heads[0].parameters()]), 2 * torch.cat([x.reshape(-1) for x in g])) < 1e-12

@@ -36,7 +36,7 @@ def backward(
     max_jacobian_numel: int | None = None,
     nonfinite: Literal["raise", "skip"] = "skip",
     on_undefined: Literal["raise", "skip"] | Weighting = "skip",
-    heads: Literal["weighted", "unweighted"] = "weighted",
+    heads: Literal["weighted", "unweighted"] | None = None,
     max_norm: float | None = None,
     clip: Literal["all", "shared"] = "all",
     normalize: Literal["sum", "mean-norm"] | None = None,

@@ -198,9 +198,11 @@ class GradStep:
             Gram, e.g. Nash-MTL with 0 in the convex hull): "skip" (default, what a week-long job
             wants: the step is skipped and counted, training goes on), "raise", or a Weighting
             (e.g. ``taskgrad.MGDA()``) used for that step instead (``result.fallback`` names it).
-        heads: "weighted" (default: every parameter gets Σᵢ vᵢ∇Lᵢ, as ``sum(w_i * L_i).backward()``)
+        heads: "weighted" (every parameter gets Σᵢ vᵢ∇Lᵢ, as ``sum(w_i * L_i).backward()``)
             or "unweighted": a parameter reached by one task only (its head) gets that task's
             unweighted ∇Lᵢ, the shared ones Σᵢ vᵢ∇Lᵢ (the official CAGrad/FairGrad, LibMTL).
+            None (default): the method's ``head_convention`` attribute when it sets one (e.g.
+            Aligned-MTL's ``scale_decoder_grad``), else "weighted".
         max_norm: clip the update to this norm (None: no clipping; default: the method's own
             ``max_norm`` attribute when it has one and leaves the clipping to the step, as FairGrad
             and FAMO do; Nash-MTL scales its own weights and is not clipped again; a method's
@@ -223,7 +225,7 @@ class GradStep:
         subsample: TaskSubsample | int | None = None,
         nonfinite: Literal["raise", "skip"] = "skip",
         on_undefined: Literal["raise", "skip"] | Weighting = "skip",
-        heads: Literal["weighted", "unweighted"] = "weighted",
+        heads: Literal["weighted", "unweighted"] | None = None,
         max_norm: float | None = None,
         clip: Literal["all", "shared"] = "all",
         normalize: Literal["sum", "mean-norm"] | None = None,
@@ -231,6 +233,8 @@ class GradStep:
         reducer: Reducer | None = None,
     ) -> None:
         self.method = Mean() if method is None else method
+        if heads is None:
+            heads = getattr(self.method, "head_convention", None) or "weighted"
         if not isinstance(self.method, Weighting):
             raise TypeError(
                 f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(self.method).__name__}."
