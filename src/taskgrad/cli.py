@@ -185,7 +185,7 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench.report import report
 
         try:
-            path = report(Path(args.out), md_path=args.md, configs=configs)
+            path = report(Path(args.out), md_path=args.md, configs=configs, plots=not args.no_plots)
         except FileNotFoundError:  # every run failed: nothing saved to report
             path = None
         if path is not None:
@@ -243,7 +243,7 @@ def _report(args: argparse.Namespace) -> int:
 
     configs = _load_configs(args.config or [], None)
     try:
-        path = report(target, md_path=args.md, configs=configs)
+        path = report(target, md_path=args.md, configs=configs, plots=not args.no_plots)
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
     _show_report(path, console)
@@ -337,6 +337,7 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--dry-run", action="store_true",
                        help="build every run (data, model, method) and take one step on a copy, saving nothing")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--no-plots", action="store_true", help="write the report's tables without its plots (faster)")
     bench.set_defaults(func=_bench)
 
 
@@ -352,6 +353,7 @@ def _add_report(sub: Any) -> None:
                           "left out of the tables and listed as stale (default: per experiment, the runs of "
                           "another protocol than its newest run are)")
     rep.add_argument("--out", default=None, help="(log) folder for the plots (default: next to the log)")
+    rep.add_argument("--no-plots", action="store_true", help="(runs) write the tables without the plots (faster)")
     rep.set_defaults(func=_report)
 
 

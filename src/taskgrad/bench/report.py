@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import shlex
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -342,7 +343,9 @@ def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
             lo, hi = min(finite), max(finite)
             pad = 0.5 * (hi - lo) + 1e-3 * abs(hi)
             ax.set_xlim(lo - pad, hi + pad)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # many methods: matplotlib may not fit every label, and says so
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     written.append(plots / f"{name}_bars.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
@@ -415,11 +418,12 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = None, md_path: str | Path | None = None,
-           configs: Sequence[ExperimentConfig] | None = None) -> Path:
+           configs: Sequence[ExperimentConfig] | None = None, plots: bool = True) -> Path:
     """Write ``root/report.md``, ``root/report.json`` and ``root/plots/`` from the saved runs under
     ``root``. Runs of another config than ``configs`` (for their experiments) or, for an experiment
     without one, of another protocol than its newest run are stale: left out of the tables, listed
-    in a "stale runs" section, and counted in report.json's ``excluded_stale`` (see the module)."""
+    in a "stale runs" section, and counted in report.json's ``excluded_stale`` (see the module).
+    ``plots=False`` writes the tables only (much faster with many methods)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{str(root)!r} is not a directory of saved runs.")
@@ -427,8 +431,9 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
     for cfg in configs or ():
         if cfg.kind == "train":
             by_name[cfg.name].append(cfg)
-    plots = root / "plots"
-    plots.mkdir(exist_ok=True)
+    plots_dir = root / "plots"
+    if plots:
+        plots_dir.mkdir(exist_ok=True)
     head = ["# taskgrad benchmark report", "", f"Runs found under `{root}`."]
     if by_name:
         paths = [cfg.path or cfg.name for cfgs in by_name.values() for cfg in cfgs]
@@ -448,8 +453,8 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
         data = json.loads(p.read_text())
         name = p.parent.name
         parts += [f"### {name} (toy)", "", toy_table(data)]
-        if data["methods"]:
-            png = plot_toy(data, plots / f"{name}_pareto.png")
+        if data["methods"] and plots:
+            png = plot_toy(data, plots_dir / f"{name}_pareto.png")
             parts.append(f"![{name}]({png.relative_to(root)})")
         parts.append("")
         found = True
@@ -462,7 +467,7 @@ def report(root: str | Path, baselines: dict[str, dict[str, float]] | None = Non
             summ = summarize(results, baselines.get(name))
             summ["excluded_stale"] = len(stale)
             parts.append(markdown_table(name, summ))
-            for png in plot_experiment(name, summ, plots):
+            for png in plot_experiment(name, summ, plots_dir) if plots else []:
                 parts.append(f"![{png.stem}]({png.relative_to(root)})")
             parts.append("")
             exp.update(baseline=summ["baseline"], baseline_source=summ["baseline_source"],
