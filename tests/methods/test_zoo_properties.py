@@ -91,6 +91,18 @@ def test_pcd_with_tau_zero_is_primary_aux_rescaled_to_the_primary_norm(seed):
 
 
 @pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("tau", [0.1, 0.3])
+def test_pcd_with_current_norms_is_primary_aux_progress_margin_rescaled(seed, tau):
+    J = jacobian(5, 9, seed)
+    J[1] = -0.7 * J[0] + 0.2 * J[1]
+    J = J * torch.logspace(-1, 1, 5, dtype=torch.float64)[:, None]
+    G = gram(J)
+    u = M.PrimaryAux(progress=tau)(gram=G) @ J
+    d = PCD(tau=tau, beta=0.0, eps=0.0)(gram=G) @ J
+    assert rel(d, u * J[0].norm() / u.norm()) < 1e-10
+
+
+@pytest.mark.parametrize("seed", range(5))
 def test_pcd_kkt_conditions(seed):
     """d̃ = s₀g₀ + Σμⱼsⱼgⱼ with μ ≥ 0, every constraint ⟨g̃ⱼ, d̃⟩ ≥ τ‖g̃ⱼ‖², complementary slackness."""
     tau = 0.4

@@ -78,14 +78,17 @@ class PCD(Weighting):
     ``beta``) of ‖gᵢ‖² over the calls; the update is d̃ rescaled to ‖g₀‖. Zero g₀ (or d̃ = 0 up
     to the Gram's rounding) gives d = 0; infeasible constraints are dropped (d = g₀).
 
-    Relation to :class:`~taskgrad.methods.PrimaryAux`: with τ = 0 the feasible set is the dual
-    cone {d : ⟨gⱼ, d⟩ ≥ 0}, the same for normalized and raw gradients, so PCD's d̃ is s₀ times
-    PrimaryAux's u (the projection of g₀ on that cone) and PCD returns u rescaled to ‖g₀‖.
-    For τ > 0 PCD asks each secondary task for an *affine* amount of progress τ‖g̃ⱼ‖², fixed in
-    normalized units (it can make d point away from g₀ to serve a secondary task), while
-    PrimaryAux's ``margin`` asks for ⟨u, gᵢ⟩ ≥ margin·‖u‖, a robustness cone that only shrinks
-    or tilts the step and never forces progress on an auxiliary task. PrimaryAux is stateless
-    and keeps the scale of g₀'s own projection; PCD always steps with ‖d‖ = ‖g₀‖.
+    Relation to :class:`~taskgrad.methods.PrimaryAux`: with the current norms as the scales
+    (``beta=0, eps=0``: g̃ᵢ = gᵢ/‖gᵢ‖), PCD's constraint ⟨d, g̃ⱼ⟩ ≥ τ on the unit primary is
+    PrimaryAux's progress margin ⟨u, gⱼ/‖gⱼ‖⟩ ≥ τ‖g₀‖ scaled by ‖g₀‖, so PCD(τ) returns exactly
+    PrimaryAux(progress=τ)'s u rescaled to ‖g₀‖ (and with τ = 0, PrimaryAux's projection of g₀
+    on the dual cone {⟨gⱼ, u⟩ ≥ 0}, rescaled). The differences: PCD normalizes by a moving
+    average of the norms (β > 0), so a task whose gradient shrinks for one step keeps its
+    margin in absolute terms; it always steps with ‖d‖ = ‖g₀‖ while PrimaryAux keeps the length
+    of the projection (shorter when the constraints bite); when the margins are infeasible PCD
+    drops them all (d = g₀, which may then raise an auxiliary loss) while PrimaryAux falls back to
+    the τ = 0 projection (never raising one). PrimaryAux's robust ``margin`` (⟨u, gᵢ⟩ ≥ m‖u‖)
+    is a cone around the constraints, scale-free in u, with no PCD counterpart.
 
     ``tau`` is a float in [0, 1] or a tensor of k − 1 values; ``beta`` in [0, 1); ``eps`` ≥ 0.
     Stateful (the EMA and its step count); unbatched Gram matrices only.
