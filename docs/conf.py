@@ -37,7 +37,6 @@ html_title = f"taskgrad {release}"
 autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -54,9 +53,6 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(typing|collections\.abc|abc|dataclasses|pathlib|argparse|enum)\..*"),
     (r"py:.*", r".*\.(T|Impl|Norm|Scope|Where|XInput|PerExampleLoss|Literal\[.*\])"),
     (r"py:.*", r"(T|Impl|Norm|Scope|Where|XInput|PerExampleLoss|Path|Literal|ClassVar|Self|Tensors)"),
-    # internal helpers that public docstrings mention but the API reference does not document
-    (r"py:.*", r"(taskgrad\.training\.reduce\.)?StepNumbers|(taskgrad\.sources\.capture\.)?TaskGrads"),
-    (r"py:.*", r"for_each_block_batched|certificate_tolerance|traffic|params|FullGram|STRATEGIES|DEFINED"),
 ]
 # Objects whose docstrings are not yet valid reStructuredText (with nitpicky cross-references):
 # they are shown verbatim, as preformatted text, so that scripts/docs.sh can build with warnings
@@ -142,28 +138,43 @@ def _import_dotted(name: str) -> object | None:
 
 
 def _resolve_alias(app: object, env: object, node: object, contnode: object) -> object | None:
-    """Resolve a Python reference written with another path to a documented object: a
-    re-export (taskgrad.PrimaryAux), the defining module (taskgrad.sources.sketch.module_loss_fn)
-    or a name relative to the current module (STRATEGIES)."""
+    """Resolve a Python reference that Sphinx could not: to the documented object it names
+    through another path (a re-export such as taskgrad.PrimaryAux, the defining module, or a name
+    relative to the module of the docstring it appears in); to plain text when it names a real
+    object that the reference does not document (a private helper). A name that does not exist
+    stays unresolved, so nitpicky mode still catches typos."""
     if node.get("refdomain") != "py":  # type: ignore[attr-defined]
         return None
     target = node.get("reftarget", "")  # type: ignore[attr-defined]
     candidates = [target]
+    scopes = []
+    source = str(getattr(node, "source", "") or "")
+    if "docstring of " in source:  # the object whose docstring holds the reference
+        owner = source.split("docstring of ", 1)[1].split(":")[0].split(".")
+        scopes += [".".join(owner[:i]) for i in range(len(owner), 0, -1)]
     if node.get("py:module"):  # type: ignore[attr-defined]
-        candidates.append(f"{node['py:module']}.{target}")  # type: ignore[index]
+        scopes.append(node["py:module"])  # type: ignore[index]
         if node.get("py:class"):  # type: ignore[attr-defined]
-            candidates.append(f"{node['py:module']}.{node['py:class']}.{target}")  # type: ignore[index]
+            scopes.append(f"{node['py:module']}.{node['py:class']}")  # type: ignore[index]
+    candidates += [f"{scope}.{target}" for scope in scopes]
     documented = _documented(env)
+    exists = False
     for cand in candidates:
         obj = _import_dotted(cand)
-        if obj is None or isinstance(obj, (int, float, str, tuple, dict)) and id(obj) not in documented:
+        if obj is None:
             continue
+        exists = True
         name = documented.get(id(obj))
-        if name is None or name == target:
+        if name is None or name == target or isinstance(obj, (int, float, str, bool)):
             continue
         domain = env.get_domain("py")  # type: ignore[attr-defined]
-        return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)  # type: ignore[attr-defined, index]
-    return None
+        ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)  # type: ignore[attr-defined, index]
+        if ref is not None:
+            return ref
+    if not exists and node.get("reftype") == "attr" and "." not in target:  # type: ignore[attr-defined]
+        # an instance attribute (set in __init__, not importable) of the class being documented
+        exists = any(isinstance(_import_dotted(scope), type) for scope in scopes)
+    return contnode if exists else None
 
 
 def _skip_foreign_members(app: object, what: str, name: str, obj: object, skip: bool, options: object) -> bool | None:
