@@ -227,3 +227,67 @@ def test_mgda_and_mgda_ub_kkt_on_norms_spread_over_1e16(k, seed, data):
         # "l2": α is MGDA on the unit gradients
         U = J / J.norm(dim=1, keepdim=True)
         check_min_norm_kkt(U, M.MGDAUB("l2", impl=impl)(gram=G))
+
+
+# --------------------------------------------------------------------------------------------
+# hyper-parameters checked at construction; reduced precisions; owned, resumable randomness
+
+NAN, INF = float("nan"), float("inf")
+BAD = [
+    ("cagrad", {"c": INF}, "c"), ("cagrad", {"c": NAN}, "c"), ("cagrad", {"max_iter": 0}, "max_iter"),
+    ("cagrad", {"norm_eps": NAN}, "norm_eps"), ("cagrad", {"max_iter": 2.5}, "max_iter"),
+    ("gradvac", {"eps": NAN}, "eps"), ("gradvac", {"beta": 2.0}, "beta"), ("db-mtl", {"eps": NAN}, "eps"),
+    ("nash-mtl", {"max_norm": NAN}, "max_norm"), ("nash-mtl", {"max_iter": -1}, "max_iter"),
+    ("nash-mtl", {"update_weights_every": 0}, "update_weights_every"),
+    ("fairgrad", {"max_iter": -1}, "max_iter"), ("fairgrad", {"alpha": INF}, "alpha"),
+    ("primary-aux", {"eps": NAN}, "eps"), ("primary-aux", {"margin": NAN}, "margin"),
+    ("primary-aux", {"n_primary": 1.0}, "n_primary"), ("dwa", {"temperature": NAN}, "temperature"),
+    ("stch", {"mu": INF}, "mu"), ("uncertainty", {"lr": NAN}, "lr"), ("imtl-l", {"lr": INF}, "lr"),
+    ("famo", {"eps": NAN}, "eps"), ("ol-aux", {"lr": INF}, "lr"), ("gradnorm", {"alpha": NAN}, "alpha"),
+    ("mgda-ub", {"scale_weights": "yes"}, "scale_weights"), ("cosine-gated", {"eps": -1.0}, "eps"),
+    ("pcgrad-aux", {"eps": NAN}, "eps"), ("gradient-normalization", {"eps": NAN}, "eps"),
+    ("upgrad", {"pref_vector": [NAN, 1.0]}, "pref_vector"), ("aligned-mtl", {"pref_vector": [[1.0]]}, "pref_vector"),
+    ("stch", {"reference": [INF, 0.0]}, "reference"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,param", BAD)
+def test_bad_hyper_parameters_are_refused_at_construction(name, kwargs, param):
+    with pytest.raises((ValueError, TypeError), match=rf"{param}.* must "):
+        M.get(name, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precisions_are_computed_in_float32(dtype):
+    J = jacobian(3, 6, 0, correlated=1.0)
+    G, L = gram(J), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    for name, info in M.infos().items():
+        m32, mlow = info.example(3), info.example(3)
+        if "jacobian" in m32.needs:
+            continue
+        if info.random:
+            m32, mlow = info.example(3, generator=torch.Generator().manual_seed(0)), info.example(3, generator=torch.Generator().manual_seed(0))
+        # the same (rounded) inputs, computed in float32: equal up to the final rounding
+        ref = m32(gram=G.to(dtype).float(), losses=L.to(dtype).float())
+        w = mlow(gram=G.to(dtype), losses=L.to(dtype))
+        assert w.dtype == dtype and bool(torch.isfinite(w).all()), name
+        assert torch.equal(w, ref.to(dtype)), name
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "random", "rlw"])
+def test_default_generator_is_owned_seeded_and_resumes_bit_identically(name):
+    steps = [(gram(jacobian(3, 5, t)), torch.rand(3, dtype=torch.float64) + 0.5) for t in range(6)]
+    torch.manual_seed(0)
+    a = M.get(name)
+    ref = [a(gram=G, losses=L) for G, L in steps]
+    torch.manual_seed(0)
+    b = M.get(name)
+    for G, L in steps[:3]:
+        torch.rand(5)  # other draws from the global RNG do not change the method's draws
+        b(gram=G, losses=L)
+    saved = b.state_dict()
+    torch.manual_seed(123)
+    c = M.get(name)
+    c.load_state_dict(saved)
+    for (G, L), r in zip(steps[3:], ref[3:]):
+        assert torch.equal(c(gram=G, losses=L), r)

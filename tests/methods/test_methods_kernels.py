@@ -54,7 +54,9 @@ def test_numba_path_equals_torch_path(name, k):
         ref, ours = pair(name, gram(J))
         assert (ref is None) == (ours is None), (name, seed)  # undefined on both paths or neither
         if ref is not None:
-            assert rel(ours, ref) < 1e-12, (name, seed)
+            # CAGrad's root search stops at |‖g_w(ρ)‖ − rρ| ≤ 1e-12·rρ (+ rounding): the two paths
+            # may stop one step apart within that tolerance
+            assert rel(ours, ref) < (1e-10 if name.startswith("cagrad") else 1e-12), (name, seed)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
@@ -221,7 +223,7 @@ def test_one_task():
     G = torch.tensor([[4.0]], dtype=torch.float64)
     for name in SOLVERS:
         ref, ours = pair(name, G)
-        assert torch.equal(ref, ours), name
+        assert rel(ours, ref) <= 4 * torch.finfo(torch.float64).eps, name  # pow on either side
     for impl in ("torch", "numba"):
         assert M.PCGrad(impl=impl)(gram=G).tolist() == [1.0]
         assert M.GradVac(impl=impl)(gram=G).tolist() == [1.0]

@@ -46,6 +46,17 @@ def check_generator(generator: torch.Generator | None) -> torch.Generator | None
     return generator
 
 
+def own_generator(generator: torch.Generator | None) -> torch.Generator:
+    """The method's own generator: ``generator``, or (None) a new CPU generator seeded from
+    torch's global RNG, so ``torch.manual_seed`` still fixes a run and ``state_dict()`` holds
+    every random state the method uses (it resumes bit-identically)."""
+    check_generator(generator)
+    if generator is not None:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return torch.Generator().manual_seed(seed)
+
+
 def check_positive_losses(name: str, losses: Tensor, offset: float = 0.0) -> None:
     """Raise a clear error unless every loss exceeds ``offset`` (methods that take logs/ratios)."""
     if bool((losses <= offset).any()):
@@ -84,16 +95,12 @@ class LearnedTaskParameter:
     def __init__(
         self, init: float, lr: float, optimizer: Literal["sgd", "adam"] = "sgd", weight_decay: float = 0.0
     ) -> None:
-        if lr < 0 or lr != lr:
-            raise ValueError(f"lr must be ≥ 0, got {lr!r}.")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay!r}.")
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
-        self.init = float(init)
-        self.lr = float(lr)
-        self.optimizer = optimizer
-        self.weight_decay = float(weight_decay)
+        from ._validate import check_choice, check_real
+
+        self.init = check_real("the learned parameter", "init", init)
+        self.lr = check_real("the learned parameter", "lr", lr, low=0.0)
+        self.optimizer = check_choice("the learned parameter", "optimizer", optimizer, ("sgd", "adam"))
+        self.weight_decay = check_real("the learned parameter", "weight_decay", weight_decay, low=0.0)
         self.value: Tensor | None = None
         self._opt: torch.optim.Optimizer | None = None
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_choice", "check_int", "check_real"]
+import torch
+from torch import Tensor
+
+__all__ = ["check_bool", "check_choice", "check_int", "check_real", "check_vector"]
 
 
 def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -57,3 +60,28 @@ def check_choice(owner: str, name: str, value: object, choices: tuple[object, ..
     if value not in choices:
         raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
     return value
+
+
+def check_bool(owner: str, name: str, value: object) -> bool:
+    """``value`` if it is True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}.")
+    return value
+
+
+def check_vector(owner: str, name: str, value: object, *, nonnegative: bool = False) -> Tensor | None:
+    """None, or ``value`` as a non-empty 1-D tensor of finite numbers (≥ 0 if ``nonnegative``)."""
+    if value is None:
+        return None
+    try:
+        v = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{owner}: {name} must be a 1-D tensor (one entry per task) or None, got {value!r}.") from e
+    if not v.is_floating_point():
+        v = v.to(torch.get_default_dtype())
+    if v.dim() != 1 or v.numel() == 0:
+        raise ValueError(f"{owner}: {name} must be a non-empty 1-D tensor (one entry per task), got shape {tuple(v.shape)}.")
+    if not bool(torch.isfinite(v).all()) or (nonnegative and bool((v < 0).any())):
+        kind = "finite numbers ≥ 0" if nonnegative else "finite numbers"
+        raise ValueError(f"{owner}: {name} must hold {kind}, got {v.tolist()}.")
+    return v

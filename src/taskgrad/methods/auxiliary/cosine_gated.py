@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._validate import check_bool, check_real
 from ..base import Weighting
 from ..registry import register, register_method
 from ._cosines import _cosines
@@ -31,8 +32,8 @@ class CosineGatedAux(Weighting):
     """
 
     def __init__(self, weighted: bool = False, eps: float = 1e-12) -> None:
-        self.weighted = weighted
-        self.eps = eps
+        self.weighted = check_bool("CosineGatedAux", "weighted", weighted)
+        self.eps = check_real("CosineGatedAux", "eps", eps, low=0.0)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None

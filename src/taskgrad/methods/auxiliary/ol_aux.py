@@ -10,6 +10,7 @@ from torch import Tensor
 from .._common import (
     clone_state,
 )
+from .._validate import check_bool, check_int, check_real
 from ..base import Weighting
 from ..registry import register_method
 from ._cosines import _cosines
@@ -43,15 +44,11 @@ class OLAux(Weighting):
     def __init__(
         self, lr: float = 0.1, horizon: int = 1, init: float = 1.0, normalize: bool = False, nonnegative: bool = True
     ) -> None:
-        if not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(f"horizon must be a positive int, got {horizon!r}.")
-        if lr < 0:
-            raise ValueError(f"lr must be ≥ 0, got {lr!r}.")
-        self.lr = lr
-        self.horizon = horizon
-        self.init = init
-        self.normalize = normalize
-        self.nonnegative = nonnegative
+        self.lr = check_real("OLAux", "lr", lr, low=0.0)
+        self.horizon = check_int("OLAux", "horizon", horizon, low=1)
+        self.init = check_real("OLAux", "init", init)
+        self.normalize = check_bool("OLAux", "normalize", normalize)
+        self.nonnegative = check_bool("OLAux", "nonnegative", nonnegative)
         self.reset()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validate import check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -30,7 +31,7 @@ class PCGradAux(Weighting):
     """
 
     def __init__(self, eps: float = 1e-12) -> None:
-        self.eps = eps
+        self.eps = check_real("PCGradAux", "eps", eps, low=0.0)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None

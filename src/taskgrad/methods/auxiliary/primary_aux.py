@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ...solvers import primary_aux
+from .._validate import check_bool, check_int, check_real
 from ..base import Weighting
 from ..registry import register_method
 from ._progress import progress_margin_weights
@@ -50,16 +51,11 @@ class PrimaryAux(Weighting):
         relative_margin: bool = False,
         progress: float = 0.0,
     ) -> None:
-        if not isinstance(n_primary, int) or n_primary < 1:
-            raise ValueError(f"n_primary must be a positive int, got {n_primary!r}.")
-        if margin < 0:
-            raise ValueError(f"margin must be ≥ 0, got {margin!r}.")
-        self.n_primary = n_primary
-        self.eps = eps
-        self.margin = margin
-        self.relative_margin = relative_margin
-        if not progress >= 0:
-            raise ValueError(f"progress must be ≥ 0 (a fraction of each auxiliary's progress), got {progress!r}.")
+        self.n_primary = check_int("PrimaryAux", "n_primary", n_primary, low=1)
+        self.eps = check_real("PrimaryAux", "eps", eps, low=0.0)
+        self.margin = check_real("PrimaryAux", "margin", margin, low=0.0)
+        self.relative_margin = check_bool("PrimaryAux", "relative_margin", relative_margin)
+        progress = check_real("PrimaryAux", "progress (a fraction of each auxiliary's progress)", progress, low=0.0)
         if progress > 0 and (n_primary != 1 or margin > 0):
             raise ValueError("progress works with one primary task and margin=0; pass n_primary=1 and no margin.")
         self.progress = progress

@@ -11,6 +11,7 @@ from .. import _impl
 from .._common import (
     flat_gram,
 )
+from .._validate import check_choice, check_vector
 from ..base import Weighting
 from ..registry import register_method
 
@@ -40,10 +41,8 @@ class AlignedMTL(Weighting):
     """
 
     def __init__(self, pref_vector: Tensor | None = None, scale_mode: Literal["min", "median", "rmse"] = "min") -> None:
-        if scale_mode not in ("min", "median", "rmse"):
-            raise ValueError(f"scale_mode must be 'min', 'median' or 'rmse', got {scale_mode!r}.")
-        self.pref_vector = pref_vector
-        self.scale_mode = scale_mode
+        self.pref_vector = check_vector("AlignedMTL", "pref_vector", pref_vector)
+        self.scale_mode = check_choice("AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse"))
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None

@@ -8,6 +8,7 @@ from .._common import (
     check_positive_losses,
     diag_norms,
 )
+from .._validate import check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -39,7 +40,7 @@ class DBMTL(Weighting):
     needs = frozenset({"gram", "losses"})
 
     def __init__(self, eps: float = 1e-8) -> None:
-        self.eps = eps
+        self.eps = check_real("DBMTL", "eps", eps, low=0.0)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None and losses is not None

@@ -10,6 +10,7 @@ from torch import Tensor
 from .._common import (
     diag_norms,
 )
+from .._validate import check_choice, check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -35,10 +36,8 @@ class GradientNormalization(Weighting):
     """
 
     def __init__(self, scale: Literal["unit", "mean"] = "unit", eps: float = 1e-12) -> None:
-        if scale not in ("unit", "mean"):
-            raise ValueError(f"scale must be 'unit' or 'mean', got {scale!r}.")
-        self.scale = scale
-        self.eps = eps
+        self.scale = check_choice("GradientNormalization", "scale", scale, ("unit", "mean"))
+        self.eps = check_real("GradientNormalization", "eps", eps, low=0.0)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None

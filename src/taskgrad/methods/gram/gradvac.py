@@ -10,15 +10,16 @@ from torch import Tensor
 
 from .. import _impl
 from .._common import (
-    check_generator,
     clone_state,
     diag_norms,
     flat_gram,
     generator_state,
+    own_generator,
     set_generator_state,
     work_dtype,
 )
 from .._impl import Impl
+from .._validate import check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -52,13 +53,9 @@ class GradVac(Weighting):
     def __init__(
         self, beta: float = 0.5, eps: float = 1e-8, generator: torch.Generator | None = None, impl: Impl = "auto"
     ) -> None:
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {beta!r}.")
-        if eps < 0:
-            raise ValueError(f"eps must be ≥ 0, got {eps!r}.")
-        self.beta = beta
-        self.eps = eps
-        self.generator = check_generator(generator)
+        self.beta = check_real("GradVac", "beta", beta, low=0.0, high=1.0)
+        self.eps = check_real("GradVac", "eps", eps, low=0.0)
+        self.generator = own_generator(generator)
         self.impl = _impl.check_impl(impl)
         self._phi: Tensor | None = None
 

@@ -13,6 +13,7 @@ from .._common import (
     diag_norms,
 )
 from .._impl import Impl
+from .._validate import check_bool, check_choice
 from ..base import Weighting
 from ..registry import register_method
 
@@ -48,10 +49,8 @@ class MGDAUB(Weighting):
         scale_weights: bool = False,
         impl: Impl = "auto",
     ) -> None:
-        if normalization not in ("l2", "loss", "loss+l2", "none"):
-            raise ValueError(f"normalization must be 'l2', 'loss', 'loss+l2' or 'none', got {normalization!r}.")
-        self.normalization = normalization
-        self.scale_weights = scale_weights
+        self.normalization = check_choice("MGDAUB", "normalization", normalization, ("l2", "loss", "loss+l2", "none"))
+        self.scale_weights = check_bool("MGDAUB", "scale_weights", scale_weights)
         self.impl = _impl.check_impl(impl)
         self.needs = frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
 

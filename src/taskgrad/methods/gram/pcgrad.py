@@ -9,9 +9,9 @@ from torch import Tensor
 
 from .. import _impl
 from .._common import (
-    check_generator,
     flat_gram,
     generator_state,
+    own_generator,
     set_generator_state,
 )
 from .._impl import Impl
@@ -50,7 +50,7 @@ class PCGrad(Weighting):
     """
 
     def __init__(self, generator: torch.Generator | None = None, impl: Impl = "auto") -> None:
-        self.generator = check_generator(generator)
+        self.generator = own_generator(generator)
         self.impl = _impl.check_impl(impl)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:

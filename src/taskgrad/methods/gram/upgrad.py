@@ -11,6 +11,7 @@ from .._common import (
 )
 from .._dual_cone import dual_cone_weights, torchjd_gram
 from .._impl import Impl
+from .._validate import check_vector
 from ..base import Weighting
 from ..registry import register_method
 
@@ -46,7 +47,7 @@ class UPGrad(Weighting):
     def __init__(
         self, pref_vector: Tensor | None = None, impl: Impl = "auto", norm_eps: float = 0.0, reg_eps: float = 0.0
     ) -> None:
-        self.pref_vector = pref_vector
+        self.pref_vector = check_vector("UPGrad", "pref_vector", pref_vector)
         self.impl = _impl.check_impl(impl)
         torchjd_gram(torch.zeros(1, 1), norm_eps, reg_eps)  # validates both
         self.norm_eps = norm_eps

@@ -10,6 +10,7 @@ from torch import Tensor
 from .._common import (
     LearnedTaskParameter,
 )
+from .._validate import check_choice, check_real
 from ..base import Weighting
 
 __all__ = ["_LearnedScale"]
@@ -22,8 +23,10 @@ class _LearnedScale(Weighting):
     needs = frozenset({"losses"})
 
     def __init__(self, lr: float, optimizer: Literal["sgd", "adam"], init: float) -> None:
-        self.lr = lr
-        self.optimizer = optimizer
+        name = type(self).__name__
+        self.lr = check_real(name, "lr", lr, low=0.0)
+        self.optimizer = check_choice(name, "optimizer", optimizer, ("sgd", "adam"))
+        check_real(name, "init", init)
         self._s = LearnedTaskParameter(init, lr, optimizer)
 
     def _weights_and_grad(self, s: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:

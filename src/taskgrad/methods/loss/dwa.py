@@ -10,6 +10,7 @@ from torch import Tensor
 from .._common import (
     clone_state,
 )
+from .._validate import check_int, check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -53,10 +54,9 @@ class DWA(Weighting):
         ):
             raise ValueError(f"iteration_window must be a positive int or None, got {iteration_window!r}.")
         self.iteration_window = iteration_window
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
-            raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}.")
+        temperature = check_real("DWA", "temperature", temperature, low=0.0, low_open=True)
+        if steps_per_epoch is not None:
+            check_int("DWA", "steps_per_epoch (or None)", steps_per_epoch, low=1)
         self.temperature = temperature
         self.steps_per_epoch = steps_per_epoch
         self.reset()

@@ -11,6 +11,7 @@ from .._common import (
     LearnedTaskParameter,
     clone_state,
 )
+from .._validate import check_bool, check_real, check_vector
 from ..base import Weighting
 from ..gram._zoo_checks import check_max_norm
 from ..registry import register_method
@@ -59,11 +60,11 @@ class FAMO(Weighting):
         max_norm: float | None = None,
     ) -> None:
         self.max_norm = check_max_norm(max_norm)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.min_losses = min_losses
-        self.eps = eps
-        self.update_on_next_call = update_on_next_call
+        self.lr = check_real("FAMO", "lr", lr, low=0.0)
+        self.weight_decay = check_real("FAMO", "weight_decay", weight_decay, low=0.0)
+        self.min_losses = check_vector("FAMO", "min_losses", min_losses)
+        self.eps = check_real("FAMO", "eps", eps, low=0.0)
+        self.update_on_next_call = check_bool("FAMO", "update_on_next_call", update_on_next_call)
         self._xi = LearnedTaskParameter(0.0, lr, "adam", weight_decay)
         self._prev: Tensor | None = None
 

@@ -13,6 +13,7 @@ from .._common import (
     clone_state,
     diag_norms,
 )
+from .._validate import check_choice, check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -45,9 +46,9 @@ class GradNorm(Weighting):
     needs = frozenset({"gram", "losses"})
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025, optimizer: Literal["sgd", "adam"] = "adam") -> None:
-        self.alpha = alpha
-        self.lr = lr
-        self.optimizer = optimizer
+        self.alpha = check_real("GradNorm", "alpha", alpha, low=0.0)
+        self.lr = check_real("GradNorm", "lr", lr, low=0.0)
+        self.optimizer = check_choice("GradNorm", "optimizer", optimizer, ("sgd", "adam"))
         self._w = LearnedTaskParameter(1.0, lr, optimizer)
         self._initial: Tensor | None = None
 

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from .. import _impl
 from .._common import (
-    check_generator,
     generator_state,
+    own_generator,
     set_generator_state,
 )
 from ..base import Weighting
@@ -38,7 +38,7 @@ class RLW(Weighting):
     needs = frozenset({"losses"})
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
-        self.generator = check_generator(generator)
+        self.generator = own_generator(generator)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validate import check_real, check_vector
 from ..base import Weighting
 from ..registry import register_method
 
@@ -33,11 +34,9 @@ class STCH(Weighting):
     needs = frozenset({"losses"})
 
     def __init__(self, mu: float = 1.0, pref_vector: Tensor | None = None, reference: Tensor | None = None) -> None:
-        if not mu > 0:
-            raise ValueError(f"mu must be > 0, got {mu!r}.")
-        self.mu = mu
-        self.pref_vector = pref_vector
-        self.reference = reference
+        self.mu = check_real("STCH", "mu", mu, low=0.0, low_open=True)
+        self.pref_vector = check_vector("STCH", "pref_vector", pref_vector)
+        self.reference = check_vector("STCH", "reference", reference)
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None
