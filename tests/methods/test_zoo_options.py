@@ -96,3 +96,36 @@ def test_upgrad_eps_on_a_tiny_gram_and_validation():
         M.UPGrad(reg_eps=-1.0)
     with pytest.raises(ValueError, match="norm_eps must be a finite number ≥ 0"):
         M.DualProj(norm_eps=float("nan"))
+
+
+@pytest.mark.parametrize("beta,beta_sigma", [(0.9, 0.5), (0.5, 0.0), (1.0, 1.0)])
+def test_db_mtl_gradient_moving_average_is_libmtl(beta, beta_sigma):
+    """LibMTL's DB_MTL: buffer ← g + β/t^σ (buffer − g) with g the log-loss gradients (buffer 0 at
+    the start), d = Σ (max‖buffer‖/(‖bufferᵢ‖ + 1e-8)) bufferᵢ."""
+    m = M.DBMTL(beta=beta, beta_sigma=beta_sigma)
+    assert m.needs == frozenset({"jacobian", "losses"})
+    buf = torch.zeros(4, 10, dtype=torch.float64)
+    for t in range(1, 7):
+        J = jacobian(4, 10, t) * torch.tensor([[1.0], [10.0], [0.1], [2.0]], dtype=torch.float64)
+        L = torch.rand(4, generator=torch.Generator().manual_seed(t), dtype=torch.float64) + 0.2
+        g = J / (L + 1e-8)[:, None]
+        buf = g + (beta / t**beta_sigma) * (buf - g)
+        u = buf.norm(dim=-1)
+        ref = sum((u.max() / (u[i] + 1e-8)) * buf[i] for i in range(4))
+        assert rel(m.aggregate(J, losses=L), ref) < 1e-12
+    state = m.state_dict()
+    m2 = M.DBMTL(beta=beta, beta_sigma=beta_sigma)
+    m2.load_state_dict(state)
+    J, L = jacobian(4, 10, 99), torch.full((4,), 0.5, dtype=torch.float64)
+    assert torch.equal(m.aggregate(J, losses=L), m2.aggregate(J, losses=L))
+    with pytest.raises(TypeError, match="needs the Jacobian"):
+        m(gram=gram(J), losses=L)
+
+
+def test_db_mtl_beta_zero_is_the_gram_step():
+    J, L = jacobian(3, 8, 0), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    assert rel(M.DBMTL(beta=0.0).aggregate(J, losses=L), M.DBMTL()(gram=gram(J), losses=L) @ J) < 1e-12
+    # the first moving-average step is (1 - beta) times the beta = 0 step (same rescaling)
+    assert rel(M.DBMTL(beta=0.5).aggregate(J, losses=L), 0.5 * M.DBMTL().aggregate(J, losses=L)) < 1e-7
+    with pytest.raises(ValueError, match="beta must be a finite number in"):
+        M.DBMTL(beta=1.5)

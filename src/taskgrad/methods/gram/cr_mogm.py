@@ -55,7 +55,7 @@ class CRMOGM(Weighting):
             raise ValueError("CRMOGM smooths the weights of a Gram or loss method, not a Jacobian aggregator.")
         self.alpha = check_real("alpha", alpha, low=0.0, high=1.0)
         self.initial_weights = check_vector("initial_weights", initial_weights)
-        self.needs = self.method.needs
+        self.needs = self.method.needs  # type: ignore[misc]
         self._lambda: Tensor | None = None
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
