@@ -378,7 +378,7 @@ def test_primary_aux_progress_option_and_its_report() -> None:
     assert plain.state_dict() == {}
     with pytest.raises(ValueError, match="one primary task"):
         get("primary-aux", progress=0.1, n_primary=2)
-    with pytest.raises(ValueError, match="progress must be"):
+    with pytest.raises(ValueError, match="progress"):
         get("primary-aux", progress=-0.1)
 
 
