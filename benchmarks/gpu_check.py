@@ -17,7 +17,7 @@ is stopped and the run goes on with the next one):
    12x taskgrad's time; the ratio is then a lower bound (marked >=), which decides the target.
 5. ``hvp-cost``: the Hessian-vector product that ``NewtonCG`` takes inside CG (double backward
    on the reused gradient graph) on the ResNet-18 encoder, target <= 2.5x one gradient.
-6. ``ddp-nccl``: with two or more GPUs, DDP over NCCL: taskgrad's weights and parameters after
+6. ``ddp``: with two or more GPUs, DDP over NCCL: taskgrad's weights and parameters after
    three steps against one process on the global batch (float64, <= 1e-6), and the traffic/time
    table of ``benchmarks/distributed.py``. The smoke run does the same on two gloo CPU ranks.
 
@@ -115,7 +115,11 @@ def _ms(s: float) -> str:
 # ----------------------------------------------------------------------------------- targets
 def cuda_tests(a: argparse.Namespace) -> list[Entry]:
     """``pytest -m gpu`` in a child process; passed when it exits 0 (and, on a GPU, ran something)."""
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]
+    files = ["tests"]
+    if a.smoke:  # only the files that hold CUDA tests: collecting the whole suite takes longer
+        files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                       if "mark.gpu" in p.read_text(encoding="utf-8"))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     print("\n".join(lines[-15:]), flush=True)
@@ -396,7 +400,7 @@ def ddp_check(a: argparse.Namespace) -> list[Entry]:
     world = torch.cuda.device_count() if cuda else 2
     rep = "python benchmarks/distributed.py --device cuda"
     if world < 2:
-        return [Entry("ddp-nccl", "DDP over NCCL equals one process (<= 1e-6)", "not run: one GPU", None, None, rep,
+        return [Entry("ddp", "DDP over NCCL equals one process (<= 1e-6)", "not run: one GPU", None, None, rep,
                       status="skipped")]
     backend = "nccl" if cuda else "gloo"
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
@@ -426,7 +430,7 @@ def ddp_check(a: argparse.Namespace) -> list[Entry]:
     for r in table:
         print(f"  {r['source']:15s} {r['ms']:8.2f} ms {r['x_sum']:6.2f}x sum  "
               f"{r['taskgrad_numbers']:.0f} taskgrad numbers (DDP: {r['ddp_numbers']})", flush=True)
-    return [Entry("ddp-nccl" if cuda else "ddp-gloo", f"DDP over {backend.upper()} ({world} ranks) equals one "
+    return [Entry("ddp", f"DDP over {backend.upper()} ({world} ranks) equals one "
                   "process (<= 1e-6, float64)", f"{worst:.1e}", worst, worst <= 1e-6, rep,
                   details={"traffic": table})]
 
@@ -452,7 +456,7 @@ JOBS = [
         "python benchmarks/linear.py --device cuda"),
     Job("hvp-cost", hvp_cost, 40, ("hvp-cost",), "HVP <= 2.5x a gradient",
         "python benchmarks/second_order.py hvp-cost --device cuda --width 64 --batch 128"),
-    Job("ddp", ddp_check, 60, ("ddp-nccl",), "DDP over NCCL equals one process",
+    Job("ddp", ddp_check, 60, ("ddp",), "DDP over NCCL equals one process",
         "python benchmarks/distributed.py --device cuda"),
 ]
 

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 NAMES = ["cuda-tests", "batched-solves", "step-representation", "step-full", "step-sketch32", "linear-speedup",
-         "hvp-cost", "ddp-gloo"]
+         "hvp-cost", "ddp"]
 
 
 def _module():
@@ -33,8 +33,9 @@ def _module():
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_target(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # a generous total budget: the smoke run takes about a minute alone, longer on a loaded machine
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--smoke", "--budget", "400",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     entries = {e["name"]: e for e in report["entries"]}
@@ -47,8 +48,8 @@ def test_smoke_run_writes_every_target(tmp_path):
     # the CUDA tests are selected and skip without a GPU: pytest exits 0
     assert entries["cuda-tests"]["passed"] is True
     # two gloo ranks reproduce one process in float64
-    assert entries["ddp-gloo"]["value"] <= 1e-6
-    assert {r["source"] for r in entries["ddp-gloo"]["details"]["traffic"]} == {"sum", "representation", "sketch",
+    assert entries["ddp"]["value"] <= 1e-6
+    assert {r["source"] for r in entries["ddp"]["details"]["traffic"]} == {"sum", "representation", "sketch",
                                                                                 "full"}
     assert report["meta"]["smoke"] is True
     assert len(report["full_length"]) >= 4
