@@ -129,3 +129,63 @@ def test_db_mtl_beta_zero_is_the_gram_step():
     assert rel(M.DBMTL(beta=0.5).aggregate(J, losses=L), 0.5 * M.DBMTL().aggregate(J, losses=L)) < 1e-7
     with pytest.raises(ValueError, match="beta must be a finite number in"):
         M.DBMTL(beta=1.5)
+
+
+def gradvac_k2(J: torch.Tensor, rho: torch.Tensor, beta: float, eps: float = 1e-8) -> torch.Tensor:
+    """GradVac (Algorithm 1 of the paper, TorchJD's update) for two tasks on one block (the task
+    order is then fixed): each task's gradient is steered towards the EMA target similarity of the
+    other; rho is updated in place at every visit. LibMTL's code differs in one line: it updates
+    the EMA only on the visits that steer."""
+    pc = J.clone()
+    for i, j in ((0, 1), (1, 0)):
+        rho_ij = torch.dot(pc[i], J[j]) / (pc[i].norm() * J[j].norm() + eps)
+        if rho_ij < rho[i, j]:
+            w = pc[i].norm() * (rho[i, j] * (1 - rho_ij**2).sqrt() - rho_ij * (1 - rho[i, j] ** 2).sqrt()) / (
+                J[j].norm() * (1 - rho[i, j] ** 2).sqrt() + eps)
+            pc[i] = pc[i] + J[j] * w
+        rho[i, j] = (1 - beta) * rho[i, j] + beta * rho_ij
+    return pc.sum(0)
+
+
+def test_blockwise_gradvac_is_per_layer_gradvac():
+    sizes = [6, 3, 5]
+    m = M.Blockwise("gradvac", block_sizes=sizes, generator=torch.Generator().manual_seed(0))
+    rhos = [torch.zeros(2, 2, dtype=torch.float64) for _ in sizes]
+    for t in range(6):
+        J = jacobian(2, sum(sizes), t)
+        J[1] = -0.5 * J[0] + J[1]
+        ref = torch.cat([gradvac_k2(b, r, 0.5) for b, r in zip(torch.split(J, sizes, dim=1), rhos)])
+        assert rel(m.aggregate(J, losses=torch.ones(2, dtype=torch.float64)), ref) < 1e-12
+
+
+def test_blockwise_one_block_is_the_method_and_blocks_from_parameters():
+    J, L = jacobian(3, 8, 1), torch.ones(3, dtype=torch.float64)
+    assert rel(M.Blockwise(M.UPGrad()).aggregate(J, losses=L), M.UPGrad().aggregate(J)) < 1e-12
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    params = list(net.parameters())
+    assert M.parameter_blocks(params, "matrix") == [12, 4, 8, 2]
+    assert M.parameter_blocks(params, "layer", module=net) == [16, 10]
+    assert M.parameter_blocks(params, "all") == [26]
+    with pytest.raises(ValueError, match="add up to 5"):
+        M.Blockwise(block_sizes=[2, 3]).aggregate(J, losses=L)
+    with pytest.raises(ValueError, match="needs the module"):
+        M.parameter_blocks(params, "layer")
+    with pytest.raises(TypeError, match="not a Jacobian aggregator"):
+        M.Blockwise(M.ConFIG())
+
+
+def test_blockwise_trains_through_the_step_with_params_in_block_order():
+    import taskgrad
+
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5)).double()
+    heads = torch.nn.Linear(5, 2).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    params = list(trunk.parameters())
+    m = M.Blockwise(M.UPGrad(), block_sizes=M.parameter_blocks(params, "layer", module=trunk))
+    L = ((heads(trunk(x)) - y) ** 2).mean(0)
+    taskgrad.backward(L, params=params, method=m)
+    L = ((heads(trunk(x)) - y) ** 2).mean(0)
+    J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(2)])
+    d = torch.cat([M.UPGrad()(gram=b @ b.T) @ b for b in torch.split(J, [25, 30], dim=1)])
+    assert rel(torch.cat([p.grad.reshape(-1) for p in params]), d) < 1e-10
