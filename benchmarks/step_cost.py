@@ -17,6 +17,16 @@ Each (k, method) runs in its own process so that the RSS high-water mark is its 
 
   python benchmarks/step_cost.py --device cpu --batch 32 --width 16 --ks 2 4 10 40
   python benchmarks/step_cost.py --device cuda            # batch 256, width 64
+
+MLP configuration (``--config mlp``): encoder 256→512→512→512 (ReLU), k linear heads, batch 256,
+MSE losses, MGDA weights, one thread. Time: every method once per round, ``--rounds`` interleaved
+rounds in ONE process after ``--warmup`` rounds; the ratio to the summed step is taken per round
+and the median reported. Peers: the plain per-loss VJP loop at z (``loop-z``), the per-task
+``autograd.grad`` loop with a stored Jacobian (``loop``), TorchJD 0.18 autojac (``mtl_backward`` +
+``jac_to_grad``) and autogram (``Engine`` Gramian). Peak memory of the full-parameter source and
+the stored-Jacobian loop: each in its own process (RSS high-water mark above the pre-step RSS).
+
+  python benchmarks/step_cost.py --config mlp --ks 2 10 40 100 --rounds 15
 """
 
 from __future__ import annotations
@@ -194,6 +204,156 @@ def one(args, k: int, name: str) -> dict:
     return {"k": k, "method": name, "time_s": t, "peak_bytes": mem, "error": err}
 
 
+# ---------------------------------------------------------------------------- MLP configuration
+MLP_METHODS = ["sum", "representation", "full", "loop-z", "loop", "autojac", "autogram"]
+
+
+class MLP(torch.nn.Module):
+    """Encoder 256→512→512→512 (ReLU) and k linear heads; forward returns (z, [k outputs])."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.encoder = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                                     nn.Linear(512, 512), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(512, 1) for _ in range(k))
+
+    def forward(self, x):
+        z = self.encoder(x)
+        return z, [h(z).squeeze(-1) for h in self.heads]
+
+
+def mlp_losses(out, y):
+    return [F.mse_loss(o, y[:, i]) for i, o in enumerate(out[1])]
+
+
+def make_mlp_step(name: str, model: MLP, k: int):
+    mgda = taskgrad.MGDA()
+    shared = list(model.encoder.parameters())
+    if name == "sum":
+        def run(x, y):
+            sum(mlp_losses(model(x), y)).backward()
+        return run
+    if name in ("representation", "full"):
+        gs = GradStep(mgda, RepresentationGram() if name == "representation" else FullGram())
+
+        def run(x, y):
+            out = model(x)
+            gs.backward(mlp_losses(out, y), features=out[0] if name == "representation" else None)
+        return run
+    if name == "loop-z":
+        def run(x, y):
+            out = model(x)
+            L = mlp_losses(out, y)
+            J = torch.stack([torch.autograd.grad(l, out[0], retain_graph=True)[0].reshape(-1) for l in L])
+            w = mgda(gram=J @ J.T)
+            sum(wi * l for wi, l in zip(w, L)).backward()
+        return run
+    if name == "loop":
+        def run(x, y):
+            out = model(x)
+            L = mlp_losses(out, y)
+            J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, shared, retain_graph=True)])
+                             for l in L])
+            w = mgda(gram=J @ J.T)
+            sum(wi * l for wi, l in zip(w, L)).backward()
+        return run
+    if name == "autojac":
+        from torchjd.aggregation import MGDA as JdMGDA
+        from torchjd.autojac import jac_to_grad, mtl_backward
+        agg = JdMGDA()
+
+        def run(x, y):
+            out = model(x)
+            mtl_backward(mlp_losses(out, y), features=out[0])
+            jac_to_grad(shared, agg)
+        return run
+    if name == "autogram":
+        from torchjd.aggregation import MGDAWeighting
+        from torchjd.autogram import Engine
+        engine = Engine(model.encoder, batch_dim=None)
+        wt = MGDAWeighting()
+
+        def run(x, y):
+            out = model(x)
+            L = torch.stack(mlp_losses(out, y))
+            L.backward(wt(engine.compute_gramian(L)))
+        return run
+    raise ValueError(name)
+
+
+def mlp_data(k: int):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(256, 256, generator=g), torch.randn(256, k, generator=g)
+
+
+def mlp_times(k: int, methods: list[str], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Interleaved rounds in this process: median time and median per-round ratio to "sum"."""
+    torch.manual_seed(0)
+    import copy
+
+    base = MLP(k)
+    x, y = mlp_data(k)
+    models = {m: copy.deepcopy(base) for m in methods}  # autogram's engine hooks its own copy's modules
+    runs = {m: make_mlp_step(m, models[m], k) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(warmup + rounds):
+        order = methods if r % 2 == 0 else methods[::-1]
+        for m in order:
+            models[m].zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            runs[m](x, y)
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[m].append(dt)
+    out = {}
+    for m in methods:
+        ratios = [a / b for a, b in zip(times[m], times["sum"])]
+        out[m] = {"time_s": statistics.median(times[m]), "ratio": statistics.median(ratios)}
+    return out
+
+
+def mlp_peak(k: int, name: str, reps: int) -> float:
+    torch.manual_seed(0)
+    model = MLP(k)
+    x, y = mlp_data(k)
+    _, peak = measure(make_mlp_step(name, model, k), model, x, y, torch.device("cpu"), 1, reps)
+    return peak
+
+
+def mlp_main(args) -> None:
+    import subprocess
+    import sys
+
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods if m in MLP_METHODS] if args.methods_given else MLP_METHODS
+    if "sum" not in methods:
+        methods = ["sum", *methods]
+    rows = []
+    for k in args.ks:
+        t = mlp_times(k, methods, args.rounds, args.warmup)
+        mem = {}
+        for name in ("full", "loop"):
+            cmd = [sys.executable, __file__, "--config", "mlp", "--one", str(k), name, "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            mem[name] = json.loads(lines[-1])["peak_bytes"] if lines else float("nan")
+        rows.append({"k": k, "times": t, "peak_bytes": mem})
+        print(f"k={k}: " + "  ".join(f"{m} {v['ratio']:.2f}x" for m, v in t.items())
+              + f"  | peak full {mem['full']/2**20:.1f} MiB, loop {mem['loop']/2**20:.1f} MiB", flush=True)
+    meta = {"config": "mlp", "batch": 256, "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    out = Path(args.out).with_name("step_cost_mlp.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print("\n| k | " + " | ".join(methods) + " | peak full / loop (MiB) |")
+    print("|---" * (len(methods) + 2) + "|")
+    for r in rows:
+        cells = [f"{r['times'][m]['ratio']:.2f}× ({r['times'][m]['time_s']*1e3:.1f} ms)" for m in methods]
+        print(f"| {r['k']} | " + " | ".join(cells)
+              + f" | {r['peak_bytes']['full']/2**20:.1f} / {r['peak_bytes']['loop']/2**20:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -207,7 +367,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT / "step_cost.json"))
     ap.add_argument("--one", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--config", choices=["resnet", "mlp"], default="resnet",
+                    help="resnet: ResNet-18-style encoder, one process per method; mlp: see the module docstring")
+    ap.add_argument("--rounds", type=int, default=15, help="mlp: interleaved timing rounds")
+    ap.add_argument("--mem-reps", type=int, default=3, help="mlp: steps measured for peak memory")
+    import sys as _sys
     args = ap.parse_args()
+    args.methods_given = "--methods" in _sys.argv
+    if args.config == "mlp":
+        if args.one is not None:
+            torch.set_num_threads(args.threads)
+            print(json.dumps({"peak_bytes": mlp_peak(int(args.one[0]), args.one[1], args.mem_reps)}))
+            return
+        if not any(a == "--warmup" for a in _sys.argv):
+            args.warmup = 3
+        mlp_main(args)
+        return
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (256 if cuda else 32)

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._graph import REENTRANT, LossSet
+from ._graph import REENTRANT, LossSet, _leaves_from
 
-__all__ = ["TaskGrads", "feature_rows", "task_gradients", "gram_dtype"]
+__all__ = ["FeatureCapture", "TaskGrads", "capture_features", "feature_rows", "task_gradients", "gram_dtype"]
 
 def gram_dtype(t: Tensor) -> torch.dtype:
     """float64 for float64 tensors, float32 otherwise (the Gram is never computed in half precision)."""
@@ -76,8 +76,10 @@ def _target_match(feats: Sequence[Tensor]) -> Callable[[Any, int], int]:
     return match
 
 
-def _consumers(root: Any, match: Callable[[Any, int], int], stops: set) -> list[tuple[Any, int, int]]:
-    """(node, edge index, feature index) for every edge from task-reachable nodes into a feature."""
+def _consumers(root: Any, match: Callable[[Any, int], int], stops: set,
+               leaves: list[Tensor] | None = None) -> list[tuple[Any, int, int]]:
+    """(node, edge index, feature index) for every edge from task-reachable nodes into a feature;
+    ``leaves`` collects the leaves reached on the way (not below the features)."""
     out: list[tuple[Any, int, int]] = []
     seen: set = set()
     stack = [root]
@@ -86,6 +88,9 @@ def _consumers(root: Any, match: Callable[[Any, int], int], stops: set) -> list[
         if n is None or n in seen or n in stops:
             continue
         seen.add(n)
+        var = getattr(n, "variable", None)
+        if var is not None and leaves is not None:
+            leaves.append(var)
         for j, (nxt, nr) in enumerate(n.next_functions):
             f = match(nxt, nr)
             if f >= 0:
@@ -95,17 +100,51 @@ def _consumers(root: Any, match: Callable[[Any, int], int], stops: set) -> list[
     return out
 
 
-def feature_rows(losses: LossSet, feats: Sequence[Tensor]) -> tuple[list[Tensor | None], list[int]]:
-    """Per-task gradients at the features: (rows, unreached).
+@dataclass
+class FeatureCapture:
+    """Per-task gradients at the features from ONE backward, and what the update needs.
 
-    rows[f]: (k, *feats[f].shape) with row i = ∂Lᵢ/∂feats[f] (zeros where task i does not reach
-    it), or None when no loss reaches feats[f]. unreached: the tasks whose loss depends on none
-    of the features.
+    rows[f]: (k, *feats[f].shape), row i = ∂Lᵢ/∂feats[f] (None: no loss reaches feats[f]).
+    unreached: tasks whose loss depends on no feature. When ``heads`` is not None the graph
+    splits cleanly at the features (every op reading them and every leaf above them belongs
+    to one task, and no leaf above them is also below them): ``heads`` holds (leaf, task,
+    ∂L_task/∂leaf) for the leaves above the features, ``below`` the leaves below them, and
+    :meth:`update` gives the step's gradient with one backward through the encoder only.
     """
+
+    feats: list[Tensor]
+    rows: list[Tensor | None]
+    unreached: list[int]
+    heads: list[tuple[Tensor, int, Tensor]] | None = None
+    below: list[Tensor] | None = None
+
+    def update(self, v: Tensor, own: Tensor | None = None) -> list[tuple[Tensor, Tensor, bool]]:
+        """(leaf, gradient, shared) of Σᵢ vᵢLᵢ (heads: ownᵢ instead of vᵢ when ``own`` is given),
+        by one backward of Σᵢ vᵢ ∂Lᵢ/∂z from the features down; frees the graph below them."""
+        assert self.heads is not None and self.below is not None
+        out: list[tuple[Tensor, Tensor, bool]] = []
+        coeff = v if own is None else own
+        for p, i, g in self.heads:
+            out.append((p, (coeff[i].to(g.dtype) * g), False))
+        zs, gz = [], []
+        for z, r in zip(self.feats, self.rows):
+            if r is not None:
+                zs.append(z)
+                gz.append(torch.tensordot(v.to(r.dtype), r, dims=1))
+        if self.below:
+            gs = guarded_grad(lambda: torch.autograd.grad(zs, self.below, grad_outputs=gz, allow_unused=True))
+            out.extend((p, torch.zeros_like(p) if g is None else g, True) for p, g in zip(self.below, gs))
+        return out
+
+
+def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bool = False) -> FeatureCapture:
+    """Per-task gradients at the features (see :class:`FeatureCapture`); ``with_heads``: also the
+    heads' gradients in the same backward when the graph splits cleanly at the features."""
     k = losses.k
     match = _target_match(feats)
     stops = {z.grad_fn for z in feats if z.grad_fn is not None}
-    per_task = [_consumers(node, match, stops) for node in losses.task_nodes()]
+    above: list[list[Tensor]] = [[] for _ in range(k)]
+    per_task = [_consumers(node, match, stops, above[i]) for i, node in enumerate(losses.task_nodes())]
     unreached = [i for i, c in enumerate(per_task) if not c]
     owner: dict[Any, int] = {}
     disjoint = True
@@ -113,10 +152,37 @@ def feature_rows(losses: LossSet, feats: Sequence[Tensor]) -> tuple[list[Tensor 
         for node, _, _ in cons:
             if owner.setdefault(node, i) != i:
                 disjoint = False
-    grads: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
     reached = [i for i in range(k) if i not in unreached]
+    heads: list[tuple[Tensor, int]] | None = None
+    below: list[Tensor] | None = None
+    if with_heads and disjoint and all(z.grad_fn is not None for z in feats):
+        below = []
+        seen_below: set[int] = set()
+        for z in feats:
+            for p in _leaves_from(z.grad_fn):
+                if id(p) not in seen_below:
+                    seen_below.add(id(p))
+                    below.append(p)
+        lead: dict[int, int] = {}
+        heads = []
+        for i, leaves in enumerate(above):
+            for p in leaves:
+                if id(p) in seen_below or lead.setdefault(id(p), i) != i:
+                    heads = None
+                    break
+                heads.append((p, i))
+            if heads is None:
+                break
+        if heads is None:
+            below = None
+    bufs: list[Tensor | None] = [None] * len(feats)
+    head_grads: list[Tensor] = []
+    done = False
     if disjoint and reached:
-        got: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
+        used = sorted({f for cons in per_task for _, _, f in cons})
+        for f in used:
+            z = feats[f]
+            bufs[f] = torch.zeros((k, *z.shape), dtype=z.dtype, device=z.device)
         failed: list[bool] = []
         handles = []
         for i, cons in enumerate(per_task):
@@ -128,32 +194,45 @@ def feature_rows(losses: LossSet, feats: Sequence[Tensor]) -> tuple[list[Tensor 
                     if g is None:
                         failed.append(True)
                         return
-                    got[i][f] = g if got[i][f] is None else got[i][f] + g
+                    bufs[f][i].add_(g)  # type: ignore[index]
 
                 handles.append(node.register_hook(hook))
-        wanted = [z for f, z in enumerate(feats) if any(c[2] == f for cons in per_task for c in cons)]
+        inputs = [feats[f] for f in used] + ([p for p, _ in heads] if heads else [])
         try:
-            ones = losses.mask()
-            guarded_grad(lambda: torch.autograd.grad(losses.root, wanted, grad_outputs=ones, retain_graph=True,
-                                                     allow_unused=True))
+            got = guarded_grad(lambda: torch.autograd.grad(losses.root, inputs, grad_outputs=losses.mask(),
+                                                           retain_graph=True, allow_unused=True))
         finally:
             for h in handles:
                 h.remove()
-        if not failed:
-            grads = got
-        else:
-            disjoint = False
-    if not disjoint:
+        done = not failed
+        if done and heads:
+            head_grads = [torch.zeros_like(p) if g is None else g for (p, _), g in zip(heads, got[len(used):])]
+    if not done:
+        heads = below = None
+        bufs = [None] * len(feats)
+        grads: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
         for i in reached:
             grads[i] = list(guarded_grad(lambda i=i: losses.task_grad(i, feats)))
-    rows: list[Tensor | None] = []
-    for f, z in enumerate(feats):
-        col = [grads[i][f] for i in range(k)]
-        if all(g is None for g in col):
-            rows.append(None)
-        else:
-            rows.append(torch.stack([torch.zeros_like(z) if g is None else g for g in col]))
-    return rows, unreached
+        for f, z in enumerate(feats):
+            col = [grads[i][f] for i in range(k)]
+            if any(g is not None for g in col):
+                bufs[f] = torch.stack([torch.zeros_like(z) if g is None else g for g in col])
+    cap = FeatureCapture(list(feats), bufs, unreached)
+    if heads is not None and below is not None:
+        cap.heads = [(p, i, g) for (p, i), g in zip(heads, head_grads)]
+        cap.below = below
+    return cap
+
+
+def feature_rows(losses: LossSet, feats: Sequence[Tensor]) -> tuple[list[Tensor | None], list[int]]:
+    """Per-task gradients at the features: (rows, unreached).
+
+    rows[f]: (k, *feats[f].shape) with row i = ∂Lᵢ/∂feats[f] (zeros where task i does not reach
+    it), or None when no loss reaches feats[f]. unreached: the tasks whose loss depends on none
+    of the features.
+    """
+    cap = capture_features(losses, feats)
+    return cap.rows, cap.unreached
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ._graph import LossSet, check_params, check_reach
-from .capture import REENTRANT, _is_reentrant_error, _is_vmap_error, feature_rows, gram_dtype, guarded_grad
+from .capture import (REENTRANT, FeatureCapture, _is_reentrant_error, _is_vmap_error, capture_features, gram_dtype,
+                      guarded_grad)
 
 __all__ = ["parameter_gram", "representation_gram"]
 
@@ -131,6 +132,12 @@ def representation_gram(
     depend on it.
     """
     ls = losses if isinstance(losses, LossSet) else LossSet(losses)
+    feats = check_features(features)
+    return gram_of_capture(capture_features(ls, feats), feats)
+
+
+def check_features(features: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """The feature tensors as a list, with clear errors for what cannot be differentiated at."""
     feats = [features] if isinstance(features, Tensor) else list(features)
     if not feats:
         raise ValueError("features is empty: pass the shared representation tensor z.")
@@ -143,8 +150,13 @@ def representation_gram(
                 "is False). Pass the encoder's output z itself, not z.detach() or a tensor made "
                 "under torch.no_grad()."
             )
-    k = ls.k
-    rows, unreached = feature_rows(ls, feats)
+    return feats
+
+
+def gram_of_capture(cap: FeatureCapture, feats: Sequence[Tensor]) -> Tensor:
+    """The representation Gram from captured feature gradients, with the checks of
+    :func:`representation_gram`."""
+    rows, unreached = cap.rows, cap.unreached
     if all(g is None for g in rows):
         raise ValueError(
             "features are not in the graph of any loss: pass the tensor the task heads were "
@@ -157,6 +169,9 @@ def representation_gram(
             "should be added separately, or use the parameter source)."
         )
     dtype = _gram_dtype(feats[0])
-    flat = torch.cat([g.reshape(k, -1).to(dtype) for g in rows if g is not None], dim=1)
+    present = [g for g in rows if g is not None]
+    k = present[0].shape[0]
+    flat = present[0].reshape(k, -1).to(dtype) if len(present) == 1 else \
+        torch.cat([g.reshape(k, -1).to(dtype) for g in present], dim=1)
     G = flat @ flat.T
     return 0.5 * (G + G.T)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from ._graph import LossSet, as_loss_vector, check_params, check_reach, shared_parameters
 from .blockwise import blockwise_gram
-from .capture import TaskGrads, task_gradients
-from .gram import parameter_gram, representation_gram
+from .capture import TaskGrads, capture_features, task_gradients
+from .gram import check_features, gram_of_capture, parameter_gram, representation_gram
 from .sketch import module_loss_fn, sketch_jacobian
 
 __all__ = ["FullGram", "GramSource", "JacobianGram", "ModuleLoss", "Part", "RepresentationGram", "SketchGram",
@@ -43,12 +43,15 @@ class Part:
     payload: flat numbers that add over micro-batches (scaled by c**source.payload_power for a
     loss factor c) and over processes; ``source.gram_of(payload, k, R)`` turns their sum into the
     Gram. None when no Gram is needed. grads: every task's gradient with respect to every
-    parameter it reaches, when the source computed them anyway (then the update needs no second
-    backward); None otherwise.
+    parameter it reaches, when the source computed them anyway; None otherwise. update: when
+    the source can give the step's gradient more cheaply than a weighted backward of the whole
+    graph, ``update(v, own)`` returns (parameter, gradient of Σᵢ vᵢLᵢ, shared) triples (heads
+    weighted by ``own`` instead of v when it is given); None otherwise.
     """
 
     payload: Tensor | None
     grads: TaskGrads | None = None
+    update: Callable[[Tensor, Tensor | None], list[tuple[Tensor, Tensor, bool]]] | None = None
 
 
 class GramSource(Stateful, ABC):
@@ -122,6 +125,11 @@ def _jacobian(ls: LossSet, plist: list[Tensor], scale: float, strategy: str) -> 
     return _flat_rows(tg, plist)
 
 
+def _task_grads_update(tg: TaskGrads, v: Tensor, own: Tensor | None) -> list[tuple[Tensor, Tensor, bool]]:
+    dirs = tg.direction(v, own)
+    return [(p, d, len(t) >= 2 or tg.k == 1) for p, d, t in zip(tg.params, dirs, tg.tasks)]
+
+
 def _flat_rows(tg: TaskGrads, plist: list[Tensor]) -> Tensor:
     blocks = []
     for p in plist:
@@ -170,7 +178,9 @@ class FullGram(GramSource):
         if self._strategy(losses) == "loop":
             tg = task_gradients(losses, strategy="loop")
             payload = _flat_rows(tg, plist).reshape(-1) if additive else tg.gram(plist).reshape(-1)
-            return Part(payload, tg if want_grads else None)
+            if not want_grads:
+                return Part(payload)
+            return Part(payload, tg, update=lambda v, own: _task_grads_update(tg, v, own))
         if additive:
             return Part(_jacobian(losses, plist, scale, "batched").reshape(-1))
         G = blockwise_gram(losses if scale == 1.0 else [x * scale for x in losses.items], plist)
@@ -239,9 +249,11 @@ class RepresentationGram(GramSource):
             )
         if scale != 1.0:
             G = representation_gram([x * scale for x in losses.items], features) / (scale * scale)
-        else:
-            G = representation_gram(losses, features)
-        return Part(G.detach().reshape(-1))
+            return Part(G.detach().reshape(-1))
+        feats = check_features(features)
+        cap = capture_features(losses, feats, with_heads=want_grads)
+        G = gram_of_capture(cap, feats)
+        return Part(G.detach().reshape(-1), update=cap.update if cap.heads is not None else None)
 
 
 class ModuleLoss:

@@ -429,12 +429,6 @@ class GradStep:
             _add_grad(p, g * s if s != 1.0 else g)
         return norm, factor != 1.0
 
-    def _apply_task_grads(self, tg: TaskGrads, v_sub: Tensor, s: float) -> tuple[float | None, bool]:
-        own = torch.ones_like(v_sub) if self.heads == "unweighted" else None
-        dirs = tg.direction(v_sub, own)
-        shared = [len(t) >= 2 or tg.k == 1 for t in tg.tasks]
-        return self._write(list(zip(tg.params, dirs, shared)), s)
-
     def _apply_backward(self, ls: LossSet, v: Tensor, s: float, backward_fn: Callable[[Tensor], None] | None,
                         subset: Tensor) -> tuple[float | None, bool]:
         """The update by backward of Σ vᵢLᵢ (through ``backward_fn`` when given)."""
@@ -506,7 +500,7 @@ class GradStep:
             self._resolve_source(features)
             s = scale_of(scaler, L_det.device)
         got: dict[str, Part] = {}
-        want_grads = not self.reducer.additive and backward_fn is None
+        want_grads = not self.reducer.additive and backward_fn is None and s == 1.0
 
         def payload_of(subset: Tensor | None) -> Tensor | None:
             if subset is None or not needs_gram:
@@ -527,8 +521,9 @@ class GradStep:
             return out
         numbers, v, gram, subset, refreshed, fallback, reason = out
         part = got.get("part")
-        if part is not None and part.grads is not None and refreshed:
-            norm, clipped = self._apply_task_grads(part.grads, v[subset], s)
+        if part is not None and part.update is not None and refreshed:
+            own = torch.ones(subset.numel(), dtype=v.dtype, device=v.device) if self.heads == "unweighted" else None
+            norm, clipped = self._write(part.update(v[subset], own), s)
         else:
             norm, clipped = self._apply_backward(ls, v, s, backward_fn, subset)
         self.schedule.advance()
