@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -59,32 +60,13 @@ def run(method: Weighting, steps: int = 60, lr: float = 0.05) -> dict[str, list]
     return out
 
 
-def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.05, show: bool = True) -> dict:
-    """Run the three methods, save ``toy2d.png`` and ``toy2d.json`` in ``out_dir``, return the summary."""
+def figure(runs: dict[str, dict[str, list]]) -> Any:
+    """Trajectories over the contours of L0 and L1, and L1 against steps (log scale, plain numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    methods: dict[str, Weighting] = {
-        "primary only": PrimaryOnly(),
-        "Mean": Mean(),
-        "PrimaryAux": PrimaryAux(),
-        "PrimaryAux, margin 0.1": PrimaryAux(margin=0.1, relative_margin=True),
-    }
-    runs = {name: run(m, steps, lr) for name, m in methods.items()}
-    summary = {}
-    for name, r in runs.items():
-        rises = [b - a for a, b in zip(r["L1"], r["L1"][1:])]
-        summary[name] = {
-            "final_L0": r["L0"][-1],
-            "final_L1": r["L1"][-1],
-            "L1_change": r["L1"][-1] - r["L1"][0],
-            "largest_L1_rise_in_a_step": max(rises),
-            "largest_first_order_L1_rise": max(r["first_order_dL1"]),
-        }
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.6))
     xs = torch.linspace(-2.5, 3.0, 200, dtype=torch.float64)
     ys = torch.linspace(-1.5, 2.5, 200, dtype=torch.float64)
@@ -112,8 +94,42 @@ def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.0
     bx.set_xlabel("step")
     bx.set_ylabel("L1 (log scale)")
     bx.set_yscale("log")
+    from matplotlib.ticker import LogFormatter
+
+    bx.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 2.6, not 2.6×10⁰
+    bx.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     bx.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.05, show: bool = True) -> dict:
+    """Run the three methods, save ``toy2d.png`` and ``toy2d.json`` in ``out_dir``, return the summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods: dict[str, Weighting] = {
+        "primary only": PrimaryOnly(),
+        "Mean": Mean(),
+        "PrimaryAux": PrimaryAux(),
+        "PrimaryAux, margin 0.1": PrimaryAux(margin=0.1, relative_margin=True),
+    }
+    runs = {name: run(m, steps, lr) for name, m in methods.items()}
+    summary = {}
+    for name, r in runs.items():
+        rises = [b - a for a, b in zip(r["L1"], r["L1"][1:])]
+        summary[name] = {
+            "final_L0": r["L0"][-1],
+            "final_L1": r["L1"][-1],
+            "L1_change": r["L1"][-1] - r["L1"][0],
+            "largest_L1_rise_in_a_step": max(rises),
+            "largest_first_order_L1_rise": max(r["first_order_dL1"]),
+        }
+    fig = figure(runs)
     fig.savefig(out / "toy2d.png", dpi=120)
     plt.close(fig)
     (out / "toy2d.json").write_text(json.dumps({"lr": lr, "steps": steps, "summary": summary, "runs": runs}, indent=1))

@@ -36,7 +36,7 @@ from .config import NEW_FIELD_DEFAULTS, ExperimentConfig, RunConfig, run_id
 from .metrics import aggregate, delta_m, mean_std
 
 __all__ = [
-    "collect", "method_styles", "plain_axes", "plot_experiment", "plot_toy", "protocol_fingerprint", "report", "split_stale",
+    "bars_figure", "collect", "curves_figure", "method_styles", "plain_axes", "plot_experiment", "plot_toy", "protocol_fingerprint", "report", "split_stale",
     "summarize", "toy_table",
 ]
 
@@ -262,27 +262,28 @@ def method_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
 def plain_axes(ax: Any, integer_x: bool = False) -> None:
     """Tick labels as plain numbers (no offset, no scientific or ×10ⁿ notation), and integer
     ticks on the x axis when it counts something (epochs)."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import LogFormatter, MaxNLocator, ScalarFormatter
 
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "linear":
             fmt = ScalarFormatter(useOffset=False)
             fmt.set_scientific(False)
             axis.set_major_formatter(fmt)
-        else:
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        elif axis.get_scale() == "log":  # minor ticks labelled only on a short range, as by default
+            axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
+def curves_figure(name: str, summ: dict[str, Any]) -> Any:
+    """Every test metric (and its validation curve, dashed) against epochs, mean over seeds, one
+    panel per metric and one style per method (:func:`method_styles`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     specs = list(summ["specs"])
     labels = [r["label"] for r in summ["rows"]]
     styles = method_styles(labels)
@@ -314,10 +315,20 @@ def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
     has_val = any(k.startswith("val/") for runs in summ["by_label"].values() for r in runs for k in r["history"][0])
     fig.suptitle(f"{name}: test metrics during training" + (" (dashed: validation; circles: selected epochs)" if has_val else ""))
     fig.tight_layout()
-    written.append(plots / f"{name}_curves.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
-    # per-task metrics and Δm and step time as bars
+    return fig
+
+
+def bars_figure(name: str, summ: dict[str, Any]) -> Any:
+    """Per method: each metric, Δm% (with a baseline) and the time per step as horizontal bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = list(summ["specs"])
+    labels = [r["label"] for r in summ["rows"]]
+    styles = method_styles(labels)
+    colors = {lbl: st["color"] for lbl, st in styles.items()}
     panels = specs + (["Δm%"] if summ["baseline"] else []) + ["ms / step"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 0.3 * len(labels) + 2.2), squeeze=False)
     y = np.arange(len(labels))
@@ -346,9 +357,19 @@ def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
     with warnings.catch_warnings():  # many methods: matplotlib may not fit every label, and says so
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    written.append(plots / f"{name}_bars.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_experiment(name: str, summ: dict[str, Any], plots: Path) -> list[Path]:
+    """Save ``<name>_curves.png`` and ``<name>_bars.png`` in ``plots``; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for kind, make in (("curves", curves_figure), ("bars", bars_figure)):
+        fig = make(name, summ)
+        written.append(plots / f"{name}_{kind}.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
     return written
 
 

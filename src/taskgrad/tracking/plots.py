@@ -85,6 +85,15 @@ def plot_weights(log: Series, path: str | os.PathLike | None = None, *, title: s
     return fig
 
 
+def _plain_numbers(ax: Any) -> None:
+    """Tick labels of a log-scale y axis as plain numbers (2.6, not 2.6×10⁰); minor ticks are
+    labelled only on a short range, as matplotlib's default does."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+
+
 def plot_losses(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
     """One line per task: its loss Lᵢ against the step (log scale when every value is positive)."""
     plt = _mpl()
@@ -96,6 +105,7 @@ def plot_losses(log: Series, path: str | os.PathLike | None = None, *, title: st
         ax.plot(log[n][0], log[n][1], label=n[len("loss/") :], lw=1.2)
     if all(v > 0 for n in names for v in log[n][1]):
         ax.set_yscale("log")
+        _plain_numbers(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or "task losses")
@@ -120,9 +130,13 @@ def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any
         a1.scatter(s[~finite], np.full((~finite).sum(), top), marker="^", color="red", label="singular (κ = ∞)")
         a1.legend(fontsize=8)
     a1.set_ylabel("κ(G)")
+    _plain_numbers(a1)
     if "gram/active_constraints" in log:
         a2.step(log["gram/active_constraints"][0], log["gram/active_constraints"][1], where="post")
     a2.set_ylabel("active constraints")
+    from matplotlib.ticker import MaxNLocator
+
+    a2.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count: whole-number ticks
     a2.set_xlabel("step")
     fig.tight_layout()
     if path is not None:
