@@ -9,9 +9,9 @@ path, ``impl="auto"``: the compiled host kernels on the CPU), measured in the sa
 
 Every method is built by its registry entry's example for k tasks (``MethodInfo.example``), so
 methods with required arguments (Krum, Constant, TrimmedMean, prior-loss) are included. The
-Jacobian aggregators (``needs`` has "jacobian") take their step through
-:func:`taskgrad.methods.jacobian.backward_jacobian` (J materialized over the shared trunk) and
-their "solve" is ``aggregate(J)`` on a k × 2000 Jacobian.
+Jacobian aggregators (``needs`` has "jacobian") step through the same ``taskgrad.backward``,
+which materializes J over the shared trunk for them; their "solve" is ``aggregate(J)`` on a
+k × 2000 Jacobian.
 
 Writes benchmarks/out/methods.json and benchmarks/out/methods.png (full run) and
 benchmarks/out/methods_solve.json (solve times); prints markdown tables.
@@ -57,8 +57,6 @@ def build(name: str, k: int, **kw):
 
 def _stepper(method, k: int, device: str):
     """A closure running one full training step with ``method`` on its own copy of the model."""
-    from taskgrad.methods.jacobian import backward_jacobian
-
     trunk, heads, x, y = make_model(k, device)
     params = list(trunk.parameters()) + list(heads.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
@@ -67,18 +65,15 @@ def _stepper(method, k: int, device: str):
         opt.zero_grad()
         out = heads(trunk(x))
         losses = ((out - y) ** 2).mean(0) + 0.1
-        if "jacobian" in method.needs:
-            backward_jacobian(losses, method, list(trunk.parameters()), task_params=list(heads.parameters()))
-        else:
-            taskgrad.backward(list(losses), params=list(trunk.parameters()), method=method)
+        taskgrad.backward(list(losses), params=list(trunk.parameters()), method=method)
         opt.step()
 
     return step
 
 
 def step_time(method, k: int, device: str, reps: int) -> tuple[float, float]:
-    """Median seconds of one full step (forward, taskgrad.backward(method) or backward_jacobian
-    for a Jacobian aggregator, optimizer step) and of a Mean step, interleaved round by round so
+    """Median seconds of one full step (forward, taskgrad.backward(method), optimizer step) and of
+    a Mean step, interleaved round by round so
     that the load of a shared machine hits both alike; one warm-up step each."""
     fns = {"method": _stepper(method, k, device), "mean": _stepper(M.Mean(), k, device)}
     t = interleaved_medians(fns, reps, device)
