@@ -407,3 +407,21 @@ def test_meta_updates_on_a_network_that_saves_its_weights_for_backward() -> None
     m.update(net, losses, val)
     for p, b in zip(net.parameters(), before):
         assert torch.equal(p.detach(), b)
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda: MetaBalance(relax_factor=1.5), "relax_factor"),
+        (lambda: MetaBalance(strategy="half"), "strategy"),
+        (lambda: AutoLambda(meta_lr=float("nan")), "meta_lr"),
+        (lambda: AutoLambda(hessian="gauss"), "hessian"),
+        (lambda: AuxiLearn(init=-1.0), "init"),
+        (lambda: AuxiLearn(terms=-2), "terms"),
+        (lambda: AuxiNash(min_preference=0.0), "min_preference"),
+        (lambda: AuxiNash(on_undefined="ignore"), "on_undefined"),
+    ],
+)
+def test_bad_hyper_parameters_are_named(make, needle: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=needle):
+        make()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validate import check_choice, check_real
 from ..base import Weighting
 from ..registry import register_method
 from ._hyper import (
@@ -63,13 +64,9 @@ class AutoLambda(Weighting):
     needs = frozenset({"losses"})
 
     def __init__(self, init: float = 0.1, meta_lr: float = 1e-4, hessian: str = "exact") -> None:
-        if hessian not in ("exact", "finite-difference"):
-            raise ValueError(f"hessian must be 'exact' or 'finite-difference', got {hessian!r}.")
-        if meta_lr < 0:
-            raise ValueError(f"meta_lr must be ≥ 0, got {meta_lr!r}.")
-        self.init = init
-        self.meta_lr = meta_lr
-        self.hessian = hessian
+        self.init = check_real("AutoLambda", "init", init)
+        self.meta_lr = check_real("AutoLambda", "meta_lr", meta_lr, low=0.0)
+        self.hessian = check_choice("AutoLambda", "hessian", hessian, ("exact", "finite-difference"))
         self._lam = MetaParameter(
             lambda k: torch.full((k,), float(init)), lambda ps: torch.optim.Adam(ps, lr=meta_lr)
         )

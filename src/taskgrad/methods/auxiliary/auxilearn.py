@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validate import check_int, check_real
 from ..base import Weighting
 from ..registry import register_method
 from ._hyper import (
@@ -69,17 +70,15 @@ class AuxiLearn(Weighting):
         terms: int = 3,
         max_grad_norm: float | None = 25.0,
     ) -> None:
-        if init < 0:
-            raise ValueError(f"init must be ≥ 0 (the weights are non-negative), got {init!r}.")
-        if not isinstance(terms, int) or terms < 0:
-            raise ValueError(f"terms must be an int ≥ 0, got {terms!r}.")
-        self.init = init
-        self.meta_lr = meta_lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.hpo_lr = hpo_lr
-        self.terms = terms
-        self.max_grad_norm = max_grad_norm
+        self.init = check_real("AuxiLearn", "init (the weights are non-negative)", init, low=0.0)
+        self.meta_lr = check_real("AuxiLearn", "meta_lr", meta_lr, low=0.0)
+        self.momentum = check_real("AuxiLearn", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.weight_decay = check_real("AuxiLearn", "weight_decay", weight_decay, low=0.0)
+        self.hpo_lr = check_real("AuxiLearn", "hpo_lr", hpo_lr, low=0.0)
+        self.terms = check_int("AuxiLearn", "terms", terms, low=0)
+        self.max_grad_norm = None if max_grad_norm is None else check_real(
+            "AuxiLearn", "max_grad_norm", max_grad_norm, low=0.0, low_open=True
+        )
         self._phi = MetaParameter(
             lambda k: torch.full((k,), float(init)),
             lambda ps: torch.optim.SGD(ps, lr=meta_lr, momentum=momentum, weight_decay=weight_decay),

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._common import clone_state, flat_gram
+from .._validate import check_choice, check_int, check_real
 from ..base import Weighting
 from ..errors import UndefinedMethodError
 from ..registry import register_method
@@ -57,7 +58,7 @@ def preference_nash_weights(G: Tensor, p: Tensor, max_iter: int = 100) -> tuple[
         slope = (grad * step).sum(-1)  # −(Newton decrement)²
         resid = (a * Ga / pb - 1.0).abs().amax(-1)
         fin = torch.isfinite(a).all(-1) & (info == 0)
-        ok = ok | (alive & fin & ((resid <= 1e-12) | (-slope <= 1e-26 * pb.sum(-1))))
+        ok = ok | (alive & fin & ((resid <= 1e-12) | (-slope <= 1e-22 * pb.sum(-1))))
         if bool((ok | ~alive).all()):
             break
         step = torch.where(fin.unsqueeze(-1) & ~ok.unsqueeze(-1), step, torch.zeros_like(step))
@@ -68,7 +69,7 @@ def preference_nash_weights(G: Tensor, p: Tensor, max_iter: int = 100) -> tuple[
         f0 = _objective(Gb, a, pb)
         for _ in range(60):
             f1 = _objective(Gb, a + t.unsqueeze(-1) * step, pb)
-            bad = ~(f1 <= f0 + 1e-4 * t * slope) & (slope < 0)
+            bad = ~(f1 <= f0 + 1e-4 * t * slope + 1e-14 * f0.abs()) & (slope < 0)  # rounding-level slack
             if not bool(bad.any()):
                 break
             t = torch.where(bad, 0.5 * t, t)
@@ -125,24 +126,18 @@ class AuxiNash(Weighting):
         min_preference: float = 1e-4,
         on_undefined: str = "raise",
     ) -> None:
-        if max_norm < 0:
-            raise ValueError(f"max_norm must be ≥ 0 (0 disables the scaling), got {max_norm!r}.")
-        if not isinstance(update_weights_every, int) or update_weights_every < 1:
-            raise ValueError(f"update_weights_every must be a positive int, got {update_weights_every!r}.")
-        if on_undefined not in ("raise", "previous"):
-            raise ValueError(f"on_undefined must be 'raise' or 'previous', got {on_undefined!r}.")
-        if not min_preference > 0:
-            raise ValueError(f"min_preference must be > 0, got {min_preference!r}.")
-        self.max_norm = max_norm
-        self.update_weights_every = update_weights_every
-        self.max_iter = max_iter
-        self.meta_lr = meta_lr
-        self.momentum = momentum
-        self.hpo_lr = hpo_lr
-        self.terms = terms
-        self.max_grad_norm = max_grad_norm
-        self.min_preference = min_preference
-        self.on_undefined = on_undefined
+        self.max_norm = check_real("AuxiNash", "max_norm (0 disables the scaling)", max_norm, low=0.0)
+        self.update_weights_every = check_int("AuxiNash", "update_weights_every", update_weights_every, low=1)
+        self.max_iter = check_int("AuxiNash", "max_iter", max_iter, low=1)
+        self.meta_lr = check_real("AuxiNash", "meta_lr", meta_lr, low=0.0)
+        self.momentum = check_real("AuxiNash", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.hpo_lr = check_real("AuxiNash", "hpo_lr", hpo_lr, low=0.0)
+        self.terms = check_int("AuxiNash", "terms", terms, low=0)
+        self.max_grad_norm = None if max_grad_norm is None else check_real(
+            "AuxiNash", "max_grad_norm", max_grad_norm, low=0.0, low_open=True
+        )
+        self.min_preference = check_real("AuxiNash", "min_preference", min_preference, low=0.0, low_open=True)
+        self.on_undefined = check_choice("AuxiNash", "on_undefined", on_undefined, ("raise", "previous"))
         self._p = MetaParameter(lambda k: torch.ones(k), lambda ps: torch.optim.SGD(ps, lr=meta_lr, momentum=momentum))
         self._alpha: Tensor | None = None
         self._gram: Tensor | None = None
@@ -161,7 +156,7 @@ class AuxiNash(Weighting):
             G = gram.double()
             fro = torch.linalg.matrix_norm(G).clamp_min(torch.finfo(G.dtype).tiny)
             Gs = G / fro[..., None, None]
-            alpha, ok = preference_nash_weights(Gs, p)
+            alpha, ok = preference_nash_weights(Gs, p, self.max_iter)
             if not bool(ok.all()):
                 if self.on_undefined == "raise":
                     raise UndefinedMethodError(

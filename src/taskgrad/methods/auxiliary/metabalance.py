@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._common import clone_state, diag_norms
+from .._validate import check_choice, check_real
 from ..base import Weighting
 from ..registry import register_method
 
@@ -45,15 +46,9 @@ class MetaBalance(Weighting):
     """
 
     def __init__(self, relax_factor: float = 0.7, beta: float = 0.9, strategy: str = "all") -> None:
-        if not 0.0 <= relax_factor <= 1.0:
-            raise ValueError(f"relax_factor must be in [0, 1], got {relax_factor!r}.")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta!r}.")
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}.")
-        self.relax_factor = relax_factor
-        self.beta = beta
-        self.strategy = strategy
+        self.relax_factor = check_real("MetaBalance", "relax_factor", relax_factor, low=0.0, high=1.0)
+        self.beta = check_real("MetaBalance", "beta", beta, low=0.0, high=1.0, high_open=True)
+        self.strategy = check_choice("MetaBalance", "strategy", strategy, _STRATEGIES)
         self.reset()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
