@@ -64,7 +64,8 @@ class GradDrop(JacobianAggregator):
         # a coordinate where every gradient is 0 gives 0/0; its entries are 0 whatever the mask
         purity = 0.5 * (1.0 + J.sum(0) / J.abs().sum(0))
         fp = self.f(purity)
-        u = torch.rand(purity.shape, dtype=J.dtype, device=J.device, generator=self.generator)
+        dev = self.generator.device if self.generator is not None else J.device
+        u = torch.rand(purity.shape, dtype=J.dtype, device=dev, generator=self.generator).to(J.device)
         keep = ((fp > u) & (J > 0)) | ((fp < u) & (J < 0))
         return ((leak[:, None] + (1.0 - leak[:, None]) * keep) * J).sum(0)
 
