@@ -167,3 +167,20 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     result = json.loads((out / "syn" / "mean" / "seed0" / "result.json").read_text())
     assert result["resumed"] == 1 and len(result["history"]) == 150
+
+
+@pytest.mark.slow
+def test_a_method_failing_in_training_is_caught_by_the_dry_run_and_loses_no_other_run(tmp_path) -> None:
+    """FAMO with lower bounds above the losses fails at its first step: --dry-run (which builds
+    every run and takes one step) says so and writes nothing; the real run keeps the others."""
+    cfg = write(tmp_path / "c.toml", SYNTHETIC.format(epochs=1).replace(
+        '["mean", "mgda"]', '["mean", {name = "famo", label = "famo", min_losses = [50.0, 50.0]}]'))
+    out = tmp_path / "out"
+    dry = taskgrad("bench", str(cfg), "--dry-run", "--out", str(out))
+    assert dry.returncode == 1 and "syn/famo/seed0: ValueError" in dry.stdout and "min_losses" in dry.stdout
+    assert "syn/mean/seed0" in dry.stdout and not out.exists()
+    res = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert (out / "syn" / "mean" / "seed0" / "result.json").is_file()
+    assert not (out / "syn" / "famo" / "seed0" / "result.json").exists()
+    assert "| mean |" in (out / "report.md").read_text() and "syn/famo/seed0: ValueError" in res.stdout
