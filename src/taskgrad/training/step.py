@@ -842,34 +842,54 @@ def _reached_leaves(ls: LossSet) -> tuple[list[Tensor], list[tuple[int, ...]]]:
     return order, [tuple(tasks[id(p)]) for p in order]
 
 
-class TaskOptimizer:
+class TaskOptimizer(torch.optim.Optimizer):
     """Any torch.optim optimizer driven by a :class:`GradStep` (and optionally a GradScaler).
 
-    ``opt.step(losses, features=z)`` zeroes the gradients, does the weighted backward and the
+    ``opt.step(losses, features=z)`` zeroes the gradients, does the weighted update and the
     optimizer step; with a scaler, ``scaler.step``/``scaler.update`` (a step whose gradients are
     not finite is skipped by the scaler and reported as ``skipped``). For micro-batches call
     ``opt.accumulate(losses, ...)`` for each, then ``opt.step()``.
+
+    It is a ``torch.optim.Optimizer``: ``param_groups`` (shared with the wrapped optimizer, so
+    LR schedulers such as ``StepLR(opt, 10)`` act on it), ``state``, ``zero_grad()``,
+    ``state_dict()``/``load_state_dict()`` (optimizer, method, source, schedule and scaler
+    state: a resume is bit-identical). The wrapped optimizer is ``opt.optimizer``; the step
+    object ``opt.gradstep``. With ``scaler=``, do not call ``scaler.step(opt)`` yourself: the
+    TaskOptimizer steps and updates the scaler.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, step: GradStep | None = None, *, scaler: Any = None,
                  **gradstep_kwargs: Any) -> None:
+        if isinstance(optimizer, TaskOptimizer):
+            raise TypeError("optimizer is already a TaskOptimizer; wrap the torch optimizer only once.")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
         if step is not None and gradstep_kwargs:
             raise ValueError("pass either a GradStep or GradStep keyword arguments, not both.")
+        self.optimizer = None  # set below; add_param_group needs to know during Optimizer.__init__
+        super().__init__(optimizer.param_groups, optimizer.defaults)  # the same group dicts, shared
+        self.param_groups = optimizer.param_groups
+        self.state = optimizer.state
         self.optimizer = optimizer
         self.gradstep = step if step is not None else GradStep(**gradstep_kwargs)
         self.scaler = scaler
         self.n_skipped = 0
         self._accumulating = False
 
+    @property
+    def n_fallback(self) -> int:
+        """Steps that used the ``on_undefined`` fallback method."""
+        return self.gradstep.n_fallback
+
     def accumulate(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> None:
         """Add a micro-batch (see :meth:`GradStep.accumulate`)."""
         self._accumulating = True
         self.gradstep.accumulate(losses, scaler=self.scaler, **kwargs)
 
-    def step(self, losses: Sequence[Tensor] | Tensor | None = None, **kwargs: Any) -> StepResult:
+    def step(self, losses: Sequence[Tensor] | Tensor | None = None, **kwargs: Any) -> StepResult:  # type: ignore[override]
         """One optimizer step from ``losses`` (or from the accumulated micro-batches)."""
+        if callable(losses) and not isinstance(losses, Tensor):
+            raise TypeError("TaskOptimizer.step takes the task losses, not a closure: opt.step([L1, L2, ...]).")
         self.optimizer.zero_grad(set_to_none=True)
         if losses is None:
             if not self._accumulating:
@@ -894,17 +914,36 @@ class TaskOptimizer:
             self.optimizer.step()
         return res
 
-    def state_dict(self) -> dict[str, Any]:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of every parameter (as the wrapped optimizer's ``zero_grad``)."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group to the wrapped optimizer (and so to this one)."""
+        if self.optimizer is None:  # during torch.optim.Optimizer.__init__: the wrapped groups, shared
+            super().add_param_group(param_group)
+            return
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """Optimizer, GradStep (method, source, schedule) and scaler state."""
         return {"optimizer": self.optimizer.state_dict(), "gradstep": self.gradstep.state_dict(),
                 "scaler": None if self.scaler is None else self.scaler.state_dict(), "n_skipped": self.n_skipped}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore :meth:`state_dict`."""
+        if "gradstep" not in state:
+            raise ValueError("this is not a TaskOptimizer checkpoint (no 'gradstep' entry); for the wrapped "
+                             "optimizer's own state use opt.optimizer.load_state_dict(...).")
         self.optimizer.load_state_dict(state["optimizer"])
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
         self.gradstep.load_state_dict(state["gradstep"])
         if state["scaler"] is not None:
             if self.scaler is None:
                 raise ValueError("checkpoint has GradScaler state but this TaskOptimizer has no scaler.")
             self.scaler.load_state_dict(state["scaler"])
         self.n_skipped = int(state["n_skipped"])
+
+    def __repr__(self) -> str:
+        return f"TaskOptimizer({type(self.optimizer).__name__}, method={type(self.gradstep.method).__name__})"
