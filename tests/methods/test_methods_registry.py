@@ -236,3 +236,27 @@ def test_random_where_declared(name):
     dc = [direction(c, J, L) for J, L in steps]
     assert all(torch.equal(x, y) for x, y in zip(da, db)), name
     assert any(not torch.equal(x, y) for x, y in zip(da, dc)), name
+
+
+def test_needs_come_from_the_typed_compute_signature():
+    from torch import Tensor
+
+    class LossOnly(M.Weighting):
+        def compute(self, *, losses: Tensor) -> Tensor:
+            return losses / losses.sum(-1, keepdim=True)
+
+    class Both(M.Weighting):
+        def compute(self, *, gram: Tensor, losses: Tensor) -> Tensor:
+            return torch.diagonal(gram, dim1=-2, dim2=-1) * losses
+
+    assert LossOnly.needs == {"losses"} and Both.needs == {"gram", "losses"}
+    L = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    assert torch.equal(LossOnly()(losses=L), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the task losses"):
+        Both()(gram=torch.eye(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="declare the same inputs"):
+        class Wrong(M.Weighting):  # noqa: F841
+            needs = frozenset({"gram"})
+
+            def compute(self, *, losses: Tensor) -> Tensor:
+                return losses

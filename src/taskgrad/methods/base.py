@@ -15,8 +15,10 @@ attributes, advance it once per call, and expose ``state_dict()`` / ``load_state
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -25,6 +27,8 @@ from .._stateful import Stateful
 from ..solvers._checks import check_finite, check_float, check_gram
 
 __all__ = ["Weighting", "check_losses"]
+
+_INPUTS = ("gram", "losses")
 
 # reduced precisions are computed in float32 (and the weights returned in the input's dtype)
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -48,18 +52,55 @@ def check_losses(losses: Tensor, k: int | None = None) -> int:
 class Weighting(Stateful, ABC):
     """Base class of every method: ``w = method(gram=G, losses=L)``.
 
-    Subclasses set ``needs`` and implement :meth:`compute`. The base class validates inputs,
-    calls :meth:`compute`, and checks that the result is finite and of shape (..., k). Inputs in
+    Subclasses implement :meth:`compute` with typed keyword arguments for what they read:
+    ``compute(self, *, gram: Tensor)``, ``compute(self, *, losses: Tensor)`` or both; ``needs``
+    is derived from the required ones (an optional input is ``losses: Tensor | None = None``;
+    a class may still set ``needs`` itself, e.g. per instance). The base class validates the
+    inputs, calls :meth:`compute` with the ones it accepts, and checks the result's shape. Inputs in
     float16 or bfloat16 are computed in float32 and the weights returned in the input's dtype.
     Stateless methods inherit ``state_dict() == {}`` and a ``repr`` of their public attributes
     from :class:`~taskgrad._stateful.Stateful`; stateful ones override the state methods.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"gram"})
+    _compute_accepts: ClassVar[frozenset[str]] = frozenset(_INPUTS)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        compute = cls.__dict__.get("compute")
+        if compute is None:
+            return
+        params = inspect.signature(compute).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            cls._compute_accepts = frozenset(_INPUTS)
+            return
+        cls._compute_accepts = accepts = frozenset(n for n in _INPUTS if n in params)
+
+        # callers (a subclass's super().compute(gram=..., losses=...)) may pass both inputs: the
+        # ones this signature does not take are dropped
+        @functools.wraps(compute)
+        def _compute(self: Weighting, **inputs: Any) -> Tensor:
+            return compute(self, **{n: v for n, v in inputs.items() if n in accepts or n not in _INPUTS})
+
+        cls.compute = _compute  # type: ignore[method-assign]
+        required = frozenset(
+            n for n in cls._compute_accepts
+            # typed and not optional (unannotated or ``Tensor | None`` is the older, both-inputs form)
+            if params[n].default is params[n].empty
+            and params[n].annotation is not params[n].empty
+            and "None" not in str(params[n].annotation)
+        )
+        if "needs" not in cls.__dict__ and required:
+            cls.needs = required
+        elif isinstance(cls.needs, (set, frozenset)) and required - cls.needs and "jacobian" not in cls.needs:
+            raise TypeError(
+                f"{cls.__name__}.compute requires {sorted(required)} but {cls.__name__}.needs is "
+                f"{sorted(cls.needs)}; declare the same inputs in both (or drop needs)."
+            )
 
     @abstractmethod
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        """Weights (..., k) from the validated inputs this method declared in ``needs``."""
+        """Weights (..., k) from the validated inputs (only those named in the signature)."""
 
     def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
         """Validate the inputs named in ``needs`` and return the weights (..., k)."""
@@ -79,7 +120,8 @@ class Weighting(Stateful, ABC):
                 f"gram is for {gram.shape[-1]} tasks but losses has {losses.shape[-1]}; pass one "
                 "entry per task to both."
             )
-        w = self.compute(gram=gram, losses=losses)
+        given = {"gram": gram, "losses": losses}
+        w = self.compute(**{n: given[n] for n in self._compute_accepts})
         if k is not None and w.shape[-1] != k:
             raise RuntimeError(f"{type(self).__name__} returned {w.shape[-1]} weights for {k} tasks.")
         return w if out_dtype is None else w.to(out_dtype)

@@ -35,8 +35,7 @@ class CosineGatedAux(Weighting):
         self.weighted = check_bool("CosineGatedAux", "weighted", weighted)
         self.eps = check_real("CosineGatedAux", "eps", eps, low=0.0)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         cos, _ = _cosines(gram, self.eps)
         w = cos.clamp_min(0.0) if self.weighted else (cos > 0).to(gram.dtype)
         w = w.clone()

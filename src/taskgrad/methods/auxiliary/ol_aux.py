@@ -51,8 +51,7 @@ class OLAux(Weighting):
         self.nonnegative = check_bool("OLAux", "nonnegative", nonnegative)
         self.reset()
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         shape = gram.shape[:-1]
         if self._w is None:
             self._w = torch.full(shape, float(self.init), dtype=gram.dtype, device=gram.device)

@@ -33,8 +33,7 @@ class PCGradAux(Weighting):
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = check_real("PCGradAux", "eps", eps, low=0.0)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         g00 = gram[..., 0, 0]
         scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(gram.dtype).tiny)
         alive = g00 > self.eps * scale

@@ -66,8 +66,7 @@ class PrimaryAux(Weighting):
         """``{"active": (..., k−1) bool, "infeasible": (...) bool}`` of the last call (one primary)."""
         return self._last_info
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         if self.progress > 0:
             w, active, infeasible = progress_margin_weights(gram, self.progress)
             self._last_info = {"active": active, "infeasible": infeasible}

@@ -25,10 +25,8 @@ __all__ = ["PrimaryOnly"]
 class PrimaryOnly(Weighting):
     """Primary only: w = (1, 0, …, 0) (the auxiliaries are ignored)."""
 
-    needs = frozenset({"losses"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         w = torch.zeros_like(losses)
         w[..., 0] = 1.0
         return w

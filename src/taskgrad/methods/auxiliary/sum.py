@@ -25,8 +25,6 @@ __all__ = ["Sum"]
 class Sum(Weighting):
     """The plain sum Σ Lᵢ: w = 1 for every task."""
 
-    needs = frozenset({"losses"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)

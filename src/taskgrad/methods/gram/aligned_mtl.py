@@ -44,8 +44,7 @@ class AlignedMTL(Weighting):
         self.pref_vector = check_vector("AlignedMTL", "pref_vector", pref_vector)
         self.scale_mode = check_choice("AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse"))
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         Gb, batch = flat_gram(gram)
         k = Gb.shape[-1]
         p = _impl.check_pref(self.pref_vector, k, Gb)

@@ -80,8 +80,7 @@ class CAGrad(Weighting):
         self.max_iter = check_int("CAGrad", "max_iter", max_iter, low=1)
         self.impl = _impl.check_impl(impl)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         scale = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
         if _impl.use_host(self.impl, gram):
             k = gram.shape[-1]

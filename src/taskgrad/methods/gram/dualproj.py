@@ -52,8 +52,7 @@ class DualProj(Weighting):
         self.norm_eps = norm_eps
         self.reg_eps = reg_eps
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         p = _impl.check_pref(self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram)))
         gram = torchjd_gram(gram, self.norm_eps, self.reg_eps)
         return dual_cone_weights(gram, p.unsqueeze(0), self.impl)[..., 0, :]

@@ -55,8 +55,7 @@ class FairGrad(Weighting):
         self.max_iter = check_int("FairGrad", "max_iter", max_iter, low=0)
         self.impl = _impl.check_impl(impl)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         k = gram.shape[-1]
         factor = float(k) if self.scale_by_k else 1.0
         if self.alpha == 0:

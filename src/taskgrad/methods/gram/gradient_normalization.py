@@ -39,8 +39,7 @@ class GradientNormalization(Weighting):
         self.scale = check_choice("GradientNormalization", "scale", scale, ("unit", "mean"))
         self.eps = check_real("GradientNormalization", "eps", eps, low=0.0)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         n = diag_norms(gram)
         dead = n <= self.eps * n.amax(-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
         inv = torch.where(dead, torch.zeros_like(n), 1.0 / torch.where(dead, torch.ones_like(n), n))

@@ -59,8 +59,7 @@ class GradVac(Weighting):
         self.impl = _impl.check_impl(impl)
         self._phi: Tensor | None = None
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         batch, k = gram.shape[:-2], gram.shape[-1]
         B = batch.numel()
         dtype = work_dtype(gram)

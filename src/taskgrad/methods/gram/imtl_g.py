@@ -23,7 +23,7 @@ __all__ = ["IMTLG"]
     defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
-    scale_invariant=True,
+    scale_invariant=False,  # the line of d is invariant, its sign follows that of 1ᵀG⁺σ
     stateful=False,
     random=False,
 )
@@ -31,20 +31,19 @@ class IMTLG(Weighting):
     """IMTL-G (Liu et al., 2021), in the pseudo-inverse form of Quinton & Rey (2024).
 
     The update d = Jᵀw has equal projections on every unit gradient, ⟨d, gᵢ/‖gᵢ‖⟩ = const:
-    Gw ∝ σ (σᵢ = ‖gᵢ‖), so w ∝ G⁺σ, scaled so that Σwᵢ = ±1 with the sign that makes the common
-    projection positive (w = G⁺σ/|1ᵀG⁺σ|; the paper's Σwᵢ = 1 wherever 1ᵀG⁺σ > 0, always for
-    k = 2; elsewhere the paper's d would raise every loss). 0 when 1ᵀG⁺σ vanishes.
+    Gw ∝ σ (σᵢ = ‖gᵢ‖), so w = G⁺σ / 1ᵀG⁺σ (Σwᵢ = 1 as in the paper, LibMTL and TorchJD; 0 when
+    1ᵀG⁺σ vanishes). Where 1ᵀG⁺σ < 0 (never for k = 2) the common projection is negative and d
+    raises every loss, as the paper's formula does.
 
     Scale-free computation: with D = diag(σ) and the cosine matrix Ĝ = D⁻¹GD⁻¹ (unit diagonal),
     G⁺σ = D⁻¹Ĝ⁺1 for independent gradients, so w is computed from Ĝ, whose conditioning does not
-    depend on the gradient norms. The direction of d is then invariant to rescaling any task's
-    loss for norm ratios as small as the Gram entries stay normal numbers (σᵢσⱼ ≳ 1e-300 in
+    depend on the gradient norms. The line of d is then invariant to rescaling any task's loss
+    (its sign follows that of 1ᵀG⁺σ, which rescaling can flip) for norm ratios as small as the Gram entries stay normal numbers (σᵢσⱼ ≳ 1e-300 in
     float64, 1e-37 in float32), provided G is accurate relative to each entry (a Gram matrix
     accumulated in float64 is). Zero gradients get weight 0.
     """
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         Gb, batch = flat_gram(gram)
         k = Gb.shape[-1]
         sig = diag_norms(Gb)
@@ -55,5 +54,5 @@ class IMTLG(Weighting):
         v = vhat * inv
         s = v.sum(-1, keepdim=True)
         tiny = s.abs() <= 1e-12 * v.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-        w = torch.where(tiny, torch.zeros_like(v), v / torch.where(tiny, torch.ones_like(s), s.abs()))
+        w = torch.where(tiny, torch.zeros_like(v), v / torch.where(tiny, torch.ones_like(s), s))
         return w.to(gram.dtype).reshape(*batch, k)

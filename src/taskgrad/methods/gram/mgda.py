@@ -30,6 +30,5 @@ class MGDA(Weighting):
     the task gradients, with ⟨d, gᵢ⟩ ≥ ‖d‖² for every task.
     """
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         return min_norm_simplex(gram, check_input=False)

@@ -54,11 +54,10 @@ class MGDAUB(Weighting):
         self.impl = _impl.check_impl(impl)
         self.needs = frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         n = torch.ones_like(gram[..., 0])
         if "loss" in self.normalization:
-            assert losses is not None
+            assert losses is not None  # in self.needs for the loss normalizations
             check_positive_losses(f"MGDA-UB({self.normalization!r})", losses)
             n = n * losses.to(gram.dtype)
         if "l2" in self.normalization:

@@ -58,8 +58,7 @@ class NashMTL(Weighting):
         self._step = 0
         self._alpha: Tensor | None = None
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         if self._step % self.update_weights_every == 0 or self._alpha is None:
             self._alpha = fair_weights(gram, 1.0, self.max_iter, self.impl, "Nash-MTL")
         self._step += 1

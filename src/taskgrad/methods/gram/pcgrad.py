@@ -53,8 +53,7 @@ class PCGrad(Weighting):
         self.generator = own_generator(generator)
         self.impl = _impl.check_impl(impl)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         if _impl.use_host(self.impl, gram):
             Gn = _impl.host_gram(gram)
             B, k = Gn.shape[0], Gn.shape[-1]

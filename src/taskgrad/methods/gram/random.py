@@ -42,8 +42,7 @@ class RandomGradient(Weighting):
     def __init__(self, generator: torch.Generator | None = None) -> None:
         self.generator = own_generator(generator)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None
+    def compute(self, *, gram: Tensor) -> Tensor:
         return _impl.random_softmax_weights(tuple(gram.shape[:-1]), gram, self.generator)
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ class _LearnedScale(Weighting):
     """Base of Uncertainty Weighting and IMTL-L: S(L, s) = Σ a(sᵢ)Lᵢ + b(sᵢ); the weights are
     a(s) and s takes one optimizer step on ∂S/∂s = a'(s)L + b'(s) per call."""
 
-    needs = frozenset({"losses"})
 
     def __init__(self, lr: float, optimizer: Literal["sgd", "adam"], init: float) -> None:
         name = type(self).__name__
@@ -37,8 +36,7 @@ class _LearnedScale(Weighting):
         """The learned per-task parameter s (None before the first call)."""
         return None if self._s.value is None else self._s.value.detach()
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         s = self._s.get(losses)
         with torch.no_grad():
             w, grad = self._weights_and_grad(s.detach(), losses.to(s.dtype))

@@ -44,7 +44,6 @@ class DWA(Weighting):
     reference then averages the weighted losses, i.e. a further 1/K). Epochs are not used then.
     """
 
-    needs = frozenset({"losses"})
 
     def __init__(
         self, temperature: float = 2.0, steps_per_epoch: int | None = 1, iteration_window: int | None = None
@@ -61,8 +60,7 @@ class DWA(Weighting):
         self.steps_per_epoch = steps_per_epoch
         self.reset()
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         k = losses.shape[-1]
         if self.iteration_window is not None:
             return self._windowed(losses)

@@ -48,7 +48,6 @@ class FAMO(Weighting):
     to that norm; the training step applies it (it is the step's default ``max_norm``).
     """
 
-    needs = frozenset({"losses"})
 
     def __init__(
         self,
@@ -87,8 +86,7 @@ class FAMO(Weighting):
         self._xi.step(grad)
         self._prev = None
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         L = losses.detach()
         if self.update_on_next_call and self._prev is not None:
             self.update(L)

@@ -31,15 +31,13 @@ class GeneralizedMean(Weighting):
     γ = 1 is the mean, γ = 0 the geometric mean, γ → ∞ the max; needs L > 0.
     """
 
-    needs = frozenset({"losses"})
 
     def __init__(self, gamma: float = 2.0) -> None:
         if gamma != gamma or abs(gamma) == float("inf"):
             raise ValueError(f"gamma must be a finite number, got {gamma!r}.")
         self.gamma = gamma
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         check_positive_losses("GeneralizedMean", losses)
         k = losses.shape[-1]
         g = self.gamma

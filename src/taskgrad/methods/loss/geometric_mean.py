@@ -29,10 +29,8 @@ __all__ = ["GeometricMean"]
 class GeometricMean(Weighting):
     """Geometric mean (Πᵢ Lᵢ)^(1/k) (GLS, Chennupati et al. 2019): w = GM/(k Lᵢ); needs L > 0."""
 
-    needs = frozenset({"losses"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         check_positive_losses("GeometricMean", losses)
         k = losses.shape[-1]
         gm = torch.exp(torch.log(losses).mean(-1, keepdim=True))

@@ -43,7 +43,6 @@ class GradNorm(Weighting):
     shared features, to ``taskgrad.backward``). State: w, the optimizer state and L(0).
     """
 
-    needs = frozenset({"gram", "losses"})
 
     def __init__(self, alpha: float = 1.5, lr: float = 0.025, optimizer: Literal["sgd", "adam"] = "adam") -> None:
         self.alpha = check_real("GradNorm", "alpha", alpha, low=0.0)
@@ -52,8 +51,7 @@ class GradNorm(Weighting):
         self._w = LearnedTaskParameter(1.0, lr, optimizer)
         self._initial: Tensor | None = None
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert gram is not None and losses is not None
+    def compute(self, *, gram: Tensor, losses: Tensor) -> Tensor:
         L = losses.detach()
         if self._initial is None:
             check_positive_losses("GradNorm (first call)", L)

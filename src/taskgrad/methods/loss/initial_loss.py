@@ -33,13 +33,11 @@ class InitialLossNormalization(Weighting):
     State: L(0). Needs L(0) > 0.
     """
 
-    needs = frozenset({"losses"})
 
     def __init__(self) -> None:
         self._initial: Tensor | None = None
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         if self._initial is None:
             check_positive_losses("InitialLossNormalization (first call)", losses)
             self._initial = losses.detach().clone()

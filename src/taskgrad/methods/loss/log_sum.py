@@ -27,9 +27,7 @@ __all__ = ["LogSum"]
 class LogSum(Weighting):
     """Σ log Lᵢ: w = 1/Lᵢ (each loss relative to its current value; needs L > 0)."""
 
-    needs = frozenset({"losses"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         check_positive_losses("LogSum", losses)
         return 1.0 / losses

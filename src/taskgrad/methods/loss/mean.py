@@ -24,8 +24,6 @@ __all__ = ["Mean"]
 class Mean(Weighting):
     """Equal weights wᵢ = 1/k: the gradient of the mean loss (1/k) Σ Lᵢ (needs no Gram)."""
 
-    needs = frozenset({"losses"})
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         return _uniform(losses[..., 0], losses.shape[-1])

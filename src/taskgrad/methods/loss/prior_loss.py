@@ -27,7 +27,6 @@ class PriorLossNormalization(Weighting):
     """Normalization by a prior loss: w = 1/Lᵢ^prior for a given positive vector, e.g. the
     loss of a trivial predictor (the class prior, the mean target) for each task."""
 
-    needs = frozenset({"losses"})
 
     def __init__(self, prior: Tensor | list[float]) -> None:
         prior = torch.as_tensor(prior, dtype=torch.float64)
@@ -37,8 +36,7 @@ class PriorLossNormalization(Weighting):
             raise ValueError("prior must hold finite losses > 0 (the weights are their inverses).")
         self.prior = prior
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         if losses.shape[-1] != self.prior.shape[0]:
             raise ValueError(f"prior has {self.prior.shape[0]} tasks but the losses have {losses.shape[-1]}.")
         w = (1.0 / self.prior).to(dtype=losses.dtype, device=losses.device)

@@ -35,13 +35,11 @@ class RLW(Weighting):
     """Random Loss Weighting (Lin et al., 2022, Algorithm 1): w = softmax(z), z ~ N(0, I),
     drawn afresh each call from ``generator`` (torch's global RNG when None)."""
 
-    needs = frozenset({"losses"})
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
         self.generator = own_generator(generator)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         return _impl.random_softmax_weights(tuple(losses.shape), losses, self.generator)
 
     def state_dict(self) -> dict[str, Any]:

@@ -31,15 +31,13 @@ class STCH(Weighting):
     λ defaults to 1/k, the ideal point z to 0.
     """
 
-    needs = frozenset({"losses"})
 
     def __init__(self, mu: float = 1.0, pref_vector: Tensor | None = None, reference: Tensor | None = None) -> None:
         self.mu = check_real("STCH", "mu", mu, low=0.0, low_open=True)
         self.pref_vector = check_vector("STCH", "pref_vector", pref_vector)
         self.reference = check_vector("STCH", "reference", reference)
 
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        assert losses is not None
+    def compute(self, *, losses: Tensor) -> Tensor:
         k = losses.shape[-1]
         lam = torch.full((k,), 1.0 / k, dtype=losses.dtype, device=losses.device)
         if self.pref_vector is not None:
