@@ -85,28 +85,38 @@ def _load_configs(paths: list[str], overrides: list[str] | None) -> list[Any]:
     return configs
 
 
-def _selected_methods(entries: list[Any], wanted: list[str] | None, where: str) -> list[Any]:
+def _selected_methods(entries: list[Any], wanted: list[str] | None) -> list[Any]:
     """The (name, label, kwargs) entries whose label or method name is in ``wanted`` (all when None)."""
     if wanted is None:
         return list(entries)
-    keep = [e for e in entries if e[1] in wanted or e[0] in wanted]
-    known = {x for e in entries for x in (e[0], e[1])}
+    return [e for e in entries if e[1] in wanted or e[0] in wanted]
+
+
+def _check_wanted(configs: list[Any], wanted: list[str] | None) -> None:
+    """Every name given to --methods is a method (label or name) of at least one config."""
+    if wanted is None:
+        return
+    known = {x for cfg in configs for e in cfg.methods for x in (e[0], e[1])}
     unknown = [w for w in wanted if w not in known]
     if unknown:
         import difflib
 
-        hints = [f"{w!r} (did you mean {difflib.get_close_matches(w, sorted(known), n=1)[0]!r}?)"
-                 if difflib.get_close_matches(w, sorted(known), n=1) else repr(w) for w in unknown]
-        raise UserError(f"{where}: --methods {', '.join(hints)} not in the config; its methods: "
-                        f"{', '.join(e[1] for e in entries)}.")
-    return keep
+        hints = []
+        for w in unknown:
+            close = difflib.get_close_matches(w, sorted(known), n=1)
+            hints.append(f"{w!r} (did you mean {close[0]!r}?)" if close else repr(w))
+        labels = sorted({e[1] for cfg in configs for e in cfg.methods})
+        raise UserError(f"--methods {', '.join(hints)}: no config has such a method; theirs: {', '.join(labels)}.")
 
 
 def _bench_toy(cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]) -> None:
     from .bench.toy import run_toy, trajectories
     from .bench.methods import make_method
 
-    entries = _selected_methods(cfg.methods, args.methods, cfg.path or cfg.name)
+    entries = _selected_methods(cfg.methods, args.methods)
+    if not entries:
+        say(f"[bold]{cfg.name}[/]: none of --methods is in this config; skipped ({cfg.path})")
+        return
     say(f"[bold]{cfg.name}[/]: CAGrad toy, {len(entries)} methods × 5 starts, {cfg.toy['steps']} steps ({cfg.path})")
     if args.dry_run:  # one step of each method from every start: errors of the first step show now
         for name, label, kw in entries:
@@ -135,7 +145,7 @@ def _bench_train(cfg: Any, args: argparse.Namespace, say: Callable[[str], None],
     if args.seeds is not None:
         runs = [r for r in runs if r.seed in args.seeds]
     if args.methods is not None:
-        keep = {e[1] for e in _selected_methods(cfg.methods, args.methods, cfg.path or cfg.name)}
+        keep = {e[1] for e in _selected_methods(cfg.methods, args.methods)}
         runs = [r for r in runs if r.label in keep or r.is_single_task]
     if args.device is not None:
         runs = [replace(r, device=args.device) for r in runs]
@@ -175,6 +185,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False)
     configs = _load_configs(args.configs, args.set)
+    _check_wanted(configs, args.methods)
     failures: list[str] = []
     for cfg in configs:
         if cfg.kind == "toy":
