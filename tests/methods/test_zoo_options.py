@@ -189,3 +189,50 @@ def test_blockwise_trains_through_the_step_with_params_in_block_order():
     J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(2)])
     d = torch.cat([M.UPGrad()(gram=b @ b.T) @ b for b in torch.split(J, [25, 30], dim=1)])
     assert rel(torch.cat([p.grad.reshape(-1) for p in params]), d) < 1e-10
+
+
+def libmtl_stch_weights(loss_seq, mu, warmup_epoch, steps_per_epoch):
+    """LibMTL's STCH as the gradient of its loss with respect to the losses, epoch by epoch."""
+    out, total, count, nadir = [], 0.0, 0, None
+    for t, L in enumerate(loss_seq):
+        epoch = t // steps_per_epoch
+        Lr = L.clone().requires_grad_(True)
+        if epoch <= warmup_epoch:
+            loss = torch.log(Lr + 1e-20).sum()
+            if epoch == warmup_epoch:
+                total, count = total + L, count + 1
+        else:
+            if nadir is None:
+                nadir = total / count
+            ll = torch.log(Lr / nadir + 1e-20)
+            loss = mu * torch.log(torch.exp((ll - ll.max().detach()) / mu).sum()) * L.shape[0]
+        loss.backward()
+        out.append(Lr.grad)
+    return out
+
+
+@pytest.mark.parametrize("mu,warmup", [(1.0, 0), (0.3, 1)])
+def test_stch_log_nadir_recipe_is_libmtl(mu, warmup):
+    g = torch.Generator().manual_seed(0)
+    seq = [torch.rand(3, generator=g, dtype=torch.float64) * 2 + 0.1 for _ in range(12)]
+    ref = libmtl_stch_weights(seq, mu, warmup, steps_per_epoch=3)
+    m = M.STCH(mu=mu, recipe="log-nadir", warmup_epoch=warmup, steps_per_epoch=3)
+    for L, r in zip(seq, ref):
+        assert rel(m(losses=L), r) < 1e-12
+    state = m.state_dict()
+    m2 = M.STCH(mu=mu, recipe="log-nadir", warmup_epoch=warmup, steps_per_epoch=3)
+    m2.load_state_dict(state)
+    assert torch.equal(m2(losses=seq[0]), m(losses=seq[0]))
+
+
+def test_stch_recipe_epochs_by_hand_and_validation():
+    m = M.STCH(recipe="log-nadir", warmup_epoch=0, steps_per_epoch=None)
+    L = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    assert rel(m(losses=L), 1 / (L + 1e-20)) < 1e-12
+    m.end_epoch()
+    w = m(losses=L)  # nadir = L: log(L/nadir) = 0, equal softmax
+    assert rel(w, 2 * 0.5 / L) < 1e-12
+    with pytest.raises(ValueError, match="recipe"):
+        M.STCH(recipe="nadir")
+    with pytest.raises(ValueError, match="pref_vector and reference"):
+        M.STCH(recipe="log-nadir", pref_vector=torch.ones(2))
