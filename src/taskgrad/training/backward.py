@@ -42,6 +42,8 @@ def backward(
     normalize: Literal["sum", "mean-norm"] | None = None,
     names: Sequence[str] | None = None,
     retain_graph: bool = False,
+    present: Tensor | Sequence[bool] | None = None,
+    absent_primary: Literal["skip"] | Weighting = "skip",
 ) -> StepResult:
     """Add ∇Σ wᵢLᵢ to ``.grad`` with w = method(gram=G, losses=L): :meth:`GradStep.backward` once.
 
@@ -62,6 +64,10 @@ def backward(
             :class:`~taskgrad.training.GradStep` (defaults: skip non-finite steps, skip steps
             where the method is undefined; both reported in the result).
         retain_graph: keep the graph after the update.
+        present: (k,) bool tensor, the tasks with a loss in this batch: the absent ones are left
+            out of the Gram and the method, get weight 0 and are never back-propagated (see
+            :meth:`GradStep._backward_present`); ``absent_primary`` is the rule for a
+            primary/auxiliary method whose primary task is absent ("skip" or a Weighting).
 
     Returns:
         A :class:`StepResult` with the weights, the Gram matrix, the losses and, for a skipped
@@ -74,4 +80,5 @@ def backward(
     step = GradStep(method, source, nonfinite=nonfinite, on_undefined=on_undefined, heads=heads, max_norm=max_norm,
                     clip=clip, normalize=normalize, names=names)
     fn = (lambda t: t.backward(retain_graph=True)) if retain_graph else None
-    return step.backward(losses, features=features, params=params, loss_fn=loss_fn, backward_fn=fn)
+    return step.backward(losses, features=features, params=params, loss_fn=loss_fn, backward_fn=fn, present=present,
+                         absent_primary=absent_primary)

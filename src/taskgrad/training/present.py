@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..methods.base import Weighting
+
 __all__ = ["PresentView", "call_restricted", "check_present", "merge_state", "present_weights", "restrict_state"]
 
 
@@ -150,19 +152,25 @@ def present_weights(method: Any, gram: Tensor | None, losses: Tensor | None, pre
     return w
 
 
-class PresentView:
+class PresentView(Weighting):
     """A method seen through the present tasks: called with the Gram and losses of the present
     tasks only (m of k), it runs ``method`` on them with its state restricted to those tasks and
-    writes the advanced per-task state back (:func:`call_restricted`). Used by the training step
-    for ``present=``; ``needs`` is the wrapped method's."""
+    writes the advanced per-task state back (:func:`call_restricted`). The training step uses it
+    for ``present=``; ``needs`` and the other attributes are the wrapped method's. Build it with
+    :meth:`of`, which gives the view the wrapped class's name (so messages name the method)."""
 
-    def __init__(self, method: Any, present: Tensor) -> None:
+    def __init__(self, method: Weighting, present: Tensor) -> None:
         self.method = method
         self.k = int(present.shape[0])
         self.idx = present.nonzero().squeeze(-1).cpu()
         self.needs = method.needs
 
-    def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
+    @classmethod
+    def of(cls, method: Weighting, present: Tensor) -> PresentView:
+        named = type(type(method).__name__, (cls,), {"__doc__": cls.__doc__})
+        return named(method, present)
+
+    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         return call_restricted(self.method, self.idx, self.k, gram, losses)
 
     def __getattr__(self, name: str) -> Any:  # max_norm, method_name ... of the wrapped method

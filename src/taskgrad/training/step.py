@@ -476,6 +476,8 @@ class GradStep:
         loss_fn: Any = None,
         scaler: Any = None,
         backward_fn: Callable[[Tensor], None] | None = None,
+        present: Tensor | Sequence[bool] | None = None,
+        absent_primary: Literal["skip"] | Weighting = "skip",
     ) -> StepResult:
         """Add ∇ Σᵢ vᵢLᵢ to ``.grad`` (scaled by the GradScaler's scale when ``scaler`` is given).
 
@@ -483,11 +485,18 @@ class GradStep:
         same losses stacked give the same result. Skipped steps (non-finite values, an undefined
         method under ``on_undefined="skip"``) apply nothing. ``backward_fn(total)`` replaces
         ``total.backward()`` (e.g. Lightning's ``manual_backward``).
+
+        ``present`` (a (k,) bool tensor) leaves the absent tasks out: see :meth:`_backward_present`.
         """
         if self._acc is not None:
             raise RuntimeError("micro-batches are being accumulated: call backward_accumulated() first.")
+        if present is not None:
+            done = self._backward_present(losses, present, absent_primary, features=features, params=params,
+                                          loss_fn=loss_fn, scaler=scaler, backward_fn=backward_fn)
+            if done is not None:
+                return done
         self.reducer.before_step()
-        ls = LossSet(losses)
+        ls = losses if isinstance(losses, LossSet) else LossSet(losses)  # a LossSet: present='s selection
         if params is not None:
             params = check_params(params)
         if "jacobian" in self.method.needs:
@@ -529,6 +538,79 @@ class GradStep:
         self.schedule.advance()
         return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
                             clipped=clipped)
+
+    def _backward_present(self, losses: Sequence[Tensor] | Tensor, present: Any, absent_primary: Any,
+                          **kwargs: Any) -> StepResult | None:
+        """The step on the present tasks only (None when every task is present).
+
+        The absent tasks are left out of the Gram and of the method, which sees the m present
+        tasks only (their sub-Gram and losses; a stateful method advances the state of those
+        tasks only, see :mod:`taskgrad.training.present`); they get weight 0 and their losses
+        are never back-propagated, so a NaN masked-mean loss of an absent task never reaches
+        ``.grad`` (pass the losses as a list: the backward of a stacked tensor would reach every
+        entry). For a primary/auxiliary method (task 0 primary) an absent primary follows
+        ``absent_primary``: "skip" (default: nothing is applied, the result says why) or a
+        Weighting applied to the present auxiliaries instead (e.g. ``taskgrad.Mean()``). The
+        result's weights, losses and subset are over the k tasks (weight 0 for absent tasks),
+        its Gram is the m×m one the method saw; ``extra["present"]`` holds the mask. One
+        process, weights recomputed every step, no task subsampling.
+        """
+        from ..methods.registry import lookup
+        from .present import PresentView, check_present
+
+        k = len(losses) if not isinstance(losses, Tensor) else int(losses.reshape(-1).shape[0])
+        p = check_present(present, k)
+        if p is None:
+            return None
+        if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
+            raise ValueError("present= needs one process, weights recomputed every step (period=1) and no task "
+                             "subsampling; under DDP give every rank the same tasks.")
+        idx = p.nonzero().squeeze(-1)
+        if isinstance(losses, Tensor):
+            flat = losses.reshape(-1)
+            if not bool(torch.isfinite(flat.detach()[~p.to(flat.device)]).all()):
+                raise ValueError("present=: an absent task's loss is not finite and the losses are one stacked tensor, "
+                                 "whose backward reaches every entry; pass the losses as a list instead.")
+            sub: Any = LossSet(losses).select(idx.tolist())  # the stacked tensor's own per-task graphs
+            L_all = flat.detach()
+        else:
+            sub = [losses[i] for i in idx.tolist()]
+            L_all = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in losses])
+        method, names = self.method, self.names
+        name = getattr(method, "method_name", None)
+        aux_family = name is not None and lookup(name).family == "auxiliary"
+        if aux_family and not bool(p[0]):
+            if isinstance(absent_primary, Weighting):
+                view: Weighting = PresentView.of(absent_primary, p)
+            elif absent_primary == "skip":
+                nan = torch.full((k,), float("nan"), dtype=L_all.dtype, device=L_all.device)
+                return StepResult(nan, None, L_all, skipped=True, local_losses=L_all,
+                                  reason=f"the primary task ({_task_label(0, names)}) is absent from this batch",
+                                  extra={"present": p})
+            else:
+                raise ValueError(f"absent_primary must be 'skip' or a Weighting, got {absent_primary!r}.")
+        elif idx.numel() == 0:
+            raise ValueError("present= marks every task absent: there is nothing to step on.")
+        else:
+            view = PresentView.of(method, p)
+        self.method = view
+        self.names = None if names is None else [names[i] for i in idx.tolist()]
+        try:
+            res = self.backward(sub, **kwargs)
+        finally:
+            self.method, self.names = method, names
+
+        def spread(x: Tensor | None, fill: float) -> Tensor | None:
+            if x is None:
+                return None
+            out = torch.full((k,), fill, dtype=x.dtype, device=x.device)
+            out[idx.to(x.device)] = x
+            return out
+
+        L_full = L_all.to(res.losses.dtype).to(res.losses.device)
+        return replace(res, weights=spread(res.weights, float("nan") if res.skipped else 0.0), losses=L_full,
+                       local_losses=L_full, subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
+                       extra={**res.extra, "present": p})
 
     def _backward_jacobian(self, ls: LossSet, params: list[Tensor] | None, scaler: Any, features: Any,
                            backward_fn: Any) -> StepResult:

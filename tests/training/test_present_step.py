@@ -1,0 +1,137 @@
+"""present= on the training entry points: the absent tasks are dropped (checked against a step
+on the present tasks alone), NaN losses of absent tasks never reach .grad, and the rules for an
+absent primary, stacked losses and bad masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import taskgrad
+import taskgrad.methods as M
+from taskgrad.training import GradStep, TaskOptimizer
+
+
+class Net(nn.Module):
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(5, 8), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(k))
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Masked-mean MSE per task: a task with no labelled example in the batch gets 0/0 = NaN."""
+        z = self.body(x)
+        out = []
+        for i, h in enumerate(self.heads):
+            err = (h(z).squeeze(-1) - y[:, i]) ** 2 * mask[:, i]
+            out.append(err.sum() / mask[:, i].sum())
+        return out
+
+
+def _batch(k: int = 3, absent: tuple[int, ...] = (1,)):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 5, generator=g), torch.randn(16, k, generator=g)
+    mask = torch.ones(16, k)
+    for i in absent:
+        mask[:, i] = 0.0
+    present = torch.ones(k, dtype=torch.bool)
+    present[list(absent)] = False
+    return x, y, mask, present
+
+
+def _grads(net: nn.Module) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "primary-aux", "mean"])
+def test_backward_with_present_equals_the_step_on_the_present_tasks(name: str) -> None:
+    x, y, mask, present = _batch(absent=(1,))
+    net = Net()
+    losses = net.losses(x, y, mask)
+    assert torch.isnan(losses[1])
+    res = taskgrad.backward(losses, method=M.get(name), present=present)
+    got = _grads(net)
+    assert all(bool(torch.isfinite(g).all()) for g in got)  # the NaN loss never reached .grad
+    assert float(res.weights[1]) == 0.0 and not res.skipped
+    assert torch.isnan(res.losses[1]) and res.subset.tolist() == [0, 2]
+
+    ref = Net()
+    L = ref.losses(x, y, mask)
+    ref_res = taskgrad.backward([L[0], L[2]], method=M.get(name))
+    for a, b in zip(got, _grads(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(res.weights[[0, 2]], ref_res.weights)
+
+
+def test_gradstep_and_task_optimizer_take_present() -> None:
+    x, y, mask, present = _batch(absent=(2,))
+    net = Net()
+    step = GradStep(M.get("upgrad"))
+    res = step.backward(net.losses(x, y, mask), present=present)
+    assert float(res.weights[2]) == 0.0 and all(bool(torch.isfinite(g).all()) for g in _grads(net))
+    assert net.heads[2].weight.grad is None  # the absent task's head gets nothing
+
+    net2 = Net()
+    opt = TaskOptimizer(torch.optim.SGD(net2.parameters(), lr=0.1), method=M.get("upgrad"))
+    before = [p.detach().clone() for p in net2.parameters()]
+    res2 = opt.step(net2.losses(x, y, mask), present=present)
+    assert not res2.skipped
+    after = list(net2.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in after)
+    assert torch.equal(after[-1].detach(), before[-1]) and torch.equal(after[-2].detach(), before[-2])  # head 2
+    assert not torch.equal(after[0].detach(), before[0])
+
+
+def test_absent_primary_rule() -> None:
+    x, y, mask, present = _batch(absent=(0,))
+    net = Net()
+    res = taskgrad.backward(net.losses(x, y, mask), method=M.get("primary-aux"), present=present)
+    assert res.skipped and "primary" in res.reason
+    assert all(p.grad is None for p in net.parameters())
+    # with a fallback method: the Mean of the present auxiliaries
+    net = Net()
+    res = taskgrad.backward(net.losses(x, y, mask), method=M.get("primary-aux"), present=present,
+                            absent_primary=taskgrad.Mean())
+    ref = Net()
+    L = ref.losses(x, y, mask)
+    taskgrad.backward([L[1], L[2]], method=taskgrad.Mean())
+    for a, b in zip(_grads(net), _grads(ref)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(res.weights, torch.tensor([0.0, 0.5, 0.5]))
+
+
+def test_stacked_losses_and_bad_masks() -> None:
+    x, y, mask, present = _batch(absent=(1,))
+    net = Net()
+    with pytest.raises(ValueError, match="as a list"):
+        taskgrad.backward(torch.stack(net.losses(x, y, mask)), method=M.get("mgda"), present=present)
+    # finite absent entries in a stacked tensor are fine and give the list's result
+    full = torch.ones(16, 3)
+    a, b = Net(), Net()
+    taskgrad.backward(torch.stack(a.losses(x, y, full)), method=M.get("mgda"), present=present)
+    taskgrad.backward(b.losses(x, y, full), method=M.get("mgda"), present=present)
+    for ga, gb in zip(_grads(a), _grads(b)):
+        torch.testing.assert_close(ga, gb)
+    with pytest.raises(ValueError, match="every task absent"):
+        taskgrad.backward(Net().losses(x, y, full), method=M.get("mgda"), present=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        taskgrad.backward(Net().losses(x, y, full), method=M.get("mgda"), present=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="period=1"):
+        GradStep(M.get("mgda"), period=2).backward(Net().losses(x, y, mask), present=present)
+
+
+def test_stateful_method_keeps_absent_task_state_across_steps() -> None:
+    net = Net()
+    opt = TaskOptimizer(torch.optim.SGD(net.parameters(), lr=0.2), method=M.get("famo"))
+    x, y, mask, _ = _batch(absent=())
+    for _ in range(3):  # every task present: FAMO's state forms and moves (the losses decrease)
+        opt.step(net.losses(x, y, mask))
+    xi_before = opt.gradstep.method.state_dict()["xi"]["value"].clone()
+    x, y, mask, present = _batch(absent=(1,))
+    res = opt.step(net.losses(x, y, mask), present=present)
+    xi_after = opt.gradstep.method.state_dict()["xi"]["value"]
+    assert float(res.weights[1]) == 0.0
+    assert float(xi_after[1]) == float(xi_before[1])  # the absent task's logit is untouched
+    assert not torch.equal(xi_after[[0, 2]], xi_before[[0, 2]])
