@@ -236,3 +236,11 @@ def test_stch_recipe_epochs_by_hand_and_validation():
         M.STCH(recipe="nadir")
     with pytest.raises(ValueError, match="pref_vector and reference"):
         M.STCH(recipe="log-nadir", pref_vector=torch.ones(2))
+
+
+@pytest.mark.parametrize("flag,convention", [(None, None), (True, "weighted"), (False, "unweighted")])
+def test_aligned_mtl_scale_decoder_grad_sets_the_head_convention(flag, convention):
+    m = M.AlignedMTL(scale_decoder_grad=flag)
+    assert getattr(m, "head_convention", None) == convention
+    step = __import__("taskgrad").training.GradStep(m)
+    assert step.heads == (convention or "weighted")

@@ -38,11 +38,27 @@ class AlignedMTL(Weighting):
     and d = Ĵᵀp for the preference vector p (default 1/k): w = Bp. ``scale_mode`` picks λ_s:
     "min" (smallest nonzero eigenvalue, the paper), "median" or "rmse" (the mean eigenvalue,
     the official code). Rank 0 gives w = p. Same conventions as TorchJD's AlignedMTL.
+
+    ``scale_decoder_grad`` is the official code's option for the task heads: False (its
+    default) leaves each head its unweighted gradient, True scales it by the task's weight;
+    it becomes the training step's default ``heads`` ("unweighted" / "weighted") through
+    ``head_convention``. None (default here) leaves the step's own default ("weighted").
     """
 
-    def __init__(self, pref_vector: Tensor | None = None, scale_mode: Literal["min", "median", "rmse"] = "min") -> None:
+    def __init__(
+        self, pref_vector: Tensor | None = None, scale_mode: Literal["min", "median", "rmse"] = "min",
+        scale_decoder_grad: bool | None = None,
+    ) -> None:
         self.pref_vector = check_vector("AlignedMTL", "pref_vector", pref_vector)
         self.scale_mode = check_choice("AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse"))
+        if scale_decoder_grad is not None and not isinstance(scale_decoder_grad, bool):
+            raise TypeError(f"AlignedMTL: scale_decoder_grad must be True, False or None, got {scale_decoder_grad!r}.")
+        self.scale_decoder_grad = scale_decoder_grad
+
+    @property
+    def head_convention(self) -> str | None:
+        """The head-gradient convention the step uses by default ("weighted"/"unweighted"/None)."""
+        return None if self.scale_decoder_grad is None else ("weighted" if self.scale_decoder_grad else "unweighted")
 
     def compute(self, *, gram: Tensor) -> Tensor:
         Gb, batch = flat_gram(gram)
