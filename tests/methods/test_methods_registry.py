@@ -122,6 +122,7 @@ def degenerate_cases(k: int = 3) -> dict[str, tuple[torch.Tensor, bool]]:
         "opposite": (torch.stack([g, -g, h]), False),
         "all zero": (torch.zeros(3, 6, dtype=torch.float64), False),
         "one task": (g.unsqueeze(0), True),
+        "many tasks, rank-deficient": (jacobian(40, 30, 2, correlated=2.0), True),
     }
 
 
@@ -260,3 +261,21 @@ def test_needs_come_from_the_typed_compute_signature():
 
             def compute(self, *, losses: Tensor) -> Tensor:
                 return losses
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not INFOS[n].random and INFOS[n].batched])
+def test_batched_equals_one_by_one(name):
+    """A (2, 3, k, k) batch of Gram matrices gives each problem's weights (first call each)."""
+    info = INFOS[name]
+    k = 4
+    if "jacobian" in info.example(k).needs:
+        pytest.skip("Jacobian aggregators take one Jacobian at a time")
+    Js = [well_conditioned(k, s) for s in range(6)]
+    Gs = torch.stack([J @ J.T for J in Js]).reshape(2, 3, k, k)
+    Ls = torch.stack([losses_for(k, s) for s in range(6)]).reshape(2, 3, k)
+    wb = info.example(k)(gram=Gs, losses=Ls)
+    assert wb.shape == (2, 3, k), name
+    for i in range(2):
+        for j in range(3):
+            w = info.example(k)(gram=Gs[i, j], losses=Ls[i, j])
+            assert float((wb[i, j] - w).abs().max()) <= 1e-8 * max(float(w.abs().max()), 1.0), (name, i, j)

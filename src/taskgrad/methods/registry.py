@@ -47,7 +47,9 @@ class MethodInfo:
     * ``scale_invariant``: the direction of d is unchanged when each gᵢ becomes cᵢgᵢ (cᵢ > 0);
     * ``stateful``: it keeps state advanced per call (``state_dict()`` non-empty);
     * ``random``: it draws random numbers, from a generator it owns (``generator=`` argument,
-      saved in ``state_dict()``).
+      saved in ``state_dict()``);
+    * ``batched`` (default True): it accepts a batch of Gram matrices (..., k, k) and solves each
+      problem independently (False for methods whose state holds one problem).
     """
 
     name: str
@@ -62,6 +64,7 @@ class MethodInfo:
     scale_invariant: bool | None = None
     stateful: bool | None = None
     random: bool | None = None
+    batched: bool = True
     example_kwargs: Callable[[int], Mapping[str, Any]] | None = field(default=None, repr=False)
 
     PROPERTIES = ("defined", "non_conflicting", "permutation_equivariant", "scale_invariant", "stateful", "random")

@@ -67,6 +67,7 @@ def pcd_multipliers(Gn: Tensor, tau: Tensor) -> Tensor:
     scale_invariant=False,
     stateful=True,
     random=False,
+    batched=False,
 )
 class PCD(Weighting):
     """Priority-Constrained Descent (Varam et al., "Not all objectives are born equal", TMLR 2026;
