@@ -244,3 +244,50 @@ def test_aligned_mtl_scale_decoder_grad_sets_the_head_convention(flag, conventio
     assert getattr(m, "head_convention", None) == convention
     step = __import__("taskgrad").training.GradStep(m)
     assert step.heads == (convention or "weighted")
+
+
+def libmtl_gradnorm_run(Gs, Ls, alpha, lr, warmup):
+    """LibMTL's GradNorm: ξ = 1 (k·softmax(ξ) = 1) during the first epoch (``warmup`` calls, a
+    plain sum), whose mean losses are L(0); then w = k·softmax(ξ), Gᵢ = ‖wᵢgᵢ‖, target
+    mean(G)·rᵢ^α held constant, ξ takes an SGD step on Σ|Gᵢ − target|; the weights returned are
+    those before the step."""
+    k = Ls[0].shape[0]
+    xi = torch.ones(k, dtype=torch.float64, requires_grad=True)
+    buf = torch.zeros(k, dtype=torch.float64)
+    out = []
+    for t, (G, L) in enumerate(zip(Gs, Ls)):
+        if t < warmup:
+            buf += L / warmup
+            out.append(torch.ones(k, dtype=torch.float64))
+            continue
+        w = k * torch.softmax(xi, -1)
+        G_per = (w * torch.diagonal(G).sqrt())
+        Lr = L / buf
+        r = Lr / Lr.mean()
+        const = (G_per.mean() * r**alpha).detach()
+        (G_per - const).abs().sum().backward()
+        out.append(w.detach().clone())
+        with torch.no_grad():
+            xi -= lr * xi.grad
+        xi.grad = None
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.5])
+def test_gradnorm_softmax_parametrization_is_libmtl(alpha):
+    Gs = [gram(jacobian(3, 8, t) * torch.tensor([[1.0], [3.0], [0.3]], dtype=torch.float64)) for t in range(8)]
+    Ls = [torch.rand(3, generator=torch.Generator().manual_seed(t), dtype=torch.float64) + 0.5 for t in range(8)]
+    ref = libmtl_gradnorm_run(Gs, Ls, alpha, 0.1, warmup=3)
+    m = M.GradNorm(alpha=alpha, lr=0.1, optimizer="sgd", parametrization="softmax", warmup_steps=3)
+    for G, L, r in zip(Gs, Ls, ref):
+        assert rel(m(gram=G, losses=L), r) < 1e-12
+
+
+def test_gradnorm_warmup_on_the_paper_parametrization_and_validation():
+    G, L = gram(jacobian(3, 8, 0)), torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    m = M.GradNorm(warmup_steps=2)
+    assert torch.equal(m(gram=G, losses=L), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(m(gram=G, losses=2 * L), torch.ones(3, dtype=torch.float64))
+    assert m(gram=G, losses=L).shape == (3,)
+    with pytest.raises(ValueError, match="parametrization"):
+        M.GradNorm(parametrization="exp")

@@ -12,15 +12,15 @@ per-task gradients when the source computed them) → the reducer → finiteness
 weights (with the undefined-method policy, ``normalize``) → the update (per-task gradients or
 one weighted backward; the head-gradient convention; ``max_norm`` clipping).
 
-Weight scales. Methods do not share a scale: Mean, MGDA, MGDA-UB, IMTL-G, CAGrad and the
-primary/auxiliary family return weights that sum to 1 (the update is a convex combination, of
-the size of one task gradient); loss weightings (DWA, uncertainty, RLW, …) and the projection
-methods (PCGrad, GradVac, UPGrad, …) sum to about k (the size of the summed loss); Nash-MTL and
-FairGrad solve Gw = 1/w, so their weights scale as 1/‖g‖ (large for small gradients). A
-learning rate tuned for one family is therefore off by up to a factor k or more for another.
-``normalize="sum"`` rescales the weights to sum to 1 and ``normalize="mean-norm"`` rescales
-the update to the norm of the mean gradient ‖(1/k)Σ gᵢ‖ (needs a Gram), so one learning rate
-fits every method.
+Weight scales. Methods do not share a scale (sums of the weights on a random 4-task Gram):
+Mean, MGDA, MGDA-UB, IMTL-G, DualProj, RLW and the primary/auxiliary family sum to 1, CAGrad,
+UPGrad and Aligned-MTL to about 1 (0.7-1.5); loss weightings such as DWA and Uncertainty
+Weighting, and the projection methods PCGrad and GradVac, sum to about k or more (the size of the
+summed loss); Nash-MTL and FairGrad solve Gw = 1/w, so their weights scale as 1/‖g‖ (large for
+small gradients). A learning rate tuned for one family is therefore off by up to a factor k or
+more for another. ``normalize="sum"`` rescales the weights to sum to 1 and
+``normalize="mean-norm"`` rescales the update to the norm of the mean gradient ‖(1/k)Σ gᵢ‖ (it
+computes a Gram), so one learning rate fits every method.
 
 Gradient accumulation (:meth:`GradStep.accumulate` per micro-batch, then
 :meth:`GradStep.backward_accumulated`) is exact: the update and the Gram equal those of one step
@@ -205,8 +205,9 @@ class GradStep:
             Aligned-MTL's ``scale_decoder_grad``), else "weighted".
         max_norm: clip the update to this norm (None: no clipping; default: the method's own
             ``max_norm`` attribute when it has one and leaves the clipping to the step, as FairGrad
-            and FAMO do; Nash-MTL scales its own weights and is not clipped again; a method's
-            ``max_norm_scope`` attribute, when present, sets ``clip``). clip: "all" (the norm over every parameter
+            and FAMO do, then over the shared parameters; Nash-MTL scales its own weights and is
+            not clipped again; a method's ``max_norm_scope`` attribute, when present, sets
+            ``clip``). clip: "all" (the norm over every parameter
             the step writes) or "shared" (only the shared parameters' gradient is measured and
             scaled, as Nash-MTL's reference does).
         normalize: None (the method's own scale), "sum" (weights sum to 1) or "mean-norm" (the
@@ -253,7 +254,9 @@ class GradStep:
             raise ValueError(f"normalize must be None, 'sum' or 'mean-norm', got {normalize!r}.")
         if max_norm is None:
             max_norm = _method_max_norm(self.method)
-            clip = getattr(self.method, "max_norm_scope", clip) if max_norm is not None else clip
+            # a method's own max_norm clips the shared-parameter gradient (FairGrad's and FAMO's
+            # reference code) unless the method names another scope
+            clip = getattr(self.method, "max_norm_scope", "shared") if max_norm is not None else clip
         if max_norm is not None and not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm must be a positive finite number or None, got {max_norm!r}.")
         self._source_spec = source
