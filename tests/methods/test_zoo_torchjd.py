@@ -179,3 +179,15 @@ def test_excess_mtl_over_a_run(kind, step, warmup):
     ours, ref = ExcessMTL(step, warmup), A.ExcessMTL(step, warmup)
     for J in sequence(kind):
         assert rel(ours.aggregate(J), ref(J)) < TOL
+
+
+def test_modo_and_sdmgrad_on_cross_batch_matrices():
+    """The papers' input J₁J₂ᵀ of two independent batches (not symmetric), as TorchJD takes it."""
+    modo, modo_ref = MoDo(0.1, 0.05), A.MoDoWeighting(0.1, 0.05)
+    sdm, sdm_ref = SDMGrad(), A.SDMGradWeighting()
+    for t in range(5):
+        A12 = make("conflicting", t) @ make("random", 100 + t).T
+        assert rel(modo.cross_batch(A12), modo_ref(A12)) < TOL
+        assert rel(sdm.cross_batch(A12), sdm_ref(A12)) < TOL
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., k, k\)"):
+        MoDo().cross_batch(torch.ones(3, 4))

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_max_norm", "check_real", "check_vector", "project_simplex"]
+__all__ = ["check_cross_matrix", "check_int", "check_max_norm", "check_real", "check_vector", "project_simplex"]
 
 
 def check_real(
@@ -88,3 +88,17 @@ def project_simplex(y: Tensor) -> Tensor:
     rho = active.to(torch.long).cumsum(-1).argmax(-1, keepdim=True)  # last index where active
     theta = css.gather(-1, rho) / (rho + 1).to(y.dtype)
     return (y - theta).clamp_min(0.0)
+
+
+def check_cross_matrix(owner: str, A: Tensor) -> None:
+    """Validate the (…, k, k) cross-batch matrix A = J₁J₂ᵀ of two independent mini-batches (square,
+    floating point, finite; not necessarily symmetric)."""
+    if not isinstance(A, Tensor) or not A.is_floating_point():
+        raise TypeError(f"{owner}: the cross-batch matrix must be a floating-point tensor, got {type(A).__name__}.")
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
+        raise ValueError(
+            f"{owner}: the cross-batch matrix must have shape (..., k, k) (J₁ @ J₂.T of two mini-batches), "
+            f"got {tuple(A.shape)}."
+        )
+    if not bool(torch.isfinite(A).all()):
+        raise FloatingPointError(f"{owner}: the cross-batch matrix has non-finite entries.")

@@ -10,7 +10,7 @@ from torch import Tensor
 from .._common import clone_state
 from ..base import Weighting
 from ..registry import register_method
-from ._zoo_checks import check_real, project_simplex
+from ._zoo_checks import check_cross_matrix, check_real, project_simplex
 
 __all__ = ["MoDo"]
 
@@ -34,7 +34,8 @@ class MoDo(Weighting):
         λ ← Π_Δ(λ − γ (G + ρI) λ),   w = λ   (λ starts at 1/k).
 
     The paper's stochastic version feeds the cross-batch matrix J₁J₂ᵀ of two independent
-    mini-batches; with :func:`taskgrad.backward` it receives the Gram matrix of one batch.
+    mini-batches (:meth:`cross_batch`); with :func:`taskgrad.backward` it receives the Gram
+    matrix of one batch.
     Same parameters and defaults as TorchJD's MoDoWeighting.
     """
 
@@ -59,6 +60,12 @@ class MoDo(Weighting):
         lam = project_simplex(lam - self.gamma * step)
         self._lambda = lam
         return lam.clone()
+
+    def cross_batch(self, matrix: Tensor) -> Tensor:
+        """One call on the paper's cross-batch matrix A = J₁J₂ᵀ (two independent mini-batches;
+        not symmetric in general) instead of a Gram matrix; advances the same state."""
+        check_cross_matrix("MoDo", matrix)
+        return self.compute(gram=matrix, losses=None)
 
     def reset(self) -> None:
         self._lambda = None

@@ -10,7 +10,14 @@ from torch import Tensor
 from .._common import clone_state
 from ..base import Weighting
 from ..registry import register_method
-from ._zoo_checks import check_int, check_length, check_real, check_vector, project_simplex
+from ._zoo_checks import (
+    check_cross_matrix,
+    check_int,
+    check_length,
+    check_real,
+    check_vector,
+    project_simplex,
+)
 
 __all__ = ["SDMGrad"]
 
@@ -34,7 +41,8 @@ class SDMGrad(Weighting):
     runs ``n_iter`` steps of projected heavy-ball SGD on w ↦ ½(w + λw̃)ᵀA(w + λw̃) over the
     simplex (v ← momentum·v + A(w + λw̃), w ← Π_Δ(w − lr·v)), warm-started from the previous
     call, and returns (w + λw̃)/(1 + λ), λ = ``lambda_``. The paper feeds J₁J₂ᵀ from two
-    mini-batches; :func:`taskgrad.backward` gives the Gram matrix of one. TorchJD's defaults.
+    mini-batches (:meth:`cross_batch`); :func:`taskgrad.backward` gives the Gram matrix of one.
+    TorchJD's defaults.
     """
 
     def __init__(
@@ -74,6 +82,12 @@ class SDMGrad(Weighting):
             w = project_simplex(w - self.lr * velocity)
         self._w = w
         return (w + self.lambda_ * pref) / (1.0 + self.lambda_)
+
+    def cross_batch(self, matrix: Tensor) -> Tensor:
+        """One call on the paper's cross-batch matrix A = J₁J₂ᵀ (two independent mini-batches;
+        not symmetric in general) instead of a Gram matrix; advances the same state."""
+        check_cross_matrix("SDMGrad", matrix)
+        return self.compute(gram=matrix, losses=None)
 
     def reset(self) -> None:
         self._w = None
