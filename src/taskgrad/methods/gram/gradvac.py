@@ -48,6 +48,11 @@ class GradVac(Weighting):
     State: φ̂ of shape (..., k, k), advanced once per call; plus the generator's state.
     Orders come from ``torch.randperm(k − 1, generator=generator)`` for each task in turn, on
     every ``impl`` (see the module doc; ``"numba"`` on a GPU copies G and φ̂ to the host and back).
+
+    This is the whole-model granularity. LibMTL's per-layer and per-matrix ones need one Gram per
+    parameter block, which the whole-model Gram does not determine:
+    ``Blockwise(GradVac(), parameter_blocks(params, "layer", module))`` runs it on the Jacobian
+    (one φ̂ per block, see :class:`~taskgrad.methods.Blockwise`).
     """
 
     def __init__(
