@@ -41,12 +41,22 @@ def solve(P: Problem, a1: float, a2: float, pen: int, *, solver: str, device: st
 
 
 def intercept_from(P: Problem, res: SolverResult) -> np.ndarray:
-    """b in the original coordinates (undo centering)."""
+    """b in the original coordinates (undo centering): ȳ − μᵀW for the centered quadratic loss,
+    b − μᵀW when only the design was centered (logistic losses), b otherwise."""
     if P.y_offset is not None:
         if P.x_offset.ndim == 1:
             return P.y_offset - P.x_offset @ res.W
         return P.y_offset - np.einsum("pt,pt->t", P.x_offset, res.W)
+    if P.center is not None:
+        return res.b - P.center @ res.W
     return res.b.copy()
+
+
+def centered_intercept(P: Problem, W0: np.ndarray | None, b0: np.ndarray | None) -> np.ndarray | None:
+    """A warm start's intercept (original coordinates) in the solver's coordinates: b + μᵀW."""
+    if b0 is None or W0 is None or P.center is None or P.y_offset is not None:
+        return b0
+    return b0 + P.center @ W0
 
 
 def check_common(est) -> None:
@@ -366,9 +376,9 @@ class MultiTaskLogisticRegression(ClassifierMixin, _LinearBase):
         P = self._data(X, y, sample_weight).problem(self.fit_intercept)
         W0, b0 = self._warm(P.n_features, P.n_tasks)
         res = solve(P, a1, a2, pen, solver=self.solver, device=self.device, tol=self.tol,
-                    max_iter=self.max_iter, W0=W0, b0=b0)
+                    max_iter=self.max_iter, W0=W0, b0=centered_intercept(P, W0, b0))
         self.coef_ = res.W.T.copy()
-        self.intercept_ = res.b.copy() if self.fit_intercept else np.zeros(P.n_tasks)
+        self.intercept_ = intercept_from(P, res) if self.fit_intercept else np.zeros(P.n_tasks)
         self._set_result(P, res)
         return self
 

@@ -340,7 +340,9 @@ def make_problem(
     with ``task`` the sorted task index of each row); ``S`` the sample weights, rescaled here so
     that they sum to n_t within each task. A dense quadratic problem with an intercept is centered
     (weighted means removed), which makes the intercept drop out; otherwise the intercept is an
-    extra coordinate of the descent.
+    extra coordinate of the descent, and a dense shared design is still centered implicitly
+    (``center``; the solver's b is then the intercept of the centered design, see
+    :func:`~taskgrad.linear._estimators.intercept_from`).
     """
     code = LOSSES[loss]
     sparse = sp.issparse(X)
@@ -385,6 +387,11 @@ def make_problem(
                 Xd[lo:hi] -= x_off[:, t]
                 Y[lo:hi] -= y_off[t]
         coord = False
+    elif fit_intercept and not sparse and layout == "shared":
+        # logistic losses: the columns are centered implicitly too (z = X̃W + b' with
+        # b' = b + μᵀW, an equivalent problem since b is not penalized); the intercept stays a
+        # coordinate but no longer competes with uncentered columns, which made BCD crawl
+        x_off = center = _wmean(Xd, S)
     if not sparse and layout == "per_task":
         Xd = np.asfortranarray(Xd)
     return Problem(
