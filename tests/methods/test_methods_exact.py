@@ -292,3 +292,25 @@ def test_default_generator_is_owned_seeded_and_resumes_bit_identically(name):
     c.load_state_dict(saved)
     for (G, L), r in zip(steps[3:], ref[3:]):
         assert torch.equal(c(gram=G, losses=L), r)
+
+
+def test_float32_working_dtype_of_the_gpu_path():
+    """On a GPU a float32 Gram matrix is solved in float32: the same code run here in float32
+    (CAGrad's degenerate-case detection and the α-fair solve use √ε-scaled tolerances)."""
+    from taskgrad.methods.gram._alpha_fair import _cosine_form, _newton, _zero_in_hull
+    from taskgrad.methods.gram.cagrad import cagrad_weights
+
+    for seed, ratio in [(0, 1.0), (1, 2.0), (2, 0.3)]:
+        J = opposite_plus_one(seed, ratio)
+        w = cagrad_weights(gram(J).float().unsqueeze(0), 0.4)[0].double()
+        d, g0 = w @ J, J.mean(0)
+        assert float((d - g0).norm()) <= 0.4 * float(g0.norm()) * (1 + 1e-4)
+        assert float((J @ d).min()) >= cagrad_socp(J, 0.4) - 1e-4 * float(J.norm(dim=1).max()) ** 2
+        Gs, c, _, _ = _cosine_form(gram(J).float().unsqueeze(0), 1.0)
+        assert bool(_zero_in_hull(Gs).all())  # → UndefinedMethodError, not a convergence error
+    J = jacobian(3, 6, 0, correlated=1.0) * torch.tensor([[1e-4], [1.0], [1e3]], dtype=torch.float64)
+    Gs, c, inv, _ = _cosine_form(gram(J).float().unsqueeze(0), 1.0)
+    y, ok = _newton(Gs, c, 1.0, 100)
+    assert bool(ok.all()) and not bool(_zero_in_hull(Gs).any())
+    a = (y * inv)[0].double()
+    assert float(((gram(J) @ a) * a - 1).abs().max()) <= 1e-4

@@ -25,7 +25,8 @@ __all__ = ["CONVERGED", "NOT_CONVERGED", "UNDEFINED", "alpha_fair_solve", "alpha
 
 # statuses per problem
 CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
-# the min-norm solve resolves ‖Σwᵢuᵢ‖² to ~ε, so ‖Σwᵢuᵢ‖ to ~√ε ≈ 1.5e-8
+# the min-norm solve resolves ‖Σwᵢuᵢ‖² to ~ε, so ‖Σwᵢuᵢ‖ to ~√ε (1.5e-8 in float64; the bound
+# is scaled by √ε in float32)
 HULL_TOL = 1e-7
 
 
@@ -109,7 +110,8 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
 def _zero_in_hull(Gs: Tensor) -> Tensor:
     """(B,) whether 0 lies in the convex hull of the unit gradients with cosine matrix Ĝ."""
     w = _impl.min_norm_weights(Gs, "torch")
-    return torch.einsum("bi,bij,bj->b", w, Gs, w).clamp_min(0.0).sqrt() <= HULL_TOL
+    tol = HULL_TOL * (torch.finfo(Gs.dtype).eps / torch.finfo(torch.float64).eps) ** 0.5
+    return torch.einsum("bi,bij,bj->b", w, Gs, w).clamp_min(0.0).sqrt() <= tol
 
 
 def alpha_fair_solve(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto") -> tuple[Tensor, Tensor]:

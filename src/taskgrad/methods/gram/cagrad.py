@@ -145,8 +145,14 @@ def _affine_path_roots(Gb: Tensor, b: Tensor, w: Tensor, r: Tensor) -> tuple[Ten
 
 
 # ‖g_w‖ at the min-norm point of the hull below DEGENERATE_TOL·maxᵢ‖gᵢ‖ counts as 0 in the hull: the
-# min-norm solve resolves wᵀGw to ~ε·max G, so ‖g_w‖ only to ~√ε·maxᵢ‖gᵢ‖ ≈ 1.5e-8·maxᵢ‖gᵢ‖
+# min-norm solve resolves wᵀGw to ~ε·max G, so ‖g_w‖ only to ~√ε·maxᵢ‖gᵢ‖ (1.5e-8 in float64,
+# 3.5e-4 in float32, the working dtype of a float32 Gram on a GPU)
 DEGENERATE_TOL = 1e-7
+
+
+def degenerate_tol(dtype: torch.dtype) -> float:
+    """DEGENERATE_TOL in float64, scaled by √ε in lower precisions."""
+    return DEGENERATE_TOL * (torch.finfo(dtype).eps / torch.finfo(torch.float64).eps) ** 0.5
 
 
 def _search(
@@ -274,7 +280,7 @@ def _cagrad_torch(Gb: Tensor, c: float, norm_eps: float, max_iter: int) -> tuple
     n0 = _quad(w0, Gb).sqrt()
     pos = r > 0
     stationary = pos & (n0 <= norm_eps * diag.sum(-1).clamp_min(0).sqrt()) if norm_eps > 0 else torch.zeros_like(pos)
-    degenerate = pos & ~stationary & (n0 <= DEGENERATE_TOL * smax)
+    degenerate = pos & ~stationary & (n0 <= degenerate_tol(Gb.dtype) * smax)
     regular = pos & ~stationary & ~degenerate
     out = torch.where(stationary.unsqueeze(-1), torch.zeros_like(uniform), uniform)
     if bool(regular.any()):
