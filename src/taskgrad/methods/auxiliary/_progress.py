@@ -42,8 +42,8 @@ def progress_margin_weights(G: Tensor, tau: float, infeasible_tol: float = 1e-10
     k = G.shape[-1]
     Gd = G.double()
     Gd = 0.5 * (Gd + Gd.transpose(-1, -2))
-    base = primary_aux(Gd, check_input=False)
     if k == 1 or tau == 0:
+        base = primary_aux(Gd, check_input=False)
         return base.to(G.dtype), base[..., 1:] > 0, torch.zeros(G.shape[:-2], dtype=torch.bool, device=G.device)
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0.0)
     dmax = diag.amax(-1, keepdim=True)
@@ -61,5 +61,6 @@ def progress_margin_weights(G: Tensor, tau: float, infeasible_tol: float = 1e-10
     safe_c = torch.where(infeasible.unsqueeze(-1), Gd[..., 1:, 0], c)
     lam = nnls(Q, safe_c, fixed_zero=dead, check_input=False)
     w = torch.cat([torch.ones_like(lam[..., :1]), lam], -1)
-    w = torch.where(infeasible.unsqueeze(-1), base, w)
+    if bool(infeasible.any()):  # those problems take the τ = 0 step
+        w = torch.where(infeasible.unsqueeze(-1), primary_aux(Gd, check_input=False), w)
     return w.to(G.dtype), w[..., 1:] > 0, infeasible
