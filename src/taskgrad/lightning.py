@@ -33,6 +33,11 @@ strategy: one all-reduce of the k×k Gram, see :mod:`taskgrad.distributed`) → 
   ``gradient_clip_val`` and ``accumulate_grad_batches`` under manual optimization, and
   schedulers are not stepped: call ``self.lr_schedulers().step()`` yourself.
 
+Precision plugins: the Gram is computed from the losses as the forward produced them (under
+autocast), before the plugin's loss scaling; ``bf16-mixed`` needs nothing more, while under
+``16-mixed`` very small fp16 gradients at the representation may underflow in the Gram (use
+``bf16-mixed`` or the full-parameter source there).
+
 In both, a step with a non-finite loss, Gram or weights on any rank is skipped on every rank
 (automatic: ``training_step`` returns None, so Lightning skips backward and step). Each step
 logs through ``self.log`` (so to every Lightning logger): ``loss`` (Σ wᵢLᵢ, in the progress
