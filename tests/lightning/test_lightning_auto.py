@@ -178,3 +178,28 @@ def _save(trainer, tmp_path):
     path = tmp_path / "c.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+def test_training_logger_gets_one_row_per_optimizer_step_under_accumulation():
+    from taskgrad.tracking import MemoryLogger
+
+    pl = _pl()
+    log = MemoryLogger()
+
+    class Net(TaskGradMixin, pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.heads = _nets()
+            self.configure_taskgrad(taskgrad.MGDA(), source="representation", automatic=True, logger=log)
+
+        def task_losses(self, batch, batch_idx):
+            x, y = batch
+            z = self.encoder(x)
+            return _losses(torch.cat([h(z) for h in self.heads], dim=1), y), z
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    _trainer(2, accumulate_grad_batches=2).fit(Net(), _loader())
+    steps, _ = log.series()["weight/t0"]
+    assert steps == [1, 2, 3, 4]  # 8 micro-batches, 4 optimizer steps, named by task
