@@ -135,3 +135,62 @@ def test_stateful_method_keeps_absent_task_state_across_steps() -> None:
     assert float(res.weights[1]) == 0.0
     assert float(xi_after[1]) == float(xi_before[1])  # the absent task's logit is untouched
     assert not torch.equal(xi_after[[0, 2]], xi_before[[0, 2]])
+
+
+def _flat_task_grads(net: Net, losses: list[torch.Tensor], tasks: list[int]) -> dict[int, list[torch.Tensor]]:
+    out = {}
+    for i in tasks:
+        gs = torch.autograd.grad(losses[i], list(net.parameters()), retain_graph=True, allow_unused=True)
+        out[i] = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, net.parameters())]
+    return out
+
+
+def test_accumulate_with_present_is_the_per_task_mean_over_the_micro_batches_where_it_is_present() -> None:
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)) for _ in range(3)]
+    masks = [torch.tensor([True, True, True]), torch.tensor([True, False, True]), torch.tensor([True, False, False])]
+    net = Net()
+    step = GradStep(M.get("mgda"))
+    for (x, y), pm in zip(batches, masks):
+        lab = pm.float().expand(8, 3)
+        step.accumulate(net.losses(x, y, lab), present=pm)
+    res = step.backward_accumulated()
+    got = _grads(net)
+    assert all(bool(torch.isfinite(t).all()) for t in got) and not res.skipped
+
+    # reference: each task's gradient averaged over the micro-batches where it is present
+    ref = Net()
+    sums = {i: None for i in range(3)}
+    counts = [0, 0, 0]
+    for (x, y), pm in zip(batches, masks):
+        L = ref.losses(x, y, pm.float().expand(8, 3))
+        present = pm.nonzero().squeeze(-1).tolist()
+        for i, gi in _flat_task_grads(ref, L, present).items():
+            sums[i] = gi if sums[i] is None else [a + b for a, b in zip(sums[i], gi)]
+            counts[i] += 1
+    mean = {i: [t / counts[i] for t in sums[i]] for i in range(3)}
+    shared = [0, 1]  # the body's weight and bias are the parameters every task reaches
+    J = torch.stack([torch.cat([mean[i][j].reshape(-1) for j in shared]) for i in range(3)]).double()
+    w = M.get("mgda")(gram=J @ J.T)
+    torch.testing.assert_close(res.weights, w.to(res.weights.dtype), rtol=1e-5, atol=1e-7)
+    for j, t in enumerate(got):
+        expect = sum(float(w[i]) * mean[i][j] for i in range(3))
+        torch.testing.assert_close(t, expect.to(t.dtype), rtol=1e-5, atol=1e-6)
+
+
+def test_accumulate_with_a_task_absent_from_the_whole_window() -> None:
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)
+    pm = torch.tensor([True, False, True])
+    net = Net()
+    step = GradStep(M.get("upgrad"))
+    for _ in range(2):
+        step.accumulate(net.losses(x, y, pm.float().expand(8, 3)), present=pm)
+    res = step.backward_accumulated()
+    assert float(res.weights[1]) == 0.0 and torch.isnan(res.losses[1])
+    assert net.heads[1].weight.grad is None
+    ref = Net()
+    L = ref.losses(x, y, pm.float().expand(8, 3))
+    taskgrad.backward([L[0], L[2]], method=M.get("upgrad"))
+    for a, b in zip(_grads(net), _grads(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

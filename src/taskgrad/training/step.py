@@ -110,7 +110,8 @@ class Accumulation:
     known); bad: why the window cannot step (None: finite so far); losses: Σ c_m Lᵐ (k,);
     grads: Σ c_m (per-task gradients); payload: Σ c_m^power (source payload), for sources whose
     Gram is not a function of ``grads``; directions: the sketch's generator state, fixed at
-    the first micro-batch; scale: the GradScaler's scale for the window.
+    the first micro-batch; scale: the GradScaler's scale for the window; present_weight: Σ c_m
+    over the micro-batches where each task is present (None until a micro-batch passes present=).
     """
 
     k: int
@@ -122,6 +123,7 @@ class Accumulation:
     grads: TaskGrads | None = None
     payload: Tensor | None = None
     directions: Tensor | None = None
+    present_weight: Tensor | None = None
 
     def count(self, k: int, weight: float | None) -> float:
         """Check one more micro-batch against the window and count it; its factor c (1 without
@@ -693,10 +695,16 @@ class GradStep:
         loss_fn: Any = None,
         weight: float | None = None,
         scaler: Any = None,
+        present: Tensor | Sequence[bool] | None = None,
     ) -> None:
         """Add one micro-batch (its losses weighted by ``weight``; None: 1/M for M micro-batches).
 
         Stores this micro-batch's per-task gradients and the source's payload; touches no ``.grad``.
+        ``present`` (a (k,) bool tensor; full-parameter Gram source): the absent tasks of this
+        micro-batch are not back-propagated (a NaN loss is fine); each task's accumulated loss and
+        gradient are then the mean over the micro-batches where it is present (with ``weight=``,
+        the weighted sum over them), and a task absent from the whole window is absent from the
+        step (see :meth:`_backward_present`).
         """
         if "jacobian" in self.method.needs:
             raise ValueError(f"{type(self.method).__name__} aggregates the Jacobian itself and does not support accumulate().")
@@ -708,6 +716,9 @@ class GradStep:
         acc = self._acc
         c = acc.count(ls.k, weight)
         if acc.bad is not None:
+            return
+        if present is not None or acc.present_weight is not None:
+            self._accumulate_present(acc, ls, c, present, source)
             return
         L_det = ls.vector.detach()
         why = self._nonfinite_loss(L_det)
@@ -737,11 +748,95 @@ class GradStep:
         pay = part.payload * (c ** source.payload_power)
         acc.payload = pay if acc.payload is None else acc.payload + pay
 
+    def _accumulate_present(self, acc: Accumulation, ls: LossSet, c: float, present: Any, source: GramSource) -> None:
+        """One micro-batch of a window where some micro-batch passed ``present=``."""
+        from .present import check_present
+
+        k = ls.k
+        if self.needs_gram and not isinstance(source, (FullGram, JacobianGram)):
+            raise ValueError("accumulate(present=) needs the full-parameter Gram source (no features=, no sketch).")
+        if acc.present_weight is None:
+            if acc.n > 1:
+                raise ValueError("pass present= from the first micro-batch of a window on (or never in it).")
+            acc.present_weight = torch.zeros(k, dtype=torch.float64)
+        p = check_present(present, k)
+        idx = torch.arange(k) if p is None else p.nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            return  # nothing labelled in this micro-batch
+        if ls.stacked and p is not None and not bool(torch.isfinite(ls.vector.detach()[~p]).all()):
+            raise ValueError("present=: an absent task's loss is not finite and the losses are one stacked tensor, "
+                             "whose backward reaches every entry; pass the losses as a list instead.")
+        sub = ls if idx.numel() == k else ls.select(idx.tolist())
+        L_det = sub.vector.detach()
+        why = self._nonfinite_loss(L_det) if idx.numel() == k else None
+        if why is None and not bool(torch.isfinite(L_det).all()):
+            bad = [int(idx[j]) for j in range(idx.numel()) if not bool(torch.isfinite(L_det[j]))]
+            why = "task loss of " + ", ".join(_task_label(i, self.names) for i in bad)
+        if why is not None:
+            acc.bad = why
+            return
+        dev = acc.losses.device
+        acc.losses[idx.to(dev)] += c * L_det.to(acc.losses.dtype)
+        acc.present_weight[idx] += c
+        tg = task_gradients(sub, strategy="loop").scaled(c)
+        if not tg.finite():
+            acc.bad = "gradient"
+            return
+        ids = idx.tolist()
+        tg = TaskGrads(k, tg.params, [tuple(ids[i] for i in t) for t in tg.tasks], tg.rows)
+        if acc.grads is None:
+            acc.grads = tg
+        else:
+            acc.grads.add_(tg)
+
+    def _accumulated_present(self, acc: Accumulation, scaler: Any) -> StepResult:
+        """The step of a window with ``present=``: per-task means over the micro-batches where
+        each task is present, then the step on the tasks present somewhere in the window."""
+        from .present import PresentView
+
+        assert acc.present_weight is not None
+        k, w = acc.k, acc.present_weight
+        p = w > 0
+        if acc.bad is None and not bool(p.any()):
+            raise ValueError("every task was absent from every micro-batch of the window: nothing to step on.")
+        f = torch.where(p, 1.0 / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w)) if not acc.explicit \
+            else p.to(w.dtype)
+        idx = p.nonzero().squeeze(-1)
+        pos = {int(i): j for j, i in enumerate(idx.tolist())}
+        m = idx.numel()
+        sub = Accumulation(m, (acc.losses[idx.to(acc.losses.device)] * f[idx].to(acc.losses)), scale=acc.scale, n=1,
+                           explicit=True, bad=acc.bad)
+        if acc.grads is not None:
+            g = acc.grads
+            rows = [r * f[list(t)].to(r).reshape(-1, *([1] * (r.dim() - 1))) for t, r in zip(g.tasks, g.rows)]
+            sub.grads = TaskGrads(m, list(g.params), [tuple(pos[i] for i in t) for t in g.tasks], rows)
+        method, names = self.method, self.names
+        self.method = PresentView.of(method, p)
+        self.names = None if names is None else [names[i] for i in idx.tolist()]
+        try:
+            res = self._step_accumulated(sub, scaler)
+        finally:
+            self.method, self.names = method, names
+        L_full = torch.full((k,), float("nan"), dtype=res.losses.dtype, device=res.losses.device)
+        L_full[idx.to(L_full.device)] = res.losses
+        weights = torch.full((k,), float("nan") if res.skipped else 0.0, dtype=res.weights.dtype,
+                             device=res.weights.device)
+        weights[idx.to(weights.device)] = res.weights
+        return replace(res, weights=weights, losses=L_full, local_losses=L_full,
+                       subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
+                       extra={**res.extra, "present": p})
+
     def backward_accumulated(self, scaler: Any = None) -> StepResult:
         """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
         acc, self._acc = self._acc, None
         if acc is None:
             raise RuntimeError("nothing accumulated: call accumulate(losses, ...) for each micro-batch first.")
+        if acc.present_weight is not None:
+            return self._accumulated_present(acc, scaler)
+        return self._step_accumulated(acc, scaler)
+
+    def _step_accumulated(self, acc: Accumulation, scaler: Any) -> StepResult:
+        """The step of a window (the body of :meth:`backward_accumulated`)."""
         self.reducer.before_step()
         k = acc.k
         c = acc.factor
