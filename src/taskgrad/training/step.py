@@ -753,6 +753,8 @@ class GradStep:
         from .present import check_present
 
         k = ls.k
+        if self.reducer.world_size != 1:
+            raise ValueError("present= runs on one process; under DDP give every rank the same tasks.")
         if self.needs_gram and not isinstance(source, (FullGram, JacobianGram)):
             raise ValueError("accumulate(present=) needs the full-parameter Gram source (no features=, no sketch).")
         if acc.present_weight is None:
