@@ -95,3 +95,92 @@ def test_global_scale_invariance(J: torch.Tensor, s: float) -> None:
         w = primary_aux(G, n_primary=n)
         ws = primary_aux(G * s, n_primary=n)
         torch.testing.assert_close(J.T @ ws, J.T @ w, rtol=1e-6, atol=1e-6 * float(1 + J.abs().max() ** 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixed task scales: the KKT conditions of the original problem are the oracle.
+
+from taskgrad.solvers import primary_aux_kkt_residual  # noqa: E402
+from taskgrad.solvers import _compiled  # noqa: E402
+from tests.foundation.gram_cases import (  # noqa: E402
+    FLOAT32_SAFE_LOG10,
+    kkt_residual_reference,
+    mixed_scale_grams,
+)
+
+# a correct answer is O(k·eps) in these units; a wrong one O(1) (see kkt_residual_reference)
+KKT64 = 1e-10
+
+
+@settings(max_examples=150, deadline=None)
+@given(mixed_scale_grams(min_k=1, max_k=6), st.data())
+def test_mixed_and_mgda_kkt_with_norms_over_1e40(JG, data) -> None:
+    J, G = JG
+    k = J.shape[0]
+    n = data.draw(st.integers(2, k)) if k > 1 else 1
+    w, info = primary_aux(G, n_primary=n, return_info=True)
+    ref = kkt_residual_reference(w, G, n)
+    assert ref <= KKT64, (ref, w)
+    assert bool(info.converged)
+    # the certificate is the original problem's residual, not the rescaled one's
+    assert float(info.kkt_residual) <= KKT64
+    torch.testing.assert_close(info.kkt_residual, primary_aux_kkt_residual(w, G, n), rtol=0, atol=1e-14)
+    if n == k:
+        assert torch.equal(min_norm_simplex(G), w)
+
+
+@settings(max_examples=100, deadline=None)
+@given(mixed_scale_grams(min_k=2, max_k=6))
+def test_projection_kkt_with_norms_over_1e40(JG) -> None:
+    J, G = JG
+    w, info = primary_aux(G, return_info=True)
+    assert kkt_residual_reference(w, G, 1) <= KKT64
+    assert bool(info.converged) and float(info.kkt_residual) <= KKT64
+
+
+@settings(max_examples=100, deadline=None)
+@given(mixed_scale_grams(min_k=2, max_k=6))
+def test_compiled_min_norm_matches_the_kkt_and_the_torch_path(JG) -> None:
+    J, G = JG
+    k = J.shape[0]
+    W, status = _compiled.min_norm(G.unsqueeze(0).numpy().copy(), 10 * k + 50)
+    assert int(status[0]) == 0
+    wc = torch.from_numpy(W[0])
+    assert kkt_residual_reference(wc, G, k) <= KKT64
+    # both paths reach the same minimum ‖d‖² to the rounding of G (V² scale)
+    wt = min_norm_simplex(G)
+    sig = G.diagonal().clamp_min(0).sqrt()
+    scale = float(((wt * sig).sum() + (wc * sig).sum()) ** 2)
+    assert abs(float(wc @ G @ wc - wt @ G @ wt)) <= 1e-10 * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(mixed_scale_grams(min_k=2, max_k=6, max_log10=FLOAT32_SAFE_LOG10), st.data())
+def test_float32_grams_with_norms_over_1e16(JG, data) -> None:
+    J, G = JG
+    k = J.shape[0]
+    n = data.draw(st.integers(1, k))
+    G32 = G.float()
+    assume(bool(torch.isfinite(G32).all()))
+    for cd in (None, torch.float32):
+        w, info = primary_aux(G32, n_primary=n, compute_dtype=cd, return_info=True)
+        assert w.dtype == torch.float32
+        # the float32 answer is judged on the float32 Gram the solver was given
+        assert kkt_residual_reference(w, G32.double(), n) <= 1e-4
+        assert bool(info.converged)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mixed_scale_grams(min_k=3, max_k=6), st.randoms(use_true_random=False))
+def test_mgda_permutation_equivariant_with_mixed_scales(JG, rnd) -> None:
+    J, G = JG
+    k = J.shape[0]
+    perm = list(range(k))
+    rnd.shuffle(perm)
+    p = torch.tensor(perm)
+    w = min_norm_simplex(G)
+    wp = min_norm_simplex(G[p][:, p])
+    sig = G.diagonal().clamp_min(0).sqrt()
+    scale = float(((w * sig).sum() + (wp[torch.argsort(p)] * sig).sum()) ** 2)
+    # the minimum value ‖d‖² is unique (the weights need not be, with duplicated gradients)
+    assert abs(float(w @ G @ w) - float(wp @ G[p][:, p] @ wp)) <= 1e-10 * scale

@@ -320,3 +320,188 @@ def test_gram_that_requires_grad_is_accepted() -> None:
     for n in (1, 5):
         w = primary_aux(G, n_primary=n)
         assert kkt_primary_aux(w.detach(), G.detach(), n=n) <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions: mixed scales, certificates on the original problem, unbounded NNLS, empty
+# batches, trivial cones, parameter validation, reduced precisions, compiled batched pivoting.
+
+from taskgrad.solvers import _compiled  # noqa: E402
+from tests.foundation.gram_cases import kkt_residual_reference  # noqa: E402
+
+MIXED_J = [[1e-6, 0.0], [0.0, 1.0], [1e6, 1e6]]
+
+
+def test_mixed_scales_min_norm_point() -> None:
+    J = torch.tensor(MIXED_J, dtype=torch.float64)
+    G = gram(J)
+    # the min-norm point of the hull is ≈ g1 (its norm 1e-6); the old answer was [0.857, 0.143, 0]
+    for w, info in [
+        min_norm_simplex(G, return_info=True),
+        primary_aux(G, n_primary=3, return_info=True),
+        primary_aux(G, n_primary=2, return_info=True),
+    ]:
+        assert float(w[0]) >= 1 - 1e-9 and float(w[2]) <= 1e-12
+        assert float((J.T @ w).norm()) <= 1e-6
+        assert bool(info.converged) and float(info.kkt_residual) <= 1e-12
+        assert kkt_residual_reference(w, G, 3 if float(w[:3].sum()) else 2) <= 1e-12
+    W, status = _compiled.min_norm(G.unsqueeze(0).numpy().copy(), 80)
+    assert int(status[0]) == 0 and W[0, 0] >= 1 - 1e-9 and float((J.T @ torch.from_numpy(W[0])).norm()) <= 1e-6
+
+
+def test_certificate_rejects_the_old_wrong_answer() -> None:
+    G = gram(torch.tensor(MIXED_J, dtype=torch.float64))
+    wrong = torch.tensor([0.857, 0.143, 0.0], dtype=torch.float64)
+    assert float(primary_aux_kkt_residual(wrong, G, 3)) >= 0.1
+    assert kkt_residual_reference(wrong, G, 3) >= 0.1
+
+
+@pytest.mark.parametrize("big,small", [(2.0**26, 1.0), (1e10, 1e-3), (1e20, 1e-20)])
+def test_cancelling_large_pair_beside_a_small_gradient(big: float, small: float) -> None:
+    # g1 + g2 = (0, 2) and g3 = (0, -small): 0 is in the hull, with weights (a, a, 1 - 2a),
+    # 2a·1 = (1 - 2a)·small; the pivoting's ridge alone stopped at d ≈ g3 (|d| ≈ 1 at 2^26)
+    J = torch.tensor([[big, 1.0], [-big, 1.0], [0.0, -small]], dtype=torch.float64)
+    G = gram(J)
+    a = small / (2 * (1 + small))
+    expected = torch.tensor([a, a, 1 - 2 * a], dtype=torch.float64)
+    w = min_norm_simplex(G)
+    W, _ = _compiled.min_norm(G.unsqueeze(0).numpy().copy(), 80)
+    for ans in (w, torch.from_numpy(W[0])):
+        if big <= 2.0**26:  # G holds the answer exactly
+            torch.testing.assert_close(ans, expected, rtol=1e-9, atol=1e-12)
+        assert kkt_residual_reference(ans, G, 3) <= 1e-12
+
+
+def test_nnls_unbounded_singular_direction_raises() -> None:
+    Q = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="unbounded"):
+        nnls(Q, torch.tensor([-1.0, -1.0], dtype=torch.float64))
+    # in a batch, one unbounded problem is enough
+    with pytest.raises(ValueError, match="unbounded"):
+        nnls(torch.stack([torch.eye(2, dtype=torch.float64), Q]), torch.tensor([[-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64))
+    # the same singular Q without a descent direction is bounded: x = (1, 0) + t(1, 1) all optimal
+    x, info = nnls(Q, torch.tensor([-1.0, 1.0], dtype=torch.float64), return_info=True)
+    y = Q @ x + torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    assert bool(info.converged) and float(torch.minimum(x, y).abs().max()) <= 1e-9
+    assert float(x.abs().max()) <= 10.0
+
+
+def test_empty_batches() -> None:
+    for shape in [(0, 3, 3), (2, 0, 3, 3)]:
+        G = torch.zeros(shape, dtype=torch.float64)
+        for call in (
+            lambda: min_norm_simplex(G, return_info=True),
+            lambda: primary_aux(G, return_info=True),
+            lambda: primary_aux(G, n_primary=2, return_info=True),
+            lambda: primary_aux(G, margin=0.1, return_info=True),
+            lambda: nnls(G, torch.zeros(shape[:-1], dtype=torch.float64), return_info=True),
+        ):
+            w, info = call()
+            assert w.shape == shape[:-1] and info.converged.shape == shape[:-2]
+
+
+def test_margin_zero_steps_are_converged() -> None:
+    cases = [
+        # opposite auxiliaries with a margin: the cone is {0}
+        ([[1.0, 0.2], [1.0, 0.0], [-1.0, 0.0]], 0.1, False),
+        ([[0.2771, 1.2262], [1.1267, 0.3797], [-1.1267, -0.3797]], 1.362, False),
+        # g0 in the polar cone of a nontrivial cone: the closest point is 0
+        ([[-0.0812, 2.3164], [1.4398, -3.3585], [-1.4214, -2.2358]], 0.7612, False),
+        ([[0.0, 0.0], [1.0, 2.0]], 0.5, True),  # zero primary gradient
+    ]
+    for J, margin, rel in cases:
+        J = torch.tensor(J, dtype=torch.float64)
+        w, info = primary_aux(gram(J), margin=margin, relative_margin=rel, return_info=True)
+        assert float((J.T @ w).norm()) <= 1e-12
+        assert bool(info.converged), (J, info)
+        assert float(info.kkt_residual) <= 1e-8
+
+
+def test_margin_certificate_on_a_nonzero_step() -> None:
+    J = jacobian("conflicting", 5, 12, seed=1)
+    J = J / J.norm(dim=1, keepdim=True)
+    w, info = primary_aux(gram(J), margin=0.05, return_info=True)
+    assert float(w[0]) > 0 and bool(info.converged) and float(info.kkt_residual) <= 1e-8
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(eps=float("nan")), ValueError, "eps"),
+        (dict(eps=-1.0), ValueError, "eps"),
+        (dict(eps="0"), TypeError, "eps"),
+        (dict(eps=torch.tensor(0.1)), TypeError, "eps"),
+        (dict(margin=float("nan")), ValueError, "margin"),
+        (dict(margin=float("inf")), ValueError, "margin"),
+        (dict(max_iter=-1), ValueError, "max_iter"),
+        (dict(max_iter=0), ValueError, "max_iter"),
+        (dict(max_iter=2.5), TypeError, "max_iter"),
+        (dict(max_iter=True), TypeError, "max_iter"),
+        (dict(n_primary=True), ValueError, "n_primary"),
+        (dict(compute_dtype=torch.int32), TypeError, "compute_dtype"),
+    ],
+)
+def test_solver_parameter_validation(kwargs, exc, match) -> None:
+    G = gram(jacobian("random", 3, 5))
+    with pytest.raises(exc, match=match):
+        primary_aux(G, **kwargs)
+
+
+def test_nnls_parameter_validation() -> None:
+    Q = torch.eye(3, dtype=torch.float64)
+    c = -torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="zero_tol"):
+        nnls(Q, c, zero_tol=float("nan"))
+    with pytest.raises(ValueError, match="zero_tol"):
+        nnls(Q, c, zero_tol=-1e-3)
+    with pytest.raises(ValueError, match="max_iter"):
+        nnls(Q, c, max_iter=-1)
+    with pytest.raises(TypeError, match="fixed_zero must be a boolean"):
+        nnls(Q, c, fixed_zero=torch.zeros(3))
+    with pytest.raises(TypeError, match="max_iter"):
+        min_norm_simplex(Q, max_iter=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_grams(dtype: torch.dtype) -> None:
+    J = jacobian("conflicting", 4, 9, seed=3)
+    G = gram(J)
+    for n in (1, 2, 4):
+        ref = primary_aux(G, n_primary=n)
+        for cd in (None, dtype):  # a reduced compute dtype is computed in float32
+            w, info = primary_aux(G.to(dtype), n_primary=n, compute_dtype=cd, return_info=True)
+            assert w.dtype == dtype and info.kkt_residual.dtype == dtype
+            assert bool(torch.isfinite(w).all())
+            torch.testing.assert_close(w.double(), ref, rtol=0.05, atol=0.05)
+    x = nnls(G.to(dtype), -G[:, 0].to(dtype))
+    assert x.dtype == dtype
+
+
+def test_certificate_is_recomputed_on_the_users_gram() -> None:
+    J = jacobian("rank_half", 12, 20, seed=4)
+    G = gram(J)
+    for n in (1, 5):
+        w, info = primary_aux(G, n_primary=n, return_info=True)
+        torch.testing.assert_close(info.kkt_residual, primary_aux_kkt_residual(w, G, n), rtol=1e-3, atol=1e-16)
+        # and it sees a wrong answer: move 1 % of the weight onto the last task
+        w_bad = w.clone()
+        w_bad[-1] += 0.01 * float(w[:n].sum())
+        assert float(primary_aux_kkt_residual(w_bad, G, n)) >= 1e-4
+    x, info = nnls(G[1:, 1:], G[1:, 0], return_info=True)
+    assert bool(info.converged) and float(info.kkt_residual) <= 1e-10
+
+
+def test_compiled_batched_pivot_equals_the_torch_batched_pivot(monkeypatch) -> None:
+    import importlib
+
+    nnls_module = importlib.import_module("taskgrad.solvers.nnls")
+
+    Gs = torch.stack([gram(jacobian(kind, 24, 30, seed=i)) for i, kind in enumerate(KINDS)])
+    compiled = primary_aux(Gs)
+    compiled_m = primary_aux(Gs, n_primary=6)
+    monkeypatch.setattr(nnls_module, "_use_compiled", lambda: False)
+    batched = primary_aux(Gs)
+    batched_m = primary_aux(Gs, n_primary=6)
+    for a, b in ((compiled, batched), (compiled_m, batched_m)):
+        scale = Gs.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)
+        torch.testing.assert_close((Gs @ a.unsqueeze(-1)).squeeze(-1) / scale, (Gs @ b.unsqueeze(-1)).squeeze(-1) / scale, rtol=0, atol=1e-8)

@@ -6,7 +6,7 @@
 * :func:`primary_aux_frank_wolfe`: the reference coordinate iteration.
 """
 
-from .nnls import SolverInfo, nnls
+from .nnls import SolverInfo, certificate_tolerance, nnls
 from .primary_aux import (
     min_norm_simplex,
     primary_aux,
@@ -16,6 +16,7 @@ from .primary_aux import (
 
 __all__ = [
     "SolverInfo",
+    "certificate_tolerance",
     "min_norm_simplex",
     "nnls",
     "primary_aux",

@@ -678,16 +678,19 @@ def _mixed_residual(G, w, n):
     tot = max(tot, TINY)
     V = 0.0
     for i in range(k):
-        if G[i, i] > 0.0:
+        if G[i, i] >= TINY:  # a smaller squared norm is a zero gradient, dropped
             V += abs(w[i]) / tot * math.sqrt(G[i, i])
     if not V > 0.0:
         V = 1.0
     Gu = np.zeros(k)
     uu = 0.0
     for i in range(k):
+        if not G[i, i] >= TINY:
+            continue
         t = 0.0
         for j in range(k):
-            t += G[i, j] * w[j] / tot
+            if G[j, j] >= TINY:
+                t += G[i, j] * w[j] / tot
         Gu[i] = t
         uu += w[i] / tot * t
     res = 0.0
@@ -723,3 +726,41 @@ def _min_norm_one(G, max_iter, w):
         for i in range(k):
             w[i] = wx[i]
     return OK
+
+
+@njit(**_ENTRY)
+def pivot_batch(Qs, cs, fixed_zero, tol, ridge, max_iter, free0, use_free0):
+    """The pivoting of :func:`taskgrad.solvers.nnls._pivot` on each rescaled problem of a batch,
+    one after the other: Qs (B, k, k), cs and fixed_zero (B, k); the start is ``free0`` (B, k)
+    when ``use_free0``, else cs < 0. Block pivoting with a budget of 2·log2(k) + 12 iterations,
+    then Lawson–Hanson. Returns (X (B, k), free (B, k), iterations (B,), converged (B,),
+    status (B,)). Each problem costs its own free blocks only, never the full k³ of a masked
+    batched factorization."""
+    B, k = cs.shape[0], cs.shape[1]
+    X = np.zeros((B, k))
+    F = np.zeros((B, k), dtype=np.bool_)
+    iters = np.zeros(B, dtype=np.int64)
+    conv = np.zeros(B, dtype=np.bool_)
+    status = np.zeros(B, dtype=np.int64)
+    M = np.empty((k, k))
+    L = np.zeros((k, k))
+    r = np.empty(k)
+    s = np.empty(k)
+    free = np.empty(k, dtype=np.bool_)
+    budget = min(max_iter, 2 * _bit_length(k) + 12)
+    for b in range(B):
+        Q = Qs[b]
+        c = cs[b]
+        x = X[b]
+        for i in range(k):
+            free[i] = free0[b, i] if use_free0 else c[i] < 0.0
+        it, ok, st = _block_pivoting(Q, c, fixed_zero[b], tol, ridge, budget, free, x, M, L, r, s)
+        if st == OK and not ok and budget < max_iter:
+            more, ok, st = _lawson_hanson(Q, c, fixed_zero[b], tol, ridge, max_iter - budget, free, x, M, L, r, s)
+            it += more
+        iters[b] = it
+        conv[b] = ok
+        status[b] = st
+        for i in range(k):
+            F[b, i] = free[i]
+    return X, F, iters, conv, status

@@ -14,6 +14,14 @@ a few machine epsilons keeps the free block positive definite when Q is rank def
 Working on G = J Jᵀ squares the conditioning of the gradients: gradients that are parallel or
 opposite to within ~1e-8 in angle make G singular to float64 rounding, and there the answer is
 only as accurate as G itself (the KKT conditions still hold to the stated tolerance).
+
+Certificates (``return_info=True``) are computed on the problem as given, from the answer as
+returned, with each constraint measured in its own units (see :class:`SolverInfo`); they are
+backward errors: a residual r means the answer is exact for data perturbed by about r relative
+to each entry's scale. A problem that is unbounded below raises ValueError with a certified
+direction (v ≥ 0, Qv = 0 to rounding, cᵀv < 0) instead of returning x ≈ 1/ridge.
+On the CPU in float64 the pivoting runs per problem in compiled code (numba), so a batch costs
+the sum of its problems, not a masked k³ factorization per iteration for every problem.
 """
 
 from __future__ import annotations
@@ -200,6 +208,13 @@ def _lawson_hanson(
     return x.clamp_min(0.0), free, iterations, done
 
 
+def _use_compiled() -> bool:
+    """Whether the compiled (numba) kernels are available for the CPU float64 path."""
+    from .._numba import HAVE_NUMBA
+
+    return HAVE_NUMBA
+
+
 def _pivot(
     Qs: Tensor,
     cs: Tensor,
@@ -214,9 +229,23 @@ def _pivot(
     Pivoting exchanges many variables per iteration and usually ends in a few iterations; on
     nearly singular Q (rank-deficient Gram matrices) it can wander, so after a budget of
     2·log2(k) + 12 iterations the unfinished problems restart with Lawson–Hanson, which
-    terminates. Returns (x, free, iterations, converged).
+    terminates. Returns (x, free, iterations, converged). On the CPU in float64 (with numba)
+    the problems run one after the other in compiled code (:func:`._compiled.pivot_batch`), the
+    same algorithm and decisions, so a batch costs the sum of its problems' own work.
     """
     k = cs.shape[-1]
+    if cs.device.type == "cpu" and cs.dtype == torch.float64 and _use_compiled():
+        # one problem after the other in compiled code: each pays for its own free blocks
+        from . import _compiled
+
+        f0 = free if free is not None else torch.zeros_like(fixed_zero)
+        X, F, it, ok, st = _compiled.pivot_batch(
+            Qs.detach().contiguous().numpy(), cs.detach().contiguous().numpy(),
+            fixed_zero.contiguous().numpy(), tol, ridge, max_iter, f0.contiguous().numpy(), free is not None,
+        )
+        if bool((st != _compiled.OK).any()):
+            raise torch.linalg.LinAlgError("nnls: a free block is not positive definite even with a ridge of 1e-2.")
+        return torch.from_numpy(X), torch.from_numpy(F), torch.from_numpy(it), torch.from_numpy(ok)
     if cs.shape[0] == 1 and cs.device.type == "cpu":  # one problem: NumPy on the gathered block
         xn, fn, it, ok = _single.pivot(
             Qs[0].detach().numpy(), cs[0].detach().numpy(), fixed_zero[0].numpy(), tol, ridge, max_iter,

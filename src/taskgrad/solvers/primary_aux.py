@@ -97,9 +97,10 @@ def _mixed(
     rounding of the normalized Gram itself whatever the spread of the norms (1e-20 to 1e20 in
     float64): adding bbᵀ to G/s with s = max σ² instead would round a small task's curvature
     away. Zero primary gradients (‖gⱼ‖² below the dtype's smallest normal) make d = 0 optimal:
-    their weights are uniform and the rest 0. Returns (w, iters, conv, None).
+    their weights are uniform and the rest 0. The exact active set then polishes the answer
+    (see below). Returns (w, iters, conv, None).
     """
-    B, k = Gb.shape[0], Gb.shape[-1]
+    k = Gb.shape[-1]
     tiny = torch.finfo(Gb.dtype).tiny
     diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
     dead = _zero_gradients(Gb, eps)
@@ -255,9 +256,24 @@ def primary_aux(
             w₀ = κ ∈ [0, 1] shrinks the step; u = 0 when no direction satisfies the margins.
         relative_margin: read ``margin`` as a cosine: ⟨u, gᵢ⟩ ≥ margin·‖u‖·‖gᵢ‖.
         max_iter: pivoting iterations at most (default 10·k + 50).
-        compute_dtype: default float64 on the CPU, the input's dtype on a GPU.
+        compute_dtype: default float64 on the CPU, the input's dtype on a GPU; float16 and
+            bfloat16 are computed in float32 (the weights come back in G's dtype).
         check_input: validate shape, symmetry and finiteness of G (one host synchronization).
-        return_info: also return a :class:`SolverInfo` (iterations, KKT residual, converged).
+        return_info: also return a :class:`SolverInfo`: iterations, the KKT residual of the
+            returned weights on the G given (:func:`primary_aux_kkt_residual`, each constraint
+            in its own units; for margin > 0 the residual of the second-order-cone KKT
+            conditions, and for a zero step its certificate), and converged = the solver
+            finished and that residual is at most :func:`certificate_tolerance`.
+
+    Mixed scales: n_primary = 1 is solved in variables normalized by ‖gᵢ‖; n_primary > 1 in
+    normalized variables too (see ``_mixed``), with the exact active set of
+    :mod:`taskgrad.solvers._compiled` polishing the pivoting answer on the CPU (elsewhere it
+    replaces answers whose residual exceeds 1e-9), so task norms from 1e-20 to 1e20 (float64)
+    give the right weights.
+
+    Raises:
+        ValueError / TypeError: a malformed G, n_primary outside 1..k, or eps, margin
+            (finite ≥ 0) and max_iter (int ≥ 1) out of range or of the wrong type.
     """
     k = check_gram(G, check_values=check_input)
     if isinstance(n_primary, bool) or not isinstance(n_primary, int) or not 1 <= n_primary <= k:
@@ -354,8 +370,9 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     unchanged, where one normalized by the largest norm alone (max σ·‖w‖₁) hides the violation
     of a task 1e8 times smaller. (When large gradients cancel, ‖u‖ ≪ V, G determines u only to
     about √eps·V: that is the resolution of any answer computed from a Gram matrix.)
-    Zero-gradient tasks (‖gᵢ‖² ≤ eps·max ‖g‖², or below the dtype's smallest normal number) are
-    exempt.
+    Zero gradients are exactly zero here, as in the solvers (their rows of G are dropped and
+    their constraints exempt): auxiliaries with ‖gᵢ‖² ≤ eps·max ‖g‖², and any task whose ‖gᵢ‖²
+    is below the dtype's smallest normal number.
     """
     k = G.shape[-1]
     if G.shape[:-2].numel() == 0:
@@ -365,11 +382,16 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     wd = w.to(Gd.dtype)
     wd = wd / wd[..., :n].sum(-1, keepdim=True).clamp_min(torch.finfo(wd.dtype).tiny)
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0)
+    # zero gradients, as the solvers treat them: exactly zero (rows and columns of G dropped)
+    dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag < torch.finfo(Gd.dtype).tiny)
+    dead[..., :n] = diag[..., :n] < torch.finfo(Gd.dtype).tiny
+    keep = (~dead).to(Gd.dtype)
+    Gd = Gd * keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    diag = diag * keep
     sig = diag.sqrt()
     V = (wd.abs() * sig).sum(-1, keepdim=True)
     V = torch.where(V > 0, V, torch.ones_like(V))
     Gu = (Gd @ wd.unsqueeze(-1)).squeeze(-1)  # ⟨u, gᵢ⟩
-    dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag < torch.finfo(Gd.dtype).tiny)
     sig_safe = torch.where(dead, torch.ones_like(sig), sig)
     aux = torch.minimum(wd * sig / V, Gu / (sig_safe * V)).abs()
     aux = torch.where(dead, torch.zeros_like(aux), aux)[..., n:]
