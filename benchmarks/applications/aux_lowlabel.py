@@ -281,7 +281,7 @@ def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, st
             method.update(model.parameters(), train_fn, val_fn, lr=lr)  # type: ignore[attr-defined]
         opt.zero_grad(set_to_none=True)
         losses = batch_losses(kind, model, pb, ab)
-        res = taskgrad.backward(list(losses.unbind()), method=method)
+        res = taskgrad.backward(losses, method=method)  # stacked: each task followed to its own graph
         opt.step()
         if meta == "after" and step % meta_every == 0:
             train_fn, val_fn = _closures(kind, model, pb, ab, s_meta.next())
