@@ -101,3 +101,12 @@ def test_a_method_head_convention_is_the_step_default():
     taskgrad.backward(losses(), method=Doubled("unweighted"), heads="weighted")  # an explicit choice wins
     g = torch.autograd.grad(losses()[0], list(heads[0].parameters()))
     assert rel(torch.cat([p.grad.reshape(-1) for p in heads[0].parameters()]), 2 * torch.cat([x.reshape(-1) for x in g])) < 1e-12
+
+
+@pytest.mark.parametrize("make", [lambda: M.FAMO(max_norm=1e-3), lambda: M.FairGrad(max_norm=1e-3)])
+def test_famo_and_fairgrad_max_norm_clip_the_shared_gradient_through_the_step(make):
+    trunk, heads, losses = model(5)
+    res = taskgrad.backward(losses(), method=make())
+    assert res.clipped
+    assert float(grads_of(trunk).norm()) == pytest.approx(1e-3, rel=1e-3)
+    assert float(grads_of(heads).norm()) > 1e-3  # the heads are not measured nor scaled
