@@ -240,13 +240,23 @@ def _report(args: argparse.Namespace) -> int:
                         "log written by taskgrad.tracking.CSVLogger.")
     console = Console(highlight=False)
     if target.is_file():  # a CSV training log: weights, gradient cosines, κ(G) over training
+        import warnings
+
+        from .tracking import NothingToPlotWarning
         from .tracking import report as log_report
 
         out = Path(args.out) if args.out else target.with_suffix("")
         try:
-            written = log_report(target, out)
+            with warnings.catch_warnings(record=True) as caught:  # nothing to plot: say why, exit 0
+                warnings.simplefilter("always", NothingToPlotWarning)
+                written = log_report(target, out)
         except ValueError as e:
             raise UserError(str(e)) from e
+        for w in caught:
+            if issubclass(w.category, NothingToPlotWarning):
+                console.print(str(w.message), markup=False)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         for p in written:
             console.print(str(p), markup=False)
         return 0

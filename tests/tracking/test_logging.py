@@ -251,4 +251,4 @@ def test_cli_report_of_an_empty_log_prints_the_reason(tmp_path, capsys):
 
     (tmp_path / "log.csv").write_text("step,name,value\n")
     assert cli_main(["report", str(tmp_path / "log.csv"), "--out", str(tmp_path / "plots")]) == 0
-    assert "no weights, cosines or Gram statistics to plot" in capsys.readouterr().out
+    assert "no weights, cosines or Gram statistics to plot" in " ".join(capsys.readouterr().out.split())
