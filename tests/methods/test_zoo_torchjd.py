@@ -62,6 +62,7 @@ def test_constant(kind):
     J = make(kind, 0)
     w = torch.tensor([0.5, -1.0, 2.0, 0.0, 0.25], dtype=torch.float64)
     assert rel(Constant(w).aggregate(J, losses=torch.ones(5, dtype=torch.float64)), A.Constant(w)(J)) < 1e-15
+    assert rel(Constant(w).aggregate(J), A.Constant(w)(J)) < 1e-15
 
 
 @pytest.mark.parametrize("kind", KINDS)

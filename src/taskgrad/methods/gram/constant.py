@@ -38,6 +38,15 @@ class Constant(Weighting):
             raise ValueError("Constant needs weights: a 1-D tensor with one weight per task.")
         self.weights = check_vector("weights", weights)
 
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
+        """d = Σ wᵢ gᵢ for the Jacobian J (k, P) (no losses needed)."""
+        if losses is not None:
+            return super().aggregate(jacobian, losses)
+        from ..jacobian._base import check_jacobian
+
+        check_length("weights", self.weights, check_jacobian(jacobian))
+        return self.weights.to(dtype=jacobian.dtype, device=jacobian.device) @ jacobian
+
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         like = losses if losses is not None else gram[..., 0]  # type: ignore[index]
         check_length("weights", self.weights, like.shape[-1])
