@@ -80,7 +80,7 @@ def _load_configs(paths: list[str], overrides: list[str] | None) -> list[Any]:
             configs.append(load_config(p, overrides))
         except FileNotFoundError as e:
             raise UserError(str(e).strip("'\"")) from e
-        except ValueError as e:
+        except (ValueError, ImportError) as e:  # ImportError: a YAML config without PyYAML
             raise UserError(str(e)) from e
     return configs
 

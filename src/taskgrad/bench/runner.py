@@ -321,9 +321,10 @@ def _new_trainer(cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] |
     """Seed, then build model, method, optimizer and scheduler (restored from ``ck`` when given)."""
     seed_everything(cfg.seed)
     model = setup.problem.make_model(**cfg.model).to(setup.device)
+    method = build_method(cfg)  # after the model, before the optimizer: the order of random draws
     opt = _optimizer(model.parameters(), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler)
-    topt = TaskOptimizer(opt, GradStep(build_method(cfg), source=cfg.source))
+    topt = TaskOptimizer(opt, GradStep(method, source=cfg.source))
     steps = math.ceil(setup.n_train / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
