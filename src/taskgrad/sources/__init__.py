@@ -2,16 +2,18 @@
 
 from ._graph import LossSet, check_params, check_reach, shared_parameters
 from .blockwise import blockwise_gram, for_each_block
-from .capture import TaskGrads, feature_rows, task_gradients
+from .capture import FeatureCapture, TaskGrads, capture_features, feature_rows, task_gradients
 from .gram import parameter_gram, representation_gram
 from .objects import FullGram, GramSource, JacobianGram, ModuleLoss, Part, RepresentationGram, SketchGram, make_source
 from .sketch import module_loss_fn, sketch_gram, sketch_jacobian
 
 __all__ = [
+    "FeatureCapture",
     "LossSet",
     "Part",
     "TaskGrads",
     "check_params",
+    "capture_features",
     "check_reach",
     "feature_rows",
     "for_each_block",
