@@ -136,6 +136,8 @@ def test_bench_prints_the_table_and_names_folders_without_colons(tmp_path) -> No
     assert "Δm% ↓" in table and "mgda" in table and "reg/mse" in table
     assert "± 0.00" not in table  # one seed: the values alone, no "± 0.0000"
     assert sorted(p.name for p in (out / "syn").iterdir()) == ["mean", "mgda", "single-task-cls", "single-task-reg"]
+    rebuilt = taskgrad("report", str(out), "--no-plots")
+    assert rebuilt.returncode == 0 and "Δm% ↓" in rebuilt.stdout and "mgda" in rebuilt.stdout
     # a folder of an older version (label with a colon) is still read: renamed back, nothing is recomputed
     (out / "syn" / "single-task-reg").rename(out / "syn" / "single-task:reg")
     again = taskgrad("bench", str(cfg), "--out", str(out), "--no-plots")
