@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import taskgrad
-from taskgrad.models import CGC, MMoE, MTAN, PLE, CrossStitch, DSelectK, HardParameterSharing, mlp
+from taskgrad.models import CGC, MTAN, PLE, CrossStitch, DSelectK, HardParameterSharing, MMoE, mlp
 
 TASKS = ["sum", "product", "norm"]
 D_IN, WIDTH = 16, 32

@@ -78,7 +78,7 @@ def load_digits(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.
 
             ds = load_mnist(args.mnist)
             return ds.train_x, ds.train_y, "MNIST"
-        except Exception as e:  # no files: fall back to synthetic glyphs
+        except Exception as e:  # noqa: BLE001 (any failure to read MNIST falls back to synthetic glyphs)
             print(f"MNIST not found ({e}); using synthetic digits.")
     x, y = synthetic_digits(2_000 if args.smoke else 20_000, rng)
     return x, y, "synthetic"

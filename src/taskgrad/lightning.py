@@ -149,7 +149,7 @@ class TaskGradMixin:
             return self._taskgrad_automatic(names, losses, features)
         opt = self.optimizers()  # type: ignore[attr-defined]
         if isinstance(opt, list):
-            raise ValueError("TaskGradMixin drives one optimizer; configure_optimizers returned several.")
+            raise TypeError("TaskGradMixin drives one optimizer; configure_optimizers returned several.")
         opt.zero_grad()
         res = self.taskgrad_step.backward(losses, features=features, backward_fn=self.manual_backward)  # type: ignore[attr-defined]
         self.taskgrad_last = res

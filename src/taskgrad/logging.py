@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from . import tracking as _tracking
-from .tracking import *  # noqa: F403
+from .tracking import *
 from .tracking import __all__, loggers, plots, stats  # noqa: F401
 
 warnings.warn(

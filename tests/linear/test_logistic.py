@@ -6,7 +6,7 @@ import pytest
 
 from taskgrad.linear import MultiTaskLogisticRegression
 
-TIGHT = dict(tol=1e-10, max_iter=200000)
+TIGHT = {"tol": 1e-10, "max_iter": 200000}
 
 
 def _data(seed=0, n=40, p=8, T=3):
@@ -37,7 +37,7 @@ def test_binary_tasks_match_cvxpy(penalty):
     X, Y = _data()
     alpha = 0.05
     m = MultiTaskLogisticRegression(alpha=alpha, penalty=penalty, **TIGHT).fit(X, Y)
-    W, b, val = _cvx_binary(X, Y, alpha, penalty)
+    W, b, _ = _cvx_binary(X, Y, alpha, penalty)
     np.testing.assert_allclose(m.coef_, W.T, atol=2e-4)
     np.testing.assert_allclose(m.intercept_, b, atol=2e-4)
     assert m.dual_gap_ <= m.dual_gap_tol_
@@ -149,7 +149,7 @@ def test_weights_equal_repeated_rows_at_a_tight_tolerance():
     """What check_estimator's expected sample-weight failures stand for: at tol=1e-8 the weighted
     and repeated fits agree in predict_proba to 1e-7 (the check's rtol)."""
     X, y, sw = _sw_data()
-    kw = dict(tol=1e-8, max_iter=5000)
+    kw = {"tol": 1e-8, "max_iter": 5000}
     a = MultiTaskLogisticRegression(**kw).fit(X.repeat(sw, axis=0), y.repeat(sw))
     b = MultiTaskLogisticRegression(**kw).fit(X, y, sample_weight=sw)
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-7, atol=1e-9)
@@ -168,7 +168,7 @@ def test_centered_design_gives_the_same_model_in_original_coordinates(target):
         y[::3, 1] = 1 - y[::3, 1]
     else:
         y = rng.randint(0, 3, 80)
-    kw = dict(alpha=1e-3, tol=1e-10, max_iter=100000)
+    kw = {"alpha": 1e-3, "tol": 1e-10, "max_iter": 100000}
     cd = MultiTaskLogisticRegression(**kw).fit(X, y)
     apg = MultiTaskLogisticRegression(solver="apg", **kw).fit(X, y)
     np.testing.assert_allclose(cd.coef_, apg.coef_, atol=1e-8)

@@ -11,7 +11,7 @@ from taskgrad.linear import MultiTaskElasticNet, MultiTaskLasso
 
 from .conftest import alpha_max_l21
 
-TIGHT = dict(tol=1e-12, max_iter=100000)
+TIGHT = {"tol": 1e-12, "max_iter": 100000}
 
 
 def rel(a, b):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import taskgrad
-from taskgrad.models import CGC, MMoE, MTAN, PLE, CrossStitch, DSelectK, HardParameterSharing, mlp
+from taskgrad.models import CGC, MTAN, PLE, CrossStitch, DSelectK, HardParameterSharing, MMoE, mlp
 from taskgrad.models.architectures import smooth_step
 from taskgrad.sources.gram import representation_gram
 

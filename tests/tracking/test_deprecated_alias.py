@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import taskgrad
-import taskgrad.tracking as tracking
+from taskgrad import tracking
 
 
 def _forget_alias() -> None:
@@ -34,7 +34,7 @@ def test_old_name_warns_and_forwards_every_name():
 def test_from_taskgrad_import_logging_warns():
     _forget_alias()
     with pytest.warns(DeprecationWarning):
-        from taskgrad import logging as old  # noqa: F401
+        from taskgrad import logging as old
     assert old.CSVLogger is tracking.CSVLogger
 
 

@@ -65,7 +65,7 @@ def check_common(est) -> None:
     if est.solver not in ("auto", "cd", "apg"):
         raise ValueError(f"solver must be 'auto', 'cd' or 'apg', got {est.solver!r}.")
     if not isinstance(est.fit_intercept, (bool, np.bool_)):
-        raise ValueError(f"fit_intercept must be a bool, got {est.fit_intercept!r}.")
+        raise ValueError(f"fit_intercept must be a bool, got {est.fit_intercept!r}.")  # noqa: TRY004 (as sklearn)
 
 
 def _shared_X(est, X, y, *, reset: bool, y_numeric=True, multi_output=True):
@@ -90,7 +90,7 @@ class Data(NamedTuple):
         return make_problem(X, Y, S, loss=self.loss, fit_intercept=fit_intercept, task=task,
                             n_tasks=self.n_tasks)
 
-    def rows(self, idx: np.ndarray) -> "Data":
+    def rows(self, idx: np.ndarray) -> Data:
         """The samples ``idx`` (sorted), for cross-validation folds."""
         X = self.X[idx] if not sp.issparse(self.X) else sp.csr_matrix(self.X)[idx]
         task = None if self.task is None else self.task[idx]

@@ -7,8 +7,8 @@ from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.typing import ArrayLike
 from joblib import Parallel, delayed
+from numpy.typing import ArrayLike
 from sklearn.model_selection import KFold, check_cv
 
 from . import _inputs as I

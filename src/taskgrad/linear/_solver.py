@@ -306,7 +306,7 @@ def solve_cd(
             inner_tol = 0.5 * tol_abs
             check_first = True
         else:
-            gap, theta, V, _ = duality_gap(P, W, b, Z, a1, a2, pen)
+            gap, _, V, _ = duality_gap(P, W, b, Z, a1, a2, pen)
             if gap <= tol_abs and not (
                     n_epochs == 0 and not W.any() and zero_is_not_optimal(P, a1, pen)):
                 converged = True

@@ -17,8 +17,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._problem import Problem
-from ._warn import warn_at_user
 from ._solver import SolverResult, datafit_at_zero, zero_is_not_optimal
+from ._warn import warn_at_user
 
 
 def _entr(u: torch.Tensor) -> torch.Tensor:

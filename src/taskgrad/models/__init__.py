@@ -4,7 +4,6 @@ returning a :class:`MultiTaskOutput` whose ``features`` feed the representation 
 
 from .architectures import (
     CGC,
-    MMoE,
     MTAN,
     PLE,
     TABULAR_ARCHITECTURES,
@@ -12,6 +11,7 @@ from .architectures import (
     DSelectK,
     FeaturesAndOutputs,
     HardParameterSharing,
+    MMoE,
     MultiTaskOutput,
     mlp,
     tabular_multitask,
@@ -20,18 +20,18 @@ from .resnet import BasicBlock, MultiHead, ResNetEncoder, resnet18_encoder
 
 __all__ = [
     "CGC",
-    "MMoE",
     "MTAN",
     "PLE",
+    "TABULAR_ARCHITECTURES",
     "BasicBlock",
     "CrossStitch",
     "DSelectK",
     "FeaturesAndOutputs",
     "HardParameterSharing",
+    "MMoE",
     "MultiHead",
     "MultiTaskOutput",
     "ResNetEncoder",
-    "TABULAR_ARCHITECTURES",
     "mlp",
     "resnet18_encoder",
     "tabular_multitask",

@@ -26,6 +26,7 @@ as task-specific heads do.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,15 +36,15 @@ from torch import Tensor, nn
 
 __all__ = [
     "CGC",
+    "MTAN",
     "PLE",
+    "TABULAR_ARCHITECTURES",
     "CrossStitch",
     "DSelectK",
     "FeaturesAndOutputs",
     "HardParameterSharing",
     "MMoE",
-    "MTAN",
     "MultiTaskOutput",
-    "TABULAR_ARCHITECTURES",
     "mlp",
     "tabular_multitask",
 ]
@@ -75,7 +76,7 @@ def mlp(sizes: Sequence[int], *, last_activation: bool = True) -> nn.Sequential:
     if len(sizes) < 2:
         raise ValueError(f"mlp needs at least an input and an output size, got {list(sizes)}.")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if last_activation or i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -411,7 +412,7 @@ def tabular_multitask(architecture: str, d_in: int, hidden: Sequence[int], outs:
         raise ValueError("hidden must hold at least one width.")
     heads = {f"task{i}": nn.Linear(hidden[-1], o) for i, o in enumerate(outs)}
     dims = [d_in, *hidden]
-    layers = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:])]
+    layers = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in itertools.pairwise(dims)]
 
     def expert() -> nn.Module:
         return mlp(dims)

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .stats import step_scalars
 
@@ -62,10 +62,10 @@ class TrainingLogger(ABC):
         """Flush and release files."""
         self.flush()
 
-    def __enter__(self) -> TrainingLogger:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -83,14 +83,14 @@ class CSVLogger(TrainingLogger):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not append or not self.path.exists() or self.path.stat().st_size == 0
-        self._fh = open(self.path, "a" if not new else "w", newline="")
+        self._fh = open(self.path, "a" if not new else "w", newline="")  # noqa: SIM115 (open until close())
         self._w = csv.writer(self._fh)
         if new:
             self._w.writerow(["step", "name", "value"])
         self._pending = 0
         self.flush_every = flush_every
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
             if isinstance(value, float) and math.isnan(value):
                 raise ValueError(f"refusing to log NaN for {name!r} at step {step}.")
@@ -99,12 +99,12 @@ class CSVLogger(TrainingLogger):
         if self._pending >= self.flush_every:
             self.flush()
 
-    def flush(self) -> None:  # noqa: D102
+    def flush(self) -> None:
         if not self._fh.closed:
             self._fh.flush()
         self._pending = 0
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         if not self._fh.closed:
             self._fh.flush()
             self._fh.close()
@@ -117,7 +117,7 @@ class MemoryLogger(TrainingLogger):
         super().__init__(names, every=every, tol=tol)
         self.rows: list[tuple[int, str, float]] = []
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.rows.extend((int(step), n, float(v)) for n, v in scalars.items())
 
     def series(self) -> dict[str, tuple[list[int], list[float]]]:
@@ -149,14 +149,14 @@ class TensorBoardLogger(TrainingLogger):
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, float(value), global_step=int(step))
 
-    def flush(self) -> None:  # noqa: D102
+    def flush(self) -> None:
         self.writer.flush()
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         self.writer.close()
 
 
@@ -194,15 +194,15 @@ class MultiLogger(TrainingLogger):
             if value is not None:
                 lg.names = list(value)
 
-    def log(self, step: int, scalars: Mapping[str, float]) -> None:  # noqa: D102
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for lg in self.loggers:
             lg.log(step, scalars)
 
-    def flush(self) -> None:  # noqa: D102
+    def flush(self) -> None:
         for lg in self.loggers:
             lg.flush()
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         for lg in self.loggers:
             lg.close()
 
