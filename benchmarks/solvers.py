@@ -10,6 +10,15 @@ and the worst KKT residual of each answer (`primary_aux_kkt_residual`, scale fre
 
 Loops of the peers run on at most --peer-problems problems and are extrapolated linearly to B
 (marked with ~). Results: printed table, benchmarks/out/solvers_<device>.{json,csv}.
+
+    python benchmarks/solvers.py --batch-vs-loop  # batched call vs our own one-by-one loop
+
+``--batch-vs-loop`` times, for the projection (n_primary = 1) and MGDA (n_primary = k), one
+batched call against a loop of single-problem calls of the same function and a loop of
+quadprog solves, interleaved round by round (batch, loop, quadprog, batch, ...), on the CPU;
+loops run on min(B, --loop-problems) problems and are reported per problem. The table gives the
+medians over rounds of the per-problem times and of the per-round ratios.
+Results: benchmarks/out/solvers_batch_vs_loop.{json,csv}.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from taskgrad.solvers import primary_aux, primary_aux_kkt_residual
+from taskgrad.solvers import min_norm_simplex, primary_aux, primary_aux_kkt_residual
 
 
 def make_grams(k: int, B: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
@@ -66,6 +75,102 @@ def quadprog_weights(G: np.ndarray) -> np.ndarray:
     return np.concatenate([[1.0], np.maximum(lam, 0)])
 
 
+def quadprog_mgda(G: np.ndarray) -> np.ndarray:
+    """MGDA's α by quadprog: min ½αᵀGα over the simplex (normalized variables, a 1e-12 ridge)."""
+    import quadprog
+
+    k = G.shape[0]
+    s = np.sqrt(np.maximum(np.diag(G), 1e-300))
+    Gs = G / s[:, None] / s[None, :] + 1e-12 * np.eye(k)
+    A = np.concatenate([(1.0 / s)[:, None], np.eye(k)], axis=1)  # Σ zᵢ/σᵢ = 1, z ≥ 0
+    b = np.concatenate([[1.0], np.zeros(k)])
+    z = quadprog.solve_qp(Gs, np.zeros(k), A, b, meq=1)[0]
+    a = np.maximum(z, 0) / s
+    return a / a.sum()
+
+
+def batch_vs_loop(args) -> None:
+    """Batched call vs a loop of our own single-problem calls vs a loop of quadprog (CPU)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = []
+    for k in args.ks:
+        for B in args.batches:
+            G = make_grams(k, B, torch.float64, "cpu", seed=k + B)
+            nl = min(B, args.loop_problems)
+            Gl = [G[i] for i in range(nl)]
+            Gn = [g.numpy() for g in Gl]
+            for problem, ours, peer in (
+                ("projection", lambda X: primary_aux(X), quadprog_weights),
+                ("mgda", lambda X: min_norm_simplex(X), quadprog_mgda),
+            ):
+                ours(G[:2])
+                ours(Gl[0])  # warm-up (and compile)
+                t_batch, t_loop, t_qp, r_loop, r_qp = [], [], [], [], []
+                for _ in range(args.rounds):
+                    t = time.perf_counter()
+                    ours(G)
+                    tb = (time.perf_counter() - t) / B
+                    t = time.perf_counter()
+                    for g in Gl:
+                        ours(g)
+                    tl = (time.perf_counter() - t) / nl
+                    t = time.perf_counter()
+                    for g in Gn:
+                        peer(g)
+                    tq = (time.perf_counter() - t) / nl
+                    t_batch.append(tb)
+                    t_loop.append(tl)
+                    t_qp.append(tq)
+                    r_loop.append(tl / tb)
+                    r_qp.append(tq / tb)
+                w = ours(G)
+                n = 1 if problem == "projection" else k
+                rows.append(
+                    {
+                        "problem": problem,
+                        "k": k,
+                        "batch": B,
+                        "loop_problems": nl,
+                        "rounds": args.rounds,
+                        "batch_us_per_problem": 1e6 * statistics.median(t_batch),
+                        "loop_us_per_problem": 1e6 * statistics.median(t_loop),
+                        "quadprog_us_per_problem": 1e6 * statistics.median(t_qp),
+                        "loop_over_batch": statistics.median(r_loop),
+                        "quadprog_over_batch": statistics.median(r_qp),
+                        "kkt_max": float(primary_aux_kkt_residual(w, G, n).max()),
+                    }
+                )
+                print(rows[-1], flush=True)
+            del G
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / "solvers_batch_vs_loop"
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    table = Table(title="CPU float64: µs per problem (medians over interleaved rounds)")
+    for col in ["problem", "k", "B", "batch", "our loop", "quadprog loop", "loop/batch", "quadprog/batch", "KKT"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["problem"],
+            str(r["k"]),
+            str(r["batch"]),
+            f"{r['batch_us_per_problem']:.1f}",
+            f"{r['loop_us_per_problem']:.1f}",
+            f"{r['quadprog_us_per_problem']:.1f}",
+            f"{r['loop_over_batch']:.2f}x",
+            f"{r['quadprog_over_batch']:.2f}x",
+            f"{r['kkt_max']:.1e}",
+        )
+    Console(width=150).print(table)
+    print(f"saved {stem}.json and {stem}.csv")
+
+
 def torchjd_projector():
     try:
         from torchjd._linalg import QuadprogProjector
@@ -85,7 +190,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--full", action="store_true", help="include k=512 with B=1024 on the CPU (~10 GB)")
     ap.add_argument("--out", default="benchmarks/out")
+    ap.add_argument("--batch-vs-loop", action="store_true", help="batched call vs one-by-one loops (CPU)")
+    ap.add_argument("--loop-problems", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.batch_vs_loop:
+        if args.ks == [2, 8, 32, 128, 512]:
+            args.ks = [8, 32, 128]
+        if args.batches == [1, 64, 1024]:
+            args.batches = [64, 1024]
+        batch_vs_loop(args)
+        return
     dev = args.device
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     dtypes = args.dtypes or (["float64", "float32"] if dev.startswith("cuda") else ["float64"])

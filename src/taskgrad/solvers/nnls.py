@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -208,6 +209,10 @@ def _lawson_hanson(
     return x.clamp_min(0.0), free, iterations, done
 
 
+# from this many variables the CPU float64 path factorizes with LAPACK (NumPy) per problem
+_LAPACK_FROM_K = 112
+
+
 def _use_compiled() -> bool:
     """Whether the compiled (numba) kernels are available for the CPU float64 path."""
     from .._numba import HAVE_NUMBA
@@ -231,9 +236,26 @@ def _pivot(
     2·log2(k) + 12 iterations the unfinished problems restart with Lawson–Hanson, which
     terminates. Returns (x, free, iterations, converged). On the CPU in float64 (with numba)
     the problems run one after the other in compiled code (:func:`._compiled.pivot_batch`), the
-    same algorithm and decisions, so a batch costs the sum of its problems' own work.
+    same algorithm and decisions, so a batch costs the sum of its problems' own work; from
+    k = 112 on, each problem runs the NumPy/LAPACK port (:mod:`._single`) instead.
     """
     k = cs.shape[-1]
+    if cs.device.type == "cpu" and cs.dtype == torch.float64 and k >= _LAPACK_FROM_K:
+        # large blocks: one problem after the other in NumPy/LAPACK on the gathered free block
+        # (faster than the compiled loops' own Cholesky from k ≈ 110)
+        out = [
+            _single.pivot(
+                Qs[b].detach().numpy(), cs[b].detach().numpy(), fixed_zero[b].numpy(), tol, ridge, max_iter,
+                None if free is None else free[b].numpy(),
+            )
+            for b in range(cs.shape[0])
+        ]
+        return (
+            torch.from_numpy(np.stack([o[0] for o in out])),
+            torch.from_numpy(np.stack([o[1] for o in out])),
+            torch.tensor([o[2] for o in out], dtype=torch.long),
+            torch.tensor([o[3] for o in out], dtype=torch.bool),
+        )
     if cs.device.type == "cpu" and cs.dtype == torch.float64 and _use_compiled():
         # one problem after the other in compiled code: each pays for its own free blocks
         from . import _compiled

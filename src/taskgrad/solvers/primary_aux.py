@@ -385,9 +385,10 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     # zero gradients, as the solvers treat them: exactly zero (rows and columns of G dropped)
     dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag < torch.finfo(Gd.dtype).tiny)
     dead[..., :n] = diag[..., :n] < torch.finfo(Gd.dtype).tiny
-    keep = (~dead).to(Gd.dtype)
-    Gd = Gd * keep.unsqueeze(-1) * keep.unsqueeze(-2)
-    diag = diag * keep
+    if bool(dead.any()):
+        keep = (~dead).to(Gd.dtype)
+        Gd = Gd * keep.unsqueeze(-1) * keep.unsqueeze(-2)
+        diag = diag * keep
     sig = diag.sqrt()
     V = (wd.abs() * sig).sum(-1, keepdim=True)
     V = torch.where(V > 0, V, torch.ones_like(V))
