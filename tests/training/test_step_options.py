@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import taskgrad
 from taskgrad.distributed import DistributedStep
@@ -160,7 +159,7 @@ def test_normalize_sum_and_mean_norm(method):
     model = Net()
     z, L = model(x, y)
     J = per_task_jacobian(L, shared(model))
-    res = taskgrad.backward(L, method=taskgrad.methods.get(method, **({} if method != "dwa" else {})),
+    res = taskgrad.backward(L, method=taskgrad.methods.get(method),
                             normalize="mean-norm")
     d = res.weights.to(J.dtype) @ J
     assert float(d.norm()) == pytest.approx(float(J.mean(0).norm()), rel=1e-8)

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import taskgrad
 from taskgrad.sources import ModuleLoss, SketchGram

@@ -149,6 +149,16 @@ class DistributedSource(GramSource):
         G = payload.reshape(k, k)
         return 0.5 * (G + G.T)
 
+    @property
+    def gram_from_grads(self) -> bool:  # type: ignore[override]
+        return self.resolve(None).gram_from_grads
+
+    def gram_of_grads(self, grads) -> Tensor:  # noqa: D102
+        return self.resolve(None).gram_of_grads(grads)
+
+    def fix_directions(self, state, losses, *, loss_fn=None, params=None):  # noqa: D102
+        return self.resolve(None).fix_directions(state, losses, loss_fn=loss_fn, params=params)
+
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
         return self.gram_of(self.part(ls, features=features, params=params, loss_fn=loss_fn).payload, ls.k)

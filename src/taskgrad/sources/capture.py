@@ -355,7 +355,7 @@ def _loop(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], s
         if not mine:
             continue
         inputs = [params[j] for j in mine]
-        gs = guarded_grad(lambda: losses.task_grad(i, inputs))
+        gs = guarded_grad(lambda i=i, inputs=inputs: losses.task_grad(i, inputs))
         for j, g in zip(mine, gs):
             rows[j][pos[j][i]] = 0 if g is None else g
     if scale != 1.0:

@@ -103,6 +103,20 @@ class GramSource(Stateful, ABC):
         G = payload.reshape(k, k) / (world * world)
         return 0.5 * (G + G.T)
 
+    #: the Gram is a function of the per-task gradients (then accumulation needs no payload)
+    gram_from_grads: ClassVar[bool] = False
+
+    def gram_of_grads(self, grads: TaskGrads) -> Tensor:
+        """The k×k Gram from (accumulated) per-task gradients, for sources with ``gram_from_grads``."""
+        raise TypeError(f"{type(self).__name__}'s Gram is not a function of the per-task parameter gradients.")
+
+    def fix_directions(self, state: Tensor | None, losses: LossSet, *, loss_fn: Any = None,
+                       params: Any = None) -> Tensor | None:
+        """Make a micro-batch use the window's random directions: given the state kept from the
+        first micro-batch (None at the first), set it and return what to keep (None: the source
+        draws nothing)."""
+        return None
+
 
 
 def _params_for(losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tensor] | None) -> list[Tensor]:
@@ -158,6 +172,11 @@ class FullGram(GramSource):
         self.params = None if params is None else list(params)
         self.strategy = strategy
 
+    gram_from_grads = True
+
+    def gram_of_grads(self, grads: TaskGrads) -> Tensor:  # noqa: D102
+        return grads.gram(check_params(self.params) if self.params is not None else grads.shared())
+
     def _strategy(self, ls: LossSet) -> str:
         if self.strategy != "auto":
             return self.strategy
@@ -201,6 +220,11 @@ class JacobianGram(GramSource):
     def __init__(self, params: Sequence[Tensor] | None = None, max_jacobian_numel: int | None = None) -> None:
         self.params = None if params is None else list(params)
         self.max_jacobian_numel = max_jacobian_numel
+
+    gram_from_grads = True
+
+    def gram_of_grads(self, grads: TaskGrads) -> Tensor:  # noqa: D102
+        return grads.gram(check_params(self.params) if self.params is not None else grads.shared())
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
@@ -362,6 +386,14 @@ class SketchGram(GramSource):
         if which is not None:
             S = S[which]
         return Part(S.reshape(-1))
+
+    def fix_directions(self, state, losses, *, loss_fn=None, params=None):  # noqa: D102
+        named = self.select(losses.items, loss_fn, params)
+        gen = self.generator(next(iter(named.values())).device)
+        if state is None:
+            state = gen.get_state()
+        gen.set_state(state)  # the same directions Ω for every micro-batch of the window
+        return state
 
     def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
         S = payload.reshape(k, -1) / world

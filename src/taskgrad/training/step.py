@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 
 from ..methods import Mean, UndefinedMethodError, Weighting
-from ..sources import FullGram, GramSource, JacobianGram, LossSet, Part, SketchGram, TaskGrads, check_params, make_source
+from ..sources import GramSource, LossSet, Part, TaskGrads, check_params, make_source
 from ..sources.capture import gram_dtype, task_gradients
-from .reduce import ADVICE, LocalReducer, Reducer, StepNumbers
+from .reduce import LocalReducer, Reducer, StepNumbers
 from .schedule import Periodic, TaskSubsample
 
 __all__ = ["Accumulation", "GradStep", "StepNumbers", "StepResult", "TaskOptimizer"]
@@ -734,14 +734,9 @@ class GradStep:
             acc.grads = tg
         else:
             acc.grads.add_(tg)
-        if not self.needs_gram or isinstance(source, (FullGram, JacobianGram)):
+        if not self.needs_gram or source.gram_from_grads:
             return
-        if isinstance(source, SketchGram):
-            named = source.select(ls.items, loss_fn, params)
-            gen = source.generator(next(iter(named.values())).device)
-            if acc.directions is None:
-                acc.directions = gen.get_state()
-            gen.set_state(acc.directions)  # the same directions Ω for every micro-batch
+        acc.directions = source.fix_directions(acc.directions, ls, loss_fn=loss_fn, params=params)
         part = source.part(ls, features=features, params=params, loss_fn=loss_fn, scale=acc.scale)
         if part.payload is None:
             return
@@ -755,7 +750,7 @@ class GradStep:
         k = ls.k
         if self.reducer.world_size != 1:
             raise ValueError("present= runs on one process; under DDP give every rank the same tasks.")
-        if self.needs_gram and not isinstance(source, (FullGram, JacobianGram)):
+        if self.needs_gram and not source.gram_from_grads:
             raise ValueError("accumulate(present=) needs the full-parameter Gram source (no features=, no sketch).")
         if acc.present_weight is None:
             if acc.n > 1:
@@ -849,11 +844,9 @@ class GradStep:
         def payload_of(subset: Tensor | None) -> Tensor | None:
             if subset is None or not self.needs_gram:
                 return None
-            if isinstance(source, (FullGram, JacobianGram)):
+            if source.gram_from_grads:
                 assert grads is not None
-                own = source.params
-                compared = check_params(own) if own is not None else grads.shared()
-                return grads.gram(compared)[subset][:, subset].reshape(-1)
+                return source.gram_of_grads(grads)[subset][:, subset].reshape(-1)
             if acc.payload is None:
                 raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
             G = source.gram_of(acc.payload * (c ** source.payload_power), k)
@@ -909,7 +902,7 @@ class GradStep:
                     rows[:, offs[j]: offs[j + 1]] = grads.dense_rows(g, dtype)
                     reach[list(grads.tasks[g]), j] = 1.0
         needs_gram = self.needs_gram
-        full = needs_gram and isinstance(source, (FullGram, JacobianGram))
+        full = needs_gram and source.gram_from_grads
         bad = acc.bad or (None if finite(rows) else "gradient")
         n_reach = k * len(plist)
         got: dict[str, Tensor] = {}
