@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
 import re
@@ -75,6 +76,9 @@ def _lenient_docstring(app: object, what: str, name: str, obj: object, options: 
 
 _LITERAL = re.compile(r"(``.+?``|`[^`]+`)")
 _PLAIN = re.compile(r"(?<!\\)(\|)|(?<![\\*])(\*\*kwargs|\*args)")
+# *emphasis* and **strong** as reStructuredText reads them; any other * is a star in math or code
+_EMPHASIS = re.compile(r"(?<![\w*\\])\*\*?[^\s*](?:[^*]*?[^\s*])?\*\*?(?![\w*])")
+_LONE_STAR = re.compile(r"(?<!\\)\*")
 
 
 def _escape_plain_text(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
@@ -85,7 +89,12 @@ def _escape_plain_text(app: object, what: str, name: str, obj: object, options: 
             continue
         parts = _LITERAL.split(line)
         for j in range(0, len(parts), 2):  # even parts are outside ``literals`` and `roles`
-            parts[j] = _PLAIN.sub(lambda m: m.group(0).replace("*", "\\*").replace("|", "\\|"), parts[j])
+            text = _PLAIN.sub(lambda m: m.group(0).replace("*", "\\*").replace("|", "\\|"), parts[j])
+            spans = _EMPHASIS.split(text)  # escape the stars outside real emphasis
+            marks = _EMPHASIS.findall(text)
+            text = "".join(_LONE_STAR.sub(r"\\*", sp) + (marks[n] if n < len(marks) else "")
+                           for n, sp in enumerate(spans))
+            parts[j] = text
         lines[i] = "".join(parts)
 
 
@@ -171,6 +180,17 @@ def _resolve_alias(app: object, env: object, node: object, contnode: object) -> 
         ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)  # type: ignore[attr-defined, index]
         if ref is not None:
             return ref
+    if not exists and "." not in target:  # a bare name: the one documented object of that name
+        same = {n for n in env.get_domain("py").objects if n.rsplit(".", 1)[-1] == target}  # type: ignore[attr-defined]
+        if len(same) == 1:
+            domain = env.get_domain("py")  # type: ignore[attr-defined]
+            ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], same.pop(), node, contnode)  # type: ignore[attr-defined, index]
+            if ref is not None:
+                return ref
+    if not exists and node.get("reftype") == "exc":  # type: ignore[attr-defined]
+        # "ValueError / TypeError" in a Raises section: every name a real exception
+        names = [n for n in re.split(r"\s*(?:/|,|\bor\b)\s*", target) if n]
+        exists = len(names) > 1 and all(isinstance(getattr(builtins, n, None), type) for n in names)
     if not exists and node.get("reftype") == "attr" and "." not in target:  # type: ignore[attr-defined]
         # an instance attribute (set in __init__, not importable) of the class being documented
         exists = any(isinstance(_import_dotted(scope), type) for scope in scopes)
