@@ -110,8 +110,8 @@ def _check_wanted(configs: list[Any], wanted: list[str] | None) -> None:
 
 
 def _bench_toy(cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]) -> None:
-    from .bench.toy import run_toy, trajectories
     from .bench.methods import make_method
+    from .bench.toy import run_toy, trajectories
 
     entries = _selected_methods(cfg.methods, args.methods)
     if not entries:

@@ -14,8 +14,8 @@ import torch
 from taskgrad.bench import load_config, parse_config, run
 from taskgrad.bench.metrics import aggregate, delta_m, mean_std
 from taskgrad.bench.report import report, summarize
-from taskgrad.datasets.multimnist import compose_pairs
 from taskgrad.bench.toy import trajectories
+from taskgrad.datasets.multimnist import compose_pairs
 from taskgrad.datasets.toy import PARETO_Y, STARTS, pareto_front, toy_losses
 
 

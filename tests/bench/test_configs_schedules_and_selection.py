@@ -14,15 +14,12 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from taskgrad.bench import load_config, parse_config, run
-from taskgrad.bench import registry
+from taskgrad.bench import load_config, parse_config, registry, run
 from taskgrad.bench.problem import Metric
 from taskgrad.bench.problems.synthetic import SyntheticProblem
 from taskgrad.bench.report import collect, markdown_table, report, summarize
 from taskgrad.bench.runner import run_all
 from taskgrad.bench.validation import Selector, carve_validation
-
-
 
 # ------------------------------------------------------------------ YAML and config errors
 _TOML = '''name = "e"

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from taskgrad.bench.problems.qm9 import Molecules, QM9Problem, U0_FIRST
-from taskgrad.datasets.qm9 import HARTREE_TO_EV, TARGETS, QM9Data, load_qm9, parse_qm9_csv, split_qm9
+from taskgrad.bench.problems.qm9 import U0_FIRST, Molecules, QM9Problem
+from taskgrad.datasets.qm9 import (
+    HARTREE_TO_EV,
+    TARGETS,
+    QM9Data,
+    load_qm9,
+    parse_qm9_csv,
+    split_qm9,
+)
 from taskgrad.models.mpnn import MPNN, GraphBatch, radius_edges
 
 _HEADER = ("XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,Harmonic_Freq_cmi,"

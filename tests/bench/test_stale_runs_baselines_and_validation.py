@@ -12,10 +12,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from taskgrad.bench import load_config, parse_config, run
-from taskgrad.bench.problems.census import CensusProblem
-from taskgrad.bench import registry
+from taskgrad.bench import load_config, parse_config, registry, run
 from taskgrad.bench.problem import Problem
+from taskgrad.bench.problems.census import CensusProblem
 from taskgrad.bench.problems.synthetic import SyntheticProblem
 from taskgrad.bench.runner import run_all, single_task_val_baseline
 from taskgrad.bench.validation import carve_validation
