@@ -161,9 +161,10 @@ class AllReduce(Reducer):
 
     def _check_sketch_generator(self) -> None:
         src = self.sketch
-        if self.debug and src is not None and src._gen is not None:
-            state = src._gen.get_state().to(torch.float64)
-            assert_identical(state, self.group, what="the sketch's random generator state (seed every rank the same)")
+        state = src.state_dict()["generator"] if self.debug and src is not None else None
+        if state is not None:
+            assert_identical(state.to(torch.float64), self.group,
+                             what="the sketch's random generator state (seed every rank the same)")
 
     def skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:  # noqa: D102
         message = f"{why} is not finite (NaN or Inf) on {n_bad} of {self.world_size} ranks; every rank stops. {ADVICE}"
