@@ -625,11 +625,14 @@ class GradStep:
         task reaches (its head) gets the unweighted ∇Lᵢ (TorchJD's mtl_backward convention);
         ``max_norm`` clipping, GradScaler scaling and the non-finite/undefined policies as usual.
         The result's ``weights`` are NaN (the update is not a weighted sum of the gradients) and
-        ``extra["direction_norm"]`` holds ‖d‖. Memory: J holds k·P numbers.
+        ``extra["direction_norm"]`` holds ‖d‖. Memory: J holds k·P numbers. ``features`` are
+        not used (the Jacobian is over the parameters, whatever the step's source).
         """
         name = type(self.method).__name__
-        if features is not None or backward_fn is not None:
-            raise ValueError(f"{name} needs the Jacobian over the parameters: features= and backward_fn= do not apply.")
+        # the Jacobian is always over the parameters (as TorchJD's mtl_backward, which takes the
+        # features only to reach them): features= is accepted and not used
+        if backward_fn is not None:
+            raise ValueError(f"{name} writes the aggregated gradient itself: backward_fn= does not apply.")
         if self.normalize is not None:
             raise ValueError(f"normalize= rescales weights; {name} returns a direction, not weights: leave normalize=None.")
         if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
@@ -950,11 +953,21 @@ class GradStep:
         else:
             flat = self.reducer.average((w.to(dtype) @ rows).contiguous(), "gradient")
             numbers = replace(numbers, numel=numbers.numel + flat.numel())
+        own = None
+        if self.heads == "unweighted":  # a parameter one task reaches gets that task's unweighted gradient
+            ones = torch.ones(k, dtype=dtype, device=device)
+            if full:
+                own = ones @ got["J"]
+            else:
+                own = self.reducer.average((ones @ rows).contiguous(), "head gradient")
+                numbers = replace(numbers, numel=numbers.numel + own.numel())
         grads_out = []
         for j, p in enumerate(plist):
-            if not bool(got["reach"][:, j].any()):
+            n_tasks = int(got["reach"][:, j].sum())
+            if n_tasks == 0:
                 continue  # no loss reaches it on any process: leave .grad untouched, as DDP does
-            grads_out.append((p, flat[offs[j]: offs[j + 1]].reshape(p.shape), int(got["reach"][:, j].sum()) >= 2))
+            src = own if own is not None and n_tasks == 1 and k > 1 else flat
+            grads_out.append((p, src[offs[j]: offs[j + 1]].reshape(p.shape), n_tasks >= 2))
         norm, clipped = self._write(grads_out, acc.scale)
         self.schedule.advance()
         return self._result(w, gram, numbers, acc.losses * c, subset, refreshed, reason, fallback=fallback,
