@@ -71,6 +71,7 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
     converged = torch.zeros(B, dtype=torch.bool, device=Gs.device)
     eye = torch.eye(k, dtype=Gs.dtype, device=Gs.device)
     rtol = 1e-12 if Gs.dtype == torch.float64 else 1e-5
+    eps = torch.finfo(Gs.dtype).eps
     for _ in range(max_iter):
         Gx = (Gs @ x.unsqueeze(-1)).squeeze(-1)
         grad = Gx - c * x.pow(-inv_a)
@@ -78,9 +79,13 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
         L, info = torch.linalg.cholesky_ex(H + 1e-300 * eye)
         step = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         dec = -(grad * step).sum(-1)  # Newton decrement²
-        # relative residual of the fixed point (Ĝy)ᵢ yᵢ^(1/α) / cᵢ = 1, scale-free
+        # relative residual of the fixed point (Ĝy)ᵢ yᵢ^(1/α) / cᵢ = 1, scale-free; it cannot go
+        # below the rounding of (Ĝy)ᵢ, ~kε·Σⱼ|Ĝᵢⱼyⱼ|/|(Ĝy)ᵢ| (cancellation in the sum), accepted up
+        # to 1e3·rtol (beyond, the cancellation is that of a diverging iterate: 0 in the hull)
         resid = (Gx * x.pow(inv_a) / c - 1.0).abs().amax(-1)
-        newly = ((dec <= 1e-32) | (resid <= rtol)) & (info == 0) & torch.isfinite(x).all(-1)
+        absGx = (Gs.abs() @ x.abs().unsqueeze(-1)).squeeze(-1)
+        floor = (8 * k * eps) * (absGx / Gx.abs().clamp_min(torch.finfo(Gs.dtype).tiny)).amax(-1)
+        newly = ((dec <= 1e-32) | (resid <= torch.clamp(floor, min=rtol, max=1e3 * rtol))) & (info == 0) & torch.isfinite(x).all(-1)
         converged = converged | newly
         if bool(converged.all()):
             break
@@ -148,7 +153,8 @@ def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl 
     They are the unique minimizer of the strictly convex ½wᵀGw + Σ h(wᵢ) with h'(t) = −t^(−1/α)
     (h = −log for α = 1: Nash-MTL's Gw = 1/w), solved in the scale-free form of this module's
     doc by Newton's method with a fraction-to-boundary rule and Armijo backtracking, until
-    max |(Gw)ᵢwᵢ^(1/α) − 1| ≤ 1e-12 (float64; 1e-5 in float32) or the Newton decrement² is below
+    max |(Gw)ᵢwᵢ^(1/α) − 1| ≤ 1e-12 (float64; 1e-5 in float32; or the rounding level of (Gw)ᵢ
+    where its sum cancels) or the Newton decrement² is below
     1e-32 (rounding level; Newton converges quadratically).
 
     Returns (w, ok) where ``ok`` marks problems that converged (see :func:`alpha_fair_solve`

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .common import _ENTRY, _INTERNAL, TINY, _cho_solve, _cholesky, njit, xGx
+from .common import _ENTRY, _INTERNAL, EPS, TINY, _cho_solve, _cholesky, njit, xGx
 
 # statuses, as in taskgrad.methods.gram._alpha_fair
 CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
@@ -101,13 +101,18 @@ def alpha_fair(G, alpha, max_iter):
             _cho_solve(L, k, grad, step)
             dec = 0.0
             resid = 0.0
+            floor = 0.0
             for i in range(k):
                 step[i] = -step[i]
                 dec -= grad[i] * step[i]
                 rr = abs(gx[i] * x[i] ** inv_a / c[i] - 1.0)
                 if rr > resid or math.isnan(rr):
                     resid = rr
-            if (dec <= 1e-32 or resid <= rtol) and finite:
+                ab = 0.0
+                for j in range(k):
+                    ab += abs(Gs[i, j]) * abs(x[j])
+                floor = max(floor, (8.0 * k * EPS) * ab / max(abs(gx[i]), TINY))
+            if (dec <= 1e-32 or resid <= min(max(rtol, floor), 1e3 * rtol)) and finite:
                 converged = True
                 break
             ratio = np.inf
