@@ -37,7 +37,7 @@ def test_dwa_iteration_window_is_the_reference_fifo(window, temp):
     seq = [rng.uniform(0.1, 3.0, size=4) for _ in range(4 * window + 5)]
     ref = reference_dwa_window(seq, window, temp)
     m = M.DWA(temperature=temp, iteration_window=window)
-    for L, r in zip(seq, ref):
+    for L, r in zip(seq, ref, strict=True):
         assert rel(m(losses=torch.tensor(L)), torch.tensor(r)) < 1e-12
 
 
@@ -154,7 +154,7 @@ def test_blockwise_gradvac_is_per_layer_gradvac():
     for t in range(6):
         J = jacobian(2, sum(sizes), t)
         J[1] = -0.5 * J[0] + J[1]
-        ref = torch.cat([gradvac_k2(b, r, 0.5) for b, r in zip(torch.split(J, sizes, dim=1), rhos)])
+        ref = torch.cat([gradvac_k2(b, r, 0.5) for b, r in zip(torch.split(J, sizes, dim=1), rhos, strict=True)])
         assert rel(m.aggregate(J, losses=torch.ones(2, dtype=torch.float64)), ref) < 1e-12
 
 
@@ -217,7 +217,7 @@ def test_stch_log_nadir_recipe_is_libmtl(mu, warmup):
     seq = [torch.rand(3, generator=g, dtype=torch.float64) * 2 + 0.1 for _ in range(12)]
     ref = libmtl_stch_weights(seq, mu, warmup, steps_per_epoch=3)
     m = M.STCH(mu=mu, recipe="log-nadir", warmup_epoch=warmup, steps_per_epoch=3)
-    for L, r in zip(seq, ref):
+    for L, r in zip(seq, ref, strict=True):
         assert rel(m(losses=L), r) < 1e-12
     state = m.state_dict()
     m2 = M.STCH(mu=mu, recipe="log-nadir", warmup_epoch=warmup, steps_per_epoch=3)
@@ -255,7 +255,7 @@ def libmtl_gradnorm_run(Gs, Ls, alpha, lr, warmup):
     xi = torch.ones(k, dtype=torch.float64, requires_grad=True)
     buf = torch.zeros(k, dtype=torch.float64)
     out = []
-    for t, (G, L) in enumerate(zip(Gs, Ls)):
+    for t, (G, L) in enumerate(zip(Gs, Ls, strict=True)):
         if t < warmup:
             buf += L / warmup
             out.append(torch.ones(k, dtype=torch.float64))
@@ -279,7 +279,7 @@ def test_gradnorm_softmax_parametrization_is_libmtl(alpha):
     Ls = [torch.rand(3, generator=torch.Generator().manual_seed(t), dtype=torch.float64) + 0.5 for t in range(8)]
     ref = libmtl_gradnorm_run(Gs, Ls, alpha, 0.1, warmup=3)
     m = M.GradNorm(alpha=alpha, lr=0.1, optimizer="sgd", parametrization="softmax", warmup_steps=3)
-    for G, L, r in zip(Gs, Ls, ref):
+    for G, L, r in zip(Gs, Ls, ref, strict=True):
         assert rel(m(gram=G, losses=L), r) < 1e-12
 
 

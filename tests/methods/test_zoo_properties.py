@@ -180,7 +180,7 @@ def test_batched_grams_give_the_weights_one_by_one():
     Ls = torch.rand(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
     for make in (lambda: MoDo(), lambda: SDMGrad(), lambda: LogMGDA(), lambda: M.get("imtl-hybrid")):
         batched = make()(gram=Gs, losses=Ls)
-        single = torch.stack([make()(gram=G, losses=L) for G, L in zip(Gs, Ls)])
+        single = torch.stack([make()(gram=G, losses=L) for G, L in zip(Gs, Ls, strict=True)])
         assert rel(batched, single) < 1e-10
 
 
@@ -202,7 +202,7 @@ def test_backward_jacobian_writes_the_aggregate_and_unweighted_head_gradients():
     d = backward_jacobian(losses(), ConFIG(), shared, task_params=own)
     assert rel(d, expected) < 1e-12
     assert rel(torch.cat([p.grad.reshape(-1) for p in shared]), expected) < 1e-12
-    for p, g in zip(own, head_grads):
+    for p, g in zip(own, head_grads, strict=True):
         assert rel(p.grad, g) < 1e-12
     # a Gram method through the same path: d = Jᵀw(JJᵀ)
     for p in shared + own:

@@ -65,7 +65,7 @@ def test_log_mgda_is_the_reference_log_loss(seed):
     prob = Problem(seed=seed, scales=[1.0, 10.0, 0.1, 3.0])
     eps = 1e-8
     for _ in range(3):
-        Jlog, L = prob.jacobian(lambda l: (l + eps).log())
+        Jlog, L = prob.jacobian(lambda x: (x + eps).log())
         sol = simplex_min_norm(Jlog @ Jlog.T)
         c = (sol / (L + eps)).sum()
         ref = prob.grad_of(lambda Lt, sol=sol, c=c: ((Lt + eps).log() * sol / c).sum())
@@ -100,7 +100,7 @@ def famo_cagrad(grads: torch.Tensor, alpha: float) -> torch.Tensor:
 def test_log_cagrad_is_the_reference_step(seed, c):
     prob = Problem(seed=seed, scales=[1.0, 10.0, 0.1, 3.0])
     for _ in range(3):
-        Jlog, _ = prob.jacobian(lambda l: l.log())
+        Jlog, _ = prob.jacobian(lambda x: x.log())
         ref = famo_cagrad(Jlog, c)
         ours = ours_direction(LogCAGrad(c=c), prob)
         assert rel(ours, ref) < 1e-5
@@ -121,7 +121,7 @@ def test_log_imtlg_is_the_reference_log_loss(seed):
     prob = Problem(seed=seed, scales=[1.0, 10.0, 0.1, 3.0])
     eps = 1e-8
     for _ in range(3):
-        Jlog, _ = prob.jacobian(lambda l: (l + eps).log())
+        Jlog, _ = prob.jacobian(lambda x: (x + eps).log())
         alpha = imtlg_closed_form(Jlog)
         ref = prob.grad_of(lambda Lt, alpha=alpha: ((Lt + eps).log() * alpha).sum())
         ours = ours_direction(LogIMTLG(), prob)

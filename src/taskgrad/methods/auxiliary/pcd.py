@@ -1,5 +1,6 @@
 """PCD, Priority-Constrained Descent (TMLR 2026): follow the primary gradient while every secondary
-objective keeps a fraction tau of its normalized first-order progress."""
+objective keeps a fraction tau of its normalized first-order progress.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def _check_tau(tau: float | Tensor) -> float | Tensor:
 
 
 def pcd_multipliers(Gn: Tensor, tau: Tensor) -> Tensor:
-    """Weights [1, μ₂, …, μ_k] of the solution d = g₁ + Σ μⱼgⱼ of
+    """Weights [1, μ₂, …, μ_k] of PCD's solution d = g₁ + Σ μⱼgⱼ.
+
+    The problem is
 
         min ½‖d − g₁‖²  s.t.  ⟨gⱼ, d⟩ ≥ τⱼ‖gⱼ‖²  (j ≥ 2),
 
@@ -70,8 +73,10 @@ def pcd_multipliers(Gn: Tensor, tau: Tensor) -> Tensor:
     batched=False,
 )
 class PCD(Weighting):
-    """Priority-Constrained Descent (Varam et al., "Not all objectives are born equal", TMLR 2026;
-    TorchJD's PCD). Task 0 is the primary objective, tasks 1.. the secondary ones:
+    """Priority-Constrained Descent (Varam et al., TMLR 2026; TorchJD's PCD).
+
+    "Not all objectives are born equal". Task 0 is the primary objective, tasks 1.. the
+    secondary ones:
 
         d̃ = argmin_d ½‖d − g̃₀‖²  s.t.  ⟨g̃ⱼ, d⟩ ≥ τⱼ‖g̃ⱼ‖²  for j ≥ 1,
 

@@ -1,6 +1,7 @@
 """Validation and small numeric helpers shared by the methods ported from TorchJD and LibMTL:
 range checks on hyper-parameters with errors that name the parameter, and the Euclidean
-projection onto the probability simplex."""
+projection onto the probability simplex.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def check_length(name: str, value: Tensor, k: int) -> None:
 
 def project_simplex(y: Tensor) -> Tensor:
     """Euclidean projection of each row of y (..., k) onto {x ≥ 0, Σx = 1}: x = max(y − θ, 0),
-    θ = (Σ_{j≤ρ} u_j − 1)/ρ for u = y sorted decreasingly and ρ the last j with u_j > θ_j."""
+    θ = (Σ_{j≤ρ} u_j − 1)/ρ for u = y sorted decreasingly and ρ the last j with u_j > θ_j.
+    """
     k = y.shape[-1]
     u, _ = torch.sort(y, dim=-1, descending=True)
     css = u.cumsum(-1) - 1.0
@@ -92,7 +94,8 @@ def project_simplex(y: Tensor) -> Tensor:
 
 def check_cross_matrix(owner: str, A: Tensor) -> None:
     """Validate the (…, k, k) cross-batch matrix A = J₁J₂ᵀ of two independent mini-batches (square,
-    floating point, finite; not necessarily symmetric)."""
+    floating point, finite; not necessarily symmetric).
+    """
     if not isinstance(A, Tensor) or not A.is_floating_point():
         raise TypeError(f"{owner}: the cross-batch matrix must be a floating-point tensor, got {type(A).__name__}.")
     if A.dim() < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:

@@ -39,7 +39,7 @@ class Constant(Weighting):
         self.weights = check_vector("weights", weights)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
-        """d = Σ wᵢ gᵢ for the Jacobian J (k, P) (no losses needed)."""
+        """The direction d = Σ wᵢ gᵢ for the Jacobian J (k, P) (no losses needed)."""
         if losses is not None:
             return super().aggregate(jacobian, losses)
         from ..jacobian._base import check_jacobian

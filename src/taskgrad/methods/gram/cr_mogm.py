@@ -37,8 +37,9 @@ def _resolve(method: Weighting | str) -> Weighting:
     random=False,
 )
 class CRMOGM(Weighting):
-    """CR-MOGM weight smoothing (Zhou et al., "On the convergence of stochastic multi-objective
-    gradient manipulation and beyond", NeurIPS 2022) around any inner method:
+    """CR-MOGM weight smoothing (Zhou et al., NeurIPS 2022) around any inner method.
+
+    "On the convergence of stochastic multi-objective gradient manipulation and beyond":
 
         λₜ = α λₜ₋₁ + (1 − α) λ̂ₜ,   λ̂ₜ = method(G, L),
 

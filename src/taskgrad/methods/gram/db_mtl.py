@@ -62,7 +62,7 @@ class DBMTL(Weighting):
         self._step = 0
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
-        """d for the Jacobian J (k, P); with ``beta`` > 0 it advances the gradient moving average."""
+        """The direction d for the Jacobian J (k, P); with ``beta`` > 0 it advances the average."""
         if self.beta == 0:
             return super().aggregate(jacobian, losses)
         from ..jacobian._base import check_jacobian

@@ -24,7 +24,8 @@ __all__ = ["LogIMTLG"]
 class LogIMTLG(LogLossWeighting):
     """LOG-IMTLG (Liu et al., FAMO, NeurIPS 2023, baseline): α = IMTL-G on the gradients of
     log(Lᵢ + eps) (equal projections on every unit log-gradient, Σα = 1), applied to the loss
-    Σ αᵢ log(Lᵢ + eps): wᵢ = αᵢ/(Lᵢ + eps)."""
+    Σ αᵢ log(Lᵢ + eps): wᵢ = αᵢ/(Lᵢ + eps).
+    """
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__(IMTLG(), eps=eps)

@@ -25,7 +25,8 @@ class LogMGDA(LogLossWeighting):
     """LOG-MGDA (Liu et al., FAMO, NeurIPS 2023, baseline): w' = MGDA on the gradients of
     log(Lᵢ + eps) (Gram G ⊘ (L+eps)(L+eps)ᵀ), applied to the loss Σ w'ᵢ log(Lᵢ + eps) / c with
     c = Σ w'ᵢ/(Lᵢ + eps): wᵢ = (w'ᵢ/(Lᵢ + eps)) / c, so Σ w = 1. MGDA is solved exactly (the
-    reference uses a Frank-Wolfe approximation)."""
+    reference uses a Frank-Wolfe approximation).
+    """
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__(MGDA(), eps=eps, normalize=True)

@@ -28,8 +28,10 @@ __all__ = ["MoDo"]
     random=False,
 )
 class MoDo(Weighting):
-    """MoDo (Chen, Fernando, Ying & Chen, "Three-way trade-off in multi-objective learning",
-    JMLR 2024): one projected-gradient step per call on λ ↦ ½λᵀGλ + ½ρ‖λ‖² over the simplex,
+    """MoDo (Chen, Fernando, Ying & Chen, JMLR 2024): projected-gradient simplex weights.
+
+    "Three-way trade-off in multi-objective learning": one projected-gradient step per call on
+    λ ↦ ½λᵀGλ + ½ρ‖λ‖² over the simplex,
 
         λ ← Π_Δ(λ − γ (G + ρI) λ),   w = λ   (λ starts at 1/k).
 
@@ -63,7 +65,8 @@ class MoDo(Weighting):
 
     def cross_batch(self, matrix: Tensor) -> Tensor:
         """One call on the paper's cross-batch matrix A = J₁J₂ᵀ (two independent mini-batches;
-        not symmetric in general) instead of a Gram matrix; advances the same state."""
+        not symmetric in general) instead of a Gram matrix; advances the same state.
+        """
         check_cross_matrix("MoDo", matrix)
         return self.compute(gram=matrix, losses=None)
 

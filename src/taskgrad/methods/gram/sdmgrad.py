@@ -85,7 +85,8 @@ class SDMGrad(Weighting):
 
     def cross_batch(self, matrix: Tensor) -> Tensor:
         """One call on the paper's cross-batch matrix A = J₁J₂ᵀ (two independent mini-batches;
-        not symmetric in general) instead of a Gram matrix; advances the same state."""
+        not symmetric in general) instead of a Gram matrix; advances the same state.
+        """
         check_cross_matrix("SDMGrad", matrix)
         return self.compute(gram=matrix, losses=None)
 

@@ -35,7 +35,8 @@ def shared_jacobian(losses: Tensor | Sequence[Tensor], params: Sequence[Tensor],
     rows = []
     for i in range(L.shape[0]):
         grads = torch.autograd.grad(L[i], params, retain_graph=retain_graph or i < L.shape[0] - 1, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+        flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+        rows.append(torch.cat(flat))
     return torch.stack(rows)
 
 

@@ -1,5 +1,6 @@
 """Per-block (per-layer or per-matrix) granularity for any Gram method: one Gram and one set of
-weights per parameter block (LibMTL's GradVac granularity, for every Weighting)."""
+weights per parameter block (LibMTL's GradVac granularity, for every Weighting).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def parameter_blocks(params: Sequence[Tensor], granularity: str = "matrix", modu
     """Block sizes over the flattened ``params`` (in that order): "matrix" one block per tensor;
     "layer" one block per module that owns parameters directly (its weight and bias together,
     LibMTL's all_layer; needs ``module``), the parameters of one layer being adjacent in
-    ``params``; "all" one block."""
+    ``params``; "all" one block.
+    """
     params = list(params)
     if granularity == "all":
         return [sum(p.numel() for p in params)]
@@ -109,7 +111,7 @@ class Blockwise(JacobianAggregator):
         grams = 0.5 * (grams + grams.transpose(-1, -2))
         L = None if losses is None else losses.to(J.dtype).expand(len(sizes), -1)
         w = self.method(gram=grams if "gram" in self.method.needs else None, losses=L)
-        return torch.cat([wb @ b for wb, b in zip(w, blocks)])
+        return torch.cat([wb @ b for wb, b in zip(w, blocks, strict=True)])
 
     def reset(self) -> None:
         self.method.reset()

@@ -25,8 +25,9 @@ __all__ = ["ConFIG"]
     random=False,
 )
 class ConFIG(JacobianAggregator):
-    """ConFIG (Liu, Chu & Thuerey, "ConFIG: towards conflict-free training of physics informed
-    neural networks", ICLR 2025, Eq. 2), as TorchJD's ConFIG:
+    """ConFIG (Liu, Chu & Thuerey, ICLR 2025, Eq. 2), as TorchJD's ConFIG.
+
+    "ConFIG: towards conflict-free training of physics informed neural networks":
 
         u = normalize(U⁺ p),  d = (Σᵢ ⟨gᵢ, u⟩) u,
 

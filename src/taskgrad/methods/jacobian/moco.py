@@ -28,8 +28,9 @@ __all__ = ["MoCo"]
     random=False,
 )
 class MoCo(JacobianAggregator):
-    """MoCo (Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, "Mitigating gradient bias in
-    multi-objective learning", ICLR 2023), as LibMTL's MoCo. At call t, with
+    """MoCo (Fernando et al., ICLR 2023), as LibMTL's MoCo.
+
+    "Mitigating gradient bias in multi-objective learning". At call t, with
     ĝᵢ = gᵢ Lᵢ/(‖gᵢ‖ + 1e-8):
 
         Y ← Y − β t^(−β_σ) (Y − Ĝ),   λ ← softmax(λ − γ t^(−γ_σ) (YYᵀ + ρI) λ),   d = Yᵀλ,

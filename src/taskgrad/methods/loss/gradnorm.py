@@ -93,7 +93,7 @@ class GradNorm(Weighting):
         return w.to(losses.dtype)
 
     def _softmax_step(self, gram: Tensor, L: Tensor) -> Tensor:
-        """w = k·softmax(ξ) before the step; one optimizer step on ξ through the softmax."""
+        """Weights k·softmax(ξ) before the step; one optimizer step on ξ through the softmax."""
         assert self._initial is not None
         xi = self._w.get(L)
         with torch.no_grad():
