@@ -203,6 +203,9 @@ class GradStep:
         heads: "weighted" (every parameter gets Σᵢ vᵢ∇Lᵢ, as ``sum(w_i * L_i).backward()``)
             or "unweighted": a parameter reached by one task only (its head) gets that task's
             unweighted ∇Lᵢ, the shared ones Σᵢ vᵢ∇Lᵢ (the official CAGrad/FairGrad, LibMTL).
+            "Reached" is read from the autograd graph: an op that joins the heads' outputs before
+            the losses pick their column (``torch.cat`` of the heads, then ``pred[:, i]``) makes
+            every head reachable from every loss, so every head then counts as shared.
             None (default): the method's ``head_convention`` attribute when it sets one (e.g.
             Aligned-MTL's ``scale_decoder_grad``), else "weighted".
         max_norm: clip the update to this norm (None: no clipping; default: the method's own
