@@ -279,3 +279,24 @@ def test_batched_equals_one_by_one(name):
         for j in range(3):
             w = info.example(k)(gram=Gs[i, j], losses=Ls[i, j])
             assert float((wb[i, j] - w).abs().max()) <= 1e-8 * max(float(w.abs().max()), 1.0), (name, i, j)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_and_negative_counts_are_refused_at_construction(name):
+    """Every float hyper-parameter refuses NaN, every int one refuses -1, with a message that
+    names it (read from the signature: a new method is checked without a list to edit)."""
+    import inspect
+
+    info = INFOS[name]
+    base = dict(info.example_kwargs(3)) if info.example_kwargs is not None else {}
+    for pname, p in inspect.signature(info.factory).parameters.items():
+        if pname in base or isinstance(p.default, bool):
+            continue
+        if isinstance(p.default, float):
+            bad = float("nan")
+        elif isinstance(p.default, int):
+            bad = -1
+        else:
+            continue
+        with pytest.raises((ValueError, TypeError), match=pname.rstrip("_").split("_")[0]):
+            info.factory(**{**base, pname: bad})
