@@ -78,7 +78,7 @@ _LITERAL = re.compile(r"(``.+?``|`[^`]+`)")
 _PLAIN = re.compile(r"(?<!\\)(\|)|(?<![\\*])(\*\*kwargs|\*args)")
 # *emphasis* and **strong** as reStructuredText reads them; any other * is a star in math or code
 _EMPHASIS = re.compile(r"(?<![\w*\\])\*\*?[^\s*](?:[^*]*?[^\s*])?\*\*?(?![\w*])")
-_LONE_STAR = re.compile(r"(?<!\\)\*")
+_LONE_STAR = re.compile(r"(?<!\\)(?<!^)\*|^\*(?! )")  # not a bullet ("* " at the line start)
 
 
 def _escape_plain_text(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
@@ -92,8 +92,10 @@ def _escape_plain_text(app: object, what: str, name: str, obj: object, options: 
             text = _PLAIN.sub(lambda m: m.group(0).replace("*", "\\*").replace("|", "\\|"), parts[j])
             spans = _EMPHASIS.split(text)  # escape the stars outside real emphasis
             marks = _EMPHASIS.findall(text)
-            text = "".join(_LONE_STAR.sub(r"\\*", sp) + (marks[n] if n < len(marks) else "")
-                           for n, sp in enumerate(spans))
+            indent = len(text) - len(text.lstrip()) if j == 0 else 0
+            spans[0] = spans[0][indent:]  # the line's indentation is not part of the text
+            text = " " * indent + "".join(_LONE_STAR.sub(r"\\*", sp) + (marks[n] if n < len(marks) else "")
+                                          for n, sp in enumerate(spans))
             parts[j] = text
         lines[i] = "".join(parts)
 
@@ -182,9 +184,9 @@ def _resolve_alias(app: object, env: object, node: object, contnode: object) -> 
             return ref
     if not exists and "." not in target:  # a bare name: the one documented object of that name
         same = {n for n in env.get_domain("py").objects if n.rsplit(".", 1)[-1] == target}  # type: ignore[attr-defined]
-        if len(same) == 1:
+        if len({id(_import_dotted(n)) for n in same}) == 1:  # one object, maybe under several names
             domain = env.get_domain("py")  # type: ignore[attr-defined]
-            ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], same.pop(), node, contnode)  # type: ignore[attr-defined, index]
+            ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], min(same), node, contnode)  # type: ignore[attr-defined, index]
             if ref is not None:
                 return ref
     if not exists and node.get("reftype") == "exc":  # type: ignore[attr-defined]
