@@ -37,7 +37,7 @@ from taskgrad.solvers import min_norm_simplex, primary_aux, primary_aux_kkt_resi
 
 
 def make_grams(k: int, B: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
-    """B Gram matrices of k conflicting gradients in dimension P = k + 16 (some nearly dependent)."""
+    """B Gram matrices of k conflicting gradients in dimension P = k + 16 (some nearly parallel)."""
     g = torch.Generator().manual_seed(seed)
     P = k + 16
     out = torch.empty(B, k, k, dtype=torch.float64)
@@ -46,7 +46,9 @@ def make_grams(k: int, B: int, dtype: torch.dtype, device: str, seed: int = 0) -
         b = min(chunk, B - s)
         J = torch.randn(b, k, P, generator=g, dtype=torch.float64)
         J[:, 1:] -= 1.2 * J[:, :1] * torch.rand(b, k - 1, 1, generator=g, dtype=torch.float64)
-        J *= torch.logspace(-3, 3, k, dtype=torch.float64)[torch.randperm(k, generator=g)][None, :, None]
+        J *= torch.logspace(-3, 3, k, dtype=torch.float64)[torch.randperm(k, generator=g)][
+            None, :, None
+        ]
         out[s : s + b] = J @ J.mT
     out = 0.5 * (out + out.mT)
     return out.to(dtype=dtype, device=device)
@@ -153,7 +155,17 @@ def batch_vs_loop(args) -> None:
         wr.writeheader()
         wr.writerows(rows)
     table = Table(title="CPU float64: µs per problem (medians over interleaved rounds)")
-    for col in ["problem", "k", "B", "batch", "our loop", "quadprog loop", "loop/batch", "quadprog/batch", "KKT"]:
+    for col in [
+        "problem",
+        "k",
+        "B",
+        "batch",
+        "our loop",
+        "quadprog loop",
+        "loop/batch",
+        "quadprog/batch",
+        "KKT",
+    ]:
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -181,16 +193,27 @@ def torchjd_projector():
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 8, 32, 128, 512])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
-    ap.add_argument("--dtypes", nargs="+", default=None, help="float64 float32 (default: float64 on cpu, both on cuda)")
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        help="float64 float32 (default: float64 on cpu, both on cuda)",
+    )
     ap.add_argument("--peer-problems", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--full", action="store_true", help="include k=512 with B=1024 on the CPU (~10 GB)")
+    ap.add_argument(
+        "--full", action="store_true", help="include k=512 with B=1024 on the CPU (~10 GB)"
+    )
     ap.add_argument("--out", default="benchmarks/out")
-    ap.add_argument("--batch-vs-loop", action="store_true", help="batched call vs one-by-one loops (CPU)")
+    ap.add_argument(
+        "--batch-vs-loop", action="store_true", help="batched call vs one-by-one loops (CPU)"
+    )
     ap.add_argument("--loop-problems", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
@@ -218,7 +241,7 @@ def main() -> None:
         G = make_grams(k, B, dtype, dev)
         primary_aux(G)  # warm-up
         reps = args.repeats if k * k * B < 2**24 else 1
-        t_ours = timed(lambda: primary_aux(G), reps, sync)
+        t_ours = timed(lambda G=G: primary_aux(G), reps, sync)
         w, info = primary_aux(G, return_info=True)
         kkt_ours = float(primary_aux_kkt_residual(w, G).max())
         row = {
@@ -236,7 +259,9 @@ def main() -> None:
             t = time.perf_counter()
             wq = np.stack([quadprog_weights(Gn[i]) for i in range(n_peer)])
             row["quadprog_ms"] = 1e3 * (time.perf_counter() - t) * B / n_peer
-            row["quadprog_kkt"] = float(primary_aux_kkt_residual(torch.from_numpy(wq), G[:n_peer].double().cpu()).max())
+            row["quadprog_kkt"] = float(
+                primary_aux_kkt_residual(torch.from_numpy(wq), G[:n_peer].double().cpu()).max()
+            )
         if proj is not None:
             U = torch.zeros(k, dtype=torch.float64)
             U[0] = 1.0
@@ -245,7 +270,9 @@ def main() -> None:
                 wt = torch.stack([proj(U, torch.from_numpy(Gn[i])) for i in range(n_peer)])
                 row["torchjd_ms"] = 1e3 * (time.perf_counter() - t) * B / n_peer
                 wt = wt / wt[:, :1]
-                row["torchjd_kkt"] = float(primary_aux_kkt_residual(wt, G[:n_peer].double().cpu()).max())
+                row["torchjd_kkt"] = float(
+                    primary_aux_kkt_residual(wt, G[:n_peer].double().cpu()).max()
+                )
             except Exception as err:  # a failed QP is a result too
                 row["torchjd_error"] = str(err)[:80]
         row["peer_extrapolated"] = n_peer < B
@@ -261,7 +288,19 @@ def main() -> None:
         wr.writeheader()
         wr.writerows(rows)
     table = Table(title=f"primary_aux solve time (ms) and KKT residual, {dev}")
-    for col in ["dtype", "k", "B", "taskgrad ms", "KKT", "iters", "quadprog ms", "KKT", "vs quadprog", "TorchJD ms", "KKT"]:
+    for col in [
+        "dtype",
+        "k",
+        "B",
+        "taskgrad ms",
+        "KKT",
+        "iters",
+        "quadprog ms",
+        "KKT",
+        "vs quadprog",
+        "TorchJD ms",
+        "KKT",
+    ]:
         table.add_column(col, justify="right")
     for r in rows:
         mark = "~" if r["peer_extrapolated"] else ""

@@ -37,7 +37,16 @@ def jacobian(kind: str, k: int, P: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(J)
 
 
-KINDS = ["random", "conflicting", "rank_deficient", "rank_half", "duplicated", "opposite", "zero", "near_parallel"]
+KINDS = [
+    "random",
+    "conflicting",
+    "rank_deficient",
+    "rank_half",
+    "duplicated",
+    "opposite",
+    "zero",
+    "near_parallel",
+]
 
 
 def gram(J: torch.Tensor) -> torch.Tensor:
@@ -85,13 +94,17 @@ def scaled_jacobians(
                 J[j] = -J[i]
             else:
                 J[j] = 0.0
-    logs = draw(arrays(np.float64, (k,), elements=st.floats(-max_log10, max_log10, allow_nan=False)))
+    logs = draw(
+        arrays(np.float64, (k,), elements=st.floats(-max_log10, max_log10, allow_nan=False))
+    )
     J = J * (10.0**logs)[:, None]
     return torch.from_numpy(J)
 
 
-def mixed_scale_grams(min_k: int = 2, max_k: int = 6, max_log10: float = FLOAT64_LOG10, structured: bool = True):
-    """Strategy of (J, G) pairs: :func:`scaled_jacobians` and its symmetrized Gram J Jᵀ (float64)."""
+def mixed_scale_grams(
+    min_k: int = 2, max_k: int = 6, max_log10: float = FLOAT64_LOG10, structured: bool = True
+):
+    """Strategy of (J, G) pairs: :func:`scaled_jacobians` and its symmetrized Gram (float64)."""
     return scaled_jacobians(min_k, max_k, max_log10, structured).map(lambda J: (J, gram(J)))
 
 
@@ -122,7 +135,7 @@ def kkt_residual_reference(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: fl
     diag = np.clip(np.diagonal(Gl), 0, None)
     tiny = np.finfo(np.float64).tiny  # a squared norm below it is a zero gradient
     live = (diag > eps * diag.max()) & (diag >= tiny)
-    live[:n] = diag[:n] >= tiny
+    live[:n] = diag[:n] >= tiny if n > 1 else True  # the projection's g0 is used as given
     Gl = Gl * np.outer(live, live)
     diag = diag * live
     sig = np.sqrt(diag)

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from taskgrad.solvers import (
+    _compiled,
     min_norm_simplex,
     nnls,
     primary_aux,
     primary_aux_frank_wolfe,
     primary_aux_kkt_residual,
 )
-from tests.foundation.gram_cases import KINDS, gram, jacobian
+from tests.foundation.gram_cases import KINDS, gram, jacobian, kkt_residual_reference
 
 
 def kkt_primary_aux(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: float = 1e-12) -> float:
@@ -106,7 +107,9 @@ def test_min_norm_simplex_is_mgda() -> None:
 
 @pytest.mark.parametrize("k", [128, 512])
 def test_large_k_kkt(k: int) -> None:
-    kinds = ["conflicting", "rank_deficient", "duplicated", "zero"] + (["rank_half"] if k <= 128 else [])
+    kinds = ["conflicting", "rank_deficient", "duplicated", "zero"] + (
+        ["rank_half"] if k <= 128 else []
+    )
     for kind in kinds:
         J = jacobian(kind, k, P=k + 50, seed=k)
         G = gram(J)
@@ -144,7 +147,9 @@ def test_scale_invariance_1e20(dtype: torch.dtype, tol: float) -> None:
     """Scaling task i's gradient by sᵢ leaves the cone unchanged: u(DGD) = s₀·u(G)."""
     J = jacobian("conflicting", 10, 30, seed=5)
     lo, hi = (-20, 20) if dtype == torch.float64 else (-8, 8)
-    s = torch.logspace(lo, hi, 10, dtype=torch.float64)[torch.randperm(10, generator=torch.Generator().manual_seed(0))]
+    s = torch.logspace(lo, hi, 10, dtype=torch.float64)[
+        torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    ]
     Js = J * s[:, None]
     w = primary_aux(gram(J))
     ws, info = primary_aux(gram(Js).to(dtype), compute_dtype=dtype, return_info=True)
@@ -211,7 +216,7 @@ def test_batched_equals_one_by_one() -> None:
 
 def test_nnls_kkt_and_cvxpy() -> None:
     rng = np.random.default_rng(0)
-    for trial in range(10):
+    for _ in range(10):
         k = int(rng.integers(1, 30))
         A = rng.standard_normal((k, int(rng.integers(1, 2 * k + 2))))
         Q = A @ A.T
@@ -252,7 +257,9 @@ def test_margin_against_cvxpy_socp(margin: float) -> None:
 
 
 def test_relative_margin_is_cosine() -> None:
-    J = jacobian("conflicting", 4, 10, seed=9) * torch.tensor([[1.0], [3.0], [0.2], [7.0]], dtype=torch.float64)
+    J = jacobian("conflicting", 4, 10, seed=9) * torch.tensor(
+        [[1.0], [3.0], [0.2], [7.0]], dtype=torch.float64
+    )
     w = primary_aux(gram(J), margin=0.1, relative_margin=True)
     u = J.T @ w
     cos = (J[1:] @ u) / (J[1:].norm(dim=1) * u.norm())
@@ -311,7 +318,9 @@ def test_cuda_matches_cpu() -> None:
     assert w_gpu.device.type == "cuda"
     for i in range(len(KINDS)):
         assert kkt_primary_aux(w_gpu[i].cpu(), Gs[i]) <= 1e-4
-    torch.testing.assert_close(Gs @ w_gpu.double().cpu().unsqueeze(-1), Gs @ w_cpu.unsqueeze(-1), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        Gs @ w_gpu.double().cpu().unsqueeze(-1), Gs @ w_cpu.unsqueeze(-1), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_gram_that_requires_grad_is_accepted() -> None:
@@ -325,9 +334,6 @@ def test_gram_that_requires_grad_is_accepted() -> None:
 # ---------------------------------------------------------------------------------------------
 # Regressions: mixed scales, certificates on the original problem, unbounded NNLS, empty
 # batches, trivial cones, parameter validation, reduced precisions, compiled batched pivoting.
-
-from taskgrad.solvers import _compiled  # noqa: E402
-from tests.foundation.gram_cases import kkt_residual_reference  # noqa: E402
 
 MIXED_J = [[1e-6, 0.0], [0.0, 1.0], [1e6, 1e6]]
 
@@ -346,7 +352,11 @@ def test_mixed_scales_min_norm_point() -> None:
         assert bool(info.converged) and float(info.kkt_residual) <= 1e-12
         assert kkt_residual_reference(w, G, 3 if float(w[:3].sum()) else 2) <= 1e-12
     W, status = _compiled.min_norm(G.unsqueeze(0).numpy().copy(), 80)
-    assert int(status[0]) == 0 and W[0, 0] >= 1 - 1e-9 and float((J.T @ torch.from_numpy(W[0])).norm()) <= 1e-6
+    assert (
+        int(status[0]) == 0
+        and W[0, 0] >= 1 - 1e-9
+        and float((J.T @ torch.from_numpy(W[0])).norm()) <= 1e-6
+    )
 
 
 def test_certificate_rejects_the_old_wrong_answer() -> None:
@@ -378,7 +388,10 @@ def test_nnls_unbounded_singular_direction_raises() -> None:
         nnls(Q, torch.tensor([-1.0, -1.0], dtype=torch.float64))
     # in a batch, one unbounded problem is enough
     with pytest.raises(ValueError, match="unbounded"):
-        nnls(torch.stack([torch.eye(2, dtype=torch.float64), Q]), torch.tensor([[-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64))
+        nnls(
+            torch.stack([torch.eye(2, dtype=torch.float64), Q]),
+            torch.tensor([[-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64),
+        )
     # the same singular Q without a descent direction is bounded: x = (1, 0) + t(1, 1) all optimal
     x, info = nnls(Q, torch.tensor([-1.0, 1.0], dtype=torch.float64), return_info=True)
     y = Q @ x + torch.tensor([-1.0, 1.0], dtype=torch.float64)
@@ -389,12 +402,13 @@ def test_nnls_unbounded_singular_direction_raises() -> None:
 def test_empty_batches() -> None:
     for shape in [(0, 3, 3), (2, 0, 3, 3)]:
         G = torch.zeros(shape, dtype=torch.float64)
+        zeros = torch.zeros(shape[:-1], dtype=torch.float64)
         for call in (
-            lambda: min_norm_simplex(G, return_info=True),
-            lambda: primary_aux(G, return_info=True),
-            lambda: primary_aux(G, n_primary=2, return_info=True),
-            lambda: primary_aux(G, margin=0.1, return_info=True),
-            lambda: nnls(G, torch.zeros(shape[:-1], dtype=torch.float64), return_info=True),
+            lambda G=G: min_norm_simplex(G, return_info=True),
+            lambda G=G: primary_aux(G, return_info=True),
+            lambda G=G: primary_aux(G, n_primary=2, return_info=True),
+            lambda G=G: primary_aux(G, margin=0.1, return_info=True),
+            lambda G=G, c=zeros: nnls(G, c, return_info=True),
         ):
             w, info = call()
             assert w.shape == shape[:-1] and info.converged.shape == shape[:-2]
@@ -482,7 +496,9 @@ def test_certificate_is_recomputed_on_the_users_gram() -> None:
     G = gram(J)
     for n in (1, 5):
         w, info = primary_aux(G, n_primary=n, return_info=True)
-        torch.testing.assert_close(info.kkt_residual, primary_aux_kkt_residual(w, G, n), rtol=1e-3, atol=1e-16)
+        torch.testing.assert_close(
+            info.kkt_residual, primary_aux_kkt_residual(w, G, n), rtol=1e-3, atol=1e-16
+        )
         # and it sees a wrong answer: move 1 % of the weight onto the last task
         w_bad = w.clone()
         w_bad[-1] += 0.01 * float(w[:n].sum())
@@ -504,4 +520,9 @@ def test_compiled_batched_pivot_equals_the_torch_batched_pivot(monkeypatch) -> N
     batched_m = primary_aux(Gs, n_primary=6)
     for a, b in ((compiled, batched), (compiled_m, batched_m)):
         scale = Gs.diagonal(dim1=-2, dim2=-1).amax(-1, keepdim=True)
-        torch.testing.assert_close((Gs @ a.unsqueeze(-1)).squeeze(-1) / scale, (Gs @ b.unsqueeze(-1)).squeeze(-1) / scale, rtol=0, atol=1e-8)
+        torch.testing.assert_close(
+            (Gs @ a.unsqueeze(-1)).squeeze(-1) / scale,
+            (Gs @ b.unsqueeze(-1)).squeeze(-1) / scale,
+            rtol=0,
+            atol=1e-8,
+        )

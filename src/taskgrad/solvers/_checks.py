@@ -72,7 +72,10 @@ def check_nonneg(name: str, value: object) -> float:
     ±inf or a negative value, naming the parameter and its valid range.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number ≥ 0 (a Python float or int), got {type(value).__name__} {value!r}.")
+        raise TypeError(
+            f"{name} must be a real number ≥ 0 (a Python float or int), "
+            f"got {type(value).__name__} {value!r}."
+        )
     v = float(value)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}.")
@@ -84,7 +87,10 @@ def check_max_iter(value: object, name: str = "max_iter") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be None (the default cap) or an int ≥ 1, got {type(value).__name__} {value!r}.")
+        raise TypeError(
+            f"{name} must be None (the default cap) or an int ≥ 1, "
+            f"got {type(value).__name__} {value!r}."
+        )
     if value < 1:
         raise ValueError(f"{name} must be an int ≥ 1 (or None for the default cap), got {value!r}.")
     return int(value)
@@ -93,10 +99,14 @@ def check_max_iter(value: object, name: str = "max_iter") -> int | None:
 def compute_dtype_for(x: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
     """The dtype the solvers compute in: ``compute_dtype`` if given, else float64 on the CPU and
     the input's dtype on other devices; reduced precisions (float16, bfloat16) become float32,
-    which LAPACK-style factorizations support on every device."""
+    which LAPACK-style factorizations support on every device.
+    """
     if compute_dtype is not None:
         if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
-            raise TypeError(f"compute_dtype must be a floating torch.dtype (torch.float32 or torch.float64), got {compute_dtype!r}.")
+            raise TypeError(
+                "compute_dtype must be a floating torch.dtype (torch.float32 or torch.float64), "
+                f"got {compute_dtype!r}."
+            )
         work = compute_dtype
     elif x.device.type == "cpu":
         work = torch.float64

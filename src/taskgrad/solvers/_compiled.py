@@ -26,7 +26,6 @@ import numpy as np
 
 from .._numba import HAVE_NUMBA, njit  # noqa: F401  (HAVE_NUMBA re-exported; without numba the kernels run as Python)
 
-
 TINY = np.finfo(np.float64).tiny
 EPS = np.finfo(np.float64).eps
 # float64 tolerances of taskgrad.solvers (nnls._tolerances): feasibility and ridge
@@ -50,7 +49,8 @@ NOT_PD = 1  # a free block stayed indefinite with a ridge of 1e-2 (LinAlgError i
 @njit(**_INTERNAL)
 def _cholesky(M, n, L):
     """Lower Cholesky factor of M[:n, :n] into L[:n, :n]; returns 0, or j + 1 at the first
-    non-positive pivot (LAPACK's potrf convention)."""
+    non-positive pivot (LAPACK's potrf convention).
+    """
     for j in range(n):
         s = M[j, j]
         for p in range(j):
@@ -88,8 +88,9 @@ def _cho_solve(L, n, b, out):
 
 @njit(**_INTERNAL)
 def _solve_block(Q, c, free, ridge, x, M, L, r, s):
-    """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F (one step of iterative refinement), x_A = 0.
-    Returns a status (NOT_PD when even a ridge of 1e-2 leaves the block indefinite)."""
+    """X with x_F = −(Q_FF + ridge·I)⁻¹ c_F (one step of iterative refinement), x_A = 0.
+    Returns a status (NOT_PD when even a ridge of 1e-2 leaves the block indefinite).
+    """
     k = c.shape[0]
     idx = np.empty(k, dtype=np.int64)
     n = 0
@@ -130,7 +131,7 @@ def _solve_block(Q, c, free, ridge, x, M, L, r, s):
 
 @njit(**_INTERNAL)
 def _residual_y(Q, c, x, free, y):
-    """y = Qx + c off the free set, 0 on it."""
+    """Y = Qx + c off the free set, 0 on it."""
     k = c.shape[0]
     for i in range(k):
         if free[i]:
@@ -145,7 +146,8 @@ def _residual_y(Q, c, x, free, y):
 @njit(**_INTERNAL)
 def _block_pivoting(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s):
     """Block principal pivoting from ``free`` (updated in place); x is written.
-    Returns (iterations, converged, status)."""
+    Returns (iterations, converged, status).
+    """
     k = c.shape[0]
     y = np.empty(k)
     infeasible = np.zeros(k, dtype=np.bool_)
@@ -204,7 +206,8 @@ def _block_pivoting(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s)
 @njit(**_INTERNAL)
 def _lawson_hanson(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s):
     """Lawson–Hanson active set from x = 0 (``free`` and x written). Returns
-    (iterations, converged, status)."""
+    (iterations, converged, status).
+    """
     k = c.shape[0]
     z = np.empty(k)
     y = np.empty(k)
@@ -286,7 +289,8 @@ def _bit_length(n):
 @njit(**_INTERNAL)
 def _pivot(Q, c, fixed_zero, tol, ridge, max_iter, x):
     """Block pivoting (budget 2·log2(k) + 12) then Lawson–Hanson; x written.
-    Returns (iterations, converged, status)."""
+    Returns (iterations, converged, status).
+    """
     k = c.shape[0]
     M = np.empty((k, k))
     L = np.zeros((k, k))
@@ -299,14 +303,17 @@ def _pivot(Q, c, fixed_zero, tol, ridge, max_iter, x):
     it, conv, st = _block_pivoting(Q, c, fixed_zero, tol, ridge, budget, free, x, M, L, r, s)
     if st != OK or conv or budget >= max_iter:
         return it, conv, st
-    more, conv, st = _lawson_hanson(Q, c, fixed_zero, tol, ridge, max_iter - budget, free, x, M, L, r, s)
+    more, conv, st = _lawson_hanson(
+        Q, c, fixed_zero, tol, ridge, max_iter - budget, free, x, M, L, r, s
+    )
     return it + more, conv, st
 
 
 @njit(**_INTERNAL)
 def _rescale(Q, c, Qs, cs, d):
     """diag(Qs) = 1 and ‖cs‖∞ = 1 (as ``taskgrad.solvers.nnls._rescale`` with zero_tol = 0);
-    writes Qs, cs, d and returns (gamma, zero) with x = d ⊙ x̄ · gamma."""
+    writes Qs, cs, d and returns (gamma, zero) with x = d ⊙ x̄ · gamma.
+    """
     k = c.shape[0]
     zero = np.zeros(k, dtype=np.bool_)
     for i in range(k):
@@ -334,7 +341,8 @@ def _rescale(Q, c, Qs, cs, d):
 def nnls_rows(Q, C, max_iter):
     """X[b, m] ≥ 0 minimizing ½xᵀQ[b]x + C[b, m]ᵀx for each b and each row m: Q (B, k, k)
     symmetric PSD, C (B, m, k). Same rescaling, tolerances and pivoting as
-    :func:`taskgrad.solvers.nnls` (zero_tol = 0). Returns (X, status (B, m))."""
+    :func:`taskgrad.solvers.nnls` (zero_tol = 0). Returns (X, status (B, m)).
+    """
     B, k = Q.shape[0], Q.shape[-1]
     m = C.shape[1]
     X = np.zeros((B, m, k))
@@ -356,10 +364,12 @@ def nnls_rows(Q, C, max_iter):
 @njit(**_INTERNAL)
 def _min_norm_ldp(G, max_iter, w):
     """MGDA's α in the simplex minimizing αᵀGα by pivoting (port of the first pass of
-    ``solvers.primary_aux._mixed`` with n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with C the Gram of the normalized gradients
-    (unit diagonal) and b̃ᵢ = σ_min/σᵢ ≤ 1, then αᵢ ∝ zᵢ·σ_min/σᵢ. Every entry keeps the
-    rounding of C whatever the spread of the norms σᵢ = ‖gᵢ‖. Gradients with ‖gᵢ‖² below the
-    smallest normal number make d = 0 optimal: α is uniform over them. Writes w; returns a status."""
+    ``solvers.primary_aux._mixed`` with n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with
+    C the Gram of the normalized gradients (unit diagonal) and b̃ᵢ = σ_min/σᵢ ≤ 1, then
+    αᵢ ∝ zᵢ·σ_min/σᵢ. Every entry keeps the rounding of C whatever the spread of the norms
+    σᵢ = ‖gᵢ‖. Gradients with ‖gᵢ‖² below the smallest normal number make d = 0 optimal: α is
+    uniform over them. Writes w; returns a status.
+    """
     k = G.shape[0]
     if k == 1:
         w[0] = 1.0
@@ -434,7 +444,8 @@ def _eqp(C, beta, free, p):
     C_FF has a unit diagonal. Cholesky when every pivot exceeds m·NULL_TOL, giving
     z = C⁻¹β/(βᵀC⁻¹β); otherwise the eigen-decomposition: if the null space of C_FF carries
     a fraction ≥ NULL_BETA of β, z is the projection of β on it normalized to βᵀz = 1 and
-    μ = 0 (the free gradients cancel exactly), else the pseudo-inverse on the range."""
+    μ = 0 (the free gradients cancel exactly), else the pseudo-inverse on the range.
+    """
     k = C.shape[0]
     idx = np.empty(k, dtype=np.int64)
     m = 0
@@ -524,7 +535,8 @@ def _simplex_qp(C, beta, live, free, tol, max_iter, z):
     Each iteration solves the equality-constrained problem on the free set exactly (:func:`_eqp`);
     a negative component steps back to the boundary and drops the blocking variable, otherwise the
     live variable with the most negative multiplier ηⱼ = (Cz)ⱼ − μβⱼ below −tol·Σz enters.
-    Returns (iterations, converged)."""
+    Returns (iterations, converged).
+    """
     k = C.shape[0]
     p = np.empty(k)
     blocked = np.zeros(k, dtype=np.bool_)
@@ -654,7 +666,8 @@ def mixed_exact(G, n, dead, free0, max_iter):
     Σ_{j<n} zⱼ/σⱼ = 1 and C the Gram of the normalized gradients. ``dead`` (B, k) holds tasks
     at 0; ``free0`` (B, k) is the starting free set (e.g. the support of an approximate answer).
     Zero primary gradients (‖g‖² below the smallest normal) make d = 0 optimal: uniform weights
-    on them. Returns (W (B, k), iterations (B,), converged (B,))."""
+    on them. Returns (W (B, k), iterations (B,), converged (B,)).
+    """
     B, k = G.shape[0], G.shape[-1]
     W = np.zeros((B, k))
     iters = np.zeros(B, dtype=np.int64)
@@ -670,7 +683,8 @@ def mixed_exact(G, n, dead, free0, max_iter):
 def _mixed_residual(G, w, n):
     """The scale-aware KKT residual of :func:`taskgrad.solvers.primary_aux_kkt_residual` (eps = 0)
     for weights w of one (k, k) Gram (V = Σⱼ wⱼσⱼ: auxiliary constraints in units of σᵢV,
-    primary ones in units of (σᵢ + V)·V)."""
+    primary ones in units of (σᵢ + V)·V).
+    """
     k = G.shape[0]
     tot = 0.0
     for i in range(n):
@@ -711,7 +725,8 @@ def _min_norm_one(G, max_iter, w):
     block pivoting of :func:`_min_norm_ldp` finds the support in a few exchanges, then the exact
     active set of :func:`_mixed_exact_one` started from that support polishes it (singular
     supports, whose large gradients cancel beside smaller ones, are beyond the pivoting's ridge).
-    The answer with the smaller KKT residual on G is kept."""
+    The answer with the smaller KKT residual on G is kept.
+    """
     st = _min_norm_ldp(G, max_iter, w)
     k = G.shape[0]
     if st != OK or k == 1:
@@ -735,7 +750,8 @@ def pivot_batch(Qs, cs, fixed_zero, tol, ridge, max_iter, free0, use_free0):
     when ``use_free0``, else cs < 0. Block pivoting with a budget of 2·log2(k) + 12 iterations,
     then Lawson–Hanson. Returns (X (B, k), free (B, k), iterations (B,), converged (B,),
     status (B,)). Each problem costs its own free blocks only, never the full k³ of a masked
-    batched factorization."""
+    batched factorization.
+    """
     B, k = cs.shape[0], cs.shape[1]
     X = np.zeros((B, k))
     F = np.zeros((B, k), dtype=np.bool_)
@@ -756,7 +772,9 @@ def pivot_batch(Qs, cs, fixed_zero, tol, ridge, max_iter, free0, use_free0):
             free[i] = free0[b, i] if use_free0 else c[i] < 0.0
         it, ok, st = _block_pivoting(Q, c, fixed_zero[b], tol, ridge, budget, free, x, M, L, r, s)
         if st == OK and not ok and budget < max_iter:
-            more, ok, st = _lawson_hanson(Q, c, fixed_zero[b], tol, ridge, max_iter - budget, free, x, M, L, r, s)
+            more, ok, st = _lawson_hanson(
+                Q, c, fixed_zero[b], tol, ridge, max_iter - budget, free, x, M, L, r, s
+            )
             it += more
         iters[b] = it
         conv[b] = ok

@@ -13,7 +13,7 @@ from scipy.linalg.lapack import get_lapack_funcs
 
 
 def _solve_block(Q: np.ndarray, c: np.ndarray, free: np.ndarray, ridge: float) -> np.ndarray:
-    """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F (one step of iterative refinement), x_A = 0."""
+    """X with x_F = −(Q_FF + ridge·I)⁻¹ c_F (one step of iterative refinement), x_A = 0."""
     x = np.zeros_like(c)
     idx = np.flatnonzero(free)
     if idx.size == 0:
@@ -28,7 +28,9 @@ def _solve_block(Q: np.ndarray, c: np.ndarray, free: np.ndarray, ridge: float) -
     while info != 0:  # rounding made the block indefinite: a larger ridge, as the torch path does
         bump *= 100.0
         if bump > 1e-2:
-            raise np.linalg.LinAlgError(f"the free block is not positive definite (LAPACK potrf info={info})")
+            raise np.linalg.LinAlgError(
+                f"the free block is not positive definite (LAPACK potrf info={info})"
+            )
         M[diag] += bump
         L, info = potrf(M, lower=True)
     xf = potrs(L, rhs, lower=True)[0]
@@ -38,9 +40,15 @@ def _solve_block(Q: np.ndarray, c: np.ndarray, free: np.ndarray, ridge: float) -
 
 
 def block_pivoting(
-    Q: np.ndarray, c: np.ndarray, fixed_zero: np.ndarray, tol: float, ridge: float, max_iter: int, free: np.ndarray
+    Q: np.ndarray,
+    c: np.ndarray,
+    fixed_zero: np.ndarray,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Block principal pivoting from the free set ``free``; returns (x, free, iterations, converged)."""
+    """Block principal pivoting from the free set ``free``; returns (x, free, iters, converged)."""
     free = free & ~fixed_zero
     x = _solve_block(Q, c, free, ridge)
     y = np.where(free, 0.0, Q @ x + c)
@@ -90,7 +98,13 @@ def lawson_hanson(
             x, inner, blocked[:] = z, False, False
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = float(np.clip(np.min(np.where(bad, x / np.maximum(x - z, np.finfo(x.dtype).tiny), np.inf)), 0.0, 1.0))
+            alpha = float(
+                np.clip(
+                    np.min(np.where(bad, x / np.maximum(x - z, np.finfo(x.dtype).tiny), np.inf)),
+                    0.0,
+                    1.0,
+                )
+            )
         if not inner and alpha == 0.0 and bad[j]:  # j cannot enter: skip it until the point moves
             free[j], blocked[j] = False, True
             continue
@@ -102,7 +116,13 @@ def lawson_hanson(
 
 
 def pivot(
-    Q: np.ndarray, c: np.ndarray, fixed_zero: np.ndarray, tol: float, ridge: float, max_iter: int, free: np.ndarray | None
+    Q: np.ndarray,
+    c: np.ndarray,
+    fixed_zero: np.ndarray,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Block pivoting with a budget of 2·log2(k) + 12 iterations, then Lawson–Hanson."""
     k = c.size

@@ -61,7 +61,8 @@ class SolverInfo(NamedTuple):
 def certificate_tolerance(dtype: torch.dtype, k: int) -> float:
     """Largest ``kkt_residual`` reported as converged for answers of ``dtype`` with k variables:
     max(√eps, 1000·k·eps) of the dtype (1.5e-8 in float64, 3.5e-4 in float32 at small k).
-    Rounding of a correct answer stays orders of magnitude below; a wrong one is O(1)."""
+    Rounding of a correct answer stays orders of magnitude below; a wrong one is O(1).
+    """
     eps = torch.finfo(dtype).eps
     return max(eps**0.5, 1e3 * k * eps)
 
@@ -87,7 +88,7 @@ def _scaled_residual(Qs: Tensor, cs: Tensor, xs: Tensor) -> Tensor:
 
 
 def _solve_free_block(Qs: Tensor, cs: Tensor, free: Tensor, ridge: float) -> Tensor:
-    """x with x_F = −(Q_FF + ridge·I)⁻¹ c_F and x_A = 0, for every problem of the batch.
+    """X with x_F = −(Q_FF + ridge·I)⁻¹ c_F and x_A = 0, for every problem of the batch.
 
     Solved with masks over the whole batch: no gather and no host synchronization.
     """
@@ -100,7 +101,9 @@ def _solve_free_block(Qs: Tensor, cs: Tensor, free: Tensor, ridge: float) -> Ten
     while bool((info > 0).any()):  # rounding made a block indefinite: raise its ridge only
         bump *= 100.0
         if bump > 1e-2:
-            raise torch.linalg.LinAlgError("nnls: a free block is not positive definite even with a ridge of 1e-2.")
+            raise torch.linalg.LinAlgError(
+                "nnls: a free block is not positive definite even with a ridge of 1e-2."
+            )
         M = M + torch.diag_embed((info > 0).to(Qs.dtype).unsqueeze(-1) * bump * f)
         L, info = torch.linalg.cholesky_ex(M)
     x = torch.cholesky_solve(rhs, L)
@@ -245,7 +248,12 @@ def _pivot(
         # (faster than the compiled loops' own Cholesky from k ≈ 110)
         out = [
             _single.pivot(
-                Qs[b].detach().numpy(), cs[b].detach().numpy(), fixed_zero[b].numpy(), tol, ridge, max_iter,
+                Qs[b].detach().numpy(),
+                cs[b].detach().numpy(),
+                fixed_zero[b].numpy(),
+                tol,
+                ridge,
+                max_iter,
                 None if free is None else free[b].numpy(),
             )
             for b in range(cs.shape[0])
@@ -262,15 +270,28 @@ def _pivot(
 
         f0 = free if free is not None else torch.zeros_like(fixed_zero)
         X, F, it, ok, st = _compiled.pivot_batch(
-            Qs.detach().contiguous().numpy(), cs.detach().contiguous().numpy(),
-            fixed_zero.contiguous().numpy(), tol, ridge, max_iter, f0.contiguous().numpy(), free is not None,
+            Qs.detach().contiguous().numpy(),
+            cs.detach().contiguous().numpy(),
+            fixed_zero.contiguous().numpy(),
+            tol,
+            ridge,
+            max_iter,
+            f0.contiguous().numpy(),
+            free is not None,
         )
         if bool((st != _compiled.OK).any()):
-            raise torch.linalg.LinAlgError("nnls: a free block is not positive definite even with a ridge of 1e-2.")
+            raise torch.linalg.LinAlgError(
+                "nnls: a free block is not positive definite even with a ridge of 1e-2."
+            )
         return torch.from_numpy(X), torch.from_numpy(F), torch.from_numpy(it), torch.from_numpy(ok)
     if cs.shape[0] == 1 and cs.device.type == "cpu":  # one problem: NumPy on the gathered block
         xn, fn, it, ok = _single.pivot(
-            Qs[0].detach().numpy(), cs[0].detach().numpy(), fixed_zero[0].numpy(), tol, ridge, max_iter,
+            Qs[0].detach().numpy(),
+            cs[0].detach().numpy(),
+            fixed_zero[0].numpy(),
+            tol,
+            ridge,
+            max_iter,
             None if free is None else free[0].numpy(),
         )
         return (
@@ -284,7 +305,9 @@ def _pivot(
     if budget >= max_iter or bool(conv.all()):
         return x, free_out, iters, conv
     idx = (~conv).nonzero().squeeze(1)
-    xl, fl, il, cl = _lawson_hanson(Qs[idx], cs[idx], fixed_zero[idx], tol, ridge, max_iter - budget)
+    xl, fl, il, cl = _lawson_hanson(
+        Qs[idx], cs[idx], fixed_zero[idx], tol, ridge, max_iter - budget
+    )
     x = x.index_copy(0, idx, xl)
     free_out = free_out.index_copy(0, idx, fl)
     iters = iters.index_copy(0, idx, iters[idx] + il)
@@ -311,7 +334,8 @@ def _unbounded(Qs: Tensor, cs: Tensor, xs: Tensor, ridge: float) -> Tensor:
 
 def _nnls_residual(Q: Tensor, c: Tensor, x: Tensor, held: Tensor) -> Tensor:
     """KKT residual of x for x ≥ 0 minimizing ½xᵀQx + cᵀx on the original (B, k) problems,
-    each variable in its own units (see :class:`SolverInfo`); ``held`` variables are exempt."""
+    each variable in its own units (see :class:`SolverInfo`); ``held`` variables are exempt.
+    """
     diag = torch.diagonal(Q, dim1=-2, dim2=-1).clamp_min(0)
     sq = diag.sqrt()
     live = ~held & (diag >= torch.finfo(Q.dtype).tiny)
@@ -325,9 +349,12 @@ def _nnls_residual(Q: Tensor, c: Tensor, x: Tensor, held: Tensor) -> Tensor:
     return r / (1.0 + torch.where(live, xb.abs(), torch.zeros_like(xb)).amax(-1))
 
 
-def _rescale(Q: Tensor, c: Tensor, zero_tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _rescale(
+    Q: Tensor, c: Tensor, zero_tol: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Rescale so that diag(Q) = 1 and ‖c‖∞ = 1; returns (Qs, cs, d, gamma, zero) with
-    x = d ⊙ x̄ · gamma; ``zero`` marks variables with no curvature (held at 0)."""
+    x = d ⊙ x̄ · gamma; ``zero`` marks variables with no curvature (held at 0).
+    """
     diag = torch.diagonal(Q, dim1=-2, dim2=-1)
     dmax = diag.amax(-1, keepdim=True)
     zero = diag <= zero_tol * dmax.clamp_min(torch.finfo(Q.dtype).tiny)
@@ -352,7 +379,7 @@ def nnls(
     check_input: bool = True,
     return_info: bool = False,
 ) -> Tensor | tuple[Tensor, SolverInfo]:
-    """x ≥ 0 minimizing ½ xᵀQx + cᵀx, for positive semi-definite Q, batched over leading dims.
+    """X ≥ 0 minimizing ½ xᵀQx + cᵀx, for positive semi-definite Q, batched over leading dims.
 
     KKT: x ≥ 0, Qx + c ≥ 0 and xᵢ (Qx + c)ᵢ = 0. Solved exactly by block principal pivoting
     (see the module docstring); the loop ends when the KKT conditions hold.
@@ -388,16 +415,20 @@ def nnls(
         raise ValueError(f"Q must have shape (..., k, k), got {tuple(Q.shape)}.")
     k = Q.shape[-1]
     if c.shape[-1:] != (k,):
-        raise ValueError(f"c must have shape (..., {k}) to match Q {tuple(Q.shape)}, got {tuple(c.shape)}.")
+        raise ValueError(
+            f"c must have shape (..., {k}) to match Q {tuple(Q.shape)}, got {tuple(c.shape)}."
+        )
     if fixed_zero is not None:
         if not isinstance(fixed_zero, Tensor) or fixed_zero.dtype != torch.bool:
             raise TypeError(
                 "fixed_zero must be a boolean tensor of shape (..., k) marking the variables held "
-                f"at 0, got {getattr(fixed_zero, 'dtype', type(fixed_zero).__name__)}; build it with "
-                "a comparison (e.g. mask = weights == 0) or .bool()."
+                f"at 0, got {getattr(fixed_zero, 'dtype', type(fixed_zero).__name__)}; "
+                "build it with a comparison (e.g. mask = weights == 0) or .bool()."
             )
         if fixed_zero.shape[-1:] != (k,):
-            raise ValueError(f"fixed_zero must have shape (..., {k}), got {tuple(fixed_zero.shape)}.")
+            raise ValueError(
+                f"fixed_zero must have shape (..., {k}), got {tuple(fixed_zero.shape)}."
+            )
     batch = torch.broadcast_shapes(Q.shape[:-2], c.shape[:-1])
     if check_input:
         check_finite("Q", Q)
@@ -410,7 +441,9 @@ def nnls(
         x = torch.zeros(*batch, k, dtype=out_dtype, device=Q.device)
         if return_info:
             z = torch.zeros(batch, dtype=torch.long, device=Q.device)
-            return x, SolverInfo(z, z.to(out_dtype), torch.ones(batch, dtype=torch.bool, device=Q.device))
+            return x, SolverInfo(
+                z, z.to(out_dtype), torch.ones(batch, dtype=torch.bool, device=Q.device)
+            )
         return x
     Qb = 0.5 * (Qb + Qb.transpose(-1, -2))
     Qs, cs, d, gamma, zero = _rescale(Qb, cb, zero_tol)
@@ -426,12 +459,15 @@ def nnls(
                 "(Q_ii = 0) and a negative linear term c_i, so x_i → ∞ decreases the objective."
             )
     tol, ridge = _tolerances(work)
-    xs, _, iters, converged = _pivot(Qs, cs, zero, tol, ridge, max_iter if max_iter is not None else 10 * k + 50)
+    xs, _, iters, converged = _pivot(
+        Qs, cs, zero, tol, ridge, max_iter if max_iter is not None else 10 * k + 50
+    )
     if check_input:
         bad = _unbounded(Qs, cs, xs, ridge)
         if bool(bad.any()):
             raise ValueError(
-                f"nnls: the problem is unbounded below ({int(bad.sum())} of {bad.numel()} in the batch): "
+                f"nnls: the problem is unbounded below ({int(bad.sum())} of {bad.numel()} "
+                "in the batch): "
                 "there is a direction v ≥ 0 with Qv = 0 and cᵀv < 0 (to rounding), so x = t·v "
                 "decreases the objective without bound as t → ∞. Make Q positive definite on the "
                 "feasible directions (e.g. add a ridge) or bound the variables."
@@ -441,5 +477,7 @@ def nnls(
         return x.reshape(*batch, k)
     res = _nnls_residual(Qb, cb, x.to(work), zero)
     converged = converged & (res <= certificate_tolerance(out_dtype, k))
-    info = SolverInfo(iters.reshape(batch), res.to(out_dtype).reshape(batch), converged.reshape(batch))
+    info = SolverInfo(
+        iters.reshape(batch), res.to(out_dtype).reshape(batch), converged.reshape(batch)
+    )
     return x.reshape(*batch, k), info

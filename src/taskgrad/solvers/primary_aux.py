@@ -38,7 +38,8 @@ def _flatten(G: Tensor, work: torch.dtype) -> tuple[Tensor, torch.Size]:
 
 def _zero_gradients(Gb: Tensor, eps: float) -> Tensor:
     """(B, k) mask of tasks whose squared gradient norm is at most eps·max_j ‖g_j‖², or is below
-    the smallest normal number of the dtype (a subnormal ‖g‖² has too few bits to give a direction)."""
+    the smallest normal number of the dtype (a subnormal ‖g‖² has too few bits to give a direction).
+    """
     diag = torch.diagonal(Gb, dim1=-2, dim2=-1)
     dmax = diag.amax(-1, keepdim=True)
     return (diag <= eps * dmax) | (diag < torch.finfo(Gb.dtype).tiny)
@@ -48,7 +49,9 @@ def _zero_gradients(Gb: Tensor, eps: float) -> Tensor:
 _EXACT_FALLBACK = 1e-9
 
 
-def _info(iters: Tensor, res: Tensor, conv: Tensor, batch: torch.Size, dtype: torch.dtype) -> SolverInfo:
+def _info(
+    iters: Tensor, res: Tensor, conv: Tensor, batch: torch.Size, dtype: torch.dtype
+) -> SolverInfo:
     return SolverInfo(iters.reshape(batch), res.to(dtype).reshape(batch), conv.reshape(batch))
 
 
@@ -57,7 +60,9 @@ def _single_aux(Gb: Tensor, eps: float) -> Tensor:
     g01 = Gb[:, 0, 1]
     g11 = Gb[:, 1, 1]
     dead = _zero_gradients(Gb, eps)[:, 1]
-    lam = torch.where(dead, torch.zeros_like(g11), torch.relu(-g01) / torch.where(dead, torch.ones_like(g11), g11))
+    lam = torch.where(
+        dead, torch.zeros_like(g11), torch.relu(-g01) / torch.where(dead, torch.ones_like(g11), g11)
+    )
     return torch.stack([torch.ones_like(lam), lam], -1)
 
 
@@ -87,7 +92,7 @@ def _projection(
 def _mixed(
     Gb: Tensor, n: int, eps: float, max_iter: int, residual: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """min ‖Σ_{j<n} αⱼgⱼ + Σ_{i≥n} λᵢgᵢ‖² over α in the simplex and λ ≥ 0.
+    """Min ‖Σ_{j<n} αⱼgⱼ + Σ_{i≥n} λᵢgᵢ‖² over α in the simplex and λ ≥ 0.
 
     Reduced to a non-negative least-distance problem (Lawson & Hanson, ch. 23): with
     b = (1ₙ, 0), y ≥ 0 minimizing ½ yᵀ(G/s + bbᵀ)y − bᵀy gives w = y / Σ_{j<n} yⱼ for any s > 0.
@@ -109,7 +114,9 @@ def _mixed(
     sig = torch.where(dead, torch.ones_like(diag), diag.clamp_min(tiny).sqrt())
     inv = torch.where(dead, torch.zeros_like(sig), 1.0 / sig)
     C = Gb * inv.unsqueeze(-1) * inv.unsqueeze(-2)
-    sig_min = torch.where(dead[:, :n], torch.full_like(sig[:, :n], float("inf")), sig[:, :n]).amin(-1, keepdim=True)
+    sig_min = torch.where(dead[:, :n], torch.full_like(sig[:, :n], float("inf")), sig[:, :n]).amin(
+        -1, keepdim=True
+    )
     sig_min = torch.where(torch.isfinite(sig_min), sig_min, torch.ones_like(sig_min))
     bt = torch.zeros_like(sig)
     bt[:, :n] = torch.where(dead[:, :n], torch.zeros_like(sig[:, :n]), sig_min / sig[:, :n])
@@ -124,7 +131,9 @@ def _mixed(
     any_zero = zero_prim.any(-1, keepdim=True)
     if bool(any_zero.any()):
         uniform = torch.zeros_like(w)
-        uniform[:, :n] = zero_prim.to(w.dtype) / zero_prim.sum(-1, keepdim=True).clamp_min(1).to(w.dtype)
+        uniform[:, :n] = zero_prim.to(w.dtype) / zero_prim.sum(-1, keepdim=True).clamp_min(1).to(
+            w.dtype
+        )
         w = torch.where(any_zero, uniform, w)
         conv = conv | any_zero.squeeze(-1)
     # The pivoting ridge is relative to the normalized Gram: a support whose large gradients
@@ -146,7 +155,9 @@ def _mixed(
         wx = torch.from_numpy(W).to(w)
         better = primary_aux_kkt_residual(wx, Gb[idx], n, eps) <= res[idx]
         w = w.index_copy(0, idx, torch.where(better.unsqueeze(-1), wx, w[idx]))
-        conv = conv.index_copy(0, idx, torch.where(better, torch.from_numpy(ok).to(conv.device), conv[idx]))
+        conv = conv.index_copy(
+            0, idx, torch.where(better, torch.from_numpy(ok).to(conv.device), conv[idx])
+        )
         iters = iters.index_copy(0, idx, iters[idx] + torch.from_numpy(it_x).to(iters.device))
     return w, iters, conv, None
 
@@ -212,7 +223,11 @@ def _margin_projection(
         if bool(done.all()):
             break
     nv = f + rho  # ‖v‖
-    kappa = torch.where(nv > 0, 1.0 - (lam * m).sum(-1) / nv.clamp_min(torch.finfo(Gb.dtype).tiny), torch.zeros_like(nv))
+    kappa = torch.where(
+        nv > 0,
+        1.0 - (lam * m).sum(-1) / nv.clamp_min(torch.finfo(Gb.dtype).tiny),
+        torch.zeros_like(nv),
+    )
     # κ ≤ 0: the zero step is the answer, certified by ‖v‖ ≤ λᵀm (checked by the caller's
     # residual) whether or not the root search met its own tolerance
     zero_step = trivial | (kappa <= 0)
@@ -246,10 +261,13 @@ def primary_aux(
       the primary weights sum to 1, so ‖u‖ ≤ min over primaries of ‖gⱼ‖; n_primary = k is MGDA.
 
     Args:
+        G: (..., k, k) Gram matrices J Jᵀ of the task gradients (symmetric PSD).
+        n_primary: the first ``n_primary`` tasks are primary (1 ≤ n_primary ≤ k).
         eps: a task with ‖gᵢ‖² ≤ eps·max_j ‖gⱼ‖² is a zero gradient: an auxiliary one gets
             weight 0 (never NaN) and its constraint is dropped. The default 0 drops exact zeros
-            (and squared norms below the dtype's smallest normal number) only: the problem is solved in variables rescaled by 1/‖gᵢ‖, so a tiny but nonzero
-            gradient (1e-20 beside 1e20 in float64) keeps its constraint exactly. Raise eps to
+            (and squared norms below the dtype's smallest normal number) only: the problem is
+            solved in variables rescaled by 1/‖gᵢ‖, so a tiny but nonzero gradient (1e-20
+            beside 1e20 in float64) keeps its constraint exactly. Raise eps to
             treat gradients below a relative size as noise (e.g. 1e-12 for norm ratios < 1e-6).
         margin: with n_primary = 1, enforce the robust constraint ⟨u, gᵢ⟩ ≥ margin·‖u‖ (the
             worst case over perturbations ‖δᵢ‖ ≤ margin of each auxiliary gradient). Then
@@ -297,7 +315,9 @@ def primary_aux(
         out = torch.zeros(*batch, k, dtype=out_dtype, device=G.device)
         if return_info:
             z = torch.zeros(batch, dtype=torch.long, device=G.device)
-            return out, SolverInfo(z, z.to(out_dtype), torch.ones(batch, dtype=torch.bool, device=G.device))
+            return out, SolverInfo(
+                z, z.to(out_dtype), torch.ones(batch, dtype=torch.bool, device=G.device)
+            )
         return out
     iters_cap = max_iter if max_iter is not None else 10 * k + 50
     zeros = torch.zeros(B, dtype=torch.long, device=G.device)
@@ -384,7 +404,9 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0)
     # zero gradients, as the solvers treat them: exactly zero (rows and columns of G dropped)
     dead = (diag <= eps * diag.amax(-1, keepdim=True)) | (diag < torch.finfo(Gd.dtype).tiny)
-    dead[..., :n] = diag[..., :n] < torch.finfo(Gd.dtype).tiny
+    # primaries: zero only below the smallest normal, and never the single primary of the
+    # projection (u = g0 + Σλᵢgᵢ uses ⟨g0, gᵢ⟩ as given, however small g0 is)
+    dead[..., :n] = (diag[..., :n] < torch.finfo(Gd.dtype).tiny) & (n > 1)
     if bool(dead.any()):
         keep = (~dead).to(Gd.dtype)
         Gd = Gd * keep.unsqueeze(-1) * keep.unsqueeze(-2)
@@ -399,7 +421,9 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     out = aux.amax(-1) if k > n else torch.zeros(G.shape[:-2], dtype=Gd.dtype, device=G.device)
     if n > 1:
         uu = (wd * Gu).sum(-1, keepdim=True)
-        prim = torch.minimum(wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / ((sig_safe[..., :n] + V) * V)).abs()
+        prim = torch.minimum(
+            wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / ((sig_safe[..., :n] + V) * V)
+        ).abs()
         prim = torch.where(dead[..., :n], torch.zeros_like(prim), prim).amax(-1)
         out = torch.maximum(out, prim)
     return out.to(G.dtype)
@@ -418,7 +442,9 @@ def _margin_kkt_residual(w: Tensor, Gb: Tensor, m: Tensor, eps: float, lam: Tens
     tiny = torch.finfo(w.dtype).tiny
     kappa = w[:, 0]
     step = kappa > 0
-    mu = torch.where(step.unsqueeze(-1), w[:, 1:] / kappa.clamp_min(tiny).unsqueeze(-1), lam.to(w.dtype))
+    mu = torch.where(
+        step.unsqueeze(-1), w[:, 1:] / kappa.clamp_min(tiny).unsqueeze(-1), lam.to(w.dtype)
+    )
     wv = torch.cat([torch.ones_like(kappa).unsqueeze(-1), mu], -1)
     sig = torch.diagonal(Gb, dim1=-2, dim2=-1).clamp_min(0).sqrt()
     V = (wv * sig).sum(-1)
@@ -427,7 +453,9 @@ def _margin_kkt_residual(w: Tensor, Gb: Tensor, m: Tensor, eps: float, lam: Tens
     nv = (wv * Gv).sum(-1).clamp_min(0).sqrt()
     dead = _zero_gradients(Gb, eps)[:, 1:]
     sig_a = torch.where(dead, torch.ones_like(sig[:, 1:]), sig[:, 1:])
-    r = torch.minimum(mu * sig[:, 1:] / V[:, None], (Gv[:, 1:] - m * nv[:, None]) / (sig_a * V[:, None])).abs()
+    r = torch.minimum(
+        mu * sig[:, 1:] / V[:, None], (Gv[:, 1:] - m * nv[:, None]) / (sig_a * V[:, None])
+    ).abs()
     r = torch.where(dead, torch.zeros_like(r), r).amax(-1)
     mm = (mu * m).sum(-1)
     stat = (kappa + mm / nv.clamp_min(tiny) - 1).abs()
@@ -457,7 +485,9 @@ def primary_aux_frank_wolfe(G: Tensor, iters: int = 100, eps: float = 0.0) -> Te
             y = (Q @ lam.unsqueeze(-1)).squeeze(-1) + c  # ⟨gᵢ, u⟩
             # the coordinate that most violates its KKT condition (a negative ⟨gᵢ, u⟩ or a
             # positive one with λᵢ > 0 that could shrink); zero gradients never move
-            score = torch.where(dead, torch.zeros_like(y), torch.where(lam > 0, -y.abs(), y) / qd_safe.sqrt())
+            score = torch.where(
+                dead, torch.zeros_like(y), torch.where(lam > 0, -y.abs(), y) / qd_safe.sqrt()
+            )
             tau = score.argmin(-1)
             step = lam[rows, tau] - y[rows, tau] / qd_safe[rows, tau]
             lam[rows, tau] = torch.where(dead[rows, tau], lam[rows, tau], step.clamp_min(0.0))
