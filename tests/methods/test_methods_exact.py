@@ -330,3 +330,15 @@ def test_alpha_fair_converges_where_its_residual_sits_at_rounding_level():
         for impl in IMPLS:
             w = M.FairGrad(alpha=0.5, impl=impl)(gram=gram(J))
             assert fair_residual(gram(J), w, 0.5) <= 1e-8, (t, impl)
+
+
+@FAST
+@given(st.integers(2, 4), st.integers(0, 10_000), st.sampled_from([0.2, 0.5, 0.9]), st.floats(0.1, 10.0))
+def test_cagrad_primal_where_a_combination_of_gradients_cancels(k, seed, c, s):
+    """0 in the hull by construction: the last gradient is −s·(a positive combination of the
+    others); the answer is still the SOCP's worst-task optimum inside the ball."""
+    J = jacobian(k, 6, seed)
+    mix = torch.rand(k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
+    J = torch.cat([J, -s * (mix @ J).unsqueeze(0)])
+    for impl in IMPLS:
+        check_cagrad_primal(J, c, impl)
