@@ -239,3 +239,33 @@ def test_compose_pairs_places_and_maxes() -> None:
     w = compose_pairs(white, white)[0]
     assert w[7:21, 7:21].min() == 255
     assert w[1:4, 24:27].max() == 0 and w[24:27, 1:4].max() == 0
+
+
+def test_toy_keeps_the_previous_weights_where_a_solver_does_not_converge() -> None:
+    """A step without a solution (the method's solver stops unconverged, as Nash-MTL's Newton
+    solve can on nearly opposite gradients) keeps that start's previous weights and is counted,
+    as the reference implementations do when their solver fails; the other starts go on."""
+    from taskgrad.methods import MethodConvergenceError, Weighting
+
+    class FailsOnThirdCall(Weighting):
+        needs = frozenset({"losses"})
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def compute(self, *, gram, losses):
+            self.calls += 1
+            if self.calls == 3:
+                raise MethodConvergenceError("did not converge")
+            return torch.softmax(losses * self.calls, dim=-1)
+
+        def state_dict(self):  # per-start state: one instance per start
+            return {"calls": self.calls}
+
+        def load_state_dict(self, state) -> None:
+            self.calls = state["calls"]
+
+    tr = trajectories(FailsOnThirdCall, steps=4, lr=0.05, record_every=1)
+    assert tr["undefined_steps"].tolist() == [1] * len(STARTS)
+    assert np.array_equal(tr["weights"][:, 2], tr["weights"][:, 1])  # step 2 kept step 1's weights
+    assert not np.array_equal(tr["weights"][:, 3], tr["weights"][:, 2])

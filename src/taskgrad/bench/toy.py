@@ -22,12 +22,14 @@ import torch
 from torch import Tensor
 
 from ..datasets.toy import STARTS, pareto_front, toy_losses
-from ..methods import UndefinedMethodError, Weighting
+from ..methods import MethodConvergenceError, UndefinedMethodError, Weighting
 from .methods import make_method
 
 __all__ = ["DEMO_METHODS", "run_toy", "trajectories"]
 
 DEMO_METHODS = ("mean", "mgda", "pcgrad", "cagrad", "nash-mtl", "primary-aux")
+# a step without weights: the start keeps its previous ones (counted in ``undefined_steps``)
+_NO_SOLUTION = (UndefinedMethodError, MethodConvergenceError)
 
 
 def _jacobian(theta: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -40,13 +42,14 @@ def _jacobian(theta: Tensor, scale: float) -> tuple[Tensor, Tensor]:
 
 def _weights(methods: list[Weighting], L: Tensor, G: Tensor, prev: Tensor, undefined: np.ndarray) -> Tensor:
     """Weights (B, 2): one batched call when ``methods`` has one (stateless) instance, else one
-    call per start. Where a method is undefined (UndefinedMethodError, e.g. Nash-MTL with opposite
-    gradients) the start keeps its previous weights, as the reference implementations do when
-    their solver fails, and ``undefined`` counts it."""
+    call per start. Where a method has no solution (UndefinedMethodError, e.g. Nash-MTL with
+    opposite gradients) or its solver does not converge (MethodConvergenceError, e.g. Nash-MTL's
+    Newton solve on nearly opposite gradients) the start keeps its previous weights, as the
+    reference implementations do when their solver fails, and ``undefined`` counts it."""
     def one(m: Weighting, i: int) -> Tensor:
         try:
             return m(gram=G[i] if "gram" in m.needs else None, losses=L[i]).detach()
-        except UndefinedMethodError:
+        except _NO_SOLUTION:
             undefined[i] += 1
             return prev[i]
 
@@ -54,7 +57,7 @@ def _weights(methods: list[Weighting], L: Tensor, G: Tensor, prev: Tensor, undef
         m = methods[0]
         try:
             return m(gram=G if "gram" in m.needs else None, losses=L).detach()
-        except UndefinedMethodError:
+        except _NO_SOLUTION:
             return torch.stack([one(m, i) for i in range(L.shape[0])])
     return torch.stack([one(m, i) for i, m in enumerate(methods)])
 
@@ -75,7 +78,8 @@ def trajectories(
     Gram matrices and its state is per-problem (batched), otherwise one instance per start.
     Returns ``theta``, ``losses`` and ``weights``, each (n_starts, T, 2), recorded every
     ``record_every`` steps and at the last, and ``undefined_steps`` (n_starts,): steps where the
-    method was undefined and the previous weights were kept. Non-finite losses or weights raise FloatingPointError.
+    method was undefined or its solver did not converge and the previous weights were kept.
+    Non-finite losses or weights raise FloatingPointError.
     """
     if steps < 1 or lr <= 0 or record_every < 1:
         raise ValueError(f"steps and record_every must be ≥ 1 and lr > 0, got {steps}, {record_every}, {lr}.")
