@@ -56,7 +56,7 @@ def test_every_shipped_config_runs_to_the_end(tmp_path, fake_mnist, fake_census,
     expected_runs = 0
     for dataset, paths in groups.items():
         if dataset == "toy2d":
-            sets = ["toy.steps=3", "toy.record_every=1"]
+            sets = ["toy.steps=150", "toy.record_every=10"]  # long enough to reach nearly opposite gradients
         else:
             sets = SHORT + _data_overrides(dataset, fakes, tmp_path / "cache")
             expected_runs += sum(len([r for r in load_config(p, sets).runs if r.seed == 0]) for p in paths)
