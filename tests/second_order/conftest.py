@@ -25,7 +25,9 @@ class TwoTaskMLP(nn.Module):
         return self.reg(h).squeeze(-1), self.cls(h)
 
 
-def task_losses(z: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def task_losses(
+    z: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
     """(2,) losses: mean squared error of head 1, cross-entropy of head 2."""
     return torch.stack([((z[0] - y) ** 2).mean(), nn.functional.cross_entropy(z[1], c)])
 
@@ -41,7 +43,7 @@ def problem() -> dict:
     params = tuple(p.detach().clone() for p in model.parameters())
 
     def model_fn(p):
-        return torch.func.functional_call(model, dict(zip(names, p)), (x,))
+        return torch.func.functional_call(model, dict(zip(names, p, strict=True)), (x,))
 
     def loss_fn(z):
         return task_losses(z, y, c)
@@ -49,4 +51,13 @@ def problem() -> dict:
     def fn(p):
         return loss_fn(model_fn(p))
 
-    return {"model": model, "x": x, "y": y, "c": c, "params": params, "model_fn": model_fn, "loss_fn": loss_fn, "fn": fn}
+    return {
+        "model": model,
+        "x": x,
+        "y": y,
+        "c": c,
+        "params": params,
+        "model_fn": model_fn,
+        "loss_fn": loss_fn,
+        "fn": fn,
+    }

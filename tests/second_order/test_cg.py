@@ -11,7 +11,13 @@ from taskgrad.second_order import conjugate_gradient
 def spd(n: int, cond: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    return Q @ torch.diag(torch.logspace(0, torch.log10(torch.tensor(cond)).item(), n, dtype=torch.float64)) @ Q.T
+    return (
+        Q
+        @ torch.diag(
+            torch.logspace(0, torch.log10(torch.tensor(cond)).item(), n, dtype=torch.float64)
+        )
+        @ Q.T
+    )
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.3])
@@ -50,6 +56,8 @@ def test_stall_is_reported():
     """A product that is not linear (rounds to a coarse grid) stops CG from making progress."""
     A = spd(30, 1e8, seed=2)
     b = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    res = conjugate_gradient(lambda v: torch.round(A @ v), b, max_iter=500, rtol=1e-14, stall_iters=5)
+    res = conjugate_gradient(
+        lambda v: torch.round(A @ v), b, max_iter=500, rtol=1e-14, stall_iters=5
+    )
     assert res.status in ("stalled", "negative_curvature")
     assert res.iterations < 500

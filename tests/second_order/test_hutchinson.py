@@ -15,7 +15,9 @@ from taskgrad.second_order._flat import flatten, unflatten
 
 
 def test_exact_for_a_diagonal_matrix_with_one_probe():
-    d = torch.logspace(-3, 3, 9, dtype=torch.float64) * torch.tensor([1, -1] * 4 + [1], dtype=torch.float64)
+    d = torch.logspace(-3, 3, 9, dtype=torch.float64) * torch.tensor(
+        [1, -1] * 4 + [1], dtype=torch.float64
+    )
     est = hutchinson_diagonal(lambda Z: Z * d, 9, n_samples=1, dtype=torch.float64)
     torch.testing.assert_close(est, d, rtol=0, atol=0)
 
@@ -31,7 +33,9 @@ def test_converges_to_the_true_hessian_diagonal(problem):
     errors = {}
     for n in (64, 4096):
         gen = torch.Generator().manual_seed(7)
-        est = hutchinson_diagonal(op.mm, op.numel, n_samples=n, batch_size=512, dtype=torch.float64, generator=gen)
+        est = hutchinson_diagonal(
+            op.mm, op.numel, n_samples=n, batch_size=512, dtype=torch.float64, generator=gen
+        )
         err = (est - torch.diagonal(H)).abs()
         assert bool((err <= 5 * sd / n**0.5 + 1e-12).all())  # within 5 standard errors, entrywise
         errors[n] = float(err.norm())

@@ -36,13 +36,16 @@ class Quadratics(nn.Module):
 
     def forward(self) -> torch.Tensor:
         t = self.theta
-        return torch.stack([0.5 * t @ A @ t - b @ t for A, b in zip(self.A, self.b)])
+        return torch.stack([0.5 * t @ A @ t - b @ t for A, b in zip(self.A, self.b, strict=True)])
 
 
 def quad(n=6, cond=1e3):
     g = torch.Generator().manual_seed(3)
     A1, A2 = spd(n, cond, 1), spd(n, 10.0, 2)
-    b1, b2 = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    b1, b2 = (
+        torch.randn(n, generator=g, dtype=torch.float64),
+        torch.randn(n, generator=g, dtype=torch.float64),
+    )
     return Quadratics(A1, A2, b1, b2, torch.randn(n, generator=g, dtype=torch.float64))
 
 
@@ -75,7 +78,10 @@ def test_gauss_newton_cg_one_step_on_weighted_least_squares():
 
     def closure():
         z1, z2 = X1 @ theta, X2 @ theta
-        return {"losses": torch.stack([((z1 - y1) ** 2).mean(), ((z2 - y2) ** 2).mean()]), "outputs": [z1, z2]}
+        return {
+            "losses": torch.stack([((z1 - y1) ** 2).mean(), ((z2 - y2) ** 2).mean()]),
+            "outputs": [z1, z2],
+        }
 
     opt = GaussNewtonCG([theta], Fixed(), damping=0.0, min_damping=0.0, cg_rtol=1e-12)
     opt.step(closure)
@@ -116,7 +122,9 @@ def test_rho_and_damping_rule_match_independent_recomputation():
         s = theta1 - theta0
 
         def f_of(t, w=w):
-            z = torch.func.functional_call(model, dict(zip(names, unflatten(t, like))), (x,))
+            z = torch.func.functional_call(
+                model, dict(zip(names, unflatten(t, like), strict=True)), (x,)
+            )
             return (w * task_losses(z, y, c)).sum()
 
         g = torch.func.grad(f_of)(theta0)
@@ -240,7 +248,9 @@ def test_forward_and_reverse_products_give_the_same_step(cls):
     for products in ("forward", "reverse"):
         model, closure, _ = mlp_setup(seed=2)
         # damping keeps the system well conditioned so that CG converges (rounding aside)
-        opt = cls(model.parameters(), Mean(), module=model, products=products, cg_rtol=1e-10, damping=5.0)
+        opt = cls(
+            model.parameters(), Mean(), module=model, products=products, cg_rtol=1e-10, damping=5.0
+        )
         for _ in range(2):
             opt.step(closure)
             assert opt.info["cg_status"] == "converged"
@@ -304,12 +314,14 @@ def test_state_dict_round_trip_continues_identically():
     damping_a = opt.info["next_damping"]
 
     with torch.no_grad():
-        for p, v in zip(model.parameters(), saved_params):
+        for p, v in zip(model.parameters(), saved_params, strict=True):
             p.copy_(v)
     opt_b = NewtonCG(model.parameters(), PrimaryAux(), damping=123.0, preconditioner="hutchinson")
     opt_b.load_state_dict(saved)
     opt_b.step(lambda: closure()["losses"])
-    torch.testing.assert_close(flatten([p.detach() for p in model.parameters()]), after_a, rtol=0, atol=0)
+    torch.testing.assert_close(
+        flatten([p.detach() for p in model.parameters()]), after_a, rtol=0, atol=0
+    )
     assert opt_b.info["next_damping"] == damping_a
     assert opt_b.info["damping"] != 123.0
 
@@ -336,8 +348,12 @@ def test_gram_fn_is_used_and_checked():
     opt = NewtonCG(model.parameters(), PrimaryAux(), gram_fn=gram_fn)
     opt.step(lambda: closure()["losses"])
     assert calls == [torch.Size([2])]
-    torch.testing.assert_close(opt.info["weights"], PrimaryAux()(gram=G, losses=torch.ones(2, dtype=torch.float64)))
-    bad = NewtonCG(model.parameters(), PrimaryAux(), gram_fn=lambda L: torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(
+        opt.info["weights"], PrimaryAux()(gram=G, losses=torch.ones(2, dtype=torch.float64))
+    )
+    bad = NewtonCG(
+        model.parameters(), PrimaryAux(), gram_fn=lambda L: torch.eye(3, dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="gram_fn must return"):
         bad.step(lambda: closure()["losses"])
 

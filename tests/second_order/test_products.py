@@ -93,7 +93,7 @@ def test_forward_and_reverse_unbatched_agree_and_are_linear(problem):
     u, v = random_vectors(params, seed=2), random_vectors(params, seed=3)
     hu = flatten(hvp(problem["fn"], params, u, W, mode="forward"))
     hv = flatten(hvp(problem["fn"], params, v, W, mode="reverse"))
-    combo = tuple(2 * a - 3 * b for a, b in zip(u, v))
+    combo = tuple(2 * a - 3 * b for a, b in zip(u, v, strict=True))
     hc = flatten(hvp(problem["fn"], params, combo, W, mode="forward"))
     torch.testing.assert_close(hc, 2 * hu - 3 * hv, rtol=1e-10, atol=1e-10)
     # symmetry: uᵀHv = vᵀHu
@@ -104,7 +104,10 @@ def test_weights_enter_linearly(problem):
     """H(w) = Σ wᵢ Hᵢ: the product for w equals the w-combination of the per-task products."""
     params = problem["params"]
     v = random_vectors(params)
-    e0, e1 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    e0, e1 = (
+        torch.tensor([1.0, 0.0], dtype=torch.float64),
+        torch.tensor([0.0, 1.0], dtype=torch.float64),
+    )
     h0 = flatten(hvp(problem["fn"], params, v, e0))
     h1 = flatten(hvp(problem["fn"], params, v, e1))
     hw = flatten(hvp(problem["fn"], params, v, W))
@@ -115,7 +118,9 @@ def test_weights_enter_linearly(problem):
 def test_gnvp_equals_explicit_jt_h_j(problem, mode):
     G = explicit_gauss_newton(problem)
     V = random_vectors(problem["params"], m=3)
-    out = gnvp(problem["model_fn"], problem["loss_fn"], problem["params"], V, W, batched=True, mode=mode)
+    out = gnvp(
+        problem["model_fn"], problem["loss_fn"], problem["params"], V, W, batched=True, mode=mode
+    )
     got = torch.cat([o.reshape(3, -1) for o in out], dim=1)
     want = torch.cat([v.reshape(3, -1) for v in V], dim=1) @ G.T
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -149,7 +154,9 @@ def test_gauss_newton_equals_hessian_for_linear_least_squares():
     y = torch.randn(9, dtype=torch.float64)
     theta = torch.randn(4, dtype=torch.float64)
     v = torch.randn(5, 4, dtype=torch.float64)
-    out = gnvp(lambda p: X @ p[0], lambda z: 0.5 * ((z - y) ** 2).sum(), (theta,), (v,), batched=True)[0]
+    out = gnvp(
+        lambda p: X @ p[0], lambda z: 0.5 * ((z - y) ** 2).sum(), (theta,), (v,), batched=True
+    )[0]
     torch.testing.assert_close(out, v @ (X.T @ X), rtol=1e-12, atol=1e-12)
     hv = hvp(lambda p: 0.5 * ((X @ p[0] - y) ** 2).sum(), (theta,), (v,), batched=True)[0]
     torch.testing.assert_close(hv, out, rtol=1e-12, atol=1e-12)
@@ -168,7 +175,9 @@ def test_unused_parameter_has_zero_rows():
     a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)  # unused
     L = torch.stack([(a**3).sum(), (a**2).sum()])
-    out = hvp_from_graph(L, (a, b), (torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)))
+    out = hvp_from_graph(
+        L, (a, b), (torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    )
     torch.testing.assert_close(out[0], 6 * a.detach() + 2)
     assert float(out[1]) == 0.0
 
@@ -179,4 +188,9 @@ def test_bad_vectors_raise_clearly(problem):
     with pytest.raises(ValueError, match="shape"):
         hvp(problem["fn"], problem["params"], random_vectors(problem["params"]), batched=True)
     with pytest.raises(ValueError, match="weights has shape"):
-        hvp(problem["fn"], problem["params"], random_vectors(problem["params"]), torch.ones(3, dtype=torch.float64))
+        hvp(
+            problem["fn"],
+            problem["params"],
+            random_vectors(problem["params"]),
+            torch.ones(3, dtype=torch.float64),
+        )

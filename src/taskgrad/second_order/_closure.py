@@ -1,5 +1,6 @@
 """Closure protocol shared by the second-order optimizers: what a closure may return, and the
-task weights w = method(gram=G, losses=L) of one step."""
+task weights w = method(gram=G, losses=L) of one step.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ Closure = Callable[[], Any]
 
 
 def split_output(out: Any) -> tuple[Any, dict[str, Any]]:
-    """Closure output -> (losses, extras): a tensor/sequence of losses or a mapping with 'losses'."""
+    """Closure output -> (losses, extras): a tensor/sequence of losses or a mapping with
+    'losses'.
+    """
     if isinstance(out, Mapping):
         if "losses" not in out:
             raise ValueError(
@@ -35,28 +38,34 @@ def split_output(out: Any) -> tuple[Any, dict[str, Any]]:
 
 def loss_vector(losses: Any) -> Tensor:
     """The (k,) loss vector from a closure's losses (a scalar counts as k = 1; no graph needed
-    under torch.no_grad)."""
+    under torch.no_grad).
+    """
     if isinstance(losses, Tensor) and losses.dim() == 0:
         return losses.reshape(1)
     if isinstance(losses, Tensor) and not losses.requires_grad:  # under no_grad (line search)
         if losses.dim() != 1:
             raise ValueError(f"losses must be a scalar or (k,), got shape {tuple(losses.shape)}.")
         return losses
-    if not isinstance(losses, Tensor) and all(isinstance(x, Tensor) and not x.requires_grad for x in losses):
+    if not isinstance(losses, Tensor) and all(
+        isinstance(x, Tensor) and not x.requires_grad for x in losses
+    ):
         return torch.stack([x.reshape(()) for x in losses])
     return as_loss_vector(losses)
 
 
 def evaluate(closure: Closure) -> tuple[Tensor, dict[str, Any]]:
     losses, extra = split_output(closure())
-    if not isinstance(losses, Tensor):  # separate scalars: keep them to tell shared parameters apart
+    if not isinstance(
+        losses, Tensor
+    ):  # separate scalars: keep them to tell shared parameters apart
         extra["_items"] = list(losses)
     return loss_vector(losses), extra
 
 
 def _shared_among(extra: Mapping[str, Any], params: Sequence[Tensor]) -> list[Tensor]:
     """Parameters (of ``params``) reached by ≥ 2 losses; all of ``params`` when that cannot be told
-    (a stacked loss tensor reaches every parameter through its stack) or when none is shared."""
+    (a stacked loss tensor reaches every parameter through its stack) or when none is shared.
+    """
     items = extra.get("_items")
     if items is None or len(items) < 2:
         return list(params)
@@ -78,14 +87,18 @@ def method_weights(
 ) -> Tensor:
     """w = method(gram=G, losses=L): G from ``gram_fn(L)`` if given, else at the closure's
     ``features`` if it returned them, else over ``gram_params``, else over the parameters shared
-    by ≥ 2 losses."""
+    by ≥ 2 losses.
+    """
     gram = None
     if "gram" in method.needs:
         if gram_fn is not None:
             gram = gram_fn(L)
             k = L.shape[0]
             if not isinstance(gram, Tensor) or gram.shape != (k, k):
-                raise ValueError(f"gram_fn must return a ({k}, {k}) tensor, got {getattr(gram, 'shape', type(gram))}.")
+                raise ValueError(
+                    f"gram_fn must return a ({k}, {k}) tensor, got "
+                    f"{getattr(gram, 'shape', type(gram))}."
+                )
         elif extra.get("features") is not None:
             gram = representation_gram(L, extra["features"])
         else:

@@ -64,9 +64,14 @@ def conjugate_gradient(
         raise ValueError(f"damping must be finite and ≥ 0, got {damping}.")
     if isinstance(preconditioner, Tensor):
         if preconditioner.shape != b.shape:
-            raise ValueError(f"a diagonal preconditioner must have shape {tuple(b.shape)}, got {tuple(preconditioner.shape)}.")
+            raise ValueError(
+                f"a diagonal preconditioner must have shape {tuple(b.shape)}, got "
+                f"{tuple(preconditioner.shape)}."
+            )
         if not bool((preconditioner > 0).all()) or not bool(torch.isfinite(preconditioner).all()):
-            raise ValueError("a diagonal preconditioner must be finite and positive (clamp it from below).")
+            raise ValueError(
+                "a diagonal preconditioner must be finite and positive (clamp it from below)."
+            )
         diag = preconditioner
         precond: Callable[[Tensor], Tensor] | None = lambda r: r / diag  # noqa: E731
     else:

@@ -46,7 +46,13 @@ def hutchinson_diagonal(
     done = 0
     while done < n_samples:
         m = min(bs, n_samples - done)
-        z = torch.randint(0, 2, (m, numel), generator=generator, device=device if generator is None else generator.device)
+        z = torch.randint(
+            0,
+            2,
+            (m, numel),
+            generator=generator,
+            device=device if generator is None else generator.device,
+        )
         z = (2 * z - 1).to(dtype=dtype, device=device)
         Az = matmat(z)
         total += (z * Az).sum(0)
@@ -56,7 +62,8 @@ def hutchinson_diagonal(
 
 class HutchinsonDiagonal:
     """Exponential moving average h ← β h + (1 − β) ĥ of Hutchinson estimates ĥ (bias-corrected
-    by 1 − βᵗ when ``bias_correction``), as the diagonal preconditioner of AdaHessian / Sophia."""
+    by 1 − βᵗ when ``bias_correction``), as the diagonal preconditioner of AdaHessian / Sophia.
+    """
 
     def __init__(self, beta: float = 0.99, bias_correction: bool = True) -> None:
         if not 0.0 <= beta < 1.0:
@@ -70,13 +77,16 @@ class HutchinsonDiagonal:
         """Fold in one estimate ĥ (P,) and return the current diagonal."""
         if not bool(torch.isfinite(estimate).all()):
             raise FloatingPointError(
-                "the Hutchinson estimate is not finite (a Hessian-vector product overflowed or is NaN); "
+                "the Hutchinson estimate is not finite (a Hessian-vector product overflowed or is "
+                "NaN); "
                 "it was not folded in."
             )
         if self.ema is None:
             self.ema = torch.zeros_like(estimate)
         elif self.ema.shape != estimate.shape:
-            raise ValueError(f"estimate has shape {tuple(estimate.shape)}, the average {tuple(self.ema.shape)}.")
+            raise ValueError(
+                f"estimate has shape {tuple(estimate.shape)}, the average {tuple(self.ema.shape)}."
+            )
         self.ema.mul_(self.beta).add_(estimate, alpha=1 - self.beta)
         self.count += 1
         return self.value()
@@ -91,7 +101,12 @@ class HutchinsonDiagonal:
 
     def state_dict(self) -> dict[str, Any]:
         ema = None if self.ema is None else self.ema.clone()
-        return {"beta": self.beta, "bias_correction": self.bias_correction, "ema": ema, "count": self.count}
+        return {
+            "beta": self.beta,
+            "bias_correction": self.bias_correction,
+            "ema": ema,
+            "count": self.count,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.beta = float(state["beta"])
@@ -102,7 +117,7 @@ class HutchinsonDiagonal:
 
 class SophiaH(torch.optim.Optimizer):
     """Sophia with Hutchinson curvature (Liu et al. 2023, Alg. 1 with the Hutchinson estimator),
-    on the weighted objective f = Σ wᵢLᵢ with w from a taskgrad method:
+    on the weighted objective f = Σ wᵢLᵢ with w from a taskgrad method.
 
         m ← β₁m + (1 − β₁)∇f;   every ``update_every`` steps h ← β₂h + (1 − β₂) z⊙(∇²f z);
         θ ← θ − lr·(weight_decay·θ + clip(m / max(γ·h, ε), ±clip)).
@@ -135,7 +150,9 @@ class SophiaH(torch.optim.Optimizer):
             dict(lr=lr, betas=betas, gamma=gamma, eps=eps, clip=clip, weight_decay=weight_decay),
         )
         if len(self.param_groups) != 1:
-            raise ValueError("SophiaH takes one parameter group (the diagonal is over all parameters).")
+            raise ValueError(
+                "SophiaH takes one parameter group (the diagonal is over all parameters)."
+            )
         self.method = Mean() if method is None else method
         self.update_every = update_every
         self.n_samples = n_samples
@@ -158,25 +175,38 @@ class SophiaH(torch.optim.Optimizer):
             if refresh:
                 op = HessianOperator.from_graph(L, params, w)
                 g = op.grad
-                est = hutchinson_diagonal(op.mm, op.numel, n_samples=self.n_samples, dtype=g.dtype, device=g.device, generator=self._gen)
+                est = hutchinson_diagonal(
+                    op.mm,
+                    op.numel,
+                    n_samples=self.n_samples,
+                    dtype=g.dtype,
+                    device=g.device,
+                    generator=self._gen,
+                )
             else:
                 f = weighted_objective(L, w)
                 g = flatten(torch.autograd.grad(f, params, allow_unused=True), like=params)
         if not bool(torch.isfinite(g).all()):
-            raise FloatingPointError("the gradient of the weighted objective is not finite; the step was not taken.")
+            raise FloatingPointError(
+                "the gradient of the weighted objective is not finite; the step was not taken."
+            )
         b1, b2 = group["betas"]
         m = state.get("exp_avg", torch.zeros_like(g))
         h = state.get("hessian", torch.zeros_like(g))
         m = b1 * m + (1 - b1) * g
         if refresh:
             if not bool(torch.isfinite(est).all()):
-                raise FloatingPointError("the Hutchinson estimate is not finite; the step was not taken.")
+                raise FloatingPointError(
+                    "the Hutchinson estimate is not finite; the step was not taken."
+                )
             h = b2 * h + (1 - b2) * est
-        ratio = (m / torch.clamp(group["gamma"] * h, min=group["eps"])).clamp(-group["clip"], group["clip"])
+        ratio = (m / torch.clamp(group["gamma"] * h, min=group["eps"])).clamp(
+            -group["clip"], group["clip"]
+        )
         with torch.no_grad():
             flat = flatten([p.detach() for p in params])
             new = flat - group["lr"] * (group["weight_decay"] * flat + ratio)
-            for p, v in zip(params, unflatten(new, params)):
+            for p, v in zip(params, unflatten(new, params), strict=True):
                 p.copy_(v)
         state.update(step=t + 1, exp_avg=m, hessian=h)
         self.info = {

@@ -40,9 +40,11 @@ from .products import CurvatureOperator, GaussNewtonOperator, HessianOperator, w
 
 __all__ = ["GaussNewtonCG", "NewtonCG"]
 
+
 class _ClosureModule(nn.Module):
     """Runs a closure as the forward of a module holding ``module``, so that
-    ``torch.func.functional_call`` can substitute the parameters the closure's model reads."""
+    ``torch.func.functional_call`` can substitute the parameters the closure's model reads.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -104,7 +106,7 @@ class _CurvatureCG(torch.optim.Optimizer):
     ) -> None:
         checks = {
             "lr": lr > 0,
-            "damping": 0 <= damping and min_damping <= max(damping, min_damping) <= max_damping,
+            "damping": damping >= 0 and min_damping <= max(damping, min_damping) <= max_damping,
             "damping_increase": damping_increase > 1,
             "damping_decrease": 0 < damping_decrease < 1,
             "rho_low/rho_high": 0 <= rho_low < rho_high,
@@ -116,17 +118,25 @@ class _CurvatureCG(torch.optim.Optimizer):
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid value for {', '.join(bad)} (see the docstring for the ranges).")
+            raise ValueError(
+                f"invalid value for {', '.join(bad)} (see the docstring for the ranges)."
+            )
         if products not in ("auto", "forward", "reverse"):
             raise ValueError(f"products must be 'auto', 'forward' or 'reverse', got {products!r}.")
         if products == "forward" and module is None:
-            raise ValueError("products='forward' needs module=: the model the closure runs (for torch.func).")
+            raise ValueError(
+                "products='forward' needs module=: the model the closure runs (for torch.func)."
+            )
         if preconditioner not in (None, "hutchinson"):
-            raise ValueError(f"preconditioner must be None or 'hutchinson', got {preconditioner!r}.")
+            raise ValueError(
+                f"preconditioner must be None or 'hutchinson', got {preconditioner!r}."
+            )
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}.")
         if negative_curvature not in ("gradient", "truncate"):
-            raise ValueError(f"negative_curvature must be 'gradient' or 'truncate', got {negative_curvature!r}.")
+            raise ValueError(
+                f"negative_curvature must be 'gradient' or 'truncate', got {negative_curvature!r}."
+            )
         defaults = dict(
             lr=lr, damping=damping, min_damping=min_damping, max_damping=max_damping,
             damping_increase=damping_increase, damping_decrease=damping_decrease, rho_low=rho_low,
@@ -141,7 +151,9 @@ class _CurvatureCG(torch.optim.Optimizer):
             )
         self.method = Mean() if method is None else method
         if not isinstance(self.method, Weighting):
-            raise TypeError(f"method must be a taskgrad Weighting, got {type(self.method).__name__}.")
+            raise TypeError(
+                f"method must be a taskgrad Weighting, got {type(self.method).__name__}."
+            )
         self._params: list[Tensor] = list(self.param_groups[0]["params"])
         self.products = products
         self.preconditioner = preconditioner
@@ -160,8 +172,10 @@ class _CurvatureCG(torch.optim.Optimizer):
             missing = [i for i, p in enumerate(self._params) if id(p) not in by_id]
             if missing:
                 raise ValueError(
-                    f"params {missing} are not parameters of module; forward-mode products substitute "
-                    "the module's parameters, so optimize module parameters (or products='reverse')."
+                    f"params {missing} are not parameters of module; forward-mode products "
+                    "substitute "
+                    "the module's parameters, so optimize module parameters (or "
+                    "products='reverse')."
                 )
             self._names = [by_id[id(p)] for p in self._params]
             self._wrapper = _ClosureModule(module)
@@ -175,16 +189,21 @@ class _CurvatureCG(torch.optim.Optimizer):
         wrapper = self._wrapper
 
         def call(p: tuple[Tensor, ...]) -> Any:
-            return torch.func.functional_call(wrapper, dict(zip(names, p)), ())
+            return torch.func.functional_call(wrapper, dict(zip(names, p, strict=True)), ())
 
         return call
 
-    def _build(self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool) -> CurvatureOperator:
+    def _build(
+        self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool
+    ) -> CurvatureOperator:
         raise NotImplementedError
 
-    def _first_step_check(self, op: CurvatureOperator, L: Tensor, w: Tensor, closure: Closure) -> None:
+    def _first_step_check(
+        self, op: CurvatureOperator, L: Tensor, w: Tensor, closure: Closure
+    ) -> None:
         """Once: the functional gradient must match the graph's (the closure reads its parameters
-        through the module), else forward-mode products would be of another function."""
+        through the module), else forward-mode products would be of another function.
+        """
         call = self._functional(closure)
 
         def f(p: tuple[Tensor, ...]) -> Tensor:
@@ -195,14 +214,16 @@ class _CurvatureCG(torch.optim.Optimizer):
         err = float(torch.linalg.vector_norm(g_func - op.grad))
         if not err <= tol * (float(torch.linalg.vector_norm(op.grad)) + 1e-12):
             raise RuntimeError(
-                f"the functional gradient differs from the autograd one (|Δ| = {err:.3g}): the closure "
+                f"the functional gradient differs from the autograd one (|Δ| = {err:.3g}): the "
+                "closure "
                 "reads parameters outside the module's forward"
             )
 
     def _candidates(self) -> list[bool]:
         """Product modes to try, as ``forward`` flags: "auto" tries double backward first (the
         gradient graph is reused by every CG product: cheapest per product in our benchmark), then
-        forward-over-reverse when a module is given (for ops without a double-backward formula)."""
+        forward-over-reverse when a module is given (for ops without a double-backward formula).
+        """
         if self.products == "forward":
             return [True]
         if self.products == "reverse" or self._wrapper is None:
@@ -211,7 +232,9 @@ class _CurvatureCG(torch.optim.Optimizer):
             return [self._resolved]
         return [False, True]
 
-    def _operator(self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, info: dict[str, Any]) -> CurvatureOperator:
+    def _operator(
+        self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, info: dict[str, Any]
+    ) -> CurvatureOperator:
         candidates = self._candidates()
         for i, forward in enumerate(candidates):
             try:
@@ -220,7 +243,9 @@ class _CurvatureCG(torch.optim.Optimizer):
                     if forward:
                         self._first_step_check(op, L, w, closure)
                     probe = torch.zeros(op.numel, dtype=op.grad.dtype, device=op.grad.device)
-                    op.mv(probe)  # an op without a (double-)backward or forward-mode rule fails here
+                    op.mv(
+                        probe
+                    )  # an op without a (double-)backward or forward-mode rule fails here
                     self._resolved = forward
                 info["products"] = op.mode
                 return op
@@ -232,7 +257,7 @@ class _CurvatureCG(torch.optim.Optimizer):
 
     def _set_flat(self, flat: Tensor) -> None:
         with torch.no_grad():
-            for p, v in zip(self._params, unflatten(flat, self._params)):
+            for p, v in zip(self._params, unflatten(flat, self._params), strict=True):
                 p.copy_(v)
 
     def _objective(self, closure: Closure, w: Tensor) -> float:
@@ -293,18 +318,27 @@ class _CurvatureCG(torch.optim.Optimizer):
         )  # fmt: skip
         info.update(
             cg_iterations=res.iterations, cg_status=res.status,
-            cg_relative_residual=res.residual_norm / max(res.rhs_norm, 1e-300), cg_curvature=res.curvature,
+            cg_relative_residual=res.residual_norm / max(res.rhs_norm, 1e-300),
+            cg_curvature=res.curvature,
             negative_curvature=res.status == "negative_curvature",
             nonfinite_product=res.status == "nonfinite", cg_stalled=res.status == "stalled",
         )  # fmt: skip
         d = res.x
         slope = float(torch.dot(g, d))
         dBd: float | None = None
-        truncate = res.status == "negative_curvature" and self.negative_curvature == "truncate" and slope < 0
+        truncate = (
+            res.status == "negative_curvature"
+            and self.negative_curvature == "truncate"
+            and slope < 0
+        )
         if (res.status in ("negative_curvature", "nonfinite") and not truncate) or not slope < 0:
-            reason = res.status if res.status in ("negative_curvature", "nonfinite") else "not a descent direction"
+            reason = (
+                res.status
+                if res.status in ("negative_curvature", "nonfinite")
+                else "not a descent direction"
+            )
             d = -g
-            slope = -gnorm**2
+            slope = -(gnorm**2)
             info.update(fallback="gradient", fallback_reason=reason)
             try:
                 c = float(torch.dot(g, op.mv(g)))
@@ -332,7 +366,9 @@ class _CurvatureCG(torch.optim.Optimizer):
         info["line_search_evals"] = evals
         if not accepted:
             self._set_flat(x0)
-            info.update(line_search_failed=True, step_size=0.0, objective_after=f0, rho=float("nan"))
+            info.update(
+                line_search_failed=True, step_size=0.0, objective_after=f0, rho=float("nan")
+            )
             lam_next = min(lam * group["damping_increase"] ** 2, group["max_damping"])
         else:
             pred = alpha * slope + (0.5 * alpha**2 * dBd if dBd is not None else 0.0)
@@ -356,7 +392,9 @@ class _CurvatureCG(torch.optim.Optimizer):
         st["step"] = info["step"] + 1
         return L.detach()
 
-    def _precondition(self, op: CurvatureOperator, lam: float, info: dict[str, Any]) -> Tensor | None:
+    def _precondition(
+        self, op: CurvatureOperator, lam: float, info: dict[str, Any]
+    ) -> Tensor | None:
         if self._hutch is None:
             return None
         est = hutchinson_diagonal(
@@ -367,7 +405,9 @@ class _CurvatureCG(torch.optim.Optimizer):
             info["preconditioner"] = "skipped (non-finite Hutchinson estimate)"
             return None
         diag = self._hutch.update(est).abs()
-        floor = max(lam, 1e-12 * float(diag.max()) if diag.numel() else 0.0, torch.finfo(diag.dtype).tiny)
+        floor = max(
+            lam, 1e-12 * float(diag.max()) if diag.numel() else 0.0, torch.finfo(diag.dtype).tiny
+        )
         info["preconditioner"] = "hutchinson"
         return diag + floor
 
@@ -418,10 +458,17 @@ class NewtonCG(_CurvatureCG):
 
     kind = "hessian"
 
-    def _build(self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool) -> CurvatureOperator:
+    def _build(
+        self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool
+    ) -> CurvatureOperator:
         if not forward:
             return HessianOperator.from_graph(L, self._params, w)
-        g = flatten(torch.autograd.grad(weighted_objective(L, w), self._params, retain_graph=True, allow_unused=True), like=self._params)
+        g = flatten(
+            torch.autograd.grad(
+                weighted_objective(L, w), self._params, retain_graph=True, allow_unused=True
+            ),
+            like=self._params,
+        )
         call = self._functional(closure)
 
         def fn(p: tuple[Tensor, ...]) -> Tensor:
@@ -440,11 +487,14 @@ class GaussNewtonCG(_CurvatureCG):
 
     kind = "gauss-newton"
 
-    def _build(self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool) -> CurvatureOperator:
+    def _build(
+        self, L: Tensor, w: Tensor, extra: dict[str, Any], closure: Closure, forward: bool
+    ) -> CurvatureOperator:
         outs = extra.get("outputs")
         if outs is None:
             raise ValueError(
-                "GaussNewtonCG needs the model outputs: return {'losses': L, 'outputs': [z_1, ...]} "
+                "GaussNewtonCG needs the model outputs: return "
+                "{'losses': L, 'outputs': [z_1, ...]} "
                 "from the closure (the predictions the losses are computed from)."
             )
         outs = [outs] if isinstance(outs, Tensor) else list(outs)
@@ -454,7 +504,7 @@ class GaussNewtonCG(_CurvatureCG):
         params0 = tuple(p.detach() for p in self._params)
 
         def model_fn(p: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            z = split_output(call(p))[1].get("outputs")
+            z = split_output(call(p))[1]["outputs"]
             return (z,) if isinstance(z, Tensor) else tuple(z)
 
         def jvp(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -46,7 +46,9 @@ Tensors = tuple[Tensor, ...]
 
 
 def weighted_objective(losses: Tensor, weights: Tensor | None = None) -> Tensor:
-    """f = Σᵢ wᵢ Lᵢ for losses (k,) and weights (k,) (w = 1 when None); a scalar loss passes through."""
+    """f = Σᵢ wᵢ Lᵢ for losses (k,) and weights (k,) (w = 1 when None); a scalar loss passes
+    through.
+    """
     if not isinstance(losses, Tensor):
         raise TypeError(f"losses must be a tensor (a scalar or (k,)), got {type(losses).__name__}.")
     if losses.dim() == 0:
@@ -58,7 +60,9 @@ def weighted_objective(losses: Tensor, weights: Tensor | None = None) -> Tensor:
     if weights is None:
         return losses.sum()
     if weights.shape != losses.shape:
-        raise ValueError(f"weights has shape {tuple(weights.shape)} but losses has {tuple(losses.shape)}.")
+        raise ValueError(
+            f"weights has shape {tuple(weights.shape)} but losses has {tuple(losses.shape)}."
+        )
     return (weights.detach().to(losses.dtype) * losses).sum()
 
 
@@ -78,16 +82,27 @@ def _is_vmap_error(err: RuntimeError) -> bool:
 
 
 def _batched_grad(
-    outputs: Sequence[Tensor], inputs: Sequence[Tensor], grad_outputs: Sequence[Tensor], batched: bool
+    outputs: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor],
+    batched: bool,
 ) -> list[Tensor | None]:
     """autograd.grad with a batch of grad_outputs (leading dim m) when ``batched``; an op without a
-    vmap rule falls back to a loop over the m rows."""
+    vmap rule falls back to a loop over the m rows.
+    """
     if not batched:
-        return list(torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True))
+        return list(
+            torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True)
+        )
     try:
         return list(
             torch.autograd.grad(
-                outputs, inputs, grad_outputs, retain_graph=True, allow_unused=True, is_grads_batched=True
+                outputs,
+                inputs,
+                grad_outputs,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
             )
         )
     except RuntimeError as err:
@@ -95,13 +110,19 @@ def _batched_grad(
             raise
     m = grad_outputs[0].shape[0]
     rows = [
-        torch.autograd.grad(outputs, inputs, [g[j] for g in grad_outputs], retain_graph=True, allow_unused=True)
+        torch.autograd.grad(
+            outputs, inputs, [g[j] for g in grad_outputs], retain_graph=True, allow_unused=True
+        )
         for j in range(m)
     ]
     out: list[Tensor | None] = []
     for i, x in enumerate(inputs):
         col = [r[i] for r in rows]
-        out.append(None if all(c is None for c in col) else torch.stack([torch.zeros_like(x) if c is None else c for c in col]))
+        out.append(
+            None
+            if all(c is None for c in col)
+            else torch.stack([torch.zeros_like(x) if c is None else c for c in col])
+        )
     return out
 
 
@@ -128,7 +149,9 @@ class CurvatureOperator:
         if not isinstance(v, Tensor) or v.dim() != ndim or v.shape[-1] != self.numel:
             shape = "(P,)" if ndim == 1 else "(m, P)"
             got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-            raise ValueError(f"expected a tensor of shape {shape} with P = {self.numel}, got {got}.")
+            raise ValueError(
+                f"expected a tensor of shape {shape} with P = {self.numel}, got {got}."
+            )
 
     def mv(self, v: Tensor) -> Tensor:
         """A v for one flat vector v (P,)."""
@@ -151,18 +174,26 @@ class HessianOperator(CurvatureOperator):
     """H = ∇²f(θ) of f = Σᵢ wᵢ Lᵢ. Build with :meth:`from_graph` or :meth:`from_function`."""
 
     kind = "hessian"
+    # reverse mode (from_graph): the gradient entries still in the graph and their indices
+    _idx: list[int]
+    _g: list[Tensor]
+    # forward mode (from_function): θ ↦ ∇f(θ), shaped like params
+    _gradf: Callable[[Tensors], Tensors]
 
     @classmethod
     def from_graph(
         cls, losses: Tensor, params: Sequence[Tensor], weights: Tensor | None = None
     ) -> HessianOperator:
         """Double backward on an existing graph: g = ∇f once (create_graph), H v = ∇⟨g, v⟩.
-        The losses' graph stays alive (as with ``create_graph=True``)."""
+        The losses' graph stays alive (as with ``create_graph=True``).
+        """
         op = cls.__new__(cls)
         plist = _as_params(params)
         f = weighted_objective(losses, weights)
         g = torch.autograd.grad(f, plist, create_graph=True, allow_unused=True)
-        CurvatureOperator.__init__(op, plist, flatten([None if x is None else x.detach() for x in g], like=plist))
+        CurvatureOperator.__init__(
+            op, plist, flatten([None if x is None else x.detach() for x in g], like=plist)
+        )
         op._idx = [i for i, x in enumerate(g) if x is not None and x.requires_grad]
         op._g = [g[i] for i in op._idx]
         op.mode = "reverse"
@@ -200,7 +231,9 @@ class HessianOperator(CurvatureOperator):
             if not self._g:
                 return tuple(torch.zeros_like(v) for v in vs)
             out = _batched_grad(self._g, self.params, [vs[i] for i in self._idx], batched)
-            return tuple(torch.zeros_like(v) if o is None else o for o, v in zip(out, vs))
+            return tuple(
+                torch.zeros_like(v) if o is None else o for o, v in zip(out, vs, strict=True)
+            )
 
         def one(v: Tensors) -> Tensors:
             return torch.func.jvp(self._gradf, (self.params,), (v,))[1]
@@ -217,6 +250,20 @@ class GaussNewtonOperator(CurvatureOperator):
     """
 
     kind = "gauss-newton"
+    # from_graph: the outputs z, ∇_z ℓ still in the graph (with indices), the optional jvp, and
+    # Jᵀu for a dummy u (the double-vjp trick) when there is no jvp
+    _outs: list[Tensor]
+    _hz_idx: list[int]
+    _gz: list[Tensor]
+    _jvp: Callable[[Tensors], Tensor | Tensors] | None
+    _u: list[Tensor]
+    _jtu_idx: list[int]
+    _jtu: list[Tensor]
+    # from_functions: z = model_fn(θ), the vjp of model_fn at θ, z itself and z ↦ ∇_z ℓ
+    _model_fn: Callable[[Tensors], Tensor | Tensors]
+    _vjp_fn: Callable[[Tensor | Tensors], tuple[Tensors]]
+    _z: Tensor | Tensors
+    _gradell: Callable[[Tensor | Tensors], Tensor | Tensors]
 
     @classmethod
     def from_graph(
@@ -228,24 +275,32 @@ class GaussNewtonOperator(CurvatureOperator):
         jvp: Callable[[Tensors], Tensors] | None = None,
     ) -> GaussNewtonOperator:
         """Products from the graph; ``jvp`` (optional) maps a tuple v shaped like params to the
-        tuple J v shaped like outputs (e.g. by ``torch.func.jvp``), replacing the double-vjp trick."""
+        tuple J v shaped like outputs (e.g. by ``torch.func.jvp``), replacing the double-vjp trick.
+        """
         op = cls.__new__(cls)
         plist = _as_params(params)
         outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
         if not outs:
-            raise ValueError("outputs is empty: pass the model outputs the losses are computed from.")
+            raise ValueError(
+                "outputs is empty: pass the model outputs the losses are computed from."
+            )
         for i, z in enumerate(outs):
             if not isinstance(z, Tensor) or not z.requires_grad:
                 raise ValueError(
-                    f"outputs[{i}] is not in the autograd graph; pass the model outputs (predictions) "
-                    "themselves, not detached copies."
+                    f"outputs[{i}] is not in the autograd graph; pass the model outputs "
+                    "(predictions) themselves, not detached copies."
                 )
         f = weighted_objective(losses, weights)
         gz = torch.autograd.grad(f, outs, create_graph=True, allow_unused=True)
         if all(g is None for g in gz):
-            raise ValueError("the losses do not depend on outputs; pass the tensors the losses were computed from.")
+            raise ValueError(
+                "the losses do not depend on outputs; pass the tensors the losses were computed "
+                "from."
+            )
         g = torch.autograd.grad(f, plist, retain_graph=True, allow_unused=True)
-        CurvatureOperator.__init__(op, plist, flatten([None if x is None else x.detach() for x in g], like=plist))
+        CurvatureOperator.__init__(
+            op, plist, flatten([None if x is None else x.detach() for x in g], like=plist)
+        )
         op._outs = outs
         op._hz_idx = [i for i, x in enumerate(gz) if x is not None and x.requires_grad]
         op._gz = [gz[i] for i in op._hz_idx]
@@ -274,7 +329,8 @@ class GaussNewtonOperator(CurvatureOperator):
         def ell(z: Tensor | Tensors) -> Tensor:
             return weighted_objective(loss_fn(z), w)
 
-        z, vjp_fn = torch.func.vjp(model_fn, plist)
+        vjp = torch.func.vjp(model_fn, plist)
+        z, vjp_fn = vjp[0], vjp[1]
         gz = torch.func.grad(ell)(z)
         CurvatureOperator.__init__(op, plist, flatten(vjp_fn(gz)[0]))
         op._model_fn, op._vjp_fn, op._z, op._gradell = model_fn, vjp_fn, z, torch.func.grad(ell)
@@ -287,13 +343,22 @@ class GaussNewtonOperator(CurvatureOperator):
             out = torch.func.vmap(one)(vs) if batched else one(vs)
             return [out] if isinstance(out, Tensor) else list(out)
         if not self._jtu:
-            return [torch.zeros((vs[0].shape[0], *z.shape) if batched else z.shape, dtype=z.dtype, device=z.device) for z in self._outs]
-        out = _batched_grad(self._jtu, self._u, [vs[i] for i in self._jtu_idx], batched)
+            return [
+                torch.zeros(
+                    (vs[0].shape[0], *z.shape) if batched else z.shape,
+                    dtype=z.dtype,
+                    device=z.device,
+                )
+                for z in self._outs
+            ]
+        grads = _batched_grad(self._jtu, self._u, [vs[i] for i in self._jtu_idx], batched)
         return [
-            torch.zeros((vs[0].shape[0], *z.shape) if batched else z.shape, dtype=z.dtype, device=z.device)
+            torch.zeros(
+                (vs[0].shape[0], *z.shape) if batched else z.shape, dtype=z.dtype, device=z.device
+            )
             if o is None
             else o
-            for o, z in zip(out, self._outs)
+            for o, z in zip(grads, self._outs, strict=True)
         ]
 
     def _apply(self, vs: Tensors, batched: bool) -> Tensors:
@@ -309,9 +374,9 @@ class GaussNewtonOperator(CurvatureOperator):
         if not self._gz:
             return tuple(torch.zeros_like(v) for v in vs)
         hz = _batched_grad(self._gz, self._outs, [jv[i] for i in self._hz_idx], batched)
-        go = [torch.zeros_like(j) if h is None else h for h, j in zip(hz, jv)]
+        go = [torch.zeros_like(j) if h is None else h for h, j in zip(hz, jv, strict=True)]
         out = _batched_grad(self._outs, self.params, go, batched)
-        return tuple(torch.zeros_like(v) if o is None else o for o, v in zip(out, vs))
+        return tuple(torch.zeros_like(v) if o is None else o for o, v in zip(out, vs, strict=True))
 
 
 def _vectors(vectors: Sequence[Tensor] | Tensor) -> Tensors:
@@ -409,7 +474,9 @@ def gnvp(
     check_vectors(vs, plist, batched)
     if mode != "reverse":
         try:
-            return _apply_op(GaussNewtonOperator.from_functions(model_fn, loss_fn, plist, weights), vs, batched)
+            return _apply_op(
+                GaussNewtonOperator.from_functions(model_fn, loss_fn, plist, weights), vs, batched
+            )
         except RuntimeError:
             if mode == "forward":
                 raise
