@@ -36,9 +36,13 @@ def _image_data():
 
 
 def _mtan():
-    blocks = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
-              nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))]
-    heads = {t: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1)) for t in TASKS}
+    blocks = [
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+    ]
+    heads = {
+        t: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1)) for t in TASKS
+    }
     return MTAN(blocks, [8, 16], heads)
 
 
@@ -54,8 +58,10 @@ MODELS = {
     "cgc": (lambda: CGC(D_IN, D, _heads(), n_shared=2, n_specific=1), _vector_data),
     "ple": (lambda: PLE([D_IN, 32, D], _heads(), n_shared=2, n_specific=1), _vector_data),
     "dselect_k": (lambda: DSelectK(_expert, 4, 2, _heads()), _vector_data),
-    "dselect_k_per_example": (lambda: DSelectK(_expert, 5, 2, _heads(), per_example=True, gate_in=D_IN),
-                              _vector_data),
+    "dselect_k_per_example": (
+        lambda: DSelectK(_expert, 5, 2, _heads(), per_example=True, gate_in=D_IN),
+        _vector_data,
+    ),
 }
 
 
@@ -78,16 +84,23 @@ def test_trains_through_taskgrad_backward(name, source):
         out = model(x)
         assert out.tasks == TASKS
         losses = _losses(out, y)
-        res = taskgrad.backward(losses, method=taskgrad.MGDA(),
-                                features=out.features if source == "representation" else None)
+        res = taskgrad.backward(
+            losses,
+            method=taskgrad.MGDA(),
+            features=out.features if source == "representation" else None,
+        )
         assert not res.skipped and torch.isfinite(res.weights).all()
-        assert float(res.weights.sum()) == pytest.approx(1.0, abs=1e-5)  # MGDA: a convex combination
+        assert float(res.weights.sum()) == pytest.approx(
+            1.0, abs=1e-5
+        )  # MGDA: a convex combination
         total = float(sum(loss.detach() for loss in losses))
         first = total if first is None else first
         last = total
         opt.step()
     assert last < 0.7 * first, f"{name}: loss {first:.4f} → {last:.4f}"
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     assert not no_grad, f"{name}: parameters without a gradient: {no_grad}"
 
 
@@ -125,13 +138,18 @@ def test_cross_stitch_with_identity_units_is_independent_columns():
     grads = torch.autograd.grad(losses[0], list(model.columns["b"].parameters()), allow_unused=True)
     assert all(g is None or torch.all(g == 0) for g in grads)
     init = CrossStitch([mlp([D_IN, 4])], _heads(4)).alpha[0]
-    assert torch.allclose(init.sum(1), torch.ones(3)) and torch.allclose(torch.diagonal(init), torch.full((3,), 0.9))
+    assert torch.allclose(init.sum(1), torch.ones(3)) and torch.allclose(
+        torch.diagonal(init), torch.full((3,), 0.9)
+    )
 
 
 def test_gates_are_distributions():
     x, _ = _vector_data()
-    for model in (MMoE(_expert, 4, D_IN, _heads()), DSelectK(_expert, 5, 2, _heads(), per_example=True, gate_in=D_IN),
-                  DSelectK(_expert, 4, 2, _heads())):
+    for model in (
+        MMoE(_expert, 4, D_IN, _heads()),
+        DSelectK(_expert, 5, 2, _heads(), per_example=True, gate_in=D_IN),
+        DSelectK(_expert, 4, 2, _heads()),
+    ):
         for w in model.gate_weights(x).values():
             assert w.shape == (64, model.experts.__len__())
             assert torch.all(w >= 0) and torch.allclose(w.sum(-1), torch.ones(64), atol=1e-6)
@@ -146,7 +164,11 @@ def test_dselect_k_is_exactly_k_sparse_once_its_bits_saturate():
     assert torch.count_nonzero(w[0]) == 2 and w[0, 3] == w[0, 6] == 0.5
     t = torch.linspace(-1, 1, 201)
     s = smooth_step(t, 1.0)
-    assert torch.all(s[t <= -0.5] == 0) and torch.all(s[t >= 0.5] == 1) and torch.all(torch.diff(s) >= 0)
+    assert (
+        torch.all(s[t <= -0.5] == 0)
+        and torch.all(s[t >= 0.5] == 1)
+        and torch.all(torch.diff(s) >= 0)
+    )
 
 
 def test_cgc_is_ple_with_one_layer_and_ple_stacks_layers():
@@ -159,7 +181,11 @@ def test_cgc_is_ple_with_one_layer_and_ple_stacks_layers():
     for t in TASKS:
         assert torch.equal(a[t], b[t])
     ple = PLE([D_IN, 32, D], _heads(), n_shared=2, n_specific=1)
-    assert len(ple.layers) == 2 and ple.layers[0].shared_gate is not None and ple.layers[1].shared_gate is None
+    assert (
+        len(ple.layers) == 2
+        and ple.layers[0].shared_gate is not None
+        and ple.layers[1].shared_gate is None
+    )
     assert ple(x).features.shape == (2, 64, D)
 
 
@@ -187,7 +213,9 @@ def test_bad_arguments_are_clear_errors():
         MMoE(_expert, 0, D_IN, _heads())
 
 
-@pytest.mark.parametrize("architecture", ["shared", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k"])
+@pytest.mark.parametrize(
+    "architecture", ["shared", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k"]
+)
 def test_tabular_models_follow_the_benchmark_contract(architecture):
     """(features, [outputs]) with every task's loss reaching the features."""
     from taskgrad.models import tabular_multitask
@@ -197,7 +225,10 @@ def test_tabular_models_follow_the_benchmark_contract(architecture):
     x, y = _vector_data()
     z, outs = model(x)
     assert [o.shape for o in outs] == [(64, 1), (64, 2)]
-    losses = [((outs[0].squeeze(-1) - y[:, 0]) ** 2).mean(), nn.functional.cross_entropy(outs[1], (y[:, 1] > 0).long())]
+    losses = [
+        ((outs[0].squeeze(-1) - y[:, 0]) ** 2).mean(),
+        nn.functional.cross_entropy(outs[1], (y[:, 1] > 0).long()),
+    ]
     G = representation_gram(losses, z)
     assert torch.all(torch.diagonal(G) > 0)
     with pytest.raises(ValueError, match="architecture must be one of"):

@@ -1,6 +1,7 @@
 """Reference models used by the examples and benchmarks, and the multi-task architectures
 LibMTL users bring (hard parameter sharing, cross-stitch, MTAN, MMoE, CGC/PLE, DSelect-k), each
-returning a :class:`MultiTaskOutput` whose ``features`` feed the representation source."""
+returning a :class:`MultiTaskOutput` whose ``features`` feed the representation source.
+"""
 
 from .architectures import (
     CGC,

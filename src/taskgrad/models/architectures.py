@@ -30,6 +30,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +109,9 @@ class HardParameterSharing(nn.Module):
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
         z = self.encoder(x)
-        return MultiTaskOutput({t: h(z) for t, h in self.heads.items()}, z, {t: z for t in self.heads})
+        return MultiTaskOutput(
+            {t: h(z) for t, h in self.heads.items()}, z, {t: z for t in self.heads}
+        )
 
 
 class CrossStitch(nn.Module):
@@ -120,8 +123,13 @@ class CrossStitch(nn.Module):
     must have the same shape. Representation: the columns' last-layer outputs (a list).
     """
 
-    def __init__(self, layers: Sequence[nn.Module], heads: Mapping[str, nn.Module], *,
-                 self_weight: float = 0.9) -> None:
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        heads: Mapping[str, nn.Module],
+        *,
+        self_weight: float = 0.9,
+    ) -> None:
         super().__init__()
         self.heads = _heads(heads)
         tasks = list(self.heads)
@@ -140,12 +148,19 @@ class CrossStitch(nn.Module):
         hs = [x for _ in tasks]
         last: list[Tensor] = []
         for layer in range(self.alpha.shape[0]):
-            outs = [self.columns[t][layer](h) for t, h in zip(tasks, hs)]
+            outs = [
+                cast(nn.ModuleList, self.columns[t])[layer](h)
+                for t, h in zip(tasks, hs, strict=True)
+            ]
             stacked = torch.stack(outs)  # (T, B, ...)
             mixed = torch.einsum("ts,s...->t...", self.alpha[layer].to(stacked.dtype), stacked)
             hs = list(mixed.unbind(0))
             last = outs
-        return MultiTaskOutput({t: self.heads[t](h) for t, h in zip(tasks, hs)}, last, dict(zip(tasks, hs)))
+        return MultiTaskOutput(
+            {t: self.heads[t](h) for t, h in zip(tasks, hs, strict=True)},
+            last,
+            dict(zip(tasks, hs, strict=True)),
+        )
 
 
 def _channel_linear(c_in: int, c_out: int, image: bool) -> nn.Module:
@@ -154,22 +169,24 @@ def _channel_linear(c_in: int, c_out: int, image: bool) -> nn.Module:
 
 class _Attention(nn.Module):
     """m = σ(W₂ relu(W₁ [f; a])) over channels, a the task's previous attended features mapped to
-    f's channels (and pooled to its spatial size); returns m ⊙ f."""
+    f's channels (and pooled to its spatial size); returns m ⊙ f.
+    """
 
     def __init__(self, c: int, c_prev: int | None, image: bool) -> None:
         super().__init__()
         self.image = image
         self.prev = None if c_prev is None else _channel_linear(c_prev, c, image)
         c_in = c if c_prev is None else 2 * c
-        self.mask = nn.Sequential(_channel_linear(c_in, c, image), nn.ReLU(), _channel_linear(c, c, image),
-                                  nn.Sigmoid())
+        self.mask = nn.Sequential(
+            _channel_linear(c_in, c, image), nn.ReLU(), _channel_linear(c, c, image), nn.Sigmoid()
+        )
 
     def forward(self, f: Tensor, prev: Tensor | None) -> Tensor:
         u = f
         if self.prev is not None and prev is not None:
             p = prev
             if self.image and p.shape[-2:] != f.shape[-2:]:
-                p = nn.functional.adaptive_avg_pool2d(p, f.shape[-2:])
+                p = nn.functional.adaptive_avg_pool2d(p, (f.shape[-2], f.shape[-1]))
             u = torch.cat([f, self.prev(p)], dim=1)
         return self.mask(u) * f
 
@@ -181,31 +198,46 @@ class MTAN(nn.Module):
     features, linear maps for 2-D ones); head_t reads a_t^L. Representation: f_L.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], channels: Sequence[int], heads: Mapping[str, nn.Module], *,
-                 image: bool = True) -> None:
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        channels: Sequence[int],
+        heads: Mapping[str, nn.Module],
+        *,
+        image: bool = True,
+    ) -> None:
         super().__init__()
         self.heads = _heads(heads)
         if not blocks or len(blocks) != len(channels):
-            raise ValueError(f"MTAN needs one channel count per block: {len(blocks)} blocks, {len(channels)} "
-                             "channels.")
+            raise ValueError(
+                f"MTAN needs one channel count per block: {len(blocks)} blocks, {len(channels)} "
+                "channels."
+            )
         self.blocks = nn.ModuleList(blocks)
-        self.attention = nn.ModuleDict({
-            t: nn.ModuleList(_Attention(c, None if l == 0 else channels[l - 1], image)
-                             for l, c in enumerate(channels))
-            for t in self.heads})
+        self.attention = nn.ModuleDict(
+            {
+                t: nn.ModuleList(
+                    _Attention(c, None if i == 0 else channels[i - 1], image)
+                    for i, c in enumerate(channels)
+                )
+                for t in self.heads
+            }
+        )
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
         feats, h = [], x
         for block in self.blocks:
             h = block(h)
             feats.append(h)
-        attended = {}
+        attended: dict[str, Tensor] = {}
         for t, modules in self.attention.items():
             a = None
-            for f, att in zip(feats, modules):
+            for f, att in zip(feats, cast(nn.ModuleList, modules), strict=True):
                 a = att(f, a)
-            attended[t] = a
-        return MultiTaskOutput({t: self.heads[t](attended[t]) for t in self.heads}, feats[-1], attended)
+            attended[t] = cast(Tensor, a)  # blocks is not empty: a is the last block's output
+        return MultiTaskOutput(
+            {t: self.heads[t](attended[t]) for t in self.heads}, feats[-1], attended
+        )
 
 
 def _gate_input(x: Tensor) -> Tensor:
@@ -220,8 +252,13 @@ class MMoE(nn.Module):
     Representation: the experts' outputs stacked, (E, B, d).
     """
 
-    def __init__(self, make_expert: Callable[[], nn.Module], n_experts: int, gate_in: int,
-                 heads: Mapping[str, nn.Module]) -> None:
+    def __init__(
+        self,
+        make_expert: Callable[[], nn.Module],
+        n_experts: int,
+        gate_in: int,
+        heads: Mapping[str, nn.Module],
+    ) -> None:
         super().__init__()
         self.heads = _heads(heads)
         _check_count("n_experts", n_experts)
@@ -234,26 +271,46 @@ class MMoE(nn.Module):
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
         E = torch.stack([e(x) for e in self.experts])  # (E, B, d)
-        mixed = {t: torch.einsum("be,eb...->b...", w.to(E.dtype), E) for t, w in self.gate_weights(x).items()}
+        mixed = {
+            t: torch.einsum("be,eb...->b...", w.to(E.dtype), E)
+            for t, w in self.gate_weights(x).items()
+        }
         return MultiTaskOutput({t: self.heads[t](h) for t, h in mixed.items()}, E, mixed)
 
 
 class _ExtractionLayer(nn.Module):
     """One CGC layer: shared experts, task experts, a gate per task over [its experts; shared]
-    and (below the top layer) a shared gate over all experts."""
+    and (below the top layer) a shared gate over all experts.
+    """
 
-    def __init__(self, make_expert: Callable[[int], nn.Module], d_in: int, tasks: list[str], n_shared: int,
-                 n_specific: int, shared_gate: bool) -> None:
+    def __init__(
+        self,
+        make_expert: Callable[[int], nn.Module],
+        d_in: int,
+        tasks: list[str],
+        n_shared: int,
+        n_specific: int,
+        shared_gate: bool,
+    ) -> None:
         super().__init__()
         self.tasks = tasks
         self.shared = nn.ModuleList(make_expert(d_in) for _ in range(n_shared))
-        self.specific = nn.ModuleDict({t: nn.ModuleList(make_expert(d_in) for _ in range(n_specific)) for t in tasks})
+        self.specific = nn.ModuleDict(
+            {t: nn.ModuleList(make_expert(d_in) for _ in range(n_specific)) for t in tasks}
+        )
         self.gates = nn.ModuleDict({t: nn.Linear(d_in, n_specific + n_shared) for t in tasks})
-        self.shared_gate = nn.Linear(d_in, len(tasks) * n_specific + n_shared) if shared_gate else None
+        self.shared_gate = (
+            nn.Linear(d_in, len(tasks) * n_specific + n_shared) if shared_gate else None
+        )
 
-    def forward(self, task_in: dict[str, Tensor], shared_in: Tensor) -> tuple[dict[str, Tensor], Tensor | None, Tensor]:
+    def forward(
+        self, task_in: dict[str, Tensor], shared_in: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor | None, Tensor]:
         S = torch.stack([e(shared_in) for e in self.shared])  # (S, B, d)
-        spec = {t: torch.stack([e(task_in[t]) for e in self.specific[t]]) for t in self.tasks}
+        spec = {
+            t: torch.stack([e(task_in[t]) for e in cast(nn.ModuleList, self.specific[t])])
+            for t in self.tasks
+        }
         out = {}
         for t in self.tasks:
             w = torch.softmax(self.gates[t](_gate_input(task_in[t])), dim=-1)
@@ -266,6 +323,13 @@ class _ExtractionLayer(nn.Module):
         return out, shared_out, S
 
 
+def _with_output_size(
+    make: Callable[[int, int], nn.Module], d_out: int
+) -> Callable[[int], nn.Module]:
+    """d_in ↦ make(d_in, d_out): the expert factory of one extraction layer."""
+    return lambda d_in: make(d_in, d_out)
+
+
 class PLE(nn.Module):
     """Progressive Layered Extraction (Tang et al., 2020): ``len(dims) − 1`` extraction layers;
     layer l has ``n_shared`` shared and ``n_specific`` per-task experts mapping d_l → d_{l+1}
@@ -275,21 +339,38 @@ class PLE(nn.Module):
     stacked (S, B, d). ``dims[0]`` is the (flattened) input size.
     """
 
-    def __init__(self, dims: Sequence[int], heads: Mapping[str, nn.Module], *, n_shared: int = 1,
-                 n_specific: int = 1, make_expert: Callable[[int, int], nn.Module] | None = None) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        heads: Mapping[str, nn.Module],
+        *,
+        n_shared: int = 1,
+        n_specific: int = 1,
+        make_expert: Callable[[int, int], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         self.heads = _heads(heads)
         if len(dims) < 2:
-            raise ValueError(f"dims must hold the input size and at least one expert output size, got {list(dims)}.")
+            raise ValueError(
+                "dims must hold the input size and at least one expert output size, got "
+                f"{list(dims)}."
+            )
         _check_count("n_shared", n_shared)
         _check_count("n_specific", n_specific, low=0)
         make = make_expert or (lambda a, b: nn.Sequential(nn.Linear(a, b), nn.ReLU()))
         tasks = list(self.heads)
         n_layers = len(dims) - 1
         self.layers = nn.ModuleList(
-            _ExtractionLayer(lambda d_in, d_out=dims[l + 1]: make(d_in, d_out), dims[l], tasks, n_shared,
-                             n_specific, shared_gate=l < n_layers - 1)
-            for l in range(n_layers))
+            _ExtractionLayer(
+                _with_output_size(make, dims[i + 1]),
+                dims[i],
+                tasks,
+                n_shared,
+                n_specific,
+                shared_gate=i < n_layers - 1,
+            )
+            for i in range(n_layers)
+        )
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
         x = _gate_input(x)
@@ -304,17 +385,32 @@ class PLE(nn.Module):
 
 class CGC(PLE):
     """Customized Gate Control (Tang et al., 2020): :class:`PLE` with one extraction layer,
-    experts mapping ``d_in`` → ``d_out``."""
+    experts mapping ``d_in`` → ``d_out``.
+    """
 
-    def __init__(self, d_in: int, d_out: int, heads: Mapping[str, nn.Module], *, n_shared: int = 1,
-                 n_specific: int = 1, make_expert: Callable[[int, int], nn.Module] | None = None) -> None:
-        super().__init__([d_in, d_out], heads, n_shared=n_shared, n_specific=n_specific, make_expert=make_expert)
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        heads: Mapping[str, nn.Module],
+        *,
+        n_shared: int = 1,
+        n_specific: int = 1,
+        make_expert: Callable[[int, int], nn.Module] | None = None,
+    ) -> None:
+        super().__init__(
+            [d_in, d_out], heads, n_shared=n_shared, n_specific=n_specific, make_expert=make_expert
+        )
 
 
 def smooth_step(t: Tensor, gamma: float) -> Tensor:
-    """S(t) = 0 for t ≤ −γ/2, 1 for t ≥ γ/2, −2t³/γ³ + 3t/(2γ) + 1/2 between (C¹, exactly 0/1 outside)."""
+    """S(t) = 0 for t ≤ −γ/2, 1 for t ≥ γ/2, −2t³/γ³ + 3t/(2γ) + 1/2 between (C¹, exactly 0/1
+    outside).
+    """
     inner = -2.0 / gamma**3 * t**3 + 1.5 / gamma * t + 0.5
-    return torch.where(t <= -gamma / 2, torch.zeros_like(t), torch.where(t >= gamma / 2, torch.ones_like(t), inner))
+    return torch.where(
+        t <= -gamma / 2, torch.zeros_like(t), torch.where(t >= gamma / 2, torch.ones_like(t), inner)
+    )
 
 
 class DSelectK(nn.Module):
@@ -327,8 +423,22 @@ class DSelectK(nn.Module):
     outputs stacked, (E, B, d).
     """
 
-    def __init__(self, make_expert: Callable[[], nn.Module], n_experts: int, k: int, heads: Mapping[str, nn.Module],
-                 *, gamma: float = 1.0, per_example: bool = False, gate_in: int | None = None) -> None:
+    codes: Tensor  # (2^m, m) buffer
+    fold: Tensor  # (2^m,) buffer
+    z: nn.ModuleDict | nn.ParameterDict  # per task: linear maps (per example) or parameters
+    w: nn.ModuleDict | nn.ParameterDict
+
+    def __init__(
+        self,
+        make_expert: Callable[[], nn.Module],
+        n_experts: int,
+        k: int,
+        heads: Mapping[str, nn.Module],
+        *,
+        gamma: float = 1.0,
+        per_example: bool = False,
+        gate_in: int | None = None,
+    ) -> None:
         super().__init__()
         self.heads = _heads(heads)
         _check_count("n_experts", n_experts)
@@ -340,7 +450,9 @@ class DSelectK(nn.Module):
         self.experts = nn.ModuleList(make_expert() for _ in range(n_experts))
         self.n_experts, self.k, self.gamma, self.per_example = n_experts, k, gamma, per_example
         self.m = max(1, math.ceil(math.log2(n_experts)))
-        codes = torch.tensor([[(e >> j) & 1 for j in range(self.m)] for e in range(2**self.m)], dtype=torch.float32)
+        codes = torch.tensor(
+            [[(e >> j) & 1 for j in range(self.m)] for e in range(2**self.m)], dtype=torch.float32
+        )
         self.register_buffer("codes", codes)  # (2^m, m): the binary code of each expert
         self.register_buffer("fold", torch.arange(2**self.m) % n_experts)  # code → expert
         if per_example:
@@ -349,8 +461,12 @@ class DSelectK(nn.Module):
             self.w = nn.ModuleDict({t: nn.Linear(gate_in, k) for t in self.heads})
         else:
             g = torch.Generator().manual_seed(0)
-            self.z = nn.ParameterDict({t: nn.Parameter((torch.rand(k, self.m, generator=g) - 0.5) * gamma)
-                                       for t in self.heads})
+            self.z = nn.ParameterDict(
+                {
+                    t: nn.Parameter((torch.rand(k, self.m, generator=g) - 0.5) * gamma)
+                    for t in self.heads
+                }
+            )
             self.w = nn.ParameterDict({t: nn.Parameter(torch.zeros(k)) for t in self.heads})
 
     def gate_weights(self, x: Tensor) -> dict[str, Tensor]:
@@ -359,15 +475,17 @@ class DSelectK(nn.Module):
         out = {}
         for t in self.heads:
             if self.per_example:
-                z = self.z[t](_gate_input(x)).view(B, self.k, self.m)
-                w = self.w[t](_gate_input(x))
+                z = cast(nn.Module, self.z[t])(_gate_input(x)).view(B, self.k, self.m)
+                w = cast(nn.Module, self.w[t])(_gate_input(x))
             else:
-                z = self.z[t].unsqueeze(0).expand(B, -1, -1)
-                w = self.w[t].unsqueeze(0).expand(B, -1)
+                z = cast(Tensor, self.z[t]).unsqueeze(0).expand(B, -1, -1)
+                w = cast(Tensor, self.w[t]).unsqueeze(0).expand(B, -1)
             s = smooth_step(z, self.gamma).unsqueeze(2)  # (B, k, 1, m)
             c = self.codes.to(s.dtype)  # (2^m, m)
             r = torch.prod(c * s + (1 - c) * (1 - s), dim=-1)  # (B, k, 2^m): selector i on code e
-            gate = torch.einsum("bk,bke->be", torch.softmax(w, dim=-1), r)  # (B, 2^m), rows sum to 1
+            gate = torch.einsum(
+                "bk,bke->be", torch.softmax(w, dim=-1), r
+            )  # (B, 2^m), rows sum to 1
             if self.n_experts < 2**self.m:  # code e selects expert e mod E
                 folded = gate.new_zeros(B, self.n_experts)
                 gate = folded.index_add(1, self.fold.to(gate.device), gate)
@@ -376,13 +494,17 @@ class DSelectK(nn.Module):
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
         E = torch.stack([e(x) for e in self.experts])  # (E, B, d)
-        mixed = {t: torch.einsum("be,eb...->b...", w.to(E.dtype), E) for t, w in self.gate_weights(x).items()}
+        mixed = {
+            t: torch.einsum("be,eb...->b...", w.to(E.dtype), E)
+            for t, w in self.gate_weights(x).items()
+        }
         return MultiTaskOutput({t: self.heads[t](h) for t, h in mixed.items()}, E, mixed)
 
 
 class FeaturesAndOutputs(nn.Module):
     """Adapts a model returning a :class:`MultiTaskOutput` to the benchmark harness's contract:
-    ``forward(x) -> (features, [prediction of each task, in the order of the heads])``."""
+    ``forward(x) -> (features, [prediction of each task, in the order of the heads])``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -397,8 +519,17 @@ class FeaturesAndOutputs(nn.Module):
 TABULAR_ARCHITECTURES = ("shared", "cross_stitch", "mtan", "mmoe", "cgc", "ple", "dselect_k")
 
 
-def tabular_multitask(architecture: str, d_in: int, hidden: Sequence[int], outs: Sequence[int], *,
-                      n_experts: int = 4, n_shared: int = 2, n_specific: int = 1, k: int = 2) -> nn.Module:
+def tabular_multitask(
+    architecture: str,
+    d_in: int,
+    hidden: Sequence[int],
+    outs: Sequence[int],
+    *,
+    n_experts: int = 4,
+    n_shared: int = 2,
+    n_specific: int = 1,
+    k: int = 2,
+) -> nn.Module:
     """One of :data:`TABULAR_ARCHITECTURES` on flat inputs of size ``d_in``, as the benchmark
     harness expects it (:class:`FeaturesAndOutputs`): the shared part (encoder, columns, backbone
     or each expert) is an MLP of widths ``hidden`` (Linear + ReLU), head t a Linear to ``outs[t]``.
@@ -426,12 +557,20 @@ def tabular_multitask(architecture: str, d_in: int, hidden: Sequence[int], outs:
     elif architecture == "mmoe":
         model = MMoE(expert, n_experts, d_in, heads)
     elif architecture == "cgc":
-        model = CGC(d_in, hidden[-1], heads, n_shared=n_shared, n_specific=n_specific,
-                    make_expert=lambda a, b: mlp([a, *hidden[:-1], b]))
+        model = CGC(
+            d_in,
+            hidden[-1],
+            heads,
+            n_shared=n_shared,
+            n_specific=n_specific,
+            make_expert=lambda a, b: mlp([a, *hidden[:-1], b]),
+        )
     elif architecture == "ple":
         model = PLE(dims, heads, n_shared=n_shared, n_specific=n_specific)
     elif architecture == "dselect_k":
         model = DSelectK(expert, n_experts, k, heads, per_example=True, gate_in=d_in)
     else:
-        raise ValueError(f"architecture must be one of {', '.join(TABULAR_ARCHITECTURES)}, got {architecture!r}.")
+        raise ValueError(
+            f"architecture must be one of {', '.join(TABULAR_ARCHITECTURES)}, got {architecture!r}."
+        )
     return FeaturesAndOutputs(model)

@@ -1,4 +1,5 @@
-"""The MultiLeNet of Sener & Koltun (2018) for MultiMNIST: a LeNet encoder and one MLP head per task.
+"""The MultiLeNet of Sener & Koltun (2018) for MultiMNIST: a LeNet encoder and one MLP head per
+task.
 
 Encoder: conv(1→10, 5) → max-pool 2 → ReLU → conv(10→20, 5) → dropout → max-pool 2 → ReLU →
 flatten (320) → linear(320→50) → ReLU, giving z ∈ ℝ⁵⁰. Head: linear(50→50) → ReLU → linear(50→C).
@@ -42,7 +43,8 @@ class MultiLeNet(nn.Module):
         self.encoder = LeNetEncoder(dropout)
         d = LeNetEncoder.feature_dim
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, n_classes)) for _ in range(n_tasks)
+            nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, n_classes))
+            for _ in range(n_tasks)
         )
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:

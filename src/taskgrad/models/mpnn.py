@@ -24,7 +24,9 @@ ATOM_TYPES = (1, 6, 7, 8, 9)
 
 @dataclass
 class GraphBatch:
-    """Concatenated molecules: ``z`` (N,) atomic numbers, ``pos`` (N, 3) Å, ``ptr`` (B+1,) offsets."""
+    """Concatenated molecules: ``z`` (N,) atomic numbers, ``pos`` (N, 3) Å, ``ptr`` (B+1,)
+    offsets.
+    """
 
     z: Tensor
     pos: Tensor
@@ -52,13 +54,18 @@ class GraphBatch:
         if (counts == 0).any():
             raise ValueError("every molecule needs at least one atom.")
         ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        return GraphBatch(torch.cat([z.long() for z, _ in mols]), torch.cat([p.float() for _, p in mols]), ptr)
+        return GraphBatch(
+            torch.cat([z.long() for z, _ in mols]), torch.cat([p.float() for _, p in mols]), ptr
+        )
 
 
 def radius_edges(pos: Tensor, ptr: Tensor, cutoff: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(src, dst, dist): every ordered pair i ≠ j of atoms of one molecule with ‖pos_i − pos_j‖ < cutoff.
+    """(src, dst, dist): every ordered pair i ≠ j of atoms of one molecule with ‖pos_i − pos_j‖ <
+    cutoff.
 
-    Pairs are enumerated on a padded (B, n_max, n_max) grid, so the cost is B·n_max² (n_max ≤ 29 in QM9)."""
+    Pairs are enumerated on a padded (B, n_max, n_max) grid, so the cost is B·n_max² (n_max ≤ 29 in
+    QM9).
+    """
     counts = ptr[1:] - ptr[:-1]
     n_max = int(counts.max())
     ar = torch.arange(n_max, device=pos.device)
@@ -72,7 +79,9 @@ def radius_edges(pos: Tensor, ptr: Tensor, cutoff: float) -> tuple[Tensor, Tenso
 
 
 def gaussian_rbf(dist: Tensor, cutoff: float, n: int) -> Tensor:
-    """exp(−γ (d − μ_k)²) for n centres μ_k evenly on [0, cutoff], γ = 1 / spacing²; (E,) → (E, n)."""
+    """exp(−γ (d − μ_k)²) for n centres μ_k evenly on [0, cutoff], γ = 1 / spacing²; (E,) → (E,
+    n).
+    """
     mu = torch.linspace(0.0, cutoff, n, device=dist.device, dtype=dist.dtype)
     gamma = 1.0 / (mu[1] - mu[0]) ** 2
     return torch.exp(-gamma * (dist[:, None] - mu) ** 2)
@@ -89,7 +98,9 @@ def node_features(z: Tensor) -> Tensor:
 
 
 class _Interaction(nn.Module):
-    """m_i = Σ_{j: d_ij < c} W(rbf(d_ij)) ⊙ A h_j · ½(cos(π d_ij / c) + 1), then h_i ← GRU(m_i, h_i)."""
+    """m_i = Σ_{j: d_ij < c} W(rbf(d_ij)) ⊙ A h_j · ½(cos(π d_ij / c) + 1), then h_i ← GRU(m_i,
+    h_i).
+    """
 
     def __init__(self, hidden: int, n_rbf: int) -> None:
         super().__init__()
@@ -105,13 +116,23 @@ class _Interaction(nn.Module):
 
 class MPNN(nn.Module):
     """Shared encoder (embedding, ``n_layers`` interactions, gated-sum readout, MLP) giving a graph
-    embedding z (B, hidden), and one linear head per task: ``forward(g) -> (z, [head_t(z)])``."""
+    embedding z (B, hidden), and one linear head per task: ``forward(g) -> (z, [head_t(z)])``.
+    """
 
-    def __init__(self, n_tasks: int, hidden: int = 64, n_layers: int = 3, n_rbf: int = 32, cutoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        hidden: int = 64,
+        n_layers: int = 3,
+        n_rbf: int = 32,
+        cutoff: float = 5.0,
+    ) -> None:
         super().__init__()
         if n_tasks < 1 or hidden < 1 or n_layers < 1 or n_rbf < 2 or not cutoff > 0:
-            raise ValueError(f"need n_tasks, hidden, n_layers ≥ 1, n_rbf ≥ 2 and cutoff > 0; got "
-                             f"{n_tasks=}, {hidden=}, {n_layers=}, {n_rbf=}, {cutoff=}.")
+            raise ValueError(
+                f"need n_tasks, hidden, n_layers ≥ 1, n_rbf ≥ 2 and cutoff > 0; got "
+                f"{n_tasks=}, {hidden=}, {n_layers=}, {n_rbf=}, {cutoff=}."
+            )
         self.cutoff, self.n_rbf = float(cutoff), n_rbf
         self.embed = nn.Linear(len(ATOM_TYPES) + 1, hidden)
         self.layers = nn.ModuleList(_Interaction(hidden, n_rbf) for _ in range(n_layers))
@@ -129,7 +150,9 @@ class MPNN(nn.Module):
         for layer in self.layers:
             h = layer(h, src, dst, rbf, env)
         atom = torch.sigmoid(self.gate(h)) * self.proj(h)
-        pooled = torch.zeros(g.num_graphs, h.shape[1], device=h.device, dtype=h.dtype).index_add_(0, g.batch, atom)
+        pooled = torch.zeros(g.num_graphs, h.shape[1], device=h.device, dtype=h.dtype).index_add_(
+            0, g.batch, atom
+        )
         return self.out(pooled)
 
     def forward(self, g: GraphBatch) -> tuple[Tensor, list[Tensor]]:

@@ -28,7 +28,9 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
 class BasicBlock(nn.Module):
     """y = relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), the two-layer residual block."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, norm: Callable[[int], nn.Module]
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm(c_out)
@@ -36,7 +38,9 @@ class BasicBlock(nn.Module):
         self.bn2 = norm(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm(c_out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -59,7 +63,9 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"width must be a positive int, got {width!r}.")
         norm_fn = _norm_layer(norm)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False), norm_fn(width), nn.ReLU()
+            nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False),
+            norm_fn(width),
+            nn.ReLU(),
         )
         layers: list[nn.Module] = []
         c_in = width
@@ -95,11 +101,14 @@ class MultiHead(nn.Module):
     (``taskgrad.backward(losses, features=z)``).
     """
 
-    def __init__(self, encoder: nn.Module, feature_dim: int, n_tasks: int, out_dim: int = 1) -> None:
+    def __init__(
+        self, encoder: nn.Module, feature_dim: int, n_tasks: int, out_dim: int = 1
+    ) -> None:
         super().__init__()
         if n_tasks < 1 or feature_dim < 1 or out_dim < 1:
             raise ValueError(
-                f"feature_dim, n_tasks and out_dim must be positive, got {feature_dim}, {n_tasks}, {out_dim}."
+                f"feature_dim, n_tasks and out_dim must be positive, got {feature_dim}, {n_tasks}, "
+                f"{out_dim}."
             )
         self.encoder = encoder
         self.heads = nn.ModuleList(nn.Linear(feature_dim, out_dim) for _ in range(n_tasks))
