@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from . import tracking as _tracking
-from .tracking import *
+from .tracking import *  # noqa: F403  (the alias forwards every public name)
 from .tracking import __all__, loggers, plots, stats  # noqa: F401
 
 warnings.warn(
@@ -23,4 +23,6 @@ warnings.warn(
 
 for _name in ("loggers", "plots", "stats"):
     sys.modules[f"{__name__}.{_name}"] = getattr(_tracking, _name)
-__path__: list[str] = []  # a package for the import system, so `import taskgrad.logging.loggers` works
+__path__: list[
+    str
+] = []  # a package for the import system, so `import taskgrad.logging.loggers` works

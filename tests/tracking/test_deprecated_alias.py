@@ -1,4 +1,6 @@
-"""taskgrad.tracking is the package; taskgrad.logging is a deprecated alias that warns and forwards."""
+"""taskgrad.tracking is the package; taskgrad.logging is a deprecated alias that warns and
+forwards.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from taskgrad import tracking
 
 
 def _forget_alias() -> None:
-    for name in [m for m in sys.modules if m == "taskgrad.logging" or m.startswith("taskgrad.logging.")]:
+    for name in [
+        m for m in sys.modules if m == "taskgrad.logging" or m.startswith("taskgrad.logging.")
+    ]:
         del sys.modules[name]
     taskgrad.__dict__.pop("logging", None)
 
@@ -39,7 +43,9 @@ def test_from_taskgrad_import_logging_warns():
 
 
 def test_new_name_does_not_shadow_or_warn():
-    code = ("import warnings; warnings.simplefilter('error'); import logging, taskgrad; "
-            "from taskgrad import tracking; assert tracking.CSVLogger; "
-            "assert logging.getLogger is not None")
+    code = (
+        "import warnings; warnings.simplefilter('error'); import logging, taskgrad; "
+        "from taskgrad import tracking; assert tracking.CSVLogger; "
+        "assert logging.getLogger is not None"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

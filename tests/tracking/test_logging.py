@@ -70,7 +70,9 @@ def test_active_constraints_of_primary_aux():
     u = w @ J
     assert abs(float(u @ g_conflict)) < 1e-12 < float(u @ g_aligned)  # the KKT picture
     assert active_constraints(G, w) == 1
-    assert active_constraints(G, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)) == 0  # g0 alone: ⟨g0, g_c⟩ = −1
+    assert (
+        active_constraints(G, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)) == 0
+    )  # g0 alone: ⟨g0, g_c⟩ = −1
 
 
 def test_csv_round_trip_and_nan_refused(tmp_path):
@@ -169,22 +171,38 @@ def test_plots_show_the_logged_values(tmp_path):
     fig = plot_cosine_heatmap(series, tmp_path / "cos.png")
     assert np.allclose(np.ma.getdata(fig.axes[0].images[0].get_array()), M)
     fig = plot_weights(series, tmp_path / "w.png")
-    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[0.2] * 6, [0.3] * 6, [0.5] * 6]
+    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [
+        [0.2] * 6,
+        [0.3] * 6,
+        [0.5] * 6,
+    ]
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
 
 def test_report_writes_plots(tmp_path):
     with CSVLogger(tmp_path / "log.csv") as log:
         for t in range(3):
-            log.log(t, {"weight/task0": 0.5, "weight/task1": 0.5, "cos/task0|task1": -0.2 * t,
-                        "gram/cond": [2.0, math.inf, 3.0][t], "gram/active_constraints": 1.0})
+            log.log(
+                t,
+                {
+                    "weight/task0": 0.5,
+                    "weight/task1": 0.5,
+                    "cos/task0|task1": -0.2 * t,
+                    "gram/cond": [2.0, math.inf, 3.0][t],
+                    "gram/active_constraints": 1.0,
+                },
+            )
     files = report(tmp_path / "log.csv", tmp_path / "plots")
     assert sorted(f.name for f in files) == ["conditioning.png", "cosines.png", "weights.png"]
     # the same through the command line: `taskgrad report LOG.csv --out DIR`
     from taskgrad.cli import main as cli_main
 
     assert cli_main(["report", str(tmp_path / "log.csv"), "--out", str(tmp_path / "cli")]) == 0
-    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["conditioning.png", "cosines.png", "weights.png"]
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
+        "conditioning.png",
+        "cosines.png",
+        "weights.png",
+    ]
     with pytest.raises(ValueError, match="not a taskgrad CSV log"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         read_csv_log(tmp_path / "bad.csv")
@@ -251,4 +269,6 @@ def test_cli_report_of_an_empty_log_prints_the_reason(tmp_path, capsys):
 
     (tmp_path / "log.csv").write_text("step,name,value\n")
     assert cli_main(["report", str(tmp_path / "log.csv"), "--out", str(tmp_path / "plots")]) == 0
-    assert "no weights, cosines or Gram statistics to plot" in " ".join(capsys.readouterr().out.split())
+    assert "no weights, cosines or Gram statistics to plot" in " ".join(
+        capsys.readouterr().out.split()
+    )

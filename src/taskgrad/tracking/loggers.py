@@ -1,7 +1,9 @@
-"""A small logger interface: ``logger.log(step, {name: value})`` and ``logger.log_step(step, result)``.
+"""A small logger interface: ``logger.log(step, {name: value})`` and ``logger.log_step(step,
+result)``.
 
 Back ends: :class:`CSVLogger` (long format ``step,name,value``: one row per scalar, so the set of
-names may change during training, and :func:`read_csv_log` reads it back), :class:`TensorBoardLogger`
+names may change during training, and :func:`read_csv_log` reads it back),
+:class:`TensorBoardLogger`
 (needs the optional ``tensorboard`` package), :class:`MultiLogger` (several at once) and
 :class:`MemoryLogger` (in memory, for tests and notebooks).
 """
@@ -19,13 +21,23 @@ from typing import Any, Self
 
 from .stats import step_scalars
 
-__all__ = ["CSVLogger", "MemoryLogger", "MultiLogger", "TensorBoardLogger", "TrainingLogger", "read_csv_log", "tensorboard_available"]
+__all__ = [
+    "CSVLogger",
+    "MemoryLogger",
+    "MultiLogger",
+    "TensorBoardLogger",
+    "TrainingLogger",
+    "read_csv_log",
+    "tensorboard_available",
+]
 
 
 class TrainingLogger(ABC):
     """Base class: implement :meth:`log`; :meth:`log_step` turns a step result into scalars."""
 
-    def __init__(self, names: Sequence[str] | None = None, *, every: int = 1, tol: float = 1e-6) -> None:
+    def __init__(
+        self, names: Sequence[str] | None = None, *, every: int = 1, tol: float = 1e-6
+    ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}.")
         self.names = None if names is None else list(names)
@@ -36,7 +48,9 @@ class TrainingLogger(ABC):
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         """Write the scalars of training step ``step``."""
 
-    def log_step(self, step: int, result: Any, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+    def log_step(
+        self, step: int, result: Any, extra: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         """Log a step result (anything with ``.weights``, ``.gram``, ``.losses``, ``.skipped``).
 
         Skipped steps are logged as ``skipped = 1`` only (no NaN values). Steps not divisible by
@@ -47,15 +61,20 @@ class TrainingLogger(ABC):
         if getattr(result, "skipped", False):
             scalars = {"skipped": 1.0}
         else:
-            scalars = step_scalars(result.weights, getattr(result, "gram", None), getattr(result, "losses", None),
-                                   self.names, tol=self.tol)
+            scalars = step_scalars(
+                result.weights,
+                getattr(result, "gram", None),
+                getattr(result, "losses", None),
+                self.names,
+                tol=self.tol,
+            )
             scalars["skipped"] = 0.0
         if extra:
             scalars.update({k: float(v) for k, v in extra.items()})
         self.log(step, scalars)
         return scalars
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027  (an optional hook: loggers without a buffer keep it)
         """Write buffered rows out."""
 
     def close(self) -> None:
@@ -75,10 +94,19 @@ def _fmt(v: float) -> str:
 
 class CSVLogger(TrainingLogger):
     """Rows ``step,name,value`` appended to ``path`` (header written once; flushed every
-    ``flush_every`` rows and on close). Pass ``append=False`` to start a new file."""
+    ``flush_every`` rows and on close). Pass ``append=False`` to start a new file.
+    """
 
-    def __init__(self, path: str | os.PathLike, names: Sequence[str] | None = None, *, every: int = 1,
-                 append: bool = False, flush_every: int = 256, tol: float = 1e-6) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        names: Sequence[str] | None = None,
+        *,
+        every: int = 1,
+        append: bool = False,
+        flush_every: int = 256,
+        tol: float = 1e-6,
+    ) -> None:
         super().__init__(names, every=every, tol=tol)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +141,9 @@ class CSVLogger(TrainingLogger):
 class MemoryLogger(TrainingLogger):
     """Keeps ``self.rows`` = [(step, name, value), ...] in memory."""
 
-    def __init__(self, names: Sequence[str] | None = None, *, every: int = 1, tol: float = 1e-6) -> None:
+    def __init__(
+        self, names: Sequence[str] | None = None, *, every: int = 1, tol: float = 1e-6
+    ) -> None:
         super().__init__(names, every=every, tol=tol)
         self.rows: list[tuple[int, str, float]] = []
 
@@ -126,7 +156,9 @@ class MemoryLogger(TrainingLogger):
 
 
 def tensorboard_available() -> bool:
-    """Whether the optional ``tensorboard`` package (needed by :class:`TensorBoardLogger`) imports."""
+    """Whether the optional ``tensorboard`` package (needed by :class:`TensorBoardLogger`)
+    imports.
+    """
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -137,8 +169,14 @@ def tensorboard_available() -> bool:
 class TensorBoardLogger(TrainingLogger):
     """Scalars through ``torch.utils.tensorboard.SummaryWriter`` (``pip install tensorboard``)."""
 
-    def __init__(self, log_dir: str | os.PathLike, names: Sequence[str] | None = None, *, every: int = 1,
-                 tol: float = 1e-6) -> None:
+    def __init__(
+        self,
+        log_dir: str | os.PathLike,
+        names: Sequence[str] | None = None,
+        *,
+        every: int = 1,
+        tol: float = 1e-6,
+    ) -> None:
         super().__init__(names, every=every, tol=tol)
         if not tensorboard_available():
             raise ImportError(
@@ -167,15 +205,22 @@ class MultiLogger(TrainingLogger):
     a MultiLogger whose names are set later (e.g. by the Lightning mixin) passes them on.
     """
 
-    def __init__(self, loggers: Iterable[TrainingLogger], names: Sequence[str] | None = None, *, every: int = 1,
-                 tol: float = 1e-6) -> None:
+    def __init__(
+        self,
+        loggers: Iterable[TrainingLogger],
+        names: Sequence[str] | None = None,
+        *,
+        every: int = 1,
+        tol: float = 1e-6,
+    ) -> None:
         self.loggers = list(loggers)
         if not self.loggers:
             raise ValueError("MultiLogger needs at least one logger.")
         given = {tuple(lg.names) for lg in self.loggers if lg.names is not None}
         if names is None and len(given) > 1:
             raise ValueError(
-                f"the loggers of a MultiLogger were given different task names {sorted(given)}: give "
+                f"the loggers of a MultiLogger were given different task names {sorted(given)}: "
+                "give "
                 "them the same names, or pass names= to the MultiLogger."
             )
         if names is None and given:
@@ -226,6 +271,8 @@ def read_csv_log(path: str | os.PathLike) -> dict[str, tuple[list[int], list[flo
         if header is None:  # created but never flushed (a run stopped before its first row)
             return {}
         if header != ["step", "name", "value"]:
-            raise ValueError(f"{p} is not a taskgrad CSV log (header {header}, expected step,name,value).")
+            raise ValueError(
+                f"{p} is not a taskgrad CSV log (header {header}, expected step,name,value)."
+            )
         rows = [(int(s), n, float(v)) for s, n, v in reader]
     return _series(rows)

@@ -15,8 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NothingToPlotWarning", "cosine_matrix", "plot_conditioning", "plot_cosine_heatmap", "plot_losses",
-           "plot_weights", "report"]
+__all__ = [
+    "NothingToPlotWarning",
+    "cosine_matrix",
+    "plot_conditioning",
+    "plot_cosine_heatmap",
+    "plot_losses",
+    "plot_weights",
+    "report",
+]
 
 Series = Mapping[str, tuple[list[int], list[float]]]
 
@@ -39,23 +46,34 @@ def cosine_matrix(log: Series) -> tuple[list[str], list[int], np.ndarray]:
     """(pair names, steps, M) with M[p, t] = cos of pair p at step t (NaN where not logged)."""
     pairs = _prefixed(log, "cos/")
     if not pairs:
-        raise ValueError("the log has no gradient cosines (cos/…): log steps whose result carries the Gram.")
+        raise ValueError(
+            "the log has no gradient cosines (cos/…): log steps whose result carries the Gram."
+        )
     steps = sorted({s for p in pairs for s in log[p][0]})
     col = {s: i for i, s in enumerate(steps)}
     M = np.full((len(pairs), len(steps)), np.nan)
     for r, p in enumerate(pairs):
-        for s, v in zip(*log[p]):
+        for s, v in zip(*log[p], strict=True):
             M[r, col[s]] = v
     return [p[len("cos/") :] for p in pairs], steps, M
 
 
-def plot_cosine_heatmap(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+def plot_cosine_heatmap(
+    log: Series, path: str | os.PathLike | None = None, *, title: str | None = None
+) -> Any:
     """Heat map: one row per task pair, one column per logged step, colour cos(gᵢ, gⱼ) ∈ [−1, 1]."""
     plt = _mpl()
     names, steps, M = cosine_matrix(log)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
-    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest",
-                   extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5))
+    im = ax.imshow(
+        np.ma.masked_invalid(M),
+        aspect="auto",
+        cmap="RdBu",
+        vmin=-1,
+        vmax=1,
+        interpolation="nearest",
+        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5),
+    )
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("step")
     ax.set_title(title or "cosine between task gradients")
@@ -66,7 +84,9 @@ def plot_cosine_heatmap(log: Series, path: str | os.PathLike | None = None, *, t
     return fig
 
 
-def plot_weights(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+def plot_weights(
+    log: Series, path: str | os.PathLike | None = None, *, title: str | None = None
+) -> Any:
     """One line per task: its weight wᵢ against the step."""
     plt = _mpl()
     names = _prefixed(log, "weight/")
@@ -87,14 +107,17 @@ def plot_weights(log: Series, path: str | os.PathLike | None = None, *, title: s
 
 def _plain_numbers(ax: Any) -> None:
     """Tick labels of a log-scale y axis as plain numbers (2.6, not 2.6×10⁰); minor ticks are
-    labelled only on a short range, as matplotlib's default does."""
+    labelled only on a short range, as matplotlib's default does.
+    """
     from matplotlib.ticker import LogFormatter
 
     ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
 
 
-def plot_losses(log: Series, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:
+def plot_losses(
+    log: Series, path: str | os.PathLike | None = None, *, title: str | None = None
+) -> Any:
     """One line per task: its loss Lᵢ against the step (log scale when every value is positive)."""
     plt = _mpl()
     names = _prefixed(log, "loss/")
@@ -127,7 +150,13 @@ def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any
     a1.semilogy(s[finite], v[finite], lw=1.2)
     if (~finite).any():
         top = v[finite].max() if finite.any() else 1.0
-        a1.scatter(s[~finite], np.full((~finite).sum(), top), marker="^", color="red", label="singular (κ = ∞)")
+        a1.scatter(
+            s[~finite],
+            np.full((~finite).sum(), top),
+            marker="^",
+            color="red",
+            label="singular (κ = ∞)",
+        )
         a1.legend(fontsize=8)
     a1.set_ylabel("κ(G)")
     _plain_numbers(a1)
@@ -146,7 +175,8 @@ def plot_conditioning(log: Series, path: str | os.PathLike | None = None) -> Any
 
 class NothingToPlotWarning(UserWarning):
     """A training log holds nothing :func:`report` can draw (e.g. a run shorter than the logger's
-    ``every``); the report writes no file and says so instead of failing."""
+    ``every``); the report writes no file and says so instead of failing.
+    """
 
 
 def report(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
@@ -160,8 +190,12 @@ def report(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path
     plt = _mpl()
     log = read_csv_log(csv_path)
     written = []
-    for fname, fn in (("weights.png", plot_weights), ("cosines.png", plot_cosine_heatmap),
-                      ("conditioning.png", plot_conditioning), ("losses.png", plot_losses)):
+    for fname, fn in (
+        ("weights.png", plot_weights),
+        ("cosines.png", plot_cosine_heatmap),
+        ("conditioning.png", plot_conditioning),
+        ("losses.png", plot_losses),
+    ):
         try:
             fig = fn(log, None)
         except ValueError:
@@ -173,8 +207,12 @@ def report(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path
         written.append(out / fname)
     if not written:
         steps = sorted({s for steps, _ in log.values() for s in steps})
-        held = (f"{len(steps)} logged step(s), {steps[0]}..{steps[-1]}, with only "
-                f"{', '.join(sorted(log))}" if steps else "no logged step")
+        held = (
+            f"{len(steps)} logged step(s), {steps[0]}..{steps[-1]}, with only "
+            f"{', '.join(sorted(log))}"
+            if steps
+            else "no logged step"
+        )
         warnings.warn(
             f"{csv_path} has no weights, cosines or Gram statistics to plot ({held}); no plot was "
             "written. A run shorter than the logger's `every` steps logs nothing: train longer or "

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["active_constraints", "condition_number", "gradient_cosines", "step_scalars", "task_names"]
+__all__ = [
+    "active_constraints",
+    "condition_number",
+    "gradient_cosines",
+    "step_scalars",
+    "task_names",
+]
 
 
 def task_names(k: int, names: Sequence[str] | None = None) -> list[str]:
@@ -40,7 +46,9 @@ def _check_gram(gram: Tensor) -> Tensor:
         raise ValueError(f"gram must be a (k, k) tensor, got {shape}.")
     G = gram.detach().to(torch.float64).cpu()
     if not bool(torch.isfinite(G).all()):
-        raise ValueError("gram has NaN/Inf entries; log only steps that were applied (result.skipped is False).")
+        raise ValueError(
+            "gram has NaN/Inf entries; log only steps that were applied (result.skipped is False)."
+        )
     return 0.5 * (G + G.T)
 
 
@@ -49,7 +57,11 @@ def gradient_cosines(gram: Tensor) -> Tensor:
     G = _check_gram(gram)
     d = torch.diagonal(G).clamp_min(0).sqrt()
     denom = d[:, None] * d[None, :]
-    C = torch.where(denom > 0, G / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.full_like(G, float("nan")))
+    C = torch.where(
+        denom > 0,
+        G / torch.where(denom > 0, denom, torch.ones_like(denom)),
+        torch.full_like(G, float("nan")),
+    )
     return C.clamp(-1.0, 1.0)
 
 
@@ -65,7 +77,9 @@ def condition_number(gram: Tensor, rel_floor: float = 1e-12) -> float:
 
 
 def active_constraints(gram: Tensor, weights: Tensor, tol: float = 1e-6) -> int:
-    """#{i : |(Gw)ᵢ| ≤ tol·√(wᵀGw)·√Gᵢᵢ, Gᵢᵢ > 0}: tasks the update d = Jᵀw leaves unchanged to first order."""
+    """#{i : |(Gw)ᵢ| ≤ tol·√(wᵀGw)·√Gᵢᵢ, Gᵢᵢ > 0}: tasks the update d = Jᵀw leaves unchanged to
+    first order.
+    """
     G = _check_gram(gram)
     w = weights.detach().to(torch.float64).cpu().reshape(-1)
     if w.shape[0] != G.shape[0]:
@@ -85,12 +99,16 @@ def step_scalars(
     *,
     tol: float = 1e-6,
 ) -> dict[str, float]:
-    """Flat {name: value} for one step: ``weight/<task>``, ``loss/<task>``, ``cos/<a>|<b>`` (a < b in
+    """Flat {name: value} for one step: ``weight/<task>``, ``loss/<task>``, ``cos/<a>|<b>`` (a < b
+    in
     task order), ``gram/cond``, ``gram/active_constraints``, ``gram/zero_gradient_tasks``,
-    ``weights/zero``. Entries needing the Gram are left out when ``gram`` is None."""
+    ``weights/zero``. Entries needing the Gram are left out when ``gram`` is None.
+    """
     w = weights.detach().to(torch.float64).cpu().reshape(-1)
     if not bool(torch.isfinite(w).all()):
-        raise ValueError("weights are not finite; the step was skipped and should not be logged as applied.")
+        raise ValueError(
+            "weights are not finite; the step was skipped and should not be logged as applied."
+        )
     k = w.shape[0]
     tn = task_names(k, names)
     out: dict[str, float] = {f"weight/{n}": float(w[i]) for i, n in enumerate(tn)}
