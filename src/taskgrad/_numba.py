@@ -15,7 +15,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
-    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
+    def njit(*args: Any, **kwargs: Any) -> Any:
         if args and callable(args[0]):
             return args[0]
         return lambda f: f

@@ -1,4 +1,6 @@
-"""Noisy labels with a clean set: the constraint step by step, GLMask from its formula, the noise."""
+"""Noisy labels with a clean set: the constraint step by step, GLMask from its formula, the
+noise.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def _run(strategy: str, steps: int = 15, lr: float = 0.5):
 def test_clean_constraint_holds_step_by_step() -> None:
     lr = 0.5
     for u, gcs, before, after, beta in _run("primary_aux", lr=lr):
-        for gc, b, a in zip(gcs, before, after):
+        for gc, b, a in zip(gcs, before, after, strict=True):
             assert float(u @ gc) >= -1e-10 * (1 + u.norm() * gc.norm())  # first order: no increase
             # descent lemma: L(θ − ηu) ≤ L(θ) − η⟨g, u⟩ + ½βη²‖u‖² ≤ L(θ) + ½βη²‖u‖²
             assert a <= b + 0.5 * beta * lr**2 * float(u @ u) + 1e-12
@@ -65,14 +67,20 @@ def test_noisy_only_violates_the_constraint() -> None:
 
 def test_primary_aux_step_equals_taskgrad_backward() -> None:
     torch.manual_seed(1)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
-    twin = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    ).double()
+    twin = torch.nn.Sequential(
+        torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    ).double()
     twin.load_state_dict(model.state_dict())
     noisy, clean = _problem(3)
     CleanSetTrainer(model, torch.optim.SGD(model.parameters(), lr=0.0)).step(noisy, clean)
-    losses = [F.cross_entropy(twin(noisy[0]), noisy[1])] + [F.cross_entropy(twin(x), y) for x, y in clean]
+    losses = [F.cross_entropy(twin(noisy[0]), noisy[1])] + [
+        F.cross_entropy(twin(x), y) for x, y in clean
+    ]
     taskgrad.backward(losses, params=list(twin.parameters()), method=taskgrad.PrimaryAux())
-    for p, q in zip(model.parameters(), twin.parameters()):
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-12)
 
 
@@ -92,7 +100,9 @@ def test_baseline_gradients(strategy: str) -> None:
 def test_glmask_from_the_paper_formula() -> None:
     """GLMask (arXiv 2102.13549): mᵢ = 1[⟨∇ℓᵢ, g_clean⟩ > 0], step on (1/n) Σ mᵢℓᵢ."""
     torch.manual_seed(3)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)
+    ).double()
     noisy, clean = _problem(5)
     params = list(model.parameters())
     g_clean = torch.stack([_grad(model, b) for b in clean]).mean(0)
@@ -105,8 +115,12 @@ def test_glmask_from_the_paper_formula() -> None:
     s_ref = P @ g_clean
     names = [n for n, _ in model.named_parameters()]
     sizes = [p.numel() for p in params]
-    direction = {n: t.view_as(p) for n, t, p in zip(names, torch.split(g_clean, sizes), params)}
-    s = glmask_alignment(model, lambda o, t: F.cross_entropy(o, t, reduction="none"), noisy, direction)
+    direction = {
+        n: t.view_as(p) for n, t, p in zip(names, torch.split(g_clean, sizes), params, strict=True)
+    }
+    s = glmask_alignment(
+        model, lambda o, t: F.cross_entropy(o, t, reduction="none"), noisy, direction
+    )
     assert torch.allclose(s, s_ref, atol=1e-12)
     mask = (s_ref > 0).double()
     assert 0 < mask.sum() < mask.numel()  # the adversarial noise makes the mask non-trivial
@@ -124,7 +138,9 @@ def test_trainer_errors() -> None:
     tr = CleanSetTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "sum")
     with pytest.raises(ValueError, match="clean batch"):
         tr.step((torch.randn(4, 5), torch.zeros(4, dtype=torch.long)), None)
-    bad = CleanSetTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), "noisy", loss_fn=F.cross_entropy)
+    bad = CleanSetTrainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), "noisy", loss_fn=F.cross_entropy
+    )
     with pytest.raises(ValueError, match="one loss per example"):
         bad.step((torch.randn(4, 5), torch.zeros(4, dtype=torch.long)))
 

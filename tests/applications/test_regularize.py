@@ -1,4 +1,6 @@
-"""Coefficient-free L2/L1 regularization: closed forms vs the general solver, the constraint, the wrapper."""
+"""Coefficient-free L2/L1 regularization: closed forms vs the general solver, the constraint, the
+wrapper.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ def test_per_group_closed_form_matches_batched_primary_aux(norm: str) -> None:
     u, lam = coefficient_free_direction(grads, params, norm, groups)
     Gs = []
     for grp in groups:
-        J = torch.stack([_flat([grads[i] for i in grp]), _flat([_aux(params[i], norm) for i in grp])])
+        J = torch.stack(
+            [_flat([grads[i] for i in grp]), _flat([_aux(params[i], norm) for i in grp])]
+        )
         Gs.append(J @ J.T)
     w = primary_aux(torch.stack(Gs), eps=0.0)  # batched over the groups
     assert torch.allclose(lam, w[:, 1], atol=1e-12, rtol=1e-10)
@@ -99,7 +103,9 @@ def test_zero_weights_and_l1_zero_coordinates() -> None:
     params = [torch.zeros(2), torch.tensor([0.5])]
     u, lam = coefficient_free_direction(grads, params, "l2", [[0], [1]])
     assert lam[0] == 0 and torch.equal(u[0], grads[0])  # θ = 0: nothing to constrain, no NaN
-    u1, _ = coefficient_free_direction([torch.tensor([-1.0, 5.0, -2.0])], [torch.tensor([2.0, 0.0, 1.0])], "l1")
+    u1, _ = coefficient_free_direction(
+        [torch.tensor([-1.0, 5.0, -2.0])], [torch.tensor([2.0, 0.0, 1.0])], "l1"
+    )
     assert u1[0][1] == 5.0  # sign(0) = 0: a zero coordinate is not moved by the projection
     assert float(u1[0] @ torch.tensor([1.0, 0.0, 1.0])) >= -1e-7
     assert decay_coefficient(torch.tensor([-1.0]), torch.tensor([0.0])).item() == 0.0
@@ -121,13 +127,17 @@ def test_bad_inputs() -> None:
 
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
 
 
 def _loss(model: torch.nn.Module, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 6, generator=g, dtype=torch.float64)
-    y = 5 * torch.randn(16, 3, generator=g, dtype=torch.float64)  # far targets: weights want to grow
+    y = 5 * torch.randn(
+        16, 3, generator=g, dtype=torch.float64
+    )  # far targets: weights want to grow
     return (model(x) - y).pow(2).mean()
 
 
@@ -141,9 +151,11 @@ def test_plain_sgd_is_the_closed_form(where: str, norm: str) -> None:
         params = [p.detach().clone() for p in model.parameters()]
         opt.zero_grad()
         _loss(model, step).backward()
-        u, _ = coefficient_free_direction([p.grad.clone() for p in model.parameters()], params, norm)
+        u, _ = coefficient_free_direction(
+            [p.grad.clone() for p in model.parameters()], params, norm
+        )
         opt.step()
-        for p, p0, ui in zip(model.parameters(), params, u):
+        for p, p0, ui in zip(model.parameters(), params, u, strict=True):
             assert torch.allclose(p.detach(), p0 - lr * ui, atol=1e-12)
 
 
@@ -169,8 +181,8 @@ def test_update_never_increases_norm_to_first_order(inner: str, scope: str, norm
         _loss(model, step).backward()
         opt.step()
         active += int(bool((opt.last_lambda > 0).any()))
-        for unit, olds in zip(units, old):
-            delta = _flat([p.detach() - o for p, o in zip(unit, olds)])
+        for unit, olds in zip(units, old, strict=True):
+            delta = _flat([p.detach() - o for p, o in zip(unit, olds, strict=True)])
             a = _flat([_aux(o, norm) for o in olds])
             assert float(delta @ a) <= 1e-10 * (1 + delta.norm() * a.norm())
             if norm == "l2":  # ‖θ+Δ‖² − ‖θ‖² = 2⟨Δ,θ⟩ + ‖Δ‖² ≤ ‖Δ‖²
@@ -189,7 +201,9 @@ def test_adam_moments_see_the_raw_gradient() -> None:
     raw = theta.grad.clone()
     opt.step()
     assert opt.last_lambda.item() > 0  # the projection acted on the update …
-    assert torch.allclose(opt.state[theta]["exp_avg"], 0.1 * raw, atol=1e-14)  # … not on m = (1 − β₁)·g
+    assert torch.allclose(
+        opt.state[theta]["exp_avg"], 0.1 * raw, atol=1e-14
+    )  # … not on m = (1 − β₁)·g
 
 
 def test_excluded_group_is_untouched() -> None:
@@ -207,20 +221,24 @@ def test_excluded_group_is_untouched() -> None:
         bias_grads = [p.grad.clone() for p in b]
         before = [p.detach().clone() for p in b]
         opt.step()
-        for p, p0, g in zip(b, before, bias_grads):
+        for p, p0, g in zip(b, before, bias_grads, strict=True):
             assert torch.allclose(p.detach(), p0 - 0.1 * g, atol=1e-14)
         twin_opt.step()
 
 
 def test_state_dict_round_trip() -> None:
     a = _model(4)
-    opt_a = CoefficientFreeDecay(torch.optim.Adam(a.parameters(), lr=0.05), norm="l1", scope="tensor")
+    opt_a = CoefficientFreeDecay(
+        torch.optim.Adam(a.parameters(), lr=0.05), norm="l1", scope="tensor"
+    )
     for step in range(3):
         opt_a.zero_grad()
         _loss(a, step).backward()
         opt_a.step()
     b = copy.deepcopy(a)
-    opt_b = CoefficientFreeDecay(torch.optim.Adam(b.parameters(), lr=0.05), norm="l1", scope="tensor")
+    opt_b = CoefficientFreeDecay(
+        torch.optim.Adam(b.parameters(), lr=0.05), norm="l1", scope="tensor"
+    )
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
     assert (opt_b.n_steps, opt_b.n_active) == (opt_a.n_steps, opt_a.n_active)
     for step in range(3, 6):
@@ -228,9 +246,11 @@ def test_state_dict_round_trip() -> None:
             o.zero_grad()
             _loss(m, step).backward()
             o.step()
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    wrong = CoefficientFreeDecay(torch.optim.Adam(b.parameters(), lr=0.05), norm="l2", scope="tensor")
+    wrong = CoefficientFreeDecay(
+        torch.optim.Adam(b.parameters(), lr=0.05), norm="l2", scope="tensor"
+    )
     with pytest.raises(ValueError, match="norm"):
         wrong.load_state_dict(opt_a.state_dict())
 
@@ -258,7 +278,7 @@ def test_norm_as_extra_auxiliary_in_the_gram(norm: str) -> None:
 
     def losses():
         z = torch.tanh(enc(x))
-        return [(h(z) - y).pow(2).mean() for h, y in zip(heads, ys)]
+        return [(h(z) - y).pow(2).mean() for h, y in zip(heads, ys, strict=True)]
 
     params = list(enc.parameters())
     # independent reference: explicit Jacobian rows, augmented with the auxiliary gradient a
@@ -274,7 +294,7 @@ def test_norm_as_extra_auxiliary_in_the_gram(norm: str) -> None:
     assert torch.allclose(u, Jp.T @ w, atol=1e-10)
     for row in Jp[1:]:  # auxiliaries (task 1, task 2 and the norm) do not increase
         assert float(u @ row) >= -1e-9 * (1 + u.norm() * row.norm())
-    for h, wi in zip(heads, res.weights[:3]):  # heads receive Σ wᵢ ∇Lᵢ as a weighted backward would
+    for h in heads:  # heads receive Σ wᵢ ∇Lᵢ as a weighted backward would
         assert h.weight.grad is not None
     with pytest.raises(ValueError, match="shapes"):
         augment_gram(torch.eye(2), torch.ones(3), torch.tensor(1.0))

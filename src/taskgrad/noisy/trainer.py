@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +41,19 @@ Batch = tuple[Tensor, Tensor]
 PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
 
 
+class OptimizerLike(Protocol):
+    """What the trainer uses of an optimizer: ``zero_grad(set_to_none=True)`` and ``step()``."""
+
+    def zero_grad(self, set_to_none: bool = ...) -> None: ...
+
+    def step(self) -> Any: ...
+
+
 @dataclass
 class StepResult:
     """What one step did: the noisy loss, the clean losses (m,), the weights of the losses
-    (primary_aux: (1 + m,) with w₀ = 1; None otherwise) and, for glmask, the kept fraction."""
+    (primary_aux: (1 + m,) with w₀ = 1; None otherwise) and, for glmask, the kept fraction.
+    """
 
     noisy_loss: float
     clean_losses: list[float]
@@ -56,7 +66,8 @@ def _mean_loss(model: nn.Module, loss_fn: PerExampleLoss, batch: Batch) -> Tenso
     per = loss_fn(model(x), y)
     if per.dim() != 1 or per.shape[0] != x.shape[0]:
         raise ValueError(
-            f"loss_fn must return one loss per example, shape ({x.shape[0]},), got {tuple(per.shape)}; "
+            f"loss_fn must return one loss per example, shape ({x.shape[0]},), got "
+            f"{tuple(per.shape)}; "
             "use reduction='none'."
         )
     return per.mean()
@@ -75,14 +86,17 @@ def glmask_alignment(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n in names if n not in direction]
     if missing:
-        raise ValueError(f"direction has no entry for parameters {missing[:3]}…; pass one per trainable parameter.")
+        raise ValueError(
+            f"direction has no entry for parameters {missing[:3]}…; pass one per trainable "
+            "parameter."
+        )
     primals = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     tangents = {n: direction[n].detach().to(primals[n].dtype) for n in names}
 
     def per_example(pdict: dict[str, Tensor]) -> Tensor:
         return loss_fn(functional_call(model, pdict, (x,)), y)
 
-    _, s = jvp(per_example, (primals,), (tangents,))
+    s = jvp(per_example, (primals,), (tangents,))[1]
     return s.detach()
 
 
@@ -99,7 +113,7 @@ class CleanSetTrainer:
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer | object,
+        optimizer: torch.optim.Optimizer | OptimizerLike,
         strategy: str = "primary_aux",
         loss_fn: PerExampleLoss | None = None,
         margin: float = 0.0,
@@ -117,7 +131,12 @@ class CleanSetTrainer:
 
     def step(self, noisy: Batch, clean: Sequence[Batch] | Batch | None = None) -> StepResult:
         """Zero the gradients, fill them according to the strategy, and step the optimizer."""
-        if clean is not None and isinstance(clean, tuple) and len(clean) == 2 and isinstance(clean[0], Tensor):
+        if (
+            clean is not None
+            and isinstance(clean, tuple)
+            and len(clean) == 2
+            and isinstance(clean[0], Tensor)
+        ):
             clean = [clean]  # a single (x, y) batch
         clean = list(clean or [])
         if self.strategy != "noisy" and not clean:
@@ -155,16 +174,23 @@ class CleanSetTrainer:
         losses = [ln, *lcs]
         rows = []
         for i, loss in enumerate(losses):
-            gs = torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
-            rows.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)])
+            gs = torch.autograd.grad(
+                loss, params, retain_graph=i < len(losses) - 1, allow_unused=True
+            )
+            rows.append(
+                [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
+            )
         J = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in rows])
         Jd = J.double() if J.device.type == "cpu" else J
         G = Jd @ Jd.T
         G = 0.5 * (G + G.T)
         if not bool(torch.isfinite(G).all()):
-            raise FloatingPointError("the Gram matrix of the noisy and clean gradients is not finite; lower the learning rate.")
+            raise FloatingPointError(
+                "the Gram matrix of the noisy and clean gradients is not finite; lower the "
+                "learning rate."
+            )
         w = self.method(gram=G).detach()
-        u = (w.to(J.dtype) @ J)
+        u = w.to(J.dtype) @ J
         offset = 0
         for p in params:
             n = p.numel()
@@ -176,10 +202,15 @@ class CleanSetTrainer:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         lc = torch.stack([_mean_loss(self.model, self.loss_fn, b) for b in clean]).mean()
         gc = torch.autograd.grad(lc, [p for _, p in named], allow_unused=True)
-        direction = {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(named, gc)}
+        direction = {
+            n: (torch.zeros_like(p) if g is None else g)
+            for (n, p), g in zip(named, gc, strict=True)
+        }
         s = glmask_alignment(self.model, self.loss_fn, noisy, direction)
         mask = (s > 0).to(s.dtype)
         x, y = noisy
         per = self.loss_fn(self.model(x), y)
         (mask * per).sum().div(per.shape[0]).backward()
-        return StepResult(float(per.detach().mean()), [float(lc.detach())], kept_fraction=float(mask.mean()))
+        return StepResult(
+            float(per.detach().mean()), [float(lc.detach())], kept_fraction=float(mask.mean())
+        )

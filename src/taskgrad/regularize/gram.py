@@ -27,7 +27,11 @@ __all__ = ["augment_gram", "norm_constrained_backward"]
 
 def augment_gram(gram: Tensor, ja: Tensor, aa: Tensor) -> Tensor:
     """G⁺ = [[G, Ja], [(Ja)ᵀ, ‖a‖²]] from G (..., k, k), Ja = (⟨gᵢ, a⟩)ᵢ (..., k) and ‖a‖² (...)."""
-    if gram.shape[-1] != gram.shape[-2] or ja.shape != gram.shape[:-1] or aa.shape != gram.shape[:-2]:
+    if (
+        gram.shape[-1] != gram.shape[-2]
+        or ja.shape != gram.shape[:-1]
+        or aa.shape != gram.shape[:-2]
+    ):
         raise ValueError(
             f"shapes do not fit: gram {tuple(gram.shape)} needs ja {tuple(gram.shape[:-1])} and aa "
             f"{tuple(gram.shape[:-2])}, got ja {tuple(ja.shape)} and aa {tuple(aa.shape)}."
@@ -54,18 +58,22 @@ def norm_constrained_backward(
     """
     _check_norm(norm)
     if not isinstance(method, Weighting):
-        raise TypeError(f"method must be a taskgrad Weighting (e.g. PrimaryAux()), got {type(method).__name__}.")
+        raise TypeError(
+            f"method must be a taskgrad Weighting (e.g. PrimaryAux()), got {type(method).__name__}."
+        )
     L = as_loss_vector(losses)
     plist = check_params(params)
     k = L.shape[0]
     eye = torch.eye(k, dtype=L.dtype, device=L.device)
-    rows = torch.autograd.grad(L, plist, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True)
+    rows = torch.autograd.grad(
+        L, plist, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+    )
     auxs = [aux_gradient(p.detach(), norm) for p in plist]
     gd = torch.float64 if L.device.type == "cpu" else L.dtype
     G = torch.zeros(k, k, dtype=gd, device=L.device)
     ja = torch.zeros(k, dtype=gd, device=L.device)
     aa = torch.zeros((), dtype=gd, device=L.device)
-    for r, a in zip(rows, auxs):
+    for r, a in zip(rows, auxs, strict=True):
         ad = a.to(gd).reshape(-1)
         aa = aa + ad @ ad
         if r is not None:
@@ -78,10 +86,12 @@ def norm_constrained_backward(
     Lp = torch.cat([L_det.to(gd), norm_value(plist, norm).to(gd).reshape(1)])
     w = method(gram=Gp if "gram" in method.needs else None, losses=Lp).detach()
     if w.shape != (k + 1,) or not bool(torch.isfinite(w).all()):
-        raise FloatingPointError(f"{type(method).__name__} returned weights {w.tolist()} for {k + 1} tasks.")
+        raise FloatingPointError(
+            f"{type(method).__name__} returned weights {w.tolist()} for {k + 1} tasks."
+        )
     (w[:k].to(L.dtype) * L).sum().backward()
     with torch.no_grad():
-        for p, a in zip(plist, auxs):
+        for p, a in zip(plist, auxs, strict=True):
             extra = (w[k].to(p.dtype) * a).to(p.dtype)
             if p.grad is None:
                 p.grad = extra.clone()

@@ -32,7 +32,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .projection import Norm, _check_norm, aux_gradient, coefficient_free_direction, decay_coefficient
+from .projection import (
+    Norm,
+    _check_norm,
+    aux_gradient,
+    coefficient_free_direction,
+    decay_coefficient,
+)
 
 __all__ = ["CoefficientFreeDecay"]
 
@@ -61,12 +67,16 @@ class CoefficientFreeDecay:
         where: Where = "update",
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+            )
         _check_norm(norm)
         if scope not in ("global", "group", "tensor"):
             raise ValueError(f"scope must be 'global', 'group' or 'tensor', got {scope!r}.")
         if where not in ("update", "gradient"):
-            raise ValueError(f"where must be 'update' (after the inner step) or 'gradient', got {where!r}.")
+            raise ValueError(
+                f"where must be 'update' (after the inner step) or 'gradient', got {where!r}."
+            )
         self.optimizer = optimizer
         self.norm = norm
         self.scope = scope
@@ -125,7 +135,7 @@ class CoefficientFreeDecay:
                 loss = None
             grads = [p.grad for p in params]
             u, lam = coefficient_free_direction(grads, params, self.norm, units)
-            for p, g in zip(params, u):
+            for p, g in zip(params, u, strict=True):
                 if g is not None:
                     p.grad = g
             inner = self.optimizer.step()
@@ -134,11 +144,21 @@ class CoefficientFreeDecay:
             old = [p.detach().clone() for p in params]
             loss = self.optimizer.step(closure)
             auxs = [aux_gradient(o, self.norm) for o in old]
-            deltas = [p.detach() - o for p, o in zip(params, old)]
+            deltas = [p.detach() - o for p, o in zip(params, old, strict=True)]
             dots, sqs = [], []
             for unit in units:
-                dots.append(sum(((deltas[i].double() * auxs[i].double()).sum() for i in unit), torch.zeros((), dtype=torch.float64, device=old[0].device)))
-                sqs.append(sum(((auxs[i].double() ** 2).sum() for i in unit), torch.zeros((), dtype=torch.float64, device=old[0].device)))
+                dots.append(
+                    sum(
+                        ((deltas[i].double() * auxs[i].double()).sum() for i in unit),
+                        torch.zeros((), dtype=torch.float64, device=old[0].device),
+                    )
+                )
+                sqs.append(
+                    sum(
+                        ((auxs[i].double() ** 2).sum() for i in unit),
+                        torch.zeros((), dtype=torch.float64, device=old[0].device),
+                    )
+                )
             # Δ plays the role of −ηg: λ = relu(⟨Δ, a⟩)/‖a‖² and Δ' = Δ − λa.
             lam = decay_coefficient(-torch.stack(dots), torch.stack(sqs))
             for j, unit in enumerate(units):
@@ -167,7 +187,9 @@ class CoefficientFreeDecay:
         """Restore :meth:`state_dict`; the configuration must match this wrapper's."""
         missing = {"optimizer", "norm", "scope", "where", "n_steps", "n_active"} - set(state_dict)
         if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}; was it saved by CoefficientFreeDecay?")
+            raise ValueError(
+                f"state_dict is missing {sorted(missing)}; was it saved by CoefficientFreeDecay?"
+            )
         for key in ("norm", "scope", "where"):
             if state_dict[key] != getattr(self, key):
                 raise ValueError(

@@ -61,17 +61,23 @@ def decay_coefficient(dot: Tensor, sq: Tensor) -> Tensor:
     ``dot`` = ⟨g, a⟩ and ``sq`` = ‖a‖² for each group; the result makes ⟨g + λa, a⟩ ≥ 0.
     """
     if dot.shape != sq.shape:
-        raise ValueError(f"dot {tuple(dot.shape)} and sq {tuple(sq.shape)} must have the same shape.")
+        raise ValueError(
+            f"dot {tuple(dot.shape)} and sq {tuple(sq.shape)} must have the same shape."
+        )
     if bool((sq < 0).any()) or not bool(torch.isfinite(dot).all() and torch.isfinite(sq).all()):
         raise FloatingPointError(
             "the inner products of the gradient and the weights are not finite (or ‖a‖² < 0); "
             "the gradient overflowed: lower the learning rate or check the loss."
         )
     zero = sq <= 0
-    return torch.where(zero, torch.zeros_like(sq), torch.relu(-dot) / torch.where(zero, torch.ones_like(sq), sq))
+    return torch.where(
+        zero, torch.zeros_like(sq), torch.relu(-dot) / torch.where(zero, torch.ones_like(sq), sq)
+    )
 
 
-def _group_stats(grads: Sequence[Tensor | None], auxs: Sequence[Tensor], groups: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+def _group_stats(
+    grads: Sequence[Tensor | None], auxs: Sequence[Tensor], groups: Sequence[Sequence[int]]
+) -> tuple[Tensor, Tensor]:
     dots, sqs = [], []
     dev = auxs[0].device
     for group in groups:
@@ -80,8 +86,9 @@ def _group_stats(grads: Sequence[Tensor | None], auxs: Sequence[Tensor], groups:
         for i in group:
             a = auxs[i].detach().double()
             sq = sq + (a * a).sum()
-            if grads[i] is not None:
-                dot = dot + (grads[i].detach().double() * a).sum()
+            g = grads[i]
+            if g is not None:
+                dot = dot + (g.detach().double() * a).sum()
         dots.append(dot)
         sqs.append(sq)
     return torch.stack(dots), torch.stack(sqs)
@@ -93,7 +100,9 @@ def _as_groups(n: int, groups: Sequence[Sequence[int]] | None) -> list[list[int]
     out = [list(g) for g in groups]
     flat = [i for g in out for i in g]
     if sorted(flat) != sorted(set(flat)) or any(not 0 <= i < n for i in flat):
-        raise ValueError(f"groups must be disjoint lists of indices into the {n} parameters, got {groups!r}.")
+        raise ValueError(
+            f"groups must be disjoint lists of indices into the {n} parameters, got {groups!r}."
+        )
     return out
 
 
@@ -108,6 +117,7 @@ def coefficient_free_direction(
     Args:
         grads: the primary gradient, one tensor (or None = zero) per parameter.
         params: the parameters θ, same order and shapes.
+        norm: "l2" (a = θ) or "l1" (a = sign(θ)).
         groups: disjoint lists of indices, one λ each (default: one global group); indices in
             no group are returned unchanged.
 
@@ -117,14 +127,20 @@ def coefficient_free_direction(
     """
     _check_norm(norm)
     if len(grads) != len(params):
-        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters; pass one per parameter.")
+        raise ValueError(
+            f"got {len(grads)} gradients for {len(params)} parameters; pass one per parameter."
+        )
     if not params:
         raise ValueError("params is empty.")
-    for i, (g, p) in enumerate(zip(grads, params)):
+    for i, (g, p) in enumerate(zip(grads, params, strict=True)):
         if g is not None and g.shape != p.shape:
-            raise ValueError(f"grads[{i}] has shape {tuple(g.shape)} but params[{i}] has {tuple(p.shape)}.")
+            raise ValueError(
+                f"grads[{i}] has shape {tuple(g.shape)} but params[{i}] has {tuple(p.shape)}."
+            )
         if g is not None and g.is_sparse:
-            raise ValueError(f"grads[{i}] is sparse; the coefficient-free projection needs dense gradients.")
+            raise ValueError(
+                f"grads[{i}] is sparse; the coefficient-free projection needs dense gradients."
+            )
     gs = _as_groups(len(params), groups)
     auxs = [aux_gradient(p.detach(), norm) for p in params]
     dot, sq = _group_stats(grads, auxs, gs)
@@ -135,5 +151,6 @@ def coefficient_free_direction(
             continue
         for i in group:
             step = (lam[j] * auxs[i].double()).to(params[i].dtype)
-            out[i] = step if grads[i] is None else grads[i] + step
+            g = grads[i]
+            out[i] = step if g is None else g + step
     return out, lam
