@@ -38,14 +38,20 @@ def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x ~ N(0, I); tasks: a linear sum, a pairwise product and a norm, sharing features 0..7."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, D_IN, generator=g)
-    y = torch.stack([x[:, :8].sum(1) / 3, x[:, 0] * x[:, 1] + x[:, 2] * x[:, 3], x[:, 4:12].norm(dim=1) - 2.8], 1)
+    y = torch.stack(
+        [x[:, :8].sum(1) / 3, x[:, 0] * x[:, 1] + x[:, 2] * x[:, 3], x[:, 4:12].norm(dim=1) - 2.8],
+        1,
+    )
     return x, y + 0.05 * torch.randn(y.shape, generator=g)
 
 
 def build(arch: str) -> nn.Module:
     """The architecture ``arch`` on flat inputs, each head a Linear to one output."""
     heads = {t: nn.Linear(WIDTH, 1) for t in TASKS}
-    layers = [nn.Sequential(nn.Linear(D_IN, 64), nn.ReLU()), nn.Sequential(nn.Linear(64, WIDTH), nn.ReLU())]
+    layers = [
+        nn.Sequential(nn.Linear(D_IN, 64), nn.ReLU()),
+        nn.Sequential(nn.Linear(64, WIDTH), nn.ReLU()),
+    ]
     if arch == "shared":
         return HardParameterSharing(nn.Sequential(*layers), heads)
     if arch == "cross_stitch":
@@ -55,7 +61,9 @@ def build(arch: str) -> nn.Module:
     if arch == "mmoe":
         return MMoE(lambda: mlp([D_IN, 64, WIDTH]), 4, D_IN, heads)
     if arch == "cgc":
-        return CGC(D_IN, WIDTH, heads, n_shared=2, n_specific=1, make_expert=lambda a, b: mlp([a, 64, b]))
+        return CGC(
+            D_IN, WIDTH, heads, n_shared=2, n_specific=1, make_expert=lambda a, b: mlp([a, 64, b])
+        )
     if arch == "ple":
         return PLE([D_IN, 64, WIDTH], heads, n_shared=2, n_specific=1)
     if arch == "dselect_k":
@@ -80,37 +88,65 @@ def train(arch: str, args: argparse.Namespace) -> dict[str, float]:
     start = time.perf_counter()
     skipped = 0
     for step in range(args.steps):
-        idx = torch.randint(0, args.n_train, (args.batch,), generator=torch.Generator().manual_seed(step))
+        idx = torch.randint(
+            0, args.n_train, (args.batch,), generator=torch.Generator().manual_seed(step)
+        )
         opt.zero_grad()
         out = model(x[idx])
-        res = taskgrad.backward(task_losses(out, y[idx]), method=method,
-                                features=out.features if args.source == "representation" else None)
+        res = taskgrad.backward(
+            task_losses(out, y[idx]),
+            method=method,
+            features=out.features if args.source == "representation" else None,
+        )
         skipped += int(res.skipped)
         opt.step()
     with torch.no_grad():
         test = [float(v) for v in task_losses(model(x_te), y_te)]
-    return {"seconds": time.perf_counter() - start, "skipped": skipped, **dict(zip(TASKS, test))}
+    return {
+        "seconds": time.perf_counter() - start,
+        "skipped": skipped,
+        **dict(zip(TASKS, test, strict=True)),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", default="all", help=f"one of {', '.join(ARCHS)}, or all (default)")
-    ap.add_argument("--method", default="mgda", help="a name from `taskgrad methods` (default mgda)")
-    ap.add_argument("--source", choices=["representation", "full"], default="representation",
-                    help="where the Gram is taken (default: each model's features)")
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per architecture (default 300)")
+    ap.add_argument(
+        "--method", default="mgda", help="a name from `taskgrad methods` (default mgda)"
+    )
+    ap.add_argument(
+        "--source",
+        choices=["representation", "full"],
+        default="representation",
+        help="where the Gram is taken (default: each model's features)",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps per architecture (default 300)"
+    )
     ap.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     ap.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     ap.add_argument("--n-train", type=int, default=4000, help="training examples (default 4000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="also write the test losses to OUT/architectures.json")
-    ap.add_argument("--smoke", action="store_true", help="20 steps (also TASKGRAD_EXAMPLE_SMOKE=1), as the tests run it")
+    ap.add_argument(
+        "--out", default=None, help="also write the test losses to OUT/architectures.json"
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="20 steps (also TASKGRAD_EXAMPLE_SMOKE=1), as the tests run it",
+    )
     args = ap.parse_args()
     if args.smoke or os.environ.get("TASKGRAD_EXAMPLE_SMOKE") == "1":
         args.steps, args.n_train = 20, 512
     archs = ARCHS if args.arch == "all" else [args.arch]
     results = {}
-    print(f"method {args.method}, Gram from the {args.source} source, {args.steps} steps; test MSE per task:")
+    print(
+        f"method {args.method}, Gram from the {args.source} source, {args.steps} steps; test MSE "
+        "per task:"
+    )
     for arch in archs:
         r = train(arch, args)
         results[arch] = r

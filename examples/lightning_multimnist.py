@@ -18,8 +18,10 @@ forces them; no download ever happens). ``--smoke`` (or the environment variable
 ``TASKGRAD_EXAMPLE_SMOKE=1``) runs a few seconds on a small synthetic set, as the tests do.
 
     .venv/bin/python examples/lightning_multimnist.py --epochs 2 --method famo --out out/multimnist
-    .venv/bin/python examples/lightning_multimnist.py --epochs 4 --method famo --out out/multimnist --resume
-    .venv/bin/python examples/lightning_multimnist.py --devices 2 --strategy ddp   # 2 processes (DDP)
+    .venv/bin/python examples/lightning_multimnist.py --epochs 4 --method famo --out out/multimnist
+    --resume
+    .venv/bin/python examples/lightning_multimnist.py --devices 2 --strategy ddp   # 2 processes
+    (DDP)
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ except ImportError:  # the standalone package
     import pytorch_lightning as pl
 
 
-def multimnist(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def multimnist(
+    images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n images of 36×36: digit a at (0..27, 0..27) and digit b at (8..35, 8..35), max-blended."""
     ia, ib = rng.integers(0, len(images), n), rng.integers(0, len(images), n)
     canvas = np.zeros((n, 36, 36), dtype=np.float32)
@@ -66,12 +70,16 @@ def synthetic_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
                 protos[c, max(r - 1, 0) : r + 2, max(cc - 1, 0) : cc + 2] = 1.0
     y = rng.integers(0, 10, n)
     shifts = rng.integers(-2, 3, (n, 2))
-    imgs = np.stack([np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(y, shifts)])
+    imgs = np.stack(
+        [np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(y, shifts, strict=True)]
+    )
     imgs = np.clip(imgs + 0.15 * rng.standard_normal(imgs.shape), 0, 1)
     return (255 * imgs).astype(np.uint8), y
 
 
-def load_digits(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+def load_digits(
+    args: argparse.Namespace, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, str]:
     if not args.synthetic:
         try:
             from taskgrad.datasets.images import load_mnist
@@ -85,12 +93,20 @@ def load_digits(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.
 
 
 class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
-    def __init__(self, method: taskgrad.Weighting, lr: float, epochs: int, logger: CSVLogger | None) -> None:
+    def __init__(
+        self, method: taskgrad.Weighting, lr: float, epochs: int, logger: CSVLogger | None
+    ) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 6 * 6, 64), nn.ReLU(),
+            nn.Conv2d(1, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 6 * 6, 64),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({"left": nn.Linear(64, 10), "right": nn.Linear(64, 10)})
         self.lr, self.epochs = lr, epochs
@@ -99,8 +115,10 @@ class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
     def task_losses(self, batch, batch_idx):
         x, y = batch
         z = self.encoder(x)
-        return {"left": F.cross_entropy(self.heads["left"](z), y[:, 0]),
-                "right": F.cross_entropy(self.heads["right"](z), y[:, 1])}, z
+        return {
+            "left": F.cross_entropy(self.heads["left"](z), y[:, 0]),
+            "right": F.cross_entropy(self.heads["right"](z), y[:, 1]),
+        }, z
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -116,9 +134,13 @@ class MultiMNISTNet(TaskGradMixin, pl.LightningModule):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--method", default="mgda", help="a name from `taskgrad methods` (default mgda)")
+    ap.add_argument(
+        "--method", default="mgda", help="a name from `taskgrad methods` (default mgda)"
+    )
     ap.add_argument("--n-train", type=int, default=6000)
     ap.add_argument("--n-val", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=128)
@@ -126,13 +148,20 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--mnist", default=None, help="folder with the MNIST IDX files")
-    ap.add_argument("--synthetic", action="store_true", help="use synthetic digits even if MNIST is found")
+    ap.add_argument(
+        "--synthetic", action="store_true", help="use synthetic digits even if MNIST is found"
+    )
     ap.add_argument("--out", default="out/multimnist")
-    ap.add_argument("--clip", type=float, default=None, help="gradient_clip_val (gradient norm), default none")
+    ap.add_argument(
+        "--clip", type=float, default=None, help="gradient_clip_val (gradient norm), default none"
+    )
     ap.add_argument("--accumulate", type=int, default=1, help="accumulate_grad_batches (default 1)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    ap.add_argument("--smoke", action="store_true",
-                    help="a few seconds on small synthetic data (also TASKGRAD_EXAMPLE_SMOKE=1)")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds on small synthetic data (also TASKGRAD_EXAMPLE_SMOKE=1)",
+    )
     args = ap.parse_args()
     if args.smoke or os.environ.get("TASKGRAD_EXAMPLE_SMOKE") == "1":
         args.smoke, args.synthetic = True, True
@@ -150,17 +179,32 @@ def main() -> None:
         raise SystemExit(f"--resume: no checkpoint at {last}; run once without --resume first.")
     log = CSVLogger(out / "taskgrad_log.csv", names=["left", "right"], every=5, append=args.resume)
     model = MultiMNISTNet(taskgrad.methods.get(args.method), args.lr, args.epochs, log)
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_tr, y_tr), batch_size=args.batch, shuffle=True)
+    train = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x_tr, y_tr), batch_size=args.batch, shuffle=True
+    )
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x_va, y_va), batch_size=512)
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices, strategy=args.strategy,
-                         logger=pl.loggers.CSVLogger(str(out), name="lightning"), callbacks=[checkpoints],
-                         gradient_clip_val=args.clip, accumulate_grad_batches=args.accumulate,
-                         enable_progress_bar=not args.smoke)
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=out / "checkpoints", save_last=True, save_top_k=0
+    )
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=args.strategy,
+        logger=pl.loggers.CSVLogger(str(out), name="lightning"),
+        callbacks=[checkpoints],
+        gradient_clip_val=args.clip,
+        accumulate_grad_batches=args.accumulate,
+        enable_progress_bar=not args.smoke,
+    )
     trainer.fit(model, train, val, ckpt_path=str(last) if args.resume else None)
     log.close()
-    print(f"data: {source} MultiMNIST; method: {args.method}; skipped steps: {model.taskgrad_skipped}")
-    print({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    print(
+        f"data: {source} MultiMNIST; method: {args.method}; skipped steps: {model.taskgrad_skipped}"
+    )
+    print(
+        {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    )
     if trainer.is_global_zero:
         print("checkpoint (method state included):", last)
         with warnings.catch_warnings(record=True) as caught:  # a run too short to log anything

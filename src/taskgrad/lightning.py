@@ -11,7 +11,8 @@
         def task_losses(self, batch, batch_idx):
             x, y = batch
             z = self.encoder(x)
-            return {"left": ce(self.heads[0](z), y[:, 0]), "right": ce(self.heads[1](z), y[:, 1])}, z
+            return {"left": ce(self.heads[0](z), y[:, 0]), "right": ce(self.heads[1](z), y[:, 1])},
+            z
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -55,7 +56,7 @@ them exactly. A module that overrides these hooks must call ``super()`` in them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -65,6 +66,9 @@ from .methods.base import Weighting
 from .sources.objects import GramSource
 from .tracking.loggers import TrainingLogger
 from .tracking.stats import step_scalars
+
+if TYPE_CHECKING:
+    from pytorch_lightning import LightningModule
 
 __all__ = ["TaskGradMixin", "lightning_available"]
 
@@ -82,7 +86,12 @@ def lightning_available() -> bool:
 
 class TaskGradMixin:
     """Mix into a LightningModule (listed first): implement :meth:`task_losses`, call
-    :meth:`configure_taskgrad` in ``__init__``. See the module docstring."""
+    :meth:`configure_taskgrad` in ``__init__``. See the module docstring.
+    """
+
+    def _taskgrad_host(self) -> LightningModule:
+        """This object seen as the LightningModule it is mixed into (log, optimizers, ...)."""
+        return cast("LightningModule", self)
 
     def configure_taskgrad(
         self,
@@ -111,8 +120,15 @@ class TaskGradMixin:
         if not isinstance(automatic, bool):
             raise TypeError(f"automatic must be True or False, got {automatic!r}.")
         self.automatic_optimization = automatic
-        self.taskgrad_step = DistributedStep(method, source, period=period, ema=ema, nonfinite=nonfinite,
-                                             debug=debug, module=self if debug else None)  # type: ignore[arg-type]
+        self.taskgrad_step = DistributedStep(
+            method,
+            source,
+            period=period,
+            ema=ema,
+            nonfinite=nonfinite,
+            debug=debug,
+            module=self._taskgrad_host() if debug else None,
+        )
         self.taskgrad_logger = logger
         self.taskgrad_log_every = log_every
         self.taskgrad_log_stats = log_stats
@@ -120,7 +136,9 @@ class TaskGradMixin:
         self.taskgrad_skipped = 0
         self._taskgrad_logged_step: int | None = None
 
-    def task_losses(self, batch: Any, batch_idx: int) -> Mapping[str, Tensor] | tuple[Mapping[str, Tensor], Any]:
+    def task_losses(
+        self, batch: Any, batch_idx: int
+    ) -> Mapping[str, Tensor] | tuple[Mapping[str, Tensor], Any]:
         """Return {task name: scalar loss}, or ({...}, z) with z the shared features."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement task_losses(batch, batch_idx) returning a dict "
@@ -131,37 +149,49 @@ class TaskGradMixin:
         features = None
         if isinstance(out, tuple):
             if len(out) != 2:
-                raise ValueError("task_losses must return a dict of losses or a (dict, features) pair.")
+                raise ValueError(
+                    "task_losses must return a dict of losses or a (dict, features) pair."
+                )
             out, features = out
         if not isinstance(out, Mapping) or not out:
             raise TypeError(
-                f"task_losses must return a non-empty dict {{task name: scalar loss}}, got {type(out).__name__}."
+                f"task_losses must return a non-empty dict {{task name: scalar loss}}, got "
+                f"{type(out).__name__}."
             )
         return [str(n) for n in out], list(out.values()), features
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         """One taskgrad step; returns Σ wᵢLᵢ (automatic: with its graph, for Lightning's
-        backward; manual: detached, after the step), or None for a skipped automatic step."""
+        backward; manual: detached, after the step), or None for a skipped automatic step.
+        """
         if not hasattr(self, "taskgrad_step"):
             raise RuntimeError("call self.configure_taskgrad(...) in __init__ before training.")
         names, losses, features = self._taskgrad_split(self.task_losses(batch, batch_idx))
-        if self.automatic_optimization:  # type: ignore[attr-defined]
+        if self.automatic_optimization:
             return self._taskgrad_automatic(names, losses, features)
-        opt = self.optimizers()  # type: ignore[attr-defined]
+        opt = self._taskgrad_host().optimizers()
         if isinstance(opt, list):
-            raise TypeError("TaskGradMixin drives one optimizer; configure_optimizers returned several.")
+            raise TypeError(
+                "TaskGradMixin drives one optimizer; configure_optimizers returned several."
+            )
         opt.zero_grad()
-        res = self.taskgrad_step.backward(losses, features=features, backward_fn=self.manual_backward)  # type: ignore[attr-defined]
+        res = self.taskgrad_step.backward(
+            losses, features=features, backward_fn=self._taskgrad_host().manual_backward
+        )
         self.taskgrad_last = res
         if res.skipped:
             self._taskgrad_skip()
             return torch.stack([x.detach() for x in losses]).sum()
         opt.step()
-        total = (res.weights.to(res.local_losses.dtype) * res.local_losses).sum()
-        self._taskgrad_log(names, res, total, int(self.global_step))  # type: ignore[attr-defined]
+        local = res.local_losses
+        assert local is not None, "an applied step carries this rank's losses"
+        total = (res.weights.to(local.dtype) * local).sum()
+        self._taskgrad_log(names, res, total, int(self._taskgrad_host().global_step))
         return total
 
-    def _taskgrad_automatic(self, names: list[str], losses: list[Tensor], features: Any) -> Tensor | None:
+    def _taskgrad_automatic(
+        self, names: list[str], losses: list[Tensor], features: Any
+    ) -> Tensor | None:
         """Weights now; the weighted loss (with its graph) goes back to Lightning's backward."""
         captured: list[Tensor] = []
         res = self.taskgrad_step.backward(losses, features=features, backward_fn=captured.append)
@@ -171,29 +201,44 @@ class TaskGradMixin:
             return None
         total = captured[0]
         # the optimizer step this micro-batch contributes to (global_step counts finished steps)
-        self._taskgrad_log(names, res, total.detach(), int(self.global_step) + 1)  # type: ignore[attr-defined]
+        self._taskgrad_log(names, res, total.detach(), int(self._taskgrad_host().global_step) + 1)
         return total
 
     def _taskgrad_skip(self) -> None:
         self.taskgrad_skipped += 1
-        self.log("taskgrad/skipped", float(self.taskgrad_skipped), on_step=True, on_epoch=False)  # type: ignore[attr-defined]
+        self._taskgrad_host().log(
+            "taskgrad/skipped", float(self.taskgrad_skipped), on_step=True, on_epoch=False
+        )
 
-    def _taskgrad_log(self, names: list[str], res: DistributedStepResult, total: Tensor, step: int) -> None:
+    def _taskgrad_log(
+        self, names: list[str], res: DistributedStepResult, total: Tensor, step: int
+    ) -> None:
         # Σ wᵢLᵢ on this rank's batch, shown in the progress bar
-        self.log("loss", total.detach().float(), prog_bar=True, on_step=True, on_epoch=False,  # type: ignore[attr-defined]
-                 batch_size=1)
+        self._taskgrad_host().log(
+            "loss",
+            total.detach().float(),
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
         if step % self.taskgrad_log_every:
             return
         gram = res.gram if self.taskgrad_log_stats else None
         scalars = step_scalars(res.weights, gram, res.losses, names)
         renamed = {}
         for key, v in scalars.items():
-            key = key.replace("gram/cond", "gram_cond").replace("gram/active_constraints", "active_constraints")
+            key = key.replace("gram/cond", "gram_cond").replace(
+                "gram/active_constraints", "active_constraints"
+            )
             renamed[f"taskgrad/{key}"] = v if v != float("inf") else torch.finfo(torch.float32).max
         # identical on every rank (one all-reduce made them so): no sync_dist needed
-        self.log_dict(renamed, on_step=True, on_epoch=False, batch_size=1)  # type: ignore[attr-defined]
-        if self.taskgrad_logger is not None and getattr(self, "global_rank", 0) == 0 \
-                and step != self._taskgrad_logged_step:
+        self._taskgrad_host().log_dict(renamed, on_step=True, on_epoch=False, batch_size=1)
+        if (
+            self.taskgrad_logger is not None
+            and getattr(self, "global_rank", 0) == 0
+            and step != self._taskgrad_logged_step
+        ):
             if self.taskgrad_logger.names is None:
                 self.taskgrad_logger.names = names
             self.taskgrad_logger.log_step(step, res)
@@ -206,11 +251,15 @@ class TaskGradMixin:
         if parent is not None:
             parent(checkpoint)
         if hasattr(self, "taskgrad_step"):
-            checkpoint["taskgrad"] = {"step": self.taskgrad_step.state_dict(), "skipped": self.taskgrad_skipped}
+            checkpoint["taskgrad"] = {
+                "step": self.taskgrad_step.state_dict(),
+                "skipped": self.taskgrad_skipped,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what :meth:`on_save_checkpoint` stored; a checkpoint without it is an error
-        (the method would silently restart from scratch)."""
+        (the method would silently restart from scratch).
+        """
         parent = getattr(super(), "on_load_checkpoint", None)
         if parent is not None:
             parent(checkpoint)
@@ -219,9 +268,12 @@ class TaskGradMixin:
         state = checkpoint.get("taskgrad")
         if state is None:
             raise KeyError(
-                "this checkpoint holds no taskgrad state (checkpoint['taskgrad']): it was written by a "
-                "module without TaskGradMixin's on_save_checkpoint (one that overrides it must call "
-                "super().on_save_checkpoint(checkpoint)); resuming would restart the method from scratch."
+                "this checkpoint holds no taskgrad state (checkpoint['taskgrad']): it was written "
+                "by a "
+                "module without TaskGradMixin's on_save_checkpoint (one that overrides it must "
+                "call "
+                "super().on_save_checkpoint(checkpoint)); resuming would restart the method from "
+                "scratch."
             )
         self.taskgrad_step.load_state_dict(state["step"])
         self.taskgrad_skipped = int(state.get("skipped", 0))

@@ -15,7 +15,9 @@ import taskgrad
 from taskgrad.lightning import TaskGradMixin, lightning_available
 from taskgrad.tracking import MemoryLogger
 
-pytestmark = pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
+pytestmark = pytest.mark.skipif(
+    not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
+)
 
 K, D, H = 3, 4, 5
 
@@ -31,7 +33,9 @@ def _pl():
 def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, D, generator=g, dtype=torch.float64)
-    y = torch.randn(32, K, generator=g, dtype=torch.float64) + torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
+    y = torch.randn(32, K, generator=g, dtype=torch.float64) + torch.tensor(
+        [0.0, 2.0, -2.0], dtype=torch.float64
+    )
     return x, y
 
 
@@ -68,9 +72,18 @@ def _make_module(method, logger=None, nan_batch=None):
 def _fit(module, epochs=2):
     pl = _pl()
     x, y = _data()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=False
+    )
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, loader)
     return trainer
 
@@ -104,7 +117,9 @@ def test_trainer_matches_plain_loop(name):
     module = _make_module(make(), logger=log)
     trainer = _fit(module)
     params, weights = _reference(make())
-    for p, q in zip([*module.encoder.parameters(), *module.heads.parameters()], params):
+    for p, q in zip(
+        [*module.encoder.parameters(), *module.heads.parameters()], params, strict=True
+    ):
         assert torch.allclose(p.detach(), q.detach(), atol=1e-10, rtol=0)
     logged = log.series()
     assert logged["weight/t0"][0] == list(range(1, 9))  # global_step after each optimizer step
@@ -121,7 +136,9 @@ def test_nonfinite_batch_is_skipped_not_applied():
     _fit(module)
     assert module.taskgrad_skipped == 1
     params, _ = _reference(taskgrad.MGDA(), skip=(0, 1))
-    for p, q in zip([*module.encoder.parameters(), *module.heads.parameters()], params):
+    for p, q in zip(
+        [*module.encoder.parameters(), *module.heads.parameters()], params, strict=True
+    ):
         assert torch.allclose(p.detach(), q.detach(), atol=1e-10, rtol=0)
 
 

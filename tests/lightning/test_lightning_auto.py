@@ -11,7 +11,9 @@ import taskgrad
 from taskgrad.lightning import TaskGradMixin, lightning_available
 from taskgrad.training import GradStep
 
-pytestmark = pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
+pytestmark = pytest.mark.skipif(
+    not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
+)
 
 K, D, H = 3, 4, 5
 
@@ -27,7 +29,9 @@ def _pl():
 def _data(n=32):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, D, generator=g, dtype=torch.float64)
-    y = torch.randn(n, K, generator=g, dtype=torch.float64) + torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
+    y = torch.randn(n, K, generator=g, dtype=torch.float64) + torch.tensor(
+        [0.0, 2.0, -2.0], dtype=torch.float64
+    )
     return x, y
 
 
@@ -48,7 +52,15 @@ def _nets(dtype=torch.float64):
     return encoder, heads
 
 
-def _module(method, *, automatic, momentum=0.0, scheduler=False, dtype=torch.float64, source="representation"):
+def _module(
+    method,
+    *,
+    automatic,
+    momentum=0.0,
+    scheduler=False,
+    dtype=torch.float64,
+    source="representation",
+):
     pl = _pl()
 
     class Net(TaskGradMixin, pl.LightningModule):
@@ -66,15 +78,23 @@ def _module(method, *, automatic, momentum=0.0, scheduler=False, dtype=torch.flo
             opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=momentum)
             if not scheduler:
                 return opt
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+            }
 
     return Net()
 
 
 def _trainer(epochs, **kw):
     pl = _pl()
-    kw = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-          "enable_model_summary": False, **kw}
+    kw = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **kw,
+    }
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, **kw)
 
 
@@ -101,7 +121,7 @@ def test_automatic_keeps_clipping_accumulation_and_schedulers():
         for b in range(4):
             if b % 2 == 0:
                 opt.zero_grad()
-            xb, yb = x[8 * b: 8 * b + 8], y[8 * b: 8 * b + 8]
+            xb, yb = x[8 * b : 8 * b + 8], y[8 * b : 8 * b + 8]
             z = encoder(xb)
             losses = list(_losses(torch.cat([h(z) for h in heads], dim=1), yb).values())
             step.backward(losses, features=z, backward_fn=lambda t: (t / 2).backward())
@@ -111,7 +131,7 @@ def test_automatic_keeps_clipping_accumulation_and_schedulers():
                 opt.step()
         sched.step()
     assert clipped > 0  # the clipping mattered
-    for p, q in zip(_params(module), params):
+    for p, q in zip(_params(module), params, strict=True):
         assert torch.allclose(p, q.detach(), atol=1e-12, rtol=0)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)
 
@@ -124,7 +144,9 @@ def test_loss_is_in_the_progress_bar_and_the_loggers():
     metrics = trainer.callback_metrics
     assert {"taskgrad/weight/t0", "taskgrad/loss/t2", "taskgrad/cos/t0|t1"} <= set(metrics)
     w = module.taskgrad_last.weights
-    assert float(metrics["loss"]) == pytest.approx(float((w * module.taskgrad_last.local_losses).sum()), rel=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(
+        float((w * module.taskgrad_last.local_losses).sum()), rel=1e-6
+    )
 
 
 def test_bf16_precision_plugin_trains_under_automatic_optimization():
@@ -135,13 +157,14 @@ def test_bf16_precision_plugin_trains_under_automatic_optimization():
     after = _params(module)
     assert module.taskgrad_skipped == 0
     assert all(torch.isfinite(p).all() for p in after)
-    assert any(not torch.equal(p, q) for p, q in zip(before, after))
+    assert any(not torch.equal(p, q) for p, q in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("automatic", [False, True])
 def test_resume_from_a_lightning_checkpoint_continues_famo_exactly(tmp_path, automatic):
     """One epoch, a checkpoint, a fresh module resumed with fit(ckpt_path=...) for the second
     epoch: bit-identical to two uninterrupted epochs (parameters and FAMO's state)."""
+
     def famo_module():
         return _module(taskgrad.methods.FAMO(lr=0.5), automatic=automatic, momentum=0.9)
 
@@ -158,7 +181,7 @@ def test_resume_from_a_lightning_checkpoint_continues_famo_exactly(tmp_path, aut
 
     resumed = famo_module()
     _trainer(2).fit(resumed, _loader(), ckpt_path=ckpt)
-    for p, q in zip(_params(resumed), _params(whole)):
+    for p, q in zip(_params(resumed), _params(whole), strict=True):
         assert torch.equal(p, q)
     a, b = resumed.taskgrad_step.state_dict(), whole.taskgrad_step.state_dict()
     assert repr(a) == repr(b)
@@ -190,7 +213,9 @@ def test_training_logger_gets_one_row_per_optimizer_step_under_accumulation():
         def __init__(self):
             super().__init__()
             self.encoder, self.heads = _nets()
-            self.configure_taskgrad(taskgrad.MGDA(), source="representation", automatic=True, logger=log)
+            self.configure_taskgrad(
+                taskgrad.MGDA(), source="representation", automatic=True, logger=log
+            )
 
         def task_losses(self, batch, batch_idx):
             x, y = batch
