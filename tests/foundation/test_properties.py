@@ -201,3 +201,20 @@ def test_mgda_permutation_equivariant_with_mixed_scales(JG, rnd) -> None:
     scale = float(((w * sig).sum() + (wp[torch.argsort(p)] * sig).sum()) ** 2)
     # the minimum value ‖d‖² is unique (the weights need not be, with duplicated gradients)
     assert abs(float(w @ G @ w) - float(wp @ G[p][:, p] @ wp)) <= 1e-10 * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mixed_scale_grams(min_k=2, max_k=6, max_log10=FLOAT32_SAFE_LOG10, structured=False),
+    st.floats(0.01, 0.5),
+)
+def test_relative_margin_with_norms_over_1e16(JG, margin: float) -> None:
+    # the root search on ρ = ‖v‖ once stopped at a tolerance of the largest auxiliary's norm
+    J, G = JG
+    assume(bool((G.diagonal() > 1e-290).all()))
+    w, info = primary_aux(G, margin=margin, relative_margin=True, return_info=True)
+    assert bool(info.converged) and float(info.kkt_residual) <= 1e-8
+    u = J.T @ w
+    if float(u.norm()) > 0:
+        cos = (J[1:] @ u) / (J[1:].norm(dim=1) * u.norm())
+        assert bool((cos >= margin - 1e-7).all())

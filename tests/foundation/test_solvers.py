@@ -526,3 +526,16 @@ def test_compiled_batched_pivot_equals_the_torch_batched_pivot(monkeypatch) -> N
             rtol=0,
             atol=1e-8,
         )
+
+
+def test_relative_margin_with_mixed_scales_agrees_with_cvxpy() -> None:
+    for seed in range(3):
+        scales = torch.tensor([1.0, 1e-3, 1e3, 1e-2, 1e2], dtype=torch.float64)
+        J = jacobian("conflicting", 5, 12, seed=seed) * scales[:, None]
+        w, info = primary_aux(gram(J), margin=0.2, relative_margin=True, return_info=True)
+        assert bool(info.converged)
+        u = J.T @ w
+        # the same cone with unit auxiliaries and an absolute margin, primal form in cvxpy
+        Jn = torch.cat([J[:1], J[1:] / J[1:].norm(dim=1, keepdim=True)])
+        u_ref = torch.from_numpy(cvxpy_direction(Jn.numpy(), margin=0.2))
+        assert float((u - u_ref).norm()) <= 1e-5 * float(J[0].norm())

@@ -189,6 +189,7 @@ def _margin_projection(
         return vv.sqrt() - rho, lam, free, it, conv, res
 
     scale = torch.diagonal(Gb, dim1=-2, dim2=-1).amax(-1).sqrt()
+    s0 = g00.clamp_min(0).sqrt()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     lo = torch.zeros(B, dtype=Gb.dtype, device=Gb.device)
     f_lo, lam, free, iters, conv, res = phi(lo, None)
@@ -219,7 +220,9 @@ def _margin_projection(
         f_lo = torch.where(right & (side == 1), 0.5 * f_lo, f_lo)
         f_hi = torch.where(left & (side == -1), 0.5 * f_hi, f_hi)
         side = torch.where(right, torch.ones_like(side), -torch.ones_like(side))
-        done = trivial | (f.abs() <= rtol * (scale + rho)) | (hi - lo <= rtol * hi)
+        # ρ = ‖v‖ to a relative tolerance of v's own scale (the primary's norm and ρ), never of
+        # the largest auxiliary's norm, which may be 1e16 times larger
+        done = trivial | (f.abs() <= rtol * (s0 + rho)) | (hi - lo <= rtol * hi)
         if bool(done.all()):
             break
     nv = f + rho  # ‖v‖
@@ -233,7 +236,8 @@ def _margin_projection(
     zero_step = trivial | (kappa <= 0)
     kappa = torch.where(trivial, torch.zeros_like(kappa), kappa.clamp_min(0.0))
     w = torch.cat([torch.ones_like(lam[:, :1]), lam], -1) * kappa.unsqueeze(-1)
-    return w, iters, zero_step | (conv & (f.abs() <= 1e3 * rtol * (scale + rho))), trivial, lam
+    ok = conv & (f.abs() <= 1e3 * rtol * (s0 + rho))
+    return w, iters, zero_step | ok, trivial, lam
 
 
 def primary_aux(
