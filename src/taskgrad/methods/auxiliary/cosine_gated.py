@@ -1,4 +1,7 @@
-"""CosineGatedAux: see :class:`CosineGatedAux`."""
+"""Auxiliaries kept when cos(g0, g_i) > 0 (Du et al. 2018, unweighted).
+
+Du et al., Adapting Auxiliary Losses Using Gradient Similarity, 2018.
+"""
 
 from __future__ import annotations
 

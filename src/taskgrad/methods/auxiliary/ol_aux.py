@@ -1,4 +1,7 @@
-"""OLAux: see :class:`OLAux`."""
+"""OL-AUX-style online auxiliary weights from <g0, g_i>.
+
+Lin et al., Adaptive Auxiliary Task Weighting for Reinforcement Learning, NeurIPS 2019.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PCGradAux: see :class:`PCGradAux`."""
+"""PCGrad on auxiliaries only: project a conflicting auxiliary off the primary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PrimaryAux: see :class:`PrimaryAux`."""
+"""Exact primary/auxiliary projection: closest to g0 raising no auxiliary loss."""
 
 from __future__ import annotations
 

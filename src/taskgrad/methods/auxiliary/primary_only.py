@@ -1,4 +1,4 @@
-"""PrimaryOnly: see :class:`PrimaryOnly`."""
+"""Primary task only: w = (1, 0, ..., 0)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sum: see :class:`Sum`."""
+"""Plain sum of the losses: w = 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Aligned-MTL: see :class:`AlignedMTL`."""
+"""Aligned-MTL: align the gradients' principal components (condition number 1).
+
+Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023.
+"""
 
 from __future__ import annotations
 

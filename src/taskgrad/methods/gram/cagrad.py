@@ -1,4 +1,7 @@
-"""CAGrad: see :class:`CAGrad`."""
+"""CAGrad: best worst-task improvement within a ball around the mean gradient (exact).
+
+Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021.
+"""
 
 from __future__ import annotations
 

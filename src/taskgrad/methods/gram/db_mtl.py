@@ -1,4 +1,7 @@
-"""DB-MTL: see :class:`DBMTL`."""
+"""DB-MTL gradient-magnitude step: log-loss gradients rescaled to the largest norm.
+
+Lin et al., Dual-Balancing for Multi-Task Learning, 2023.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""DualProj: see :class:`DualProj`."""
+"""DualProj: the mean gradient projected onto the dual cone of the gradients.
+
+Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 (GEM's projection).
+"""
 
 from __future__ import annotations
 

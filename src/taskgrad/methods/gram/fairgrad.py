@@ -1,4 +1,7 @@
-"""FairGrad: see :class:`FairGrad`."""
+"""FairGrad: alpha-fair allocation (G w)_i = w_i^(-1/alpha) (exact Newton solve).
+
+Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024.
+"""
 
 from __future__ import annotations
 

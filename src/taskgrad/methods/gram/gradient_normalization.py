@@ -1,4 +1,4 @@
-"""gradient normalization: see :class:`GradientNormalization`."""
+"""Gradient-norm normalization: w_i = 1/||g_i|| (Gram diagonal)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""GradVac: see :class:`GradVac`."""
+"""Gradient Vaccine: steer pairwise cosines to an EMA target.
+
+Wang et al., Gradient Vaccine, ICLR 2021.
+"""
 
 from __future__ import annotations
 

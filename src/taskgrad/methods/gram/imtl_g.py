@@ -1,4 +1,7 @@
-"""IMTL-G: see :class:`IMTLG`."""
+"""IMTL-G: equal projections of the update on every unit task gradient.
+
+Liu et al., Towards Impartial Multi-task Learning, ICLR 2021.
+"""
 
 from __future__ import annotations
 

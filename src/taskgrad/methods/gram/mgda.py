@@ -1,4 +1,7 @@
-"""MGDA: see :class:`MGDA`."""
+"""MGDA: min-norm point of the convex hull of the task gradients (exact).
+
+Désidéri 2012; Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018.
+"""
 
 from __future__ import annotations
 

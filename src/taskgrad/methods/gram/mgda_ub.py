@@ -1,4 +1,7 @@
-"""MGDA-UB: see :class:`MGDAUB`."""
+"""MGDA on normalized gradients (l2, loss, loss+l2) as in Sener & Koltun 2018.
+
+Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018 (MGDA-UB code).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Nash-MTL: see :class:`NashMTL`."""
+"""Nash-MTL: Nash bargaining solution G a = 1/a (exact Newton solve).
+
+Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022.
+"""
 
 from __future__ import annotations
 

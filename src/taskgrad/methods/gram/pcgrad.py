@@ -1,4 +1,7 @@
-"""PCGrad: see :class:`PCGrad`."""
+"""PCGrad: project conflicting gradients off each other in random order.
+
+Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Random: see :class:`RandomGradient`."""
+"""Random gradient weighting: softmax of Gaussian draws.
+
+Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022 (RGW).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""UPGrad: see :class:`UPGrad`."""
+"""UPGrad: sum of each gradient projected onto the dual cone of all gradients.
+
+Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024.
+"""
 
 from __future__ import annotations
 

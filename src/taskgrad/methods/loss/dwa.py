@@ -1,4 +1,7 @@
-"""DWA: see :class:`DWA`."""
+"""Dynamic Weight Average: softmax of loss descent rates.
+
+Liu et al., End-to-End Multi-Task Learning with Attention, CVPR 2019.
+"""
 
 from __future__ import annotations
 

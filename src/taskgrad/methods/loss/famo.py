@@ -1,4 +1,7 @@
-"""FAMO: see :class:`FAMO`."""
+"""FAMO: fast adaptive multitask optimization from loss decreases.
+
+Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023.
+"""
 
 from __future__ import annotations
 

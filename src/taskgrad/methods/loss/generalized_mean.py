@@ -1,4 +1,4 @@
-"""GeneralizedMean: see :class:`GeneralizedMean`."""
+"""Power mean of the losses with exponent gamma."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""GeometricMean: see :class:`GeometricMean`."""
+"""Geometric mean of the losses: w_i = GM/(k L_i).
+
+Chennupati et al., MultiNet++, CVPR Workshops 2019 (GLS).
+"""
 
 from __future__ import annotations
 

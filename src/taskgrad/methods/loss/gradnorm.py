@@ -1,4 +1,7 @@
-"""GradNorm: see :class:`GradNorm`."""
+"""GradNorm: learned weights balancing gradient norms and training rates.
+
+Chen et al., GradNorm, ICML 2018.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""IMTL-L: see :class:`IMTLL`."""
+"""IMTL-L: learned loss scales e^s with -s regularizer.
+
+Liu et al., Towards Impartial Multi-task Learning, ICLR 2021.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""InitialLossNormalization: see :class:`InitialLossNormalization`."""
+"""Normalize each loss by its value at the first step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LogSum: see :class:`LogSum`."""
+"""Sum of log losses: w_i = 1/L_i."""
 
 from __future__ import annotations
 

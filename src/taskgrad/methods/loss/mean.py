@@ -1,4 +1,4 @@
-"""Mean: see :class:`Mean`."""
+"""Equal weights 1/k: the gradient of the mean loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PriorLossNormalization: see :class:`PriorLossNormalization`."""
+"""Normalize each loss by a given prior (reference) loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""RLW: see :class:`RLW`."""
+"""Random Loss Weighting: softmax of Gaussian draws, no Gram needed.
+
+Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022.
+"""
 
 from __future__ import annotations
 

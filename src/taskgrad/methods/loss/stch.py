@@ -1,4 +1,7 @@
-"""STCH: see :class:`STCH`."""
+"""Smooth Tchebycheff scalarization: smooth max of weighted losses.
+
+Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""UncertaintyWeighting: see :class:`UncertaintyWeighting`."""
+"""Uncertainty Weighting (Kendall 2018), learned log-variances.
+
+Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018.
+"""
 
 from __future__ import annotations
 
