@@ -49,6 +49,7 @@ n_test = 32
 """
 
 
+@pytest.mark.slow
 def test_version() -> None:
     res = taskgrad("--version")
     assert res.returncode == 0 and res.stdout.strip().startswith("taskgrad ")
@@ -71,6 +72,7 @@ def test_methods_show_parameters_and_one_method_in_full() -> None:
     assert typo.returncode == 2 and "pcgrad" in typo.stderr and "Traceback" not in typo.stderr
 
 
+@pytest.mark.slow
 def test_demo_options_have_help() -> None:
     res = taskgrad("demo", "--help")
     assert res.returncode == 0
@@ -78,12 +80,14 @@ def test_demo_options_have_help() -> None:
     assert "--steps STEPS SGD steps" in text and "--lr LR learning rate" in text
 
 
+@pytest.mark.slow
 def test_report_of_a_missing_path_says_it_does_not_exist(tmp_path) -> None:
     res = taskgrad("report", str(tmp_path / "missing.csv"))
     assert res.returncode == 2
     assert "missing.csv' does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_a_typo_in_data_fails_at_load_also_in_a_dry_run(tmp_path) -> None:
     cfg = write(tmp_path / "c.toml", SYNTHETIC.format(epochs=1).replace("n_train = 64", "n_trian = 64"))
     res = taskgrad("bench", str(cfg), "--dry-run", "--out", str(tmp_path / "out"))

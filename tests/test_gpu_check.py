@@ -59,6 +59,7 @@ def test_smoke_run_writes_every_target(tmp_path):
     assert "taskgrad bench benchmarks/configs/qm9.toml --device cuda" in md
 
 
+@pytest.mark.slow
 def test_a_job_past_its_budget_is_stopped_and_reported(tmp_path):
     gc = _module()
     job = next(j for j in gc.JOBS if j.name == "step-cost")
@@ -82,6 +83,7 @@ def test_markdown_marks_failures_and_undecided():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+@pytest.mark.slow
 def test_cuda_without_a_gpu_says_what_to_do(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -186,6 +186,7 @@ def test_margin_and_representation_constraints_hold() -> None:
                 p -= 0.05 * p.grad
 
 
+@pytest.mark.slow
 def test_merge_summaries_joins_seed_files_and_refuses_duplicates(tmp_path: Path) -> None:
     config = json.loads((APPS / "configs" / "aux_tasks" / "parkinsons.json").read_text())
     config = {**config, "n_test_patients": 2, "n_val_patients": 0, "batch_size": 16, "n_monitor": 32, "steps": 2,

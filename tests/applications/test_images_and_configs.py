@@ -88,6 +88,7 @@ def test_every_config_is_covered() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.slow
 def test_config_runs_one_batch(path: Path) -> None:
     """Each experiment config runs one step per method on tiny generated images (not the data)."""
     common = _module("common")

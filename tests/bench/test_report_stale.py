@@ -72,6 +72,7 @@ def _changed_config_on_disk(out):
 
 
 # ------------------------------------------------------------------ report against a config
+@pytest.mark.slow
 def test_report_against_a_config_excludes_the_stale_run_and_says_so(tmp_path) -> None:
     from taskgrad.bench.report import report
 
@@ -93,6 +94,7 @@ def test_report_against_a_config_excludes_the_stale_run_and_says_so(tmp_path) ->
     assert row["delta_m"][0] == pytest.approx(delta_m(mean["final"], base, specs))
 
 
+@pytest.mark.slow
 def test_a_run_outside_the_config_is_kept_only_with_the_same_protocol(tmp_path) -> None:
     """mgda is no longer in the config: its old result is comparable (kept) while the settings are
     those of the config, and stale once they differ."""
@@ -112,6 +114,7 @@ def test_a_run_outside_the_config_is_kept_only_with_the_same_protocol(tmp_path) 
 
 
 # ------------------------------------------------------------------ report of a folder alone
+@pytest.mark.slow
 def test_folder_report_of_one_protocol_is_unchanged(tmp_path) -> None:
     from taskgrad.bench.report import report
 
@@ -122,6 +125,7 @@ def test_folder_report_of_one_protocol_is_unchanged(tmp_path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["excluded_stale"] == 0
 
 
+@pytest.mark.slow
 def test_folder_report_keeps_the_protocol_of_the_newest_result(tmp_path) -> None:
     from taskgrad.bench.report import report
 
@@ -138,6 +142,7 @@ def test_folder_report_keeps_the_protocol_of_the_newest_result(tmp_path) -> None
 
 
 # ------------------------------------------------------------------ the command line
+@pytest.mark.slow
 def test_cli_bench_and_report_exclude_stale_runs(tmp_path) -> None:
     from taskgrad.cli import main
 
@@ -179,6 +184,7 @@ def test_recomputing_a_stale_result_warns_quiet_or_not(tmp_path, capsys, show_pr
     assert again["history"] == res["history"]
 
 
+@pytest.mark.slow
 def test_cli_quiet_bench_still_reports_the_recompute(tmp_path) -> None:
     from taskgrad.bench.runner import StaleResultWarning
     from taskgrad.cli import main

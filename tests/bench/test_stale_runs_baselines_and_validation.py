@@ -74,6 +74,7 @@ def test_stale_single_task_baseline_is_recomputed_not_reused(tmp_path, capsys) -
         (tmp_path / "st" / "single-task-reg" / "seed0" / "result.json").read_text())["history"]
 
 
+@pytest.mark.slow
 def test_cli_methods_recomputes_stale_single_task_runs(tmp_path) -> None:
     """`taskgrad bench CONFIG --methods mean` after the config changed (here: its data): the kept
     single-task runs are retrained with the new config (their old checkpoint is the end of a finished

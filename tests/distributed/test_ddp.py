@@ -15,7 +15,10 @@ from taskgrad.distributed import run_on_ranks
 
 from . import _scenarios as sc
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.slow,  # starts two processes
+]
 
 NAMES = [*sc.SCENARIOS, "debug-catch", "bf16"]
 TOL = 1e-6

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from taskgrad.cli import main as cli_main
 from taskgrad.demo import main as demo_main
 
 
+@pytest.mark.slow
 def test_demo_claims_hold(tmp_path) -> None:
     summary = demo_main(out_dir=tmp_path, steps=40, show=False)
     assert (tmp_path / "toy2d.png").stat().st_size > 10_000
@@ -22,6 +25,7 @@ def test_demo_claims_hold(tmp_path) -> None:
     assert summary["PrimaryAux"]["L1_change"] < 0.1 * summary["Mean"]["L1_change"]
 
 
+@pytest.mark.slow
 def test_cli_demo_and_methods(tmp_path, capsys) -> None:
     assert cli_main(["demo", "--out", str(tmp_path), "--steps", "5", "--quadratics-only"]) == 0
     assert "toy2d.png" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,7 @@ def _tol(J: torch.Tensor, w: torch.Tensor) -> float:
 
 @settings(max_examples=150, deadline=None)
 @given(jacobians())
+@pytest.mark.slow
 def test_primary_aux_never_conflicts_with_an_auxiliary(J: torch.Tensor) -> None:
     # A Gram matrix squares the conditioning of the gradients: auxiliaries that are dependent to
     # within ~1e-8 (nearly opposite or parallel, a singular value of the normalized gradients in
@@ -58,6 +60,7 @@ def test_primary_aux_never_conflicts_with_an_auxiliary(J: torch.Tensor) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(jacobians(min_k=3), st.randoms(use_true_random=False))
+@pytest.mark.slow
 def test_permuting_auxiliaries_permutes_weights(J: torch.Tensor, rnd) -> None:
     k = J.shape[0]
     perm = list(range(1, k))
@@ -76,6 +79,7 @@ def test_permuting_auxiliaries_permutes_weights(J: torch.Tensor, rnd) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(jacobians(min_k=2, max_k=2))
+@pytest.mark.slow
 def test_closed_form_matches_general_solver(J: torch.Tensor) -> None:
     G = J @ J.T
     w = primary_aux(G)  # k = 2: the closed form
@@ -97,6 +101,7 @@ def test_closed_form_matches_general_solver(J: torch.Tensor) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(jacobians(min_k=1))
+@pytest.mark.slow
 def test_mgda_direction_descends_every_task(J: torch.Tensor) -> None:
     a = min_norm_simplex(J @ J.T)
     assert bool((a >= 0).all()) and abs(float(a.sum()) - 1) <= 1e-12
@@ -129,6 +134,7 @@ KKT64 = 1e-10
 
 @settings(max_examples=150, deadline=None)
 @given(mixed_scale_grams(min_k=1, max_k=6), st.data())
+@pytest.mark.slow
 def test_mixed_and_mgda_kkt_with_norms_over_1e40(JG, data) -> None:
     J, G = JG
     k = J.shape[0]
@@ -148,6 +154,7 @@ def test_mixed_and_mgda_kkt_with_norms_over_1e40(JG, data) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(mixed_scale_grams(min_k=2, max_k=6))
+@pytest.mark.slow
 def test_projection_kkt_with_norms_over_1e40(JG) -> None:
     J, G = JG
     w, info = primary_aux(G, return_info=True)
@@ -157,6 +164,7 @@ def test_projection_kkt_with_norms_over_1e40(JG) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(mixed_scale_grams(min_k=2, max_k=6))
+@pytest.mark.slow
 def test_compiled_min_norm_matches_the_kkt_and_the_torch_path(JG) -> None:
     J, G = JG
     k = J.shape[0]
@@ -173,6 +181,7 @@ def test_compiled_min_norm_matches_the_kkt_and_the_torch_path(JG) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(mixed_scale_grams(min_k=2, max_k=6, max_log10=FLOAT32_SAFE_LOG10), st.data())
+@pytest.mark.slow
 def test_float32_grams_with_norms_over_1e16(JG, data) -> None:
     J, G = JG
     k = J.shape[0]
@@ -189,6 +198,7 @@ def test_float32_grams_with_norms_over_1e16(JG, data) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(mixed_scale_grams(min_k=3, max_k=6), st.randoms(use_true_random=False))
+@pytest.mark.slow
 def test_mgda_permutation_equivariant_with_mixed_scales(JG, rnd) -> None:
     J, G = JG
     k = J.shape[0]

@@ -106,6 +106,7 @@ def test_min_norm_simplex_is_mgda() -> None:
 
 
 @pytest.mark.parametrize("k", [128, 512])
+@pytest.mark.slow
 def test_large_k_kkt(k: int) -> None:
     kinds = ["conflicting", "rank_deficient", "duplicated", "zero"] + (
         ["rank_half"] if k <= 128 else []
@@ -124,6 +125,7 @@ def test_large_k_kkt(k: int) -> None:
         assert kkt_primary_aux(a, G, n=k) <= 1e-6, kind
 
 
+@pytest.mark.slow
 def test_k512_agrees_with_cvxpy() -> None:
     J = jacobian("conflicting", 512, P=600, seed=1)
     w = primary_aux(gram(J))
@@ -272,6 +274,7 @@ def test_margin_infeasible_gives_zero_step() -> None:
     assert float((g.T @ w).norm()) <= 1e-12
 
 
+@pytest.mark.slow
 def test_frank_wolfe_reference_converges_to_exact() -> None:
     for kind in ["random", "conflicting", "zero"]:
         J = jacobian(kind, 6, 15, seed=4)
@@ -311,6 +314,7 @@ def test_bad_input_errors() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
     Gs = torch.stack([gram(jacobian(kind, 32, 40, seed=i)) for i, kind in enumerate(KINDS)])
     w_cpu = primary_aux(Gs)

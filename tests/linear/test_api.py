@@ -42,6 +42,7 @@ ESTIMATORS = [
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("est,expected", ESTIMATORS, ids=lambda e: type(e).__name__)
+@pytest.mark.slow
 def test_check_estimator(est, expected):
     check_estimator(est, expected_failed_checks=expected)
 

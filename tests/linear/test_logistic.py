@@ -145,6 +145,7 @@ def test_multinomial_on_uncentered_features_converges_at_the_defaults():
     assert m.converged_ and m.n_iter_ < 600
 
 
+@pytest.mark.slow
 def test_weights_equal_repeated_rows_at_a_tight_tolerance():
     """What check_estimator's expected sample-weight failures stand for: at tol=1e-8 the weighted
     and repeated fits agree in predict_proba to 1e-7 (the check's rtol)."""

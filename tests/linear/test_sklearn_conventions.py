@@ -139,6 +139,7 @@ def test_cv_estimators_take_verbose_and_n_jobs_as_scikit_learn(data, capsys):
     np.testing.assert_array_equal(enet.mse_path_, ref.mse_path_)
 
 
+@pytest.mark.slow
 def test_weighted_and_repeated_rows_agree_at_a_tight_tolerance():
     """What the expected sample-weight-equivalence failures of check_estimator stand for: with a
     tight tolerance, weights equal repeated rows (CV errors, α and predictions)."""

@@ -266,6 +266,7 @@ def test_meta_methods_reject_bad_closures() -> None:
 
 
 # ---------------------------------------------------------------- AuxiLearn
+@pytest.mark.slow
 def test_auxilearn_hypergradient_is_the_neumann_series_and_tends_to_the_ift() -> None:
     model = LinReg(k=3, P=4, n=12, seed=10)
     th = model.theta.detach()

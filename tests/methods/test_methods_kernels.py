@@ -81,6 +81,7 @@ def scaled_jacobians(draw):
 
 @FAST
 @given(scaled_jacobians())
+@pytest.mark.slow
 def test_numba_path_equals_torch_path_on_scaled_gradients(J):
     # per-task scales from 1e-3 to 1e3 (conditioning up to 1e12 in G): compare the directions.
     # The solvers work in normalized variables, so MGDA-UB, UPGrad, DualProj, Nash-MTL and
@@ -244,6 +245,7 @@ def test_bad_impl_is_a_clear_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_gram_auto_path_matches_cpu():
     J = conflicting(10, 15, 0, common=1.0)
     G = gram(J)

@@ -166,6 +166,7 @@ def test_non_conflicting_where_declared(k, seed):
 
 @FAST
 @given(st.integers(2, 5), st.integers(0, 10_000), st.randoms(use_true_random=False))
+@pytest.mark.slow
 def test_permutation_equivariant_where_declared(k, seed, rnd):
     J = well_conditioned(k, seed)
     L = losses_for(k, seed)

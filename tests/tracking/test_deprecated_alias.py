@@ -42,6 +42,7 @@ def test_from_taskgrad_import_logging_warns():
     assert old.CSVLogger is tracking.CSVLogger
 
 
+@pytest.mark.slow
 def test_new_name_does_not_shadow_or_warn():
     code = (
         "import warnings; warnings.simplefilter('error'); import logging, taskgrad; "

@@ -147,6 +147,7 @@ def test_tensorboard_absent_gives_clear_error(monkeypatch):
         lg.TensorBoardLogger("unused")
 
 
+@pytest.mark.slow
 def test_plots_show_the_logged_values(tmp_path):
     log = MemoryLogger(names=["a", "b", "c"])
     g = torch.Generator().manual_seed(1)
@@ -179,6 +180,7 @@ def test_plots_show_the_logged_values(tmp_path):
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_report_writes_plots(tmp_path):
     with CSVLogger(tmp_path / "log.csv") as log:
         for t in range(3):

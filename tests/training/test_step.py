@@ -207,6 +207,7 @@ def test_first_step_nonfinite_lowers_a_fresh_scaler():
     assert scaler.get_scale() == 2.0**10 * scaler.get_backoff_factor()
 
 
+@pytest.mark.slow
 def test_compiled_model_with_every_source():
     try:
         model = small_model()
