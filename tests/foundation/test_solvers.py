@@ -390,6 +390,12 @@ def test_nnls_unbounded_singular_direction_raises() -> None:
     Q = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="unbounded"):
         nnls(Q, torch.tensor([-1.0, -1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="unbounded"):  # float32 arithmetic too
+        nnls(Q.float(), torch.tensor([-1.0, -1.0]), compute_dtype=torch.float32)
+    # a bounded float32 problem with a large answer (Q nearly singular) is solved, not refused
+    Qn = torch.tensor([[1.0, -0.999], [-0.999, 1.0]])
+    xn = nnls(Qn, torch.tensor([-1.0, -1.0]), compute_dtype=torch.float32)
+    torch.testing.assert_close(xn, torch.full((2,), 1000.0), rtol=2e-3, atol=0)  # (1 - 0.999)x = 1
     # in a batch, one unbounded problem is enough
     with pytest.raises(ValueError, match="unbounded"):
         nnls(

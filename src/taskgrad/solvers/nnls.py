@@ -320,16 +320,16 @@ def _unbounded(Qs: Tensor, cs: Tensor, xs: Tensor, ridge: float) -> Tensor:
 
     On an unbounded problem the ridge-regularized pivoting returns x ≈ v/ridge for a direction
     v ≥ 0 with Qv = 0 and cᵀv < 0 (the objective decreases without bound along v). The
-    certificate is checked on v = x/‖x‖∞: ‖x‖∞ ≥ 1e-3/ridge, ‖Qs v‖∞ ≤ 1e4·ridge and cs·v < 0.
-    A bounded problem gives ‖x‖∞ ≈ 1e-3/ridge only when Q is singular to within the ridge.
+    certificate is checked on v = x/‖x‖∞: ‖x‖∞ ≥ 1e-2/ridge, ‖Qs v‖∞ ≤ 1e3·ridge and cs·v < 0.
+    A bounded problem gives ‖x‖∞ ≈ 1e-2/ridge only when Q is singular to within the ridge.
     """
     nrm = xs.abs().amax(-1)
-    big = nrm * ridge >= 1e-3
+    big = nrm * ridge >= 1e-2
     if not bool(big.any()):
         return big
     v = xs / nrm.clamp_min(torch.finfo(xs.dtype).tiny).unsqueeze(-1)
     Qv = (Qs @ v.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
-    return big & (v.min(-1).values >= 0) & (Qv <= 1e4 * ridge) & ((cs * v).sum(-1) < 0)
+    return big & (v.min(-1).values >= 0) & (Qv <= 1e3 * ridge) & ((cs * v).sum(-1) < 0)
 
 
 def _nnls_residual(Q: Tensor, c: Tensor, x: Tensor, held: Tensor) -> Tensor:

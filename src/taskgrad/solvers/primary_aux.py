@@ -474,8 +474,9 @@ def primary_aux_frank_wolfe(G: Tensor, iters: int = 100, eps: float = 0.0) -> Te
     λ_τ ← max(0, λ_τ − ⟨g_τ, u⟩/‖g_τ‖²), with u = g0 + Σ λᵢgᵢ. Batched over G (..., k, k).
     """
     k = check_gram(G)
-    if iters < 0:
-        raise ValueError(f"iters must be ≥ 0, got {iters}.")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters must be an int ≥ 0, got {iters!r}.")
+    eps = check_nonneg("eps", eps)
     Gb, batch = _flatten(G, _default_compute_dtype(G))
     lam = torch.zeros(Gb.shape[0], k - 1, dtype=Gb.dtype, device=G.device)
     if k > 1:
