@@ -310,7 +310,7 @@ def test_float32_working_dtype_of_the_gpu_path():
         assert bool(_zero_in_hull(Gs).all())  # → UndefinedMethodError, not a convergence error
     J = jacobian(3, 6, 0, correlated=1.0) * torch.tensor([[1e-4], [1.0], [1e3]], dtype=torch.float64)
     Gs, c, inv, _ = _cosine_form(gram(J).float().unsqueeze(0), 1.0)
-    y, ok = _newton(Gs, c, 1.0, 100)
+    y, ok, _ = _newton(Gs, c, 1.0, 100)
     assert bool(ok.all()) and not bool(_zero_in_hull(Gs).any())
     a = (y * inv)[0].double()
     assert float(((gram(J) @ a) * a - 1).abs().max()) <= 1e-4
@@ -342,3 +342,20 @@ def test_cagrad_primal_where_a_combination_of_gradients_cancels(k, seed, c, s):
     J = torch.cat([J, -s * (mix @ J).unsqueeze(0)])
     for impl in IMPLS:
         check_cagrad_primal(J, c, impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("gap", [1e-2, 1e-4, 1e-6])
+def test_nash_mtl_on_nearly_opposite_gradients(impl, gap):
+    """At an angle of π − gap the solution α ≈ √2/gap exists; its residual can only reach the
+    rounding level of ⟨gᵢ, d⟩ (cancellation ~2/gap²), which is convergence, not an error."""
+    import math
+
+    th = math.pi - gap
+    J = torch.tensor([[1.0, 0.0], [math.cos(th), math.sin(th)]], dtype=torch.float64)
+    a = M.NashMTL(max_norm=0.0, impl=impl)(gram=gram(J))
+    # closed form for two unit gradients at angle θ: α₁ = α₂ = 1/√(1 + cos θ)
+    exact = 1.0 / math.sqrt(1.0 + math.cos(th))
+    assert float((a / exact - 1).abs().max()) <= 1e-15 * 8 / gap**2 + 1e-12
+    with pytest.raises(M.UndefinedMethodError):
+        M.NashMTL(impl=impl)(gram=gram(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)))

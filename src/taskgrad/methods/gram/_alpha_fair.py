@@ -25,6 +25,7 @@ __all__ = ["CONVERGED", "NOT_CONVERGED", "UNDEFINED", "alpha_fair_solve", "alpha
 
 # statuses per problem
 CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
+_LIMITED = 3  # kernel status: stopped at the rounding level above rtol (the hull decides)
 # the min-norm solve resolves ‖Σwᵢuᵢ‖² to ~ε, so ‖Σwᵢuᵢ‖ to ~√ε (1.5e-8 in float64; the bound
 # is scaled by √ε in float32)
 HULL_TOL = 1e-7
@@ -57,8 +58,10 @@ def _cosine_form(Gb: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tens
     return Gs, c, inv, ~alive.all(-1)
 
 
-def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor, Tensor]:
-    """y > 0 with Ĝy = c ⊙ y^(−1/α) (B, k) by damped Newton, and the converged mask (B,)."""
+def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
+    """y > 0 with Ĝy = c ⊙ y^(−1/α) (B, k) by damped Newton, the converged mask (B,) and the
+    mask of those that stopped at the rounding level of (Ĝy)ᵢ above rtol (the caller checks
+    that 0 is not in the hull there: a diverging iterate also cancels)."""
     B, k = Gs.shape[0], Gs.shape[-1]
     inv_a = 1.0 / alpha
     pw = alpha / (alpha + 1.0)
@@ -69,6 +72,7 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
     t = (num / gx.clamp_min(torch.finfo(Gs.dtype).tiny)).pow(pw)
     x = x * t.unsqueeze(-1)
     converged = torch.zeros(B, dtype=torch.bool, device=Gs.device)
+    limited = torch.zeros(B, dtype=torch.bool, device=Gs.device)
     eye = torch.eye(k, dtype=Gs.dtype, device=Gs.device)
     rtol = 1e-12 if Gs.dtype == torch.float64 else 1e-5
     eps = torch.finfo(Gs.dtype).eps
@@ -80,13 +84,15 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
         step = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         dec = -(grad * step).sum(-1)  # Newton decrement²
         # relative residual of the fixed point (Ĝy)ᵢ yᵢ^(1/α) / cᵢ = 1, scale-free; it cannot go
-        # below the rounding of (Ĝy)ᵢ, ~kε·Σⱼ|Ĝᵢⱼyⱼ|/|(Ĝy)ᵢ| (cancellation in the sum), accepted up
-        # to 1e3·rtol (beyond, the cancellation is that of a diverging iterate: 0 in the hull)
+        # below the rounding of (Ĝy)ᵢ, ~kε·Σⱼ|Ĝᵢⱼyⱼ|/|(Ĝy)ᵢ| (cancellation in the sum)
         resid = (Gx * x.pow(inv_a) / c - 1.0).abs().amax(-1)
         absGx = (Gs.abs() @ x.abs().unsqueeze(-1)).squeeze(-1)
         floor = (8 * k * eps) * (absGx / Gx.abs().clamp_min(torch.finfo(Gs.dtype).tiny)).amax(-1)
-        newly = ((dec <= 1e-32) | (resid <= torch.clamp(floor, min=rtol, max=1e3 * rtol))) & (info == 0) & torch.isfinite(x).all(-1)
-        converged = converged | newly
+        good = (info == 0) & torch.isfinite(x).all(-1) & ~converged
+        exact = ((dec <= 1e-32) | (resid <= rtol)) & good
+        at_floor = (resid <= floor) & good & ~exact
+        limited = limited | at_floor
+        converged = converged | exact | at_floor
         if bool(converged.all()):
             break
         neg = step < 0
@@ -109,7 +115,7 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
             tstep = torch.where(accept, tstep, 0.5 * tstep)
         if not bool(torch.isfinite(x).all()):
             break
-    return x, converged & torch.isfinite(x).all(-1)
+    return x, converged & torch.isfinite(x).all(-1), limited
 
 
 def _zero_in_hull(Gs: Tensor) -> Tensor:
@@ -131,18 +137,21 @@ def alpha_fair_solve(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = 
         wn, stn = _impl.kernel("alpha_fair").alpha_fair(_impl.host_gram(G), float(alpha), int(max_iter))
         w = torch.from_numpy(wn).to(device=G.device, dtype=work_dtype(G))
         status = torch.from_numpy(stn).to(G.device)
-        if bool((status == NOT_CONVERGED).any()):
+        check = (status == NOT_CONVERGED) | (status == _LIMITED)
+        if bool(check.any()):
             Gs, _, _, _ = _cosine_form(Gb, alpha)
-            undefined = _zero_in_hull(Gs)
-            status = torch.where((status == NOT_CONVERGED) & undefined, torch.full_like(status, UNDEFINED), status)
+            undefined = check & _zero_in_hull(Gs)
+            status = torch.where(undefined, torch.full_like(status, UNDEFINED), status)
+        status = torch.where(status == _LIMITED, torch.full_like(status, CONVERGED), status)
         return w.reshape(*batch, G.shape[-1]), status.reshape(batch)
     Gs, c, inv, zero = _cosine_form(Gb, alpha)
-    y, conv = _newton(Gs, c, alpha, max_iter)
+    y, conv, limited = _newton(Gs, c, alpha, max_iter)
     w = y * inv
     status = torch.full(conv.shape, CONVERGED, dtype=torch.long, device=G.device)
     status = torch.where(conv, status, torch.full_like(status, NOT_CONVERGED))
-    if bool((~conv & ~zero).any()):
-        status = torch.where(~conv & _zero_in_hull(Gs), torch.full_like(status, UNDEFINED), status)
+    check = (~conv | limited) & ~zero
+    if bool(check.any()):
+        status = torch.where(check & _zero_in_hull(Gs), torch.full_like(status, UNDEFINED), status)
     status = torch.where(zero, torch.full_like(status, UNDEFINED), status)
     return w.reshape(*batch, G.shape[-1]), status.reshape(batch)
 

@@ -11,6 +11,7 @@ from .common import _ENTRY, _INTERNAL, EPS, TINY, _cho_solve, _cholesky, njit, x
 
 # statuses, as in taskgrad.methods.gram._alpha_fair
 CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
+LIMITED = 3  # stopped at the rounding level of (Ĝy)ᵢ above rtol: the caller checks the hull
 
 
 @njit(**_INTERNAL)
@@ -81,6 +82,7 @@ def alpha_fair(G, alpha, max_iter):
         for i in range(k):
             x[i] = x[i] * t0
         converged = False
+        limited = False
         for _ in range(max_iter):
             finite = True
             for i in range(k):
@@ -112,8 +114,12 @@ def alpha_fair(G, alpha, max_iter):
                 for j in range(k):
                     ab += abs(Gs[i, j]) * abs(x[j])
                 floor = max(floor, (8.0 * k * EPS) * ab / max(abs(gx[i]), TINY))
-            if (dec <= 1e-32 or resid <= min(max(rtol, floor), 1e3 * rtol)) and finite:
+            if (dec <= 1e-32 or resid <= rtol) and finite:
                 converged = True
+                break
+            if resid <= floor and finite:
+                converged = True
+                limited = True
                 break
             ratio = np.inf
             for i in range(k):
@@ -145,4 +151,6 @@ def alpha_fair(G, alpha, max_iter):
             status[b] = UNDEFINED
         elif not (converged and allfinite):
             status[b] = NOT_CONVERGED
+        elif limited:
+            status[b] = LIMITED
     return W, status
