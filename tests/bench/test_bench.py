@@ -103,6 +103,7 @@ def _tiny(**over):
     return parse_config(raw)
 
 
+@pytest.mark.slow
 def test_harness_trains_saves_and_reports(tmp_path) -> None:
     cfg = _tiny()
     results = [run(r, tmp_path, show_progress=False) for r in cfg.runs]

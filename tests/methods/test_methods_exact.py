@@ -346,6 +346,7 @@ def test_cagrad_primal_where_a_combination_of_gradients_cancels(k, seed, c, s):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("gap", [1e-2, 1e-4, 1e-6])
+@pytest.mark.slow
 def test_nash_mtl_on_nearly_opposite_gradients(impl, gap):
     """At an angle of π − gap the solution α ≈ √2/gap exists; its residual can only reach the
     rounding level of ⟨gᵢ, d⟩ (cancellation ~2/gap²), which is convergence, not an error."""
