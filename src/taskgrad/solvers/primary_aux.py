@@ -49,6 +49,11 @@ def _zero_gradients(Gb: Tensor, eps: float) -> Tensor:
 _EXACT_FALLBACK = 1e-9
 
 
+def _polish_all(Gb: Tensor) -> bool:
+    """Whether every mixed/min-norm answer is polished by the exact active set (on the CPU)."""
+    return Gb.device.type == "cpu"
+
+
 def _info(
     iters: Tensor, res: Tensor, conv: Tensor, batch: torch.Size, dtype: torch.dtype
 ) -> SolverInfo:
@@ -139,10 +144,15 @@ def _mixed(
     # The pivoting ridge is relative to the normalized Gram: a support whose large gradients
     # cancel (d far below their norms) beside a much smaller task is beyond it. On the CPU the
     # exact active set polishes every answer from its support (a few factorizations); on other
-    # devices only the answers whose KKT residual on G exceeds _EXACT_FALLBACK go to the host.
+    # devices only the answers whose KKT residual on G exceeds _EXACT_FALLBACK (float64) or a
+    # tenth of the certificate tolerance (float32, whose correct answers sit near 1e-6) go to
+    # the host.
     res = primary_aux_kkt_residual(w, Gb, n, eps)
-    redo = (res > _EXACT_FALLBACK) | ~conv
-    if Gb.device.type == "cpu":
+    limit = (
+        _EXACT_FALLBACK if Gb.dtype == torch.float64 else 0.1 * certificate_tolerance(Gb.dtype, k)
+    )
+    redo = (res > limit) | ~conv
+    if _polish_all(Gb):
         redo = torch.ones_like(conv)
     if bool(redo.any()):
         idx = redo.nonzero().squeeze(1)
