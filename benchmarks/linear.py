@@ -1,6 +1,6 @@
 """Speed of taskgrad.linear.MultiTaskLasso against scikit-learn (and skglm, celer when installed).
 
-Cases (issue 8): dense n=500, p=5000, T=20 at α = α_max/20 and on a 10-α path (α_max/1.5 down to
+Cases: dense n=500, p=5000, T=20 at α = α_max/20 and on a 10-α path (α_max/1.5 down to
 α_max/20, warm-started); the same with a sparse X at 1 % density; with ``--device cuda`` a dense
 n = p = 20,000, T = 20 case for the torch solver. Every contender fits the same objective with
 an intercept, at the same duality-gap target (scikit-learn's tol = 1e-4 means gap ≤ 1e-4·‖Y−Ȳ‖²_F/n

@@ -80,7 +80,7 @@ def test_periodic_schedule_reuses_weights_without_gram():
 
 
 def test_distributed_source_inside_gradstep():
-    """The wrapper is a GramSource: issue 5's GradStep can use it unchanged."""
+    """The wrapper is a GramSource: GradStep can use it unchanged."""
     from taskgrad.training import GradStep
 
     model, losses, z = _model_and_losses()
