@@ -118,7 +118,9 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter, deg_tol):
     """CAGrad weights for each G[b] (B, k, k): the root ρ* of ‖g_w(ρ)‖ = rρ with w(ρ) the exact
     min-norm point of the shifted hull, by the safeguarded search of
     :func:`taskgrad.methods.gram.cagrad.cagrad_weights`; w = 1/k + w(ρ*)/ρ*.
-    Returns (W (B, k), status (B,))."""
+    Returns (W (B, k), status (B,)): OK, NOT_PD, DEGENERATE (the min-norm point of the hull is
+    below ``deg_tol``·maxᵢ‖gᵢ‖: 0 in the hull, solved by the caller) or NOT_CONVERGED (the root
+    search used ``max_iter`` steps)."""
     B, k = G.shape[0], G.shape[-1]
     W = np.empty((B, k))
     status = np.zeros(B, dtype=np.int64)
