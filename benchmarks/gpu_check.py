@@ -161,7 +161,6 @@ def step_costs(a: argparse.Namespace) -> list[Entry]:
 
     k, batch, width = (4, 8, 8) if a.smoke else (40, 256, 64)
     ns = SimpleNamespace(device=a.device, batch=batch, width=width, warmup=1, reps=2 if a.smoke else 3)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows: dict[str, dict[str, Any]] = {}
     for name in ("sum", "representation", "full", "autogram", "sketch32"):
         rows[name] = one(ns, k, name)
