@@ -21,14 +21,20 @@ from taskgrad.linear import (
 
 # Why the two sample-weight-equivalence checks are expected to fail (scikit-learn 1.9 declares
 # these per call, through check_estimator's expected_failed_checks; it has no estimator tag):
-SW_LOG = ("fits stop at the duality gap tol*f(0) (tol=1e-4): weighted and repeated rows take "
-          "different iterates, so predict_proba agrees to ~1e-4, not to the check's rtol=1e-7 (at "
-          "tol=1e-8 it does: test_logistic.py::test_weights_equal_repeated_rows_at_a_tight_tolerance)")
-SW_CV = ("every fold path and the refit stop at the duality gap tol*f(0); weighted and repeated "
-         "rows take different iterates, so predictions agree to ~tol, not to rtol=1e-7 (with "
-         "tol=1e-10 the CV errors and alpha_ agree)")
-SW = ["check_sample_weight_equivalence_on_dense_data",
-      "check_sample_weight_equivalence_on_sparse_data"]
+SW_LOG = (
+    "fits stop at the duality gap tol*f(0) (tol=1e-4): weighted and repeated rows take "
+    "different iterates, so predict_proba agrees to ~1e-4, not to the check's rtol=1e-7 (at "
+    "tol=1e-8 it does: test_logistic.py::test_weights_equal_repeated_rows_at_a_tight_tolerance)"
+)
+SW_CV = (
+    "every fold path and the refit stop at the duality gap tol*f(0); weighted and repeated "
+    "rows take different iterates, so predictions agree to ~tol, not to rtol=1e-7 (with "
+    "tol=1e-10 the CV errors and alpha_ agree)"
+)
+SW = [
+    "check_sample_weight_equivalence_on_dense_data",
+    "check_sample_weight_equivalence_on_sparse_data",
+]
 
 ESTIMATORS = [
     (MultiTaskLasso(), {}),

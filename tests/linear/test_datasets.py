@@ -25,8 +25,10 @@ def test_school_roundtrip(tmp_path):
 
 def test_parkinsons_roundtrip(tmp_path):
     f = tmp_path / "p.data"
-    f.write_text("subject#,age,sex,test_time,motor_UPDRS,total_UPDRS,a,b\n"
-                 "1,70,0,1.0,10,20,0.5,0.6\n2,60,1,2.0,11,21,0.7,0.8\n1,70,0,3.0,12,22,0.9,1.0\n")
+    f.write_text(
+        "subject#,age,sex,test_time,motor_UPDRS,total_UPDRS,a,b\n"
+        "1,70,0,1.0,10,20,0.5,0.6\n2,60,1,2.0,11,21,0.7,0.8\n1,70,0,3.0,12,22,0.9,1.0\n"
+    )
     d = load_parkinsons(f)
     assert d.task_ids == [1, 2] and d.feature_names == ["age", "sex", "a", "b"]
     np.testing.assert_array_equal(d.tasks[0][1], [20, 22])

@@ -25,8 +25,11 @@ def _cvx_binary(X, Y, alpha, penalty):
     W, b = cp.Variable((p, T)), cp.Variable(T)
     Z = X @ W + np.ones((n, 1)) @ cp.reshape(b, (1, T), order="C")
     loss = cp.sum(cp.logistic(-cp.multiply(S, Z))) / n
-    pen = {"l21": cp.sum(cp.norm(W, 2, axis=1)), "l1": cp.sum(cp.abs(W)),
-           "l2": 0.5 * cp.sum_squares(W)}[penalty]
+    pen = {
+        "l21": cp.sum(cp.norm(W, 2, axis=1)),
+        "l1": cp.sum(cp.abs(W)),
+        "l2": 0.5 * cp.sum_squares(W),
+    }[penalty]
     prob = cp.Problem(cp.Minimize(loss + alpha * pen))
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     return W.value, b.value, prob.value
@@ -53,13 +56,15 @@ def test_multinomial_matches_cvxpy():
     Yh = np.eye(K)[y]
     W, b = cp.Variable((p, K)), cp.Variable(K)
     Z = X @ W + np.ones((n, 1)) @ cp.reshape(b, (1, K), order="C")
-    obj = (cp.sum(cp.log_sum_exp(Z, axis=1)) - cp.sum(cp.multiply(Yh, Z))) / n \
-        + alpha * cp.sum(cp.norm(W, 2, axis=1))
+    obj = (cp.sum(cp.log_sum_exp(Z, axis=1)) - cp.sum(cp.multiply(Yh, Z))) / n + alpha * cp.sum(
+        cp.norm(W, 2, axis=1)
+    )
     cp.Problem(cp.Minimize(obj)).solve(solver=cp.CLARABEL)
     # softmax is invariant to a common shift of the intercepts: compare centered intercepts
     np.testing.assert_allclose(m.coef_, W.value.T, atol=5e-4)
-    np.testing.assert_allclose(m.intercept_ - m.intercept_.mean(), b.value - b.value.mean(),
-                               atol=5e-4)
+    np.testing.assert_allclose(
+        m.intercept_ - m.intercept_.mean(), b.value - b.value.mean(), atol=5e-4
+    )
     P = m.predict_proba(X)
     assert P.shape == (n, K) and np.allclose(P.sum(1), 1)
     assert np.array_equal(m.predict(X), np.argmax(P, 1))
@@ -117,7 +122,9 @@ def test_badly_scaled_features_reach_gap_and_match_cvxpy():
     np.testing.assert_allclose(m.intercept_, b, atol=5e-4)
     S = 2.0 * Y - 1
     Z = Xs @ m.coef_.T + m.intercept_
-    ours = np.logaddexp(0, -S * Z).sum() / X.shape[0] + alpha * np.linalg.norm(m.coef_, axis=0).sum()
+    ours = (
+        np.logaddexp(0, -S * Z).sum() / X.shape[0] + alpha * np.linalg.norm(m.coef_, axis=0).sum()
+    )
     assert ours <= val + 1e-7
 
 
@@ -175,7 +182,9 @@ def test_centered_design_gives_the_same_model_in_original_coordinates(target):
     np.testing.assert_allclose(cd.coef_, apg.coef_, atol=1e-8)
     np.testing.assert_allclose(cd.predict_proba(X), apg.predict_proba(X), atol=1e-8)
     Z = X @ cd.coef_.T + cd.intercept_
-    np.testing.assert_allclose(np.atleast_2d(cd.decision_function(X)).reshape(Z.shape), Z, atol=1e-12)
+    np.testing.assert_allclose(
+        np.atleast_2d(cd.decision_function(X)).reshape(Z.shape), Z, atol=1e-12
+    )
     warm = MultiTaskLogisticRegression(warm_start=True, **kw).fit(X, y)
     warm.fit(X, y)  # the saved solution, fed back as a warm start, is already optimal
     assert warm.n_iter_ == 0

@@ -1,4 +1,6 @@
-"""MultiTaskLasso / MultiTaskElasticNet: agreement with scikit-learn, KKT, α_max, weights, per-task."""
+"""MultiTaskLasso / MultiTaskElasticNet: agreement with scikit-learn, KKT, α_max, weights,
+per-task.
+"""
 
 import numpy as np
 import pytest
@@ -26,8 +28,9 @@ def test_lasso_matches_sklearn(reg_data, fit_intercept, frac, solver):
     alpha = frac * alpha_max_l21(X, Y)
     ours = MultiTaskLasso(alpha=alpha, fit_intercept=fit_intercept, solver=solver, **TIGHT)
     ours.fit(X, Y)
-    ref = sk.MultiTaskLasso(alpha=alpha, fit_intercept=fit_intercept, tol=1e-14,
-                            max_iter=100000).fit(X, Y)
+    ref = sk.MultiTaskLasso(
+        alpha=alpha, fit_intercept=fit_intercept, tol=1e-14, max_iter=100000
+    ).fit(X, Y)
     assert rel(ours.coef_, ref.coef_) < 1e-5
     assert np.abs(ours.intercept_ - ref.intercept_).max() < 1e-5 * np.abs(Y).max()
     assert ours.dual_gap_ <= ours.dual_gap_tol_ and ours.n_iter_ > 0
@@ -38,8 +41,9 @@ def test_enet_matches_sklearn(reg_data, l1_ratio):
     X, Y = reg_data
     alpha = 0.1 * alpha_max_l21(X, Y)
     ours = MultiTaskElasticNet(alpha=alpha, l1_ratio=l1_ratio, **TIGHT).fit(X, Y)
-    ref = sk.MultiTaskElasticNet(alpha=alpha, l1_ratio=l1_ratio, tol=1e-14,
-                                 max_iter=100000).fit(X, Y)
+    ref = sk.MultiTaskElasticNet(alpha=alpha, l1_ratio=l1_ratio, tol=1e-14, max_iter=100000).fit(
+        X, Y
+    )
     assert rel(ours.coef_, ref.coef_) < 1e-5
 
 
@@ -128,11 +132,13 @@ def test_per_task_l1_is_independent_lassos(sparse):
     Xs = [rng.standard_normal((m, 40)) for m in sizes]
     if sparse:
         Xs = [sp.csr_matrix(x * (rng.random(x.shape) < 0.3)) for x in Xs]
-    ys = [x @ np.r_[rng.standard_normal(5), np.zeros(35)] + rng.standard_normal(x.shape[0])
-          for x in Xs]
+    ys = [
+        x @ np.r_[rng.standard_normal(5), np.zeros(35)] + rng.standard_normal(x.shape[0])
+        for x in Xs
+    ]
     alpha, nbar = 0.05, np.mean(sizes)
     m = MultiTaskLasso(alpha=alpha, penalty="l1", **TIGHT).fit(Xs, ys)
-    for t, (x, y) in enumerate(zip(Xs, ys)):
+    for t, (x, y) in enumerate(zip(Xs, ys, strict=True)):
         ref = sk.Lasso(alpha=alpha * nbar / sizes[t], tol=1e-14, max_iter=100000)
         ref.fit(x.toarray() if sparse else x, y)
         assert rel(m.coef_[t], ref.coef_) < 1e-5
@@ -150,8 +156,10 @@ def test_per_task_kkt_with_different_designs():
     alpha = 0.3
     est = MultiTaskLasso(alpha=alpha, **TIGHT).fit(tasks)
     nbar = np.mean(sizes)
-    G = np.stack([x.T @ (y - x @ est.coef_[t] - est.intercept_[t]) / nbar
-                  for t, (x, y) in enumerate(tasks)], axis=1)
+    G = np.stack(
+        [x.T @ (y - x @ est.coef_[t] - est.intercept_[t]) / nbar for t, (x, y) in enumerate(tasks)],
+        axis=1,
+    )
     W = est.coef_.T
     norms = np.linalg.norm(W, axis=1)
     on = norms > 0
@@ -175,7 +183,9 @@ def test_permutation_equivariance(perm_seed):
 
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_all_columns_are_built_once_and_equal_the_centered_design(fit_intercept: bool, order: str) -> None:
+def test_all_columns_are_built_once_and_equal_the_centered_design(
+    fit_intercept: bool, order: str
+) -> None:
     """The working set of every feature reuses one design (no copy per outer iteration) that
     equals the explicitly centered design; a subset is still a fresh centered copy."""
     from taskgrad.linear._problem import make_problem
@@ -183,7 +193,9 @@ def test_all_columns_are_built_once_and_equal_the_centered_design(fit_intercept:
     rng = np.random.default_rng(0)
     X = np.asarray(rng.normal(size=(30, 6)) + 3.0, order=order)
     Y = rng.normal(size=(30, 2))
-    P = make_problem(X, Y, np.ones(30), loss="quadratic", fit_intercept=fit_intercept, task=None, n_tasks=2)
+    P = make_problem(
+        X, Y, np.ones(30), loss="quadratic", fit_intercept=fit_intercept, task=None, n_tasks=2
+    )
     every = np.arange(6)
     A1 = P.columns(every)
     assert P.columns(every) is A1 and A1.flags.f_contiguous
@@ -192,7 +204,9 @@ def test_all_columns_are_built_once_and_equal_the_centered_design(fit_intercept:
     np.testing.assert_allclose(sub, P.dense_design()[:, [1, 4]], atol=1e-12)
     assert sub is not P.columns(np.array([1, 4]))
     est = MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept).fit(X, Y)  # every feature active
-    ref = sk.MultiTaskLasso(alpha=1e-4, fit_intercept=fit_intercept, tol=1e-10, max_iter=100_000).fit(X, Y)
+    ref = sk.MultiTaskLasso(
+        alpha=1e-4, fit_intercept=fit_intercept, tol=1e-10, max_iter=100_000
+    ).fit(X, Y)
     np.testing.assert_allclose(est.coef_, ref.coef_, atol=1e-4)
 
 

@@ -36,7 +36,9 @@ def data():
 
 
 def test_lasso_cv_int_alphas_is_scikit_learns_grid(data):
-    """MultiTaskLassoCV(alphas=30) fits 30 α: the grid, the CV errors and the choice of sklearn's."""
+    """MultiTaskLassoCV(alphas=30) fits 30 α: the grid, the CV errors and the choice of
+    sklearn's.
+    """
     X, Y = data
     cv = KFold(3)
     ours = MultiTaskLassoCV(alphas=30, cv=cv, tol=1e-10, max_iter=100000).fit(X, Y)
@@ -116,7 +118,9 @@ def test_convergence_warning_points_at_the_users_call(data, call):
     fns = {
         "lasso": lambda: MultiTaskLasso(alpha=0.01, tol=1e-14, max_iter=2).fit(X, Y),
         "enet": lambda: MultiTaskElasticNet(alpha=0.01, tol=1e-14, max_iter=2).fit(X, Y),
-        "logistic": lambda: MultiTaskLogisticRegression(alpha=1e-3, tol=1e-14, max_iter=1).fit(X, Y > 1),
+        "logistic": lambda: MultiTaskLogisticRegression(alpha=1e-3, tol=1e-14, max_iter=1).fit(
+            X, Y > 1
+        ),
         "lasso_cv": lambda: MultiTaskLassoCV(alphas=3, cv=2, tol=1e-14, max_iter=2).fit(X, Y),
         "path": lambda: multitask_lasso_path(X, Y, alphas=3, tol=1e-14, max_iter=2),
         "apg": lambda: MultiTaskLasso(alpha=0.01, tol=1e-14, max_iter=2, solver="apg").fit(X, Y),
@@ -152,10 +156,12 @@ def test_weighted_and_repeated_rows_agree_at_a_tight_tolerance():
     Xr, yr = np.vstack([X.repeat(sw, axis=0), X]), np.hstack([y.repeat(sw), y])
     Xw, yw, sww = np.vstack([X, X]), np.hstack([y, y]), np.hstack([sw, np.ones(15)])
     gw, gr = np.repeat([0, 1], 15), np.repeat([0, 1], [sw.sum(), 15])
-    a = MultiTaskLassoCV(alphas=4, cv=list(LeaveOneGroupOut().split(Xw, groups=gw)), tol=1e-12,
-                         max_iter=100000).fit(Xw, yw, sample_weight=sww)
-    b = MultiTaskLassoCV(alphas=4, cv=list(LeaveOneGroupOut().split(Xr, groups=gr)), tol=1e-12,
-                         max_iter=100000).fit(Xr, yr)
+    a = MultiTaskLassoCV(
+        alphas=4, cv=list(LeaveOneGroupOut().split(Xw, groups=gw)), tol=1e-12, max_iter=100000
+    ).fit(Xw, yw, sample_weight=sww)
+    b = MultiTaskLassoCV(
+        alphas=4, cv=list(LeaveOneGroupOut().split(Xr, groups=gr)), tol=1e-12, max_iter=100000
+    ).fit(Xr, yr)
     np.testing.assert_allclose(a.mse_path_, b.mse_path_, rtol=1e-7)
     assert a.alpha_ == pytest.approx(b.alpha_, rel=1e-12)
     np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-7, atol=1e-9)

@@ -28,7 +28,9 @@ def _sigmoid(x: float) -> float:
 
 
 @njit(cache=True)
-def _dloss_row(i, Z, Y, S, loss, inv_n, out):
+def _dloss_row(
+    i: int, Z: np.ndarray, Y: np.ndarray, S: np.ndarray, loss: int, inv_n: float, out: np.ndarray
+) -> None:
     """out[t] = ∂f/∂Z[i, t] for the shared-design layout (rows of Z are samples)."""
     T = Z.shape[1]
     s = S[i] * inv_n
@@ -52,14 +54,23 @@ def _dloss_row(i, Z, Y, S, loss, inv_n, out):
 
 
 @njit(cache=True)
-def _dloss_scalar(z, y, s, loss):
+def _dloss_scalar(z: float, y: float, s: float, loss: int) -> float:
     if loss == 0:
         return s * (z - y)
     return -s * y * _sigmoid(-y * z)
 
 
 @njit(cache=True)
-def _prox_row(W, j, g, Lrow, a1, a2, pen, delta):
+def _prox_row(
+    W: np.ndarray,
+    j: int,
+    g: np.ndarray,
+    Lrow: np.ndarray,
+    a1: float,
+    a2: float,
+    pen: int,
+    delta: np.ndarray,
+) -> bool:
     """Write the new row j of W (from gradient g) and delta = new − old; return True if changed."""
     T = W.shape[1]
     changed = False
@@ -109,9 +120,20 @@ def _prox_row(W, j, g, Lrow, a1, a2, pen, delta):
 
 
 @njit(cache=True)
-def _add_column(Z, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
+def _add_column(
+    Z: np.ndarray,
+    Xd: np.ndarray,
+    jd: int,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    js: int,
+    sparse: bool,
+    delta: np.ndarray,
+) -> None:
     """Z[i, :] += x_ij · delta over the non-zeros of column j (dense column ``jd`` of Xd, or
-    sparse column ``js`` of the CSC arrays): the shared design's residual update."""
+    sparse column ``js`` of the CSC arrays): the shared design's residual update.
+    """
     T = Z.shape[1]
     if sparse:
         for k in range(Xptr[js], Xptr[js + 1]):
@@ -128,7 +150,18 @@ def _add_column(Z, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
 
 
 @njit(cache=True)
-def _add_column_per_task(z, task, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
+def _add_column_per_task(
+    z: np.ndarray,
+    task: np.ndarray,
+    Xd: np.ndarray,
+    jd: int,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    js: int,
+    sparse: bool,
+    delta: np.ndarray,
+) -> None:
     """z[i] += x_ij · delta[task[i]] over the non-zeros of column j (per-task designs)."""
     if sparse:
         for k in range(Xptr[js], Xptr[js + 1]):
@@ -142,7 +175,24 @@ def _add_column_per_task(z, task, Xd, jd, Xdata, Xind, Xptr, js, sparse, delta):
 
 
 @njit(cache=True)
-def epoch_shared(ws, W, Z, Y, S, Xd, Xdata, Xind, Xptr, sparse, Lmat, loss, inv_n, a1, a2, pen):
+def epoch_shared(
+    ws: np.ndarray,
+    W: np.ndarray,
+    Z: np.ndarray,
+    Y: np.ndarray,
+    S: np.ndarray,
+    Xd: np.ndarray,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    sparse: bool,
+    Lmat: np.ndarray,
+    loss: int,
+    inv_n: float,
+    a1: float,
+    a2: float,
+    pen: int,
+) -> None:
     """One pass over the features ``ws`` for the shared design X (n, p), Z and Y (n, T)."""
     n, T = Z.shape
     g = np.empty(T)
@@ -171,8 +221,25 @@ def epoch_shared(ws, W, Z, Y, S, Xd, Xdata, Xind, Xptr, sparse, Lmat, loss, inv_
 
 
 @njit(cache=True)
-def epoch_per_task(ws, W, z, y, s, task, Xd, Xdata, Xind, Xptr, sparse, Lmat, loss, inv_n, a1, a2,
-                   pen):
+def epoch_per_task(
+    ws: np.ndarray,
+    W: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    task: np.ndarray,
+    Xd: np.ndarray,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    sparse: bool,
+    Lmat: np.ndarray,
+    loss: int,
+    inv_n: float,
+    a1: float,
+    a2: float,
+    pen: int,
+) -> None:
     """One pass for per-task designs: rows of X (N, p) belong to task ``task[i]``; z, y (N,)."""
     N = z.shape[0]
     T = W.shape[1]
@@ -196,7 +263,15 @@ def epoch_per_task(ws, W, z, y, s, task, Xd, Xdata, Xind, Xptr, sparse, Lmat, lo
 
 
 @njit(cache=True)
-def intercept_step_shared(b, Z, Y, S, loss, inv_n, Lb):
+def intercept_step_shared(
+    b: np.ndarray,
+    Z: np.ndarray,
+    Y: np.ndarray,
+    S: np.ndarray,
+    loss: int,
+    inv_n: float,
+    Lb: np.ndarray,
+) -> None:
     """b ← b − ∇_b f / Lb (exact for the quadratic loss), Z updated."""
     n, T = Z.shape
     g = np.zeros(T)
@@ -214,7 +289,16 @@ def intercept_step_shared(b, Z, Y, S, loss, inv_n, Lb):
 
 
 @njit(cache=True)
-def intercept_step_per_task(b, z, y, s, task, loss, inv_n, Lb):
+def intercept_step_per_task(
+    b: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    task: np.ndarray,
+    loss: int,
+    inv_n: float,
+    Lb: np.ndarray,
+) -> None:
     N = z.shape[0]
     T = b.shape[0]
     g = np.zeros(T)
@@ -228,10 +312,13 @@ def intercept_step_per_task(b, z, y, s, task, loss, inv_n, Lb):
 
 
 @njit(cache=True)
-def epoch_gram(W, Q, G, Lmat, a1, a2, pen):
+def epoch_gram(
+    W: np.ndarray, Q: np.ndarray, G: np.ndarray, Lmat: np.ndarray, a1: float, a2: float, pen: int
+) -> None:
     """One pass over the rows of W (m, T) for the quadratic loss on a shared design, through the
     Gram matrix: Q = ∇_W f = Xᵀ diag(s/n̄)(XW − Y) and G = Xᵀ diag(s/n̄) X (m, m) of the working
-    set; after row j moves by δ, Q_k += G_kj δ for every k (m·T work instead of n·T)."""
+    set; after row j moves by δ, Q_k += G_kj δ for every k (m·T work instead of n·T).
+    """
     m, T = W.shape
     delta = np.empty(T)
     for j in range(m):
@@ -244,10 +331,26 @@ def epoch_gram(W, Q, G, Lmat, a1, a2, pen):
 
 
 @njit(cache=True)
-def model_epoch_shared(ws, W, dZ, G, D, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a2, pen):
+def model_epoch_shared(
+    ws: np.ndarray,
+    W: np.ndarray,
+    dZ: np.ndarray,
+    G: np.ndarray,
+    D: np.ndarray,
+    Xd: np.ndarray,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    sparse: bool,
+    Lm: np.ndarray,
+    a1: float,
+    a2: float,
+    pen: int,
+) -> None:
     """One BCD pass over ``ws`` on the quadratic model of the loss around Z₀ (shared design):
     q(ΔZ) = Σ G∘ΔZ + ½ Σ D∘ΔZ², whose gradient is G + D∘ΔZ; ``Lm[j, t] = Σ_i D_it x_ij²`` the
-    exact coordinate curvatures (the block step uses max_t for the l21 penalty). ΔZ updated."""
+    exact coordinate curvatures (the block step uses max_t for the l21 penalty). ΔZ updated.
+    """
     n, T = dZ.shape
     g = np.empty(T)
     delta = np.empty(T)
@@ -273,7 +376,23 @@ def model_epoch_shared(ws, W, dZ, G, D, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a
 
 
 @njit(cache=True)
-def model_epoch_per_task(ws, W, dz, G, D, task, Xd, Xdata, Xind, Xptr, sparse, Lm, a1, a2, pen):
+def model_epoch_per_task(
+    ws: np.ndarray,
+    W: np.ndarray,
+    dz: np.ndarray,
+    G: np.ndarray,
+    D: np.ndarray,
+    task: np.ndarray,
+    Xd: np.ndarray,
+    Xdata: np.ndarray,
+    Xind: np.ndarray,
+    Xptr: np.ndarray,
+    sparse: bool,
+    Lm: np.ndarray,
+    a1: float,
+    a2: float,
+    pen: int,
+) -> None:
     """:func:`model_epoch_shared` for per-task designs (dz, G, D of shape (N,))."""
     N = dz.shape[0]
     T = W.shape[1]

@@ -18,6 +18,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import entr, expit, log_expit
 
+from . import _kernels as K
+from ._inputs import Matrix
+
 
 def logsumexp(Z: np.ndarray, axis: int = 1, keepdims: bool = False) -> np.ndarray:
     """log Σ_k exp(Z_k) along ``axis``, stable (plain numpy: scipy's is slow on small arrays)."""
@@ -25,7 +28,6 @@ def logsumexp(Z: np.ndarray, axis: int = 1, keepdims: bool = False) -> np.ndarra
     out = m + np.log(np.exp(Z - m).sum(axis=axis, keepdims=True))
     return out if keepdims else np.squeeze(out, axis=axis)
 
-from . import _kernels as K
 
 LOSSES = {"quadratic": 0, "logistic": 1, "multinomial": 2}
 PENALTIES = {"l21": 0, "l1": 1, "l2": 2}
@@ -60,7 +62,7 @@ class Problem:
         self.curv = c
         if self.layout == "shared":
             if self.sparse:
-                X2 = self.Xs.multiply(self.Xs)
+                X2 = self._Xs.multiply(self._Xs)
                 sq, wsq = np.asarray(X2.sum(axis=0)).ravel(), np.asarray(X2.T @ self.S).ravel()
             else:  # no n × p temporary
                 sq, wsq = self._dense_sq_norms()
@@ -68,12 +70,12 @@ class Problem:
             self.colnorm = np.sqrt(sq)
             self.Lb = np.full(self.n_tasks, c * self.inv_n * self.S.sum())
         else:
-            X2 = self.Xs.multiply(self.Xs) if self.sparse else self.Xd**2
+            X2 = self._Xs.multiply(self._Xs) if self.sparse else self.Xd**2
             M = self._indicator(self.S)
             self.Lmat = c * self.inv_n * self._xt_sparse_rhs(X2, M)
             sq = self._xt_sparse_rhs(X2, self._indicator(np.ones_like(self.S)))
             self.colnorm = np.sqrt(sq.max(axis=1))
-            self.Lb = c * self.inv_n * np.bincount(self.task, self.S, minlength=self.n_tasks)
+            self.Lb = c * self.inv_n * np.bincount(self._task, self.S, minlength=self.n_tasks)
         self.Lmat = np.ascontiguousarray(self.Lmat)
         self.s_max = float(self.S.max())
 
@@ -102,25 +104,47 @@ class Problem:
         return self.Xs is not None
 
     @property
+    def _Xs(self) -> sp.csc_matrix:
+        """The sparse design (sparse problems only)."""
+        if self.Xs is None:
+            raise RuntimeError("this problem has a dense design (Xd), not a sparse one")
+        return self.Xs
+
+    @property
+    def _task(self) -> np.ndarray:
+        """The task of each row (per-task layout only)."""
+        if self.task is None:
+            raise RuntimeError("the shared layout has no per-row task index")
+        return self.task
+
+    @property
+    def _offsets(self) -> np.ndarray:
+        """Row offsets of the tasks, (T + 1,) (per-task layout only)."""
+        if self.offsets is None:
+            raise RuntimeError("the shared layout has no per-task row offsets")
+        return self.offsets
+
+    @property
     def n_features(self) -> int:
-        return self.Xs.shape[1] if self.sparse else self.Xd.shape[1]
+        return self._Xs.shape[1] if self.sparse else self.Xd.shape[1]
 
     def _indicator(self, v: np.ndarray) -> sp.csr_matrix:
         N = v.shape[0]
         return sp.csr_matrix((v, (np.arange(N), self.task)), shape=(N, self.n_tasks))
 
-    def _xt_sparse_rhs(self, X, M: sp.csr_matrix) -> np.ndarray:
+    def _xt_sparse_rhs(self, X: Matrix, M: sp.csr_matrix) -> np.ndarray:
         if sp.issparse(X):
             return np.asarray((X.T @ M).toarray())
         return np.asarray((M.T @ X).T)
 
-    def columns(self, cols: np.ndarray):
+    def columns(self, cols: np.ndarray) -> Matrix:
         """The design restricted to ``cols`` (dense: centered and column-major), for repeated
         :meth:`xt` calls and the working-set epochs; read only. A subset is a copy; every column
         in order is the design itself when it needs neither centering nor reordering, else one
-        copy made once per fit (not once per outer iteration)."""
+        copy made once per fit (not once per outer iteration).
+        """
         if self.sparse:
-            return self.Xs[:, cols]
+            return self._Xs[:, cols]
         every = cols.size == self.n_features and bool(np.all(cols == np.arange(cols.size)))
         if every and self._all_columns is not None:
             return self._all_columns
@@ -138,9 +162,9 @@ class Problem:
         """The dense design with the centering applied (materialized: for the torch solver)."""
         return self.Xd if self.center is None else self.Xd - self.center
 
-    def xt(self, theta: np.ndarray, Xsub=None) -> np.ndarray:
+    def xt(self, theta: np.ndarray, Xsub: Matrix | None = None) -> np.ndarray:
         """V = Xᵀθ (or Xsubᵀθ), shape (p, T); per task V_jt = Σ_{i∈t} x_ij θ_i."""
-        X = Xsub if Xsub is not None else (self.Xs if self.sparse else self.Xd)
+        X = Xsub if Xsub is not None else (self._Xs if self.sparse else self.Xd)
         if self.layout == "shared":
             V = np.asarray(X.T @ theta)
             if Xsub is None and self.center is not None:  # (X − 1μᵀ)ᵀθ = Xᵀθ − μ(1ᵀθ)
@@ -150,7 +174,7 @@ class Problem:
 
     def predict(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Z = XW + b (shared) or z_i = x_i·w_{t(i)} + b_{t(i)} (per task)."""
-        X = self.Xs if self.sparse else self.Xd
+        X = self._Xs if self.sparse else self.Xd
         if self.layout == "shared":
             rows = np.flatnonzero(W.any(axis=1))
             if rows.size == 0:
@@ -163,15 +187,15 @@ class Problem:
                 Z -= self.center[rows] @ W[rows]
             return Z + b
         z = np.empty(self.Y.shape[0])
-        Xr = X.tocsr() if self.sparse else X
+        Xr = self._Xs.tocsr() if self.sparse else X
         for t in range(self.n_tasks):
-            lo, hi = self.offsets[t], self.offsets[t + 1]
+            lo, hi = self._offsets[t], self._offsets[t + 1]
             z[lo:hi] = np.asarray(Xr[lo:hi] @ W[:, t]).ravel() + b[t]
         return z
 
     def sub_column(self, Z: np.ndarray, j: int, w_j: np.ndarray) -> None:
         """Z ← Z − x_j w_jᵀ (used when a screened feature still holds a nonzero row)."""
-        col = (self.Xs[:, j].toarray().ravel() if self.sparse else self.Xd[:, j])
+        col = self._Xs[:, j].toarray().ravel() if self.sparse else self.Xd[:, j]
         if self.center is not None:
             col = col - self.center[j]
         if self.layout == "shared":
@@ -180,34 +204,108 @@ class Problem:
             Z -= col * w_j[self.task]
 
     # ----------------------------------------------------------------- solver steps
-    def epoch(self, ws: np.ndarray, W, Z, a1: float, a2: float, pen: int) -> None:
+    def epoch(
+        self, ws: np.ndarray, W: np.ndarray, Z: np.ndarray, a1: float, a2: float, pen: int
+    ) -> None:
         """One epoch over the features ``ws`` indexing the full design (dense: uncentered only;
-        the solver uses :meth:`epoch_dense` on a compact block)."""
+        the solver uses :meth:`epoch_dense` on a compact block).
+        """
         if self.center is not None:
             raise RuntimeError("implicitly centered design: use epoch_dense on columns(ws)")
-        Xs = self.Xs
-        args = (
-            (Xs.data, Xs.indices, Xs.indptr) if self.sparse
-            else (_EMPTY_F, _EMPTY_I, _EMPTY_I)
-        )
-        if self.layout == "shared":
-            K.epoch_shared(ws, W, Z, self.Y, self.S, self.Xd, *args, self.sparse, self.Lmat,
-                           self.loss, self.inv_n, a1, a2, pen)
+        if self.sparse:
+            Xs = self._Xs
+            args = (Xs.data, Xs.indices, Xs.indptr)
         else:
-            K.epoch_per_task(ws, W, Z, self.Y, self.S, self.task, self.Xd, *args, self.sparse,
-                             self.Lmat, self.loss, self.inv_n, a1, a2, pen)
+            args = (_EMPTY_F, _EMPTY_I, _EMPTY_I)
+        if self.layout == "shared":
+            K.epoch_shared(
+                ws,
+                W,
+                Z,
+                self.Y,
+                self.S,
+                self.Xd,
+                *args,
+                self.sparse,
+                self.Lmat,
+                self.loss,
+                self.inv_n,
+                a1,
+                a2,
+                pen,
+            )
+        else:
+            K.epoch_per_task(
+                ws,
+                W,
+                Z,
+                self.Y,
+                self.S,
+                self.task,
+                self.Xd,
+                *args,
+                self.sparse,
+                self.Lmat,
+                self.loss,
+                self.inv_n,
+                a1,
+                a2,
+                pen,
+            )
 
-    def epoch_dense(self, Xsub: np.ndarray, Wsub, Lsub, Z, a1: float, a2: float,
-                    pen: int) -> None:
+    def epoch_dense(
+        self,
+        Xsub: np.ndarray,
+        Wsub: np.ndarray,
+        Lsub: np.ndarray,
+        Z: np.ndarray,
+        a1: float,
+        a2: float,
+        pen: int,
+    ) -> None:
         """One epoch over all columns of the compact dense block ``Xsub`` (from :meth:`columns`)
-        with their rows ``Wsub`` of W and Lipschitz constants ``Lsub``."""
+        with their rows ``Wsub`` of W and Lipschitz constants ``Lsub``.
+        """
         loc = np.arange(Xsub.shape[1], dtype=np.int64)
         if self.layout == "shared":
-            K.epoch_shared(loc, Wsub, Z, self.Y, self.S, Xsub, _EMPTY_F, _EMPTY_I, _EMPTY_I,
-                           False, Lsub, self.loss, self.inv_n, a1, a2, pen)
+            K.epoch_shared(
+                loc,
+                Wsub,
+                Z,
+                self.Y,
+                self.S,
+                Xsub,
+                _EMPTY_F,
+                _EMPTY_I,
+                _EMPTY_I,
+                False,
+                Lsub,
+                self.loss,
+                self.inv_n,
+                a1,
+                a2,
+                pen,
+            )
         else:
-            K.epoch_per_task(loc, Wsub, Z, self.Y, self.S, self.task, Xsub, _EMPTY_F, _EMPTY_I,
-                             _EMPTY_I, False, Lsub, self.loss, self.inv_n, a1, a2, pen)
+            K.epoch_per_task(
+                loc,
+                Wsub,
+                Z,
+                self.Y,
+                self.S,
+                self.task,
+                Xsub,
+                _EMPTY_F,
+                _EMPTY_I,
+                _EMPTY_I,
+                False,
+                Lsub,
+                self.loss,
+                self.inv_n,
+                a1,
+                a2,
+                pen,
+            )
 
     def intercept_step(self, b: np.ndarray, Z: np.ndarray) -> None:
         if not self.intercept_coord:
@@ -215,8 +313,9 @@ class Problem:
         if self.layout == "shared":
             K.intercept_step_shared(b, Z, self.Y, self.S, self.loss, self.inv_n, self.Lb)
         else:
-            K.intercept_step_per_task(b, Z, self.Y, self.S, self.task, self.loss, self.inv_n,
-                                      self.Lb)
+            K.intercept_step_per_task(
+                b, Z, self.Y, self.S, self.task, self.loss, self.inv_n, self.Lb
+            )
 
     # ----------------------------------------------------------------- loss and its dual
     def dloss(self, Z: np.ndarray) -> np.ndarray:
@@ -233,7 +332,8 @@ class Problem:
 
     def curvature(self, Z: np.ndarray) -> np.ndarray:
         """Diagonal of ∇²f(Z) (same shape as Z): s_i/n̄ for the quadratic loss,
-        s_i/n̄·σ(yz)(1 − σ(yz)) for the logistic loss, s_i/n̄·p(1 − p) (softmax) for multinomial."""
+        s_i/n̄·σ(yz)(1 − σ(yz)) for the logistic loss, s_i/n̄·p(1 − p) (softmax) for multinomial.
+        """
         w = self.S * self.inv_n
         if self.layout == "shared":
             w = w[:, None]
@@ -249,7 +349,7 @@ class Problem:
         """Σ over the samples of each task: column sums (shared) or per-task sums (per task)."""
         if self.layout == "shared":
             return A.sum(axis=0)
-        return np.bincount(self.task, A, minlength=self.n_tasks)
+        return np.bincount(self._task, A, minlength=self.n_tasks)
 
     def value(self, Z: np.ndarray) -> float:
         """f(Z)."""
@@ -300,10 +400,11 @@ class Problem:
                 b += step
                 Z += step
             else:
-                g = np.bincount(self.task, D, minlength=self.n_tasks)
+                g = np.bincount(self._task, D, minlength=self.n_tasks)
                 p = expit(Z)
-                h = np.bincount(self.task, self.S * self.inv_n * p * (1 - p),
-                                minlength=self.n_tasks)
+                h = np.bincount(
+                    self._task, self.S * self.inv_n * p * (1 - p), minlength=self.n_tasks
+                )
                 step = -g / np.maximum(h, 1e-300)
                 b += step
                 Z += step[self.task]
@@ -317,8 +418,8 @@ class Problem:
             if self.layout == "shared":
                 theta -= theta.mean(axis=0)
             else:
-                cnt = np.bincount(self.task, minlength=self.n_tasks)
-                theta -= (np.bincount(self.task, theta, minlength=self.n_tasks) / cnt)[self.task]
+                cnt = np.bincount(self._task, minlength=self.n_tasks)
+                theta -= (np.bincount(self._task, theta, minlength=self.n_tasks) / cnt)[self._task]
         return theta
 
 
@@ -326,12 +427,18 @@ _EMPTY_F = np.zeros(0)
 _EMPTY_I = np.zeros(0, dtype=np.int32)
 
 
-def _wmean(A, w, axis=0):
+def _wmean(A: np.ndarray, w: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.asarray((A.T @ w) if A.ndim == 2 else A @ w).ravel() / w.sum()
 
 
 def make_problem(
-    X, Y: np.ndarray, S: np.ndarray, *, loss: str, fit_intercept: bool, task: np.ndarray | None,
+    X: Matrix,
+    Y: np.ndarray,
+    S: np.ndarray,
+    *,
+    loss: str,
+    fit_intercept: bool,
+    task: np.ndarray | None,
     n_tasks: int,
 ) -> Problem:
     """Build a :class:`Problem` from validated float arrays.
@@ -348,7 +455,7 @@ def make_problem(
     sparse = sp.issparse(X)
     layout = "shared" if task is None else "per_task"
     S = np.asarray(S, dtype=np.float64)
-    if layout == "shared":
+    if task is None:  # the shared layout
         S = S * (S.shape[0] / S.sum())
         n_bar = float(S.shape[0])
         offsets = None
@@ -372,7 +479,7 @@ def make_problem(
     coord = fit_intercept
     if fit_intercept and code == 0 and not sparse:
         Y = Y.copy()
-        if layout == "shared":
+        if offsets is None:  # the shared layout
             x_off = center = _wmean(Xd, S)  # X is centered implicitly: no n × p copy
             y_off = _wmean(Y, S)
             Y -= y_off
@@ -395,8 +502,18 @@ def make_problem(
     if not sparse and layout == "per_task":
         Xd = np.asfortranarray(Xd)
     return Problem(
-        layout=layout, loss=code, Xd=Xd, Xs=Xs, Y=Y, S=np.ascontiguousarray(S),
-        n_tasks=n_tasks, inv_n=1.0 / n_bar, intercept_coord=coord,
+        layout=layout,
+        loss=code,
+        Xd=Xd,
+        Xs=Xs,
+        Y=Y,
+        S=np.ascontiguousarray(S),
+        n_tasks=n_tasks,
+        inv_n=1.0 / n_bar,
+        intercept_coord=coord,
         task=None if task is None else np.ascontiguousarray(task, dtype=np.int64),
-        offsets=offsets, x_offset=x_off, y_offset=y_off, center=center,
+        offsets=offsets,
+        x_offset=x_off,
+        y_offset=y_off,
+        center=center,
     )

@@ -12,11 +12,13 @@ on a small working set), or proximal Newton steps with a line search for the bin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from . import _kernels as K
+from ._inputs import Matrix
 from ._problem import Problem
 from ._warn import warn_at_user
 
@@ -58,7 +60,16 @@ def penalty_conjugate(V: np.ndarray, pen: int, a1: float, a2: float) -> float:
     return float((V**2).sum() / (2 * a2))
 
 
-def duality_gap(P: Problem, W, b, Z, a1, a2, pen, Xsub=None):
+def duality_gap(
+    P: Problem,
+    W: np.ndarray,
+    b: np.ndarray,
+    Z: np.ndarray,
+    a1: float,
+    a2: float,
+    pen: int,
+    Xsub: Matrix | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, float]:
     """Return (gap, θ, Xᵀθ, primal); refits the intercept first (in place)."""
     P.refit_intercept(b, Z)
     theta = P.feasible_theta(Z)
@@ -120,23 +131,30 @@ class _WorkingSet:
     X_ws and the rows W_ws (written back by :meth:`sync`); for the quadratic loss on a shared
     design without an intercept coordinate and |ws| ≤ n/2, CD runs on the Gram matrix
     G = X_wsᵀ diag(s/n̄) X_ws with the gradient Q = X_wsᵀ∇f(Z) updated in place (Z is brought up to
-    date by :meth:`sync`). Sparse designs: the kernel indexes the CSC columns directly."""
+    date by :meth:`sync`). Sparse designs: the kernel indexes the CSC columns directly.
+    """
 
     GRAM_MAX = 1000  # G is |ws|² doubles
 
     def __init__(self, P: Problem, ws: np.ndarray, W: np.ndarray, Z: np.ndarray) -> None:
         self.P, self.ws, self.W, self.Z = P, ws, W, Z
         self.dense = not P.sparse
-        self.Xsub = P.columns(ws) if (self.dense or ws.size < P.n_features) else None
+        # the design restricted to ws (None: a sparse design indexed in place)
+        self.Xsub: Matrix = P.columns(ws) if (self.dense or ws.size < P.n_features) else None
         self.gram = False
         if self.dense:
             self.Wws = np.ascontiguousarray(W[ws])
             self.Lws = np.ascontiguousarray(P.Lmat[ws])
             n = Z.shape[0]
-            self.gram = (P.loss == 0 and P.layout == "shared" and not P.intercept_coord
-                         and 2 * ws.size <= n and ws.size <= self.GRAM_MAX)
+            self.gram = (
+                P.loss == 0
+                and P.layout == "shared"
+                and not P.intercept_coord
+                and 2 * ws.size <= n
+                and ws.size <= self.GRAM_MAX
+            )
             if self.gram:
-                Xs = self.Xsub
+                Xs = cast(Matrix, self.Xsub)  # dense: the compact block
                 self.G = P.inv_n * (Xs.T @ (Xs * P.S[:, None]))
                 self.Q = np.ascontiguousarray(Xs.T @ P.dloss(Z))
                 self.W_synced = self.Wws.copy()
@@ -146,8 +164,9 @@ class _WorkingSet:
         """Binary logistic loss: proximal Newton steps instead of plain BCD epochs."""
         return self.P.loss == 1
 
-    def newton_step(self, a1: float, a2: float, pen: int, b: np.ndarray,
-                    max_epochs: int = 100) -> int:
+    def newton_step(
+        self, a1: float, a2: float, pen: int, b: np.ndarray, max_epochs: int = 100
+    ) -> int:
         """One proximal Newton step on the working set; returns the BCD epochs it used.
 
         The loss is replaced by its second-order model around Z₀, Σ G∘ΔZ + ½ Σ D∘ΔZ² with
@@ -161,15 +180,17 @@ class _WorkingSet:
         D = P.curvature(Z)
         if self.dense:
             X2 = self.Xsub**2
+            rows: slice | np.ndarray
             Wcur, rows = self.Wws, slice(None)
             Xd, args = self.Xsub, (_EMPTY_F, _EMPTY_I, _EMPTY_I)
         else:
-            Xc = P.Xs[:, self.ws]
+            Xc = P._Xs[:, self.ws]
             X2 = Xc.multiply(Xc)
             Wcur, rows = self.W, self.ws
-            Xd, args = _DUMMY_X, (P.Xs.data, P.Xs.indices, P.Xs.indptr)
+            Xd, args = _DUMMY_X, (P._Xs.data, P._Xs.indices, P._Xs.indptr)
         Lm = np.ascontiguousarray(
-            np.asarray(X2.T @ D) if P.layout == "shared" else P._xt_sparse_rhs(X2, P._indicator(D)))
+            np.asarray(X2.T @ D) if P.layout == "shared" else P._xt_sparse_rhs(X2, P._indicator(D))
+        )
         W_old = Wcur[rows].copy()
         b_old = b.copy()
         dZ = np.zeros_like(Z)
@@ -178,11 +199,13 @@ class _WorkingSet:
         for _ in range(max_epochs):
             before = Wcur[rows].copy()
             if P.layout == "shared":
-                K.model_epoch_shared(loc, Wcur, dZ, G, D, Xd, *args, not self.dense, Lm, a1, a2,
-                                     pen)
+                K.model_epoch_shared(
+                    loc, Wcur, dZ, G, D, Xd, *args, not self.dense, Lm, a1, a2, pen
+                )
             else:
-                K.model_epoch_per_task(loc, Wcur, dZ, G, D, P.task, Xd, *args, not self.dense,
-                                       Lm, a1, a2, pen)
+                K.model_epoch_per_task(
+                    loc, Wcur, dZ, G, D, P.task, Xd, *args, not self.dense, Lm, a1, a2, pen
+                )
             if P.intercept_coord:  # exact intercept step on the model
                 gb, hb = P.task_sum(G + D * dZ), P.task_sum(D)
                 step = np.where(hb > 0, -gb / np.maximum(hb, 1e-300), 0.0)
@@ -197,13 +220,16 @@ class _WorkingSet:
         dW = Wcur[rows] - W_old
         db = b - b_old
         F0 = P.value(Z) + penalty_value(W_old, pen, a1, a2)
-        decrease = float((G * dZ).sum()) + penalty_value(W_old + dW, pen, a1, a2) - \
-            penalty_value(W_old, pen, a1, a2)
+        decrease = (
+            float((G * dZ).sum())
+            + penalty_value(W_old + dW, pen, a1, a2)
+            - penalty_value(W_old, pen, a1, a2)
+        )
         tau = 1.0
         for _ in range(40):
             W_try = W_old + tau * dW
             F = P.value(Z + tau * dZ) + penalty_value(W_try, pen, a1, a2)
-            if F <= F0 + 1e-4 * tau * min(decrease, 0.0):
+            if F0 + 1e-4 * tau * min(decrease, 0.0) >= F:
                 break
             tau *= 0.5
         else:
@@ -234,16 +260,30 @@ class _WorkingSet:
                 self.Q = np.ascontiguousarray(self.Xsub.T @ self.P.dloss(self.Z))
 
 
-def _choose_working_set(P: Problem, W, Z, V, gap, prev_gap, ws_size, alive, a1, pen, screening,
-                        working_set, p0):
+def _choose_working_set(
+    P: Problem,
+    W: np.ndarray,
+    Z: np.ndarray,
+    V: np.ndarray,
+    gap: float,
+    prev_gap: float,
+    ws_size: int,
+    alive: np.ndarray,
+    a1: float,
+    pen: int,
+    screening: bool,
+    working_set: bool,
+    p0: int,
+) -> tuple[np.ndarray, int]:
     """Gap-safe screening (updates ``alive``, W and Z in place) and the next working set: the
-    support plus the features closest to violating Ω*_j(x_jᵀθ) ≤ a1; returns (ws, ws_size)."""
+    support plus the features closest to violating Ω*_j(x_jᵀθ) ≤ a1; returns (ws, ws_size).
+    """
     dn = dual_norms(V, pen)
     if screening:
         r = np.sqrt(2.0 * max(gap, 0.0) * P.curv * P.inv_n * P.s_max)
         kill = alive & (dn + r * P.colnorm < a1)
         for j in np.flatnonzero(kill & (W != 0).any(axis=1)):
-            P.sub_column(Z, j, W[j])
+            P.sub_column(Z, int(j), W[j])
             W[j] = 0.0
         alive &= ~kill
     idx_alive = np.flatnonzero(alive)
@@ -308,13 +348,15 @@ def solve_cd(
         else:
             gap, _, V, _ = duality_gap(P, W, b, Z, a1, a2, pen)
             if gap <= tol_abs and not (
-                    n_epochs == 0 and not W.any() and zero_is_not_optimal(P, a1, pen)):
+                n_epochs == 0 and not W.any() and zero_is_not_optimal(P, a1, pen)
+            ):
                 converged = True
                 break
             if n_epochs >= max_iter:
                 break
-            ws, ws_size = _choose_working_set(P, W, Z, V, gap, prev_gap, ws_size, alive, a1, pen,
-                                              screening, working_set, p0)
+            ws, ws_size = _choose_working_set(
+                P, W, Z, V, gap, prev_gap, ws_size, alive, a1, pen, screening, working_set, p0
+            )
             prev_gap = gap
             inner_tol = max(0.3 * gap, 0.5 * tol_abs)
             check_first = False
@@ -349,5 +391,12 @@ def solve_cd(
             f"epochs (gap {gap:.3g}). Increase max_iter, loosen tol, or scale the features.",
             ConvergenceWarning,
         )
-    return SolverResult(W=W, b=b, gap=float(gap), n_iter=n_epochs, converged=converged,
-                        tol_abs=float(tol_abs), n_screened=int(p - alive.sum()))
+    return SolverResult(
+        W=W,
+        b=b,
+        gap=float(gap),
+        n_iter=n_epochs,
+        converged=converged,
+        tol_abs=float(tol_abs),
+        n_screened=int(p - alive.sum()),
+    )

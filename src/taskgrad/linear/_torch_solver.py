@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from torch import Tensor
 
 from ._problem import Problem
 from ._solver import SolverResult, datafit_at_zero, zero_is_not_optimal
@@ -30,17 +32,28 @@ class _Ops:
 
     def __init__(self, P: Problem, device: torch.device, dtype: torch.dtype) -> None:
         self.P = P
-        kw = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.XT: Tensor | None  # Xᵀ as a CSR tensor (sparse designs)
         if P.sparse:
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            Xr = sp.csr_matrix(P.Xs)
-            Xt = sp.csr_matrix(P.Xs.T)
+            Xr = sp.csr_matrix(P._Xs)
+            Xt = sp.csr_matrix(P._Xs.T)
             self.X = torch.sparse_csr_tensor(
-                torch.from_numpy(Xr.indptr.astype(np.int64)), torch.from_numpy(Xr.indices.astype(np.int64)),
-                torch.from_numpy(Xr.data), size=Xr.shape, check_invariants=False, **kw)
+                torch.from_numpy(Xr.indptr.astype(np.int64)),
+                torch.from_numpy(Xr.indices.astype(np.int64)),
+                torch.from_numpy(Xr.data),
+                size=Xr.shape,
+                check_invariants=False,
+                **kw,
+            )
             self.XT = torch.sparse_csr_tensor(
-                torch.from_numpy(Xt.indptr.astype(np.int64)), torch.from_numpy(Xt.indices.astype(np.int64)),
-                torch.from_numpy(Xt.data), size=Xt.shape, check_invariants=False, **kw)
+                torch.from_numpy(Xt.indptr.astype(np.int64)),
+                torch.from_numpy(Xt.indices.astype(np.int64)),
+                torch.from_numpy(Xt.data),
+                size=Xt.shape,
+                check_invariants=False,
+                **kw,
+            )
         else:
             self.X = torch.as_tensor(np.ascontiguousarray(P.dense_design()), **kw)
             self.XT = None
@@ -49,11 +62,11 @@ class _Ops:
         self.w = w[:, None] if P.layout == "shared" else w
         self.shared = P.layout == "shared"
         if not self.shared:
-            self.task = torch.as_tensor(P.task, device=device)
-            self.off = [int(o) for o in P.offsets]
+            self.task = torch.as_tensor(P._task, device=device)
+            self.off = [int(o) for o in P._offsets]
         self.T = P.n_tasks
 
-    def _mm(self, A, B):
+    def _mm(self, A: Tensor, B: Tensor) -> Tensor:
         return torch.sparse.mm(A, B) if A.layout != torch.strided else A @ B
 
     def mv(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -70,17 +83,17 @@ class _Ops:
 
     def rmv(self, theta: torch.Tensor) -> torch.Tensor:
         if self.shared:
-            return self._mm(self.XT, theta) if self.P.sparse else self.X.T @ theta
+            return self._mm(self.XT, theta) if self.XT is not None else self.X.T @ theta
         M = torch.zeros(theta.shape[0], self.T, dtype=theta.dtype, device=theta.device)
         M[torch.arange(theta.shape[0], device=theta.device), self.task] = theta
-        return self._mm(self.XT, M) if self.P.sparse else self.X.T @ M
+        return self._mm(self.XT, M) if self.XT is not None else self.X.T @ M
 
     def task_sum(self, D: torch.Tensor) -> torch.Tensor:
         if self.shared:
             return D.sum(0)
         return torch.zeros(self.T, dtype=D.dtype, device=D.device).index_add_(0, self.task, D)
 
-    def dloss(self, Z):
+    def dloss(self, Z: Tensor) -> Tensor:
         loss = self.P.loss
         if loss == 0:
             return self.w * (Z - self.Y)
@@ -88,17 +101,17 @@ class _Ops:
             return -self.w * self.Y * torch.sigmoid(-self.Y * Z)
         return self.w * (torch.softmax(Z, dim=1) - self.Y)
 
-    def value(self, Z) -> torch.Tensor:
+    def value(self, Z: Tensor) -> Tensor:
         loss = self.P.loss
         if loss == 0:
             ell = 0.5 * (Z - self.Y) ** 2
         elif loss == 1:
             ell = -torch.nn.functional.logsigmoid(self.Y * Z)
         else:
-            ell = (torch.logsumexp(Z, 1, keepdim=True) - (Z * self.Y).sum(1, keepdim=True))
+            ell = torch.logsumexp(Z, 1, keepdim=True) - (Z * self.Y).sum(1, keepdim=True)
         return (self.w * ell).sum()
 
-    def dual_value(self, theta) -> torch.Tensor:
+    def dual_value(self, theta: Tensor) -> Tensor:
         loss = self.P.loss
         if loss == 0:
             return (theta * self.Y - theta**2 / (2 * self.w)).sum()
@@ -108,7 +121,7 @@ class _Ops:
         Pm = (self.Y - theta / self.w).clamp(0, 1)
         return (self.w * _entr(Pm)).sum()
 
-    def refit_intercept(self, b, Z) -> None:
+    def refit_intercept(self, b: Tensor, Z: Tensor) -> None:
         P = self.P
         if not P.intercept_coord:
             return
@@ -127,22 +140,24 @@ class _Ops:
                 step = -(torch.linalg.pinv(H) @ g)
             b += step
             Z += step if self.shared else step[self.task]
-            if float(step.abs().max()) <= 1e-10 * (1.0 + float(b.abs().max())) or \
-                    float(g.abs().max()) <= 1e-15:
+            if (
+                float(step.abs().max()) <= 1e-10 * (1.0 + float(b.abs().max()))
+                or float(g.abs().max()) <= 1e-15
+            ):
                 break
 
-    def feasible_theta(self, Z):
+    def feasible_theta(self, Z: Tensor) -> Tensor:
         theta = -self.dloss(Z)
         if self.P.intercept_coord:
             if self.shared:
                 theta = theta - theta.mean(0)
             else:
-                cnt = torch.as_tensor(np.diff(self.P.offsets), dtype=Z.dtype, device=Z.device)
+                cnt = torch.as_tensor(np.diff(self.P._offsets), dtype=Z.dtype, device=Z.device)
                 theta = theta - (self.task_sum(theta) / cnt)[self.task]
         return theta
 
 
-def _prox(U, thr, shrink, pen):
+def _prox(U: Tensor, thr: float | Tensor, shrink: float, pen: int) -> Tensor:
     if pen == 0:
         nrm = U.norm(dim=1, keepdim=True)
         return U * (1 - thr / nrm.clamp_min(1e-300)).clamp_min(0) / shrink
@@ -151,7 +166,7 @@ def _prox(U, thr, shrink, pen):
     return U / shrink
 
 
-def _pen_value(W, pen, a1, a2):
+def _pen_value(W: Tensor, pen: int, a1: float, a2: float) -> Tensor:
     val = 0.5 * a2 * (W**2).sum()
     if pen == 0:
         val = val + a1 * W.norm(dim=1).sum()
@@ -160,11 +175,11 @@ def _pen_value(W, pen, a1, a2):
     return val
 
 
-def _dual_norms(V, pen):
+def _dual_norms(V: Tensor, pen: int) -> Tensor:
     return V.abs().amax(1) if pen == 1 else V.norm(dim=1)
 
 
-def _gap(ops: _Ops, W, b, Z, a1, a2, pen) -> float:
+def _gap(ops: _Ops, W: Tensor, b: Tensor, Z: Tensor, a1: float, a2: float, pen: int) -> float:
     ops.refit_intercept(b, Z)
     theta = ops.feasible_theta(Z)
     V = ops.rmv(theta)
@@ -172,7 +187,7 @@ def _gap(ops: _Ops, W, b, Z, a1, a2, pen) -> float:
         dn = float(_dual_norms(V, pen).max())
         if dn > a1:
             theta, V = theta * (a1 / dn), V * (a1 / dn)
-        conj = 0.0
+        conj: float | Tensor = 0.0
     else:
         if pen == 0:
             conj = ((V.norm(dim=1) - a1).clamp_min(0) ** 2).sum() / (2 * a2)
@@ -190,8 +205,11 @@ def _lipschitz(ops: _Ops, p: int, n_iter: int = 100) -> float:
     gen = torch.Generator(device="cpu").manual_seed(0)
     dev, dt = ops.Y.device, ops.Y.dtype
     W = torch.randn(p, ops.T, generator=gen, dtype=dt).to(dev)
-    b = torch.randn(ops.T, generator=gen, dtype=dt).to(dev) if P.intercept_coord else \
-        torch.zeros(ops.T, dtype=dt, device=dev)
+    b = (
+        torch.randn(ops.T, generator=gen, dtype=dt).to(dev)
+        if P.intercept_coord
+        else torch.zeros(ops.T, dtype=dt, device=dev)
+    )
     lam = 0.0
     for _ in range(n_iter):
         nrm = math.sqrt(float((W**2).sum() + (b**2).sum()))
@@ -229,8 +247,11 @@ def solve_apg(
     p, T = P.n_features, P.n_tasks
     if tol_abs is None:
         tol_abs = tol * datafit_at_zero(P)
-    W = torch.zeros(p, T, dtype=dtype, device=device) if W0 is None else \
-        torch.as_tensor(np.asarray(W0, dtype=np.float64), dtype=dtype, device=device).clone()
+    W = (
+        torch.zeros(p, T, dtype=dtype, device=device)
+        if W0 is None
+        else torch.as_tensor(np.asarray(W0, dtype=np.float64), dtype=dtype, device=device).clone()
+    )
     b = torch.zeros(T, dtype=dtype, device=device)
     if b0 is not None and P.intercept_coord:
         b = torch.as_tensor(np.asarray(b0, dtype=np.float64), dtype=dtype, device=device).clone()
@@ -244,7 +265,8 @@ def solve_apg(
             Z = ops.mv(W, b)
             gap = _gap(ops, W, b, Z, a1, a2, pen)  # refits b (a better point, kept)
             if gap <= tol_abs and not (
-                    it == 0 and not bool(W.any()) and zero_is_not_optimal(P, a1, pen)):
+                it == 0 and not bool(W.any()) and zero_is_not_optimal(P, a1, pen)
+            ):
                 converged = True
                 break
             if it >= max_iter:
@@ -263,6 +285,15 @@ def solve_apg(
         warn_at_user(
             f"The accelerated proximal gradient did not reach the duality gap tolerance "
             f"{tol_abs:.3g} in {max_iter} iterations (gap {gap:.3g}). Increase max_iter or "
-            "loosen tol.", ConvergenceWarning)
-    return SolverResult(W=W.double().cpu().numpy(), b=b.double().cpu().numpy(), gap=gap,
-                        n_iter=it, converged=converged, tol_abs=float(tol_abs), n_screened=0)
+            "loosen tol.",
+            ConvergenceWarning,
+        )
+    return SolverResult(
+        W=W.double().cpu().numpy(),
+        b=b.double().cpu().numpy(),
+        gap=gap,
+        n_iter=it,
+        converged=converged,
+        tol_abs=float(tol_abs),
+        n_screened=0,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
@@ -17,8 +18,9 @@ def _internal(filename: str) -> bool:
 
 def warn_at_user(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` with the stacklevel of the first frame outside this package (and joblib),
-    so the warning names the user's call (``est.fit(X, y)``) however deep the solver ran."""
-    frame = sys._getframe(1)
+    so the warning names the user's call (``est.fit(X, y)``) however deep the solver ran.
+    """
+    frame: FrameType | None = sys._getframe(1)
     level = 2  # 1 is this function, 2 its caller
     while frame is not None and _internal(frame.f_code.co_filename):
         frame = frame.f_back
