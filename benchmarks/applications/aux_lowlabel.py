@@ -30,7 +30,8 @@ The summary gives mean ± std over seeds and paired t-tests (same seed = same sp
 batches) against primary-only and against Sum.
 
 Usage (each full protocol is 5 seeds × 13 methods; run one at a time):
-  .venv/bin/python benchmarks/applications/aux_lowlabel.py --config benchmarks/applications/configs/aux_lowlabel/multimnist_500.json
+  .venv/bin/python benchmarks/applications/aux_lowlabel.py \
+      --config benchmarks/applications/configs/aux_lowlabel/multimnist_500.json
   ... --seeds 0 1 --methods primary-only sum "primary-aux" --steps 300   (a reduced run)
 """
 
@@ -84,34 +85,60 @@ class LowLabelSplit:
 def _carve(n: int, n_labelled: int, n_val: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """A seeded permutation of the pool: (validation, labelled training, the rest of training)."""
     if n_labelled < 1 or n_val < 1 or n_labelled + n_val >= n:
-        raise ValueError(f"need 1 ≤ n_labelled, 1 ≤ n_val and n_labelled + n_val < {n} (the pool), got {n_labelled}, {n_val}.")
+        raise ValueError(
+            f"need 1 ≤ n_labelled, 1 ≤ n_val and n_labelled + n_val < {n} (the pool), "
+            f"got {n_labelled}, {n_val}."
+        )
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     return perm[:n_val], perm[n_val : n_val + n_labelled], perm[n_val + n_labelled :]
 
 
-def _lowlabel(x: Any, y: Tensor, xt: Any, yt: Tensor, n_labelled: int, n_val: int, seed: int, scale: float = 1.0) -> LowLabelSplit:
+def _lowlabel(
+    x: Any,
+    y: Tensor,
+    xt: Any,
+    yt: Tensor,
+    n_labelled: int,
+    n_val: int,
+    seed: int,
+    scale: float = 1.0,
+) -> LowLabelSplit:
     val, lab, rest = _carve(y.shape[0], n_labelled, n_val, seed)
     train = torch.cat([lab, rest])
     labelled = torch.arange(lab.shape[0])  # the labelled examples come first in the training pool
-    return LowLabelSplit(_subset(x, train), y[train], labelled, _subset(x, val), y[val], xt, yt, scale)
+    return LowLabelSplit(
+        _subset(x, train), y[train], labelled, _subset(x, val), y[val], xt, yt, scale
+    )
 
 
 def make_split(kind: str, data: Any, config: dict[str, Any], seed: int) -> LowLabelSplit:
-    """The seed's split: validation and labelled examples drawn with the seed from the training pool."""
+    """The seed's split: validation and labelled examples drawn with the seed from the pool."""
     n_val = int(config.get("n_val", 500))
     if kind in ("multimnist", "fashion_rotation"):
         n = min(int(config.get("n_train", data.train_x.shape[0])), data.train_x.shape[0])
-        idx = np.sort(np.random.default_rng(1000 + seed).choice(data.train_x.shape[0], n, replace=False))
+        idx = np.sort(
+            np.random.default_rng(1000 + seed).choice(data.train_x.shape[0], n, replace=False)
+        )
         n_test = min(int(config.get("n_test", data.test_x.shape[0])), data.test_x.shape[0])
         x, xt = to_tensor(data.train_x[idx]), to_tensor(data.test_x[:n_test])
         if kind == "multimnist":
             y, yt = torch.from_numpy(data.train_y[idx]), torch.from_numpy(data.test_y[:n_test])
         else:  # the rotation column is drawn per batch; 0 here
-            y = torch.stack([torch.from_numpy(data.train_y[idx]), torch.zeros(n, dtype=torch.long)], 1)
-            yt = torch.stack([torch.from_numpy(data.test_y[:n_test]), torch.zeros(n_test, dtype=torch.long)], 1)
+            y = torch.stack(
+                [torch.from_numpy(data.train_y[idx]), torch.zeros(n, dtype=torch.long)], 1
+            )
+            yt = torch.stack(
+                [torch.from_numpy(data.test_y[:n_test]), torch.zeros(n_test, dtype=torch.long)], 1
+            )
         return _lowlabel(x, y, xt, yt, int(config["n_labelled"]), n_val, seed)
     if kind == "qm9":
-        s = qm9_split(data, config["primary"], config["n_train"], config["n_test"], config.get("split_seed", 0))
+        s = qm9_split(
+            data,
+            config["primary"],
+            config["n_train"],
+            config["n_test"],
+            config.get("split_seed", 0),
+        )
         n_lab = max(1, round(config["label_fraction"] * (s.y.shape[0] - n_val)))
         return _lowlabel(s.x, s.y, s.xt, s.yt, n_lab, n_val, seed, s.scale)
     if kind == "parkinsons":
@@ -150,7 +177,9 @@ def make_model(kind: str, split: LowLabelSplit, config: dict[str, Any]) -> nn.Mo
     if kind == "qm9":
         from taskgrad.models.mpnn import MPNN
 
-        return MPNN(split.y.shape[1], hidden=config.get("hidden", 64), n_layers=config.get("n_layers", 3))
+        return MPNN(
+            split.y.shape[1], hidden=config.get("hidden", 64), n_layers=config.get("n_layers", 3)
+        )
     return TwoHeadMLP(split.x.shape[1], config.get("hidden", 64), config.get("depth", 2))
 
 
@@ -171,17 +200,24 @@ def _loss(kind: str, out: Tensor, y: Tensor) -> Tensor:
     return nn.functional.cross_entropy(out, y)
 
 
-def batch_losses(kind: str, model: nn.Module, primary: tuple[Any, Tensor], aux: tuple[Any, Tensor]) -> Tensor:
+def batch_losses(
+    kind: str, model: nn.Module, primary: tuple[Any, Tensor], aux: tuple[Any, Tensor]
+) -> Tensor:
     """(k,) losses: the primary on its labelled batch, each auxiliary on the auxiliary batch."""
     xp, yp = primary
     xa, ya = aux
     _, outs_p = model(xp)
     _, outs_a = model(xa)
-    return torch.stack([_loss(kind, outs_p[0], yp[:, 0])] + [_loss(kind, o, ya[:, i + 1]) for i, o in enumerate(outs_a[1:])])
+    return torch.stack(
+        [_loss(kind, outs_p[0], yp[:, 0])]
+        + [_loss(kind, o, ya[:, i + 1]) for i, o in enumerate(outs_a[1:])]
+    )
 
 
 @torch.no_grad()
-def evaluate(kind: str, model: nn.Module, x: Any, y: Tensor, scale: float, batch: int = 2048) -> dict[str, float]:
+def evaluate(
+    kind: str, model: nn.Module, x: Any, y: Tensor, scale: float, batch: int = 2048
+) -> dict[str, float]:
     """Primary metric (MAE·scale or accuracy) and the mean primary and auxiliary losses over (x, y)
     (the rotation auxiliary is evaluated on the images rotated by a fixed pattern)."""
     model.eval()
@@ -194,13 +230,20 @@ def evaluate(kind: str, model: nn.Module, x: Any, y: Tensor, scale: float, batch
         if kind == "fashion_rotation":
             xr, yb[:, 1] = rotate(xb, torch.Generator().manual_seed(i))
             outs = [outs[0], model(xr)[1][1]]
-        tot += torch.stack([_loss(kind, o, yb[:, j]).double() for j, o in enumerate(outs)]) * yb.shape[0]
+        tot += (
+            torch.stack([_loss(kind, o, yb[:, j]).double() for j, o in enumerate(outs)])
+            * yb.shape[0]
+        )
         if kind in REGRESSION:
             metric += float((outs[0].reshape(-1) - yb[:, 0]).abs().sum()) * scale
         else:
             metric += float((outs[0].argmax(-1) == yb[:, 0]).sum())
     model.train()
-    return {"loss_primary": float(tot[0]) / n, "loss_aux": float(tot[1:].mean()) / n, "metric": metric / n}
+    return {
+        "loss_primary": float(tot[0]) / n,
+        "loss_aux": float(tot[1:].mean()) / n,
+        "metric": metric / n,
+    }
 
 
 # ---------------------------------------------------------------------------- one run
@@ -234,7 +277,14 @@ def _closures(kind: str, model: nn.Module, pb: Any, ab: Any, vb: Any) -> tuple[A
     return train_losses, val_loss
 
 
-def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, steps: int, config: dict[str, Any]) -> dict[str, Any]:
+def run_one(
+    kind: str,
+    split: LowLabelSplit,
+    spec: dict[str, Any],
+    seed: int,
+    steps: int,
+    config: dict[str, Any],
+) -> dict[str, Any]:
     """Train one method; returns the metrics, the constraint activity and the curves."""
     torch.manual_seed(seed)
     model = make_model(kind, split, config)
@@ -250,7 +300,9 @@ def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, st
     s_aux = BatchStream(split.x, split.y, bs, 104_729 + seed)
     rot_gen = torch.Generator().manual_seed(31 + seed)
     n_mon = min(int(config.get("n_monitor", 1000)), split.y.shape[0])
-    mon = torch.randperm(split.y.shape[0], generator=torch.Generator().manual_seed(10_000 + seed))[:n_mon]
+    mon = torch.randperm(split.y.shape[0], generator=torch.Generator().manual_seed(10_000 + seed))[
+        :n_mon
+    ]
     xm, ym = _subset(split.x, mon), split.y[mon]
     eval_every = max(1, int(config.get("eval_every", max(1, steps // 20))))
     curve: list[dict[str, float]] = []
@@ -266,7 +318,14 @@ def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, st
         tr = evaluate(kind, model, xm, ym, split.scale)
         va = evaluate(kind, model, split.xv, split.yv, split.scale)
         te = evaluate(kind, model, split.xt, split.yt, split.scale)
-        curve.append({"step": step, "train_aux": tr["loss_aux"], "val_metric": va["metric"], "test_metric": te["metric"]})
+        curve.append(
+            {
+                "step": step,
+                "train_aux": tr["loss_aux"],
+                "val_metric": va["metric"],
+                "test_metric": te["metric"],
+            }
+        )
 
     record(0)
     k = split.y.shape[1]
@@ -281,7 +340,9 @@ def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, st
             method.update(model.parameters(), train_fn, val_fn, lr=lr)  # type: ignore[attr-defined]
         opt.zero_grad(set_to_none=True)
         losses = batch_losses(kind, model, pb, ab)
-        res = taskgrad.backward(losses, method=method)  # stacked: each task followed to its own graph
+        res = taskgrad.backward(
+            losses, method=method
+        )  # stacked: each task followed to its own graph
         opt.step()
         if meta == "after" and step % meta_every == 0:
             train_fn, val_fn = _closures(kind, model, pb, ab, s_meta.next())
@@ -318,7 +379,9 @@ def run_one(kind: str, split: LowLabelSplit, spec: dict[str, Any], seed: int, st
 # ---------------------------------------------------------------------------- grid and report
 
 
-def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: Path | None = None) -> list[dict[str, Any]]:
+def run(
+    config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Every (seed, method) of the config, seeds outermost. ``data`` replaces the real data (tests);
     ``smoke``: the first seed, one step per method, nothing saved."""
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -336,12 +399,17 @@ def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: 
             rows.append(run_one(kind, split, spec, seed, steps, cfg))
             if not smoke:
                 save_rows([_flat(r) for r in rows], stem + "_partial", out_dir)
-                print(f"seed {seed} {spec['label']}: test {rows[-1]['test_metric']:.4f}, "
-                      f"early-stopped {rows[-1]['test_metric_at_best_val']:.4f}", flush=True)
+                print(
+                    f"seed {seed} {spec['label']}: test {rows[-1]['test_metric']:.4f}, "
+                    f"early-stopped {rows[-1]['test_metric_at_best_val']:.4f}",
+                    flush=True,
+                )
     if not smoke:
         save_rows([_flat(r) for r in rows], stem, out_dir)
         with open(out_dir / f"{stem}_curves.json", "w") as f:
-            json.dump([{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f)
+            json.dump(
+                [{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f
+            )
         summarize(rows, config, out_dir / f"{stem}_summary.md")
     return rows
 
@@ -375,8 +443,11 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
     mult = 1.0 if kind in REGRESSION else 100.0
     metric = "test MAE" if kind in REGRESSION else "test accuracy (%)"
     lines = [
-        (f"| method | {metric}, early-stopped | Δ vs primary-only | Δ vs sum | {metric}, last step | "
-         "train aux loss first → min → last | steps with w_aux > 0 | infeasible steps | ms/step |"),
+        (
+            f"| method | {metric}, early-stopped | Δ vs primary-only | Δ vs sum | "
+            f"{metric}, last step | train aux loss first → min → last | steps with w_aux > 0 | "
+            "infeasible steps | ms/step |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for spec in config["methods"]:
@@ -385,9 +456,19 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
             continue
         es = np.array([r["test_metric_at_best_val"] for r in rs]) * mult
         last = np.array([r["test_metric"] for r in rs]) * mult
-        pos = np.mean([json.loads(r["frac_aux_positive"]) if isinstance(r["frac_aux_positive"], str)
-                       else r["frac_aux_positive"] for r in rs], 0)
-        pos_txt = f"{100 * pos.mean():.0f}%" + (f" (min {100 * pos.min():.0f}%)" if pos.size > 1 else "")
+        pos = np.mean(
+            [
+                json.loads(r["frac_aux_positive"])
+                if isinstance(r["frac_aux_positive"], str)
+                else r["frac_aux_positive"]
+                for r in rs
+            ],
+            0,
+        )
+        pos_txt = f"{100 * pos.mean():.0f}%" + (
+            f" (min {100 * pos.min():.0f}%)" if pos.size > 1 else ""
+        )
+
         def m(key: str, rs: list[dict[str, Any]] = rs) -> float:
             return float(np.mean([r[key] for r in rs]))
 
@@ -396,11 +477,14 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
             f"{paired(rows, spec['label'], 'primary-only', 'test_metric_at_best_val', mult)} | "
             f"{paired(rows, spec['label'], 'sum', 'test_metric_at_best_val', mult)} | "
             f"{last.mean():.3f} ± {last.std(ddof=1) if len(last) > 1 else 0.0:.3f} | "
-            f"{m('train_aux_first'):.3f} → {m('train_aux_min'):.3f} → {m('train_aux_last'):.3f} | {pos_txt} | "
+            f"{m('train_aux_first'):.3f} → {m('train_aux_min'):.3f} → "
+            f"{m('train_aux_last'):.3f} | {pos_txt} | "
             f"{100 * m('frac_infeasible'):.0f}% | {m('ms_per_step'):.1f} |"
         )
-    text = (f"{config.get('name', kind)}: {len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps\n\n"
-            + "\n".join(lines) + "\n")
+    text = (
+        f"{config.get('name', kind)}: {len({r['seed'] for r in rows})} seed(s), "
+        f"{rows[0]['steps']} steps\n\n" + "\n".join(lines) + "\n"
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -408,11 +492,15 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default=str(CONFIGS / "multimnist_500.json"))
     ap.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
     ap.add_argument("--methods", nargs="*", help="run only the config's methods with these labels")
-    ap.add_argument("--steps", type=int, help="override the config's number of steps (a reduced run)")
+    ap.add_argument(
+        "--steps", type=int, help="override the config's number of steps (a reduced run)"
+    )
     ap.add_argument("--name", help="output stem (default: the config's name)")
     args = ap.parse_args()
     config = load_config(args.config)
@@ -420,7 +508,9 @@ def main() -> None:
         labels = [m["label"] for m in config["methods"]]
         unknown = sorted(set(args.methods) - set(labels))
         if unknown:
-            raise SystemExit(f"--methods: {unknown} are not labels of {args.config}; its labels are {labels}")
+            raise SystemExit(
+                f"--methods: {unknown} are not labels of {args.config}; its labels are {labels}"
+            )
         config["methods"] = [m for m in config["methods"] if m["label"] in args.methods]
     if args.seeds:
         config["seeds"] = args.seeds

@@ -16,9 +16,9 @@ import torch
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "applications"
 sys.path.insert(0, str(BENCH))
 
-import aux_lowlabel as al
-from aux_tasks import fake_multimnist, fake_parkinsons, fake_qm9
-from common import fake_dataset
+import aux_lowlabel as al  # noqa: E402
+from aux_tasks import fake_multimnist, fake_parkinsons, fake_qm9  # noqa: E402
+from common import fake_dataset  # noqa: E402
 
 CONFIGS = sorted((BENCH / "configs" / "aux_lowlabel").glob("*.json"))
 SMALL = {"n_val": 16, "n_test": 40, "batch_size": 16, "primary_batch_size": 8, "n_monitor": 32}
@@ -41,10 +41,24 @@ def test_every_protocol_of_the_issue_has_a_config() -> None:
         cfg = json.loads(p.read_text())
         assert len(cfg["seeds"]) == 5
         labels = [m["label"] for m in cfg["methods"]]
-        for needed in ("primary-only", "sum", "cosine-gated", "pcgrad-aux", "ol-aux", "auxinash", "metabalance",
-                       "auto-lambda", "auxilearn", "pcd", "primary-aux"):
+        for needed in (
+            "primary-only",
+            "sum",
+            "cosine-gated",
+            "pcgrad-aux",
+            "ol-aux",
+            "auxinash",
+            "metabalance",
+            "auto-lambda",
+            "auxilearn",
+            "pcd",
+            "primary-aux",
+        ):
             assert needed in labels, (p.name, needed)
-        assert sum(m["name"] == "primary-aux" and "progress" in m["kwargs"] for m in cfg["methods"]) >= 3
+        assert (
+            sum(m["name"] == "primary-aux" and "progress" in m["kwargs"] for m in cfg["methods"])
+            >= 3
+        )
 
 
 @pytest.mark.parametrize(
@@ -64,7 +78,9 @@ def test_config_runs_one_batch_per_method(path: Path) -> None:
     rows = al.run(cfg, data=_fake(kind), smoke=True)
     assert [r["method"] for r in rows] == [m["label"] for m in cfg["methods"]]
     for r in rows:
-        assert math.isfinite(r["test_metric"]) and math.isfinite(r["test_metric_at_best_val"]), r["method"]
+        assert math.isfinite(r["test_metric"]) and math.isfinite(r["test_metric_at_best_val"]), r[
+            "method"
+        ]
         assert len(r["frac_aux_positive"]) == (10 if kind == "qm9" else 1)
     text = al.summarize(rows, cfg)
     assert "primary-aux progress" in text
@@ -95,8 +111,11 @@ def test_rotation_labels_match_the_rotation() -> None:
 def test_paired_report_matches_scipy() -> None:
     from scipy.stats import ttest_rel
 
-    rows = [{"method": m, "seed": s, "v": v} for m, vals in (("a", [1.0, 2.0, 4.0]), ("b", [0.5, 1.0, 3.0]))
-            for s, v in enumerate(vals)]
+    rows = [
+        {"method": m, "seed": s, "v": v}
+        for m, vals in (("a", [1.0, 2.0, 4.0]), ("b", [0.5, 1.0, 3.0]))
+        for s, v in enumerate(vals)
+    ]
     txt = al.paired(rows, "a", "b", "v", 1.0)
     p = ttest_rel([1.0, 2.0, 4.0], [0.5, 1.0, 3.0]).pvalue
     d = np.array([0.5, 1.0, 1.0])

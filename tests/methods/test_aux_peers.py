@@ -63,7 +63,9 @@ class LinReg:
 
 
 # ---------------------------------------------------------------- MetaBalance
-def _metabalance_reference(grads: list[torch.Tensor], relax: float, beta: float) -> list[torch.Tensor]:
+def _metabalance_reference(
+    grads: list[torch.Tensor], relax: float, beta: float
+) -> list[torch.Tensor]:
     """The authors' per-parameter loop for one parameter tensor, one step per entry of grads."""
     norms = [0.0] * grads[0].shape[0]
     out = []
@@ -80,10 +82,13 @@ def _metabalance_reference(grads: list[torch.Tensor], relax: float, beta: float)
 @pytest.mark.parametrize("relax,beta", [(0.7, 0.9), (1.0, 0.5), (0.0, 0.9)])
 def test_metabalance_matches_authors_loop(relax: float, beta: float) -> None:
     g = torch.Generator().manual_seed(1)
-    grads = [torch.randn(4, 6, generator=g) * torch.tensor([[1.0], [10.0], [0.1], [3.0]]) * (1 + t) for t in range(6)]
+    grads = [
+        torch.randn(4, 6, generator=g) * torch.tensor([[1.0], [10.0], [0.1], [3.0]]) * (1 + t)
+        for t in range(6)
+    ]
     ref = _metabalance_reference(grads, relax, beta)
     mb = MetaBalance(relax_factor=relax, beta=beta)
-    for J, d_ref in zip(grads, ref):
+    for J, d_ref in zip(grads, ref, strict=True):
         d = mb.aggregate(J)
         torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=1e-12)
 
@@ -152,7 +157,10 @@ def test_auxinash_alpha_jacobian_matches_finite_differences() -> None:
     for j in range(3):
         e = torch.zeros(3)
         e[j] = h
-        cols.append((preference_nash_weights(Gs, p0 + e)[0] - preference_nash_weights(Gs, p0 - e)[0]) / (2 * h))
+        cols.append(
+            (preference_nash_weights(Gs, p0 + e)[0] - preference_nash_weights(Gs, p0 - e)[0])
+            / (2 * h)
+        )
     torch.testing.assert_close(D, torch.stack(cols, -1), rtol=1e-5, atol=1e-7)
 
 
@@ -241,7 +249,9 @@ def test_auto_lambda_finite_difference_agrees_with_exact() -> None:
     b = LinReg(k=3, P=5, n=8, seed=7)
     ex = AutoLambda(hessian="exact").update([a.theta], a.losses, a.val, lr=0.2)
     fd = AutoLambda(hessian="finite-difference").update([b.theta], b.losses, b.val, lr=0.2)
-    torch.testing.assert_close(fd, ex, rtol=1e-6, atol=1e-10)  # the losses are quadratic: exact up to rounding
+    torch.testing.assert_close(
+        fd, ex, rtol=1e-6, atol=1e-10
+    )  # the losses are quadratic: exact up to rounding
 
 
 def test_auto_lambda_state_dict_resumes_meta_learning() -> None:
@@ -279,7 +289,9 @@ def test_auxilearn_hypergradient_is_the_neumann_series_and_tends_to_the_ift() ->
     for _ in range(3):
         v = v - 0.05 * (H @ v)
         acc = acc + v
-    torch.testing.assert_close(m.hypergradient([model.theta], model.losses, model.val), -(J @ acc), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(
+        m.hypergradient([model.theta], model.losses, model.val), -(J @ acc), rtol=1e-10, atol=1e-13
+    )
     # with many terms, η·(the series) → H⁻¹: the implicit-function-theorem hypergradient
     long = AuxiLearn(hpo_lr=0.05, terms=4000).hypergradient([model.theta], model.losses, model.val)
     ift = -(J @ torch.linalg.solve(H, gv))
@@ -325,7 +337,9 @@ def test_progress_margin_kkt_and_agreement_with_cvxpy(seed: int, k: int, tau: fl
     scale = float(J.norm(dim=1).max() ** 2)
     assert float(w[0]) == 1.0 and bool((w[1:] >= 0).all())
     assert bool((slack >= -1e-9 * scale).all())  # primal feasibility
-    assert float((w[1:] * slack).abs().max()) <= 1e-8 * scale * (1 + float(w[1:].max()))  # complementarity
+    assert float((w[1:] * slack).abs().max()) <= 1e-8 * scale * (
+        1 + float(w[1:].max())
+    )  # complementarity
     torch.testing.assert_close(u, torch.from_numpy(ref), rtol=1e-4, atol=1e-5 * scale**0.5)
     torch.testing.assert_close(active, w[1:] > 0)
 
@@ -402,11 +416,20 @@ def test_meta_updates_on_a_network_that_saves_its_weights_for_backward() -> None
     torch.testing.assert_close(fd, ex, rtol=1e-4, atol=1e-9)  # central difference: O(ε²) error
     AuxiLearn().update(net, losses, val)
     m = AuxiNash(max_norm=0.0)
-    J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, list(net.parameters()), retain_graph=True)])
-                     for L in losses()])
+    J = torch.stack(
+        [
+            torch.cat(
+                [
+                    g.reshape(-1)
+                    for g in torch.autograd.grad(L, list(net.parameters()), retain_graph=True)
+                ]
+            )
+            for L in losses()
+        ]
+    )
     m(gram=J @ J.T)
     m.update(net, losses, val)
-    for p, b in zip(net.parameters(), before):
+    for p, b in zip(net.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)
 
 

@@ -65,7 +65,12 @@ def test_absent_tasks_keep_their_state_and_present_ones_follow_the_reference(nam
     for t in range(3):  # every task present: the state forms
         G, L = _inputs(k, t)
         method(gram=G, losses=L)
-    masks = [[True, False, True, True], [False, True, True, False], [True, True, False, True], [True, False, False, True]]
+    masks = [
+        [True, False, True, True],
+        [False, True, True, False],
+        [True, True, False, True],
+        [True, False, False, True],
+    ]
     for t, mask in enumerate(masks, start=3):
         present = torch.tensor(mask)
         idx = present.nonzero().squeeze(-1)
@@ -85,10 +90,17 @@ def test_absent_tasks_keep_their_state_and_present_ones_follow_the_reference(nam
             torch.testing.assert_close(got_sub[path], tensor, rtol=0, atol=0, msg=f"{name} {path}")
         absent = (~present).nonzero().squeeze(-1)
         if absent.numel():
-            old_abs, new_abs = _tensors(HAND_SLICE[name](before, absent)), _tensors(HAND_SLICE[name](after, absent))
+            old_abs, new_abs = (
+                _tensors(HAND_SLICE[name](before, absent)),
+                _tensors(HAND_SLICE[name](after, absent)),
+            )
             for path, tensor in old_abs.items():
-                if tensor.dim() > 0 and "generator" not in path:  # per-task (shared counters, RNG advance)
-                    assert torch.equal(new_abs[path], tensor), f"{name} {path} changed for an absent task"
+                if (
+                    tensor.dim() > 0 and "generator" not in path
+                ):  # per-task (shared counters, RNG advance)
+                    assert torch.equal(new_abs[path], tensor), (
+                        f"{name} {path} changed for an absent task"
+                    )
 
 
 @pytest.mark.parametrize("name", sorted(HAND_SLICE))

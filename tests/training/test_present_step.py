@@ -60,7 +60,7 @@ def test_backward_with_present_equals_the_step_on_the_present_tasks(name: str) -
     ref = Net()
     L = ref.losses(x, y, mask)
     ref_res = taskgrad.backward([L[0], L[2]], method=M.get(name))
-    for a, b in zip(got, _grads(ref)):
+    for a, b in zip(got, _grads(ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(res.weights[[0, 2]], ref_res.weights)
 
@@ -80,7 +80,9 @@ def test_gradstep_and_task_optimizer_take_present() -> None:
     assert not res2.skipped
     after = list(net2.parameters())
     assert all(bool(torch.isfinite(p).all()) for p in after)
-    assert torch.equal(after[-1].detach(), before[-1]) and torch.equal(after[-2].detach(), before[-2])  # head 2
+    assert torch.equal(after[-1].detach(), before[-1]) and torch.equal(
+        after[-2].detach(), before[-2]
+    )  # head 2
     assert not torch.equal(after[0].detach(), before[0])
 
 
@@ -92,12 +94,16 @@ def test_absent_primary_rule() -> None:
     assert all(p.grad is None for p in net.parameters())
     # with a fallback method: the Mean of the present auxiliaries
     net = Net()
-    res = taskgrad.backward(net.losses(x, y, mask), method=M.get("primary-aux"), present=present,
-                            absent_primary=taskgrad.Mean())
+    res = taskgrad.backward(
+        net.losses(x, y, mask),
+        method=M.get("primary-aux"),
+        present=present,
+        absent_primary=taskgrad.Mean(),
+    )
     ref = Net()
     L = ref.losses(x, y, mask)
     taskgrad.backward([L[1], L[2]], method=taskgrad.Mean())
-    for a, b in zip(_grads(net), _grads(ref)):
+    for a, b in zip(_grads(net), _grads(ref), strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(res.weights, torch.tensor([0.0, 0.5, 0.5]))
 
@@ -106,18 +112,24 @@ def test_stacked_losses_and_bad_masks() -> None:
     x, y, mask, present = _batch(absent=(1,))
     net = Net()
     with pytest.raises(ValueError, match="as a list"):
-        taskgrad.backward(torch.stack(net.losses(x, y, mask)), method=M.get("mgda"), present=present)
+        taskgrad.backward(
+            torch.stack(net.losses(x, y, mask)), method=M.get("mgda"), present=present
+        )
     # finite absent entries in a stacked tensor are fine and give the list's result
     full = torch.ones(16, 3)
     a, b = Net(), Net()
     taskgrad.backward(torch.stack(a.losses(x, y, full)), method=M.get("mgda"), present=present)
     taskgrad.backward(b.losses(x, y, full), method=M.get("mgda"), present=present)
-    for ga, gb in zip(_grads(a), _grads(b)):
+    for ga, gb in zip(_grads(a), _grads(b), strict=True):
         torch.testing.assert_close(ga, gb)
     with pytest.raises(ValueError, match="every task absent"):
-        taskgrad.backward(Net().losses(x, y, full), method=M.get("mgda"), present=torch.zeros(3, dtype=torch.bool))
+        taskgrad.backward(
+            Net().losses(x, y, full), method=M.get("mgda"), present=torch.zeros(3, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
-        taskgrad.backward(Net().losses(x, y, full), method=M.get("mgda"), present=torch.ones(2, dtype=torch.bool))
+        taskgrad.backward(
+            Net().losses(x, y, full), method=M.get("mgda"), present=torch.ones(2, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match="period=1"):
         GradStep(M.get("mgda"), period=2).backward(Net().losses(x, y, mask), present=present)
 
@@ -137,21 +149,30 @@ def test_stateful_method_keeps_absent_task_state_across_steps() -> None:
     assert not torch.equal(xi_after[[0, 2]], xi_before[[0, 2]])
 
 
-def _flat_task_grads(net: Net, losses: list[torch.Tensor], tasks: list[int]) -> dict[int, list[torch.Tensor]]:
+def _flat_task_grads(
+    net: Net, losses: list[torch.Tensor], tasks: list[int]
+) -> dict[int, list[torch.Tensor]]:
     out = {}
     for i in tasks:
-        gs = torch.autograd.grad(losses[i], list(net.parameters()), retain_graph=True, allow_unused=True)
-        out[i] = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, net.parameters())]
+        gs = torch.autograd.grad(
+            losses[i], list(net.parameters()), retain_graph=True, allow_unused=True
+        )
+        ps = list(net.parameters())
+        out[i] = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, ps, strict=True)]
     return out
 
 
-def test_accumulate_with_present_is_the_per_task_mean_over_the_micro_batches_where_it_is_present() -> None:
+def test_accumulate_with_present_takes_each_task_mean_over_its_present_micro_batches() -> None:
     g = torch.Generator().manual_seed(5)
     batches = [(torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)) for _ in range(3)]
-    masks = [torch.tensor([True, True, True]), torch.tensor([True, False, True]), torch.tensor([True, False, False])]
+    masks = [
+        torch.tensor([True, True, True]),
+        torch.tensor([True, False, True]),
+        torch.tensor([True, False, False]),
+    ]
     net = Net()
     step = GradStep(M.get("mgda"))
-    for (x, y), pm in zip(batches, masks):
+    for (x, y), pm in zip(batches, masks, strict=True):
         lab = pm.float().expand(8, 3)
         step.accumulate(net.losses(x, y, lab), present=pm)
     res = step.backward_accumulated()
@@ -162,15 +183,17 @@ def test_accumulate_with_present_is_the_per_task_mean_over_the_micro_batches_whe
     ref = Net()
     sums = {i: None for i in range(3)}
     counts = [0, 0, 0]
-    for (x, y), pm in zip(batches, masks):
+    for (x, y), pm in zip(batches, masks, strict=True):
         L = ref.losses(x, y, pm.float().expand(8, 3))
         present = pm.nonzero().squeeze(-1).tolist()
         for i, gi in _flat_task_grads(ref, L, present).items():
-            sums[i] = gi if sums[i] is None else [a + b for a, b in zip(sums[i], gi)]
+            sums[i] = gi if sums[i] is None else [a + b for a, b in zip(sums[i], gi, strict=True)]
             counts[i] += 1
     mean = {i: [t / counts[i] for t in sums[i]] for i in range(3)}
     shared = [0, 1]  # the body's weight and bias are the parameters every task reaches
-    J = torch.stack([torch.cat([mean[i][j].reshape(-1) for j in shared]) for i in range(3)]).double()
+    J = torch.stack(
+        [torch.cat([mean[i][j].reshape(-1) for j in shared]) for i in range(3)]
+    ).double()
     w = M.get("mgda")(gram=J @ J.T)
     torch.testing.assert_close(res.weights, w.to(res.weights.dtype), rtol=1e-5, atol=1e-7)
     for j, t in enumerate(got):
@@ -192,5 +215,5 @@ def test_accumulate_with_a_task_absent_from_the_whole_window() -> None:
     ref = Net()
     L = ref.losses(x, y, pm.float().expand(8, 3))
     taskgrad.backward([L[0], L[2]], method=M.get("upgrad"))
-    for a, b in zip(_grads(net), _grads(ref)):
+    for a, b in zip(_grads(net), _grads(ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

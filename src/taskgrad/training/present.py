@@ -35,19 +35,32 @@ from torch import Tensor
 
 from ..methods.base import Weighting
 
-__all__ = ["PresentView", "call_restricted", "check_present", "merge_state", "present_weights", "restrict_state"]
+__all__ = [
+    "PresentView",
+    "call_restricted",
+    "check_present",
+    "merge_state",
+    "present_weights",
+    "restrict_state",
+]
 
 
 def check_present(present: Any, k: int) -> Tensor | None:
     """Validate ``present`` for k tasks: a (k,) bool tensor (or a sequence of bools); returns it
-    on the CPU, or None when every task is present (nothing to do)."""
+    on the CPU, or None when every task is present (nothing to do).
+    """
     if present is None:
         return None
     p = torch.as_tensor(present)
     if p.dtype != torch.bool:
-        raise TypeError(f"present must be a boolean tensor (True for a task present in the batch), got dtype {p.dtype}.")
+        raise TypeError(
+            "present must be a boolean tensor (True for a task present in the batch), got dtype "
+            f"{p.dtype}."
+        )
     if p.shape != (k,):
-        raise ValueError(f"present must have shape ({k},), one flag per task, got {tuple(p.shape)}.")
+        raise ValueError(
+            f"present must have shape ({k},), one flag per task, got {tuple(p.shape)}."
+        )
     p = p.detach().cpu()
     return None if bool(p.all()) else p
 
@@ -83,7 +96,8 @@ def restrict_state(state: Any, idx: Tensor, k: int) -> Any:
 
 def merge_state(old: Any, new: Any, idx: Tensor, k: int) -> Any:
     """``old`` with the present entries ``idx`` of every per-task tensor taken from ``new`` (the
-    state of the method run on the present tasks); everything else taken from ``new``."""
+    state of the method run on the present tasks); everything else taken from ``new``.
+    """
     m = idx.numel()
     if isinstance(old, Tensor) and isinstance(new, Tensor):
         n = _per_task_dims(old, k)
@@ -108,15 +122,18 @@ def merge_state(old: Any, new: Any, idx: Tensor, k: int) -> Any:
     if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
         if len(old) != len(new):
             raise _Unmergeable
-        return type(new)(merge_state(o, n, idx, k) for o, n in zip(old, new))
+        return type(new)(merge_state(o, n, idx, k) for o, n in zip(old, new, strict=True))
     if isinstance(old, Tensor) != isinstance(new, Tensor):  # None -> tensor: a state being created
         raise _Unmergeable
     return new
 
 
-def call_restricted(method: Any, idx: Tensor, k: int, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+def call_restricted(
+    method: Any, idx: Tensor, k: int, gram: Tensor | None, losses: Tensor | None
+) -> Tensor:
     """The method's weights for the tasks ``idx`` of k, given their Gram and losses only; the
-    method's per-task state advances for those tasks only (see the module docstring)."""
+    method's per-task state advances for those tasks only (see the module docstring).
+    """
     if idx.numel() == k:
         return method(gram=gram, losses=losses)
     old = method.state_dict()
@@ -135,9 +152,12 @@ def call_restricted(method: Any, idx: Tensor, k: int, gram: Tensor | None, losse
     return w_sub
 
 
-def present_weights(method: Any, gram: Tensor | None, losses: Tensor | None, present: Tensor) -> Tensor:
+def present_weights(
+    method: Any, gram: Tensor | None, losses: Tensor | None, present: Tensor
+) -> Tensor:
     """w (k,) = the method on the present tasks (sub-Gram, sub-losses), 0 for absent tasks; the
-    method's state advances for the present tasks only (see the module docstring)."""
+    method's state advances for the present tasks only (see the module docstring).
+    """
     k = present.shape[0]
     idx = present.nonzero().squeeze(-1)
     like = gram if gram is not None else losses
@@ -157,7 +177,8 @@ class PresentView(Weighting):
     tasks only (m of k), it runs ``method`` on them with its state restricted to those tasks and
     writes the advanced per-task state back (:func:`call_restricted`). The training step uses it
     for ``present=``; ``needs`` and the other attributes are the wrapped method's. Build it with
-    :meth:`of`, which gives the view the wrapped class's name (so messages name the method)."""
+    :meth:`of`, which gives the view the wrapped class's name (so messages name the method).
+    """
 
     def __init__(self, method: Weighting, present: Tensor) -> None:
         self.method = method

@@ -40,7 +40,10 @@ def param_list(params: Params | torch.nn.Module) -> list[Tensor]:
     ps = list(params.parameters()) if isinstance(params, torch.nn.Module) else list(params)
     ps = [p for p in ps if p.requires_grad]
     if not ps:
-        raise ValueError("params has no tensor that requires grad: pass the model's parameters (those the step updates).")
+        raise ValueError(
+            "params has no tensor that requires grad: pass the model's parameters (those the "
+            "step updates)."
+        )
     return ps
 
 
@@ -50,9 +53,14 @@ def check_closure_losses(losses: Tensor, k: int | None) -> Tensor:
         got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(f"train_losses() must return the (k,) tensor of task losses, got {got}.")
     if k is not None and losses.shape[0] != k:
-        raise ValueError(f"train_losses() returned {losses.shape[0]} losses but the method has {k} task weights.")
+        raise ValueError(
+            f"train_losses() returned {losses.shape[0]} losses but the method has {k} task weights."
+        )
     if not losses.requires_grad:
-        raise ValueError("train_losses() returned losses without a graph: compute them from the model, outside torch.no_grad().")
+        raise ValueError(
+            "train_losses() returned losses without a graph: compute them from the model, "
+            "outside torch.no_grad()."
+        )
     if not bool(torch.isfinite(losses.detach()).all()):
         raise ValueError(f"train_losses() returned non-finite losses {losses.detach().tolist()}.")
     return losses
@@ -60,15 +68,20 @@ def check_closure_losses(losses: Tensor, k: int | None) -> Tensor:
 
 def _grads(out: Tensor, params: list[Tensor], **kw) -> list[Tensor]:
     gs = torch.autograd.grad(out, params, allow_unused=True, **kw)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params, strict=True)]
 
 
 def jacobian_products(losses: Tensor, params: list[Tensor], v: list[Tensor]) -> Tensor:
     """r = J v: rᵢ = ⟨∇Lᵢ, v⟩ for the (k,) losses (with a graph), by two backward passes."""
     c = torch.ones_like(losses, requires_grad=True)
     u = torch.autograd.grad(losses, params, grad_outputs=c, create_graph=True, allow_unused=True)
-    s = sum(((ui * vi).sum() for ui, vi in zip(u, v) if ui is not None), torch.zeros((), dtype=losses.dtype, device=losses.device))
-    if not s.requires_grad:  # no parameter reaches the losses twice-differentiably: J v = 0 or linear in c
+    s = sum(
+        ((ui * vi).sum() for ui, vi in zip(u, v, strict=True) if ui is not None),
+        torch.zeros((), dtype=losses.dtype, device=losses.device),
+    )
+    if (
+        not s.requires_grad
+    ):  # no parameter reaches the losses twice-differentiably: J v = 0 or linear in c
         return torch.zeros_like(losses.detach())
     (r,) = torch.autograd.grad(s, c, allow_unused=True)
     return torch.zeros_like(losses.detach()) if r is None else r.detach()
@@ -78,7 +91,10 @@ def validation_gradient(params: list[Tensor], val_loss: Callable[[], Tensor]) ->
     """∇V at the current parameters, from the ``val_loss`` closure (checked to be a scalar)."""
     v = val_loss()
     if not isinstance(v, Tensor) or v.numel() != 1 or not v.requires_grad:
-        raise ValueError("val_loss() must return the scalar validation loss of the primary task(s), with a graph.")
+        raise ValueError(
+            "val_loss() must return the scalar validation loss of the primary task(s), "
+            "with a graph."
+        )
     return _grads(v.reshape(()), params)
 
 
@@ -94,22 +110,22 @@ def lookahead_gradient(
     """
     with torch.no_grad():
         saved = [p.detach().clone() for p in params]
-        for p, s in zip(params, step):
+        for p, s in zip(params, step, strict=True):
             p.sub_(s)
     try:
         return validation_gradient(params, val_loss)
     finally:
         with torch.no_grad():
-            for p, s in zip(params, saved):
+            for p, s in zip(params, saved, strict=True):
                 p.copy_(s)
 
 
 def neumann_vector(
     train_objective: Tensor, params: list[Tensor], val_grad: list[Tensor], lr: float, terms: int
 ) -> list[Tensor]:
-    """v = Σ_{j≤T} (I − ηH)ʲ ∇V with H the Hessian of ``train_objective`` (Hessian-vector products)."""
+    """v = Σ_{j≤T} (I − ηH)ʲ ∇V, H the Hessian of ``train_objective`` (Hessian-vector products)."""
     g = torch.autograd.grad(train_objective, params, create_graph=True, allow_unused=True)
-    pairs = [(gi, p) for gi, p in zip(g, params)]
+    pairs = [(gi, p) for gi, p in zip(g, params, strict=True)]
     v = [x.detach() for x in val_grad]
     acc = [x.clone() for x in v]
     for _ in range(terms):
@@ -117,10 +133,15 @@ def neumann_vector(
         if not live:
             break
         hv = torch.autograd.grad(
-            [gi for _, gi in live], params, grad_outputs=[v[i] for i, _ in live], retain_graph=True, allow_unused=True
+            [gi for _, gi in live],
+            params,
+            grad_outputs=[v[i] for i, _ in live],
+            retain_graph=True,
+            allow_unused=True,
         )
-        v = [vi - lr * (torch.zeros_like(vi) if h is None else h) for vi, h in zip(v, hv)]
-        acc = [a + vi for a, vi in zip(acc, v)]
+        hv = [torch.zeros_like(vi) if h is None else h for vi, h in zip(v, hv, strict=True)]
+        v = [vi - lr * h for vi, h in zip(v, hv, strict=True)]
+        acc = [a + vi for a, vi in zip(acc, v, strict=True)]
     return acc
 
 
@@ -132,7 +153,11 @@ class MetaParameter:
     the optimizer's state, so a checkpoint resumes the meta-learning exactly.
     """
 
-    def __init__(self, init: Callable[[int], Tensor], make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
+    def __init__(
+        self,
+        init: Callable[[int], Tensor],
+        make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+    ) -> None:
         self._init = init
         self._make_optimizer = make_optimizer
         self.value: Tensor | None = None
@@ -144,7 +169,9 @@ class MetaParameter:
             self.value = self._init(k).detach().to(torch.float64).clone().requires_grad_(True)
             self.optimizer = self._make_optimizer([self.value])
         elif self.value.shape[0] != k:
-            raise ValueError(f"the meta-parameters are for {self.value.shape[0]} tasks, got {k}; call reset().")
+            raise ValueError(
+                f"the meta-parameters are for {self.value.shape[0]} tasks, got {k}; call reset()."
+            )
         return self.value
 
     def step(self, grad: Tensor, max_grad_norm: float | None = None) -> None:
@@ -152,7 +179,9 @@ class MetaParameter:
         assert self.value is not None and self.optimizer is not None
         g = grad.detach().to(self.value.dtype).to(self.value.device).clone()
         if not bool(torch.isfinite(g).all()):
-            raise FloatingPointError(f"the meta-gradient is not finite ({g.tolist()}); lower the learning rates.")
+            raise FloatingPointError(
+                f"the meta-gradient is not finite ({g.tolist()}); lower the learning rates."
+            )
         if max_grad_norm is not None:
             n = float(g.norm())
             if n > max_grad_norm:
@@ -169,7 +198,10 @@ class MetaParameter:
         if self.value is None:
             return {"value": None, "optimizer": None}
         assert self.optimizer is not None
-        return {"value": self.value.detach().clone(), "optimizer": _clone(self.optimizer.state_dict())}
+        return {
+            "value": self.value.detach().clone(),
+            "optimizer": _clone(self.optimizer.state_dict()),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("value") is None:

@@ -29,7 +29,9 @@ from ...solvers import min_norm_simplex, nnls, primary_aux
 __all__ = ["progress_margin_weights"]
 
 
-def progress_margin_weights(G: Tensor, tau: float, infeasible_tol: float = 1e-10) -> tuple[Tensor, Tensor, Tensor]:
+def progress_margin_weights(
+    G: Tensor, tau: float, infeasible_tol: float = 1e-10
+) -> tuple[Tensor, Tensor, Tensor]:
     """Weights (1, λ) of the progress-margin step for G (..., k, k), task 0 primary.
 
     Returns (w, active, infeasible): ``active`` (..., k−1) marks the auxiliary constraints that
@@ -44,7 +46,11 @@ def progress_margin_weights(G: Tensor, tau: float, infeasible_tol: float = 1e-10
     Gd = 0.5 * (Gd + Gd.transpose(-1, -2))
     if k == 1 or tau == 0:
         base = primary_aux(Gd, check_input=False)
-        return base.to(G.dtype), base[..., 1:] > 0, torch.zeros(G.shape[:-2], dtype=torch.bool, device=G.device)
+        return (
+            base.to(G.dtype),
+            base[..., 1:] > 0,
+            torch.zeros(G.shape[:-2], dtype=torch.bool, device=G.device),
+        )
     diag = torch.diagonal(Gd, dim1=-2, dim2=-1).clamp_min(0.0)
     dmax = diag.amax(-1, keepdim=True)
     dead = diag[..., 1:] < torch.finfo(Gd.dtype).tiny  # zero auxiliary gradients: no constraint
@@ -54,7 +60,9 @@ def progress_margin_weights(G: Tensor, tau: float, infeasible_tol: float = 1e-10
     # Farkas: infeasible iff 0 is in the hull of the live auxiliary gradients (and b > 0)
     eye = torch.eye(k - 1, dtype=Gd.dtype, device=Gd.device)
     live = (~dead).to(Gd.dtype)
-    Qh = Q * live.unsqueeze(-1) * live.unsqueeze(-2) + eye * (dead.to(Gd.dtype) * dmax).unsqueeze(-1)
+    Qh = Q * live.unsqueeze(-1) * live.unsqueeze(-2) + eye * (dead.to(Gd.dtype) * dmax).unsqueeze(
+        -1
+    )
     mu = min_norm_simplex(Qh, check_input=False)
     hull_sq = torch.einsum("...i,...ij,...j->...", mu, Qh, mu)
     infeasible = (hull_sq <= infeasible_tol * dmax.squeeze(-1)) & (b.amax(-1) > 0) & (~dead).any(-1)

@@ -24,8 +24,14 @@ __all__ = ["AutoLambda"]
 
 @register_method(
     "auto-lambda",
-    description="Auto-λ: task weights meta-learned to lower the primary validation loss after one look-ahead step.",
-    paper="Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, TMLR 2022",
+    description=(
+        "Auto-λ: task weights meta-learned to lower the primary validation loss after one "
+        "look-ahead step."
+    ),
+    paper=(
+        "Liu, James, Davison & Johns, Auto-Lambda: Disentangling Dynamic Task Relationships, "
+        "TMLR 2022"
+    ),
     aliases=("AutoLambda", "Auto-λ", "autol"),
     defined="everywhere",
     non_conflicting=False,
@@ -46,19 +52,22 @@ class AutoLambda(Weighting):
     learning rate; m, μ and δ are the momentum buffer, momentum and weight decay of the model's
     SGD optimizer when it is passed (as the authors' ``virtual_step``), else 0. The products
     ⟨∇Lᵢ, ∇V(θ')⟩ are exact (two backward passes, ``hessian="exact"``) or the authors'
-    central difference [Σλᵢ(Lᵢ(θ + εv) − Lᵢ(θ − εv))]/(2ε) along v = ∇V(θ'), ε = 0.01/‖v‖
+    central difference (Lᵢ(θ + εv) − Lᵢ(θ − εv))/(2ε) along v = ∇V(θ'), ε = 0.01/‖v‖
     (``hessian="finite-difference"``); either costs about two more forward passes of the
-    training batch and one of the validation batch. λ starts at ``init`` for every task (the authors' 0.1)
-    and is not constrained. The validation loss is the primary task(s) on held-out data (the
-    authors use a second, reshuffled pass over the training set). State: λ and Adam's state.
+    training batch and one of the validation batch. λ starts at ``init`` for every task (the
+    authors' 0.1) and is not constrained. The validation loss is the primary task(s) on
+    held-out data (the authors use a second, reshuffled pass over the training set). State: λ
+    and Adam's state.
 
     Use::
 
         method = AutoLambda()
         for batch, val_batch in loader:
+            lr = opt.param_groups[0]["lr"]
             method.update(model.parameters(), lambda: task_losses(model, batch),
-                          lambda: primary_loss(model, val_batch), lr=opt.param_groups[0]["lr"], optimizer=opt)
-            taskgrad.backward(task_losses(model, batch), method, ...); opt.step()
+                          lambda: primary_loss(model, val_batch), lr=lr, optimizer=opt)
+            taskgrad.backward(task_losses(model, batch), method=method)
+            opt.step()
     """
 
     needs = frozenset({"losses"})
@@ -66,7 +75,9 @@ class AutoLambda(Weighting):
     def __init__(self, init: float = 0.1, meta_lr: float = 1e-4, hessian: str = "exact") -> None:
         self.init = check_real("AutoLambda", "init", init)
         self.meta_lr = check_real("AutoLambda", "meta_lr", meta_lr, low=0.0)
-        self.hessian = check_choice("AutoLambda", "hessian", hessian, ("exact", "finite-difference"))
+        self.hessian = check_choice(
+            "AutoLambda", "hessian", hessian, ("exact", "finite-difference")
+        )
         self._lam = MetaParameter(
             lambda k: torch.full((k,), float(init)), lambda ps: torch.optim.Adam(ps, lr=meta_lr)
         )
@@ -99,7 +110,7 @@ class AutoLambda(Weighting):
         L = check_closure_losses(train_losses(), None)
         lam = self._lam.ensure(L.shape[0]).detach().to(L.dtype)
         g = torch.autograd.grad((lam * L).sum(), ps, allow_unused=True)
-        g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, ps)]
+        g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, ps, strict=True)]
         step = [lr * gi for gi in g]
         if optimizer is not None:
             group = optimizer.param_groups[0]
@@ -117,7 +128,9 @@ class AutoLambda(Weighting):
         self._lam.step(hyper)
         return hyper
 
-    def _finite_difference(self, ps: list[Tensor], v: list[Tensor], train_losses: Callable[[], Tensor]) -> Tensor:
+    def _finite_difference(
+        self, ps: list[Tensor], v: list[Tensor], train_losses: Callable[[], Tensor]
+    ) -> Tensor:
         norm = torch.sqrt(sum((vi.double() ** 2).sum() for vi in v))
         if float(norm) == 0.0:
             return torch.zeros(self._lam.value.shape[0], dtype=torch.float64)  # type: ignore[union-attr]
@@ -125,14 +138,14 @@ class AutoLambda(Weighting):
         with torch.no_grad():
             saved = [p.detach().clone() for p in ps]
             try:
-                for p, vi in zip(ps, v):
+                for p, vi in zip(ps, v, strict=True):
                     p.add_(eps * vi)
                 plus = train_losses().detach().double()
-                for p, s, vi in zip(ps, saved, v):
+                for p, s, vi in zip(ps, saved, v, strict=True):
                     p.copy_(s - eps * vi)
                 minus = train_losses().detach().double()
             finally:
-                for p, s in zip(ps, saved):
+                for p, s in zip(ps, saved, strict=True):
                     p.copy_(s)
         return (plus - minus) / (2.0 * eps)
 

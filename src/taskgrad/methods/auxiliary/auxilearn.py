@@ -1,4 +1,4 @@
-"""AuxiLearn (Navon et al., ICLR 2021) with the linear auxiliary network, by implicit differentiation."""
+"""AuxiLearn (Navon et al., ICLR 2021), linear auxiliary network, by implicit differentiation."""
 
 from __future__ import annotations
 
@@ -25,8 +25,14 @@ __all__ = ["AuxiLearn"]
 
 @register_method(
     "auxilearn",
-    description="AuxiLearn (linear): non-negative task weights learned by implicit differentiation of the primary validation loss.",
-    paper="Navon, Achituve, Maron, Chechik & Fetaya, Auxiliary Learning by Implicit Differentiation, ICLR 2021",
+    description=(
+        "AuxiLearn (linear): non-negative task weights learned by implicit differentiation of "
+        "the primary validation loss."
+    ),
+    paper=(
+        "Navon, Achituve, Maron, Chechik & Fetaya, Auxiliary Learning by Implicit "
+        "Differentiation, ICLR 2021"
+    ),
     aliases=("AuxiLearn", "auxi-learn"),
     defined="everywhere",
     non_conflicting=False,
@@ -72,16 +78,22 @@ class AuxiLearn(Weighting):
     ) -> None:
         self.init = check_real("AuxiLearn", "init (the weights are non-negative)", init, low=0.0)
         self.meta_lr = check_real("AuxiLearn", "meta_lr", meta_lr, low=0.0)
-        self.momentum = check_real("AuxiLearn", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.momentum = check_real(
+            "AuxiLearn", "momentum", momentum, low=0.0, high=1.0, high_open=True
+        )
         self.weight_decay = check_real("AuxiLearn", "weight_decay", weight_decay, low=0.0)
         self.hpo_lr = check_real("AuxiLearn", "hpo_lr", hpo_lr, low=0.0)
         self.terms = check_int("AuxiLearn", "terms", terms, low=0)
-        self.max_grad_norm = None if max_grad_norm is None else check_real(
-            "AuxiLearn", "max_grad_norm", max_grad_norm, low=0.0, low_open=True
+        self.max_grad_norm = (
+            None
+            if max_grad_norm is None
+            else check_real("AuxiLearn", "max_grad_norm", max_grad_norm, low=0.0, low_open=True)
         )
         self._phi = MetaParameter(
             lambda k: torch.full((k,), float(init)),
-            lambda ps: torch.optim.SGD(ps, lr=meta_lr, momentum=momentum, weight_decay=weight_decay),
+            lambda ps: torch.optim.SGD(
+                ps, lr=meta_lr, momentum=momentum, weight_decay=weight_decay
+            ),
         )
 
     @property
@@ -95,7 +107,10 @@ class AuxiLearn(Weighting):
         return phi.to(losses.dtype).to(losses.device).expand(losses.shape).clone()
 
     def hypergradient(
-        self, params: Sequence[Tensor] | torch.nn.Module, train_losses: Callable[[], Tensor], val_loss: Callable[[], Tensor]
+        self,
+        params: Sequence[Tensor] | torch.nn.Module,
+        train_losses: Callable[[], Tensor],
+        val_loss: Callable[[], Tensor],
     ) -> Tensor:
         """−J v with v = Σ_{j≤T}(I − ηH)ʲ∇V: the (k,) approximate ∂V/∂φ at the current θ."""
         ps = param_list(params)
@@ -106,7 +121,10 @@ class AuxiLearn(Weighting):
         return -jacobian_products(L, ps, v).to(torch.float64)
 
     def update(
-        self, params: Sequence[Tensor] | torch.nn.Module, train_losses: Callable[[], Tensor], val_loss: Callable[[], Tensor]
+        self,
+        params: Sequence[Tensor] | torch.nn.Module,
+        train_losses: Callable[[], Tensor],
+        val_loss: Callable[[], Tensor],
     ) -> Tensor:
         """One meta step on φ (then φ ← max(φ, 0)); returns the hypergradient used."""
         hyper = self.hypergradient(params, train_losses, val_loss)

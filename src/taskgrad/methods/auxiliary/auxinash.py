@@ -1,4 +1,4 @@
-"""AuxiNash (Shamsian et al., ICML 2023): auxiliary learning as an asymmetric Nash bargaining game."""
+"""AuxiNash (Shamsian et al., ICML 2023): auxiliary learning as an asymmetric bargaining game."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def preference_nash_weights(G: Tensor, p: Tensor, max_iter: int = 100) -> tuple[
     α is the unique minimizer of the strictly convex ½αᵀGα − Σᵢ pᵢ log αᵢ, found by Newton's
     method (Hessian G + diag(p/α²)) with a fraction-to-boundary rule and Armijo backtracking,
     in float64 on the unit-diagonal D^(-1/2)GD^(-1/2) (D = diag G), until
-    max |αᵢ(Gα)ᵢ/pᵢ − 1| ≤ 1e-12 or the Newton decrement vanishes. It exists iff some d has ⟨gᵢ, d⟩ > 0 for all i; otherwise the objective is
-    unbounded below and ``ok`` is False.
+    max |αᵢ(Gα)ᵢ/pᵢ − 1| ≤ 1e-12 or the Newton decrement vanishes. It exists iff some d has
+    ⟨gᵢ, d⟩ > 0 for all i; otherwise the objective is unbounded below and ``ok`` is False.
     """
     Gb, batch = flat_gram(G.double())
     B, k = Gb.shape[0], Gb.shape[-1]
@@ -64,12 +64,18 @@ def preference_nash_weights(G: Tensor, p: Tensor, max_iter: int = 100) -> tuple[
         step = torch.where(fin.unsqueeze(-1) & ~ok.unsqueeze(-1), step, torch.zeros_like(step))
         slope = torch.where(fin & ~ok, slope, torch.zeros_like(slope))
         neg = step < 0
-        ratio = torch.where(neg, -a / torch.where(neg, step, -torch.ones_like(step)), torch.full_like(a, float("inf")))
+        ratio = torch.where(
+            neg,
+            -a / torch.where(neg, step, -torch.ones_like(step)),
+            torch.full_like(a, float("inf")),
+        )
         t = (0.99 * ratio.amin(-1)).clamp_max(1.0)
         f0 = _objective(Gb, a, pb)
         for _ in range(60):
             f1 = _objective(Gb, a + t.unsqueeze(-1) * step, pb)
-            bad = ~(f1 <= f0 + 1e-4 * t * slope + 1e-14 * f0.abs()) & (slope < 0)  # rounding-level slack
+            bad = ~(f1 <= f0 + 1e-4 * t * slope + 1e-14 * f0.abs()) & (
+                slope < 0
+            )  # rounding-level slack
             if not bool(bad.any()):
                 break
             t = torch.where(bad, 0.5 * t, t)
@@ -82,8 +88,14 @@ def preference_nash_weights(G: Tensor, p: Tensor, max_iter: int = 100) -> tuple[
 
 @register_method(
     "auxinash",
-    description="AuxiNash: asymmetric Nash bargaining (Gα = p/α) with preferences p learned on the primary validation loss.",
-    paper="Shamsian, Navon, Glazer, Kawaguchi, Chechik & Fetaya, Auxiliary Learning as an Asymmetric Bargaining Game, ICML 2023",
+    description=(
+        "AuxiNash: asymmetric Nash bargaining (Gα = p/α) with preferences p learned on the "
+        "primary validation loss."
+    ),
+    paper=(
+        "Shamsian, Navon, Glazer, Kawaguchi, Chechik & Fetaya, Auxiliary Learning as an "
+        "Asymmetric Bargaining Game, ICML 2023"
+    ),
     aliases=("AuxiNash", "auxi-nash", "asymnash"),
     defined="zero-not-in-hull",
     non_conflicting=True,
@@ -126,19 +138,33 @@ class AuxiNash(Weighting):
         min_preference: float = 1e-4,
         on_undefined: str = "raise",
     ) -> None:
-        self.max_norm = check_real("AuxiNash", "max_norm (0 disables the scaling)", max_norm, low=0.0)
-        self.update_weights_every = check_int("AuxiNash", "update_weights_every", update_weights_every, low=1)
+        self.max_norm = check_real(
+            "AuxiNash", "max_norm (0 disables the scaling)", max_norm, low=0.0
+        )
+        self.update_weights_every = check_int(
+            "AuxiNash", "update_weights_every", update_weights_every, low=1
+        )
         self.max_iter = check_int("AuxiNash", "max_iter", max_iter, low=1)
         self.meta_lr = check_real("AuxiNash", "meta_lr", meta_lr, low=0.0)
-        self.momentum = check_real("AuxiNash", "momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.momentum = check_real(
+            "AuxiNash", "momentum", momentum, low=0.0, high=1.0, high_open=True
+        )
         self.hpo_lr = check_real("AuxiNash", "hpo_lr", hpo_lr, low=0.0)
         self.terms = check_int("AuxiNash", "terms", terms, low=0)
-        self.max_grad_norm = None if max_grad_norm is None else check_real(
-            "AuxiNash", "max_grad_norm", max_grad_norm, low=0.0, low_open=True
+        self.max_grad_norm = (
+            None
+            if max_grad_norm is None
+            else check_real("AuxiNash", "max_grad_norm", max_grad_norm, low=0.0, low_open=True)
         )
-        self.min_preference = check_real("AuxiNash", "min_preference", min_preference, low=0.0, low_open=True)
-        self.on_undefined = check_choice("AuxiNash", "on_undefined", on_undefined, ("raise", "previous"))
-        self._p = MetaParameter(lambda k: torch.ones(k), lambda ps: torch.optim.SGD(ps, lr=meta_lr, momentum=momentum))
+        self.min_preference = check_real(
+            "AuxiNash", "min_preference", min_preference, low=0.0, low_open=True
+        )
+        self.on_undefined = check_choice(
+            "AuxiNash", "on_undefined", on_undefined, ("raise", "previous")
+        )
+        self._p = MetaParameter(
+            lambda k: torch.ones(k), lambda ps: torch.optim.SGD(ps, lr=meta_lr, momentum=momentum)
+        )
         self._alpha: Tensor | None = None
         self._gram: Tensor | None = None
         self._step = 0
@@ -160,11 +186,16 @@ class AuxiNash(Weighting):
             if not bool(ok.all()):
                 if self.on_undefined == "raise":
                     raise UndefinedMethodError(
-                        "AuxiNash is undefined for this Gram matrix: it needs a direction d with ⟨gᵢ, d⟩ > 0 for "
-                        "every task (no zero gradient, 0 not in the convex hull of the gradients). Pass "
-                        "on_undefined='previous' to reuse the last weights, or use PrimaryAux / UPGrad."
+                        "AuxiNash is undefined for this Gram matrix: it needs a direction d with "
+                        "⟨gᵢ, d⟩ > 0 for every task (no zero gradient, 0 not in the convex hull of "
+                        "the gradients). Pass on_undefined='previous' to reuse the last weights, "
+                        "or use PrimaryAux / UPGrad."
                     )
-                prev = self._alpha if self._alpha is not None and self._alpha.shape == alpha.shape else torch.ones_like(alpha)
+                prev = (
+                    self._alpha
+                    if self._alpha is not None and self._alpha.shape == alpha.shape
+                    else torch.ones_like(alpha)
+                )
                 alpha = torch.where(ok.unsqueeze(-1), alpha, prev.to(alpha))
             self._alpha = alpha
             self._gram = Gs
@@ -172,20 +203,29 @@ class AuxiNash(Weighting):
         alpha = self._alpha.to(gram.dtype).to(gram.device)
         if self.max_norm > 0:
             norm = torch.einsum("...i,...ij,...j->...", alpha, gram, alpha).clamp_min(0).sqrt()
-            scale = torch.where(norm > self.max_norm, self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+            scale = torch.where(
+                norm > self.max_norm,
+                self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+                torch.ones_like(norm),
+            )
             alpha = alpha * scale.unsqueeze(-1)
         return alpha
 
     def alpha_jacobian(self) -> Tensor:
         """∂α/∂p = (Ĝ + diag(p/α²))⁻¹ diag(1/α) at the last solve, shape (k, k)."""
         if self._alpha is None or self._gram is None or self._alpha.dim() != 1:
-            raise RuntimeError("AuxiNash.update needs one unbatched call (w = method(gram=G)) first, for α and Ĝ.")
+            raise RuntimeError(
+                "AuxiNash.update needs one unbatched call (w = method(gram=G)) first, for α and Ĝ."
+            )
         a, Gs = self._alpha, self._gram
         p = self._p.value.detach().to(a)  # type: ignore[union-attr]
         return torch.linalg.solve(Gs + torch.diag(p / a**2), torch.diag(1.0 / a))
 
     def hypergradient(
-        self, params: Sequence[Tensor] | torch.nn.Module, train_losses: Callable[[], Tensor], val_loss: Callable[[], Tensor]
+        self,
+        params: Sequence[Tensor] | torch.nn.Module,
+        train_losses: Callable[[], Tensor],
+        val_loss: Callable[[], Tensor],
     ) -> Tensor:
         """∂V/∂p ≈ (−J v)ᵀ ∂α/∂p with v = Σ_{j≤T}(I − ηH)ʲ∇V, H the Hessian of Σ αᵢLᵢ (k,)."""
         dadp = self.alpha_jacobian()
@@ -198,9 +238,12 @@ class AuxiNash(Weighting):
         return r @ dadp.to(r)
 
     def update(
-        self, params: Sequence[Tensor] | torch.nn.Module, train_losses: Callable[[], Tensor], val_loss: Callable[[], Tensor]
+        self,
+        params: Sequence[Tensor] | torch.nn.Module,
+        train_losses: Callable[[], Tensor],
+        val_loss: Callable[[], Tensor],
     ) -> Tensor:
-        """One preference step; returns the hypergradient ∂V/∂p used. The next solve uses the new p."""
+        """One preference step; returns the hypergradient ∂V/∂p (the next solve uses the new p)."""
         hyper = self.hypergradient(params, train_losses, val_loss)
         self._p.step(hyper, self.max_grad_norm)
         with torch.no_grad():
@@ -218,7 +261,12 @@ class AuxiNash(Weighting):
         self._step = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"p": self._p.state_dict(), "alpha": clone_state(self._alpha), "gram": clone_state(self._gram), "step": self._step}
+        return {
+            "p": self._p.state_dict(),
+            "alpha": clone_state(self._alpha),
+            "gram": clone_state(self._gram),
+            "step": self._step,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._p.load_state_dict(state_dict["p"])

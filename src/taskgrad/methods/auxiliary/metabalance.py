@@ -1,4 +1,4 @@
-"""MetaBalance (He et al., WWW 2022): auxiliary gradients rescaled toward the primary's magnitude."""
+"""MetaBalance (He et al., WWW 2022): auxiliary gradients rescaled toward the primary's norm."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ _STRATEGIES = ("all", "reduce", "enlarge")
 
 @register_method(
     "metabalance",
-    description="MetaBalance: each auxiliary gradient moved toward the primary's moving-average norm.",
-    paper="He et al., MetaBalance: Improving Multi-Task Recommendations via Adapting Gradient Magnitudes of Auxiliary Tasks, WWW 2022",
+    description="MetaBalance: each auxiliary gradient moved toward the primary's average norm.",
+    paper=(
+        "He et al., MetaBalance: Improving Multi-Task Recommendations via Adapting Gradient "
+        "Magnitudes of Auxiliary Tasks, WWW 2022"
+    ),
     aliases=("MetaBalance", "meta-balance"),
     defined="everywhere",
     non_conflicting=False,
@@ -46,7 +49,9 @@ class MetaBalance(Weighting):
     """
 
     def __init__(self, relax_factor: float = 0.7, beta: float = 0.9, strategy: str = "all") -> None:
-        self.relax_factor = check_real("MetaBalance", "relax_factor", relax_factor, low=0.0, high=1.0)
+        self.relax_factor = check_real(
+            "MetaBalance", "relax_factor", relax_factor, low=0.0, high=1.0
+        )
         self.beta = check_real("MetaBalance", "beta", beta, low=0.0, high=1.0, high_open=True)
         self.strategy = check_choice("MetaBalance", "strategy", strategy, _STRATEGIES)
         self.reset()
@@ -58,14 +63,17 @@ class MetaBalance(Weighting):
             self._m = torch.zeros_like(sig)
         elif self._m.shape != sig.shape:
             raise ValueError(
-                f"MetaBalance's state is for {tuple(self._m.shape)} norms, got a Gram for {tuple(sig.shape)}; call reset()."
+                f"MetaBalance's state is for {tuple(self._m.shape)} norms, got a Gram for "
+                f"{tuple(sig.shape)}; call reset()."
             )
         m = self.beta * self._m.to(sig.dtype) + (1.0 - self.beta) * sig
         self._m = m
         self._n += 1
         m0 = m[..., :1]
         alive = m > 0
-        ratio = torch.where(alive, m0 / torch.where(alive, m, torch.ones_like(m)), torch.ones_like(m))
+        ratio = torch.where(
+            alive, m0 / torch.where(alive, m, torch.ones_like(m)), torch.ones_like(m)
+        )
         w = self.relax_factor * ratio + (1.0 - self.relax_factor)
         apply = alive.clone()
         if self.strategy == "reduce":
