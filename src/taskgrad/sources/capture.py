@@ -100,11 +100,38 @@ def _consumers(root: Any, match: Callable[[Any, int], int], stops: set,
     return out
 
 
-@dataclass
+def _linear_factor(node: Any, j: int, z: Tensor) -> Tensor | None:
+    """M (d, o) such that the gradient ``node`` sends to the 2-D feature z through its edge j is
+    ``grad_out @ Mᵀ`` (grad_out: the gradient at the node's (n, o) output), when the node is a
+    matrix product reading z as its left operand (a Linear: addmm or mm); None otherwise."""
+    if z.dim() != 2 or z.is_complex() or not z.is_floating_point():
+        return None
+    name = type(node).__name__
+    try:
+        if name == "AddmmBackward0" and j == 1:
+            M, alpha = node._saved_mat2, node._saved_alpha
+        elif name == "MmBackward0" and j == 0:
+            M, alpha = node._saved_mat2, 1
+        else:
+            return None
+    except (AttributeError, RuntimeError):  # saved tensors not exposed or already freed: dense rows
+        return None
+    if not isinstance(M, Tensor) or M.dim() != 2 or M.shape[0] != z.shape[1] or M.dtype != z.dtype:
+        return None
+    if not isinstance(alpha, (int, float)):
+        return None
+    return M if alpha == 1 else M * alpha
+
+
 class FeatureCapture:
     """Per-task gradients at the features from ONE backward, and what the update needs.
 
-    rows[f]: (k, *feats[f].shape), row i = ∂Lᵢ/∂feats[f] (None: no loss reaches feats[f]).
+    Row i at feature f is ∂Lᵢ/∂feats[f] = dense[f][i] + Σ_c D_c M_cᵀ over the factored parts
+    (i, D_c, M_c) of ``factors[f]``: an op of task i that reads z (n × d) as the left operand of a
+    matrix product (a Linear head) contributes D_c M_cᵀ with D_c (n × o) the gradient at its
+    output and M_c (d × o) its right operand, so the Gram and the update never build the dense
+    k × n × d rows for it. :attr:`rows` gives the dense rows (built on first use).
+
     unreached: tasks whose loss depends on no feature. When ``heads`` is not None the graph
     splits cleanly at the features (every op reading them and every leaf above them belongs
     to one task, and no leaf above them is also below them): ``heads`` holds (leaf, task,
@@ -112,11 +139,71 @@ class FeatureCapture:
     :meth:`update` gives the step's gradient with one backward through the encoder only.
     """
 
-    feats: list[Tensor]
-    rows: list[Tensor | None]
-    unreached: list[int]
-    heads: list[tuple[Tensor, int, Tensor]] | None = None
-    below: list[Tensor] | None = None
+    def __init__(self, feats: list[Tensor], dense: list[Tensor | None], unreached: list[int], k: int,
+                 factors: list[list[tuple[int, Tensor, Tensor]]] | None = None,
+                 dense_tasks: list[list[int]] | None = None,
+                 heads: list[tuple[Tensor, int, Tensor]] | None = None, below: list[Tensor] | None = None) -> None:
+        self.feats = feats
+        self.dense = dense
+        self.unreached = unreached
+        self.k = k
+        self.factors = factors if factors is not None else [[] for _ in feats]
+        self.dense_tasks = dense_tasks if dense_tasks is not None else [list(range(k)) for _ in feats]
+        self.heads = heads
+        self.below = below
+        self._rows: list[Tensor | None] | None = None
+
+    def reached(self, f: int) -> bool:
+        """Whether some loss reaches feats[f]."""
+        return self.dense[f] is not None or bool(self.factors[f])
+
+    @property
+    def rows(self) -> list[Tensor | None]:
+        """rows[f]: (k, *feats[f].shape), row i = ∂Lᵢ/∂feats[f] (None: no loss reaches feats[f])."""
+        if self._rows is None:
+            out: list[Tensor | None] = []
+            for f, z in enumerate(self.feats):
+                r = self.dense[f]
+                if self.factors[f]:
+                    r = torch.zeros((self.k, *z.shape), dtype=z.dtype, device=z.device) if r is None else r.clone()
+                    for i, D, M in self.factors[f]:
+                        r[i] += (D @ M.T).to(z.dtype).reshape(z.shape)
+                out.append(r)
+            self._rows = out
+        return self._rows
+
+    def gram(self, dtype: torch.dtype) -> Tensor:
+        """G = Σ_f Σ_b ⟨∂Lᵢ/∂z_fb, ∂Lⱼ/∂z_fb⟩ (k×k, in ``dtype``), from the factored parts where
+        there are some: ⟨D_a M_aᵀ, D_c M_cᵀ⟩ = Σ (D_aᵀ D_c) ⊙ (M_aᵀ M_c)."""
+        device = self.feats[0].device
+        G = torch.zeros(self.k, self.k, dtype=dtype, device=device)
+        for f in range(len(self.feats)):
+            R = self.dense[f]
+            parts = self.factors[f]
+            Rf = None
+            if R is not None:
+                live = self.dense_tasks[f]
+                Rf = R[live].reshape(len(live), -1).to(dtype) if len(live) < self.k else R.reshape(self.k, -1).to(dtype)
+                idx = torch.tensor(live, device=device)
+                G[idx.unsqueeze(1), idx.unsqueeze(0)] += Rf @ Rf.T
+            if not parts:
+                continue
+            Dall = torch.cat([D.reshape(-1, D.shape[-1]).to(dtype) for _, D, _ in parts], dim=1)  # (n, O)
+            Mall = torch.cat([M.to(dtype) for _, _, M in parts], dim=1)  # (d, O)
+            S = torch.zeros(Dall.shape[1], self.k, dtype=dtype, device=device)
+            col = 0
+            for i, D, _ in parts:
+                S[col:col + D.shape[-1], i] = 1
+                col += D.shape[-1]
+            H = (Dall.T @ Dall) * (Mall.T @ Mall)
+            G += S.T @ H @ S
+            if Rf is not None:
+                n, d = Dall.shape[0], Mall.shape[0]
+                X = ((Rf.reshape(-1, n, d) @ Mall) * Dall).sum(1) @ S  # (live, k): ⟨R_i, Σ_c D_c M_cᵀ⟩
+                C = torch.zeros(self.k, self.k, dtype=dtype, device=device)
+                C[idx] = X
+                G += C + C.T
+        return 0.5 * (G + G.T)
 
     def update(self, v: Tensor, own: Tensor | None = None) -> list[tuple[Tensor, Tensor, bool]]:
         """(leaf, gradient, shared) of Σᵢ vᵢLᵢ (heads: ownᵢ instead of vᵢ when ``own`` is given),
@@ -127,14 +214,32 @@ class FeatureCapture:
         for p, i, g in self.heads:
             out.append((p, (coeff[i].to(g.dtype) * g), False))
         zs, gz = [], []
-        for z, r in zip(self.feats, self.rows):
-            if r is not None:
-                zs.append(z)
-                gz.append(torch.tensordot(v.to(r.dtype), r, dims=1))
+        for f, z in enumerate(self.feats):
+            if not self.reached(f):
+                continue
+            g = None
+            R = self.dense[f]
+            if R is not None:
+                g = torch.tensordot(v.to(R.dtype), R, dims=1)
+            parts = self.factors[f]
+            if parts:
+                Dv = torch.cat([D * v[i].to(D.dtype) for i, D, _ in parts], dim=1)
+                Mall = torch.cat([M for _, _, M in parts], dim=1)
+                h = (Dv @ Mall.T).to(z.dtype).reshape(z.shape)
+                g = h if g is None else g + h
+            zs.append(z)
+            gz.append(g)
         if self.below:
             gs = guarded_grad(lambda: torch.autograd.grad(zs, self.below, grad_outputs=gz, allow_unused=True))
             out.extend((p, torch.zeros_like(p) if g is None else g, True) for p, g in zip(self.below, gs))
         return out
+
+
+def _factoring_pays(k_f: int, dense_tasks: int, widths: list[int], n: int, d: int) -> bool:
+    """Whether the factored Gram of one feature costs less than the dense one (multiply-adds)."""
+    O = sum(widths)
+    factored = O * O * (n + d) + dense_tasks * dense_tasks * n * d + dense_tasks * n * d * O
+    return factored < k_f * k_f * n * d
 
 
 def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bool = False) -> FeatureCapture:
@@ -175,18 +280,47 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                 break
         if heads is None:
             below = None
-    bufs: list[Tensor | None] = [None] * len(feats)
+    nf = len(feats)
+    dense: list[Tensor | None] = [None] * nf
+    factors: list[list[tuple[int, Tensor, Tensor]]] = [[] for _ in range(nf)]
+    dense_sets: list[set[int]] = [set() for _ in range(nf)]
     head_grads: list[Tensor] = []
     done = False
     if disjoint and reached:
-        used = sorted({f for cons in per_task for _, _, f in cons})
-        for f in used:
-            z = feats[f]
-            bufs[f] = torch.zeros((k, *z.shape), dtype=z.dtype, device=z.device)
-        failed: list[bool] = []
-        handles = []
+        # Which consumers give their gradient in factored form (a matrix product reading z).
+        plan: list[tuple[Any, int, int, int, Tensor | None]] = []
         for i, cons in enumerate(per_task):
             for node, j, f in cons:
+                M = _linear_factor(node, j, feats[f])
+                plan.append((node, j, f, i, M))
+        for f, z in enumerate(feats):
+            mine = [p for p in plan if p[2] == f]
+            if not mine:
+                continue
+            n, d = (z.shape[0], z.shape[1]) if z.dim() == 2 else (1, z.numel())
+            fact = [p for p in mine if p[4] is not None and p[4].shape[1] ** 2 * (n + d) < n * d]
+            k_f = len({p[3] for p in mine})
+            dense_t = {p[3] for p in mine if not any(p is q for q in fact)}
+            if not fact or not _factoring_pays(k_f, len(dense_t), [p[4].shape[1] for p in fact], n, d):
+                fact = []
+            keep = {id(p) for p in fact}
+            plan = [p if id(p) in keep or p[2] != f else (*p[:4], None) for p in plan]
+        need_input = sorted({f for node, j, f, i, M in plan if M is None})
+        for node, j, f, i, M in plan:
+            if M is None:
+                dense_sets[f].add(i)
+            elif heads is None or not any(nx is not None for jj, (nx, _) in enumerate(node.next_functions) if jj != j):
+                need_input.append(f)  # nothing else drives this node: ask for z so that it runs
+        need_input = sorted(set(need_input))
+        for f in need_input:
+            if dense_sets[f]:
+                z = feats[f]
+                dense[f] = torch.zeros((k, *z.shape), dtype=z.dtype, device=z.device)
+        fired: list[int] = []
+        failed: list[bool] = []
+        handles = []
+        for node, j, f, i, M in plan:
+            if M is None:
 
                 def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
                          f: int = f) -> None:
@@ -194,30 +328,43 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                     if g is None:
                         failed.append(True)
                         return
-                    bufs[f][i].add_(g)  # type: ignore[index]
+                    dense[f][i].add_(g)  # type: ignore[index]
+                    fired.append(1)
+            else:
 
-                handles.append(node.register_hook(hook))
-        inputs = [feats[f] for f in used] + ([p for p, _ in heads] if heads else [])
+                def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, f: int = f,
+                         M: Tensor = M) -> None:
+                    g = grad_outputs[0]
+                    if g is None:
+                        failed.append(True)
+                        return
+                    factors[f].append((i, g, M))
+                    fired.append(1)
+
+            handles.append(node.register_hook(hook))
+        inputs = [feats[f] for f in need_input] + ([p for p, _ in heads] if heads else [])
         try:
             got = guarded_grad(lambda: torch.autograd.grad(losses.root, inputs, grad_outputs=losses.mask(),
                                                            retain_graph=True, allow_unused=True))
         finally:
             for h in handles:
                 h.remove()
-        done = not failed
+        done = not failed and len(fired) == len(plan)
         if done and heads:
-            head_grads = [torch.zeros_like(p) if g is None else g for (p, _), g in zip(heads, got[len(used):])]
+            head_grads = [torch.zeros_like(p) if g is None else g for (p, _), g in zip(heads, got[len(need_input):])]
     if not done:
         heads = below = None
-        bufs = [None] * len(feats)
-        grads: list[list[Tensor | None]] = [[None] * len(feats) for _ in range(k)]
+        dense = [None] * nf
+        factors = [[] for _ in range(nf)]
+        dense_sets = [set(range(k)) for _ in range(nf)]
+        grads: list[list[Tensor | None]] = [[None] * nf for _ in range(k)]
         for i in reached:
             grads[i] = list(guarded_grad(lambda i=i: losses.task_grad(i, feats)))
         for f, z in enumerate(feats):
             col = [grads[i][f] for i in range(k)]
             if any(g is not None for g in col):
-                bufs[f] = torch.stack([torch.zeros_like(z) if g is None else g for g in col])
-    cap = FeatureCapture(list(feats), bufs, unreached)
+                dense[f] = torch.stack([torch.zeros_like(z) if g is None else g for g in col])
+    cap = FeatureCapture(list(feats), dense, unreached, k, factors, [sorted(t) for t in dense_sets])
     if heads is not None and below is not None:
         cap.heads = [(p, i, g) for (p, i), g in zip(heads, head_grads)]
         cap.below = below

@@ -156,8 +156,8 @@ def check_features(features: Tensor | Sequence[Tensor]) -> list[Tensor]:
 def gram_of_capture(cap: FeatureCapture, feats: Sequence[Tensor]) -> Tensor:
     """The representation Gram from captured feature gradients, with the checks of
     :func:`representation_gram`."""
-    rows, unreached = cap.rows, cap.unreached
-    if all(g is None for g in rows):
+    unreached = cap.unreached
+    if not any(cap.reached(f) for f in range(len(feats))):
         raise ValueError(
             "features are not in the graph of any loss: pass the tensor the task heads were "
             "computed from (the encoder's output), not a copy of it."
@@ -168,10 +168,4 @@ def gram_of_capture(cap: FeatureCapture, feats: Sequence[Tensor]) -> Tensor:
             "representation says nothing about the shared parameters. Every loss must be computed from the features (a task-specific-only loss "
             "should be added separately, or use the parameter source)."
         )
-    dtype = _gram_dtype(feats[0])
-    present = [g for g in rows if g is not None]
-    k = present[0].shape[0]
-    flat = present[0].reshape(k, -1).to(dtype) if len(present) == 1 else \
-        torch.cat([g.reshape(k, -1).to(dtype) for g in present], dim=1)
-    G = flat @ flat.T
-    return 0.5 * (G + G.T)
+    return cap.gram(_gram_dtype(feats[0]))

@@ -46,7 +46,8 @@ class Part:
     parameter it reaches, when the source computed them anyway; None otherwise. update: when
     the source can give the step's gradient more cheaply than a weighted backward of the whole
     graph, ``update(v, own)`` returns (parameter, gradient of Σᵢ vᵢLᵢ, shared) triples (heads
-    weighted by ``own`` instead of v when it is given); None otherwise.
+    weighted by ``own`` instead of v when it is given), each gradient a new tensor that no one
+    else holds (the caller may store it as ``.grad`` without a copy); None otherwise.
     """
 
     payload: Tensor | None

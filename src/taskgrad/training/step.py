@@ -179,9 +179,13 @@ def _task_label(i: int, names: Sequence[str] | None) -> str:
     return f"task {i} ({names[i]!r})" if names is not None and i < len(names) else f"task {i}"
 
 
-def _add_grad(p: Tensor, g: Tensor) -> None:
+def _add_grad(p: Tensor, g: Tensor, fresh: bool = False) -> None:
+    """``p.grad += g``; ``fresh``: g is a new tensor no one else holds, kept without a copy."""
     g = g.to(p.dtype)
-    p.grad = g.clone() if p.grad is None else p.grad + g
+    if p.grad is None:
+        p.grad = g if fresh else g.clone()
+    else:
+        p.grad = p.grad + g
 
 
 class GradStep:
@@ -428,13 +432,15 @@ class GradStep:
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in measured])))
         return (min(1.0, self.max_norm / (norm + 1e-6)) if math.isfinite(norm) else 1.0), norm
 
-    def _write(self, grads: list[tuple[Tensor, Tensor, bool]], s: float) -> tuple[float | None, bool]:
-        """Add (param, gradient, shared) to ``.grad`` after clipping, times the scaler's scale s."""
+    def _write(self, grads: list[tuple[Tensor, Tensor, bool]], s: float,
+               fresh: bool = False) -> tuple[float | None, bool]:
+        """Add (param, gradient, shared) to ``.grad`` after clipping, times the scaler's scale s
+        (``fresh``: the gradients are new tensors no one else holds, stored without a copy)."""
         factor, norm = self._clip_factor(grads)
         for p, g, shared in grads:
             if factor != 1.0 and (shared or self.clip == "all"):
                 g = g * factor
-            _add_grad(p, g * s if s != 1.0 else g)
+            _add_grad(p, g * s if s != 1.0 else g, fresh)
         return norm, factor != 1.0
 
     def _apply_backward(self, ls: LossSet, v: Tensor, s: float, backward_fn: Callable[[Tensor], None] | None,
@@ -540,7 +546,7 @@ class GradStep:
         part = got.get("part")
         if part is not None and part.update is not None and refreshed:
             own = torch.ones(subset.numel(), dtype=v.dtype, device=v.device) if self.heads == "unweighted" else None
-            norm, clipped = self._write(part.update(v[subset], own), s)
+            norm, clipped = self._write(part.update(v[subset], own), s, fresh=True)
         else:
             norm, clipped = self._apply_backward(ls, v, s, backward_fn, subset)
         self.schedule.advance()
