@@ -7,11 +7,12 @@
 """
 
 from .noise import corrupt_labels, pair_flip_noise, symmetric_noise
-from .trainer import STRATEGIES, CleanSetTrainer, StepResult, glmask_alignment
+from .trainer import STRATEGIES, CleanSetTrainer, OptimizerLike, StepResult, glmask_alignment
 
 __all__ = [
     "STRATEGIES",
     "CleanSetTrainer",
+    "OptimizerLike",
     "StepResult",
     "corrupt_labels",
     "glmask_alignment",
