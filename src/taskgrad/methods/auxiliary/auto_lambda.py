@@ -108,7 +108,7 @@ class AutoLambda(Weighting):
         """
         ps = param_list(params)
         L = check_closure_losses(train_losses(), None)
-        lam = self._lam.ensure(L.shape[0]).detach().to(L.dtype)
+        lam = self._lam.ensure(L.shape[0]).detach().to(device=L.device, dtype=L.dtype)
         g = torch.autograd.grad((lam * L).sum(), ps, allow_unused=True)
         g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, ps, strict=True)]
         step = [lr * gi for gi in g]

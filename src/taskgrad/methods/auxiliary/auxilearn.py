@@ -116,7 +116,7 @@ class AuxiLearn(Weighting):
         ps = param_list(params)
         val_grad = validation_gradient(ps, val_loss)  # before building the losses' graph
         L = check_closure_losses(train_losses(), None)
-        phi = self._phi.ensure(L.shape[0]).detach().to(L.dtype)
+        phi = self._phi.ensure(L.shape[0]).detach().to(device=L.device, dtype=L.dtype)
         v = neumann_vector((phi * L).sum(), ps, val_grad, self.hpo_lr, self.terms)
         return -jacobian_products(L, ps, v).to(torch.float64)
 
