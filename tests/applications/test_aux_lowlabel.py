@@ -34,7 +34,7 @@ def _fake(kind: str):
     return fake_parkinsons(n_patients=10, per_patient=20)
 
 
-def test_every_protocol_of_the_issue_has_a_config() -> None:
+def test_every_low_label_protocol_has_a_config_with_every_method() -> None:
     kinds = {json.loads(p.read_text())["experiment"] for p in CONFIGS}
     assert kinds == set(al.KINDS)
     for p in CONFIGS:
