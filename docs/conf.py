@@ -61,10 +61,6 @@ nitpick_ignore_regex = [
 LENIENT: list[str] = [
     "taskgrad.solvers.nnls.SolverInfo",
     "taskgrad.solvers.SolverInfo",
-    "taskgrad.sources.capture.feature_rows",
-    "taskgrad.sources.feature_rows",
-    "taskgrad.distributed.DistributedStep",
-    "taskgrad.distributed.step.DistributedStep",
 ]
 
 
@@ -84,6 +80,8 @@ _LONE_STAR = re.compile(r"(?<!\\)(?<!^)\*|^\*(?! )")  # not a bullet ("* " at th
 def _escape_plain_text(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
     """Docstrings write math in plain text: |x| is an absolute value, not a substitution, and
     *args/**kwargs are names, not emphasis. Escape them outside literals and roles."""
+    if any(name == n or name.startswith(n + ".") for n in LENIENT):  # shown verbatim
+        return
     for i, line in enumerate(lines):
         if line.lstrip().startswith(("| ", "+-", "+=")):  # a table or line block
             continue
@@ -102,11 +100,11 @@ def _escape_plain_text(app: object, what: str, name: str, obj: object, options: 
 
 def _prose_not_type(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
     """Napoleon reads "Text before a colon: more text" in a property's docstring as "type:
-    description"; when that "type" is prose (has spaces), put the sentence back together."""
+    description"; taskgrad gives types as annotations, so put the sentence back together."""
     if what not in ("property", "attribute"):
         return
     for i, line in enumerate(lines):
-        if line.startswith(":type: ") and " " in line[7:].strip():
+        if line.startswith(":type: "):  # taskgrad states types in annotations, never inline
             head = line[7:].strip()
             del lines[i]
             while lines and not lines[-1].strip():
@@ -189,6 +187,9 @@ def _resolve_alias(app: object, env: object, node: object, contnode: object) -> 
             ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], min(same), node, contnode)  # type: ignore[attr-defined, index]
             if ref is not None:
                 return ref
+    if not exists and "." not in target:  # a helper type of some taskgrad module (a Protocol, an alias)
+        exists = any(name.startswith("taskgrad") and target in vars(mod)
+                     for name, mod in list(sys.modules.items()) if mod is not None)
     if not exists and node.get("reftype") == "exc":  # type: ignore[attr-defined]
         # "ValueError / TypeError" in a Raises section: every name a real exception
         names = [n for n in re.split(r"\s*(?:/|,|\bor\b)\s*", target) if n]

@@ -185,7 +185,7 @@ class DistributedStep(GradStep):
         source: a GramSource or name ("auto": representation when ``features`` are passed,
             else the full-parameter source). A :class:`DistributedSource` is unwrapped.
         group, module, debug, bucket_numel, traffic: the :class:`AllReduce` reducer's.
-        Other keywords: as for GradStep (``period``, ``ema``, ``nonfinite``, ``on_undefined``,
+        **options: as for GradStep (``period``, ``ema``, ``nonfinite``, ``on_undefined``,
         ``heads``, ``max_norm``, ``clip``, ``normalize``, ``names``).
     """
 
