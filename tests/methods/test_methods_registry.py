@@ -82,7 +82,7 @@ def test_names_aliases_and_suggestions():
     assert isinstance(M.get("NashMTL"), M.NashMTL)
     for libmtl, cls in [("EW", M.Mean), ("UW", M.UncertaintyWeighting), ("GLS", M.GeometricMean), ("DWA", M.DWA),
                         ("GradNorm", M.GradNorm), ("MGDA", M.MGDA), ("PCGrad", M.PCGrad), ("GradVac", M.GradVac),
-                        ("CAGrad", M.CAGrad), ("Nash_MTL", M.NashMTL), ("IMTL", M.IMTLG), ("RLW", M.RLW),
+                        ("CAGrad", M.CAGrad), ("Nash_MTL", M.NashMTL), ("IMTL", M.HybridIMTL), ("IMTLG", M.IMTLG), ("RLW", M.RLW),
                         ("Aligned_MTL", M.AlignedMTL), ("DB_MTL", M.DBMTL), ("FAMO", M.FAMO), ("STCH", M.STCH),
                         ("UPGrad", M.UPGrad), ("nash mtl", M.NashMTL), ("MGDA-UB", M.MGDAUB)]:
         assert isinstance(M.get(libmtl), cls), libmtl

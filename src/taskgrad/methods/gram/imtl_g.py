@@ -22,7 +22,7 @@ __all__ = ["IMTLG"]
     "imtl-g",
     description="IMTL-G: equal projections of the update on every unit task gradient.",
     paper="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
-    aliases=("IMTLG", "IMTL"),
+    aliases=("IMTLG",),
     defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,

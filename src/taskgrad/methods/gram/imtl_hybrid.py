@@ -19,7 +19,7 @@ __all__ = ["HybridIMTL"]
     "imtl-hybrid",
     description='Hybrid IMTL: learned loss scales (IMTL-L) and IMTL-G on the scaled gradients in one method.',
     paper='Liu et al., Towards Impartial Multi-task Learning, ICLR 2021',
-    aliases=('HybridIMTL', 'hybrid-imtl'),
+    aliases=("HybridIMTL", "hybrid-imtl", "IMTL"),  # LibMTL's IMTL is the hybrid method
     defined='everywhere',
     non_conflicting=False,
     permutation_equivariant=True,
