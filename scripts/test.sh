@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command: builds the environment if needed, then runs the default test suite.
+# The test command: builds the environment if needed (the docs extra too: .ci/run builds the site
+# with the same environment), then runs the whole test suite; arguments go to pytest, e.g.
+# `bash scripts/test.sh -m "not slow"` for the fast subset.
 # pytest's exit code 5 (no tests collected) is a failure of ours, not a pass.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root" || exit 1
