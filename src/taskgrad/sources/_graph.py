@@ -46,7 +46,7 @@ def loss_list(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
                 f"loss {i} does not require grad: it is not connected to any parameter (was it "
                 "computed under torch.no_grad() or from detached tensors?)."
             )
-    return [loss.reshape(()) for loss in items]
+    return [loss if loss.dim() == 0 else loss.reshape(()) for loss in items]
 
 
 def check_params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -271,6 +271,8 @@ class LossSet:
 
     def mask(self) -> Tensor:
         """(k_all,) ones at this view's tasks, zeros elsewhere: the cotangent of Σ_{i in view} Lᵢ."""
+        if len(self._which) == len(self._items_all):
+            return torch.ones_like(self._root)
         m = torch.zeros_like(self._root)
         m[self._which] = 1
         return m

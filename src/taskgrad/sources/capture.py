@@ -188,18 +188,21 @@ class FeatureCapture:
                 G[idx.unsqueeze(1), idx.unsqueeze(0)] += Rf @ Rf.T
             if not parts:
                 continue
-            Dall = torch.cat([D.reshape(-1, D.shape[-1]).to(dtype) for _, D, _ in parts], dim=1)  # (n, O)
-            Mall = torch.cat([M.to(dtype) for _, _, M in parts], dim=1)  # (d, O)
-            S = torch.zeros(Dall.shape[1], self.k, dtype=dtype, device=device)
-            col = 0
-            for i, D, _ in parts:
-                S[col:col + D.shape[-1], i] = 1
-                col += D.shape[-1]
+            Dall = torch.cat([D for _, D, _ in parts], dim=1).to(dtype)  # (n, O)
+            Mall = torch.cat([M for _, _, M in parts], dim=1).to(dtype)  # (d, O)
+            seg = [i for i, D, _ in parts for _ in range(D.shape[1])]  # the task of each column
             H = (Dall.T @ Dall) * (Mall.T @ Mall)
-            G += S.T @ H @ S
+            S = None
+            if seg == list(range(self.k)):  # one column per task, in order: H is the Gram
+                G += H
+            else:  # G_ij sums the block of H between task i's columns and task j's
+                S = torch.zeros(len(seg), self.k, dtype=dtype, device=device)
+                S[torch.arange(len(seg), device=device), torch.tensor(seg, device=device)] = 1
+                G += S.T @ H @ S
             if Rf is not None:
                 n, d = Dall.shape[0], Mall.shape[0]
-                X = ((Rf.reshape(-1, n, d) @ Mall) * Dall).sum(1) @ S  # (live, k): ⟨R_i, Σ_c D_c M_cᵀ⟩
+                X = ((Rf.reshape(-1, n, d) @ Mall) * Dall).sum(1)  # (live, O): ⟨R_i, D_c M_cᵀ⟩ per column
+                X = X if S is None else X @ S  # (live, k)
                 C = torch.zeros(self.k, self.k, dtype=dtype, device=device)
                 C[idx] = X
                 G += C + C.T
@@ -210,9 +213,9 @@ class FeatureCapture:
         by one backward of Σᵢ vᵢ ∂Lᵢ/∂z from the features down; frees the graph below them."""
         assert self.heads is not None and self.below is not None
         out: list[tuple[Tensor, Tensor, bool]] = []
-        coeff = v if own is None else own
+        coeff = (v if own is None else own).tolist()
         for p, i, g in self.heads:
-            out.append((p, (coeff[i].to(g.dtype) * g), False))
+            out.append((p, g * coeff[i], False))
         zs, gz = [], []
         for f, z in enumerate(self.feats):
             if not self.reached(f):
@@ -223,7 +226,9 @@ class FeatureCapture:
                 g = torch.tensordot(v.to(R.dtype), R, dims=1)
             parts = self.factors[f]
             if parts:
-                Dv = torch.cat([D * v[i].to(D.dtype) for i, D, _ in parts], dim=1)
+                vs = v.tolist()
+                seg = [vs[i] for i, D, _ in parts for _ in range(D.shape[1])]
+                Dv = torch.cat([D for _, D, _ in parts], dim=1) * torch.tensor(seg, dtype=v.dtype).to(parts[0][1])
                 Mall = torch.cat([M for _, _, M in parts], dim=1)
                 h = (Dv @ Mall.T).to(z.dtype).reshape(z.shape)
                 g = h if g is None else g + h
@@ -350,6 +355,8 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
             for h in handles:
                 h.remove()
         done = not failed and len(fired) == len(plan)
+        for parts in factors:
+            parts.sort(key=lambda part: part[0])  # by task (the hooks fire in the engine's order)
         if done and heads:
             head_grads = [torch.zeros_like(p) if g is None else g for (p, _), g in zip(heads, got[len(need_input):])]
     if not done:
