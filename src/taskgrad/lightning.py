@@ -101,7 +101,7 @@ class TaskGradMixin:
         automatic: bool = False,
         period: int = 1,
         ema: float | None = None,
-        nonfinite: Literal["raise", "skip"] = "skip",
+        nonfinite: Literal["auto", "raise", "skip"] = "auto",
         debug: bool = False,
         logger: TrainingLogger | None = None,
         log_every: int = 1,

@@ -118,7 +118,8 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     base = make_model(spec.get("unused", False))
     ddp = nn.parallel.DistributedDataParallel(base, find_unused_parameters=spec.get("unused", False))
     hook = FeatureHook(base.encoder)
-    step = DistributedStep(make_method(spec["method"]), _source(spec["source"], base), module=ddp, debug=True)
+    step = DistributedStep(make_method(spec["method"]), _source(spec["source"], base), module=ddp, debug=True,
+                           nonfinite="skip" if spec.get("nan") else "auto")
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     out: dict[str, Any] = {"weights": [], "skipped": [], "gram": []}
     n_acc = spec.get("accumulate")

@@ -183,7 +183,9 @@ def test_nonfinite_raise_or_skip() -> None:
     bad = [L[0] * float("nan"), *L[1:]]
     with pytest.raises(FloatingPointError, match="not finite"):
         taskgrad.backward(bad, method=MGDA(), nonfinite="raise")
-    res = taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"])  # the default skips, naming the task
+    with pytest.raises(FloatingPointError, match="task 0 \\('a'\\)"):  # the default raises, naming the task
+        taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"])
+    res = taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"], nonfinite="skip")
     assert res.skipped and "task 0 ('a')" in res.reason
     _, L = net(x, ys)
     res = taskgrad.backward([L[0] * float("inf"), *L[1:]], method=PrimaryAux(), nonfinite="skip")

@@ -52,7 +52,8 @@ def _make_module(method, logger=None, nan_batch=None):
             torch.manual_seed(0)
             self.encoder = nn.Sequential(nn.Linear(D, H), nn.Tanh()).double()
             self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(K)).double()
-            self.configure_taskgrad(method, source="representation", logger=logger)
+            self.configure_taskgrad(method, source="representation", logger=logger,
+                                    nonfinite="skip" if nan_batch is not None else "auto")
 
         def task_losses(self, batch, batch_idx):
             x, y = batch

@@ -190,7 +190,14 @@ def test_one_default_and_one_result_type():
         model = Net()
         z, L = model(x, y)
         bad = [L[0] * float("nan"), *L[1:]]
-        res = run_entry(entry, model, bad, z, "full", taskgrad.MGDA())
+        # the one default ("auto", no GradScaler): raise, naming the task, on every entry point
+        with pytest.raises(FloatingPointError, match="task 0"):
+            run_entry(entry, model, bad, z, "full", taskgrad.MGDA())
+        assert all(p.grad is None for p in model.parameters())
+        model = Net()
+        z, L = model(x, y)
+        bad = [L[0] * float("nan"), *L[1:]]
+        res = run_entry(entry, model, bad, z, "full", taskgrad.MGDA(), nonfinite="skip")
         assert type(res) is StepResult
         assert res.skipped and "task 0" in res.reason
         assert all(p.grad is None for p in model.parameters())
@@ -276,3 +283,14 @@ def test_every_entry_point_writes_bitwise_identical_grads(k, width, seed, stacke
     for w, g in out[1:]:
         assert torch.equal(w, w0)
         assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g, g0))
+
+
+def test_auto_nonfinite_skips_under_an_enabled_grad_scaler_and_lowers_its_scale():
+    x, y = batch()
+    model = Net()
+    z, L = model(x, y)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    res = GradStep(taskgrad.MGDA(), "full").backward([L[0] * float("inf"), *L[1:]], scaler=scaler)
+    assert res.skipped and "task 0" in res.reason
+    assert all(p.grad is None for p in model.parameters())
+    assert scaler.get_scale() < 1024.0

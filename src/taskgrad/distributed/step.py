@@ -199,7 +199,7 @@ class DistributedStep(GradStep):
         debug: bool = False,
         bucket_numel: int | None = 1 << 22,
         traffic: Traffic | None = None,
-        nonfinite: Literal["raise", "skip"] = "skip",
+        nonfinite: Literal["auto", "raise", "skip"] = "auto",
         **options: Any,
     ) -> None:
         if isinstance(source, DistributedSource):

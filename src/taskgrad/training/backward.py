@@ -34,7 +34,7 @@ def backward(
     source: str | GramSource = "auto",
     loss_fn: object = None,
     max_jacobian_numel: int | None = None,
-    nonfinite: Literal["raise", "skip"] = "skip",
+    nonfinite: Literal["auto", "raise", "skip"] = "auto",
     on_undefined: Literal["raise", "skip"] | Weighting = "skip",
     heads: Literal["weighted", "unweighted"] | None = None,
     max_norm: float | None = None,
@@ -61,8 +61,9 @@ def backward(
         max_jacobian_numel: memory bound for the stored-Jacobian source (selects
             :class:`~taskgrad.sources.JacobianGram`).
         nonfinite, on_undefined, heads, max_norm, clip, normalize, names: as for
-            :class:`~taskgrad.training.GradStep` (defaults: skip non-finite steps, skip steps
-            where the method is undefined; both reported in the result).
+            :class:`~taskgrad.training.GradStep` (defaults: a non-finite loss or gradient
+            raises, or skips the step under an enabled GradScaler; a step where the method is
+            undefined is skipped and reported in the result).
         retain_graph: keep the graph after the update.
         present: (k,) bool tensor, the tasks with a loss in this batch: the absent ones are left
             out of the Gram and the method, get weight 0 and are never back-propagated (see

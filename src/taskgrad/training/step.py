@@ -197,8 +197,11 @@ class GradStep:
             source when ``features`` are passed, else the full-parameter source :class:`FullGram`).
         period, ema: the :class:`~taskgrad.training.schedule.Periodic` schedule.
         subsample: m tasks per step (a :class:`TaskSubsample` or an int), None for all.
-        nonfinite: "skip" (default: apply nothing, report ``skipped=True`` and the reason; a
-            GradScaler's scale is lowered) or "raise" (FloatingPointError).
+        nonfinite: what a step with a NaN/Inf loss or gradient does. "raise"
+            (FloatingPointError naming the task), "skip" (apply nothing, report ``skipped=True``
+            and the reason; a GradScaler's scale is lowered), or "auto" (default: "skip" when the
+            call is given an enabled GradScaler, whose overflow steps are expected and skipped as
+            GradScaler itself does, else "raise"). Every entry point has this default.
         on_undefined: what to do when the method raises
             :class:`~taskgrad.methods.UndefinedMethodError` (mathematically undefined for this
             Gram, e.g. Nash-MTL with 0 in the convex hull): "skip" (default, what a week-long job
@@ -233,7 +236,7 @@ class GradStep:
         period: int = 1,
         ema: float | None = None,
         subsample: TaskSubsample | int | None = None,
-        nonfinite: Literal["raise", "skip"] = "skip",
+        nonfinite: Literal["auto", "raise", "skip"] = "auto",
         on_undefined: Literal["raise", "skip"] | Weighting = "skip",
         heads: Literal["weighted", "unweighted"] | None = None,
         max_norm: float | None = None,
@@ -249,8 +252,8 @@ class GradStep:
             raise TypeError(
                 f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(self.method).__name__}."
             )
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}.")
+        if nonfinite not in ("auto", "raise", "skip"):
+            raise ValueError(f"nonfinite must be 'auto', 'raise' or 'skip', got {nonfinite!r}.")
         if not (on_undefined in ("raise", "skip") or isinstance(on_undefined, Weighting)):
             raise ValueError(
                 f"on_undefined must be 'raise', 'skip' or a taskgrad Weighting (e.g. taskgrad.MGDA()), got {on_undefined!r}."
@@ -313,12 +316,18 @@ class GradStep:
 
     def _skip(self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any, reason: str | None = None) -> StepResult:
         message, default_reason = self.reducer.skip_texts(str(numbers.bad), numbers.n_bad)
-        if reason is None and self.nonfinite == "raise":
+        if reason is None and self._nonfinite_mode(scaler) == "raise":
             raise FloatingPointError(message)
         back_off(scaler, local.device)
         self.n_skipped += 1
         nan = torch.full((k,), float("nan"), dtype=local.dtype, device=local.device)
         return self._result(nan, None, numbers, local, torch.arange(k), refreshed=False, reason=reason or default_reason)
+
+    def _nonfinite_mode(self, scaler: Any) -> str:
+        """"raise" or "skip" for this call: "auto" skips only under an enabled GradScaler."""
+        if self.nonfinite != "auto":
+            return self.nonfinite
+        return "skip" if scaler is not None and scaler.is_enabled() else "raise"
 
     def _nonfinite_loss(self, L: Tensor) -> str | None:
         bad = [i for i, x in enumerate(L.tolist()) if not math.isfinite(x)]
