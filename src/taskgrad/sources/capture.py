@@ -192,7 +192,7 @@ class FeatureCapture:
             Mall = torch.cat([M for _, _, M in parts], dim=1).to(dtype)  # (d, O)
             seg = [i for i, D, _ in parts for _ in range(D.shape[1])]  # the task of each column
             H = (Dall.T @ Dall) * (Mall.T @ Mall)
-            S = None
+            S: Tensor | None = None
             if seg == list(range(self.k)):  # one column per task, in order: H is the Gram
                 G += H
             else:  # G_ij sums the block of H between task i's columns and task j's
@@ -220,10 +220,10 @@ class FeatureCapture:
         for f, z in enumerate(self.feats):
             if not self.reached(f):
                 continue
-            g = None
+            gf: Tensor | None = None
             R = self.dense[f]
             if R is not None:
-                g = torch.tensordot(v.to(R.dtype), R, dims=1)
+                gf = torch.tensordot(v.to(R.dtype), R, dims=1)
             parts = self.factors[f]
             if parts:
                 vs = v.tolist()
@@ -231,12 +231,13 @@ class FeatureCapture:
                 Dv = torch.cat([D for _, D, _ in parts], dim=1) * torch.tensor(seg, dtype=v.dtype).to(parts[0][1])
                 Mall = torch.cat([M for _, _, M in parts], dim=1)
                 h = (Dv @ Mall.T).to(z.dtype).reshape(z.shape)
-                g = h if g is None else g + h
+                gf = h if gf is None else gf + h
             zs.append(z)
-            gz.append(g)
-        if self.below:
-            gs = guarded_grad(lambda: torch.autograd.grad(zs, self.below, grad_outputs=gz, allow_unused=True))
-            out.extend((p, torch.zeros_like(p) if g is None else g, True) for p, g in zip(self.below, gs))
+            gz.append(gf)
+        below = self.below
+        if below:
+            gs = guarded_grad(lambda: torch.autograd.grad(zs, below, grad_outputs=gz, allow_unused=True))
+            out.extend((p, torch.zeros_like(p) if g is None else g, True) for p, g in zip(below, gs, strict=True))
         return out
 
 
@@ -303,10 +304,12 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
             if not mine:
                 continue
             n, d = (z.shape[0], z.shape[1]) if z.dim() == 2 else (1, z.numel())
-            fact = [p for p in mine if p[4] is not None and p[4].shape[1] ** 2 * (n + d) < n * d]
+            widths = [0 if p[4] is None else p[4].shape[1] for p in mine]
+            fact = [p for p, o in zip(mine, widths, strict=True) if 0 < o and o * o * (n + d) < n * d]
             k_f = len({p[3] for p in mine})
             dense_t = {p[3] for p in mine if not any(p is q for q in fact)}
-            if not fact or not _factoring_pays(k_f, len(dense_t), [p[4].shape[1] for p in fact], n, d):
+            fact_widths = [o for p, o in zip(mine, widths, strict=True) if any(p is q for q in fact)]
+            if not fact or not _factoring_pays(k_f, len(dense_t), fact_widths, n, d):
                 fact = []
             keep = {id(p) for p in fact}
             plan = [p if id(p) in keep or p[2] != f else (*p[:4], None) for p in plan]
@@ -327,18 +330,20 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         for node, j, f, i, M in plan:
             if M is None:
 
-                def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
-                         f: int = f) -> None:
+                def dense_hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
+                               f: int = f) -> None:
                     g = grad_inputs[j]
                     if g is None:
                         failed.append(True)
                         return
                     dense[f][i].add_(g)  # type: ignore[index]
                     fired.append(1)
+
+                handles.append(node.register_hook(dense_hook))
             else:
 
-                def hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, f: int = f,
-                         M: Tensor = M) -> None:
+                def factor_hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, f: int = f,
+                                M: Tensor = M) -> None:
                     g = grad_outputs[0]
                     if g is None:
                         failed.append(True)
@@ -346,7 +351,7 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                     factors[f].append((i, g, M))
                     fired.append(1)
 
-            handles.append(node.register_hook(hook))
+                handles.append(node.register_hook(factor_hook))
         inputs = [feats[f] for f in need_input] + ([p for p, _ in heads] if heads else [])
         try:
             got = guarded_grad(lambda: torch.autograd.grad(losses.root, inputs, grad_outputs=losses.mask(),
