@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -76,12 +77,12 @@ def _target_match(feats: Sequence[Tensor]) -> Callable[[Any, int], int]:
     return match
 
 
-def _consumers(root: Any, match: Callable[[Any, int], int], stops: set,
+def _consumers(root: Any, match: Callable[[Any, int], int], stops: set[Any],
                leaves: list[Tensor] | None = None) -> list[tuple[Any, int, int]]:
     """(node, edge index, feature index) for every edge from task-reachable nodes into a feature;
     ``leaves`` collects the leaves reached on the way (not below the features)."""
     out: list[tuple[Any, int, int]] = []
-    seen: set = set()
+    seen: set[Any] = set()
     stack = [root]
     while stack:
         n = stack.pop()
@@ -371,7 +372,7 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         dense_sets = [set(range(k)) for _ in range(nf)]
         grads: list[list[Tensor | None]] = [[None] * nf for _ in range(k)]
         for i in reached:
-            grads[i] = list(guarded_grad(lambda i=i: losses.task_grad(i, feats)))
+            grads[i] = list(guarded_grad(partial(losses.task_grad, i, feats)))
         for f, z in enumerate(feats):
             col = [grads[i][f] for i in range(k)]
             if any(g is not None for g in col):
@@ -514,7 +515,7 @@ def _loop(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], s
         if not mine:
             continue
         inputs = [params[j] for j in mine]
-        gs = guarded_grad(lambda i=i, inputs=inputs: losses.task_grad(i, inputs))
+        gs = guarded_grad(partial(losses.task_grad, i, inputs))
         for j, g in zip(mine, gs):
             rows[j][pos[j][i]] = 0 if g is None else g
     if scale != 1.0:
