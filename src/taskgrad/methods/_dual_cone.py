@@ -11,9 +11,12 @@ from torch import Tensor
 
 from ..solvers import nnls
 from . import _impl
-from ._common import flat_gram
+from ._common import flat_gram, work_dtype
+from ._impl import Impl
+from ._validate import check_vector
+from .base import Weighting
 
-__all__ = ["dual_cone_weights", "torchjd_gram"]
+__all__ = ["DualConeWeighting", "dual_cone_weights", "torchjd_gram"]
 
 
 def torchjd_gram(gram: Tensor, norm_eps: float, reg_eps: float) -> Tensor:
@@ -23,13 +26,20 @@ def torchjd_gram(gram: Tensor, norm_eps: float, reg_eps: float) -> Tensor:
     defaults of TorchJD (1e-4 and 1e-4) perturb it, and passing them reproduces its numbers.
     """
     for name, v in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not v >= 0
+            or v == float("inf")
+        ):
             raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}.")
     if norm_eps == 0 and reg_eps == 0:
         return gram
     tr = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)[..., None, None]
     small = (tr < norm_eps) | (tr <= 0)
-    G = torch.where(small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(tr), tr))
+    G = torch.where(
+        small, torch.zeros_like(gram), gram / torch.where(small, torch.ones_like(tr), tr)
+    )
     return G + reg_eps * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
@@ -54,3 +64,31 @@ def dual_cone_weights(gram: Tensor, U: Tensor, impl: str = "auto") -> Tensor:
     c = Ub @ Gb  # (B, m, k)
     lam = nnls(Q, c, check_input=False)
     return (lam + Ub).to(gram.dtype).reshape(*batch, m, k)
+
+
+class DualConeWeighting(Weighting):
+    """Shared constructor and input preparation of the dual-cone projections (UPGrad, DualProj).
+
+    Holds the preference vector p (default 1/k), the projection backend ``impl`` and TorchJD's
+    ``norm_eps``/``reg_eps`` (see :func:`torchjd_gram`); subclasses implement ``compute``.
+    """
+
+    def __init__(
+        self,
+        pref_vector: Tensor | None = None,
+        impl: Impl = "auto",
+        norm_eps: float = 0.0,
+        reg_eps: float = 0.0,
+    ) -> None:
+        self.pref_vector = check_vector(type(self).__name__, "pref_vector", pref_vector)
+        self.impl = _impl.check_impl(impl)
+        torchjd_gram(torch.zeros(1, 1), norm_eps, reg_eps)  # validates both
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+
+    def _pref_and_gram(self, gram: Tensor) -> tuple[Tensor, Tensor]:
+        """The preference vector p (k,) for this Gram matrix, and G as the projection reads it."""
+        p = _impl.check_pref(
+            self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram))
+        )
+        return p, torchjd_gram(gram, self.norm_eps, self.reg_eps)

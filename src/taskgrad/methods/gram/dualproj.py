@@ -8,14 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _impl
-from .._common import (
-    work_dtype,
-)
-from .._dual_cone import dual_cone_weights, torchjd_gram
-from .._impl import Impl
-from .._validate import check_vector
-from ..base import Weighting
+from .._dual_cone import DualConeWeighting, dual_cone_weights
 from ..registry import register_method
 
 __all__ = ["DualProj"]
@@ -24,7 +17,9 @@ __all__ = ["DualProj"]
 @register_method(
     "dualproj",
     description="DualProj: the mean gradient projected onto the dual cone of the gradients.",
-    paper="Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 (GEM's projection)",
+    paper=(
+        "Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 (GEM's projection)"
+    ),
     aliases=("DualProj",),
     defined="everywhere",
     non_conflicting=True,
@@ -33,7 +28,7 @@ __all__ = ["DualProj"]
     stateful=False,
     random=False,
 )
-class DualProj(Weighting):
+class DualProj(DualConeWeighting):
     """DualProj: project the preference combination Jᵀp (default the mean gradient) onto the dual
     cone of the task gradients (GEM's Equation 11; Quinton & Rey, 2024).
 
@@ -46,16 +41,6 @@ class DualProj(Weighting):
     1e-4): pass them to reproduce TorchJD's numbers exactly.
     """
 
-    def __init__(
-        self, pref_vector: Tensor | None = None, impl: Impl = "auto", norm_eps: float = 0.0, reg_eps: float = 0.0
-    ) -> None:
-        self.pref_vector = check_vector("DualProj", "pref_vector", pref_vector)
-        self.impl = _impl.check_impl(impl)
-        torchjd_gram(torch.zeros(1, 1), norm_eps, reg_eps)  # validates both
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-
     def compute(self, *, gram: Tensor) -> Tensor:
-        p = _impl.check_pref(self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram)))
-        gram = torchjd_gram(gram, self.norm_eps, self.reg_eps)
+        p, gram = self._pref_and_gram(gram)
         return dual_cone_weights(gram, p.unsqueeze(0), self.impl)[..., 0, :]

@@ -8,14 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _impl
-from .._common import (
-    work_dtype,
-)
-from .._dual_cone import dual_cone_weights, torchjd_gram
-from .._impl import Impl
-from .._validate import check_vector
-from ..base import Weighting
+from .._dual_cone import DualConeWeighting, dual_cone_weights
 from ..registry import register_method
 
 __all__ = ["UPGrad"]
@@ -33,7 +26,7 @@ __all__ = ["UPGrad"]
     stateful=False,
     random=False,
 )
-class UPGrad(Weighting):
+class UPGrad(DualConeWeighting):
     """UPGrad (Quinton & Rey, 2024): project each pᵢgᵢ onto the dual cone of the gradients and sum.
 
     Projection of Jᵀu onto {x : Jx ≥ 0} is Jᵀv with v = argmin vᵀGv s.t. v ≥ u; with
@@ -47,16 +40,6 @@ class UPGrad(Weighting):
     1e-4): pass them to reproduce TorchJD's numbers exactly.
     """
 
-    def __init__(
-        self, pref_vector: Tensor | None = None, impl: Impl = "auto", norm_eps: float = 0.0, reg_eps: float = 0.0
-    ) -> None:
-        self.pref_vector = check_vector("UPGrad", "pref_vector", pref_vector)
-        self.impl = _impl.check_impl(impl)
-        torchjd_gram(torch.zeros(1, 1), norm_eps, reg_eps)  # validates both
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-
     def compute(self, *, gram: Tensor) -> Tensor:
-        p = _impl.check_pref(self.pref_vector, gram.shape[-1], gram.new_empty(0, dtype=work_dtype(gram)))
-        gram = torchjd_gram(gram, self.norm_eps, self.reg_eps)
+        p, gram = self._pref_and_gram(gram)
         return dual_cone_weights(gram, torch.diag(p), self.impl).sum(-2)
