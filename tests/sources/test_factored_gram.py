@@ -188,6 +188,32 @@ def test_several_feature_tensors_and_a_3d_feature():
     torch.testing.assert_close(res.gram, J @ J.T, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_3d_feature_read_by_linear_heads_is_factored_through_the_flattening_view(bias):
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    enc = nn.Linear(6, 8).double()
+    z = torch.tanh(enc(x))  # (B, T, d) = (4, 3, 8)
+    heads = [nn.Linear(8, 1, bias=bias).double() for _ in range(3)]
+    other = nn.Linear(8, 8).double()
+    L = [(h(z).squeeze(-1) - 0.5).pow(2).mean() for h in heads]
+    L.append(other(z).flatten(0, 1).sin().sum())  # an 8-wide head: dense rows
+    W = torch.randn(8, 1, dtype=torch.float64, requires_grad=True)
+    zv = z.reshape(12, 8)  # a view of z read twice by one task: dense rows
+    L.append((zv @ W).sum() + zv.pow(2).sum())
+    J = per_task_rows(L, [z])
+    cap = capture_features(LossSet(L), [z], with_heads=True)
+    assert [i for i, _, _ in cap.factors[0]] == [0, 1, 2]
+    torch.testing.assert_close(cap.gram(torch.float64), J @ J.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cap.rows[0].reshape(len(L), -1), J, rtol=1e-12, atol=1e-13)
+    v = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15], dtype=torch.float64)
+    total = sum(w * loss for w, loss in zip(v, L, strict=True))
+    refs = torch.autograd.grad(total, [*enc.parameters()], retain_graph=True)
+    got = {id(p): g for p, g, _ in cap.update(v)}
+    for p, r in zip(enc.parameters(), refs, strict=True):
+        torch.testing.assert_close(got[id(p)], r, rtol=1e-12, atol=1e-13)
+
+
 def test_a_matrix_product_whose_right_operand_also_reads_z():
     torch.manual_seed(4)
     x = torch.randn(5, 3, dtype=torch.float64)

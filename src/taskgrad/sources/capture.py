@@ -102,10 +102,10 @@ def _consumers(root: Any, match: Callable[[Any, int], int], stops: set[Any],
 
 
 def _linear_factor(node: Any, j: int, z: Tensor) -> Tensor | None:
-    """M (d, o) such that the gradient ``node`` sends to the 2-D feature z through its edge j is
-    ``grad_out @ Mᵀ`` (grad_out: the gradient at the node's (n, o) output), when the node is a
-    matrix product reading z as its left operand (a Linear: addmm or mm); None otherwise."""
-    if z.dim() != 2 or z.is_complex() or not z.is_floating_point():
+    """M (d, o) such that the gradient ``node`` sends through its edge j is ``grad_out @ Mᵀ``
+    (grad_out: the gradient at the node's (n, o) output), when the node is a matrix product
+    reading an (n, d) operand, d = z.shape[-1], on the left (a Linear: addmm or mm); None otherwise."""
+    if z.dim() < 2 or z.is_complex() or not z.is_floating_point():
         return None
     name = type(node).__name__
     try:
@@ -117,7 +117,7 @@ def _linear_factor(node: Any, j: int, z: Tensor) -> Tensor | None:
             return None
     except (AttributeError, RuntimeError):  # saved tensors not exposed or already freed: dense rows
         return None
-    if not isinstance(M, Tensor) or M.dim() != 2 or M.shape[0] != z.shape[1] or M.dtype != z.dtype:
+    if not isinstance(M, Tensor) or M.dim() != 2 or M.shape[0] != z.shape[-1] or M.dtype != z.dtype:
         return None
     if not isinstance(alpha, (int, float)):
         return None
@@ -242,6 +242,40 @@ class FeatureCapture:
         return out
 
 
+def _flattening_product(view: Any, z: Tensor, root: Any) -> tuple[Any, int] | None:
+    """(matrix product node, edge) when ``view`` flattens z to (n, d) (d = z.shape[-1]) and, within
+    the subgraph of ``root``, its only reader is that product's left operand; None otherwise."""
+    if not type(view).__name__.startswith(("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")):
+        return None
+    readers: list[tuple[Any, int]] = []
+    seen: set[Any] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n is None or n in seen or n is view:
+            continue
+        seen.add(n)
+        for j, (nxt, _) in enumerate(n.next_functions):
+            if nxt is view:
+                readers.append((n, j))
+            elif nxt is not None:
+                stack.append(nxt)
+    if len(readers) != 1:
+        return None
+    node, j = readers[0]
+    name = type(node).__name__
+    if not ((name == "AddmmBackward0" and j == 1) or (name == "MmBackward0" and j == 0)):
+        return None
+    try:
+        sizes = node._saved_mat1_sym_sizes if name == "AddmmBackward0" else node._saved_self_sym_sizes
+    except (AttributeError, RuntimeError):
+        return None
+    d = z.shape[-1]
+    if len(sizes) != 2 or int(sizes[1]) != d or int(sizes[0]) * d != z.numel():
+        return None
+    return node, j
+
+
 def _factoring_pays(k_f: int, dense_tasks: int, widths: list[int], n: int, d: int) -> bool:
     """Whether the factored Gram of one feature costs less than the dense one (multiply-adds)."""
     O = sum(widths)
@@ -294,17 +328,24 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
     head_grads: list[Tensor] = []
     done = False
     if disjoint and reached:
-        # Which consumers give their gradient in factored form (a matrix product reading z).
-        plan: list[tuple[Any, int, int, int, Tensor | None]] = []
+        # Which consumers give their gradient in factored form (a matrix product reading z, or
+        # reading z flattened to (n, d) by a view): (node, edge, feature, task, M, product, its edge).
+        plan: list[tuple[Any, int, int, int, Tensor | None, Any, int]] = []
         for i, cons in enumerate(per_task):
             for node, j, f in cons:
-                M = _linear_factor(node, j, feats[f])
-                plan.append((node, j, f, i, M))
+                z = feats[f]
+                if z.dim() == 2:
+                    plan.append((node, j, f, i, _linear_factor(node, j, z), node, j))
+                    continue
+                prod = _flattening_product(node, z, losses.task_nodes()[i]) if z.dim() > 2 else None
+                M = _linear_factor(prod[0], prod[1], z) if prod is not None else None
+                plan.append((node, j, f, i, M, *(prod if prod is not None else (node, j))))
         for f, z in enumerate(feats):
             mine = [p for p in plan if p[2] == f]
             if not mine:
                 continue
-            n, d = (z.shape[0], z.shape[1]) if z.dim() == 2 else (1, z.numel())
+            d = z.shape[-1] if z.dim() >= 2 else z.numel()
+            n = z.numel() // max(d, 1)
             widths = [0 if p[4] is None else p[4].shape[1] for p in mine]
             fact = [p for p, o in zip(mine, widths, strict=True) if 0 < o and o * o * (n + d) < n * d]
             k_f = len({p[3] for p in mine})
@@ -313,12 +354,12 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
             if not fact or not _factoring_pays(k_f, len(dense_t), fact_widths, n, d):
                 fact = []
             keep = {id(p) for p in fact}
-            plan = [p if id(p) in keep or p[2] != f else (*p[:4], None) for p in plan]
-        need_input = sorted({f for node, j, f, i, M in plan if M is None})
-        for node, j, f, i, M in plan:
+            plan = [p if id(p) in keep or p[2] != f else (*p[:4], None, p[0], p[1]) for p in plan]
+        need_input = sorted({f for _, _, f, _, M, _, _ in plan if M is None})
+        for _, _, f, i, M, hnode, hj in plan:
             if M is None:
                 dense_sets[f].add(i)
-            elif heads is None or not any(nx is not None for jj, (nx, _) in enumerate(node.next_functions) if jj != j):
+            elif heads is None or not any(nx is not None for e, (nx, _) in enumerate(hnode.next_functions) if e != hj):
                 need_input.append(f)  # nothing else drives this node: ask for z so that it runs
         need_input = sorted(set(need_input))
         for f in need_input:
@@ -328,7 +369,7 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         fired: list[int] = []
         failed: list[bool] = []
         handles = []
-        for node, j, f, i, M in plan:
+        for node, j, f, i, M, hnode, _ in plan:
             if M is None:
 
                 def dense_hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
@@ -352,7 +393,7 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                     factors[f].append((i, g, M))
                     fired.append(1)
 
-                handles.append(node.register_hook(factor_hook))
+                handles.append(hnode.register_hook(factor_hook))
         inputs = [feats[f] for f in need_input] + ([p for p, _ in heads] if heads else [])
         try:
             got = guarded_grad(lambda: torch.autograd.grad(losses.root, inputs, grad_outputs=losses.mask(),
