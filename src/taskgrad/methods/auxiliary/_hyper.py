@@ -25,6 +25,7 @@ from torch import Tensor
 __all__ = [
     "MetaParameter",
     "check_closure_losses",
+    "implicit_products",
     "jacobian_products",
     "lookahead_gradient",
     "neumann_vector",
@@ -145,6 +146,28 @@ def neumann_vector(
     return acc
 
 
+def implicit_products(
+    params: Params | torch.nn.Module,
+    train_losses: Callable[[], Tensor],
+    val_loss: Callable[[], Tensor],
+    weights: Callable[[Tensor], Tensor],
+    lr: float,
+    terms: int,
+    k: int | None = None,
+) -> Tensor:
+    """−J v in float64 (k,) with v = Σ_{j≤T}(I − ηH)ʲ∇V and H the Hessian of Σᵢ wᵢLᵢ.
+
+    ``weights(L)`` gives w (k,) for the training losses L (the dtype and device of L); ``k``, when
+    given, is the number of losses ``train_losses()`` must return. ∇V is taken first, before
+    the training losses' graph is built.
+    """
+    ps = param_list(params)
+    val_grad = validation_gradient(ps, val_loss)
+    L = check_closure_losses(train_losses(), k)
+    v = neumann_vector((weights(L) * L).sum(), ps, val_grad, lr, terms)
+    return -jacobian_products(L, ps, v).to(torch.float64)
+
+
 class MetaParameter:
     """A (k,) tensor of meta-parameters with its own torch optimizer, created lazily for k tasks.
 
@@ -173,6 +196,15 @@ class MetaParameter:
                 f"the meta-parameters are for {self.value.shape[0]} tasks, got {k}; call reset()."
             )
         return self.value
+
+    def current(self) -> Tensor | None:
+        """A detached copy of the values, or None before they are created."""
+        return None if self.value is None else self.value.detach().clone()
+
+    def expand_like(self, losses: Tensor) -> Tensor:
+        """The values (created for k = losses.shape[-1] tasks) as weights shaped like ``losses``."""
+        w = self.ensure(losses.shape[-1]).detach()
+        return w.to(losses.dtype).to(losses.device).expand(losses.shape).clone()
 
     def step(self, grad: Tensor, max_grad_norm: float | None = None) -> None:
         """One optimizer step with the given gradient (clipped to ``max_grad_norm`` first)."""

@@ -85,12 +85,11 @@ class AutoLambda(Weighting):
     @property
     def weights(self) -> Tensor | None:
         """The current λ (k,), or None before the first call."""
-        return None if self._lam.value is None else self._lam.value.detach().clone()
+        return self._lam.current()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None
-        lam = self._lam.ensure(losses.shape[-1]).detach()
-        return lam.to(losses.dtype).to(losses.device).expand(losses.shape).clone()
+        return self._lam.expand_like(losses)
 
     def update(
         self,

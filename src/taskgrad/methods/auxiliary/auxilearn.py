@@ -11,14 +11,7 @@ from torch import Tensor
 from .._validate import check_int, check_real
 from ..base import Weighting
 from ..registry import register_method
-from ._hyper import (
-    MetaParameter,
-    check_closure_losses,
-    jacobian_products,
-    neumann_vector,
-    param_list,
-    validation_gradient,
-)
+from ._hyper import MetaParameter, implicit_products
 
 __all__ = ["AuxiLearn"]
 
@@ -99,12 +92,11 @@ class AuxiLearn(Weighting):
     @property
     def weights(self) -> Tensor | None:
         """The current φ (k,), or None before the first call."""
-        return None if self._phi.value is None else self._phi.value.detach().clone()
+        return self._phi.current()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None
-        phi = self._phi.ensure(losses.shape[-1]).detach()
-        return phi.to(losses.dtype).to(losses.device).expand(losses.shape).clone()
+        return self._phi.expand_like(losses)
 
     def hypergradient(
         self,
@@ -113,12 +105,11 @@ class AuxiLearn(Weighting):
         val_loss: Callable[[], Tensor],
     ) -> Tensor:
         """−J v with v = Σ_{j≤T}(I − ηH)ʲ∇V: the (k,) approximate ∂V/∂φ at the current θ."""
-        ps = param_list(params)
-        val_grad = validation_gradient(ps, val_loss)  # before building the losses' graph
-        L = check_closure_losses(train_losses(), None)
-        phi = self._phi.ensure(L.shape[0]).detach().to(device=L.device, dtype=L.dtype)
-        v = neumann_vector((phi * L).sum(), ps, val_grad, self.hpo_lr, self.terms)
-        return -jacobian_products(L, ps, v).to(torch.float64)
+
+        def phi(L: Tensor) -> Tensor:
+            return self._phi.ensure(L.shape[0]).detach().to(device=L.device, dtype=L.dtype)
+
+        return implicit_products(params, train_losses, val_loss, phi, self.hpo_lr, self.terms)
 
     def update(
         self,

@@ -13,14 +13,7 @@ from .._validate import check_choice, check_int, check_real
 from ..base import Weighting
 from ..errors import UndefinedMethodError
 from ..registry import register_method
-from ._hyper import (
-    MetaParameter,
-    check_closure_losses,
-    jacobian_products,
-    neumann_vector,
-    param_list,
-    validation_gradient,
-)
+from ._hyper import MetaParameter, implicit_products
 
 __all__ = ["AuxiNash", "preference_nash_weights"]
 
@@ -172,7 +165,7 @@ class AuxiNash(Weighting):
     @property
     def preferences(self) -> Tensor | None:
         """The current preferences p (k,), Σp = k, or None before the first call."""
-        return None if self._p.value is None else self._p.value.detach().clone()
+        return self._p.current()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
@@ -229,12 +222,12 @@ class AuxiNash(Weighting):
     ) -> Tensor:
         """∂V/∂p ≈ (−J v)ᵀ ∂α/∂p with v = Σ_{j≤T}(I − ηH)ʲ∇V, H the Hessian of Σ αᵢLᵢ (k,)."""
         dadp = self.alpha_jacobian()
-        ps = param_list(params)
-        val_grad = validation_gradient(ps, val_loss)  # before building the losses' graph
-        L = check_closure_losses(train_losses(), dadp.shape[0])
-        alpha = self._alpha.to(L.dtype).to(L.device)  # type: ignore[union-attr]
-        v = neumann_vector((alpha * L).sum(), ps, val_grad, self.hpo_lr, self.terms)
-        r = -jacobian_products(L, ps, v).to(torch.float64)
+        alpha = self._alpha
+        assert alpha is not None
+        k = dadp.shape[0]
+        r = implicit_products(
+            params, train_losses, val_loss, lambda L: alpha.to(L), self.hpo_lr, self.terms, k
+        )
         return r @ dadp.to(r)
 
     def update(
