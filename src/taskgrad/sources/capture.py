@@ -3,8 +3,11 @@
 * :func:`feature_rows`: the k gradients ∂Lᵢ/∂z at feature tensors z. When every op that
   consumes z belongs to one task only (the usual encoder + k heads), ONE backward of Σ Lᵢ
   yields all k: a hook on each consumer node keeps the gradient that node sends to z, and
-  the consumers of task i only ever carry task i's gradient. Otherwise (a consumer shared by
-  tasks) a loop of per-task backwards, each through its own subgraph.
+  the consumers of task i only ever carry task i's gradient. A consumer that is a matrix product
+  reading z on the left (a Linear head) is kept as the factors (gradient at its output, its
+  weight), so no dense k × numel(z) rows are built for it (see :class:`FeatureCapture`).
+  Otherwise (a consumer shared by tasks) a loop of per-task backwards, each through its own
+  subgraph.
 * :func:`task_gradients`: every task's gradient with respect to every parameter it reaches, as
   a :class:`TaskGrads` (per parameter, one row per task that reaches it). Strategies: "loop"
   (one backward per task, each through its own subgraph; the fastest exact choice on CPUs) and

@@ -250,7 +250,10 @@ class RepresentationGram(GramSource):
     """G_ij = Σ_b ⟨∂Lᵢ/∂z_b, ∂Lⱼ/∂z_b⟩ at the shared representation z (pass ``features=z``).
 
     Costs one backward through the heads (each head once) when every op reading z belongs to one
-    task; the Gram adds over samples, so micro-batches add c²Gᵐ and processes add their Gʳ.
+    task; a head whose first op is a Linear (an (n, d) feature, or (B, T, d) flattened by a view)
+    gives its gradient at z as D Wᵀ-factors, so Gᵢⱼ = Σ (DᵢᵀDⱼ) ⊙ (WᵢWⱼᵀ) costs O(oᵢoⱼ(n + d))
+    instead of O(n d) wherever that is cheaper (exact to rounding). The Gram adds over samples, so
+    micro-batches add c²Gᵐ and processes add their Gʳ.
     """
 
     payload_power = 2
