@@ -10,12 +10,25 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_cross_matrix", "check_int", "check_max_norm", "check_real", "check_vector", "project_simplex"]
+__all__ = [
+    "check_cross_matrix",
+    "check_int",
+    "check_max_norm",
+    "check_real",
+    "check_vector",
+    "project_simplex",
+    "simplex_state",
+]
 
 
 def check_real(
-    name: str, value: object, *, low: float | None = None, high: float | None = None,
-    low_open: bool = False, high_open: bool = False,
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
     """``value`` as a float, or a ValueError naming ``name`` and the accepted range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -49,8 +62,15 @@ def check_max_norm(value: float | None) -> float | None:
     """A gradient-clipping norm: None (off) or a positive finite number."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"max_norm must be a positive finite number or None (no clipping), got {value!r}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"max_norm must be a positive finite number or None (no clipping), got {value!r}."
+        )
     return float(value)
 
 
@@ -75,7 +95,9 @@ def check_vector(name: str, value: Tensor | None, *, nonnegative: bool = False) 
 def check_length(name: str, value: Tensor, k: int) -> None:
     """Raise unless the per-task vector ``value`` has k entries."""
     if value.shape[-1] != k:
-        raise ValueError(f"{name} has {value.shape[-1]} entries but there are {k} tasks; pass one per task.")
+        raise ValueError(
+            f"{name} has {value.shape[-1]} entries but there are {k} tasks; pass one per task."
+        )
 
 
 def project_simplex(y: Tensor) -> Tensor:
@@ -92,15 +114,34 @@ def project_simplex(y: Tensor) -> Tensor:
     return (y - theta).clamp_min(0.0)
 
 
+def simplex_state(owner: str, held: Tensor | None, gram: Tensor) -> Tensor:
+    """The simplex weights (...,) a stateful method holds, in the dtype and device of ``gram``
+    (..., k, k): 1/k for every task before the first call; an error if they are for another shape.
+    """
+    if held is None:
+        k = gram.shape[-1]
+        return torch.full(gram.shape[:-1], 1.0 / k, dtype=gram.dtype, device=gram.device)
+    if held.shape != gram.shape[:-1]:
+        raise ValueError(
+            f"{owner} holds weights for shape {tuple(held.shape)} but got a Gram matrix for "
+            f"{tuple(gram.shape[:-1])}; call reset() before changing the number of tasks."
+        )
+    return held.to(dtype=gram.dtype, device=gram.device)
+
+
 def check_cross_matrix(owner: str, A: Tensor) -> None:
     """Validate the (…, k, k) cross-batch matrix A = J₁J₂ᵀ of two independent mini-batches (square,
     floating point, finite; not necessarily symmetric).
     """
     if not isinstance(A, Tensor) or not A.is_floating_point():
-        raise TypeError(f"{owner}: the cross-batch matrix must be a floating-point tensor, got {type(A).__name__}.")
+        raise TypeError(
+            f"{owner}: the cross-batch matrix must be a floating-point tensor, got "
+            f"{type(A).__name__}."
+        )
     if A.dim() < 2 or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
         raise ValueError(
-            f"{owner}: the cross-batch matrix must have shape (..., k, k) (J₁ @ J₂.T of two mini-batches), "
+            f"{owner}: the cross-batch matrix must have shape (..., k, k) (J₁ @ J₂.T of two "
+            "mini-batches), "
             f"got {tuple(A.shape)}."
         )
     if not bool(torch.isfinite(A).all()):

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .._common import clone_state
 from ..base import Weighting
 from ..registry import register_method
-from ._zoo_checks import check_cross_matrix, check_real, project_simplex
+from ._zoo_checks import check_cross_matrix, check_real, project_simplex, simplex_state
 
 __all__ = ["MoDo"]
 
 
 @register_method(
     "modo",
-    description='MoDo: one projected-gradient step per call on the simplex weights of min ½λᵀGλ.',
-    paper='Chen et al., Three-Way Trade-Off in Multi-Objective Learning, JMLR 2024',
-    aliases=('MoDo',),
-    defined='everywhere',
+    description="MoDo: one projected-gradient step per call on the simplex weights of min ½λᵀGλ.",
+    paper="Chen et al., Three-Way Trade-Off in Multi-Objective Learning, JMLR 2024",
+    aliases=("MoDo",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
@@ -48,16 +47,7 @@ class MoDo(Weighting):
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
-        k = gram.shape[-1]
-        lam = self._lambda
-        if lam is None:
-            lam = torch.full(gram.shape[:-1], 1.0 / k, dtype=gram.dtype, device=gram.device)
-        elif lam.shape != gram.shape[:-1]:
-            raise ValueError(
-                f"MoDo holds weights for shape {tuple(lam.shape)} but got a Gram matrix for "
-                f"{tuple(gram.shape[:-1])}; call reset() before changing the number of tasks."
-            )
-        lam = lam.to(dtype=gram.dtype, device=gram.device)
+        lam = simplex_state("MoDo", self._lambda, gram)
         step = (gram @ lam.unsqueeze(-1)).squeeze(-1) + self.rho * lam
         lam = project_simplex(lam - self.gamma * step)
         self._lambda = lam

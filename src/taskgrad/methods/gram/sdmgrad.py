@@ -17,6 +17,7 @@ from ._zoo_checks import (
     check_real,
     check_vector,
     project_simplex,
+    simplex_state,
 )
 
 __all__ = ["SDMGrad"]
@@ -24,10 +25,10 @@ __all__ = ["SDMGrad"]
 
 @register_method(
     "sdmgrad",
-    description='SDMGrad: warm-started projected SGD towards a preferred direction on the simplex.',
-    paper='Xiao et al., Direction-oriented Multi-objective Learning, NeurIPS 2023',
-    aliases=('SDMGrad',),
-    defined='everywhere',
+    description="SDMGrad: warm-started projected SGD towards a preferred direction on the simplex.",
+    paper="Xiao et al., Direction-oriented Multi-objective Learning, NeurIPS 2023",
+    aliases=("SDMGrad",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
@@ -46,7 +47,11 @@ class SDMGrad(Weighting):
     """
 
     def __init__(
-        self, lr: float = 10.0, momentum: float = 0.5, n_iter: int = 20, lambda_: float = 0.3,
+        self,
+        lr: float = 10.0,
+        momentum: float = 0.5,
+        n_iter: int = 20,
+        lambda_: float = 0.3,
         pref_vector: Tensor | None = None,
     ) -> None:
         self.lr = check_real("lr", lr, low=0.0, low_open=True)
@@ -64,15 +69,7 @@ class SDMGrad(Weighting):
         else:
             check_length("pref_vector", self.pref_vector, k)
             pref = self.pref_vector.to(dtype=gram.dtype, device=gram.device)
-        w = self._w
-        if w is None:
-            w = torch.full(gram.shape[:-1], 1.0 / k, dtype=gram.dtype, device=gram.device)
-        elif w.shape != gram.shape[:-1]:
-            raise ValueError(
-                f"SDMGrad holds weights for shape {tuple(w.shape)} but got a Gram matrix for "
-                f"{tuple(gram.shape[:-1])}; call reset() before changing the number of tasks."
-            )
-        w = w.to(dtype=gram.dtype, device=gram.device)
+        w = simplex_state("SDMGrad", self._w, gram)
         scale = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0.0).sqrt().mean(-1)
         A = gram / (scale**2 + 1e-8)[..., None, None]
         velocity: Tensor | None = None
