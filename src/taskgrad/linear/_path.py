@@ -310,6 +310,19 @@ class _CVMixin:
     device: str
     n_jobs: int | None
     verbose: bool | int
+    # the parameters passed on unchanged to the estimators fitted inside
+    _inner_names: tuple[str, ...] = (
+        "penalty",
+        "fit_intercept",
+        "tol",
+        "max_iter",
+        "solver",
+        "device",
+    )
+
+    def _inner_params(self) -> dict[str, Any]:
+        """The settings of the estimators fitted inside (all but the CV ones and α/ρ)."""
+        return {name: getattr(self, name) for name in self._inner_names}
 
     def _cv_fit(
         self,
@@ -432,15 +445,7 @@ class MultiTaskElasticNetCV(_CVMixin, MultiTaskElasticNet):
 
     def fit(self, X: XInput, y: Any = None, sample_weight: Any = None) -> Self:
         rhos = self._rhos()
-        base = MultiTaskElasticNet(
-            l1_ratio=rhos[0],
-            penalty=self.penalty,
-            fit_intercept=self.fit_intercept,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            solver=self.solver,
-            device=self.device,
-        )
+        base = MultiTaskElasticNet(l1_ratio=rhos[0], **self._inner_params())
         check_common(base)
         pens = {}
         for rho in rhos:
@@ -449,16 +454,8 @@ class MultiTaskElasticNetCV(_CVMixin, MultiTaskElasticNet):
         _, rho = self._cv_fit(base, X, y, sample_weight, rhos, pens.__getitem__)
         self.l1_ratio_ = rho
         self.mse_path_ = self.cv_loss_path_
-        est = MultiTaskElasticNet(
-            alpha=self.alpha_,
-            l1_ratio=rho,
-            penalty=self.penalty,
-            fit_intercept=self.fit_intercept,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            solver=self.solver,
-            device=self.device,
-        ).fit(X, y, sample_weight)
+        est = MultiTaskElasticNet(alpha=self.alpha_, l1_ratio=rho, **self._inner_params())
+        est.fit(X, y, sample_weight)
         self._finish(est)
         self.per_task_ = est.per_task_
         return self
@@ -509,6 +506,8 @@ class MultiTaskLogisticRegressionCV(_CVMixin, MultiTaskLogisticRegression):
     folds for a 1-D y.
     """
 
+    _inner_names = ("multi_class", *_CVMixin._inner_names)
+
     def __init__(
         self,
         *,
@@ -539,28 +538,12 @@ class MultiTaskLogisticRegressionCV(_CVMixin, MultiTaskLogisticRegression):
         self.device = device
 
     def fit(self, X: XInput, y: Any = None, sample_weight: Any = None) -> Self:
-        base = MultiTaskLogisticRegression(
-            penalty=self.penalty,
-            multi_class=self.multi_class,
-            fit_intercept=self.fit_intercept,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            solver=self.solver,
-            device=self.device,
-        )
+        base = MultiTaskLogisticRegression(**self._inner_params())
         check_common(base)
         pen = base._penalty()[2]
         self._cv_fit(base, X, y, sample_weight, [1.0], lambda rho: pen)
-        est = MultiTaskLogisticRegression(
-            alpha=self.alpha_,
-            penalty=self.penalty,
-            multi_class=self.multi_class,
-            fit_intercept=self.fit_intercept,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            solver=self.solver,
-            device=self.device,
-        ).fit(X, y, sample_weight)
+        est = MultiTaskLogisticRegression(alpha=self.alpha_, **self._inner_params())
+        est.fit(X, y, sample_weight)
         self._finish(est)
         self.classes_ = est.classes_
         self._mode = est._mode
