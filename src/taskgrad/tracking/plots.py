@@ -88,21 +88,7 @@ def plot_weights(
     log: Series, path: str | os.PathLike | None = None, *, title: str | None = None
 ) -> Any:
     """One line per task: its weight wᵢ against the step."""
-    plt = _mpl()
-    names = _prefixed(log, "weight/")
-    if not names:
-        raise ValueError("the log has no task weights (weight/…).")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for n in names:
-        ax.plot(log[n][0], log[n][1], label=n[len("weight/") :], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("weight")
-    ax.set_title(title or "task weights")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return _per_task_lines(log, "weight", "weights", path, title, log_if_positive=False)
 
 
 def _plain_numbers(ax: Any) -> None:
@@ -119,19 +105,36 @@ def plot_losses(
     log: Series, path: str | os.PathLike | None = None, *, title: str | None = None
 ) -> Any:
     """One line per task: its loss Lᵢ against the step (log scale when every value is positive)."""
+    return _per_task_lines(log, "loss", "losses", path, title, log_if_positive=True)
+
+
+def _per_task_lines(
+    log: Series,
+    kind: str,
+    plural: str,
+    path: str | os.PathLike | None,
+    title: str | None,
+    *,
+    log_if_positive: bool,
+) -> Any:
+    """One line per series ``{kind}/<task>`` of the log against the step, labelled by task
+    (``plural`` names them in the title and errors); the y axis on a log scale when
+    ``log_if_positive`` and every value is positive.
+    """
     plt = _mpl()
-    names = _prefixed(log, "loss/")
+    prefix = f"{kind}/"
+    names = _prefixed(log, prefix)
     if not names:
-        raise ValueError("the log has no task losses (loss/…).")
+        raise ValueError(f"the log has no task {plural} ({prefix}…).")
     fig, ax = plt.subplots(figsize=(8, 4))
     for n in names:
-        ax.plot(log[n][0], log[n][1], label=n[len("loss/") :], lw=1.2)
-    if all(v > 0 for n in names for v in log[n][1]):
+        ax.plot(log[n][0], log[n][1], label=n[len(prefix) :], lw=1.2)
+    if log_if_positive and all(v > 0 for n in names for v in log[n][1]):
         ax.set_yscale("log")
         _plain_numbers(ax)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title or "task losses")
+    ax.set_ylabel(kind)
+    ax.set_title(title or f"task {plural}")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     if path is not None:
