@@ -244,6 +244,22 @@ def _gate_input(x: Tensor) -> Tensor:
     return x.flatten(1)
 
 
+def _mixture_of_experts(
+    x: Tensor,
+    experts: nn.ModuleList,
+    gate_weights: Callable[[Tensor], dict[str, Tensor]],
+    heads: nn.ModuleDict,
+) -> MultiTaskOutput:
+    """Each task's head reads Σₑ wₑ·expertₑ(x), w (B, E) its gate's weights; the features are
+    the experts' outputs stacked (E, B, d) and each task's head input its mixture.
+    """
+    E = torch.stack([e(x) for e in experts])  # (E, B, d)
+    mixed = {
+        t: torch.einsum("be,eb...->b...", w.to(E.dtype), E) for t, w in gate_weights(x).items()
+    }
+    return MultiTaskOutput({t: heads[t](h) for t, h in mixed.items()}, E, mixed)
+
+
 class MMoE(nn.Module):
     """Multi-gate Mixture-of-Experts (Ma et al., 2018): experts e_1..e_E shared by all tasks, a
     softmax gate per task g_t(x) = softmax(W_t x), and h_t = Σ_e g_t,e(x) e_e(x) read by head_t.
@@ -270,12 +286,7 @@ class MMoE(nn.Module):
         return {t: torch.softmax(g(_gate_input(x)), dim=-1) for t, g in self.gates.items()}
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
-        E = torch.stack([e(x) for e in self.experts])  # (E, B, d)
-        mixed = {
-            t: torch.einsum("be,eb...->b...", w.to(E.dtype), E)
-            for t, w in self.gate_weights(x).items()
-        }
-        return MultiTaskOutput({t: self.heads[t](h) for t, h in mixed.items()}, E, mixed)
+        return _mixture_of_experts(x, self.experts, self.gate_weights, self.heads)
 
 
 class _ExtractionLayer(nn.Module):
@@ -493,12 +504,7 @@ class DSelectK(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> MultiTaskOutput:
-        E = torch.stack([e(x) for e in self.experts])  # (E, B, d)
-        mixed = {
-            t: torch.einsum("be,eb...->b...", w.to(E.dtype), E)
-            for t, w in self.gate_weights(x).items()
-        }
-        return MultiTaskOutput({t: self.heads[t](h) for t, h in mixed.items()}, E, mixed)
+        return _mixture_of_experts(x, self.experts, self.gate_weights, self.heads)
 
 
 class FeaturesAndOutputs(nn.Module):
