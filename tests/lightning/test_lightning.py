@@ -14,33 +14,14 @@ from torch import nn
 import taskgrad
 from taskgrad.lightning import TaskGradMixin, lightning_available
 from taskgrad.tracking import MemoryLogger
+from tests.lightning.lightning_cases import D, H, K
+from tests.lightning.lightning_cases import data as _data
+from tests.lightning.lightning_cases import losses as _losses
+from tests.lightning.lightning_cases import pl as _pl
 
 pytestmark = pytest.mark.skipif(
     not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
 )
-
-K, D, H = 3, 4, 5
-
-
-def _pl():
-    try:
-        import lightning.pytorch as pl
-    except ImportError:
-        import pytorch_lightning as pl
-    return pl
-
-
-def _data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, D, generator=g, dtype=torch.float64)
-    y = torch.randn(32, K, generator=g, dtype=torch.float64) + torch.tensor(
-        [0.0, 2.0, -2.0], dtype=torch.float64
-    )
-    return x, y
-
-
-def _losses(pred, y):
-    return {f"t{i}": ((pred[:, i] - y[:, i]) ** 2).mean() for i in range(K)}
 
 
 def _make_module(method, logger=None, nan_batch=None):
@@ -52,8 +33,12 @@ def _make_module(method, logger=None, nan_batch=None):
             torch.manual_seed(0)
             self.encoder = nn.Sequential(nn.Linear(D, H), nn.Tanh()).double()
             self.heads = nn.ModuleList(nn.Linear(H, 1) for _ in range(K)).double()
-            self.configure_taskgrad(method, source="representation", logger=logger,
-                                    nonfinite="skip" if nan_batch is not None else "auto")
+            self.configure_taskgrad(
+                method,
+                source="representation",
+                logger=logger,
+                nonfinite="skip" if nan_batch is not None else "auto",
+            )
 
         def task_losses(self, batch, batch_idx):
             x, y = batch

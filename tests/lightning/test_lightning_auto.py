@@ -10,39 +10,20 @@ from torch import nn
 import taskgrad
 from taskgrad.lightning import TaskGradMixin, lightning_available
 from taskgrad.training import GradStep
+from tests.lightning.lightning_cases import D, H, K
+from tests.lightning.lightning_cases import data as _data
+from tests.lightning.lightning_cases import losses as _losses
+from tests.lightning.lightning_cases import pl as _pl
 
 pytestmark = pytest.mark.skipif(
     not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
 )
-
-K, D, H = 3, 4, 5
-
-
-def _pl():
-    try:
-        import lightning.pytorch as pl
-    except ImportError:
-        import pytorch_lightning as pl
-    return pl
-
-
-def _data(n=32):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, D, generator=g, dtype=torch.float64)
-    y = torch.randn(n, K, generator=g, dtype=torch.float64) + torch.tensor(
-        [0.0, 2.0, -2.0], dtype=torch.float64
-    )
-    return x, y
 
 
 def _loader(dtype=torch.float64):
     x, y = _data()
     ds = torch.utils.data.TensorDataset(x.to(dtype), y.to(dtype))
     return torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)
-
-
-def _losses(pred, y):
-    return {f"t{i}": ((pred[:, i] - y[:, i]) ** 2).mean() for i in range(K)}
 
 
 def _nets(dtype=torch.float64):
