@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .._common import LearnedTaskParameter
-from ..base import Weighting
+from ..loss._learned_scale import _LearnedScaleState
 from ..registry import register_method
 from .imtl_g import IMTLG
 
@@ -17,17 +16,20 @@ __all__ = ["HybridIMTL"]
 
 @register_method(
     "imtl-hybrid",
-    description='Hybrid IMTL: learned loss scales (IMTL-L) and IMTL-G on the scaled gradients in one method.',
-    paper='Liu et al., Towards Impartial Multi-task Learning, ICLR 2021',
+    description=(
+        "Hybrid IMTL: learned loss scales (IMTL-L) and IMTL-G on the scaled gradients in one "
+        "method."
+    ),
+    paper="Liu et al., Towards Impartial Multi-task Learning, ICLR 2021",
     aliases=("HybridIMTL", "hybrid-imtl", "IMTL"),  # LibMTL's IMTL is the hybrid method
-    defined='everywhere',
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
     stateful=True,
     random=False,
 )
-class HybridIMTL(Weighting):
+class HybridIMTL(_LearnedScaleState):
     """Hybrid IMTL (Liu et al., "Towards impartial multi-task learning", ICLR 2021; LibMTL's IMTL).
 
     The losses are scaled as L̃ᵢ = e^(sᵢ)Lᵢ − sᵢ (IMTL-L) and IMTL-G runs on the scaled gradients
@@ -38,16 +40,11 @@ class HybridIMTL(Weighting):
 
     needs = frozenset({"gram", "losses"})
 
-    def __init__(self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0) -> None:
-        self.lr = lr
-        self.optimizer = optimizer
-        self._s = LearnedTaskParameter(init, lr, optimizer)
+    def __init__(
+        self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0
+    ) -> None:
+        super().__init__(lr, optimizer, init)
         self._imtlg = IMTLG()
-
-    @property
-    def log_scale(self) -> Tensor | None:
-        """The learned loss scales s (None before the first call)."""
-        return None if self._s.value is None else self._s.value.detach()
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None and losses is not None
@@ -58,12 +55,3 @@ class HybridIMTL(Weighting):
             grad = torch.exp(s.detach()) * losses.to(s.dtype) - 1.0
         self._s.step(grad)
         return (alpha * e).to(gram.dtype)
-
-    def reset(self) -> None:
-        self._s.reset()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"s": self._s.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._s.load_state_dict(state_dict["s"])
