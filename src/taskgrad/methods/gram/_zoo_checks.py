@@ -18,6 +18,7 @@ __all__ = [
     "check_vector",
     "project_simplex",
     "simplex_state",
+    "task_vector",
 ]
 
 
@@ -98,6 +99,16 @@ def check_length(name: str, value: Tensor, k: int) -> None:
         raise ValueError(
             f"{name} has {value.shape[-1]} entries but there are {k} tasks; pass one per task."
         )
+
+
+def task_vector(name: str, value: Tensor | None, k: int, default: float, like: Tensor) -> Tensor:
+    """The per-task vector ``value`` (k,) in the dtype and device of ``like``, or ``default`` for
+    every task when it is None; an error naming ``name`` when it has not k entries.
+    """
+    if value is None:
+        return torch.full((k,), default, dtype=like.dtype, device=like.device)
+    check_length(name, value, k)
+    return value.to(dtype=like.dtype, device=like.device)
 
 
 def project_simplex(y: Tensor) -> Tensor:

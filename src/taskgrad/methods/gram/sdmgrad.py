@@ -13,11 +13,11 @@ from ..registry import register_method
 from ._zoo_checks import (
     check_cross_matrix,
     check_int,
-    check_length,
     check_real,
     check_vector,
     project_simplex,
     simplex_state,
+    task_vector,
 )
 
 __all__ = ["SDMGrad"]
@@ -64,11 +64,7 @@ class SDMGrad(Weighting):
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         k = gram.shape[-1]
-        if self.pref_vector is None:
-            pref = torch.full((k,), 1.0 / k, dtype=gram.dtype, device=gram.device)
-        else:
-            check_length("pref_vector", self.pref_vector, k)
-            pref = self.pref_vector.to(dtype=gram.dtype, device=gram.device)
+        pref = task_vector("pref_vector", self.pref_vector, k, 1.0 / k, gram)
         w = simplex_state("SDMGrad", self._w, gram)
         scale = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(0.0).sqrt().mean(-1)
         A = gram / (scale**2 + 1e-8)[..., None, None]

@@ -1,11 +1,13 @@
-"""ConFIG (Liu et al., ICLR 2025): the conflict-free direction with equal cosines to every gradient."""
+"""ConFIG (Liu et al., ICLR 2025): the conflict-free direction with equal cosines to every
+gradient.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..gram._zoo_checks import check_length, check_vector
+from ..gram._zoo_checks import check_vector, task_vector
 from ..registry import register_method
 from ._base import JacobianAggregator
 
@@ -14,10 +16,15 @@ __all__ = ["ConFIG"]
 
 @register_method(
     "config",
-    description='ConFIG: the direction with equal cosines to every unit gradient (pseudo-inverse of J).',
-    paper='Liu et al., ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks, ICLR 2025',
-    aliases=('ConFIG',),
-    defined='everywhere',
+    description=(
+        "ConFIG: the direction with equal cosines to every unit gradient (pseudo-inverse of J)."
+    ),
+    paper=(
+        "Liu et al., ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks, "
+        "ICLR 2025"
+    ),
+    aliases=("ConFIG",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=True,
@@ -42,13 +49,13 @@ class ConFIG(JacobianAggregator):
     def direction(self, jacobian: Tensor, losses: Tensor | None) -> Tensor:
         J = jacobian
         k = J.shape[0]
-        if self.pref_vector is None:
-            p = torch.ones(k, dtype=J.dtype, device=J.device)
-        else:
-            check_length("pref_vector", self.pref_vector, k)
-            p = self.pref_vector.to(dtype=J.dtype, device=J.device)
+        p = task_vector("pref_vector", self.pref_vector, k, 1.0, J)
         norms = J.norm(dim=1, keepdim=True)
-        U = torch.where(norms > 0, J / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(J))
+        U = torch.where(
+            norms > 0,
+            J / torch.where(norms > 0, norms, torch.ones_like(norms)),
+            torch.zeros_like(J),
+        )
         best = torch.linalg.pinv(U) @ p
         n = best.norm()
         u = best / n if n > 0 else best

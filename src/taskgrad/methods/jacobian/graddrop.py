@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._common import check_generator, generator_state, set_generator_state
-from ..gram._zoo_checks import check_length, check_vector
+from ..gram._zoo_checks import check_vector, task_vector
 from ..registry import register_method
 from ._base import JacobianAggregator
 
@@ -22,10 +22,13 @@ def _identity(p: Tensor) -> Tensor:
 
 @register_method(
     "graddrop",
-    description='GradDrop: per coordinate, keep the gradients of one randomly chosen sign.',
-    paper='Chen et al., Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout, NeurIPS 2020',
-    aliases=('GradDrop',),
-    defined='everywhere',
+    description="GradDrop: per coordinate, keep the gradients of one randomly chosen sign.",
+    paper=(
+        "Chen et al., Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign "
+        "Dropout, NeurIPS 2020"
+    ),
+    aliases=("GradDrop",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
@@ -42,11 +45,15 @@ class GradDrop(JacobianAggregator):
     """
 
     def __init__(
-        self, f: Callable[[Tensor], Tensor] = _identity, leak: Tensor | None = None,
+        self,
+        f: Callable[[Tensor], Tensor] = _identity,
+        leak: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         if not callable(f):
-            raise TypeError(f"f must be a callable mapping the purity tensor to a tensor, got {f!r}.")
+            raise TypeError(
+                f"f must be a callable mapping the purity tensor to a tensor, got {f!r}."
+            )
         self.f = f
         self.leak = check_vector("leak", leak)
         if self.leak is not None and bool(((self.leak < 0) | (self.leak > 1)).any()):
@@ -56,16 +63,14 @@ class GradDrop(JacobianAggregator):
     def direction(self, jacobian: Tensor, losses: Tensor | None) -> Tensor:
         J = jacobian
         k = J.shape[0]
-        if self.leak is None:
-            leak = torch.zeros(k, dtype=J.dtype, device=J.device)
-        else:
-            check_length("leak", self.leak, k)
-            leak = self.leak.to(dtype=J.dtype, device=J.device)
+        leak = task_vector("leak", self.leak, k, 0.0, J)
         # a coordinate where every gradient is 0 gives 0/0; its entries are 0 whatever the mask
         purity = 0.5 * (1.0 + J.sum(0) / J.abs().sum(0))
         fp = self.f(purity)
         dev = self.generator.device if self.generator is not None else J.device
-        u = torch.rand(purity.shape, dtype=J.dtype, device=dev, generator=self.generator).to(J.device)
+        u = torch.rand(purity.shape, dtype=J.dtype, device=dev, generator=self.generator).to(
+            J.device
+        )
         keep = ((fp > u) & (J > 0)) | ((fp < u) & (J < 0))
         return ((leak[:, None] + (1.0 - leak[:, None]) * keep) * J).sum(0)
 
