@@ -20,7 +20,9 @@ class Stateful:
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict` (a stateless object accepts only ``{}``)."""
+        """Restore the state saved by :meth:`state_dict` (a stateless object accepts only
+        ``{}``).
+        """
         if state_dict:
             raise ValueError(
                 f"{type(self).__name__} is stateless but got state {sorted(state_dict)}; pass the "

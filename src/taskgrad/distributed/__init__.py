@@ -7,7 +7,15 @@
 * :func:`run_on_ranks`: start R local processes with a hard time limit (tests, benchmarks).
 """
 
-from .comm import Traffic, all_reduce_sum, assert_identical, assert_in_sync, is_distributed, rank, world_size
+from .comm import (
+    Traffic,
+    all_reduce_sum,
+    assert_identical,
+    assert_in_sync,
+    is_distributed,
+    rank,
+    world_size,
+)
 from .launch import free_port, run_on_ranks
 from .sources import DistributedSource, local_jacobian
 from .step import AllReduce, DistributedStep, DistributedStepResult, FeatureHook

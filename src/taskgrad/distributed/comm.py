@@ -124,14 +124,17 @@ def assert_identical(t: Tensor, group: Any = None, *, what: str = "tensor") -> N
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise RuntimeError(
-            f"{what} differs across ranks (entry {i}: max {float(hi[i])!r}, min {float(lo[i])!r} over "
+            f"{what} differs across ranks (entry {i}: max {float(hi[i])!r}, min {float(lo[i])!r} "
+            "over "
             f"{world_size(group)} ranks). Every rank must apply identical weights: seed every "
             "random generator the same on all ranks, and give every rank the same method state."
         )
 
 
 def assert_in_sync(tensors: Any, group: Any = None, *, what: str = "parameters") -> None:
-    """Raise on every rank unless all ``tensors`` (e.g. ``model.parameters()``) agree across ranks."""
+    """Raise on every rank unless all ``tensors`` (e.g. ``model.parameters()``) agree across
+    ranks.
+    """
     ts = [t.detach().reshape(-1) for t in tensors]
     if not ts:
         return

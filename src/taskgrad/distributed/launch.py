@@ -31,12 +31,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, backend: str, timeout: float,
-           threads: int, args: tuple[Any, ...]) -> None:
+def _entry(
+    rank: int,
+    fn: Callable[..., Any],
+    world_size: int,
+    port: int,
+    backend: str,
+    timeout: float,
+    threads: int,
+    args: tuple[Any, ...],
+) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout))
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout),
+    )
     try:
         fn(rank, world_size, *args)
     finally:
@@ -66,14 +79,20 @@ def run_on_ranks(
         fork_ok = sys.platform.startswith("linux") and not torch.cuda.is_initialized()
         start_method = "fork" if fork_ok else "spawn"
     port = free_port()
-    ctx = mp.start_processes(_entry, args=(fn, world_size, port, backend, timeout, threads, args),
-                             nprocs=world_size, join=False, start_method=start_method)
+    ctx = mp.start_processes(
+        _entry,
+        args=(fn, world_size, port, backend, timeout, threads, args),
+        nprocs=world_size,
+        join=False,
+        start_method=start_method,
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ctx.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{world_size} ranks did not finish within {timeout:.0f} s (a collective waits for a "
+                    f"{world_size} ranks did not finish within {timeout:.0f} s (a collective waits "
+                    "for a "
                     "rank that never joined it?); the processes were killed."
                 )
     finally:

@@ -32,8 +32,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..sources import (FullGram, GramSource, JacobianGram, LossSet, Part, RepresentationGram, SketchGram,
-                       check_params, make_source, task_gradients)
+from ..sources import (
+    FullGram,
+    GramSource,
+    JacobianGram,
+    LossSet,
+    Part,
+    RepresentationGram,
+    SketchGram,
+    check_params,
+    make_source,
+    task_gradients,
+)
 from .comm import Traffic, all_reduce_sum, world_size
 
 __all__ = ["DistributedSource", "local_jacobian"]
@@ -41,7 +51,9 @@ __all__ = ["DistributedSource", "local_jacobian"]
 KINDS = ("representation", "sketch", "jacobian")
 
 
-def local_jacobian(losses: Sequence[Tensor] | Tensor, params: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+def local_jacobian(
+    losses: Sequence[Tensor] | Tensor, params: Sequence[Tensor], dtype: torch.dtype | None = None
+) -> Tensor:
     """J (k × P): row i is ∂Lᵢ/∂θ flattened over ``params`` in order (zeros where unreached).
 
     Each task's gradient through its own subgraph (:func:`~taskgrad.sources.task_gradients`).
@@ -54,7 +66,11 @@ def local_jacobian(losses: Sequence[Tensor] | Tensor, params: Sequence[Tensor], 
     blocks = []
     for p in plist:
         j = tg.index(p)
-        blocks.append(torch.zeros(ls.k, p.numel(), dtype=dtype, device=p.device) if j < 0 else tg.dense_rows(j, dtype))
+        blocks.append(
+            torch.zeros(ls.k, p.numel(), dtype=dtype, device=p.device)
+            if j < 0
+            else tg.dense_rows(j, dtype)
+        )
     return torch.cat(blocks, dim=1)
 
 
@@ -85,7 +101,9 @@ class DistributedSource(GramSource):
         traffic: Traffic | None = None,
     ) -> None:
         if isinstance(source, DistributedSource):
-            raise TypeError("the source is already distributed; do not wrap a DistributedSource twice.")
+            raise TypeError(
+                "the source is already distributed; do not wrap a DistributedSource twice."
+            )
         self._spec = source
         self.inner: GramSource | None = source if isinstance(source, GramSource) else None
         if isinstance(source, str):
@@ -109,7 +127,7 @@ class DistributedSource(GramSource):
         return self.resolve(None).payload_power
 
     def kind(self, features: Any = None) -> str:
-        """"representation", "sketch" or "jacobian": what is all-reduced."""
+        """What is all-reduced: "representation", "sketch" or "jacobian"."""
         src = self.resolve(features)
         if isinstance(src, RepresentationGram):
             return "representation"
@@ -119,16 +137,25 @@ class DistributedSource(GramSource):
             return "jacobian"
         raise TypeError(
             f"{type(src).__name__} has no distributed form: its Gram neither adds over samples nor "
-            "comes from a Jacobian that does. Use RepresentationGram, SketchGram, FullGram or JacobianGram."
+            "comes from a Jacobian that does. Use RepresentationGram, SketchGram, FullGram or "
+            "JacobianGram."
         )
 
-    def local_payload(self, losses: Any, *, features: Any = None, params: Sequence[Tensor] | None = None,
-                      loss_fn: Any = None, scale: float = 1.0) -> Tensor:
+    def local_payload(
+        self,
+        losses: Any,
+        *,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+    ) -> Tensor:
         """This rank's flat contribution (Gʳ, Sʳ or Jʳ); summed over ranks it gives the Gram."""
         self.kind(features)
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
-        part = self.resolve(features).part(ls, features=features, params=params, loss_fn=loss_fn, scale=scale,
-                                           additive=True)
+        part = self.resolve(features).part(
+            ls, features=features, params=params, loss_fn=loss_fn, scale=scale, additive=True
+        )
         assert part.payload is not None
         return part.payload
 
@@ -137,11 +164,28 @@ class DistributedSource(GramSource):
         return self.resolve(features).gram_of(total, k, world_size(self.group))
 
     # ------------------------------------------------------------------ GramSource API
-    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
-             want_grads=False, all_losses=None) -> Part:  # noqa: D102
-        payload = self.local_payload(losses, features=features, params=params, loss_fn=loss_fn, scale=scale)
-        all_reduce_sum(payload.contiguous(), self.group, bucket_numel=self.bucket_numel, traffic=self.traffic,
-                       what=self.kind(features))
+    def part(
+        self,
+        losses,
+        *,
+        features=None,
+        params=None,
+        loss_fn=None,
+        scale=1.0,
+        additive=False,
+        want_grads=False,
+        all_losses=None,
+    ) -> Part:  # noqa: D102
+        payload = self.local_payload(
+            losses, features=features, params=params, loss_fn=loss_fn, scale=scale
+        )
+        all_reduce_sum(
+            payload.contiguous(),
+            self.group,
+            bucket_numel=self.bucket_numel,
+            traffic=self.traffic,
+            what=self.kind(features),
+        )
         k = losses.k
         return Part(self.gram_from_sum(payload, k, features).reshape(-1))
 
@@ -161,15 +205,23 @@ class DistributedSource(GramSource):
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
-        return self.gram_of(self.part(ls, features=features, params=params, loss_fn=loss_fn).payload, ls.k)
+        return self.gram_of(
+            self.part(ls, features=features, params=params, loss_fn=loss_fn).payload, ls.k
+        )
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {} if self.inner is None else {"inner": type(self.inner).__name__, "state": self.inner.state_dict()}
+        return (
+            {}
+            if self.inner is None
+            else {"inner": type(self.inner).__name__, "state": self.inner.state_dict()}
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         if not state:
             return
         src = self.resolve(None if state["inner"] != "RepresentationGram" else True)
         if type(src).__name__ != state["inner"]:
-            raise ValueError(f"checkpoint is for source {state['inner']}, not {type(src).__name__}.")
+            raise ValueError(
+                f"checkpoint is for source {state['inner']}, not {type(src).__name__}."
+            )
         src.load_state_dict(state["state"])

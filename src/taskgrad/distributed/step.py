@@ -60,7 +60,9 @@ class FeatureHook:
 
     def __init__(self, module: nn.Module) -> None:
         if not isinstance(module, nn.Module):
-            raise TypeError(f"FeatureHook needs an nn.Module (e.g. model.encoder), got {type(module).__name__}.")
+            raise TypeError(
+                f"FeatureHook needs an nn.Module (e.g. model.encoder), got {type(module).__name__}."
+            )
         self.value: Tensor | None = None
         self._handle = module.register_forward_hook(self._store)
 
@@ -89,8 +91,15 @@ class AllReduce(Reducer):
         sketch: the sketch source whose generator ``debug`` compares across ranks.
     """
 
-    def __init__(self, group: Any = None, *, module: nn.Module | None = None, debug: bool = False,
-                 bucket_numel: int | None = 1 << 22, traffic: Traffic | None = None) -> None:
+    def __init__(
+        self,
+        group: Any = None,
+        *,
+        module: nn.Module | None = None,
+        debug: bool = False,
+        bucket_numel: int | None = 1 << 22,
+        traffic: Traffic | None = None,
+    ) -> None:
         self.group = group
         self.module = module
         self.debug = debug
@@ -112,8 +121,13 @@ class AllReduce(Reducer):
 
     def reduce(self, buf: Tensor, what: str) -> Tensor:
         """Σ over ranks of ``buf`` (in place, counted in :attr:`traffic`)."""
-        return all_reduce_sum(buf.contiguous(), self.group, bucket_numel=self.bucket_numel, traffic=self.traffic,
-                              what=what)
+        return all_reduce_sum(
+            buf.contiguous(),
+            self.group,
+            bucket_numel=self.bucket_numel,
+            traffic=self.traffic,
+            what=what,
+        )
 
     def combine(self, numbers: StepNumbers, what: str = "step") -> StepNumbers:  # noqa: D102
         self._check_sketch_generator()
@@ -122,18 +136,28 @@ class AllReduce(Reducer):
         wide = L.dtype == torch.float64 or (payload is not None and payload.dtype == torch.float64)
         dtype = torch.float64 if wide else torch.float32
         k = L.shape[0]
-        parts = [torch.tensor([float(bad)], dtype=dtype, device=L.device),
-                 torch.zeros(k, dtype=dtype, device=L.device) if bad else L.to(dtype)]
+        parts = [
+            torch.tensor([float(bad)], dtype=dtype, device=L.device),
+            torch.zeros(k, dtype=dtype, device=L.device) if bad else L.to(dtype),
+        ]
         if payload is not None:
             parts.append(torch.zeros_like(payload, dtype=dtype) if bad else payload.to(dtype))
         buf = self.reduce(torch.cat(parts), what)
         n_bad = int(round(float(buf[0])))
         why = None
         if n_bad:
-            why = numbers.bad if (bad and self.world_size == 1) else \
-                ("loss or Gram" if what == "step" else "loss or gradient")
-        return StepNumbers(why, buf[1: 1 + k] / self.world_size, buf[1 + k:] if payload is not None else None,
-                           n_bad=n_bad, numel=buf.numel())
+            why = (
+                numbers.bad
+                if (bad and self.world_size == 1)
+                else ("loss or Gram" if what == "step" else "loss or gradient")
+            )
+        return StepNumbers(
+            why,
+            buf[1 : 1 + k] / self.world_size,
+            buf[1 + k :] if payload is not None else None,
+            n_bad=n_bad,
+            numel=buf.numel(),
+        )
 
     def average(self, t: Tensor, what: str = "gradient") -> Tensor:  # noqa: D102
         if self.world_size == 1:
@@ -143,14 +167,17 @@ class AllReduce(Reducer):
     def layout(self) -> list[Tensor]:  # noqa: D102
         if self.module is None:
             raise ValueError(
-                "gradient accumulation needs the model: build DistributedStep(..., module=ddp_model) so "
+                "gradient accumulation needs the model: build DistributedStep(..., "
+                "module=ddp_model) so "
                 "that every rank keeps (and all-reduces) the same parameters in the same order."
             )
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def before_step(self) -> None:  # noqa: D102
         if self.debug and self.module is not None:
-            assert_in_sync(self.module.parameters(), self.group, what="the model parameters before the step")
+            assert_in_sync(
+                self.module.parameters(), self.group, what="the model parameters before the step"
+            )
 
     def check_weights(self, v: Tensor) -> None:  # noqa: D102
         if self.debug:
@@ -163,11 +190,17 @@ class AllReduce(Reducer):
         src = self.sketch
         state = src.state_dict()["generator"] if self.debug and src is not None else None
         if state is not None:
-            assert_identical(state.to(torch.float64), self.group,
-                             what="the sketch's random generator state (seed every rank the same)")
+            assert_identical(
+                state.to(torch.float64),
+                self.group,
+                what="the sketch's random generator state (seed every rank the same)",
+            )
 
     def skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:  # noqa: D102
-        message = f"{why} is not finite (NaN or Inf) on {n_bad} of {self.world_size} ranks; every rank stops. {ADVICE}"
+        message = (
+            f"{why} is not finite (NaN or Inf) on {n_bad} of {self.world_size} ranks; "
+            f"every rank stops. {ADVICE}"
+        )
         return message, f"non-finite {why} on {n_bad} rank(s)"
 
 
@@ -204,7 +237,9 @@ class DistributedStep(GradStep):
     ) -> None:
         if isinstance(source, DistributedSource):
             source = source.inner if source.inner is not None else source._spec
-        reducer = AllReduce(group, module=module, debug=debug, bucket_numel=bucket_numel, traffic=traffic)
+        reducer = AllReduce(
+            group, module=module, debug=debug, bucket_numel=bucket_numel, traffic=traffic
+        )
         super().__init__(method, source, nonfinite=nonfinite, reducer=reducer, **options)
         self.group = group
         self.module = module

@@ -34,7 +34,9 @@ def _import_all() -> list[str]:
             module = importlib.import_module(f"{pkg.__name__}.{mod.name}")
             for name in getattr(module, "__all__", ()):
                 if name in globals() and globals()[name] is not getattr(module, name):
-                    raise ImportError(f"taskgrad.methods.{name} is defined twice ({module.__name__}).")
+                    raise ImportError(
+                        f"taskgrad.methods.{name} is defined twice ({module.__name__})."
+                    )
                 globals()[name] = getattr(module, name)
                 exported.append(name)
     return exported

@@ -1,5 +1,6 @@
 """Small helpers shared by the method zoo: working dtype, norms from a Gram diagonal, randomness,
-state dictionaries and learnable per-task parameters with their own optimizer."""
+state dictionaries and learnable per-task parameters with their own optimizer.
+"""
 
 from __future__ import annotations
 
@@ -42,14 +43,17 @@ def diag_norms(G: Tensor) -> Tensor:
 def check_generator(generator: torch.Generator | None) -> torch.Generator | None:
     """Validate an optional ``torch.Generator`` (used for every random draw of a method)."""
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}."
+        )
     return generator
 
 
 def own_generator(generator: torch.Generator | None) -> torch.Generator:
     """The method's own generator: ``generator``, or (None) a new CPU generator seeded from
     torch's global RNG, so ``torch.manual_seed`` still fixes a run and ``state_dict()`` holds
-    every random state the method uses (it resumes bit-identically)."""
+    every random state the method uses (it resumes bit-identically).
+    """
     check_generator(generator)
     if generator is not None:
         return generator
@@ -90,17 +94,26 @@ def set_generator_state(generator: torch.Generator | None, state: Tensor | None)
 class LearnedTaskParameter:
     """A per-task parameter tensor ξ (shape of the losses, created lazily) updated by its own
     optimizer: ``step(grad)`` sets ξ.grad = grad and takes one step of SGD or Adam with
-    learning rate ``lr`` (torch.optim, so the update is exactly torch's)."""
+    learning rate ``lr`` (torch.optim, so the update is exactly torch's).
+    """
 
     def __init__(
-        self, init: float, lr: float, optimizer: Literal["sgd", "adam"] = "sgd", weight_decay: float = 0.0
+        self,
+        init: float,
+        lr: float,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        weight_decay: float = 0.0,
     ) -> None:
         from ._validate import check_choice, check_real
 
         self.init = check_real("the learned parameter", "init", init)
         self.lr = check_real("the learned parameter", "lr", lr, low=0.0)
-        self.optimizer = check_choice("the learned parameter", "optimizer", optimizer, ("sgd", "adam"))
-        self.weight_decay = check_real("the learned parameter", "weight_decay", weight_decay, low=0.0)
+        self.optimizer = check_choice(
+            "the learned parameter", "optimizer", optimizer, ("sgd", "adam")
+        )
+        self.weight_decay = check_real(
+            "the learned parameter", "weight_decay", weight_decay, low=0.0
+        )
         self.value: Tensor | None = None
         self._opt: torch.optim.Optimizer | None = None
 
@@ -119,9 +132,13 @@ class LearnedTaskParameter:
         if self._opt is None:
             assert self.value is not None
             if self.optimizer == "sgd":
-                self._opt = torch.optim.SGD([self.value], lr=self.lr, weight_decay=self.weight_decay)
+                self._opt = torch.optim.SGD(
+                    [self.value], lr=self.lr, weight_decay=self.weight_decay
+                )
             else:
-                self._opt = torch.optim.Adam([self.value], lr=self.lr, weight_decay=self.weight_decay)
+                self._opt = torch.optim.Adam(
+                    [self.value], lr=self.lr, weight_decay=self.weight_decay
+                )
         return self._opt
 
     def step(self, grad: Tensor) -> None:

@@ -55,7 +55,8 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 def kernel(name: str) -> ModuleType:
     """The compiled kernel module :mod:`taskgrad.methods.kernels.<name>`, imported on first use
-    (importing numba costs ~0.3 s, which ``import taskgrad`` does not pay until a kernel runs)."""
+    (importing numba costs ~0.3 s, which ``import taskgrad`` does not pay until a kernel runs).
+    """
     return importlib.import_module(f"{__package__}.kernels.{name}")
 
 
@@ -64,12 +65,16 @@ def check_impl(impl: str) -> str:
     if impl not in ("auto", "numba", "torch"):
         raise ValueError(f"impl must be 'auto', 'numba' or 'torch', got {impl!r}.")
     if impl == "numba" and not HAVE_NUMBA:
-        raise ImportError("impl='numba' needs numba (pip install numba); use impl='torch' or 'auto'.")
+        raise ImportError(
+            "impl='numba' needs numba (pip install numba); use impl='torch' or 'auto'."
+        )
     return impl
 
 
 def use_host(impl: str, G: Tensor) -> bool:
-    """Whether the compiled host kernels solve the problems of G (..., k, k) (see the module doc)."""
+    """Whether the compiled host kernels solve the problems of G (..., k, k) (see the module
+    doc).
+    """
     if impl == "torch" or not HAVE_NUMBA:
         return False
     if impl == "numba":
@@ -94,22 +99,29 @@ def host_gram(G: Tensor) -> np.ndarray:
 
 
 def from_host(
-    w: np.ndarray, shape: tuple[int, ...] | torch.Size, like: Tensor, dtype: torch.dtype | None = None
+    w: np.ndarray,
+    shape: tuple[int, ...] | torch.Size,
+    like: Tensor,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The host result w as a tensor of ``shape`` on the device of ``like``, in ``dtype``
-    (default: that of ``like``)."""
+    (default: that of ``like``).
+    """
     return torch.from_numpy(w).to(device=like.device, dtype=dtype or like.dtype).reshape(shape)
 
 
 def raise_not_pd(status: np.ndarray) -> None:
     """Raise LinAlgError where a kernel reported an indefinite free block."""
     if bool((status == kernel("common").NOT_PD).any()):
-        raise torch.linalg.LinAlgError("a free block is not positive definite even with a ridge of 1e-2.")
+        raise torch.linalg.LinAlgError(
+            "a free block is not positive definite even with a ridge of 1e-2."
+        )
 
 
 def host_nnls(Q: np.ndarray, C: np.ndarray) -> np.ndarray:
     """λ[b, m] ≥ 0 minimizing ½λᵀQ[b]λ + C[b, m]ᵀλ (Q (B, k, k), C (B, m, k)) by the compiled
-    port of :func:`taskgrad.solvers.nnls` (float64, on the host)."""
+    port of :func:`taskgrad.solvers.nnls` (float64, on the host).
+    """
     X, status = kernel("common").nnls_rows(Q, np.ascontiguousarray(C), 10 * Q.shape[-1] + 50)
     raise_not_pd(status)
     return X
@@ -120,7 +132,9 @@ def check_pref(pref: Tensor | None, k: int, like: Tensor) -> Tensor:
     if pref is None:
         return torch.full((k,), 1.0 / k, dtype=like.dtype, device=like.device)
     if pref.dim() != 1 or pref.shape[0] != k:
-        raise ValueError(f"pref_vector must have shape ({k},) (one weight per task), got {tuple(pref.shape)}.")
+        raise ValueError(
+            f"pref_vector must have shape ({k},) (one weight per task), got {tuple(pref.shape)}."
+        )
     return pref.to(dtype=like.dtype, device=like.device)
 
 
@@ -131,9 +145,12 @@ def host_pref(pref: Tensor | None, k: int) -> np.ndarray:
     return host(check_pref(pref, k, pref))
 
 
-def draw_permutations(B: int, k: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def draw_permutations(
+    B: int, k: int, n: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """(B, k, n) long: for each problem b and each task i, ``torch.randperm(n)`` in that order
-    (the same draws as one ``randperm`` per task, as TorchJD and the papers do)."""
+    (the same draws as one ``randperm`` per task, as TorchJD and the papers do).
+    """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     perms = [torch.randperm(n, generator=generator, device=gen_device) for _ in range(B * k)]
     if not perms:
@@ -141,7 +158,9 @@ def draw_permutations(B: int, k: int, n: int, generator: torch.Generator | None,
     return torch.stack(perms).reshape(B, k, n).to(device)
 
 
-def random_softmax_weights(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def random_softmax_weights(
+    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None
+) -> Tensor:
     """softmax of standard normal draws along the last dim (RLW's default distribution)."""
     dev = generator.device if generator is not None else like.device
     z = torch.randn(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
@@ -150,7 +169,8 @@ def random_softmax_weights(shape: tuple[int, ...], like: Tensor, generator: torc
 
 def min_norm_weights(G: Tensor, impl: Impl = "auto") -> Tensor:
     """MGDA's α in the simplex minimizing αᵀGα for G (..., k, k), in G's dtype: the solvers'
-    :func:`~taskgrad.solvers.min_norm_simplex` (``impl="torch"``) or its compiled port."""
+    :func:`~taskgrad.solvers.min_norm_simplex` (``impl="torch"``) or its compiled port.
+    """
     if not use_host(check_impl(impl), G):
         return min_norm_simplex(G, check_input=False)
     wn, status = kernel("common").min_norm(host_gram(G), 10 * G.shape[-1] + 50)

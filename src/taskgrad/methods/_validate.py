@@ -1,5 +1,6 @@
 """Hyper-parameter checks at construction: each error names the parameter, its valid range and
-the value it got."""
+the value it got.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ __all__ = ["check_bool", "check_choice", "check_int", "check_real", "check_vecto
 def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
-    return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{lo}, {hi}{right}"
 
 
 def check_real(
@@ -29,7 +32,8 @@ def check_real(
     high_open: bool = False,
 ) -> float:
     """``value`` as a float, if it is a finite real number in the given range (else ValueError
-    or TypeError naming ``owner``'s parameter ``name`` and the range)."""
+    or TypeError naming ``owner``'s parameter ``name`` and the range).
+    """
     rng = _range(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number in {rng}, got {value!r}.")
@@ -42,7 +46,9 @@ def check_real(
     return v
 
 
-def check_int(owner: str, name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
+def check_int(
+    owner: str, name: str, value: object, *, low: int | None = None, high: int | None = None
+) -> int:
     """``value`` if it is an int in [low, high] (a bool or a float is refused)."""
     rng = _range(low, high, False, False).replace("-inf", "-∞").replace("inf", "∞")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -56,9 +62,13 @@ def check_int(owner: str, name: str, value: object, *, low: int | None = None, h
 def check_choice(owner: str, name: str, value: object, choices: tuple[object, ...]) -> object:
     """``value`` if it is one of ``choices``."""
     if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
-        raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+        raise ValueError(
+            f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}."
+        )
     if value not in choices:
-        raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+        raise ValueError(
+            f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}."
+        )
     return value
 
 
@@ -69,18 +79,25 @@ def check_bool(owner: str, name: str, value: object) -> bool:
     return value
 
 
-def check_vector(owner: str, name: str, value: object, *, nonnegative: bool = False) -> Tensor | None:
+def check_vector(
+    owner: str, name: str, value: object, *, nonnegative: bool = False
+) -> Tensor | None:
     """None, or ``value`` as a non-empty 1-D tensor of finite numbers (≥ 0 if ``nonnegative``)."""
     if value is None:
         return None
     try:
         v = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"{owner}: {name} must be a 1-D tensor (one entry per task) or None, got {value!r}.") from e
+        raise TypeError(
+            f"{owner}: {name} must be a 1-D tensor (one entry per task) or None, got {value!r}."
+        ) from e
     if not v.is_floating_point():
         v = v.to(torch.get_default_dtype())
     if v.dim() != 1 or v.numel() == 0:
-        raise ValueError(f"{owner}: {name} must be a non-empty 1-D tensor (one entry per task), got shape {tuple(v.shape)}.")
+        raise ValueError(
+            f"{owner}: {name} must be a non-empty 1-D tensor (one entry per task), got shape "
+            f"{tuple(v.shape)}."
+        )
     if not bool(torch.isfinite(v).all()) or (nonnegative and bool((v < 0).any())):
         kind = "finite numbers ≥ 0" if nonnegative else "finite numbers"
         raise ValueError(f"{owner}: {name} must hold {kind}, got {v.tolist()}.")

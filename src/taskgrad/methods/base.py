@@ -80,19 +80,27 @@ class Weighting(Stateful, ABC):
         # ones this signature does not take are dropped
         @functools.wraps(compute)
         def _compute(self: Weighting, **inputs: Any) -> Tensor:
-            return compute(self, **{n: v for n, v in inputs.items() if n in accepts or n not in _INPUTS})
+            return compute(
+                self, **{n: v for n, v in inputs.items() if n in accepts or n not in _INPUTS}
+            )
 
         cls.compute = _compute  # type: ignore[method-assign]
         required = frozenset(
-            n for n in cls._compute_accepts
-            # typed and not optional (unannotated or ``Tensor | None`` is the older, both-inputs form)
+            n
+            for n in cls._compute_accepts
+            # typed and not optional (unannotated or ``Tensor | None`` is the older, both-inputs
+            # form)
             if params[n].default is params[n].empty
             and params[n].annotation is not params[n].empty
             and "None" not in str(params[n].annotation)
         )
         if "needs" not in cls.__dict__ and required:
             cls.needs = required
-        elif isinstance(cls.needs, (set, frozenset)) and required - cls.needs and "jacobian" not in cls.needs:
+        elif (
+            isinstance(cls.needs, (set, frozenset))
+            and required - cls.needs
+            and "jacobian" not in cls.needs
+        ):
             raise TypeError(
                 f"{cls.__name__}.compute requires {sorted(required)} but {cls.__name__}.needs is "
                 f"{sorted(cls.needs)}; declare the same inputs in both (or drop needs)."
@@ -104,16 +112,22 @@ class Weighting(Stateful, ABC):
 
     def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
         """Validate the inputs named in ``needs`` and return the weights (..., k)."""
-        out_dtype = next((x.dtype for x in (gram, losses) if x is not None and x.dtype in _REDUCED), None)
+        out_dtype = next(
+            (x.dtype for x in (gram, losses) if x is not None and x.dtype in _REDUCED), None
+        )
         gram, losses = _widen(gram), _widen(losses)
         k = None
         if "gram" in self.needs:
             if gram is None:
-                raise ValueError(f"{type(self).__name__} needs the Gram matrix: call it with gram=G.")
+                raise ValueError(
+                    f"{type(self).__name__} needs the Gram matrix: call it with gram=G."
+                )
             k = check_gram(gram)
         if "losses" in self.needs:
             if losses is None:
-                raise ValueError(f"{type(self).__name__} needs the task losses: call it with losses=L.")
+                raise ValueError(
+                    f"{type(self).__name__} needs the task losses: call it with losses=L."
+                )
             k = check_losses(losses, k)
         if gram is not None and losses is not None and gram.shape[-1] != losses.shape[-1]:
             raise ValueError(
@@ -123,7 +137,9 @@ class Weighting(Stateful, ABC):
         given = {"gram": gram, "losses": losses}
         w = self.compute(**{n: given[n] for n in self._compute_accepts})
         if k is not None and w.shape[-1] != k:
-            raise RuntimeError(f"{type(self).__name__} returned {w.shape[-1]} weights for {k} tasks.")
+            raise RuntimeError(
+                f"{type(self).__name__} returned {w.shape[-1]} weights for {k} tasks."
+            )
         return w if out_dtype is None else w.to(out_dtype)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
@@ -131,7 +147,8 @@ class Weighting(Stateful, ABC):
         check_float("jacobian", jacobian)
         if jacobian.dim() < 2:
             raise ValueError(
-                f"jacobian must have shape (k, P): one row per task gradient, got {tuple(jacobian.shape)}."
+                "jacobian must have shape (k, P): one row per task gradient, got "
+                f"{tuple(jacobian.shape)}."
             )
         check_finite("jacobian", jacobian)
         J = jacobian

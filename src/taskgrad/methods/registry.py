@@ -20,7 +20,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["DEFINED", "MethodInfo", "available", "describe", "get", "infos", "register", "register_method"]
+__all__ = [
+    "DEFINED",
+    "MethodInfo",
+    "available",
+    "describe",
+    "get",
+    "infos",
+    "register",
+    "register_method",
+]
 
 #: the values of :attr:`MethodInfo.defined` (the generic tests know how to check each one)
 DEFINED: dict[str, str] = {
@@ -67,7 +76,14 @@ class MethodInfo:
     batched: bool = True
     example_kwargs: Callable[[int], Mapping[str, Any]] | None = field(default=None, repr=False)
 
-    PROPERTIES = ("defined", "non_conflicting", "permutation_equivariant", "scale_invariant", "stateful", "random")
+    PROPERTIES = (
+        "defined",
+        "non_conflicting",
+        "permutation_equivariant",
+        "scale_invariant",
+        "stateful",
+        "random",
+    )
 
     def undeclared(self) -> list[str]:
         """The property names this method has not declared."""
@@ -103,15 +119,21 @@ def _family_of(factory: Callable[..., Any]) -> str:
 
 def _add(info: MethodInfo, overwrite: bool) -> None:
     if info.defined is not None and info.defined not in DEFINED:
-        raise ValueError(f"defined must be one of {sorted(DEFINED)}, got {info.defined!r} for {info.name!r}.")
+        raise ValueError(
+            f"defined must be one of {sorted(DEFINED)}, got {info.defined!r} for {info.name!r}."
+        )
     keys = {_compact(info.name), *(_compact(a) for a in info.aliases)}
     if not overwrite:
         if info.name in _REGISTRY:
-            raise ValueError(f"a method named {info.name!r} is already registered; pass overwrite=True to replace it.")
+            raise ValueError(
+                f"a method named {info.name!r} is already registered; pass overwrite=True to "
+                "replace it."
+            )
         for key in keys:
             if key in _LOOKUP and _LOOKUP[key] != info.name:
                 raise ValueError(
-                    f"the name or alias {key!r} of {info.name!r} is already taken by {_LOOKUP[key]!r}; "
+                    f"the name or alias {key!r} of {info.name!r} is already taken by "
+                    f"{_LOOKUP[key]!r}; "
                     "choose another alias."
                 )
     else:
@@ -141,11 +163,18 @@ def register(
     if "aliases" in properties:
         properties["aliases"] = tuple(properties["aliases"])
     properties.setdefault("family", _family_of(factory))
-    _add(MethodInfo(name=_canonical(name), factory=factory, description=description, **properties), overwrite)
+    _add(
+        MethodInfo(name=_canonical(name), factory=factory, description=description, **properties),
+        overwrite,
+    )
 
 
-def register_method(name: str, *, description: str, overwrite: bool = False, **properties: Any) -> Callable[[T], T]:
-    """Class decorator: register the decorated Weighting class as ``name`` (see :func:`register`)."""
+def register_method(
+    name: str, *, description: str, overwrite: bool = False, **properties: Any
+) -> Callable[[T], T]:
+    """Class decorator: register the decorated Weighting class as ``name`` (see
+    :func:`register`).
+    """
 
     def deco(cls: T) -> T:
         register(name, cls, description, overwrite=overwrite, **properties)  # type: ignore[arg-type]
@@ -157,7 +186,8 @@ def register_method(name: str, *, description: str, overwrite: bool = False, **p
 
 def lookup(name: str) -> MethodInfo:
     """The :class:`MethodInfo` registered as ``name`` or one of its aliases (KeyError with the
-    closest names otherwise)."""
+    closest names otherwise).
+    """
     if not isinstance(name, str):
         raise TypeError(f"a method name must be a str, got {type(name).__name__}.")
     key = _compact(name)
@@ -167,7 +197,8 @@ def lookup(name: str) -> MethodInfo:
     names = list(dict.fromkeys(_LOOKUP[c] for c in close))
     hint = f" did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
     raise KeyError(
-        f"unknown method {name!r};{hint} taskgrad.methods.available() lists them: {', '.join(sorted(_REGISTRY))}."
+        f"unknown method {name!r};{hint} taskgrad.methods.available() lists them: "
+        f"{', '.join(sorted(_REGISTRY))}."
     )
 
 
@@ -181,7 +212,9 @@ def get(name: str, **kwargs: Any) -> Any:
     if sig is not None:
         params = sig.parameters
         var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        named = [
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         unknown = [k for k in kwargs if k not in params] if not var_kw else []
         if unknown:
             raise TypeError(
@@ -189,8 +222,11 @@ def get(name: str, **kwargs: Any) -> Any:
                 f"{named or 'no arguments'} (taskgrad.methods.describe({info.name!r}) lists them)."
             )
         missing = [
-            n for n, p in params.items()
-            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and n not in kwargs
         ]
         if missing:
             raise TypeError(
@@ -213,7 +249,8 @@ def infos() -> dict[str, MethodInfo]:
 
 def describe(name: str) -> str:
     """A few lines about a method: its name, description, paper, aliases, parameters with their
-    defaults (from the signature) and declared properties."""
+    defaults (from the signature) and declared properties.
+    """
     info = lookup(name)
     lines = [f"{info.name}: {info.description}"]
     if info.paper:
@@ -229,13 +266,21 @@ def describe(name: str) -> str:
         lines.append("  parameters:")
         for p in shown:
             default = "required" if p.default is p.empty else f"default {p.default!r}"
-            ann = "" if p.annotation is p.empty else (
-                p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+            ann = (
+                ""
+                if p.annotation is p.empty
+                else (
+                    p.annotation
+                    if isinstance(p.annotation, str)
+                    else getattr(p.annotation, "__name__", "")
+                )
             )
             lines.append(f"    {p.name}{f': {ann}' if ann else ''} ({default})")
     else:
         lines.append("  parameters: none")
-    props = [f"{p}={getattr(info, p)}" for p in MethodInfo.PROPERTIES if getattr(info, p) is not None]
+    props = [
+        f"{p}={getattr(info, p)}" for p in MethodInfo.PROPERTIES if getattr(info, p) is not None
+    ]
     if props:
         lines.append(f"  properties: {', '.join(props)}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ __all__ = ["BackwardResult", "backward"]
 BackwardResult = StepResult
 
 
-def backward(
+def backward(  # noqa: D417  (the GradStep options are described together)
     losses: Sequence[Tensor] | Tensor,
     params: Sequence[Tensor] | None = None,
     method: Weighting | None = None,
@@ -78,8 +78,24 @@ def backward(
         source = JacobianGram(max_jacobian_numel=max_jacobian_numel)
     elif source == "auto" and features is None:
         source = FullGram()
-    step = GradStep(method, source, nonfinite=nonfinite, on_undefined=on_undefined, heads=heads, max_norm=max_norm,
-                    clip=clip, normalize=normalize, names=names)
+    step = GradStep(
+        method,
+        source,
+        nonfinite=nonfinite,
+        on_undefined=on_undefined,
+        heads=heads,
+        max_norm=max_norm,
+        clip=clip,
+        normalize=normalize,
+        names=names,
+    )
     fn = (lambda t: t.backward(retain_graph=True)) if retain_graph else None
-    return step.backward(losses, features=features, params=params, loss_fn=loss_fn, backward_fn=fn, present=present,
-                         absent_primary=absent_primary)
+    return step.backward(
+        losses,
+        features=features,
+        params=params,
+        loss_fn=loss_fn,
+        backward_fn=fn,
+        present=present,
+        absent_primary=absent_primary,
+    )

@@ -72,7 +72,10 @@ class Reducer:
 
     def skip_texts(self, why: str, n_bad: int) -> tuple[str, str]:
         """(error message for nonfinite='raise', ``reason`` of the skipped step)."""
-        return f"{why} is not finite (NaN or Inf); the step cannot be taken. {ADVICE}", f"non-finite {why}"
+        return (
+            f"{why} is not finite (NaN or Inf); the step cannot be taken. {ADVICE}",
+            f"non-finite {why}",
+        )
 
 
 class LocalReducer(Reducer):

@@ -66,8 +66,14 @@ class Periodic:
     def state_dict(self) -> dict[str, Any]:
         """Counter, EMA Gram and the weights in use."""
         c = lambda x: None if x is None else x.clone()  # noqa: E731
-        return {"period": self.period, "ema": self.ema, "t": self.t, "gram_avg": c(self.gram_avg),
-                "weights": c(self.weights), "subset": c(self.subset)}
+        return {
+            "period": self.period,
+            "ema": self.ema,
+            "t": self.t,
+            "gram_avg": c(self.gram_avg),
+            "weights": c(self.weights),
+            "subset": c(self.subset),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -78,7 +84,11 @@ class Periodic:
             )
         c = lambda x: None if x is None else x.clone()  # noqa: E731
         self.t = int(state["t"])
-        self.gram_avg, self.weights, self.subset = c(state["gram_avg"]), c(state["weights"]), c(state["subset"])
+        self.gram_avg, self.weights, self.subset = (
+            c(state["gram_avg"]),
+            c(state["weights"]),
+            c(state["subset"]),
+        )
 
 
 class TaskSubsample:
@@ -105,7 +115,12 @@ class TaskSubsample:
 
     def state_dict(self) -> dict[str, Any]:
         """Generator state."""
-        return {"m": self.m, "seed": self.seed, "normalized": self.normalized, "generator": self._gen.get_state()}
+        return {
+            "m": self.m,
+            "seed": self.seed,
+            "normalized": self.normalized,
+            "generator": self._gen.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""

@@ -94,7 +94,10 @@ class StepResult:
         if self.fallback is not None:
             parts.append(f"fallback={self.fallback!r}")
         if self.gram is not None:
-            parts.append(f"gram=<{'×'.join(map(str, self.gram.shape))} {str(self.gram.dtype).replace('torch.', '')}>")
+            parts.append(
+                f"gram=<{'×'.join(map(str, self.gram.shape))} "
+                f"{str(self.gram.dtype).replace('torch.', '')}>"
+            )
         if not self.refreshed and not self.skipped:
             parts.append("refreshed=False")
         if self.clipped:
@@ -127,9 +130,12 @@ class Accumulation:
 
     def count(self, k: int, weight: float | None) -> float:
         """Check one more micro-batch against the window and count it; its factor c (1 without
-        weight=, the mean 1/M being applied at the end)."""
+        weight=, the mean 1/M being applied at the end).
+        """
         if k != self.k:
-            raise ValueError(f"micro-batch has {k} losses but the accumulation started with {self.k}.")
+            raise ValueError(
+                f"micro-batch has {k} losses but the accumulation started with {self.k}."
+            )
         explicit = weight is not None
         if self.explicit is not None and self.explicit != explicit:
             raise ValueError("pass weight= for every micro-batch or for none of them.")
@@ -147,7 +153,9 @@ def scale_of(scaler: Any, device: torch.device | None = None) -> float:
     """The GradScaler's current scale s (1 without an enabled scaler); creates its state lazily."""
     if scaler is None or not scaler.is_enabled():
         return 1.0
-    scaler.scale(torch.zeros((), device=device))  # a GradScaler creates its scale tensor lazily, in scale()
+    scaler.scale(
+        torch.zeros((), device=device)
+    )  # a GradScaler creates its scale tensor lazily, in scale()
     return float(scaler.get_scale())
 
 
@@ -250,13 +258,15 @@ class GradStep:
             heads = getattr(self.method, "head_convention", None) or "weighted"
         if not isinstance(self.method, Weighting):
             raise TypeError(
-                f"method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got {type(self.method).__name__}."
+                "method must be a taskgrad Weighting (e.g. taskgrad.MGDA()), got "
+                f"{type(self.method).__name__}."
             )
         if nonfinite not in ("auto", "raise", "skip"):
             raise ValueError(f"nonfinite must be 'auto', 'raise' or 'skip', got {nonfinite!r}.")
         if not (on_undefined in ("raise", "skip") or isinstance(on_undefined, Weighting)):
             raise ValueError(
-                f"on_undefined must be 'raise', 'skip' or a taskgrad Weighting (e.g. taskgrad.MGDA()), got {on_undefined!r}."
+                "on_undefined must be 'raise', 'skip' or a taskgrad Weighting (e.g. "
+                f"taskgrad.MGDA()), got {on_undefined!r}."
             )
         if heads not in HEADS:
             raise ValueError(f"heads must be 'weighted' or 'unweighted', got {heads!r}.")
@@ -268,9 +278,15 @@ class GradStep:
             max_norm = _method_max_norm(self.method)
             # a method's own max_norm clips the shared-parameter gradient (FairGrad's and FAMO's
             # reference code) unless the method names another scope
-            clip = getattr(self.method, "max_norm_scope", "shared") if max_norm is not None else clip
-        if max_norm is not None and not (isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0):
-            raise ValueError(f"max_norm must be a positive finite number or None, got {max_norm!r}.")
+            clip = (
+                getattr(self.method, "max_norm_scope", "shared") if max_norm is not None else clip
+            )
+        if max_norm is not None and not (
+            isinstance(max_norm, (int, float)) and math.isfinite(max_norm) and max_norm > 0
+        ):
+            raise ValueError(
+                f"max_norm must be a positive finite number or None, got {max_norm!r}."
+            )
         self._source_spec = source
         self.source: GramSource | None = source if isinstance(source, GramSource) else None
         if isinstance(source, str):
@@ -308,23 +324,52 @@ class GradStep:
             self.reducer.attach(self.source)
         return self.source
 
-    def _result(self, weights: Tensor, gram: Tensor | None, numbers: StepNumbers, local: Tensor, subset: Tensor,
-                refreshed: bool, reason: str | None = None, **extra: Any) -> StepResult:
-        return StepResult(weights, gram, numbers.losses.to(local.dtype), subset, refreshed, skipped=reason is not None
-                          and not extra.get("fallback"), reason=reason, local_losses=local, bad_ranks=numbers.n_bad,
-                          numel_reduced=numbers.numel, **extra)
+    def _result(
+        self,
+        weights: Tensor,
+        gram: Tensor | None,
+        numbers: StepNumbers,
+        local: Tensor,
+        subset: Tensor,
+        refreshed: bool,
+        reason: str | None = None,
+        **extra: Any,
+    ) -> StepResult:
+        return StepResult(
+            weights,
+            gram,
+            numbers.losses.to(local.dtype),
+            subset,
+            refreshed,
+            skipped=reason is not None and not extra.get("fallback"),
+            reason=reason,
+            local_losses=local,
+            bad_ranks=numbers.n_bad,
+            numel_reduced=numbers.numel,
+            **extra,
+        )
 
-    def _skip(self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any, reason: str | None = None) -> StepResult:
+    def _skip(
+        self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any, reason: str | None = None
+    ) -> StepResult:
         message, default_reason = self.reducer.skip_texts(str(numbers.bad), numbers.n_bad)
         if reason is None and self._nonfinite_mode(scaler) == "raise":
             raise FloatingPointError(message)
         back_off(scaler, local.device)
         self.n_skipped += 1
         nan = torch.full((k,), float("nan"), dtype=local.dtype, device=local.device)
-        return self._result(nan, None, numbers, local, torch.arange(k), refreshed=False, reason=reason or default_reason)
+        return self._result(
+            nan,
+            None,
+            numbers,
+            local,
+            torch.arange(k),
+            refreshed=False,
+            reason=reason or default_reason,
+        )
 
     def _nonfinite_mode(self, scaler: Any) -> str:
-        """"raise" or "skip" for this call: "auto" skips only under an enabled GradScaler."""
+        """This call's mode, "raise" or "skip" ("auto" skips only under an enabled GradScaler)."""
         if self.nonfinite != "auto":
             return self.nonfinite
         return "skip" if scaler is not None and scaler.is_enabled() else "raise"
@@ -336,15 +381,22 @@ class GradStep:
         return "task loss of " + ", ".join(_task_label(i, self.names) for i in bad)
 
     def _plan(self, k: int, device: torch.device) -> Tensor | None:
-        """The tasks to weight when the weights are due for a refresh (drawn now); None: reuse them."""
+        """The tasks to weight when the weights are due for a refresh (drawn now); None: reuse
+        them.
+        """
         sched = self.schedule
         if not (sched.due() or sched.weights is None or sched.weights.shape[0] > k):
             return None
-        return self.subsample.draw(k).to(device) if self.subsample else torch.arange(k, device=device)
+        return (
+            self.subsample.draw(k).to(device) if self.subsample else torch.arange(k, device=device)
+        )
 
-    def _solve(self, gram: Tensor | None, L_sub: Tensor) -> tuple[Tensor, str | None, str | None] | str:
+    def _solve(
+        self, gram: Tensor | None, L_sub: Tensor
+    ) -> tuple[Tensor, str | None, str | None] | str:
         """(weights, fallback name, reason) from the method, with the undefined-method policy; or
-        a reason to skip."""
+        a reason to skip.
+        """
         losses = L_sub.to(gram.dtype) if gram is not None else L_sub
         try:
             mine = gram if "gram" in self.method.needs else None
@@ -358,9 +410,12 @@ class GradStep:
             fb = self.on_undefined
             assert isinstance(fb, Weighting)
             g = gram if "gram" in fb.needs else None
-            if "gram" in fb.needs and gram is None:  # only when neither the method nor normalize needs one
+            if (
+                "gram" in fb.needs and gram is None
+            ):  # only when neither the method nor normalize needs one
                 raise ValueError(
-                    f"the fallback {type(fb).__name__} needs a Gram but {type(self.method).__name__} does not; "
+                    f"the fallback {type(fb).__name__} needs a Gram but "
+                    f"{type(self.method).__name__} does not; "
                     "pick a fallback that needs only what the method needs (e.g. taskgrad.Mean())."
                 ) from err
             return fb(gram=g, losses=losses).detach(), type(fb).__name__, why
@@ -371,7 +426,10 @@ class GradStep:
             return w / s if float(s) != 0.0 else w
         if self.normalize == "mean-norm":
             if gram is None:
-                raise ValueError("normalize='mean-norm' needs a Gram: use a method that needs one, or normalize='sum'.")
+                raise ValueError(
+                    "normalize='mean-norm' needs a Gram: use a method that needs one, or "
+                    "normalize='sum'."
+                )
             m = gram.shape[0]
             ref = torch.ones(m, dtype=gram.dtype, device=gram.device) / m
             num = float(ref @ gram @ ref)
@@ -406,8 +464,15 @@ class GradStep:
         v[subset] = sched.weights.to(L.device) * scale
         return v, gram, subset, refreshed, fallback, reason
 
-    def _decide_step(self, local: Tensor, why: str | None, payload_of: Callable[[Tensor | None], Tensor | None],
-                     gram_of: Callable[[Tensor, Tensor | None], Tensor | None], scaler: Any, what: str = "step"):
+    def _decide_step(
+        self,
+        local: Tensor,
+        why: str | None,
+        payload_of: Callable[[Tensor | None], Tensor | None],
+        gram_of: Callable[[Tensor, Tensor | None], Tensor | None],
+        scaler: Any,
+        what: str = "step",
+    ):
         """Plan → payload → combine → finiteness → weights; or the skipped step's result."""
         k = local.shape[0]
         subset = payload = None
@@ -419,11 +484,15 @@ class GradStep:
         numbers = self.reducer.combine(StepNumbers(why, local, payload), what)
         if numbers.n_bad:
             return self._skip(k, numbers, local, scaler)
-        gram = None if numbers.payload is None or subset is None else gram_of(numbers.payload, subset)
+        gram = (
+            None if numbers.payload is None or subset is None else gram_of(numbers.payload, subset)
+        )
         out = self._decide(numbers.losses, gram, subset)
         if isinstance(out, str):
             if out == GRAM_REASON or out.startswith("weights from"):
-                return self._skip(k, replace(numbers, bad=out, n_bad=self.world_size), local, scaler)
+                return self._skip(
+                    k, replace(numbers, bad=out, n_bad=self.world_size), local, scaler
+                )
             return self._skip(k, numbers, local, scaler, reason=out)
         self.reducer.check_weights(out[0])
         if out[4] is not None:
@@ -438,13 +507,19 @@ class GradStep:
         measured = [g for _, g, shared in grads if shared or self.clip == "all"]
         if not measured:
             return 1.0, 0.0
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in measured])))
+        norm = float(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.double()) for g in measured])
+            )
+        )
         return (min(1.0, self.max_norm / (norm + 1e-6)) if math.isfinite(norm) else 1.0), norm
 
-    def _write(self, grads: list[tuple[Tensor, Tensor, bool]], s: float,
-               fresh: bool = False) -> tuple[float | None, bool]:
+    def _write(
+        self, grads: list[tuple[Tensor, Tensor, bool]], s: float, fresh: bool = False
+    ) -> tuple[float | None, bool]:
         """Add (param, gradient, shared) to ``.grad`` after clipping, times the scaler's scale s
-        (``fresh``: the gradients are new tensors no one else holds, stored without a copy)."""
+        (``fresh``: the gradients are new tensors no one else holds, stored without a copy).
+        """
         factor, norm = self._clip_factor(grads)
         for p, g, shared in grads:
             if factor != 1.0 and (shared or self.clip == "all"):
@@ -452,8 +527,14 @@ class GradStep:
             _add_grad(p, g * s if s != 1.0 else g, fresh)
         return norm, factor != 1.0
 
-    def _apply_backward(self, ls: LossSet, v: Tensor, s: float, backward_fn: Callable[[Tensor], None] | None,
-                        subset: Tensor) -> tuple[float | None, bool]:
+    def _apply_backward(
+        self,
+        ls: LossSet,
+        v: Tensor,
+        s: float,
+        backward_fn: Callable[[Tensor], None] | None,
+        subset: Tensor,
+    ) -> tuple[float | None, bool]:
         """The update by backward of Σ vᵢLᵢ (through ``backward_fn`` when given)."""
         total = ls.total(v)
         if s != 1.0:
@@ -468,12 +549,16 @@ class GradStep:
         heads: dict[int, Tensor] = {}
         if self.heads == "unweighted":
             own_idx = [j for j, sh in enumerate(shared) if not sh]
-            if own_idx:  # Σ over the drawn tasks of their unweighted losses, at their own parameters only
+            if (
+                own_idx
+            ):  # Σ over the drawn tasks of their unweighted losses, at their own parameters only
                 mask = torch.zeros_like(v)
                 mask[subset] = 1.0
                 own_total = ls.total(mask) * s if s != 1.0 else ls.total(mask)
-                gs = torch.autograd.grad(own_total, [leaves[j] for j in own_idx], retain_graph=True, allow_unused=True)
-                for j, g in zip(own_idx, gs):
+                gs = torch.autograd.grad(
+                    own_total, [leaves[j] for j in own_idx], retain_graph=True, allow_unused=True
+                )
+                for j, g in zip(own_idx, gs, strict=True):
                     heads[j] = self.reducer.average(torch.zeros_like(leaves[j]) if g is None else g)
         before = [p.grad for p in leaves]
         for p in leaves:
@@ -482,11 +567,13 @@ class GradStep:
             (backward_fn or Tensor.backward)(total)
             new = [torch.zeros_like(p) if p.grad is None else p.grad for p in leaves]
         finally:
-            for p, b in zip(leaves, before):
+            for p, b in zip(leaves, before, strict=True):
                 p.grad = b
         for j, g in heads.items():
             new[j] = g
-        grads = [(p, g / s if s != 1.0 else g, sh) for p, g, sh in zip(leaves, new, shared)]
+        grads = [
+            (p, g / s if s != 1.0 else g, sh) for p, g, sh in zip(leaves, new, shared, strict=True)
+        ]
         return self._write(grads, s)
 
     # ----------------------------------------------------------------- one step
@@ -512,14 +599,26 @@ class GradStep:
         ``present`` (a (k,) bool tensor) leaves the absent tasks out: see :meth:`_backward_present`.
         """
         if self._acc is not None:
-            raise RuntimeError("micro-batches are being accumulated: call backward_accumulated() first.")
+            raise RuntimeError(
+                "micro-batches are being accumulated: call backward_accumulated() first."
+            )
         if present is not None:
-            done = self._backward_present(losses, present, absent_primary, features=features, params=params,
-                                          loss_fn=loss_fn, scaler=scaler, backward_fn=backward_fn)
+            done = self._backward_present(
+                losses,
+                present,
+                absent_primary,
+                features=features,
+                params=params,
+                loss_fn=loss_fn,
+                scaler=scaler,
+                backward_fn=backward_fn,
+            )
             if done is not None:
                 return done
         self.reducer.before_step()
-        ls = losses if isinstance(losses, LossSet) else LossSet(losses)  # a LossSet: present='s selection
+        ls = (
+            losses if isinstance(losses, LossSet) else LossSet(losses)
+        )  # a LossSet: present='s selection
         if params is not None:
             params = check_params(params)
         if "jacobian" in self.method.needs:
@@ -539,14 +638,24 @@ class GradStep:
                 return None
             assert self.source is not None
             view = ls if subset.numel() == ls.k else ls.select(subset.tolist())
-            part = self.source.part(view, features=features, params=params, loss_fn=loss_fn, scale=s,
-                                    additive=self.reducer.additive, want_grads=want_grads, all_losses=ls)
+            part = self.source.part(
+                view,
+                features=features,
+                params=params,
+                loss_fn=loss_fn,
+                scale=s,
+                additive=self.reducer.additive,
+                want_grads=want_grads,
+                all_losses=ls,
+            )
             got["part"] = part
             return part.payload
 
         def gram_of(payload: Tensor, subset: Tensor | None) -> Tensor:
             assert self.source is not None
-            return self.source.gram_of(payload, subset.numel() if subset is not None else ls.k, self.world_size)
+            return self.source.gram_of(
+                payload, subset.numel() if subset is not None else ls.k, self.world_size
+            )
 
         out = self._decide_step(L_det, why, payload_of, gram_of, scaler)
         if isinstance(out, StepResult):
@@ -554,16 +663,31 @@ class GradStep:
         numbers, v, gram, subset, refreshed, fallback, reason = out
         part = got.get("part")
         if part is not None and part.update is not None and refreshed:
-            own = torch.ones(subset.numel(), dtype=v.dtype, device=v.device) if self.heads == "unweighted" else None
+            own = (
+                torch.ones(subset.numel(), dtype=v.dtype, device=v.device)
+                if self.heads == "unweighted"
+                else None
+            )
             norm, clipped = self._write(part.update(v[subset], own), s, fresh=True)
         else:
             norm, clipped = self._apply_backward(ls, v, s, backward_fn, subset)
         self.schedule.advance()
-        return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
-                            clipped=clipped)
+        return self._result(
+            v,
+            gram,
+            numbers,
+            L_det,
+            subset,
+            refreshed,
+            reason,
+            fallback=fallback,
+            grad_norm=norm,
+            clipped=clipped,
+        )
 
-    def _backward_present(self, losses: Sequence[Tensor] | Tensor, present: Any, absent_primary: Any,
-                          **kwargs: Any) -> StepResult | None:
+    def _backward_present(
+        self, losses: Sequence[Tensor] | Tensor, present: Any, absent_primary: Any, **kwargs: Any
+    ) -> StepResult | None:
         """The step on the present tasks only (None when every task is present).
 
         The absent tasks are left out of the Gram and of the method, which sees the m present
@@ -586,15 +710,22 @@ class GradStep:
         if p is None:
             return None
         if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
-            raise ValueError("present= needs one process, weights recomputed every step (period=1) and no task "
-                             "subsampling; under DDP give every rank the same tasks.")
+            raise ValueError(
+                "present= needs one process, weights recomputed every step (period=1) and no task "
+                "subsampling; under DDP give every rank the same tasks."
+            )
         idx = p.nonzero().squeeze(-1)
         if isinstance(losses, Tensor):
             flat = losses.reshape(-1)
             if not bool(torch.isfinite(flat.detach()[~p.to(flat.device)]).all()):
-                raise ValueError("present=: an absent task's loss is not finite and the losses are one stacked tensor, "
-                                 "whose backward reaches every entry; pass the losses as a list instead.")
-            sub: Any = LossSet(losses).select(idx.tolist())  # the stacked tensor's own per-task graphs
+                raise ValueError(
+                    "present=: an absent task's loss is not finite and the losses are one stacked "
+                    "tensor, "
+                    "whose backward reaches every entry; pass the losses as a list instead."
+                )
+            sub: Any = LossSet(losses).select(
+                idx.tolist()
+            )  # the stacked tensor's own per-task graphs
             L_all = flat.detach()
         else:
             sub = [losses[i] for i in idx.tolist()]
@@ -607,11 +738,19 @@ class GradStep:
                 view: Weighting = PresentView.of(absent_primary, p)
             elif absent_primary == "skip":
                 nan = torch.full((k,), float("nan"), dtype=L_all.dtype, device=L_all.device)
-                return StepResult(nan, None, L_all, skipped=True, local_losses=L_all,
-                                  reason=f"the primary task ({_task_label(0, names)}) is absent from this batch",
-                                  extra={"present": p})
+                return StepResult(
+                    nan,
+                    None,
+                    L_all,
+                    skipped=True,
+                    local_losses=L_all,
+                    reason=f"the primary task ({_task_label(0, names)}) is absent from this batch",
+                    extra={"present": p},
+                )
             else:
-                raise ValueError(f"absent_primary must be 'skip' or a Weighting, got {absent_primary!r}.")
+                raise ValueError(
+                    f"absent_primary must be 'skip' or a Weighting, got {absent_primary!r}."
+                )
         elif idx.numel() == 0:
             raise ValueError("present= marks every task absent: there is nothing to step on.")
         else:
@@ -631,12 +770,18 @@ class GradStep:
             return out
 
         L_full = L_all.to(res.losses.dtype).to(res.losses.device)
-        return replace(res, weights=spread(res.weights, float("nan") if res.skipped else 0.0), losses=L_full,
-                       local_losses=L_full, subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
-                       extra={**res.extra, "present": p})
+        return replace(
+            res,
+            weights=spread(res.weights, float("nan") if res.skipped else 0.0),
+            losses=L_full,
+            local_losses=L_full,
+            subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
+            extra={**res.extra, "present": p},
+        )
 
-    def _backward_jacobian(self, ls: LossSet, params: list[Tensor] | None, scaler: Any, features: Any,
-                           backward_fn: Any) -> StepResult:
+    def _backward_jacobian(
+        self, ls: LossSet, params: list[Tensor] | None, scaler: Any, features: Any, backward_fn: Any
+    ) -> StepResult:
         """The step of a Jacobian aggregator (``needs`` has "jacobian"): J (k × P) over the shared
         parameters (``params``, default: those two or more tasks reach) is materialized from the
         per-task gradients, d = method.aggregate(J, L) goes to them, and every other parameter a
@@ -650,12 +795,18 @@ class GradStep:
         # the Jacobian is always over the parameters (as TorchJD's mtl_backward, which takes the
         # features only to reach them): features= is accepted and not used
         if backward_fn is not None:
-            raise ValueError(f"{name} writes the aggregated gradient itself: backward_fn= does not apply.")
+            raise ValueError(
+                f"{name} writes the aggregated gradient itself: backward_fn= does not apply."
+            )
         if self.normalize is not None:
-            raise ValueError(f"normalize= rescales weights; {name} returns a direction, not weights: leave normalize=None.")
+            raise ValueError(
+                f"normalize= rescales weights; {name} returns a direction, not weights: leave "
+                "normalize=None."
+            )
         if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
             raise ValueError(
-                f"{name} aggregates the Jacobian itself: it runs on one process, every step, on all tasks "
+                f"{name} aggregates the Jacobian itself: it runs on one process, every step, on "
+                "all tasks "
                 "(no reducer, subsample or period)."
             )
         k = ls.k
@@ -674,7 +825,11 @@ class GradStep:
         blocks = []
         for p in shared:
             j = tg.index(p)
-            blocks.append(tg.dense_rows(j, dtype) if j >= 0 else torch.zeros(k, p.numel(), dtype=dtype, device=p.device))
+            blocks.append(
+                tg.dense_rows(j, dtype)
+                if j >= 0
+                else torch.zeros(k, p.numel(), dtype=dtype, device=p.device)
+            )
         J = torch.cat(blocks, dim=1)
         fallback = reason = None
         try:
@@ -691,20 +846,35 @@ class GradStep:
             fallback = type(fb).__name__
             self.n_fallback += 1
         if not finite(d):
-            return self._skip(k, replace(numbers, bad=f"direction from {fallback or name}", n_bad=1), L_det, scaler)
+            return self._skip(
+                k,
+                replace(numbers, bad=f"direction from {fallback or name}", n_bad=1),
+                L_det,
+                scaler,
+            )
         grads: list[tuple[Tensor, Tensor, bool]] = []
         ids, offset = set(), 0
         for p in shared:
-            grads.append((p, d[offset: offset + p.numel()].view_as(p), True))
+            grads.append((p, d[offset : offset + p.numel()].view_as(p), True))
             ids.add(id(p))
             offset += p.numel()
-        for p, r in zip(tg.params, tg.rows):
+        for p, r in zip(tg.params, tg.rows, strict=True):
             if id(p) not in ids:
                 grads.append((p, r.sum(0), False))
         norm, clipped = self._write(grads, s)
-        return self._result(nan, None, numbers, L_det, torch.arange(k, device=L_det.device), True, reason,
-                            fallback=fallback, grad_norm=norm, clipped=clipped,
-                            extra={"direction_norm": float(d.norm())})
+        return self._result(
+            nan,
+            None,
+            numbers,
+            L_det,
+            torch.arange(k, device=L_det.device),
+            True,
+            reason,
+            fallback=fallback,
+            grad_norm=norm,
+            clipped=clipped,
+            extra={"direction_norm": float(d.norm())},
+        )
 
     # ----------------------------------------------------------- accumulation
     def accumulate(
@@ -728,12 +898,17 @@ class GradStep:
         step (see :meth:`_backward_present`).
         """
         if "jacobian" in self.method.needs:
-            raise ValueError(f"{type(self.method).__name__} aggregates the Jacobian itself and does not support accumulate().")
+            raise ValueError(
+                f"{type(self.method).__name__} aggregates the Jacobian itself and does not support "
+                "accumulate()."
+            )
         self.reducer.layout()  # the parameter layout shared by every process (checked now)
         ls = LossSet(losses)
         source = self._resolve_source(features)
         if self._acc is None:
-            self._acc = Accumulation(ls.k, torch.zeros_like(ls.vector.detach()), scale=scale_of(scaler, ls.vector.device))
+            self._acc = Accumulation(
+                ls.k, torch.zeros_like(ls.vector.detach()), scale=scale_of(scaler, ls.vector.device)
+            )
         acc = self._acc
         c = acc.count(ls.k, weight)
         if acc.bad is not None:
@@ -761,29 +936,41 @@ class GradStep:
         part = source.part(ls, features=features, params=params, loss_fn=loss_fn, scale=acc.scale)
         if part.payload is None:
             return
-        pay = part.payload * (c ** source.payload_power)
+        pay = part.payload * (c**source.payload_power)
         acc.payload = pay if acc.payload is None else acc.payload + pay
 
-    def _accumulate_present(self, acc: Accumulation, ls: LossSet, c: float, present: Any, source: GramSource) -> None:
+    def _accumulate_present(
+        self, acc: Accumulation, ls: LossSet, c: float, present: Any, source: GramSource
+    ) -> None:
         """One micro-batch of a window where some micro-batch passed ``present=``."""
         from .present import check_present
 
         k = ls.k
         if self.reducer.world_size != 1:
-            raise ValueError("present= runs on one process; under DDP give every rank the same tasks.")
+            raise ValueError(
+                "present= runs on one process; under DDP give every rank the same tasks."
+            )
         if self.needs_gram and not source.gram_from_grads:
-            raise ValueError("accumulate(present=) needs the full-parameter Gram source (no features=, no sketch).")
+            raise ValueError(
+                "accumulate(present=) needs the full-parameter Gram source (no features=, no "
+                "sketch)."
+            )
         if acc.present_weight is None:
             if acc.n > 1:
-                raise ValueError("pass present= from the first micro-batch of a window on (or never in it).")
+                raise ValueError(
+                    "pass present= from the first micro-batch of a window on (or never in it)."
+                )
             acc.present_weight = torch.zeros(k, dtype=torch.float64)
         p = check_present(present, k)
         idx = torch.arange(k) if p is None else p.nonzero().squeeze(-1)
         if idx.numel() == 0:
             return  # nothing labelled in this micro-batch
         if ls.stacked and p is not None and not bool(torch.isfinite(ls.vector.detach()[~p]).all()):
-            raise ValueError("present=: an absent task's loss is not finite and the losses are one stacked tensor, "
-                             "whose backward reaches every entry; pass the losses as a list instead.")
+            raise ValueError(
+                "present=: an absent task's loss is not finite and the losses are one stacked "
+                "tensor, "
+                "whose backward reaches every entry; pass the losses as a list instead."
+            )
         sub = ls if idx.numel() == k else ls.select(idx.tolist())
         L_det = sub.vector.detach()
         why = self._nonfinite_loss(L_det) if idx.numel() == k else None
@@ -809,25 +996,42 @@ class GradStep:
 
     def _accumulated_present(self, acc: Accumulation, scaler: Any) -> StepResult:
         """The step of a window with ``present=``: per-task means over the micro-batches where
-        each task is present, then the step on the tasks present somewhere in the window."""
+        each task is present, then the step on the tasks present somewhere in the window.
+        """
         from .present import PresentView
 
         assert acc.present_weight is not None
         k, w = acc.k, acc.present_weight
         p = w > 0
         if acc.bad is None and not bool(p.any()):
-            raise ValueError("every task was absent from every micro-batch of the window: nothing to step on.")
-        f = torch.where(p, 1.0 / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w)) if not acc.explicit \
+            raise ValueError(
+                "every task was absent from every micro-batch of the window: nothing to step on."
+            )
+        f = (
+            torch.where(p, 1.0 / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+            if not acc.explicit
             else p.to(w.dtype)
+        )
         idx = p.nonzero().squeeze(-1)
         pos = {int(i): j for j, i in enumerate(idx.tolist())}
         m = idx.numel()
-        sub = Accumulation(m, (acc.losses[idx.to(acc.losses.device)] * f[idx].to(acc.losses)), scale=acc.scale, n=1,
-                           explicit=True, bad=acc.bad)
+        sub = Accumulation(
+            m,
+            (acc.losses[idx.to(acc.losses.device)] * f[idx].to(acc.losses)),
+            scale=acc.scale,
+            n=1,
+            explicit=True,
+            bad=acc.bad,
+        )
         if acc.grads is not None:
             g = acc.grads
-            rows = [r * f[list(t)].to(r).reshape(-1, *([1] * (r.dim() - 1))) for t, r in zip(g.tasks, g.rows)]
-            sub.grads = TaskGrads(m, list(g.params), [tuple(pos[i] for i in t) for t in g.tasks], rows)
+            rows = [
+                r * f[list(t)].to(r).reshape(-1, *([1] * (r.dim() - 1)))
+                for t, r in zip(g.tasks, g.rows, strict=True)
+            ]
+            sub.grads = TaskGrads(
+                m, list(g.params), [tuple(pos[i] for i in t) for t in g.tasks], rows
+            )
         method, names = self.method, self.names
         self.method = PresentView.of(method, p)
         self.names = None if names is None else [names[i] for i in idx.tolist()]
@@ -837,18 +1041,29 @@ class GradStep:
             self.method, self.names = method, names
         L_full = torch.full((k,), float("nan"), dtype=res.losses.dtype, device=res.losses.device)
         L_full[idx.to(L_full.device)] = res.losses
-        weights = torch.full((k,), float("nan") if res.skipped else 0.0, dtype=res.weights.dtype,
-                             device=res.weights.device)
+        weights = torch.full(
+            (k,),
+            float("nan") if res.skipped else 0.0,
+            dtype=res.weights.dtype,
+            device=res.weights.device,
+        )
         weights[idx.to(weights.device)] = res.weights
-        return replace(res, weights=weights, losses=L_full, local_losses=L_full,
-                       subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
-                       extra={**res.extra, "present": p})
+        return replace(
+            res,
+            weights=weights,
+            losses=L_full,
+            local_losses=L_full,
+            subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
+            extra={**res.extra, "present": p},
+        )
 
     def backward_accumulated(self, scaler: Any = None) -> StepResult:
         """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
         acc, self._acc = self._acc, None
         if acc is None:
-            raise RuntimeError("nothing accumulated: call accumulate(losses, ...) for each micro-batch first.")
+            raise RuntimeError(
+                "nothing accumulated: call accumulate(losses, ...) for each micro-batch first."
+            )
         if acc.present_weight is not None:
             return self._accumulated_present(acc, scaler)
         return self._step_accumulated(acc, scaler)
@@ -870,7 +1085,7 @@ class GradStep:
                 return source.gram_of_grads(grads)[subset][:, subset].reshape(-1)
             if acc.payload is None:
                 raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
-            G = source.gram_of(acc.payload * (c ** source.payload_power), k)
+            G = source.gram_of(acc.payload * (c**source.payload_power), k)
             return G[subset][:, subset].reshape(-1)
 
         def gram_of(payload: Tensor, subset: Tensor | None) -> Tensor:
@@ -892,13 +1107,26 @@ class GradStep:
             own[subset] = 1.0
             dirs = grads.direction(full_v, own if self.heads == "unweighted" else None)
             shared = [len(t) >= 2 or grads.k == 1 for t in grads.tasks]
-            norm, clipped = self._write(list(zip(grads.params, dirs, shared)), s)
+            norm, clipped = self._write(list(zip(grads.params, dirs, shared, strict=True)), s)
         self.schedule.advance()
-        return self._result(v, gram, numbers, L_det, subset, refreshed, reason, fallback=fallback, grad_norm=norm,
-                            clipped=clipped)
+        return self._result(
+            v,
+            gram,
+            numbers,
+            L_det,
+            subset,
+            refreshed,
+            reason,
+            fallback=fallback,
+            grad_norm=norm,
+            clipped=clipped,
+        )
 
-    def _accumulated_across(self, acc: Accumulation, grads: TaskGrads | None, scaler: Any) -> StepResult:
-        """The accumulated step over processes: ONE combine of [bad flag, Σ c L, reach mask, payload].
+    def _accumulated_across(
+        self, acc: Accumulation, grads: TaskGrads | None, scaler: Any
+    ) -> StepResult:
+        """The accumulated step over processes: ONE combine of [bad flag, Σ c L, reach mask,
+        payload].
 
         The per-task gradients are laid out densely over the reducer's parameter list (the same
         on every process, even when a process's losses do not reach every parameter); the reach
@@ -920,7 +1148,7 @@ class GradStep:
             for j, p in enumerate(plist):
                 g = grads.index(p)
                 if g >= 0:
-                    rows[:, offs[j]: offs[j + 1]] = grads.dense_rows(g, dtype)
+                    rows[:, offs[j] : offs[j + 1]] = grads.dense_rows(g, dtype)
                     reach[list(grads.tasks[g]), j] = 1.0
         needs_gram = self.needs_gram
         full = needs_gram and source.gram_from_grads
@@ -934,8 +1162,10 @@ class GradStep:
                 parts.append(rows.reshape(-1))
             elif subset is not None and needs_gram:
                 if acc.payload is None:
-                    raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
-                parts.append((acc.payload * (c ** source.payload_power)).to(dtype))
+                    raise TypeError(
+                        f"{type(source).__name__} does not support gradient accumulation."
+                    )
+                parts.append((acc.payload * (c**source.payload_power)).to(dtype))
             return torch.cat(parts)
 
         def gram_of(total: Tensor, subset: Tensor | None) -> Tensor | None:
@@ -949,8 +1179,10 @@ class GradStep:
                 ids = None if own is None else {id(p) for p in own}
                 G = torch.zeros(k, k, dtype=dtype, device=device)
                 for j, p in enumerate(plist):
-                    if (ids is None and int(got["reach"][:, j].sum()) >= 2) or (ids is not None and id(p) in ids):
-                        block = J_bar[:, offs[j]: offs[j + 1]]
+                    if (ids is None and int(got["reach"][:, j].sum()) >= 2) or (
+                        ids is not None and id(p) in ids
+                    ):
+                        block = J_bar[:, offs[j] : offs[j + 1]]
                         G = G + block @ block.T
                 return (0.5 * (G + G.T))[subset][:, subset]
             if subset is None or not needs_gram:
@@ -962,8 +1194,11 @@ class GradStep:
             return out
         numbers, w, gram, subset, refreshed, fallback, reason = out
         if "reach" not in got:  # the weights were reused: the mask still came with the combine
-            got["reach"] = numbers.payload[:n_reach].reshape(k, len(plist)) > 0 if numbers.payload is not None \
+            got["reach"] = (
+                numbers.payload[:n_reach].reshape(k, len(plist)) > 0
+                if numbers.payload is not None
                 else reach > 0
+            )
             if full:
                 got["J"] = numbers.payload[n_reach:].reshape(k, -1) / R
         if full:
@@ -972,7 +1207,9 @@ class GradStep:
             flat = self.reducer.average((w.to(dtype) @ rows).contiguous(), "gradient")
             numbers = replace(numbers, numel=numbers.numel + flat.numel())
         own = None
-        if self.heads == "unweighted":  # a parameter one task reaches gets that task's unweighted gradient
+        if (
+            self.heads == "unweighted"
+        ):  # a parameter one task reaches gets that task's unweighted gradient
             ones = torch.ones(k, dtype=dtype, device=device)
             if full:
                 own = ones @ got["J"]
@@ -985,11 +1222,21 @@ class GradStep:
             if n_tasks == 0:
                 continue  # no loss reaches it on any process: leave .grad untouched, as DDP does
             src = own if own is not None and n_tasks == 1 and k > 1 else flat
-            grads_out.append((p, src[offs[j]: offs[j + 1]].reshape(p.shape), n_tasks >= 2))
+            grads_out.append((p, src[offs[j] : offs[j + 1]].reshape(p.shape), n_tasks >= 2))
         norm, clipped = self._write(grads_out, acc.scale)
         self.schedule.advance()
-        return self._result(w, gram, numbers, acc.losses * c, subset, refreshed, reason, fallback=fallback,
-                            grad_norm=norm, clipped=clipped)
+        return self._result(
+            w,
+            gram,
+            numbers,
+            acc.losses * c,
+            subset,
+            refreshed,
+            reason,
+            fallback=fallback,
+            grad_norm=norm,
+            clipped=clipped,
+        )
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -998,18 +1245,24 @@ class GradStep:
             raise RuntimeError("cannot checkpoint in the middle of an accumulation window.")
         return {
             "method": {"type": type(self.method).__name__, "state": self.method.state_dict()},
-            "source": None if self.source is None else {"type": type(self.source).__name__,
-                                                        "state": self.source.state_dict()},
+            "source": None
+            if self.source is None
+            else {"type": type(self.source).__name__, "state": self.source.state_dict()},
             "schedule": self.schedule.state_dict(),
             "subsample": None if self.subsample is None else self.subsample.state_dict(),
-            "fallback": self.on_undefined.state_dict() if isinstance(self.on_undefined, Weighting) else None,
+            "fallback": self.on_undefined.state_dict()
+            if isinstance(self.on_undefined, Weighting)
+            else None,
             "counts": {"skipped": self.n_skipped, "fallback": self.n_fallback},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` into a step built with the same configuration."""
         if state["method"]["type"] != type(self.method).__name__:
-            raise ValueError(f"checkpoint is for method {state['method']['type']}, not {type(self.method).__name__}.")
+            raise ValueError(
+                f"checkpoint is for method {state['method']['type']}, not "
+                f"{type(self.method).__name__}."
+            )
         self.method.load_state_dict(state["method"]["state"])
         if state["source"] is not None:
             self._load_source(state["source"])
@@ -1025,14 +1278,22 @@ class GradStep:
         self.n_fallback = int(counts.get("fallback", 0))
 
     def _load_source(self, state: dict[str, Any]) -> None:
-        names = {"FullGram": "full", "JacobianGram": "jacobian", "RepresentationGram": "representation",
-                 "SketchGram": "sketch"}
+        names = {
+            "FullGram": "full",
+            "JacobianGram": "jacobian",
+            "RepresentationGram": "representation",
+            "SketchGram": "sketch",
+        }
         if self.source is None:
             if self._source_spec not in ("auto", names.get(state["type"])):
-                raise ValueError(f"checkpoint is for source {state['type']}, not {self._source_spec!r}.")
+                raise ValueError(
+                    f"checkpoint is for source {state['type']}, not {self._source_spec!r}."
+                )
             self.source = make_source(names[state["type"]], True)
         if state["type"] != type(self.source).__name__:
-            raise ValueError(f"checkpoint is for source {state['type']}, not {type(self.source).__name__}.")
+            raise ValueError(
+                f"checkpoint is for source {state['type']}, not {type(self.source).__name__}."
+            )
         self.source.load_state_dict(state["state"])
 
 
@@ -1064,12 +1325,22 @@ class TaskOptimizer(torch.optim.Optimizer):
     TaskOptimizer steps and updates the scaler.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, step: GradStep | None = None, *, scaler: Any = None,
-                 **gradstep_kwargs: Any) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        step: GradStep | None = None,
+        *,
+        scaler: Any = None,
+        **gradstep_kwargs: Any,
+    ) -> None:
         if isinstance(optimizer, TaskOptimizer):
-            raise TypeError("optimizer is already a TaskOptimizer; wrap the torch optimizer only once.")
+            raise TypeError(
+                "optimizer is already a TaskOptimizer; wrap the torch optimizer only once."
+            )
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+            )
         if step is not None and gradstep_kwargs:
             raise ValueError("pass either a GradStep or GradStep keyword arguments, not both.")
         self.optimizer = None  # set below; add_param_group needs to know during Optimizer.__init__
@@ -1095,16 +1366,22 @@ class TaskOptimizer(torch.optim.Optimizer):
     def step(self, losses: Sequence[Tensor] | Tensor | None = None, **kwargs: Any) -> StepResult:  # type: ignore[override]
         """One optimizer step from ``losses`` (or from the accumulated micro-batches)."""
         if callable(losses) and not isinstance(losses, Tensor):
-            raise TypeError("TaskOptimizer.step takes the task losses, not a closure: opt.step([L1, L2, ...]).")
+            raise TypeError(
+                "TaskOptimizer.step takes the task losses, not a closure: opt.step([L1, L2, ...])."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if losses is None:
             if not self._accumulating:
-                raise ValueError("step() without losses needs micro-batches added with accumulate() first.")
+                raise ValueError(
+                    "step() without losses needs micro-batches added with accumulate() first."
+                )
             self._accumulating = False
             res = self.gradstep.backward_accumulated(scaler=self.scaler)
         else:
             if self._accumulating:
-                raise RuntimeError("micro-batches are being accumulated: call step() without losses.")
+                raise RuntimeError(
+                    "micro-batches are being accumulated: call step() without losses."
+                )
             res = self.gradstep.backward(losses, scaler=self.scaler, **kwargs)
         if res.skipped:
             self.n_skipped += 1
@@ -1126,30 +1403,41 @@ class TaskOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group to the wrapped optimizer (and so to this one)."""
-        if self.optimizer is None:  # during torch.optim.Optimizer.__init__: the wrapped groups, shared
+        if (
+            self.optimizer is None
+        ):  # during torch.optim.Optimizer.__init__: the wrapped groups, shared
             super().add_param_group(param_group)
             return
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """Optimizer, GradStep (method, source, schedule) and scaler state."""
-        return {"optimizer": self.optimizer.state_dict(), "gradstep": self.gradstep.state_dict(),
-                "scaler": None if self.scaler is None else self.scaler.state_dict(), "n_skipped": self.n_skipped}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "gradstep": self.gradstep.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "n_skipped": self.n_skipped,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore :meth:`state_dict`."""
         if "gradstep" not in state:
-            raise ValueError("this is not a TaskOptimizer checkpoint (no 'gradstep' entry); for the wrapped "
-                             "optimizer's own state use opt.optimizer.load_state_dict(...).")
+            raise ValueError(
+                "this is not a TaskOptimizer checkpoint (no 'gradstep' entry); for the wrapped "
+                "optimizer's own state use opt.optimizer.load_state_dict(...)."
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.param_groups = self.optimizer.param_groups
         self.state = self.optimizer.state
         self.gradstep.load_state_dict(state["gradstep"])
         if state["scaler"] is not None:
             if self.scaler is None:
-                raise ValueError("checkpoint has GradScaler state but this TaskOptimizer has no scaler.")
+                raise ValueError(
+                    "checkpoint has GradScaler state but this TaskOptimizer has no scaler."
+                )
             self.scaler.load_state_dict(state["scaler"])
         self.n_skipped = int(state["n_skipped"])
 
     def __repr__(self) -> str:
-        return f"TaskOptimizer({type(self.optimizer).__name__}, method={type(self.gradstep.method).__name__})"
+        opt, method = type(self.optimizer).__name__, type(self.gradstep.method).__name__
+        return f"TaskOptimizer({opt}, method={method})"

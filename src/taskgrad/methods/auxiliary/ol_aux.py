@@ -45,7 +45,12 @@ class OLAux(Weighting):
     """
 
     def __init__(
-        self, lr: float = 0.1, horizon: int = 1, init: float = 1.0, normalize: bool = False, nonnegative: bool = True
+        self,
+        lr: float = 0.1,
+        horizon: int = 1,
+        init: float = 1.0,
+        normalize: bool = False,
+        nonnegative: bool = True,
     ) -> None:
         self.lr = check_real("OLAux", "lr", lr, low=0.0)
         self.horizon = check_int("OLAux", "horizon", horizon, low=1)
@@ -61,7 +66,10 @@ class OLAux(Weighting):
             self._w[..., 0] = 1.0
             self._acc = torch.zeros_like(self._w)
         elif self._w.shape != shape:
-            raise ValueError(f"OLAux's state is for {tuple(self._w.shape)} weights, got a Gram for {tuple(shape)}; call reset().")
+            raise ValueError(
+                f"OLAux's state is for {tuple(self._w.shape)} weights, got a Gram for "
+                f"{tuple(shape)}; call reset()."
+            )
         w = self._w.to(gram.dtype).clone()
         signal = _cosines(gram, 1e-12)[0] if self.normalize else gram[..., 0, :]
         assert self._acc is not None

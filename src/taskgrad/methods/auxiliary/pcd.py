@@ -61,10 +61,15 @@ def pcd_multipliers(Gn: Tensor, tau: Tensor) -> Tensor:
 
 @register_method(
     "pcd",
-    description='PCD: follow the primary gradient, each secondary task keeps a fraction tau of its normalized progress.',
-    paper='Varam et al., Not All Objectives Are Born Equal: Priority-Constrained Descent, TMLR 2026',
-    aliases=('PCD', 'priority-constrained-descent'),
-    defined='everywhere',
+    description=(
+        "PCD: follow the primary gradient, each secondary task keeps a fraction tau of its "
+        "normalized progress."
+    ),
+    paper=(
+        "Varam et al., Not All Objectives Are Born Equal: Priority-Constrained Descent, TMLR 2026"
+    ),
+    aliases=("PCD", "priority-constrained-descent"),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=False,
     scale_invariant=False,
@@ -125,13 +130,16 @@ class PCD(Weighting):
         self._steps += 1
         v = self._ema / (1.0 - self.beta**self._steps)
         den = (v + self.eps).sqrt()
-        return torch.where(den > 0, 1.0 / den.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(den))
+        return torch.where(
+            den > 0, 1.0 / den.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(den)
+        )
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert gram is not None
         if gram.dim() != 2:
             raise ValueError(
-                f"PCD keeps one moving average per task and takes one (k, k) Gram matrix, got shape "
+                "PCD keeps one moving average per task and takes one (k, k) Gram matrix, got "
+                "shape "
                 f"{tuple(gram.shape)}."
             )
         G = gram.detach().to(device="cpu", dtype=torch.float64)

@@ -35,10 +35,14 @@ class PCGradAux(Weighting):
 
     def compute(self, *, gram: Tensor) -> Tensor:
         g00 = gram[..., 0, 0]
-        scale = torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(gram.dtype).tiny)
+        scale = (
+            torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(gram.dtype).tiny)
+        )
         alive = g00 > self.eps * scale
         conflict = (gram[..., 0, 1:]).clamp_max(0.0).sum(-1)
-        w0 = 1.0 - torch.where(alive, conflict / torch.where(alive, g00, torch.ones_like(g00)), torch.zeros_like(g00))
+        w0 = 1.0 - torch.where(
+            alive, conflict / torch.where(alive, g00, torch.ones_like(g00)), torch.zeros_like(g00)
+        )
         w = torch.ones_like(gram[..., 0])
         w[..., 0] = w0
         return w

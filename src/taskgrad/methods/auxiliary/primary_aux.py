@@ -55,15 +55,21 @@ class PrimaryAux(Weighting):
         self.eps = check_real("PrimaryAux", "eps", eps, low=0.0)
         self.margin = check_real("PrimaryAux", "margin", margin, low=0.0)
         self.relative_margin = check_bool("PrimaryAux", "relative_margin", relative_margin)
-        progress = check_real("PrimaryAux", "progress (a fraction of each auxiliary's progress)", progress, low=0.0)
+        progress = check_real(
+            "PrimaryAux", "progress (a fraction of each auxiliary's progress)", progress, low=0.0
+        )
         if progress > 0 and (n_primary != 1 or margin > 0):
-            raise ValueError("progress works with one primary task and margin=0; pass n_primary=1 and no margin.")
+            raise ValueError(
+                "progress works with one primary task and margin=0; pass n_primary=1 and no margin."
+            )
         self.progress = progress
         self._last_info: dict[str, Tensor] | None = None
 
     @property
     def last_info(self) -> dict[str, Tensor] | None:
-        """``{"active": (..., k−1) bool, "infeasible": (...) bool}`` of the last call (one primary)."""
+        """``{"active": (..., k−1) bool, "infeasible": (...) bool}`` of the last call (one
+        primary).
+        """
         return self._last_info
 
     def compute(self, *, gram: Tensor) -> Tensor:
@@ -80,5 +86,8 @@ class PrimaryAux(Weighting):
             check_input=False,
         )
         if self.n_primary == 1:
-            self._last_info = {"active": w[..., 1:] > 0, "infeasible": torch.zeros(w.shape[:-1], dtype=torch.bool, device=w.device)}
+            self._last_info = {
+                "active": w[..., 1:] > 0,
+                "infeasible": torch.zeros(w.shape[:-1], dtype=torch.bool, device=w.device),
+            }
         return w

@@ -25,7 +25,6 @@ __all__ = ["PrimaryOnly"]
 class PrimaryOnly(Weighting):
     """Primary only: w = (1, 0, …, 0) (the auxiliaries are ignored)."""
 
-
     def compute(self, *, losses: Tensor) -> Tensor:
         w = torch.zeros_like(losses)
         w[..., 0] = 1.0

@@ -25,6 +25,5 @@ __all__ = ["Sum"]
 class Sum(Weighting):
     """The plain sum Σ Lᵢ: w = 1 for every task."""
 
-
     def compute(self, *, losses: Tensor) -> Tensor:
         return torch.ones_like(losses)

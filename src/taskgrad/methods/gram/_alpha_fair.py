@@ -21,7 +21,14 @@ from .._common import flat_gram, work_dtype
 from .._impl import Impl
 from ..errors import MethodConvergenceError, UndefinedMethodError
 
-__all__ = ["CONVERGED", "NOT_CONVERGED", "UNDEFINED", "alpha_fair_solve", "alpha_fair_weights", "fair_weights"]
+__all__ = [
+    "CONVERGED",
+    "NOT_CONVERGED",
+    "UNDEFINED",
+    "alpha_fair_solve",
+    "alpha_fair_weights",
+    "fair_weights",
+]
 
 # statuses per problem
 CONVERGED, UNDEFINED, NOT_CONVERGED = 0, 1, 2
@@ -43,7 +50,8 @@ def _fair_objective(Gs: Tensor, c: Tensor, x: Tensor, a: float) -> Tensor:
 
 def _cosine_form(Gb: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(Ĝ, c, 1/σ, zero) for Gram matrices (B, k, k): cosine matrix (identity rows for zero
-    gradients), cᵢ = σᵢ^(1/α − 1), 1/σ (0 for a zero gradient) and the zero-gradient mask (B,)."""
+    gradients), cᵢ = σᵢ^(1/α − 1), 1/σ (0 for a zero gradient) and the zero-gradient mask (B,).
+    """
     sig = torch.diagonal(Gb, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
     alive = sig > 0
     one = torch.ones_like(sig)
@@ -61,7 +69,8 @@ def _cosine_form(Gb: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tens
 def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor, Tensor, Tensor]:
     """y > 0 with Ĝy = c ⊙ y^(−1/α) (B, k) by damped Newton, the converged mask (B,) and the
     mask of those that stopped at the rounding level of (Ĝy)ᵢ above rtol (the caller checks
-    that 0 is not in the hull there: a diverging iterate also cancels)."""
+    that 0 is not in the hull there: a diverging iterate also cancels).
+    """
     B, k = Gs.shape[0], Gs.shape[-1]
     inv_a = 1.0 / alpha
     pw = alpha / (alpha + 1.0)
@@ -96,7 +105,11 @@ def _newton(Gs: Tensor, c: Tensor, alpha: float, max_iter: int) -> tuple[Tensor,
         if bool(converged.all()):
             break
         neg = step < 0
-        ratio = torch.where(neg, -x / torch.where(neg, step, -torch.ones_like(step)), torch.full_like(x, float("inf")))
+        ratio = torch.where(
+            neg,
+            -x / torch.where(neg, step, -torch.ones_like(step)),
+            torch.full_like(x, float("inf")),
+        )
         tmax = (0.99 * ratio.amin(-1)).clamp_max(1.0)
         f0 = _fair_objective(Gs, c, x, alpha)
         tstep = tmax
@@ -125,16 +138,21 @@ def _zero_in_hull(Gs: Tensor) -> Tensor:
     return torch.einsum("bi,bij,bj->b", w, Gs, w).clamp_min(0.0).sqrt() <= tol
 
 
-def alpha_fair_solve(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto") -> tuple[Tensor, Tensor]:
+def alpha_fair_solve(
+    G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto"
+) -> tuple[Tensor, Tensor]:
     """α-fair weights for G (..., k, k) in the working dtype, and a status per problem (...):
     ``CONVERGED``, ``UNDEFINED`` (a zero gradient, or 0 in the convex hull of the gradients) or
     ``NOT_CONVERGED`` (a solution exists but Newton's method did not reach it in ``max_iter``
-    steps). ``impl="numba"`` runs the same iteration compiled, in float64."""
+    steps). ``impl="numba"`` runs the same iteration compiled, in float64.
+    """
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0 here, got {alpha!r}.")
     Gb, batch = flat_gram(G)
     if _impl.use_host(_impl.check_impl(impl), G):
-        wn, stn = _impl.kernel("alpha_fair").alpha_fair(_impl.host_gram(G), float(alpha), int(max_iter))
+        wn, stn = _impl.kernel("alpha_fair").alpha_fair(
+            _impl.host_gram(G), float(alpha), int(max_iter)
+        )
         w = torch.from_numpy(wn).to(device=G.device, dtype=work_dtype(G))
         status = torch.from_numpy(stn).to(G.device)
         check = (status == NOT_CONVERGED) | (status == _LIMITED)
@@ -156,7 +174,9 @@ def alpha_fair_solve(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = 
     return w.reshape(*batch, G.shape[-1]), status.reshape(batch)
 
 
-def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto") -> tuple[Tensor, Tensor]:
+def alpha_fair_weights(
+    G: Tensor, alpha: float, max_iter: int = 100, impl: Impl = "auto"
+) -> tuple[Tensor, Tensor]:
     """α-fair weights: the w > 0 with (Gw)ᵢ = wᵢ^(−1/α), batched over G (..., k, k).
 
     They are the unique minimizer of the strictly convex ½wᵀGw + Σ h(wᵢ) with h'(t) = −t^(−1/α)
@@ -176,11 +196,13 @@ def alpha_fair_weights(G: Tensor, alpha: float, max_iter: int = 100, impl: Impl 
 
 def fair_weights(G: Tensor, alpha: float, max_iter: int, impl: Impl, name: str) -> Tensor:
     """α-fair weights, raising :class:`UndefinedMethodError` where no solution exists and
-    :class:`MethodConvergenceError` where Newton's method did not reach it."""
+    :class:`MethodConvergenceError` where Newton's method did not reach it.
+    """
     w, status = alpha_fair_solve(G, alpha, max_iter, impl)
     if bool((status == UNDEFINED).any()):
         raise UndefinedMethodError(
-            f"{name} is undefined for this Gram matrix: it needs a direction d with ⟨gᵢ, d⟩ > 0 for "
+            f"{name} is undefined for this Gram matrix: it needs a direction d with ⟨gᵢ, d⟩ > 0 "
+            "for "
             "every task, and none exists (a task gradient is zero, or 0 lies in the convex hull of "
             "the gradients, e.g. two opposite gradients). Use a method defined everywhere (UPGrad, "
             "MGDA, CAGrad), or on_undefined='skip' (or a fallback method) in taskgrad.backward."
@@ -189,7 +211,11 @@ def fair_weights(G: Tensor, alpha: float, max_iter: int, impl: Impl, name: str) 
         raise MethodConvergenceError(
             f"{name}: Newton's method did not converge in max_iter={max_iter} steps although a "
             "solution exists; raise max_iter"
-            + (" or use a smaller alpha (large alpha approaches MGDA: use MGDA)" if alpha != 1.0 else "")
+            + (
+                " or use a smaller alpha (large alpha approaches MGDA: use MGDA)"
+                if alpha != 1.0
+                else ""
+            )
             + "."
         )
     return w

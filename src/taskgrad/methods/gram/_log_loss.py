@@ -19,7 +19,8 @@ __all__ = ["LogLossWeighting"]
 
 
 class LogLossWeighting(Weighting):
-    """Run ``method`` on the gradients of log(Lᵢ + eps): w = m · w'(G ⊘ (L+eps)(L+eps)ᵀ) ⊘ (L + eps).
+    """Run ``method`` on the gradients of log(Lᵢ + eps): w = m · w'(G ⊘ (L+eps)(L+eps)ᵀ) ⊘ (L +
+    eps).
 
     ``normalize`` divides by Σⱼ w'ⱼ/(Lⱼ + eps) (LOG-MGDA's convention, so Σ w = 1 when Σ w' = 1);
     ``multiplier`` is m. Needs the losses (> −eps).
@@ -27,7 +28,9 @@ class LogLossWeighting(Weighting):
 
     needs = frozenset({"gram", "losses"})
 
-    def __init__(self, method: Weighting, eps: float, normalize: bool = False, multiplier: str | float = 1.0) -> None:
+    def __init__(
+        self, method: Weighting, eps: float, normalize: bool = False, multiplier: str | float = 1.0
+    ) -> None:
         if not eps >= 0:
             raise ValueError(f"eps must be ≥ 0, got {eps!r}.")
         self._method = method

@@ -49,29 +49,44 @@ class AlignedMTL(Weighting):
     """
 
     def __init__(
-        self, pref_vector: Tensor | None = None, scale_mode: Literal["min", "median", "rmse"] = "min",
+        self,
+        pref_vector: Tensor | None = None,
+        scale_mode: Literal["min", "median", "rmse"] = "min",
         scale_decoder_grad: bool | None = None,
     ) -> None:
         self.pref_vector = check_vector("AlignedMTL", "pref_vector", pref_vector)
-        self.scale_mode = check_choice("AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse"))
+        self.scale_mode = check_choice(
+            "AlignedMTL", "scale_mode", scale_mode, ("min", "median", "rmse")
+        )
         if scale_decoder_grad is not None and not isinstance(scale_decoder_grad, bool):
-            raise TypeError(f"AlignedMTL: scale_decoder_grad must be True, False or None, got {scale_decoder_grad!r}.")
+            raise TypeError(
+                "AlignedMTL: scale_decoder_grad must be True, False or None, got "
+                f"{scale_decoder_grad!r}."
+            )
         self.scale_decoder_grad = scale_decoder_grad
 
     @property
     def head_convention(self) -> str | None:
         """The head-gradient convention the step uses by default ("weighted"/"unweighted"/None)."""
-        return None if self.scale_decoder_grad is None else ("weighted" if self.scale_decoder_grad else "unweighted")
+        return (
+            None
+            if self.scale_decoder_grad is None
+            else ("weighted" if self.scale_decoder_grad else "unweighted")
+        )
 
     def compute(self, *, gram: Tensor) -> Tensor:
         Gb, batch = flat_gram(gram)
         k = Gb.shape[-1]
         p = _impl.check_pref(self.pref_vector, k, Gb)
-        w = (aligned_mtl_balance(Gb, self.scale_mode, eps_dtype=gram.dtype) @ p.unsqueeze(-1)).squeeze(-1)
+        w = (
+            aligned_mtl_balance(Gb, self.scale_mode, eps_dtype=gram.dtype) @ p.unsqueeze(-1)
+        ).squeeze(-1)
         return w.to(gram.dtype).reshape(*batch, k)
 
 
-def aligned_mtl_balance(Gb: Tensor, scale_mode: str = "min", eps_dtype: torch.dtype | None = None) -> Tensor:
+def aligned_mtl_balance(
+    Gb: Tensor, scale_mode: str = "min", eps_dtype: torch.dtype | None = None
+) -> Tensor:
     """The balance transformation B (B, k, k) of Aligned-MTL for Gram matrices (B, k, k)."""
     B_, k = Gb.shape[0], Gb.shape[-1]
     lam, V = torch.linalg.eigh(Gb)  # ascending
@@ -79,7 +94,9 @@ def aligned_mtl_balance(Gb: Tensor, scale_mode: str = "min", eps_dtype: torch.dt
     tol = lam.amax(-1, keepdim=True) * k * eps
     valid = lam > tol
     rank = valid.sum(-1)
-    inv_sqrt = torch.where(valid, lam.clamp_min(torch.finfo(Gb.dtype).tiny).rsqrt(), torch.zeros_like(lam))
+    inv_sqrt = torch.where(
+        valid, lam.clamp_min(torch.finfo(Gb.dtype).tiny).rsqrt(), torch.zeros_like(lam)
+    )
     first = (k - rank).clamp_max(k - 1)  # index of the smallest valid eigenvalue
     if scale_mode == "min":
         idx = first
@@ -91,6 +108,10 @@ def aligned_mtl_balance(Gb: Tensor, scale_mode: str = "min", eps_dtype: torch.dt
         scale = (lam * valid).sum(-1) / rank.clamp_min(1)
     else:
         scale = lam.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-    Bm = scale.clamp_min(0).sqrt()[:, None, None] * (V * inv_sqrt.unsqueeze(-2)) @ V.transpose(-1, -2)
+    Bm = (
+        scale.clamp_min(0).sqrt()[:, None, None]
+        * (V * inv_sqrt.unsqueeze(-2))
+        @ V.transpose(-1, -2)
+    )
     eye = torch.eye(k, dtype=Gb.dtype, device=Gb.device).expand(B_, k, k)
     return torch.where((rank == 0)[:, None, None], eye, Bm)

@@ -15,8 +15,8 @@ from .. import _impl
 from .._common import (
     flat_gram,
 )
-from .._impl import Impl
 from .._dual_cone import dual_cone_weights
+from .._impl import Impl
 from .._validate import check_choice, check_int, check_real
 from ..base import Weighting
 from ..errors import MethodConvergenceError
@@ -27,7 +27,9 @@ __all__ = ["CAGrad", "cagrad_weights"]
 
 @register_method(
     "cagrad",
-    description="CAGrad: best worst-task improvement within a ball around the mean gradient (exact).",
+    description=(
+        "CAGrad: best worst-task improvement within a ball around the mean gradient (exact)."
+    ),
     paper="Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021",
     aliases=("CAGrad",),
     defined="everywhere",
@@ -74,7 +76,11 @@ class CAGrad(Weighting):
     """
 
     def __init__(
-        self, c: float = 0.4, rescale: Literal[0, 1, 2] = 0, norm_eps: float = 0.0, max_iter: int = 100,
+        self,
+        c: float = 0.4,
+        rescale: Literal[0, 1, 2] = 0,
+        norm_eps: float = 0.0,
+        max_iter: int = 100,
         impl: Impl = "auto",
     ) -> None:
         self.c = check_real("CAGrad", "c", c, low=0.0)
@@ -89,7 +95,11 @@ class CAGrad(Weighting):
             k = gram.shape[-1]
             K = _impl.kernel("cagrad")
             wn, status = K.cagrad(
-                _impl.host_gram(gram), float(self.c), float(self.norm_eps), int(self.max_iter), 10 * k + 50,
+                _impl.host_gram(gram),
+                float(self.c),
+                float(self.norm_eps),
+                int(self.max_iter),
+                10 * k + 50,
                 DEGENERATE_TOL,
             )
             _impl.raise_not_pd(status)
@@ -119,7 +129,8 @@ def _quad(w: Tensor, Gb: Tensor) -> Tensor:
 
 def _affine_path_roots(Gb: Tensor, b: Tensor, w: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     """On the active set of w, w(ρ) = a + ρc solves the equality-constrained QP; return the two
-    positive roots of ‖Jᵀw(ρ)‖² = r²ρ² (NaN where there is none)."""
+    positive roots of ‖Jᵀw(ρ)‖² = r²ρ² (NaN where there is none).
+    """
     B, k = w.shape
     f = (w > 0).to(Gb.dtype)
     ff = f.unsqueeze(-1) * f.unsqueeze(-2)
@@ -159,10 +170,18 @@ def degenerate_tol(dtype: torch.dtype) -> float:
 
 
 def _search(
-    Gb: Tensor, b: Tensor, g0sq: Tensor, r: Tensor, lo: Tensor, f_lo: Tensor, w_lo: Tensor, max_iter: int
+    Gb: Tensor,
+    b: Tensor,
+    g0sq: Tensor,
+    r: Tensor,
+    lo: Tensor,
+    f_lo: Tensor,
+    w_lo: Tensor,
+    max_iter: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The root ρ* of f(ρ) = ‖g_w(ρ)‖ − rρ in (lo, hi] (f(lo) = f_lo > 0 at w(lo) = w_lo,
-    hi = 2 maxᵢ‖gᵢ‖/r where f < 0): returns (w(ρ*), ρ*, converged)."""
+    hi = 2 maxᵢ‖gᵢ‖/r where f < 0): returns (w(ρ*), ρ*, converged).
+    """
     B = Gb.shape[0]
     smax = torch.diagonal(Gb, dim1=-2, dim2=-1).amax(-1).clamp_min(0).sqrt()
     hi = 2.0 * smax / r
@@ -194,7 +213,9 @@ def _search(
         # Illinois: halve the stale end's value when the same side moves twice
         f_lo = torch.where(right & (side == 1) & ~use, 0.5 * f_lo, f_lo)
         f_hi = torch.where(left & (side == -1) & ~use, 0.5 * f_hi, f_hi)
-        side = torch.where(right, torch.ones_like(side), torch.where(left, -torch.ones_like(side), side))
+        side = torch.where(
+            right, torch.ones_like(side), torch.where(left, -torch.ones_like(side), side)
+        )
         cand_src = w
         done = done | (f.abs() <= 1e-12 * r * rho + tol * smax) | (hi - lo <= tol * hi)
         if bool(done.all()):
@@ -209,7 +230,8 @@ def _degenerate(Gb: Tensor, c: float, max_iter: int) -> tuple[Tensor, Tensor]:
     g₀ onto the dual cone {x : ⟨gᵢ, x⟩ ≥ 0 ∀i} lies in the ball ‖d − g₀‖ ≤ r, it attains 0 and is
     a solution (weights v ≥ 1/k from the dual-cone NNLS). Otherwise the value is < 0, the dual
     optimum has g_w ≠ 0 and ρ* > 0: a point with f(ρ) > 0 below ρ* is found by halving ρ from
-    the top of the bracket, and the search runs from there. Returns (weights, converged)."""
+    the top of the bracket, and the search runs from there. Returns (weights, converged).
+    """
     B, k = Gb.shape[0], Gb.shape[-1]
     p = torch.full((k,), 1.0 / k, dtype=Gb.dtype, device=Gb.device)
     v = dual_cone_weights(Gb, p.unsqueeze(0), "torch")[:, 0, :]
@@ -254,7 +276,8 @@ def _degenerate(Gb: Tensor, c: float, max_iter: int) -> tuple[Tensor, Tensor]:
 def cagrad_weights(Gb: Tensor, c: float, norm_eps: float = 0.0, max_iter: int = 100) -> Tensor:
     """CAGrad weights for a batch of Gram matrices (B, k, k) (see :class:`CAGrad`); raises
     :class:`~taskgrad.methods.MethodConvergenceError` if the root search needs more than
-    ``max_iter`` steps."""
+    ``max_iter`` steps.
+    """
     w, ok = _cagrad_torch(Gb, c, norm_eps, max_iter)
     if not bool(ok.all()):
         _raise_not_converged(max_iter)
@@ -282,14 +305,20 @@ def _cagrad_torch(Gb: Tensor, c: float, norm_eps: float, max_iter: int) -> tuple
     w0 = min_norm_simplex(Gb, check_input=False)
     n0 = _quad(w0, Gb).sqrt()
     pos = r > 0
-    stationary = pos & (n0 <= norm_eps * diag.sum(-1).clamp_min(0).sqrt()) if norm_eps > 0 else torch.zeros_like(pos)
+    stationary = (
+        pos & (n0 <= norm_eps * diag.sum(-1).clamp_min(0).sqrt())
+        if norm_eps > 0
+        else torch.zeros_like(pos)
+    )
     degenerate = pos & ~stationary & (n0 <= degenerate_tol(Gb.dtype) * smax)
     regular = pos & ~stationary & ~degenerate
     out = torch.where(stationary.unsqueeze(-1), torch.zeros_like(uniform), uniform)
     if bool(regular.any()):
         idx = regular.nonzero().squeeze(-1)
         Gr, rr = Gb[idx], r[idx]
-        w, rho, done = _search(Gr, b[idx], g0sq[idx], rr, torch.zeros_like(rr), n0[idx], w0[idx], max_iter)
+        w, rho, done = _search(
+            Gr, b[idx], g0sq[idx], rr, torch.zeros_like(rr), n0[idx], w0[idx], max_iter
+        )
         out[idx] = uniform[idx] + w / rho.unsqueeze(-1)
         ok[idx] = done
     if bool(degenerate.any()):

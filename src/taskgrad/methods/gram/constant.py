@@ -14,16 +14,16 @@ __all__ = ["Constant"]
 
 @register_method(
     "constant",
-    description='Constant: fixed task weights given by the user.',
+    description="Constant: fixed task weights given by the user.",
     paper="TorchJD's Constant aggregator",
-    aliases=('Constant',),
-    defined='everywhere',
+    aliases=("Constant",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=False,
     scale_invariant=False,
     stateful=False,
     random=False,
-    example_kwargs=lambda k: {'weights': torch.linspace(0.5, 1.5, k, dtype=torch.float64)},
+    example_kwargs=lambda k: {"weights": torch.linspace(0.5, 1.5, k, dtype=torch.float64)},
 )
 class Constant(Weighting):
     """Fixed weights w = ``weights`` at every step: d = Σ wᵢ gᵢ (TorchJD's Constant).

@@ -1,4 +1,6 @@
-"""CR-MOGM (Zhou et al., NeurIPS 2022): an exponential moving average of another method's weights."""
+"""CR-MOGM (Zhou et al., NeurIPS 2022): an exponential moving average of another method's
+weights.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +23,20 @@ def _resolve(method: Weighting | str) -> Weighting:
         from .. import registry
 
         return registry.get(method)
-    raise TypeError(f"method must be a Weighting or a registered method name, got {type(method).__name__}.")
+    raise TypeError(
+        f"method must be a Weighting or a registered method name, got {type(method).__name__}."
+    )
 
 
 @register_method(
     "cr-mogm",
     description="CR-MOGM: exponential moving average of another method's weights (default UPGrad).",
-    paper='Zhou et al., On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond, NeurIPS 2022',
-    aliases=('CRMOGM',),
-    defined='everywhere',
+    paper=(
+        "Zhou et al., On the Convergence of Stochastic Multi-Objective Gradient Manipulation and "
+        "Beyond, NeurIPS 2022"
+    ),
+    aliases=("CRMOGM",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
@@ -45,15 +52,21 @@ class CRMOGM(Weighting):
 
     with λ₀ = ``initial_weights`` or, by default, λ̂₁ (so the first output is λ̂₁). α = 0 returns
     the inner weights, α = 1 freezes λ₀. ``method`` is a Weighting or a registered name
-    (default "upgrad"); the inner method's state is part of this one's. As TorchJD's CRMOGMWeighting.
+    (default "upgrad"); the inner method's state is part of this one's. As TorchJD's
+    CRMOGMWeighting.
     """
 
     def __init__(
-        self, method: Weighting | str = "upgrad", alpha: float = 0.9, initial_weights: Tensor | None = None
+        self,
+        method: Weighting | str = "upgrad",
+        alpha: float = 0.9,
+        initial_weights: Tensor | None = None,
     ) -> None:
         self.method = _resolve(method)
         if "jacobian" in self.method.needs:
-            raise ValueError("CRMOGM smooths the weights of a Gram or loss method, not a Jacobian aggregator.")
+            raise ValueError(
+                "CRMOGM smooths the weights of a Gram or loss method, not a Jacobian aggregator."
+            )
         self.alpha = check_real("alpha", alpha, low=0.0, high=1.0)
         self.initial_weights = check_vector("initial_weights", initial_weights)
         self.needs = self.method.needs  # type: ignore[misc]

@@ -49,7 +49,6 @@ class DBMTL(Weighting):
     ``aggregate(J, L)``; :func:`taskgrad.backward` materializes J) and keeps B (k × P) as state.
     """
 
-
     needs = frozenset({"gram", "losses"})
 
     def __init__(self, eps: float = 1e-8, beta: float = 0.0, beta_sigma: float = 0.0) -> None:
@@ -75,14 +74,18 @@ class DBMTL(Weighting):
             raise ValueError("DBMTL needs the task losses: call aggregate(J, losses=L).")
         check_positive_losses("DB-MTL", losses, -self.eps)
         if losses.shape != (k,):
-            raise ValueError(f"losses must have shape ({k},) for a Jacobian with {k} rows, got {tuple(losses.shape)}.")
+            raise ValueError(
+                f"losses must have shape ({k},) for a Jacobian with {k} rows, got "
+                f"{tuple(losses.shape)}."
+            )
         J = jacobian.detach()
         g = J / (losses.to(J) + self.eps).unsqueeze(1)
         if self._buffer is None:
             self._buffer = torch.zeros_like(J)
         elif self._buffer.shape != J.shape:
             raise ValueError(
-                f"DBMTL holds a gradient average of shape {tuple(self._buffer.shape)}, got a Jacobian of "
+                f"DBMTL holds a gradient average of shape {tuple(self._buffer.shape)}, got a "
+                "Jacobian of "
                 f"{tuple(J.shape)}; call reset() before changing the tasks or parameters."
             )
         self._step += 1

@@ -5,7 +5,6 @@ Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024 (GEM's pr
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._dual_cone import DualConeWeighting, dual_cone_weights

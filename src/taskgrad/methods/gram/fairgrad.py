@@ -10,8 +10,8 @@ from torch import Tensor
 
 from .. import _impl
 from .._impl import Impl
-from ..base import Weighting
 from .._validate import check_int, check_real
+from ..base import Weighting
 from ..registry import register_method
 from ._alpha_fair import fair_weights
 from ._zoo_checks import check_max_norm
@@ -47,7 +47,11 @@ class FairGrad(Weighting):
     """
 
     def __init__(
-        self, alpha: float = 1.0, max_iter: int = 100, impl: Impl = "auto", max_norm: float | None = None,
+        self,
+        alpha: float = 1.0,
+        max_iter: int = 100,
+        impl: Impl = "auto",
+        max_norm: float | None = None,
         scale_by_k: bool = False,
     ) -> None:
         if not isinstance(scale_by_k, bool):
@@ -63,5 +67,7 @@ class FairGrad(Weighting):
         factor = float(k) if self.scale_by_k else 1.0
         if self.alpha == 0:
             return torch.full(gram.shape[:-1], factor / k, dtype=gram.dtype, device=gram.device)
-        w = fair_weights(gram, self.alpha, self.max_iter, self.impl, f"FairGrad(alpha={self.alpha:g})")
+        w = fair_weights(
+            gram, self.alpha, self.max_iter, self.impl, f"FairGrad(alpha={self.alpha:g})"
+        )
         return factor * w.to(gram.dtype)

@@ -59,7 +59,11 @@ class GradVac(Weighting):
     """
 
     def __init__(
-        self, beta: float = 0.5, eps: float = 1e-8, generator: torch.Generator | None = None, impl: Impl = "auto"
+        self,
+        beta: float = 0.5,
+        eps: float = 1e-8,
+        generator: torch.Generator | None = None,
+        impl: Impl = "auto",
     ) -> None:
         self.beta = check_real("GradVac", "beta", beta, low=0.0, high=1.0)
         self.eps = check_real("GradVac", "eps", eps, low=0.0)
@@ -79,11 +83,15 @@ class GradVac(Weighting):
                 )
             self._phi = torch.zeros(*batch, k, k, dtype=dtype, device=gram.device)
         if _impl.use_host(self.impl, gram):
-            ph = np.array(self._phi.detach().reshape(B, k, k).to("cpu", torch.float64).numpy())  # a copy
+            ph = np.array(
+                self._phi.detach().reshape(B, k, k).to("cpu", torch.float64).numpy()
+            )  # a copy
             w = np.ones((B, k))
             if k > 1:
                 perms = _impl.draw_permutations(B, k, k - 1, self.generator, torch.device("cpu"))
-                w = _impl.kernel("gradvac").gradvac(_impl.host_gram(gram), perms.numpy(), ph, float(self.beta), float(self.eps))
+                w = _impl.kernel("gradvac").gradvac(
+                    _impl.host_gram(gram), perms.numpy(), ph, float(self.beta), float(self.eps)
+                )
             self._phi = _impl.from_host(ph, (*batch, k, k), gram, dtype)
             return _impl.from_host(w, (*batch, k), gram)
         Gb, _ = flat_gram(gram)
@@ -113,7 +121,9 @@ class GradVac(Weighting):
                 C.scatter_add_(-1, j.unsqueeze(-1), w.unsqueeze(-1))
                 Gj = Gb.gather(1, j.unsqueeze(-1).expand(B, k, k))
                 cG = cG + w.unsqueeze(-1) * Gj
-                phi_hat.scatter_(-1, j.unsqueeze(-1), ((1.0 - self.beta) * ph + self.beta * phi).unsqueeze(-1))
+                phi_hat.scatter_(
+                    -1, j.unsqueeze(-1), ((1.0 - self.beta) * ph + self.beta * phi).unsqueeze(-1)
+                )
         self._phi = phi_hat.reshape(*batch, k, k)
         return C.sum(-2).to(gram.dtype).reshape(*batch, k)
 

@@ -41,7 +41,8 @@ class IMTLG(Weighting):
     Scale-free computation: with D = diag(σ) and the cosine matrix Ĝ = D⁻¹GD⁻¹ (unit diagonal),
     G⁺σ = D⁻¹Ĝ⁺1 for independent gradients, so w is computed from Ĝ, whose conditioning does not
     depend on the gradient norms. The line of d is then invariant to rescaling any task's loss
-    (its sign follows that of 1ᵀG⁺σ, which rescaling can flip) for norm ratios as small as the Gram entries stay normal numbers (σᵢσⱼ ≳ 1e-300 in
+    (its sign follows that of 1ᵀG⁺σ, which rescaling can flip) for norm ratios as small as the Gram
+    entries stay normal numbers (σᵢσⱼ ≳ 1e-300 in
     float64, 1e-37 in float32), provided G is accurate relative to each entry (a Gram matrix
     accumulated in float64 is). Zero gradients get weight 0.
     """
@@ -51,9 +52,13 @@ class IMTLG(Weighting):
         k = Gb.shape[-1]
         sig = diag_norms(Gb)
         alive = sig > 0
-        inv = torch.where(alive, 1.0 / torch.where(alive, sig, torch.ones_like(sig)), torch.zeros_like(sig))
+        inv = torch.where(
+            alive, 1.0 / torch.where(alive, sig, torch.ones_like(sig)), torch.zeros_like(sig)
+        )
         cosm = Gb * inv.unsqueeze(-1) * inv.unsqueeze(-2)
-        vhat = (torch.linalg.pinv(cosm, hermitian=True) @ alive.to(Gb.dtype).unsqueeze(-1)).squeeze(-1)
+        vhat = (torch.linalg.pinv(cosm, hermitian=True) @ alive.to(Gb.dtype).unsqueeze(-1)).squeeze(
+            -1
+        )
         v = vhat * inv
         s = v.sum(-1, keepdim=True)
         tiny = s.abs() <= 1e-12 * v.abs().sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)

@@ -1,4 +1,6 @@
-"""Krum and Multi-Krum (Blanchard et al., 2017): select the gradients closest to their neighbours."""
+"""Krum and Multi-Krum (Blanchard et al., 2017): select the gradients closest to their
+neighbours.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +17,21 @@ __all__ = ["Krum"]
 
 @register_method(
     "krum",
-    description='Krum / Multi-Krum: the gradients closest to their nearest neighbours (Byzantine-robust).',
-    paper='Blanchard et al., Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent, NeurIPS 2017',
-    aliases=('Krum', 'Multi-Krum'),
-    defined='enough-tasks',
+    description=(
+        "Krum / Multi-Krum: the gradients closest to their nearest neighbours (Byzantine-robust)."
+    ),
+    paper=(
+        "Blanchard et al., Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent, "
+        "NeurIPS 2017"
+    ),
+    aliases=("Krum", "Multi-Krum"),
+    defined="enough-tasks",
     non_conflicting=False,
     permutation_equivariant=False,
     scale_invariant=False,
     stateful=False,
     random=False,
-    example_kwargs=lambda k: {'n_byzantine': 0},
+    example_kwargs=lambda k: {"n_byzantine": 0},
 )
 class Krum(Weighting):
     """Krum / Multi-Krum (Blanchard et al., NeurIPS 2017), a Byzantine-robust aggregator.
@@ -55,7 +62,9 @@ class Krum(Weighting):
                 f"{self.n_byzantine + 3} tasks, got {k}; lower n_byzantine."
             )
         if k < self.n_selected:
-            raise UndefinedMethodError(f"Krum with n_selected={self.n_selected} needs at least that many tasks, got {k}.")
+            raise UndefinedMethodError(
+                f"Krum with n_selected={self.n_selected} needs at least that many tasks, got {k}."
+            )
         sq = torch.diagonal(gram, dim1=-2, dim2=-1)
         dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * gram).clamp_min(0.0).sqrt()
         nearest, _ = torch.topk(dist, k=k - self.n_byzantine - 1, dim=-1, largest=False)

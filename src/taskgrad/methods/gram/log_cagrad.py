@@ -11,10 +11,10 @@ __all__ = ["LogCAGrad"]
 
 @register_method(
     "log-cagrad",
-    description='LOG-CAGrad: CAGrad on the gradients of the log losses (FAMO repository baseline).',
-    paper='Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)',
-    aliases=('LogCAGrad', 'LOG_CAGrad'),
-    defined='positive-losses',
+    description="LOG-CAGrad: CAGrad on the gradients of the log losses (FAMO repository baseline).",
+    paper="Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)",
+    aliases=("LogCAGrad", "LOG_CAGrad"),
+    defined="positive-losses",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,

@@ -11,10 +11,10 @@ __all__ = ["LogIMTLG"]
 
 @register_method(
     "log-imtl-g",
-    description='LOG-IMTLG: IMTL-G on the gradients of the log losses (FAMO repository baseline).',
-    paper='Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)',
-    aliases=('LogIMTLG', 'LOG_IMTLG', 'log-imtl'),
-    defined='positive-losses',
+    description="LOG-IMTLG: IMTL-G on the gradients of the log losses (FAMO repository baseline).",
+    paper="Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)",
+    aliases=("LogIMTLG", "LOG_IMTLG", "log-imtl"),
+    defined="positive-losses",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,

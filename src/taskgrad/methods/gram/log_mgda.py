@@ -11,10 +11,10 @@ __all__ = ["LogMGDA"]
 
 @register_method(
     "log-mgda",
-    description='LOG-MGDA: MGDA on the gradients of the log losses (FAMO repository baseline).',
-    paper='Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)',
-    aliases=('LogMGDA', 'LOG_MGDA'),
-    defined='positive-losses',
+    description="LOG-MGDA: MGDA on the gradients of the log losses (FAMO repository baseline).",
+    paper="Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023 (baseline)",
+    aliases=("LogMGDA", "LOG_MGDA"),
+    defined="positive-losses",
     non_conflicting=True,
     permutation_equivariant=True,
     scale_invariant=False,

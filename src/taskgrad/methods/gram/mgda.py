@@ -17,7 +17,10 @@ __all__ = ["MGDA"]
 @register_method(
     "mgda",
     description="MGDA: min-norm point of the convex hull of the task gradients (exact).",
-    paper="Désidéri 2012; Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018",
+    paper=(
+        "Désidéri 2012; Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, "
+        "NeurIPS 2018"
+    ),
     aliases=("MGDA",),
     defined="everywhere",
     non_conflicting=True,

@@ -26,7 +26,10 @@ __all__ = ["MGDAUB"]
 @register_method(
     "mgda-ub",
     description="MGDA on normalized gradients (l2, loss, loss+l2) as in Sener & Koltun 2018.",
-    paper="Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018 (MGDA-UB code)",
+    paper=(
+        "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018 "
+        "(MGDA-UB code)"
+    ),
     aliases=("MGDAUB",),
     defined="everywhere",
     non_conflicting=False,
@@ -52,10 +55,14 @@ class MGDAUB(Weighting):
         scale_weights: bool = False,
         impl: Impl = "auto",
     ) -> None:
-        self.normalization = check_choice("MGDAUB", "normalization", normalization, ("l2", "loss", "loss+l2", "none"))
+        self.normalization = check_choice(
+            "MGDAUB", "normalization", normalization, ("l2", "loss", "loss+l2", "none")
+        )
         self.scale_weights = check_bool("MGDAUB", "scale_weights", scale_weights)
         self.impl = _impl.check_impl(impl)
-        self.needs = frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
+        self.needs = (
+            frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
+        )
 
     def compute(self, *, gram: Tensor, losses: Tensor | None = None) -> Tensor:
         n = torch.ones_like(gram[..., 0])

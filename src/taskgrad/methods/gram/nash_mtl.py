@@ -15,8 +15,8 @@ from .._common import (
     clone_state,
 )
 from .._impl import Impl
-from ..base import Weighting
 from .._validate import check_int, check_real
+from ..base import Weighting
 from ..registry import register_method
 from ._alpha_fair import alpha_fair_weights, fair_weights
 
@@ -52,10 +52,16 @@ class NashMTL(Weighting):
     """
 
     def __init__(
-        self, max_norm: float = 1.0, update_weights_every: int = 1, max_iter: int = 100, impl: Impl = "auto"
+        self,
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        max_iter: int = 100,
+        impl: Impl = "auto",
     ) -> None:
         self.max_norm = check_real("NashMTL", "max_norm (0 disables clipping)", max_norm, low=0.0)
-        self.update_weights_every = check_int("NashMTL", "update_weights_every", update_weights_every, low=1)
+        self.update_weights_every = check_int(
+            "NashMTL", "update_weights_every", update_weights_every, low=1
+        )
         self.max_iter = check_int("NashMTL", "max_iter", max_iter, low=0)
         self.impl = _impl.check_impl(impl)
         self._step = 0
@@ -68,7 +74,11 @@ class NashMTL(Weighting):
         alpha = self._alpha.to(gram.dtype)
         if self.max_norm > 0:
             norm = torch.einsum("...i,...ij,...j->...", alpha, gram, alpha).clamp_min(0).sqrt()
-            factor = torch.where(norm > self.max_norm, self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+            factor = torch.where(
+                norm > self.max_norm,
+                self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+                torch.ones_like(norm),
+            )
             alpha = alpha * factor.unsqueeze(-1)
         return alpha
 

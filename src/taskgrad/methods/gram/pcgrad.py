@@ -61,7 +61,9 @@ class PCGrad(Weighting):
             Gn = _impl.host_gram(gram)
             B, k = Gn.shape[0], Gn.shape[-1]
             perms = _impl.draw_permutations(B, k, k, self.generator, torch.device("cpu"))
-            return _impl.from_host(_impl.kernel("pcgrad").pcgrad(Gn, perms.numpy()), gram.shape[:-1], gram)
+            return _impl.from_host(
+                _impl.kernel("pcgrad").pcgrad(Gn, perms.numpy()), gram.shape[:-1], gram
+            )
         Gb, batch = flat_gram(gram)
         B, k = Gb.shape[0], Gb.shape[-1]
         perms = _impl.draw_permutations(B, k, k, self.generator, Gb.device)
@@ -74,7 +76,11 @@ class PCGrad(Weighting):
             inner = (C * Gj).sum(-1)  # ⟨gᵢᴾᶜ, gⱼ⟩
             gjj = diag.gather(-1, j)
             apply = (j != rows) & (inner < 0) & (gjj > 0)
-            delta = torch.where(apply, -inner / torch.where(apply, gjj, torch.ones_like(gjj)), torch.zeros_like(inner))
+            delta = torch.where(
+                apply,
+                -inner / torch.where(apply, gjj, torch.ones_like(gjj)),
+                torch.zeros_like(inner),
+            )
             C.scatter_add_(-1, j.unsqueeze(-1), delta.unsqueeze(-1))
         return C.sum(-2).to(gram.dtype).reshape(*batch, k)
 

@@ -1,4 +1,6 @@
-"""Jacobian aggregators: one module per method (needs the Jacobian itself), each registering itself."""
+"""Jacobian aggregators: one module per method (needs the Jacobian itself), each registering
+itself.
+"""
 
 from ._backward import backward_jacobian, shared_jacobian
 from ._base import JacobianAggregator, check_jacobian

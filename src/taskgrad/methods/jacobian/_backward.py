@@ -1,4 +1,5 @@
-"""Training with a Jacobian aggregator without the Gram-based step: materialize J, aggregate, write .grad.
+"""Training with a Jacobian aggregator without the Gram-based step: materialize J, aggregate, write
+.grad.
 
 Memory: J holds k·P numbers for the P shared parameters (k gradient copies), plus the
 aggregator's own state (ExcessMTL, MoCo keep another k × P buffer).
@@ -19,12 +20,18 @@ __all__ = ["backward_jacobian", "shared_jacobian"]
 def _as_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
     L = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
     if L.dim() != 1 or L.numel() == 0:
-        raise ValueError(f"losses must be k ≥ 1 scalar losses (a (k,) tensor or a list), got shape {tuple(L.shape)}.")
+        raise ValueError(
+            "losses must be k ≥ 1 scalar losses (a (k,) tensor or a list), got shape "
+            f"{tuple(L.shape)}."
+        )
     return L
 
 
-def shared_jacobian(losses: Tensor | Sequence[Tensor], params: Sequence[Tensor], retain_graph: bool = True) -> Tensor:
-    """J (k, P): row i is ∂Lᵢ/∂θ flattened over ``params`` (a parameter that Lᵢ does not reach gives 0).
+def shared_jacobian(
+    losses: Tensor | Sequence[Tensor], params: Sequence[Tensor], retain_graph: bool = True
+) -> Tensor:
+    """J (k, P): row i is ∂Lᵢ/∂θ flattened over ``params`` (a parameter that Lᵢ does not reach gives
+    0).
 
     One backward pass per task (the graph is retained between them).
     """
@@ -34,8 +41,13 @@ def shared_jacobian(losses: Tensor | Sequence[Tensor], params: Sequence[Tensor],
         raise ValueError("params is empty: pass the shared parameters the Jacobian is taken over.")
     rows = []
     for i in range(L.shape[0]):
-        grads = torch.autograd.grad(L[i], params, retain_graph=retain_graph or i < L.shape[0] - 1, allow_unused=True)
-        flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+        grads = torch.autograd.grad(
+            L[i], params, retain_graph=retain_graph or i < L.shape[0] - 1, allow_unused=True
+        )
+        flat = [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
         rows.append(torch.cat(flat))
     return torch.stack(rows)
 

@@ -27,7 +27,8 @@ def check_jacobian(J: Tensor) -> int:
     if J.dim() != 2:
         raise ValueError(
             f"jacobian must have shape (k, P): one row per task gradient, flattened over the "
-            f"parameters, got {tuple(J.shape)}. Flatten each gradient with torch.cat([g.flatten() ...])."
+            f"parameters, got {tuple(J.shape)}. Flatten each gradient with torch.cat([g.flatten() "
+            "...])."
         )
     if J.shape[0] == 0:
         raise ValueError("jacobian has k = 0 rows; at least one task is needed.")
@@ -63,11 +64,17 @@ class JacobianAggregator(Weighting):
         k = check_jacobian(jacobian)
         if "losses" in self.needs:
             if losses is None:
-                raise ValueError(f"{type(self).__name__} needs the task losses: call aggregate(J, losses=L).")
+                raise ValueError(
+                    f"{type(self).__name__} needs the task losses: call aggregate(J, losses=L)."
+                )
             check_losses(losses, k)
             if losses.dim() != 1:
-                raise ValueError(f"losses must have shape (k,) = ({k},), got {tuple(losses.shape)}.")
+                raise ValueError(
+                    f"losses must have shape (k,) = ({k},), got {tuple(losses.shape)}."
+                )
         d = self.direction(jacobian, losses)
         if d.shape != jacobian.shape[1:]:
-            raise RuntimeError(f"{type(self).__name__} returned a direction of shape {tuple(d.shape)}.")
+            raise RuntimeError(
+                f"{type(self).__name__} returned a direction of shape {tuple(d.shape)}."
+            )
         return d

@@ -18,7 +18,9 @@ from ._base import JacobianAggregator
 __all__ = ["Blockwise", "parameter_blocks"]
 
 
-def parameter_blocks(params: Sequence[Tensor], granularity: str = "matrix", module: torch.nn.Module | None = None) -> list[int]:
+def parameter_blocks(
+    params: Sequence[Tensor], granularity: str = "matrix", module: torch.nn.Module | None = None
+) -> list[int]:
     """Block sizes over the flattened ``params`` (in that order): "matrix" one block per tensor;
     "layer" one block per module that owns parameters directly (its weight and bias together,
     LibMTL's all_layer; needs ``module``), the parameters of one layer being adjacent in
@@ -32,7 +34,9 @@ def parameter_blocks(params: Sequence[Tensor], granularity: str = "matrix", modu
     if granularity != "layer":
         raise ValueError(f"granularity must be 'all', 'layer' or 'matrix', got {granularity!r}.")
     if module is None:
-        raise ValueError("granularity='layer' needs the module that owns the parameters: pass module=model.")
+        raise ValueError(
+            "granularity='layer' needs the module that owns the parameters: pass module=model."
+        )
     owner: dict[int, int] = {}
     for i, m in enumerate(module.modules()):
         for p in m.parameters(recurse=False):
@@ -42,7 +46,10 @@ def parameter_blocks(params: Sequence[Tensor], granularity: str = "matrix", modu
     for p in params:
         o = owner.get(id(p))
         if o is None:
-            raise ValueError("a parameter in params does not belong to module; pass the module that owns them all.")
+            raise ValueError(
+                "a parameter in params does not belong to module; pass the module that owns them "
+                "all."
+            )
         if o == last:
             sizes[-1] += p.numel()
         else:
@@ -53,8 +60,14 @@ def parameter_blocks(params: Sequence[Tensor], granularity: str = "matrix", modu
 
 @register_method(
     "blockwise",
-    description="Blockwise: run a Gram method per parameter block (per layer or per matrix), default GradVac.",
-    paper="Wang et al., Gradient Vaccine, ICLR 2021 (per-layer granularity); LibMTL's GradVac_group_type",
+    description=(
+        "Blockwise: run a Gram method per parameter block (per layer or per matrix), default "
+        "GradVac."
+    ),
+    paper=(
+        "Wang et al., Gradient Vaccine, ICLR 2021 (per-layer granularity); LibMTL's "
+        "GradVac_group_type"
+    ),
     aliases=("Blockwise", "per-layer"),
     defined="everywhere",
     non_conflicting=False,
@@ -82,7 +95,9 @@ class Blockwise(JacobianAggregator):
     needs = frozenset({"jacobian", "losses"})
 
     def __init__(
-        self, method: Weighting | str = "gradvac", block_sizes: Sequence[int] | None = None,
+        self,
+        method: Weighting | str = "gradvac",
+        block_sizes: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         if isinstance(method, str):
@@ -93,17 +108,26 @@ class Blockwise(JacobianAggregator):
                 kwargs["generator"] = generator
             method = registry.get(method, **kwargs)
         if not isinstance(method, Weighting) or "jacobian" in method.needs:
-            raise TypeError("method must be a Gram or loss Weighting (or its registered name), not a Jacobian aggregator.")
+            raise TypeError(
+                "method must be a Gram or loss Weighting (or its registered name), not a Jacobian "
+                "aggregator."
+            )
         self.method = method
-        self.block_sizes = None if block_sizes is None else [check_int("block_sizes[i]", b, low=1) for b in block_sizes]
+        self.block_sizes = (
+            None
+            if block_sizes is None
+            else [check_int("block_sizes[i]", b, low=1) for b in block_sizes]
+        )
 
     def direction(self, jacobian: Tensor, losses: Tensor | None) -> Tensor:
         J = jacobian
         sizes = self.block_sizes or [J.shape[1]]
         if sum(sizes) != J.shape[1]:
             raise ValueError(
-                f"block_sizes add up to {sum(sizes)} but the Jacobian has {J.shape[1]} columns; build them from "
-                "the same parameters, in the same order, as the Jacobian (taskgrad.backward(..., params=params))."
+                f"block_sizes add up to {sum(sizes)} but the Jacobian has {J.shape[1]} columns; "
+                "build them from "
+                "the same parameters, in the same order, as the Jacobian (taskgrad.backward(..., "
+                "params=params))."
             )
         blocks = torch.split(J, sizes, dim=1)
         Jd = J.double() if J.device.type == "cpu" else J

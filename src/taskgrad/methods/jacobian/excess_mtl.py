@@ -17,10 +17,10 @@ __all__ = ["ExcessMTL"]
 
 @register_method(
     "excess-mtl",
-    description='ExcessMTL: exponentiated-gradient weights from per-task excess-risk estimates.',
-    paper='He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024',
-    aliases=('ExcessMTL',),
-    defined='everywhere',
+    description="ExcessMTL: exponentiated-gradient weights from per-task excess-risk estimates.",
+    paper="He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024",
+    aliases=("ExcessMTL",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
@@ -38,7 +38,9 @@ class ExcessMTL(JacobianAggregator):
     """
 
     def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0) -> None:
-        self.robust_step_size = check_real("robust_step_size", robust_step_size, low=0.0, low_open=True)
+        self.robust_step_size = check_real(
+            "robust_step_size", robust_step_size, low=0.0, low_open=True
+        )
         self.n_warmup_steps = check_int("n_warmup_steps", n_warmup_steps, low=0)
         self.reset()
 
@@ -56,7 +58,8 @@ class ExcessMTL(JacobianAggregator):
         if self._sq_sum is None or self._sq_sum.shape != J.shape:
             if self._sq_sum is not None:
                 raise ValueError(
-                    f"ExcessMTL holds statistics for a Jacobian of shape {tuple(self._sq_sum.shape)}, got "
+                    "ExcessMTL holds statistics for a Jacobian of shape "
+                    f"{tuple(self._sq_sum.shape)}, got "
                     f"{tuple(J.shape)}; call reset() before changing the tasks or parameters."
                 )
             self._sq_sum = torch.zeros_like(J)
@@ -79,7 +82,9 @@ class ExcessMTL(JacobianAggregator):
                 self._baseline = excess  # the first call's excess risks are the baseline, used raw
         else:
             excess = excess / (self._baseline.to(J) + 1e-7)
-        self._weights = torch.softmax(torch.log(self._weights.to(J)) + self.robust_step_size * excess, dim=0)
+        self._weights = torch.softmax(
+            torch.log(self._weights.to(J)) + self.robust_step_size * excess, dim=0
+        )
         return self._weights.clone()
 
     def direction(self, jacobian: Tensor, losses: Tensor | None) -> Tensor:
@@ -87,8 +92,13 @@ class ExcessMTL(JacobianAggregator):
 
     def state_dict(self) -> dict[str, Any]:
         return clone_state(
-            {"sq_sum": self._sq_sum, "weights": self._weights, "baseline": self._baseline,
-             "warmup_sum": self._warmup_sum, "steps": self._steps}
+            {
+                "sq_sum": self._sq_sum,
+                "weights": self._weights,
+                "baseline": self._baseline,
+                "warmup_sum": self._warmup_sum,
+                "steps": self._steps,
+            }
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

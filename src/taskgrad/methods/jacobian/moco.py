@@ -1,4 +1,6 @@
-"""MoCo (Fernando et al., ICLR 2023): tracked gradients and simplex weights against gradient bias."""
+"""MoCo (Fernando et al., ICLR 2023): tracked gradients and simplex weights against gradient
+bias.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ __all__ = ["MoCo"]
 
 @register_method(
     "moco",
-    description='MoCo: tracked (bias-corrected) task gradients with softmax-simplex weights.',
-    paper='Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach, ICLR 2023',
-    aliases=('MoCo',),
-    defined='everywhere',
+    description="MoCo: tracked (bias-corrected) task gradients with softmax-simplex weights.",
+    paper=(
+        "Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably "
+        "Convergent Approach, ICLR 2023"
+    ),
+    aliases=("MoCo",),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=True,
@@ -43,7 +48,11 @@ class MoCo(JacobianAggregator):
     needs = frozenset({"jacobian", "losses"})
 
     def __init__(
-        self, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1, gamma_sigma: float = 0.5,
+        self,
+        beta: float = 0.5,
+        beta_sigma: float = 0.5,
+        gamma: float = 0.1,
+        gamma_sigma: float = 0.5,
         rho: float = 0.0,
     ) -> None:
         self.beta = check_real("beta", beta, low=0.0, low_open=True, high=1.0)
@@ -72,7 +81,8 @@ class MoCo(JacobianAggregator):
             self._lambda = J.new_full((k,), 1.0 / k)
         elif self._y.shape != J.shape:
             raise ValueError(
-                f"MoCo tracks gradients of shape {tuple(self._y.shape)}, got {tuple(J.shape)}; call "
+                f"MoCo tracks gradients of shape {tuple(self._y.shape)}, got {tuple(J.shape)}; "
+                "call "
                 "reset() before changing the tasks or parameters."
             )
         assert self._lambda is not None

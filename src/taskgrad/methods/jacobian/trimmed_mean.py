@@ -14,16 +14,22 @@ __all__ = ["TrimmedMean"]
 
 @register_method(
     "trimmed-mean",
-    description='Trimmed mean: per coordinate, the mean without the trim_number largest and smallest values.',
-    paper='Yin et al., Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates, ICML 2018',
-    aliases=('TrimmedMean', 'TM'),
-    defined='everywhere',
+    description=(
+        "Trimmed mean: per coordinate, the mean without the trim_number largest and smallest "
+        "values."
+    ),
+    paper=(
+        "Yin et al., Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates, "
+        "ICML 2018"
+    ),
+    aliases=("TrimmedMean", "TM"),
+    defined="everywhere",
     non_conflicting=False,
     permutation_equivariant=True,
     scale_invariant=False,
     stateful=False,
     random=False,
-    example_kwargs=lambda k: {'trim_number': (k - 1) // 2},
+    example_kwargs=lambda k: {"trim_number": (k - 1) // 2},
 )
 class TrimmedMean(JacobianAggregator):
     """Coordinate-wise trimmed mean (Yin, Chen, Ramchandran & Bartlett, "Byzantine-robust
@@ -40,7 +46,8 @@ class TrimmedMean(JacobianAggregator):
         t = self.trim_number
         if k < 2 * t + 1:
             raise ValueError(
-                f"TrimmedMean with trim_number={t} needs at least 2·trim_number + 1 = {2 * t + 1} tasks, "
+                f"TrimmedMean with trim_number={t} needs at least 2·trim_number + 1 = {2 * t + 1} "
+                "tasks, "
                 f"got {k}; lower trim_number."
             )
         ordered, _ = torch.sort(jacobian, dim=0)

@@ -1,5 +1,6 @@
 """The α-fair Newton solve of Nash-MTL and FairGrad, compiled (the scale-free form of
-:mod:`taskgrad.methods.gram._alpha_fair`: Ĝy = c ⊙ y^(−1/α) on the cosine matrix)."""
+:mod:`taskgrad.methods.gram._alpha_fair`: Ĝy = c ⊙ y^(−1/α) on the cosine matrix).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ LIMITED = 3  # stopped at the rounding level of (Ĝy)ᵢ above rtol: the caller 
 @njit(**_INTERNAL)
 def _fair_objective(Gs, c, x, a, xn, clamp):
     """½xᵀĜx + Σcᵢh(xᵢ) (at max(x, tiny) when ``clamp``), h = −log (a = 1) or −t^e/e,
-    e = (a − 1)/a."""
+    e = (a − 1)/a.
+    """
     k = x.shape[0]
     for i in range(k):
         xn[i] = max(x[i], TINY) if clamp else x[i]
@@ -38,7 +40,8 @@ def alpha_fair(G, alpha, max_iter):
     """α-fair weights w > 0 with (Gw)ᵢ = wᵢ^(−1/α) for each G[b] (B, k, k), by the damped Newton
     iteration of :func:`taskgrad.methods.gram._alpha_fair.alpha_fair_solve` (same start, steps,
     line search and stopping rule, float64). Returns (W (B, k), status (B,)): CONVERGED,
-    UNDEFINED (a zero gradient) or NOT_CONVERGED (the caller decides whether 0 is in the hull)."""
+    UNDEFINED (a zero gradient) or NOT_CONVERGED (the caller decides whether 0 is in the hull).
+    """
     B, k = G.shape[0], G.shape[-1]
     W = np.zeros((B, k))
     status = np.zeros(B, dtype=np.int64)

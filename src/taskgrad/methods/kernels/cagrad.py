@@ -34,7 +34,8 @@ def _shifted(G, bvec, g0sq, rho, out):
 def _affine_path_roots(G, bvec, w, r):
     """On the active set F of w, w(ρ) = a + ρc minimizes ½wᵀGw + ρbᵀw over 1ᵀw = 1 (w_F free);
     with H = G_FF/s + 11ᵀ, u = H⁻¹1 and v = H⁻¹b_F/s: a = u/1ᵀu, c = (1ᵀv/1ᵀu)u − v. Returns
-    the two positive roots of ‖Jᵀw(ρ)‖² = r²ρ² (NaN where there is none)."""
+    the two positive roots of ‖Jᵀw(ρ)‖² = r²ρ² (NaN where there is none).
+    """
     k = G.shape[0]
     idx = np.empty(k, dtype=np.int64)
     n = 0
@@ -120,7 +121,8 @@ def cagrad(G, c, norm_eps, max_iter, mn_max_iter, deg_tol):
     :func:`taskgrad.methods.gram.cagrad.cagrad_weights`; w = 1/k + w(ρ*)/ρ*.
     Returns (W (B, k), status (B,)): OK, NOT_PD, DEGENERATE (the min-norm point of the hull is
     below ``deg_tol``·maxᵢ‖gᵢ‖: 0 in the hull, solved by the caller) or NOT_CONVERGED (the root
-    search used ``max_iter`` steps)."""
+    search used ``max_iter`` steps).
+    """
     B, k = G.shape[0], G.shape[-1]
     W = np.empty((B, k))
     status = np.zeros(B, dtype=np.int64)

@@ -1,5 +1,6 @@
 """Shared bits of the method kernels: the solvers' compiled NNLS / min-norm port and its options
-(re-exported from :mod:`taskgrad.solvers._compiled`), and xᵀGx."""
+(re-exported from :mod:`taskgrad.solvers._compiled`), and xᵀGx.
+"""
 
 from __future__ import annotations
 

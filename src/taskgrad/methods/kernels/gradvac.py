@@ -13,7 +13,8 @@ from .common import _ENTRY, _INTERNAL, njit  # noqa: F401
 def gradvac(G, perms, phi_hat, beta, eps):
     """GradVac weights for G (B, k, k); perms (B, k, k − 1) index the other tasks of each row
     (row i visits the perms[b, i, p]-th of [j ≠ i] in turn); phi_hat (B, k, k) is the EMA of the
-    target similarities, updated in place. Same arithmetic as the torch path of GradVac."""
+    target similarities, updated in place. Same arithmetic as the torch path of GradVac.
+    """
     B, k = G.shape[0], G.shape[-1]
     W = np.zeros((B, k))
     crow = np.empty(k)

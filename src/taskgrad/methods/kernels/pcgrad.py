@@ -11,7 +11,8 @@ from .common import _ENTRY, _INTERNAL, njit  # noqa: F401
 def pcgrad(G, perms):
     """PCGrad weights for G (B, k, k) and task orders perms (B, k, k): row i of problem b visits
     j = perms[b, i, p] for p = 0..k−1 and, when ⟨gᵢᴾᶜ, gⱼ⟩ < 0 (j ≠ i, gⱼ ≠ 0), subtracts the
-    projection; gᵢᴾᶜ = Σⱼ Cᵢⱼgⱼ and w = 1ᵀC."""
+    projection; gᵢᴾᶜ = Σⱼ Cᵢⱼgⱼ and w = 1ᵀC.
+    """
     B, k = G.shape[0], G.shape[-1]
     W = np.zeros((B, k))
     crow = np.empty(k)

@@ -47,14 +47,20 @@ class DWA(Weighting):
     reference then averages the weighted losses, i.e. a further 1/K). Epochs are not used then.
     """
 
-
     def __init__(
-        self, temperature: float = 2.0, steps_per_epoch: int | None = 1, iteration_window: int | None = None
+        self,
+        temperature: float = 2.0,
+        steps_per_epoch: int | None = 1,
+        iteration_window: int | None = None,
     ) -> None:
         if iteration_window is not None and (
-            isinstance(iteration_window, bool) or not isinstance(iteration_window, int) or iteration_window < 1
+            isinstance(iteration_window, bool)
+            or not isinstance(iteration_window, int)
+            or iteration_window < 1
         ):
-            raise ValueError(f"iteration_window must be a positive int or None, got {iteration_window!r}.")
+            raise ValueError(
+                f"iteration_window must be a positive int or None, got {iteration_window!r}."
+            )
         self.iteration_window = iteration_window
         temperature = check_real("DWA", "temperature", temperature, low=0.0, low_open=True)
         if steps_per_epoch is not None:
@@ -72,7 +78,10 @@ class DWA(Weighting):
         else:
             older, newer = self._history
             if older.shape != losses.shape:
-                raise ValueError(f"the losses changed shape from {tuple(older.shape)} to {tuple(losses.shape)}; call reset().")
+                raise ValueError(
+                    f"the losses changed shape from {tuple(older.shape)} to {tuple(losses.shape)}; "
+                    "call reset()."
+                )
             w = k * torch.softmax((newer / older).to(losses.dtype) / self.temperature, dim=-1)
         Ld = losses.detach()
         self._sum = Ld.clone() if self._sum is None else self._sum + Ld
@@ -89,7 +98,10 @@ class DWA(Weighting):
             self._window = torch.ones((2 * W, *Ld.shape), dtype=Ld.dtype, device=Ld.device)
             self._weights = torch.ones_like(Ld)
         elif self._window.shape[1:] != Ld.shape:
-            raise ValueError(f"the losses changed shape from {tuple(self._window.shape[1:])} to {tuple(Ld.shape)}; call reset().")
+            raise ValueError(
+                f"the losses changed shape from {tuple(self._window.shape[1:])} to "
+                f"{tuple(Ld.shape)}; call reset()."
+            )
         self._window = torch.cat([self._window[1:], Ld.to(self._window).unsqueeze(0)])
         if self._calls > W:
             ratio = self._window[W:].mean(0) / self._window[:W].mean(0)
@@ -116,7 +128,11 @@ class DWA(Weighting):
 
     def state_dict(self) -> dict[str, Any]:
         if self.iteration_window is not None:
-            return {"window": clone_state(self._window), "weights": clone_state(self._weights), "calls": self._calls}
+            return {
+                "window": clone_state(self._window),
+                "weights": clone_state(self._weights),
+                "calls": self._calls,
+            }
         return {"sum": clone_state(self._sum), "n": self._n, "history": clone_state(self._history)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

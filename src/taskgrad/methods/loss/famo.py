@@ -51,7 +51,6 @@ class FAMO(Weighting):
     to that norm; the training step applies it (it is the step's default ``max_norm``).
     """
 
-
     def __init__(
         self,
         lr: float = 0.025,
@@ -74,16 +73,22 @@ class FAMO(Weighting):
         b = 0.0 if self.min_losses is None else self.min_losses.to(dtype=L.dtype, device=L.device)
         shifted = L - b + self.eps
         if bool((shifted <= 0).any()):
-            raise ValueError("FAMO needs every loss above its lower bound min_losses (it takes log(L − b)).")
+            raise ValueError(
+                "FAMO needs every loss above its lower bound min_losses (it takes log(L − b))."
+            )
         return shifted
 
     def update(self, new_losses: Tensor) -> None:
         """One Adam step on the logits from the losses recomputed after the model step."""
         if self._prev is None:
-            raise ValueError("FAMO.update must follow a call that computed weights (there is no 'before' loss).")
+            raise ValueError(
+                "FAMO.update must follow a call that computed weights (there is no 'before' loss)."
+            )
         xi = self._xi.get(self._prev)
         with torch.no_grad():
-            delta = torch.log(self._shift(self._prev.to(xi.dtype))) - torch.log(self._shift(new_losses.detach().to(xi.dtype)))
+            delta = torch.log(self._shift(self._prev.to(xi.dtype))) - torch.log(
+                self._shift(new_losses.detach().to(xi.dtype))
+            )
             z = torch.softmax(xi, dim=-1)
             grad = z * (delta - (z * delta).sum(-1, keepdim=True))
         self._xi.step(grad)

@@ -31,7 +31,6 @@ class GeneralizedMean(Weighting):
     γ = 1 is the mean, γ = 0 the geometric mean, γ → ∞ the max; needs L > 0.
     """
 
-
     def __init__(self, gamma: float = 2.0) -> None:
         if gamma != gamma or abs(gamma) == float("inf"):
             raise ValueError(f"gamma must be a finite number, got {gamma!r}.")
@@ -45,5 +44,8 @@ class GeneralizedMean(Weighting):
         if g == 0:
             return torch.exp(logL.mean(-1, keepdim=True)) / (k * losses)
         # log M = (1/γ) log mean L^γ, computed with logsumexp for range safety
-        logM = (torch.logsumexp(g * logL, -1, keepdim=True) - torch.log(torch.tensor(float(k), dtype=losses.dtype))) / g
+        logM = (
+            torch.logsumexp(g * logL, -1, keepdim=True)
+            - torch.log(torch.tensor(float(k), dtype=losses.dtype))
+        ) / g
         return torch.exp((g - 1.0) * logL + (1.0 - g) * logM) / k

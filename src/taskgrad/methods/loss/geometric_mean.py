@@ -32,7 +32,6 @@ __all__ = ["GeometricMean"]
 class GeometricMean(Weighting):
     """Geometric mean (Πᵢ Lᵢ)^(1/k) (GLS, Chennupati et al. 2019): w = GM/(k Lᵢ); needs L > 0."""
 
-
     def compute(self, *, losses: Tensor) -> Tensor:
         check_positive_losses("GeometricMean", losses)
         k = losses.shape[-1]

@@ -53,13 +53,19 @@ class GradNorm(Weighting):
     """
 
     def __init__(
-        self, alpha: float = 1.5, lr: float = 0.025, optimizer: Literal["sgd", "adam"] = "adam",
-        parametrization: Literal["paper", "softmax"] = "paper", warmup_steps: int = 0,
+        self,
+        alpha: float = 1.5,
+        lr: float = 0.025,
+        optimizer: Literal["sgd", "adam"] = "adam",
+        parametrization: Literal["paper", "softmax"] = "paper",
+        warmup_steps: int = 0,
     ) -> None:
         self.alpha = check_real("GradNorm", "alpha", alpha, low=0.0)
         self.lr = check_real("GradNorm", "lr", lr, low=0.0)
         self.optimizer = check_choice("GradNorm", "optimizer", optimizer, ("sgd", "adam"))
-        self.parametrization = check_choice("GradNorm", "parametrization", parametrization, ("paper", "softmax"))
+        self.parametrization = check_choice(
+            "GradNorm", "parametrization", parametrization, ("paper", "softmax")
+        )
         self.warmup_steps = check_int("GradNorm", "warmup_steps", warmup_steps, low=0)
         self._w = LearnedTaskParameter(1.0, lr, optimizer)
         self._initial: Tensor | None = None
@@ -91,7 +97,9 @@ class GradNorm(Weighting):
             v = w_param.clamp_min(0.0)
             total = v.sum(-1, keepdim=True)
             k = v.shape[-1]
-            v = torch.where(total > 0, k * v / total.clamp_min(torch.finfo(v.dtype).tiny), torch.ones_like(v))
+            v = torch.where(
+                total > 0, k * v / total.clamp_min(torch.finfo(v.dtype).tiny), torch.ones_like(v)
+            )
             w_param.copy_(v)
         return w.to(losses.dtype)
 
@@ -128,8 +136,12 @@ class GradNorm(Weighting):
         self._warm_n = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w": self._w.state_dict(), "initial": clone_state(self._initial),
-                "warm_sum": clone_state(self._warm_sum), "warm_n": self._warm_n}
+        return {
+            "w": self._w.state_dict(),
+            "initial": clone_state(self._initial),
+            "warm_sum": clone_state(self._warm_sum),
+            "warm_n": self._warm_n,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._w.load_state_dict(state_dict["w"])

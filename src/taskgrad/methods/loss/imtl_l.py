@@ -30,9 +30,12 @@ __all__ = ["IMTLL"]
 )
 class IMTLL(_LearnedScale):
     """IMTL-L (Liu et al., 2021): S = Σ e^(sᵢ)Lᵢ − sᵢ, so w = e^s; s is learned with its own
-    optimizer on ∂S/∂sᵢ = e^(sᵢ)Lᵢ − 1 (init s = 0: the plain sum)."""
+    optimizer on ∂S/∂sᵢ = e^(sᵢ)Lᵢ − 1 (init s = 0: the plain sum).
+    """
 
-    def __init__(self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0
+    ) -> None:
         super().__init__(lr, optimizer, init)
 
     def _weights_and_grad(self, s: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:

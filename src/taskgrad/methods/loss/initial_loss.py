@@ -33,7 +33,6 @@ class InitialLossNormalization(Weighting):
     State: L(0). Needs L(0) > 0.
     """
 
-
     def __init__(self) -> None:
         self._initial: Tensor | None = None
 
@@ -43,7 +42,8 @@ class InitialLossNormalization(Weighting):
             self._initial = losses.detach().clone()
         elif self._initial.shape != losses.shape:
             raise ValueError(
-                f"the losses changed shape from {tuple(self._initial.shape)} to {tuple(losses.shape)}; call reset()."
+                f"the losses changed shape from {tuple(self._initial.shape)} to "
+                f"{tuple(losses.shape)}; call reset()."
             )
         return (1.0 / self._initial).to(losses.dtype)
 

@@ -27,7 +27,6 @@ __all__ = ["LogSum"]
 class LogSum(Weighting):
     """Σ log Lᵢ: w = 1/Lᵢ (each loss relative to its current value; needs L > 0)."""
 
-
     def compute(self, *, losses: Tensor) -> Tensor:
         check_positive_losses("LogSum", losses)
         return 1.0 / losses

@@ -24,6 +24,5 @@ __all__ = ["Mean"]
 class Mean(Weighting):
     """Equal weights wᵢ = 1/k: the gradient of the mean loss (1/k) Σ Lᵢ (needs no Gram)."""
 
-
     def compute(self, *, losses: Tensor) -> Tensor:
         return _uniform(losses[..., 0], losses.shape[-1])

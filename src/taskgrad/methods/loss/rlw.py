@@ -36,8 +36,8 @@ __all__ = ["RLW"]
 )
 class RLW(Weighting):
     """Random Loss Weighting (Lin et al., 2022, Algorithm 1): w = softmax(z), z ~ N(0, I),
-    drawn afresh each call from ``generator`` (torch's global RNG when None)."""
-
+    drawn afresh each call from ``generator`` (torch's global RNG when None).
+    """
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
         self.generator = own_generator(generator)

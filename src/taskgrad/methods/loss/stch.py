@@ -21,7 +21,9 @@ __all__ = ["STCH"]
 @register_method(
     "stch",
     description="Smooth Tchebycheff scalarization: smooth max of weighted losses.",
-    paper="Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024",
+    paper=(
+        "Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024"
+    ),
     aliases=("STCH",),
     defined="everywhere",
     non_conflicting=False,
@@ -45,8 +47,13 @@ class STCH(Weighting):
     """
 
     def __init__(
-        self, mu: float = 1.0, pref_vector: Tensor | None = None, reference: Tensor | None = None,
-        recipe: Literal["plain", "log-nadir"] = "plain", warmup_epoch: int = 0, steps_per_epoch: int | None = None,
+        self,
+        mu: float = 1.0,
+        pref_vector: Tensor | None = None,
+        reference: Tensor | None = None,
+        recipe: Literal["plain", "log-nadir"] = "plain",
+        warmup_epoch: int = 0,
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.mu = check_real("STCH", "mu", mu, low=0.0, low_open=True)
         self.pref_vector = check_vector("STCH", "pref_vector", pref_vector)
@@ -57,7 +64,10 @@ class STCH(Weighting):
             check_int("STCH", "steps_per_epoch (or None)", steps_per_epoch, low=1)
         self.steps_per_epoch = steps_per_epoch
         if self.recipe == "log-nadir" and (pref_vector is not None or reference is not None):
-            raise ValueError("STCH: pref_vector and reference belong to recipe='plain'; the log-nadir recipe has neither.")
+            raise ValueError(
+                "STCH: pref_vector and reference belong to recipe='plain'; the log-nadir recipe "
+                "has neither."
+            )
         self.reset()
 
     def reset(self) -> None:
@@ -83,7 +93,10 @@ class STCH(Weighting):
         else:
             if self._nadir is None:
                 if self._sum is None:
-                    raise RuntimeError("STCH: no loss was seen during the warm-up epoch, so there is no nadir point.")
+                    raise RuntimeError(
+                        "STCH: no loss was seen during the warm-up epoch, so there is no nadir "
+                        "point."
+                    )
                 self._nadir = self._sum / self._count
             n = self._nadir.to(L)
             k = L.shape[-1]
@@ -96,8 +109,15 @@ class STCH(Weighting):
     def state_dict(self) -> dict[str, Any]:
         if self.recipe == "plain":
             return {}
-        return clone_state({"epoch": self._epoch, "calls": self._calls, "sum": self._sum, "count": self._count,
-                            "nadir": self._nadir})
+        return clone_state(
+            {
+                "epoch": self._epoch,
+                "calls": self._calls,
+                "sum": self._sum,
+                "count": self._count,
+                "nadir": self._nadir,
+            }
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.recipe == "plain":
@@ -114,7 +134,11 @@ class STCH(Weighting):
         lam = torch.full((k,), 1.0 / k, dtype=losses.dtype, device=losses.device)
         if self.pref_vector is not None:
             lam = self.pref_vector.to(dtype=losses.dtype, device=losses.device)
-        z = 0.0 if self.reference is None else self.reference.to(dtype=losses.dtype, device=losses.device)
+        z = (
+            0.0
+            if self.reference is None
+            else self.reference.to(dtype=losses.dtype, device=losses.device)
+        )
         for name, v in (("pref_vector", self.pref_vector), ("reference", self.reference)):
             if v is not None and v.shape[-1] != k:
                 raise ValueError(f"{name} has {v.shape[-1]} entries but there are {k} tasks.")

@@ -35,7 +35,9 @@ class UncertaintyWeighting(_LearnedScale):
     ∂S/∂sᵢ = ½ − ½e^(−sᵢ)Lᵢ (init s = 0, uniform weights ½).
     """
 
-    def __init__(self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", init: float = 0.0
+    ) -> None:
         super().__init__(lr, optimizer, init)
 
     def _weights_and_grad(self, s: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
