@@ -1,4 +1,5 @@
-"""The `taskgrad` command line: `taskgrad demo`, `taskgrad methods [NAME]`, `taskgrad bench CONFIG...`,
+"""The `taskgrad` command line: `taskgrad demo`, `taskgrad methods [NAME]`, `taskgrad bench
+CONFIG...`,
 `taskgrad report DIR [--config CONFIG...]`, `taskgrad report LOG.csv` and `taskgrad compile`.
 
 User errors (a missing file, a config with an unknown key, a method that fails) are one message
@@ -60,8 +61,10 @@ def _compile(args: argparse.Namespace) -> int:
     if not report.have_numba:
         print("numba is not installed: nothing to compile (the methods use their torch paths).")
         return 0
-    print(f"{len(report.compiled)} compiled kernels ready in {report.seconds:.1f} s "
-          "(cached on disk: later processes load them in milliseconds).")
+    print(
+        f"{len(report.compiled)} compiled kernels ready in {report.seconds:.1f} s "
+        "(cached on disk: later processes load them in milliseconds)."
+    )
     for name in report.not_compiled:
         print(f"not reached by any warm-up call (compiles on first use): {name}", file=sys.stderr)
     for what, err in report.failed.items():
@@ -86,7 +89,9 @@ def _load_configs(paths: list[str], overrides: list[str] | None) -> list[Any]:
 
 
 def _selected_methods(entries: list[Any], wanted: list[str] | None) -> list[Any]:
-    """The (name, label, kwargs) entries whose label or method name is in ``wanted`` (all when None)."""
+    """The (name, label, kwargs) entries whose label or method name is in ``wanted`` (all when
+    None).
+    """
     if wanted is None:
         return list(entries)
     return [e for e in entries if e[1] in wanted or e[0] in wanted]
@@ -106,10 +111,15 @@ def _check_wanted(configs: list[Any], wanted: list[str] | None) -> None:
             close = difflib.get_close_matches(w, sorted(known), n=1)
             hints.append(f"{w!r} (did you mean {close[0]!r}?)" if close else repr(w))
         labels = sorted({e[1] for cfg in configs for e in cfg.methods})
-        raise UserError(f"--methods {', '.join(hints)}: no config has such a method; theirs: {', '.join(labels)}.")
+        raise UserError(
+            f"--methods {', '.join(hints)}: no config has such a method; theirs: "
+            f"{', '.join(labels)}."
+        )
 
 
-def _bench_toy(cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]) -> None:
+def _bench_toy(
+    cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]
+) -> None:
     from .bench.methods import make_method
     from .bench.toy import run_toy, trajectories
 
@@ -117,26 +127,45 @@ def _bench_toy(cfg: Any, args: argparse.Namespace, say: Callable[[str], None], f
     if not entries:
         say(f"[bold]{cfg.name}[/]: none of --methods is in this config; skipped ({cfg.path})")
         return
-    say(f"[bold]{cfg.name}[/]: CAGrad toy, {len(entries)} methods × 5 starts, {cfg.toy['steps']} steps ({cfg.path})")
+    say(
+        f"[bold]{cfg.name}[/]: CAGrad toy, {len(entries)} methods × 5 starts, {cfg.toy['steps']} "
+        f"steps ({cfg.path})"
+    )
     if args.dry_run:  # one step of each method from every start: errors of the first step show now
         for name, label, kw in entries:
             try:
-                trajectories(lambda name=name, kw=kw: make_method(name, kw), steps=1, lr=cfg.toy["lr"],
-                             scale=cfg.toy["scale"])
+                trajectories(
+                    lambda name=name, kw=kw: make_method(name, kw),
+                    steps=1,
+                    lr=cfg.toy["lr"],
+                    scale=cfg.toy["scale"],
+                )
                 say(f"  {label}: ok")
             except Exception as e:  # noqa: BLE001 (report every method, then fail)
                 failures.append(f"{cfg.name}/{label}: {type(e).__name__}: {e}")
                 say(f"  [red]{label}: {type(e).__name__}: {e}[/]")
         return
-    data = run_toy(Path(args.out), cfg.name, entries, show_progress=not args.quiet, resume=not args.restart, **cfg.toy)
+    data = run_toy(
+        Path(args.out),
+        cfg.name,
+        entries,
+        show_progress=not args.quiet,
+        resume=not args.restart,
+        **cfg.toy,
+    )
     if data["reused"]:
-        say(f"  reused saved trajectories of {', '.join(data['reused'])} (same settings; --restart recomputes)")
+        say(
+            f"  reused saved trajectories of {', '.join(data['reused'])} (same settings; --restart "
+            "recomputes)"
+        )
     for label, msg in data["failed"].items():
         failures.append(f"{cfg.name}/{label}: {msg}")
         say(f"  [red]{label} failed: {msg}[/]")
 
 
-def _bench_train(cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]) -> None:
+def _bench_train(
+    cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]
+) -> None:
     import json
 
     from .bench.runner import check_run, order_runs, run
@@ -159,9 +188,12 @@ def _bench_train(cfg: Any, args: argparse.Namespace, say: Callable[[str], None],
             except Exception as e:  # noqa: BLE001 (report every run, then fail)
                 failures.append(f"{r.run_id}: {type(e).__name__}: {e}")
                 status = f"[red]{type(e).__name__}: {e}[/]"
-            say(f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} optimizer={r.optimizer['name']} "
+            say(
+                f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} "
+                f"optimizer={r.optimizer['name']} "
                 f"scheduler={r.scheduler['name']} val_fraction={r.val_fraction:g} "
-                f"selection={r.selection['criterion']}: {status}")
+                f"selection={r.selection['criterion']}: {status}"
+            )
         return
     if cfg.baseline:
         (out / cfg.name).mkdir(parents=True, exist_ok=True)
@@ -175,8 +207,11 @@ def _bench_train(cfg: Any, args: argparse.Namespace, say: Callable[[str], None],
             continue
         final = ", ".join(f"{s['key']}={res['final'][s['key']]:.4f}" for s in res["metric_specs"])
         sel = res.get("selection") or {}
-        chosen = (f"epoch {sel['epoch']}/{r.epochs} by validation {sel['criterion']}"
-                  if sel.get("criterion", "last") != "last" else f"last epoch ({r.epochs})")
+        chosen = (
+            f"epoch {sel['epoch']}/{r.epochs} by validation {sel['criterion']}"
+            if sel.get("criterion", "last") != "last"
+            else f"last epoch ({r.epochs})"
+        )
         say(f"  {r.run_id}: {final} at {chosen} ({res['time_per_epoch_s']:.1f} s/epoch)")
 
 
@@ -205,7 +240,10 @@ def _bench(args: argparse.Namespace) -> int:
             _say_stale(path, console.print)
     if failures:
         what = "failed the check" if args.dry_run else "failed (the others are saved and reported)"
-        console.print(f"[red]{len(failures)} run{'s' if len(failures) != 1 else ''} {what}:[/]", highlight=False)
+        console.print(
+            f"[red]{len(failures)} run{'s' if len(failures) != 1 else ''} {what}:[/]",
+            highlight=False,
+        )
         for f in failures:
             console.print(f"  {f}", markup=False)
         return EXIT_FAILED
@@ -216,7 +254,9 @@ def _show_report(report_md: Path, console: Any) -> None:
     """Print the report's tables (not its plot links) to the console."""
     from rich.markdown import Markdown
 
-    text = "\n".join(line for line in report_md.read_text().splitlines() if not line.startswith("!["))
+    text = "\n".join(
+        line for line in report_md.read_text().splitlines() if not line.startswith("![")
+    )
     console.print(Markdown(text))
 
 
@@ -226,8 +266,10 @@ def _say_stale(report_md: Path, say: Callable[[str], object]) -> None:
 
     n = json.loads(report_md.with_name("report.json").read_text()).get("excluded_stale", 0)
     if n:
-        say(f"{n} stale run{'s' if n != 1 else ''} (another config) left out of the tables: see "
-            "“stale runs” in the report; rerun them with `taskgrad bench CONFIG` to include them.")
+        say(
+            f"{n} stale run{'s' if n != 1 else ''} (another config) left out of the tables: see "
+            "“stale runs” in the report; rerun them with `taskgrad bench CONFIG` to include them."
+        )
 
 
 # ----------------------------------------------------------------------------- report
@@ -236,8 +278,11 @@ def _report(args: argparse.Namespace) -> int:
 
     target = Path(args.path)
     if not target.exists():
-        raise UserError(f"{str(target)!r} does not exist: give a folder of `taskgrad bench` runs or a CSV training "
-                        "log written by taskgrad.tracking.CSVLogger.")
+        raise UserError(
+            f"{str(target)!r} does not exist: give a folder of `taskgrad bench` runs or a CSV "
+            "training "
+            "log written by taskgrad.tracking.CSVLogger."
+        )
     console = Console(highlight=False)
     if target.is_file():  # a CSV training log: weights, gradient cosines, κ(G) over training
         import warnings
@@ -268,7 +313,9 @@ def _report(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise UserError(str(e)) from e
     _show_report(path, console)
-    console.print(f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""), markup=False)
+    console.print(
+        f"report: {path.resolve()}" + (f" (also {args.md})" if args.md else ""), markup=False
+    )
     _say_stale(path, console.print)
     return 0
 
@@ -290,12 +337,17 @@ def _parameters(name: str) -> str:
         params = inspect.signature(_factory(name)).parameters.values()
     except (TypeError, ValueError, KeyError):
         return ""
-    return ", ".join(p.name + ("" if p.default is p.empty else f"={p.default!r}") for p in params
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return ", ".join(
+        p.name + ("" if p.default is p.empty else f"={p.default!r}")
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
 
 
 def _describe(name: str) -> str:
-    """Name, description, paper, parameters with defaults (the registry's describe() when it has one)."""
+    """Name, description, paper, parameters with defaults (the registry's describe() when it has
+    one).
+    """
     from .methods import registry
 
     describe = getattr(registry, "describe", None)
@@ -305,7 +357,9 @@ def _describe(name: str) -> str:
     doc = registry.available()[key]
     factory = _factory(key)
     paper = (inspect.getdoc(factory) or "").split("\n", 1)[0]
-    return "\n".join([f"{key}: {doc}", f"  paper: {paper}", f"  parameters: {_parameters(key) or 'none'}"])
+    return "\n".join(
+        [f"{key}: {doc}", f"  paper: {paper}", f"  parameters: {_parameters(key) or 'none'}"]
+    )
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -330,35 +384,73 @@ def _methods(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="run the demo and write plots and a table to --out")
-    demo.add_argument("--out", default="taskgrad-demo", help="output folder (default: taskgrad-demo)")
-    demo.add_argument("--steps", type=int, default=60,
-                      help="SGD steps of the two-quadratics part (default: 60)")
-    demo.add_argument("--lr", type=float, default=0.05,
-                      help="learning rate of the two-quadratics part (default: 0.05)")
-    demo.add_argument("--quick", action="store_true", help="fewer toy steps and a tiny MultiMNIST run (smoke test)")
+    demo.add_argument(
+        "--out", default="taskgrad-demo", help="output folder (default: taskgrad-demo)"
+    )
+    demo.add_argument(
+        "--steps", type=int, default=60, help="SGD steps of the two-quadratics part (default: 60)"
+    )
+    demo.add_argument(
+        "--lr",
+        type=float,
+        default=0.05,
+        help="learning rate of the two-quadratics part (default: 0.05)",
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer toy steps and a tiny MultiMNIST run (smoke test)",
+    )
     demo.add_argument("--quadratics-only", action="store_true", help="only the two-quadratics part")
     demo.set_defaults(func=_demo)
 
 
 def _add_bench(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="run benchmark configs (TOML or YAML) and write results, tables and plots")
-    bench.add_argument("configs", nargs="+",
-                       help="config files (.toml, .yaml, .yml), e.g. benchmarks/configs/*.toml; "
-                            "schema: benchmarks/configs/README.md")
-    bench.add_argument("--out", default="benchmarks/out/bench", help="results folder (default: benchmarks/out/bench)")
+    bench = sub.add_parser(
+        "bench", help="run benchmark configs (TOML or YAML) and write results, tables and plots"
+    )
+    bench.add_argument(
+        "configs",
+        nargs="+",
+        help="config files (.toml, .yaml, .yml), e.g. benchmarks/configs/*.toml; "
+        "schema: benchmarks/configs/README.md",
+    )
+    bench.add_argument(
+        "--out",
+        default="benchmarks/out/bench",
+        help="results folder (default: benchmarks/out/bench)",
+    )
     bench.add_argument("--md", default=None, help="also write the Markdown report to this file")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds")
-    bench.add_argument("--methods", nargs="+", default=None,
-                       help="only these methods (labels or names; single-task baselines kept)")
-    bench.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
-                       help="override a config key for this run, e.g. --set epochs=1 --set data.n_train=512 "
-                            "--set toy.steps=50 (VALUE is a TOML value; repeatable)")
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only these methods (labels or names; single-task baselines kept)",
+    )
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override a config key for this run, e.g. --set epochs=1 --set data.n_train=512 "
+        "--set toy.steps=50 (VALUE is a TOML value; repeatable)",
+    )
     bench.add_argument("--device", default=None, help="override the configs' device (cpu, cuda)")
-    bench.add_argument("--restart", action="store_true", help="ignore saved checkpoints and results")
-    bench.add_argument("--dry-run", action="store_true",
-                       help="build every run (data, model, method) and take one step on a copy, saving nothing")
+    bench.add_argument(
+        "--restart", action="store_true", help="ignore saved checkpoints and results"
+    )
+    bench.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build every run (data, model, method) and take one step on a copy, saving nothing",
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
-    bench.add_argument("--no-plots", action="store_true", help="write the report's tables without its plots (faster)")
+    bench.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write the report's tables without its plots (faster)",
+    )
     bench.set_defaults(func=_bench)
 
 
@@ -367,31 +459,56 @@ def _add_report(sub: Any) -> None:
         "report",
         help="rebuild tables and plots from saved runs in a folder, or plot a CSV training log",
     )
-    rep.add_argument("path", help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.tracking.CSVLogger")
-    rep.add_argument("--md", default=None, help="(runs) also write the Markdown report to this file")
-    rep.add_argument("--config", nargs="+", default=None,
-                     help="(runs) the config files the runs should be of: a saved run of another config is "
-                          "left out of the tables and listed as stale (default: per experiment, the runs of "
-                          "another protocol than its newest run are)")
-    rep.add_argument("--out", default=None, help="(log) folder for the plots (default: next to the log)")
-    rep.add_argument("--no-plots", action="store_true", help="(runs) write the tables without the plots (faster)")
+    rep.add_argument(
+        "path",
+        help="a folder of `taskgrad bench` runs, or a CSV written by taskgrad.tracking.CSVLogger",
+    )
+    rep.add_argument(
+        "--md", default=None, help="(runs) also write the Markdown report to this file"
+    )
+    rep.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        help="(runs) the config files the runs should be of: a saved run of another config is "
+        "left out of the tables and listed as stale (default: per experiment, the runs of "
+        "another protocol than its newest run are)",
+    )
+    rep.add_argument(
+        "--out", default=None, help="(log) folder for the plots (default: next to the log)"
+    )
+    rep.add_argument(
+        "--no-plots", action="store_true", help="(runs) write the tables without the plots (faster)"
+    )
     rep.set_defaults(func=_report)
 
 
 def _add_methods(sub: Any) -> None:
     meth = sub.add_parser("methods", help="list the methods with their parameters, or describe one")
-    meth.add_argument("name", nargs="?", default=None,
-                      help="a method name (e.g. cagrad): its parameters, defaults and paper")
+    meth.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help="a method name (e.g. cagrad): its parameters, defaults and paper",
+    )
     meth.set_defaults(func=_methods)
 
 
 def _add_compile(sub: Any) -> None:
-    comp = sub.add_parser("compile", help="compile the numba kernels now instead of on first use (progress shown)")
+    comp = sub.add_parser(
+        "compile", help="compile the numba kernels now instead of on first use (progress shown)"
+    )
     comp.add_argument("--quiet", action="store_true", help="no progress bar")
     comp.set_defaults(func=_compile)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_methods, _add_bench, _add_report, _add_compile]
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
+    _add_methods,
+    _add_bench,
+    _add_report,
+    _add_compile,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextmanager
 def _plain_warnings() -> Iterator[None]:
     """Warnings shown as ``warning: message`` (no source line) while the command runs."""
+
     def plain(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
         return f"warning: {message}\n"
 

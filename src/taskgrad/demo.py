@@ -15,6 +15,7 @@ Writes a plot (trajectories over the contours, and L1 against steps) and a JSON 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,9 @@ def run(method: Weighting, steps: int = 60, lr: float = 0.05) -> dict[str, list]
 
 
 def figure(runs: dict[str, dict[str, list]]) -> Any:
-    """Trajectories over the contours of L0 and L1, and L1 against steps (log scale, plain numbers)."""
+    """Trajectories over the contours of L0 and L1, and L1 against steps (log scale, plain
+    numbers).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,8 +106,12 @@ def figure(runs: dict[str, dict[str, list]]) -> Any:
     return fig
 
 
-def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.05, show: bool = True) -> dict:
-    """Run the three methods, save ``toy2d.png`` and ``toy2d.json`` in ``out_dir``, return the summary."""
+def main(
+    out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.05, show: bool = True
+) -> dict:
+    """Run the three methods, save ``toy2d.png`` and ``toy2d.json`` in ``out_dir``, return the
+    summary.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +128,7 @@ def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.0
     runs = {name: run(m, steps, lr) for name, m in methods.items()}
     summary = {}
     for name, r in runs.items():
-        rises = [b - a for a, b in zip(r["L1"], r["L1"][1:])]
+        rises = [b - a for a, b in itertools.pairwise(r["L1"])]
         summary[name] = {
             "final_L0": r["L0"][-1],
             "final_L1": r["L1"][-1],
@@ -132,13 +139,21 @@ def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.0
     fig = figure(runs)
     fig.savefig(out / "toy2d.png", dpi=120)
     plt.close(fig)
-    (out / "toy2d.json").write_text(json.dumps({"lr": lr, "steps": steps, "summary": summary, "runs": runs}, indent=1))
+    (out / "toy2d.json").write_text(
+        json.dumps({"lr": lr, "steps": steps, "summary": summary, "runs": runs}, indent=1)
+    )
     if show:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"Two conflicting quadratics, SGD lr={lr}, {steps} steps")
-        for col in ["method", "final L0", "L1 change", "largest 1st-order L1 rise", "largest L1 rise in a step"]:
+        for col in [
+            "method",
+            "final L0",
+            "L1 change",
+            "largest 1st-order L1 rise",
+            "largest L1 rise in a step",
+        ]:
             table.add_column(col, justify="right")
         for name, s in summary.items():
             table.add_row(
@@ -150,5 +165,7 @@ def main(out_dir: str | Path = "taskgrad-demo", steps: int = 60, lr: float = 0.0
             )
         console = Console()
         console.print(table)
-        console.print(f"plot: {out.resolve() / 'toy2d.png'}\nnumbers: {out.resolve() / 'toy2d.json'}")
+        console.print(
+            f"plot: {out.resolve() / 'toy2d.png'}\nnumbers: {out.resolve() / 'toy2d.json'}"
+        )
     return summary

@@ -5,7 +5,8 @@ split and best-validation model selection) → JSON/CSV → Δm tables and plots
 config schema is documented in ``benchmarks/configs/README.md`` and :mod:`taskgrad.bench.config`.
 Modules: :mod:`.problem` (the Problem and Metric interface), :mod:`.registry` (problems by name),
 :mod:`.problems` (one module per data set), :mod:`.config`, :mod:`.runner` (one training run),
-:mod:`.toy` (the CAGrad toy), :mod:`.report`, :mod:`.metrics`, :mod:`.schedulers`, :mod:`.validation`.
+:mod:`.toy` (the CAGrad toy), :mod:`.report`, :mod:`.metrics`, :mod:`.schedulers`,
+:mod:`.validation`.
 """
 
 from .config import ExperimentConfig, RunConfig, load_config, parse_config
@@ -18,7 +19,22 @@ from .schedulers import build_scheduler
 from .validation import Selector, carve_validation
 
 __all__ = [
-    "ExperimentConfig", "Metric", "OneTask", "Problem", "RunConfig", "Selector", "aggregate", "available_problems",
-    "build_scheduler", "carve_validation", "delta_m", "get_problem", "load_config", "make_method", "parse_config",
-    "register_problem", "run", "run_all",
+    "ExperimentConfig",
+    "Metric",
+    "OneTask",
+    "Problem",
+    "RunConfig",
+    "Selector",
+    "aggregate",
+    "available_problems",
+    "build_scheduler",
+    "carve_validation",
+    "delta_m",
+    "get_problem",
+    "load_config",
+    "make_method",
+    "parse_config",
+    "register_problem",
+    "run",
+    "run_all",
 ]

@@ -1,4 +1,5 @@
-"""Benchmark configs: one TOML or YAML file describes an experiment, expanded into runs (method × seed).
+"""Benchmark configs: one TOML or YAML file describes an experiment, expanded into runs (method ×
+seed).
 
 The schema (all keys but ``name``, ``dataset`` and ``methods`` optional; the full reference with
 examples is ``benchmarks/configs/README.md``)::
@@ -15,13 +16,16 @@ examples is ``benchmarks/configs/README.md``)::
     max_steps_per_epoch = 0        # 0: the whole training set each epoch
     checkpoint_every = 200         # steps between checkpoints (and at every epoch end)
     eval_batch_size = 1024
-    val_fraction = 0.0             # carve this fraction of the training set (by seed) for validation;
+    val_fraction = 0.0             # carve this fraction of the training set (by seed) for
+    validation;
                                    # 0: the data set's own validation split if it has one, else none
     [data]                         # keyword arguments of the problem
     [model]                        # keyword arguments of the problem's model
     [optimizer]                    # name = "adam" | "sgd" | "adamw", lr, weight_decay, momentum
-    [scheduler]                    # name = "none" | "step" | "cosine" | "plateau" (+ its parameters)
-    [selection]                    # criterion = "last" | "val_loss" | "metric" | "primary" | "delta_m"
+    [scheduler]                    # name = "none" | "step" | "cosine" | "plateau" (+ its
+    parameters)
+    [selection]                    # criterion = "last" | "val_loss" | "metric" | "primary" |
+    "delta_m"
     [baseline]                     # optional fixed single-task metrics {"task/metric" = value}
 
 YAML files (``.yaml``/``.yml``, read with PyYAML) use the same keys; anchors, aliases and merge
@@ -44,16 +48,42 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ExperimentConfig", "MethodEntry", "RunConfig", "apply_overrides", "load_config", "parse_config", "read_config_file",
-    "run_id", "single_task_config",
+    "ExperimentConfig",
+    "MethodEntry",
+    "RunConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+    "read_config_file",
+    "run_id",
+    "single_task_config",
 ]
 
 MethodEntry = tuple[str, str, dict[str, Any]]  # (registry name, label, keyword arguments)
 
 _TOP_KEYS = {
-    "name", "dataset", "kind", "methods", "seeds", "epochs", "batch_size", "single_task", "source",
-    "device", "max_steps_per_epoch", "checkpoint_every", "data", "model", "optimizer", "baseline",
-    "description", "eval_batch_size", "toy", "scheduler", "val_fraction", "selection",
+    "name",
+    "dataset",
+    "kind",
+    "methods",
+    "seeds",
+    "epochs",
+    "batch_size",
+    "single_task",
+    "source",
+    "device",
+    "max_steps_per_epoch",
+    "checkpoint_every",
+    "data",
+    "model",
+    "optimizer",
+    "baseline",
+    "description",
+    "eval_batch_size",
+    "toy",
+    "scheduler",
+    "val_fraction",
+    "selection",
 }
 _OPT_KEYS = {"name", "lr", "weight_decay", "momentum"}
 TOY_DEFAULTS: dict[str, Any] = {"steps": 700, "lr": 0.05, "scale": 0.1, "record_every": 5}
@@ -61,22 +91,34 @@ SCHEDULERS: dict[str, dict[str, Any]] = {  # name → {parameter: default}; None
     "none": {},
     "step": {"step_size": None, "milestones": None, "gamma": 0.1},
     "cosine": {"t_max": None, "eta_min": 0.0},
-    "plateau": {"factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel", "cooldown": 0,
-                "min_lr": 0.0, "monitor": "val_loss"},
+    "plateau": {
+        "factor": 0.1,
+        "patience": 10,
+        "threshold": 1e-4,
+        "threshold_mode": "rel",
+        "cooldown": 0,
+        "min_lr": 0.0,
+        "monitor": "val_loss",
+    },
 }
 CRITERIA = ("last", "val_loss", "metric", "primary", "delta_m")
 MONITORS = ("val_loss", "criterion", "train_loss")
 # Defaults of the fields added after the first release: a run at these defaults keeps its old
 # fingerprint, so saved results and checkpoints of older versions are still recognized.
-NEW_FIELD_DEFAULTS: dict[str, Any] = {"scheduler": {"name": "none"}, "val_fraction": 0.0,
-                                       "selection": {"criterion": "last"}}
+NEW_FIELD_DEFAULTS: dict[str, Any] = {
+    "scheduler": {"name": "none"},
+    "val_fraction": 0.0,
+    "selection": {"criterion": "last"},
+}
 
 
 _UNSAFE = str.maketrans({c: "-" for c in ':\\/*?"<>|'})
 
 
 def run_id(experiment: str, label: str, seed: int) -> str:
-    """``<experiment>/<label>/seed<seed>`` with ``:`` and ``\\/*?"<>|`` in the names replaced by ``-``."""
+    r"""``<experiment>/<label>/seed<seed>`` with ``:`` and ``\/*?"<>|`` in the names replaced by
+    ``-``.
+    """
     return f"{experiment.translate(_UNSAFE)}/{label.translate(_UNSAFE)}/seed{seed}"
 
 
@@ -111,13 +153,17 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Relative folder of the run: ``<experiment>/<label>/seed<seed>``, with the characters that
-        are not allowed in a file name on some systems (``:`` and ``\\/*?"<>|``) replaced by ``-``."""
+        r"""Relative folder of the run: ``<experiment>/<label>/seed<seed>``, with the characters
+        that are not allowed in a file name on some systems (``:`` and ``\/*?"<>|``) replaced by
+        ``-``.
+        """
         return run_id(self.experiment, self.label, self.seed)
 
     @property
     def legacy_run_id(self) -> str:
-        """The folder of the run as older versions named it (the label unchanged, e.g. ``single-task:left``)."""
+        """The folder of the run as older versions named it (the label unchanged, e.g.
+        ``single-task:left``).
+        """
         return f"{self.experiment}/{self.label}/seed{self.seed}"
 
     @property
@@ -134,7 +180,8 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the result except ``device`` (a resumed run must match).
-        Fields added later are left out while at their defaults (older saved runs keep matching)."""
+        Fields added later are left out while at their defaults (older saved runs keep matching).
+        """
         d = self.to_dict()
         d.pop("device")
         for key, default in NEW_FIELD_DEFAULTS.items():
@@ -145,14 +192,18 @@ class RunConfig:
 
 def single_task_config(cfg: RunConfig, index: int, task: str) -> RunConfig:
     """The single-task baseline of task ``index`` (named ``task``) that goes with ``cfg``: the run
-    ``single_task = true`` adds for the same experiment, seed and settings (w = e_index)."""
-    return replace(cfg, method=f"single-task:{index}", label=f"single-task:{task}", method_kwargs={})
+    ``single_task = true`` adds for the same experiment, seed and settings (w = e_index).
+    """
+    return replace(
+        cfg, method=f"single-task:{index}", label=f"single-task:{task}", method_kwargs={}
+    )
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A parsed config file: its runs, its method entries (name, label, arguments), the toy
-    settings (``kind = "toy"``: steps, lr, scale, record_every) and a fixed baseline."""
+    settings (``kind = "toy"``: steps, lr, scale, record_every) and a fixed baseline.
+    """
 
     name: str
     kind: str
@@ -168,7 +219,9 @@ def _err(where: str, msg: str) -> ValueError:
 
 
 def _check_keys(keys: Any, allowed: Any, where: str, table: str) -> None:
-    """A ValueError for the first key of ``keys`` not in ``allowed``, naming the closest allowed key."""
+    """A ValueError for the first key of ``keys`` not in ``allowed``, naming the closest allowed
+    key.
+    """
     import difflib
 
     allowed = sorted(allowed)
@@ -176,7 +229,10 @@ def _check_keys(keys: Any, allowed: Any, where: str, table: str) -> None:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise _err(where, f"unknown key {key!r} in {table}.{hint} Allowed: {', '.join(allowed) or '(none)'}.")
+            raise _err(
+                where,
+                f"unknown key {key!r} in {table}.{hint} Allowed: {', '.join(allowed) or '(none)'}.",
+            )
 
 
 def _tname(v: Any) -> str:
@@ -203,14 +259,28 @@ def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return v
 
 
-def _number(tbl: dict[str, Any], key: str, where: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> float:
+def _number(
+    tbl: dict[str, Any],
+    key: str,
+    where: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     v = tbl[key]
-    rng = (("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", "
-           + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]"))
+    rng = (
+        ("(" if lo_open else "[")
+        + ("-inf" if lo is None else f"{lo:g}")
+        + ", "
+        + ("inf" if hi is None else f"{hi:g}")
+        + (")" if hi_open or hi is None else "]")
+    )
     if not _is_num(v) or not math.isfinite(v):
         raise _err(where, f"'{key}' must be a number in {rng}, got {v!r} ({_tname(v)}).")
-    if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
+    if (lo is not None and (v < lo or (lo_open and v == lo))) or (
+        hi is not None and (v > hi or (hi_open and v == hi))
+    ):
         raise _err(where, f"'{key}' must be in {rng}, got {v!r}.")
     return float(v)
 
@@ -224,16 +294,25 @@ def _int(tbl: dict[str, Any], key: str, where: str, lo: int) -> int:
 
 def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]]]:
     if not isinstance(raw, list) or not raw:
-        raise _err(where, "'methods' must be a non-empty list of names or {name = ..., ...} tables.")
+        raise _err(
+            where, "'methods' must be a non-empty list of names or {name = ..., ...} tables."
+        )
     out = []
     for m in raw:
         if isinstance(m, str):
             out.append((m, m, {}))
         elif isinstance(m, dict) and isinstance(m.get("name"), str):
             if "label" in m and not isinstance(m["label"], str):
-                raise _err(where, f"method entry {m!r}: 'label' must be a string, got {_tname(m['label'])}.")
+                raise _err(
+                    where,
+                    f"method entry {m!r}: 'label' must be a string, got {_tname(m['label'])}.",
+                )
             kw = {k: v for k, v in m.items() if k not in ("name", "label")}
-            label = m.get("label") or (m["name"] if not kw else m["name"] + "-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items())))
+            label = m.get("label") or (
+                m["name"]
+                if not kw
+                else m["name"] + "-" + "-".join(f"{k}{v}" for k, v in sorted(kw.items()))
+            )
             out.append((m["name"], str(label), kw))
         else:
             raise _err(where, f"method entry {m!r} must be a name or a table with a 'name' key.")
@@ -250,7 +329,10 @@ def _optimizer(raw: dict[str, Any], where: str) -> dict[str, Any]:
         raise _err(where, f"optimizer name must be 'adam', 'adamw' or 'sgd', got {opt['name']!r}.")
     w = f"{where}: [optimizer]"
     if not _is_num(opt["lr"]) or opt["lr"] <= 0:
-        raise _err(where, f"optimizer lr must be a positive number, got {opt['lr']!r} ({_tname(opt['lr'])}).")
+        raise _err(
+            where,
+            f"optimizer lr must be a positive number, got {opt['lr']!r} ({_tname(opt['lr'])}).",
+        )
     if "weight_decay" in opt:
         _number(opt, "weight_decay", w, lo=0.0)
     if "momentum" in opt:
@@ -258,7 +340,9 @@ def _optimizer(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return opt
 
 
-def parse_scheduler(raw: dict[str, Any] | None, epochs: int, lr: float, where: str = "config") -> dict[str, Any]:
+def parse_scheduler(
+    raw: dict[str, Any] | None, epochs: int, lr: float, where: str = "config"
+) -> dict[str, Any]:
     """Validate a [scheduler] table and fill its defaults (see ``SCHEDULERS``).
 
     none: constant lr. step: lr·γ^⌊e/step_size⌋, or lr·γ^(number of milestones ≤ e) after epoch e.
@@ -275,40 +359,67 @@ def parse_scheduler(raw: dict[str, Any] | None, epochs: int, lr: float, where: s
     spec: dict[str, Any] = {"name": name}
     if name == "step":
         if ("step_size" in tbl) == ("milestones" in tbl):
-            raise _err(where, "[scheduler] name = 'step' needs exactly one of 'step_size' (decay every n epochs) "
-                              "or 'milestones' (a list of epochs).")
+            raise _err(
+                where,
+                "[scheduler] name = 'step' needs exactly one of 'step_size' (decay every n epochs) "
+                "or 'milestones' (a list of epochs).",
+            )
         if "step_size" in tbl:
             spec["step_size"] = _int(tbl, "step_size", w, 1)
         else:
             ms = tbl["milestones"]
-            if not isinstance(ms, list) or not ms or not all(_is_int(m) and m >= 1 for m in ms) or ms != sorted(set(ms)):
-                raise _err(where, f"[scheduler] 'milestones' must be a non-empty increasing list of epochs ≥ 1, got {ms!r}.")
+            if (
+                not isinstance(ms, list)
+                or not ms
+                or not all(_is_int(m) and m >= 1 for m in ms)
+                or ms != sorted(set(ms))
+            ):
+                raise _err(
+                    where,
+                    "[scheduler] 'milestones' must be a non-empty increasing list of epochs ≥ 1, "
+                    f"got {ms!r}.",
+                )
             spec["milestones"] = list(ms)
-        spec["gamma"] = _number({"gamma": tbl.get("gamma", 0.1)}, "gamma", w, lo=0.0, hi=1.0, lo_open=True)
+        spec["gamma"] = _number(
+            {"gamma": tbl.get("gamma", 0.1)}, "gamma", w, lo=0.0, hi=1.0, lo_open=True
+        )
     elif name == "cosine":
         spec["t_max"] = _int({"t_max": tbl.get("t_max", epochs)}, "t_max", w, 1)
         spec["eta_min"] = _number({"eta_min": tbl.get("eta_min", 0.0)}, "eta_min", w, lo=0.0)
         if spec["eta_min"] >= lr:
-            raise _err(where, f"[scheduler] eta_min = {spec['eta_min']} must be below the optimizer lr = {lr}.")
+            raise _err(
+                where,
+                f"[scheduler] eta_min = {spec['eta_min']} must be below the optimizer lr = {lr}.",
+            )
     elif name == "plateau":
         full = {**allowed, **tbl}
         spec["factor"] = _number(full, "factor", w, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         spec["patience"] = _int(full, "patience", w, 0)
         spec["threshold"] = _number(full, "threshold", w, lo=0.0)
         if full["threshold_mode"] not in ("rel", "abs"):
-            raise _err(where, f"[scheduler] threshold_mode must be 'rel' or 'abs', got {full['threshold_mode']!r}.")
+            raise _err(
+                where,
+                "[scheduler] threshold_mode must be 'rel' or 'abs', got "
+                f"{full['threshold_mode']!r}.",
+            )
         spec["threshold_mode"] = full["threshold_mode"]
         spec["cooldown"] = _int(full, "cooldown", w, 0)
         spec["min_lr"] = _number(full, "min_lr", w, lo=0.0)
         if full["monitor"] not in MONITORS:
-            raise _err(where, f"[scheduler] monitor must be one of {list(MONITORS)}, got {full['monitor']!r}.")
+            raise _err(
+                where,
+                f"[scheduler] monitor must be one of {list(MONITORS)}, got {full['monitor']!r}.",
+            )
         spec["monitor"] = full["monitor"]
     return spec
 
 
-def parse_selection(raw: dict[str, Any] | None, tasks: list[str] | None, where: str = "config") -> dict[str, Any]:
+def parse_selection(
+    raw: dict[str, Any] | None, tasks: list[str] | None, where: str = "config"
+) -> dict[str, Any]:
     """Validate a [selection] table: ``criterion`` (one of ``CRITERIA``) and, for ``"metric"``,
-    ``metric = "<task>/<name>"`` (a validation metric; its direction comes from the problem)."""
+    ``metric = "<task>/<name>"`` (a validation metric; its direction comes from the problem).
+    """
     tbl = dict(raw or {})
     crit = tbl.pop("criterion", "last")
     if crit not in CRITERIA:
@@ -316,20 +427,31 @@ def parse_selection(raw: dict[str, Any] | None, tasks: list[str] | None, where: 
     allowed = {"metric"} if crit == "metric" else set()
     unknown = set(tbl) - allowed
     if unknown:
-        raise _err(where, f"[selection] criterion = {crit!r} does not take {sorted(unknown)}"
-                          + ("; 'metric' goes with criterion = 'metric'." if "metric" in unknown else "."))
+        raise _err(
+            where,
+            f"[selection] criterion = {crit!r} does not take {sorted(unknown)}"
+            + ("; 'metric' goes with criterion = 'metric'." if "metric" in unknown else "."),
+        )
     spec: dict[str, Any] = {"criterion": crit}
     if crit == "metric":
         m = tbl.get("metric")
         if not isinstance(m, str) or "/" not in m:
-            raise _err(where, f"[selection] criterion = 'metric' needs metric = \"<task>/<name>\", got {m!r}.")
+            raise _err(
+                where,
+                f"[selection] criterion = 'metric' needs metric = \"<task>/<name>\", got {m!r}.",
+            )
         if tasks is not None and m.split("/", 1)[0] not in tasks:
-            raise _err(where, f"[selection] metric {m!r}: task {m.split('/', 1)[0]!r} is not one of {tasks}.")
+            raise _err(
+                where,
+                f"[selection] metric {m!r}: task {m.split('/', 1)[0]!r} is not one of {tasks}.",
+            )
         spec["metric"] = m
     return spec
 
 
-def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool = True) -> ExperimentConfig:
+def parse_config(
+    raw: dict[str, Any], where: str = "config", check_methods: bool = True
+) -> ExperimentConfig:
     """Validate a config mapping (as read from TOML or YAML) and expand it into runs."""
     if not isinstance(raw, dict):
         raise _err(where, f"a config is a table (mapping) of keys, got {_tname(raw)}.")
@@ -350,35 +472,66 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
         raise _err(where, f"'seeds' must be a non-empty list of ints, got {seeds!r}.")
     if len(set(seeds)) != len(seeds):
         raise _err(where, f"'seeds' has duplicates: {seeds!r}.")
-    ints = {"epochs": 1, "batch_size": 256, "max_steps_per_epoch": 0, "checkpoint_every": 200, "eval_batch_size": 1024}
+    ints = {
+        "epochs": 1,
+        "batch_size": 256,
+        "max_steps_per_epoch": 0,
+        "checkpoint_every": 200,
+        "eval_batch_size": 1024,
+    }
     vals: dict[str, int] = {}
     for key, default in ints.items():
         v = raw.get(key, default)
         if not _is_int(v) or v < (0 if key == "max_steps_per_epoch" else 1):
-            raise _err(where, f"'{key}' must be a {'non-negative' if key == 'max_steps_per_epoch' else 'positive'} int, "
-                              f"got {v!r} ({_tname(v)}).")
+            raise _err(
+                where,
+                f"'{key}' must be a "
+                f"{'non-negative' if key == 'max_steps_per_epoch' else 'positive'} int, "
+                f"got {v!r} ({_tname(v)}).",
+            )
         vals[key] = v
     single_task = raw.get("single_task", False)
     if not isinstance(single_task, bool):
-        raise _err(where, f"'single_task' must be true or false, got {single_task!r} ({_tname(single_task)}).")
+        raise _err(
+            where,
+            f"'single_task' must be true or false, got {single_task!r} ({_tname(single_task)}).",
+        )
     device = raw.get("device", "auto")
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "mps") or device.split(":")[0] == "cuda"):
+    if not isinstance(device, str) or not (
+        device in ("auto", "cpu", "mps") or device.split(":")[0] == "cuda"
+    ):
         raise _err(where, f"'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
     opt = _optimizer(raw, where)
     source = raw.get("source", "full")
     if source not in ("full", "representation", "jacobian", "sketch", "auto"):
-        raise _err(where, f"'source' must be full, representation, jacobian, sketch or auto, got {source!r}.")
-    tables = {tbl: _table(raw, tbl, where) for tbl in ("data", "model", "baseline", "toy", "scheduler", "selection")}
+        raise _err(
+            where,
+            f"'source' must be full, representation, jacobian, sketch or auto, got {source!r}.",
+        )
+    tables = {
+        tbl: _table(raw, tbl, where)
+        for tbl in ("data", "model", "baseline", "toy", "scheduler", "selection")
+    }
     for k, v in tables["baseline"].items():
         if not _is_num(v):
             raise _err(where, f"[baseline] '{k}' must be a number, got {v!r} ({_tname(v)}).")
-    val_fraction = _number({"val_fraction": raw.get("val_fraction", 0.0)}, "val_fraction", where, lo=0.0, hi=1.0, hi_open=True)
+    val_fraction = _number(
+        {"val_fraction": raw.get("val_fraction", 0.0)},
+        "val_fraction",
+        where,
+        lo=0.0,
+        hi=1.0,
+        hi_open=True,
+    )
     toy = _toy_settings(tables["toy"], kind, where)
     raw_methods = raw.get("methods")
     if kind == "toy" and "methods" in tables["toy"]:  # the older place of a toy config's methods
         if raw_methods is not None and raw_methods != tables["toy"]["methods"]:
-            raise _err(where, "methods are given twice, at the top level and in [toy]: keep the top-level "
-                              "'methods' and delete [toy] methods.")
+            raise _err(
+                where,
+                "methods are given twice, at the top level and in [toy]: keep the top-level "
+                "'methods' and delete [toy] methods.",
+            )
         raw_methods = tables["toy"]["methods"]
     entries = _method_entries(raw_methods, where)
     if check_methods:
@@ -399,20 +552,37 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_methods: bool
         scheduler = parse_scheduler(tables["scheduler"], vals["epochs"], float(opt["lr"]), where)
         selection = parse_selection(tables["selection"], tasks, where)
         if selection["criterion"] == "delta_m" and not single_task and not tables["baseline"]:
-            raise _err(where, "[selection] criterion = 'delta_m' compares with single-task validation metrics: "
-                              "set single_task = true, or give a fixed [baseline] table.")
+            raise _err(
+                where,
+                "[selection] criterion = 'delta_m' compares with single-task validation metrics: "
+                "set single_task = true, or give a fixed [baseline] table.",
+            )
         if selection["criterion"] == "delta_m" and not single_task:
             selection["baseline"] = {str(k): float(v) for k, v in tables["baseline"].items()}
         if scheduler.get("monitor") == "criterion" and selection["criterion"] == "last":
-            raise _err(where, "[scheduler] monitor = 'criterion' needs a [selection] criterion other than 'last'.")
+            raise _err(
+                where,
+                "[scheduler] monitor = 'criterion' needs a [selection] criterion other than "
+                "'last'.",
+            )
         common = dict(
-            experiment=raw["name"], dataset=raw["dataset"], source=source, device=device,
-            data=dict(tables["data"]), model=dict(tables["model"]), optimizer=opt, scheduler=scheduler,
-            val_fraction=val_fraction, selection=selection, **vals,
+            experiment=raw["name"],
+            dataset=raw["dataset"],
+            source=source,
+            device=device,
+            data=dict(tables["data"]),
+            model=dict(tables["model"]),
+            optimizer=opt,
+            scheduler=scheduler,
+            val_fraction=val_fraction,
+            selection=selection,
+            **vals,
         )
         for seed in seeds:
             for name, label, kw in entries:
-                runs.append(RunConfig(method=name, label=label, seed=seed, method_kwargs=kw, **common))
+                runs.append(
+                    RunConfig(method=name, label=label, seed=seed, method_kwargs=kw, **common)
+                )
         if single_task:
             for seed in seeds:
                 template = RunConfig(method="single-task:0", label="", seed=seed, **common)
@@ -430,14 +600,18 @@ def _toy_settings(tbl: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
     _check_keys(tbl, set(TOY_DEFAULTS) | {"methods"}, where, "[toy]")
     full = {**TOY_DEFAULTS, **{k: v for k, v in tbl.items() if k != "methods"}}
     w = f"{where}: [toy]"
-    return {"steps": _int(full, "steps", w, 1), "lr": _number(full, "lr", w, lo=0.0, lo_open=True),
-            "scale": _number(full, "scale", w, lo=0.0, lo_open=True),
-            "record_every": _int(full, "record_every", w, 1)}
+    return {
+        "steps": _int(full, "steps", w, 1),
+        "lr": _number(full, "lr", w, lo=0.0, lo_open=True),
+        "scale": _number(full, "scale", w, lo=0.0, lo_open=True),
+        "record_every": _int(full, "record_every", w, 1),
+    }
 
 
 def _check_methods(entries: list[MethodEntry], where: str) -> None:
     """Every method name is registered and every method builds with its arguments (cheap, so bad
-    arguments fail at load and not mid-benchmark)."""
+    arguments fail at load and not mid-benchmark).
+    """
     import difflib
 
     from .. import methods as _methods
@@ -460,11 +634,14 @@ def _yaml_loader() -> Any:
     """A PyYAML SafeLoader that reads YAML 1.2 floats (``1e-3``, which YAML 1.1 reads as a string),
     refuses duplicate keys (which PyYAML otherwise silently overwrites) and resolves merge keys:
     ``<<: *a`` copies the keys of mapping a, ``<<: [*a, *b]`` those of a and b (a's win), and the
-    mapping's own keys override merged ones (YAML's merge-key rule, as PyYAML's ``safe_load``)."""
+    mapping's own keys override merged ones (YAML's merge-key rule, as PyYAML's ``safe_load``).
+    """
     try:
         import yaml
     except ImportError as e:
-        raise ImportError("YAML configs need PyYAML: `pip install pyyaml` (or write the config as TOML).") from e
+        raise ImportError(
+            "YAML configs need PyYAML: `pip install pyyaml` (or write the config as TOML)."
+        ) from e
     import re
 
     class Loader(yaml.SafeLoader):
@@ -479,13 +656,20 @@ def _yaml_loader() -> Any:
     merge_tag = "tag:yaml.org,2002:merge"
 
     def merged(loader: Any, value_node: Any, deep: bool) -> dict[Any, Any]:
-        """The keys a merge key ``<<`` brings in: one mapping, or a list of them (earlier ones win)."""
+        """The keys a merge key ``<<`` brings in: one mapping, or a list of them (earlier ones
+        win).
+        """
         sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
         out: dict[Any, Any] = {}
         for src in sources:
             if not isinstance(src, yaml.MappingNode):
-                raise error(None, None, "a merge key `<<` takes a mapping (`<<: *anchor`) or a list of mappings "
-                                        f"(`<<: [*a, *b]`), got a {src.id}", src.start_mark)
+                raise error(
+                    None,
+                    None,
+                    "a merge key `<<` takes a mapping (`<<: *anchor`) or a list of mappings "
+                    f"(`<<: [*a, *b]`), got a {src.id}",
+                    src.start_mark,
+                )
             for k, v in loader.construct_object(src, deep=deep).items():
                 out.setdefault(k, v)
         return out
@@ -496,13 +680,22 @@ def _yaml_loader() -> Any:
         for key_node, value_node in node.value:
             if key_node.tag == merge_tag:
                 if base is not None:
-                    raise error(None, None, "two merge keys `<<` in one mapping: merge a list, `<<: [*a, *b]`",
-                                key_node.start_mark)
+                    raise error(
+                        None,
+                        None,
+                        "two merge keys `<<` in one mapping: merge a list, `<<: [*a, *b]`",
+                        key_node.start_mark,
+                    )
                 base = merged(loader, value_node, deep)
                 continue
             key = loader.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool)) and key is not None:  # e.g. `? [a, b]`
-                raise error(None, None, f"a key must be a scalar (a name), got a {type(key).__name__}", key_node.start_mark)
+                raise error(
+                    None,
+                    None,
+                    f"a key must be a scalar (a name), got a {type(key).__name__}",
+                    key_node.start_mark,
+                )
             if key in own:
                 raise error(None, None, f"duplicate key {key!r}", key_node.start_mark)
             own[key] = loader.construct_object(value_node, deep=deep)
@@ -532,29 +725,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config is a mapping of keys at the top level, got {_tname(raw)}.")
+            raise ValueError(
+                f"{path}: a config is a mapping of keys at the top level, got {_tname(raw)}."
+            )
         return raw
-    raise ValueError(f"{path}: configs are TOML (*.toml) or YAML (*.yaml, *.yml) files, got {path.suffix!r}.")
+    raise ValueError(
+        f"{path}: configs are TOML (*.toml) or YAML (*.yaml, *.yml) files, got {path.suffix!r}."
+    )
 
 
 def _override_value(text: str) -> Any:
-    """A TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``), or the text itself as a string."""
+    """A TOML value (``3``, ``1e-3``, ``true``, ``[1, 2]``, ``"x"``), or the text itself as a
+    string.
+    """
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str = "config") -> dict[str, Any]:
-    """A copy of the config mapping ``raw`` with each ``KEY=VALUE`` of ``overrides`` set: ``KEY`` is a
-    top-level key or ``table.key`` (e.g. ``epochs=1``, ``data.n_train=512``, ``toy.steps=20``), ``VALUE``
-    a TOML value (a bare word is a string). The result is checked like any config."""
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], where: str = "config"
+) -> dict[str, Any]:
+    """A copy of the config mapping ``raw`` with each ``KEY=VALUE`` of ``overrides`` set: ``KEY`` is
+    a
+    top-level key or ``table.key`` (e.g. ``epochs=1``, ``data.n_train=512``, ``toy.steps=20``),
+    ``VALUE``
+    a TOML value (a bare word is a string). The result is checked like any config.
+    """
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise _err(where, f"override {item!r} must be KEY=VALUE (e.g. epochs=1 or data.n_train=512).")
+            raise _err(
+                where, f"override {item!r} must be KEY=VALUE (e.g. epochs=1 or data.n_train=512)."
+            )
         table, dot, sub = key.partition(".")
         if dot:
             current = out.get(table)
@@ -570,7 +776,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], where: str = "con
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read and validate one TOML or YAML config file (see the module docstring for the keys),
-    with the ``KEY=VALUE`` ``overrides`` applied first (see :func:`apply_overrides`)."""
+    with the ``KEY=VALUE`` ``overrides`` applied first (see :func:`apply_overrides`).
+    """
     raw = read_config_file(path)
     if overrides:
         raw = apply_overrides(raw, overrides, where=str(path))

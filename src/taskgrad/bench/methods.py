@@ -1,5 +1,6 @@
 """The methods of the harness: registry methods built from a config's arguments, and the
-single-task baseline."""
+single-task baseline.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ class OneTask(Weighting):
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None
         if self.index >= losses.shape[-1]:
-            raise ValueError(f"single-task index {self.index} but there are {losses.shape[-1]} tasks.")
+            raise ValueError(
+                f"single-task index {self.index} but there are {losses.shape[-1]} tasks."
+            )
         w = torch.zeros_like(losses)
         w[..., self.index] = 1.0
         return w
@@ -37,18 +40,24 @@ def _is_numbers(v: Any) -> bool:
     """A non-empty list of numbers, or of such lists (a vector or matrix written in a config)."""
     if not isinstance(v, list) or not v:
         return False
-    return all((isinstance(x, (int, float)) and not isinstance(x, bool)) or _is_numbers(x) for x in v)
+    return all(
+        (isinstance(x, (int, float)) and not isinstance(x, bool)) or _is_numbers(x) for x in v
+    )
 
 
 def method_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     """A config's method arguments as the methods take them: a list of numbers (TOML and YAML have
-    no tensors, e.g. FAMO's ``min_losses = [-3.0, -25.0]``) becomes a float64 tensor."""
-    return {k: torch.tensor(v, dtype=torch.float64) if _is_numbers(v) else v for k, v in kwargs.items()}
+    no tensors, e.g. FAMO's ``min_losses = [-3.0, -25.0]``) becomes a float64 tensor.
+    """
+    return {
+        k: torch.tensor(v, dtype=torch.float64) if _is_numbers(v) else v for k, v in kwargs.items()
+    }
 
 
 def make_method(name: str, kwargs: dict[str, Any] | None = None) -> Weighting:
     """``single-task:<i>`` (:class:`OneTask`), or the registry method ``name`` with the config's
-    arguments ``kwargs`` (lists of numbers as tensors, see :func:`method_arguments`)."""
+    arguments ``kwargs`` (lists of numbers as tensors, see :func:`method_arguments`).
+    """
     if name.startswith("single-task:"):
         return OneTask(int(name.split(":", 1)[1]))
     return _methods.get(name, **method_arguments(dict(kwargs or {})))

@@ -13,18 +13,24 @@ from collections.abc import Mapping, Sequence
 __all__ = ["aggregate", "delta_m", "mean_std"]
 
 
-def delta_m(values: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]) -> float:
+def delta_m(
+    values: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]
+) -> float:
     """Δm% of ``values`` against ``baseline`` over the metrics named in ``higher_is_better``."""
     if not higher_is_better:
         raise ValueError("higher_is_better is empty: Δm needs at least one metric.")
     missing = [k for k in higher_is_better if k not in values or k not in baseline]
     if missing:
-        raise KeyError(f"Δm needs every metric in both the run and the baseline; missing {missing}.")
+        raise KeyError(
+            f"Δm needs every metric in both the run and the baseline; missing {missing}."
+        )
     total = 0.0
     for key, higher in higher_is_better.items():
         b = float(baseline[key])
         if b == 0 or not math.isfinite(b):
-            raise ValueError(f"baseline of {key!r} is {b}: Δm divides by it, so it must be finite and non-zero.")
+            raise ValueError(
+                f"baseline of {key!r} is {b}: Δm divides by it, so it must be finite and non-zero."
+            )
         rel = (float(values[key]) - b) / abs(b)
         total += -rel if higher else rel
     return 100.0 * total / len(higher_is_better)

@@ -91,11 +91,19 @@ class Problem:
         idx = torch.arange(n) if indices is None else indices
         return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
 
-    def _eval_loop(self, model: nn.Module, batch_size: int, split: str, indices: Tensor | None,
-                   visit: Callable[[list[Tensor], Tensor], None] | None, with_losses: bool) -> list[float] | None:
+    def _eval_loop(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        split: str,
+        indices: Tensor | None,
+        visit: Callable[[list[Tensor], Tensor], None] | None,
+        with_losses: bool,
+    ) -> list[float] | None:
         """One pass over ``split`` (or its rows ``indices``) in eval mode, restored afterwards:
         ``visit(outputs, y)`` on every batch and, with ``with_losses``, the k mean task losses
-        L_i = Σ_b |b|·L_i(b) / n (the example average of per-batch mean losses)."""
+        L_i = Σ_b |b|·L_i(b) / n (the example average of per-batch mean losses).
+        """
         n = self.n(split) if indices is None else len(indices)
         if with_losses and n == 0:
             raise ValueError(f"mean_losses over an empty {split!r} split.")
@@ -111,19 +119,28 @@ class Problem:
                         visit(outs, y)
                     if with_losses:
                         ls = [float(v) * len(idx) for v in self.losses(outs, y)]
-                        total = ls if not total else [a + b for a, b in zip(total, ls)]
+                        total = ls if not total else [a + b for a, b in zip(total, ls, strict=True)]
         finally:
             model.train(was_training)
         if not with_losses:
             return None
         out = [t / n for t in total]
-        bad = [t for t, v in zip(self.tasks, out) if not math.isfinite(v)]
+        bad = [t for t, v in zip(self.tasks, out, strict=True) if not math.isfinite(v)]
         if bad:
-            raise FloatingPointError(f"{split} losses of {bad} are not finite: the model diverged (lower the learning rate).")
+            raise FloatingPointError(
+                f"{split} losses of {bad} are not finite: the model diverged (lower the learning "
+                "rate)."
+            )
         return out
 
-    def _sum_metrics(self, model: nn.Module, batch_size: int, split: str, indices: Tensor | None,
-                     with_losses: bool) -> tuple[dict[str, float], list[float] | None]:
+    def _sum_metrics(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        split: str,
+        indices: Tensor | None,
+        with_losses: bool,
+    ) -> tuple[dict[str, float], list[float] | None]:
         sums: dict[str, float] = {}
 
         def visit(outs: list[Tensor], y: Tensor) -> None:
@@ -134,27 +151,49 @@ class Problem:
         out = self.finalize(sums, self.n(split) if indices is None else len(indices))
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
-            raise FloatingPointError(f"metrics {bad} are not finite: the model diverged (lower the learning rate).")
+            raise FloatingPointError(
+                f"metrics {bad} are not finite: the model diverged (lower the learning rate)."
+            )
         return out, losses
 
-    def evaluate(self, model: nn.Module, batch_size: int = 1024, split: str = "test",
-                 indices: Tensor | None = None) -> dict[str, float]:
-        """Every metric on ``split`` (or on its rows ``indices``; model in eval mode, restored afterwards)."""
+    def evaluate(
+        self,
+        model: nn.Module,
+        batch_size: int = 1024,
+        split: str = "test",
+        indices: Tensor | None = None,
+    ) -> dict[str, float]:
+        """Every metric on ``split`` (or on its rows ``indices``; model in eval mode, restored
+        afterwards).
+        """
         return self._sum_metrics(model, batch_size, split, indices, with_losses=False)[0]
 
-    def mean_losses(self, model: nn.Module, batch_size: int = 1024, split: str = "test",
-                    indices: Tensor | None = None) -> list[float]:
+    def mean_losses(
+        self,
+        model: nn.Module,
+        batch_size: int = 1024,
+        split: str = "test",
+        indices: Tensor | None = None,
+    ) -> list[float]:
         """The k task losses over ``split`` (or its rows ``indices``): L_i = Σ_b |b|·L_i(b) / n, the
-        example average of per-batch mean losses (exact for losses that are means over examples)."""
+        example average of per-batch mean losses (exact for losses that are means over examples).
+        """
         out = self._eval_loop(model, batch_size, split, indices, None, with_losses=True)
         assert out is not None
         return out
 
-    def evaluate_with_losses(self, model: nn.Module, batch_size: int = 1024, split: str = "test",
-                             indices: Tensor | None = None) -> tuple[dict[str, float], list[float]]:
-        """``(evaluate(...), mean_losses(...))`` from one forward pass per batch (the same numbers at
+    def evaluate_with_losses(
+        self,
+        model: nn.Module,
+        batch_size: int = 1024,
+        split: str = "test",
+        indices: Tensor | None = None,
+    ) -> tuple[dict[str, float], list[float]]:
+        """``(evaluate(...), mean_losses(...))`` from one forward pass per batch (the same numbers
+        at
         half the cost). A subclass with its own ``evaluate`` overrides this too (see CensusProblem),
-        or :func:`split_evaluator` calls its ``evaluate`` and ``mean_losses`` instead."""
+        or :func:`split_evaluator` calls its ``evaluate`` and ``mean_losses`` instead.
+        """
         metrics, losses = self._sum_metrics(model, batch_size, split, indices, with_losses=True)
         assert losses is not None
         return metrics, losses
@@ -171,8 +210,11 @@ def _takes(fn: Callable[..., Any], name: str) -> bool:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): assume the current one
         return True
-    return any((p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or p.kind is p.VAR_KEYWORD
-               for p in params)
+    return any(
+        (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        or p.kind is p.VAR_KEYWORD
+        for p in params
+    )
 
 
 def _signature(method: str) -> str:
@@ -180,45 +222,68 @@ def _signature(method: str) -> str:
     return f"def {method}(self, model, batch_size=1024, split='test', indices=None) -> {returns}"
 
 
-_ROWS = "val_rows"  # the split name under which an evaluate without indices= sees the validation rows
+_ROWS = (
+    "val_rows"  # the split name under which an evaluate without indices= sees the validation rows
+)
 
 
-def _rows_as_split(problem: Problem, split: str, indices: Tensor, method: str = "evaluate") -> Problem:
-    """A shallow copy of ``problem`` whose split ``"val_rows"`` holds the rows ``indices`` of ``split``
-    (for an ``evaluate`` that takes ``split=`` but no ``indices=``; the problem itself is unchanged)."""
+def _rows_as_split(
+    problem: Problem, split: str, indices: Tensor, method: str = "evaluate"
+) -> Problem:
+    """A shallow copy of ``problem`` whose split ``"val_rows"`` holds the rows ``indices`` of
+    ``split``
+    (for an ``evaluate`` that takes ``split=`` but no ``indices=``; the problem itself is
+    unchanged).
+    """
     name = f"{type(problem).__name__}.{method}"
     xs, ys = problem.x.get(split), problem.y.get(split)
     idx = indices.to(problem.device)
     try:
         x, y = xs[idx], ys[idx]  # type: ignore[index]
         same = type(x) is type(xs) and type(y) is type(ys)
-        why = "" if same else f"{type(xs).__name__}[rows] is a {type(x).__name__}, not a {type(xs).__name__}"
+        why = (
+            ""
+            if same
+            else f"{type(xs).__name__}[rows] is a {type(x).__name__}, not a {type(xs).__name__}"
+        )
     except Exception as e:  # noqa: BLE001 (any storage that cannot be indexed by rows)
         why = f"{type(xs).__name__}[rows] fails: {type(e).__name__}: {e}"
     if why:
         raise TypeError(
-            f"{name} takes no indices= argument and its {split!r} data cannot be sliced into a split "
-            f"of the validation rows ({why}): implement `{_signature(method)}` (on the rows `indices` of "
-            "`split`, every row when None).")
+            f"{name} takes no indices= argument and its {split!r} data cannot be sliced into a "
+            "split "
+            f"of the validation rows ({why}): implement `{_signature(method)}` (on the rows "
+            "`indices` of "
+            "`split`, every row when None)."
+        )
     view = copy.copy(problem)
     view.x, view.y = {**problem.x, _ROWS: x}, {**problem.y, _ROWS: y}
     return view
 
 
-def split_evaluator(problem: Problem, split: str, indices: Tensor | None = None
-                    ) -> Callable[[nn.Module, int], tuple[dict[str, float], list[float]]]:
-    """``f(model, batch_size) → (metrics, task losses)`` on ``split`` (or its rows ``indices``), what
+def split_evaluator(
+    problem: Problem, split: str, indices: Tensor | None = None
+) -> Callable[[nn.Module, int], tuple[dict[str, float], list[float]]]:
+    """``f(model, batch_size) → (metrics, task losses)`` on ``split`` (or its rows ``indices``),
+    what
     ``problem.evaluate`` and ``problem.mean_losses`` give there.
 
-    One forward pass per batch (``evaluate_with_losses``) unless a subclass overrides ``evaluate`` or
+    One forward pass per batch (``evaluate_with_losses``) unless a subclass overrides ``evaluate``
+    or
     ``mean_losses`` below the class that defines ``evaluate_with_losses``: their own code then runs,
     one pass each. An ``evaluate`` without ``indices=`` (the signature before validation splits) is
-    served by a copy of the problem whose split ``"val_rows"`` holds the rows (sliced once, here); one
-    without ``split=`` cannot evaluate a validation split: a ``TypeError`` here, before any training.
+    served by a copy of the problem whose split ``"val_rows"`` holds the rows (sliced once, here);
+    one
+    without ``split=`` cannot evaluate a validation split: a ``TypeError`` here, before any
+    training.
     """
     cls = type(problem)
-    if _defined_at(cls, "evaluate_with_losses") <= min(_defined_at(cls, "evaluate"), _defined_at(cls, "mean_losses")):
-        return lambda model, bs: problem.evaluate_with_losses(model, bs, split=split, indices=indices)
+    if _defined_at(cls, "evaluate_with_losses") <= min(
+        _defined_at(cls, "evaluate"), _defined_at(cls, "mean_losses")
+    ):
+        return lambda model, bs: problem.evaluate_with_losses(
+            model, bs, split=split, indices=indices
+        )
 
     views: list[Problem] = []  # the copy with the rows as a split, made once if needed
 
@@ -226,11 +291,19 @@ def split_evaluator(problem: Problem, split: str, indices: Tensor | None = None
         fn = getattr(problem, method)
         if not _takes(fn, "split"):
             raise TypeError(
-                f"{cls.__name__}.{method} takes no split= argument, so the harness cannot evaluate the validation "
-                f"split ({split!r}{'' if indices is None else f', {len(indices)} rows'}): implement "
+                f"{cls.__name__}.{method} takes no split= argument, so the harness cannot evaluate "
+                "the validation "
+                f"split ({split!r}{'' if indices is None else f', {len(indices)} rows'}): "
+                "implement "
                 f"`{_signature(method)}`"
-                + (", or train without a validation split (val_fraction = 0, [selection] criterion = 'last')"
-                   if indices is not None else "") + ".")
+                + (
+                    ", or train without a validation split (val_fraction = 0, [selection] "
+                    "criterion = 'last')"
+                    if indices is not None
+                    else ""
+                )
+                + "."
+            )
         if _takes(fn, "indices"):
             return lambda model, bs: fn(model, bs, split=split, indices=indices)
         if indices is None:

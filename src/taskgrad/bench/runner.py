@@ -1,7 +1,8 @@
 """Train one run of a config, with checkpoints, per-epoch evaluation and saved results.
 
 Files in ``OUT/<experiment>/<label>/seed<s>/`` (``:`` and other characters not allowed in file
-names replaced by ``-``; a folder of an older version with the label unchanged is still read): ``checkpoint.pt`` (model, optimizer, method state,
+names replaced by ``-``; a folder of an older version with the label unchanged is still read):
+``checkpoint.pt`` (model, optimizer, method state,
 LR scheduler, RNG state, position in the epoch, history, best-so-far selection; written every
 ``checkpoint_every`` steps and at each epoch end), ``history.csv`` (one row per epoch: lr, training
 losses and weights, test metrics, validation metrics ``val/<key>`` and losses ``val_loss/<task>``,
@@ -10,7 +11,8 @@ the selection score ``val_score`` and ``selected`` = 1 on the best epoch so far)
 selected and last metrics, history, selection, timings; written when the run completes). ``final``
 in result.json holds the test metrics of the selected epoch (the last one for ``"last"``).
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
-of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted one.
+of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted
+one.
 A saved result is reused only when its config fingerprint is that of the run: a result of another
 config (the config file changed since) is recomputed, and says so and why: a ``StaleResultWarning``
 (also with ``show_progress=False`` / ``--quiet``) and a line of the progress output. A
@@ -44,13 +46,23 @@ from .schedulers import build_scheduler, step_scheduler
 from .validation import Selector, carve_validation
 
 __all__ = [
-    "OneTask", "StaleResultWarning", "build_method", "check_run", "order_runs", "run", "run_all", "run_dir",
-    "seed_everything", "single_task_val_baseline",
+    "OneTask",
+    "StaleResultWarning",
+    "build_method",
+    "check_run",
+    "order_runs",
+    "run",
+    "run_all",
+    "run_dir",
+    "seed_everything",
+    "single_task_val_baseline",
 ]
 
 
 class StaleResultWarning(UserWarning):
-    """A saved ``result.json`` of another config than the run's is being recomputed (overwritten)."""
+    """A saved ``result.json`` of another config than the run's is being recomputed
+    (overwritten).
+    """
 
 
 def build_method(cfg: RunConfig) -> Weighting:
@@ -66,7 +78,8 @@ def seed_everything(seed: int) -> None:
 
 def run_dir(out_dir: str | Path, cfg: RunConfig) -> Path:
     """The folder of the run ``cfg`` under ``out_dir``: ``cfg.run_id``, or the folder an older
-    version wrote (``cfg.legacy_run_id``, e.g. with ``single-task:left``) when only that one exists."""
+    version wrote (``cfg.legacy_run_id``, e.g. with ``single-task:left``) when only that one exists.
+    """
     new, old = Path(out_dir) / cfg.run_id, Path(out_dir) / cfg.legacy_run_id
     return old if old != new and old.is_dir() and not new.exists() else new
 
@@ -75,7 +88,9 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device = 'cpu' or 'auto'.")
+        raise RuntimeError(
+            f"device {name!r} requested but CUDA is not available; use device = 'cpu' or 'auto'."
+        )
     return torch.device(name)
 
 
@@ -86,7 +101,9 @@ def _optimizer(params: Any, spec: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(spec.get("momentum", 0.0)))
+    return torch.optim.SGD(
+        params, lr=lr, weight_decay=wd, momentum=float(spec.get("momentum", 0.0))
+    )
 
 
 def _perm(seed: int, epoch: int, n: int) -> Tensor:
@@ -110,11 +127,18 @@ def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
         w.writerows(history)
 
 
-def _validation(problem: Problem, cfg: RunConfig) -> tuple[Tensor | None, str | None, Tensor | None, str]:
+def _validation(
+    problem: Problem, cfg: RunConfig
+) -> tuple[Tensor | None, str | None, Tensor | None, str]:
     """(training rows or None for all, validation split name, validation rows or None, source)."""
     if cfg.val_fraction > 0:
         train_idx, val_idx = carve_validation(problem.n("train"), cfg.val_fraction, cfg.seed)
-        return train_idx, "train", val_idx, f"{cfg.val_fraction:g} of the training set, carved by seed"
+        return (
+            train_idx,
+            "train",
+            val_idx,
+            f"{cfg.val_fraction:g} of the training set, carved by seed",
+        )
     if problem.has_split("val"):
         return None, "val", None, "the data set's validation split"
     return None, None, None, "none"
@@ -129,12 +153,18 @@ def _note(message: str, show: bool) -> None:
 
 
 def _config_changes(saved: dict[str, Any], cfg: RunConfig) -> str:
-    """What differs between a saved run's config and ``cfg`` ("epochs 2 → 3, ..."), ``device`` aside."""
+    """What differs between a saved run's config and ``cfg`` ("epochs 2 → 3, ..."), ``device``
+    aside.
+    """
+
     def canon(v: Any) -> str:  # as saved in result.json (tuples become lists)
         return json.dumps(v, sort_keys=True, default=str)
 
-    diff = [f"{k} {saved.get(k, '(absent)')!r} → {v!r}" for k, v in cfg.to_dict().items()
-            if k != "device" and canon(saved.get(k)) != canon(v)]
+    diff = [
+        f"{k} {saved.get(k, '(absent)')!r} → {v!r}"
+        for k, v in cfg.to_dict().items()
+        if k != "device" and canon(saved.get(k)) != canon(v)
+    ]
     return ", ".join(diff) or "the same fields, an older fingerprint rule"
 
 
@@ -146,46 +176,71 @@ def _stale_result(path: Path, cfg: RunConfig) -> dict[str, Any] | None:
     return None if saved.get("fingerprint") == cfg.fingerprint() else saved
 
 
-def single_task_val_baseline(out_dir: str | Path, cfg: RunConfig, tasks: list[str], keys: list[str]) -> dict[str, float]:
+def single_task_val_baseline(
+    out_dir: str | Path, cfg: RunConfig, tasks: list[str], keys: list[str]
+) -> dict[str, float]:
     """Validation metrics of the single-task runs of ``cfg``'s experiment and seed at their selected
-    epochs ({key: value} for the metrics ``keys``, each from the run of its task). Each saved run must
-    be ``single_task_config(cfg, i, task)`` (same config fingerprint): another one is an error."""
+    epochs ({key: value} for the metrics ``keys``, each from the run of its task). Each saved run
+    must
+    be ``single_task_config(cfg, i, task)`` (same config fingerprint): another one is an error.
+    """
     base: dict[str, float] = {}
     for i, t in enumerate(tasks):
         st_cfg = single_task_config(cfg, i, t)
         path = run_dir(out_dir, st_cfg) / "result.json"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{cfg.run_id} selects by validation Δm against the single-task runs, but {path} does not exist: "
-                "run the single-task baselines first (`taskgrad bench` does), or give a fixed [baseline].")
+                f"{cfg.run_id} selects by validation Δm against the single-task runs, but {path} "
+                "does not exist: "
+                "run the single-task baselines first (`taskgrad bench` does), or give a fixed "
+                "[baseline]."
+            )
         r = json.loads(path.read_text())
         if r.get("fingerprint") != st_cfg.fingerprint():
             raise RuntimeError(
-                f"{path} was trained with another config than the single-task baseline of {cfg.run_id} "
-                f"({_config_changes(r.get('config', {}), st_cfg)}): its validation metrics are no baseline. "
-                "Run it again (`run` / `taskgrad bench` recompute a stale run).")
+                f"{path} was trained with another config than the single-task baseline of "
+                f"{cfg.run_id} "
+                f"({_config_changes(r.get('config', {}), st_cfg)}): its validation metrics are no "
+                "baseline. "
+                "Run it again (`run` / `taskgrad bench` recompute a stale run)."
+            )
         val = (r.get("selection") or {}).get("val") or {}
         for k in keys:
             if k.split("/", 1)[0] == t:
                 if k not in val:
-                    raise RuntimeError(f"{path} has no validation metric {k!r} (trained without a validation split?).")
+                    raise RuntimeError(
+                        f"{path} has no validation metric {k!r} (trained without a validation "
+                        "split?)."
+                    )
                 base[k] = float(val[k])
     return base
 
 
-def _delta_m_baseline(cfg: RunConfig, out_dir: str | Path, tasks: list[str], keys: list[str],
-                      explicit: dict[str, float] | None, saved: dict[str, float] | None,
-                      resume: bool, show_progress: bool) -> dict[str, float]:
+def _delta_m_baseline(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    tasks: list[str],
+    keys: list[str],
+    explicit: dict[str, float] | None,
+    saved: dict[str, float] | None,
+    resume: bool,
+    show_progress: bool,
+) -> dict[str, float]:
     """The Δm baseline of a multi-task ``delta_m`` run. Resuming (``saved``: the checkpoint's): the
     saved one, which scored the finished epochs; an ``explicit`` one that differs is an error. Else
-    ``explicit``, the config's fixed [baseline], or the single-task runs' (stale ones recomputed)."""
+    ``explicit``, the config's fixed [baseline], or the single-task runs' (stale ones recomputed).
+    """
     if saved is not None:
         if explicit is not None and {k: float(v) for k, v in explicit.items()} != saved:
             raise ValueError(
-                f"{cfg.run_id}: val_baseline={dict(explicit)} differs from the Δm baseline {saved} that scored the "
-                "epochs of its checkpoint (and chose the best epoch so far). To resume, pass val_baseline=None or "
-                "those values; to select against the new baseline, start the run over (resume=False, "
-                "`taskgrad bench --restart`, or another out_dir).")
+                f"{cfg.run_id}: val_baseline={dict(explicit)} differs from the Δm baseline {saved} "
+                "that scored the "
+                "epochs of its checkpoint (and chose the best epoch so far). To resume, pass "
+                "val_baseline=None or "
+                "those values; to select against the new baseline, start the run over "
+                "(resume=False, "
+                "`taskgrad bench --restart`, or another out_dir)."
+            )
         return saved
     if explicit is not None:
         return {k: float(v) for k, v in explicit.items()}
@@ -194,14 +249,17 @@ def _delta_m_baseline(cfg: RunConfig, out_dir: str | Path, tasks: list[str], key
     for i, t in enumerate(tasks):
         st_cfg = single_task_config(cfg, i, t)
         if _stale_result(run_dir(out_dir, st_cfg) / "result.json", st_cfg) is not None:
-            run(st_cfg, out_dir, resume=resume, show_progress=show_progress)  # says it recomputes, and why
+            run(
+                st_cfg, out_dir, resume=resume, show_progress=show_progress
+            )  # says it recomputes, and why
     return single_task_val_baseline(out_dir, cfg, tasks, keys)
 
 
 @dataclass
 class _Setup:
     """What a run needs before training: the problem on its device, the training rows, the
-    validation split and its evaluator, and the selection and scheduler settings."""
+    validation split and its evaluator, and the selection and scheduler settings.
+    """
 
     problem: Problem
     device: torch.device
@@ -224,55 +282,73 @@ class _Setup:
 
 def _setup(cfg: RunConfig) -> _Setup:
     """Build the problem and the validation split of ``cfg``; a missing validation split that the
-    selection or the scheduler needs, or a problem that cannot evaluate it, is an error here."""
+    selection or the scheduler needs, or a problem that cannot evaluate it, is an error here.
+    """
     device = _device(cfg.device)
     problem = get_problem(cfg.dataset, **cfg.data).to(device)
     train_idx, val_split, val_idx, val_source = _validation(problem, cfg)
     crit = cfg.selection.get("criterion", "last")
     monitor = cfg.scheduler.get("monitor") if cfg.scheduler.get("name") == "plateau" else None
     if val_split is None and (crit != "last" or monitor == "val_loss"):
-        what = f"[selection] criterion = {crit!r}" if crit != "last" else "[scheduler] monitor = 'val_loss'"
-        raise ValueError(f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
-                         "set val_fraction (e.g. 0.1) in the config.")
+        what = (
+            f"[selection] criterion = {crit!r}"
+            if crit != "last"
+            else "[scheduler] monitor = 'val_loss'"
+        )
+        raise ValueError(
+            f"{cfg.run_id}: {what} needs a validation split, and dataset {cfg.dataset!r} has none: "
+            "set val_fraction (e.g. 0.1) in the config."
+        )
     evaluate_val = None if val_split is None else split_evaluator(problem, val_split, val_idx)
-    return _Setup(problem, device, train_idx, val_split, val_idx, val_source, crit, monitor, evaluate_val)
+    return _Setup(
+        problem, device, train_idx, val_split, val_idx, val_source, crit, monitor, evaluate_val
+    )
 
 
-def _saved_result(cfg: RunConfig, result_path: Path, resume: bool, show_progress: bool
-                  ) -> tuple[dict[str, Any] | None, str | None]:
+def _saved_result(
+    cfg: RunConfig, result_path: Path, resume: bool, show_progress: bool
+) -> tuple[dict[str, Any] | None, str | None]:
     """(the saved result when it is of ``cfg``, else None; the fingerprint of a saved result of
-    another config, else None). A stale result warns (``StaleResultWarning``) and says so."""
+    another config, else None). A stale result warns (``StaleResultWarning``) and says so.
+    """
     if not (resume and result_path.is_file()):
         return None, None
     saved = json.loads(result_path.read_text())
     if saved.get("fingerprint") == cfg.fingerprint():
         return saved, None
-    msg = (f"{cfg.run_id}: the saved result.json is of another config "
-           f"({_config_changes(saved.get('config', {}), cfg)}): recomputing.")
+    msg = (
+        f"{cfg.run_id}: the saved result.json is of another config "
+        f"({_config_changes(saved.get('config', {}), cfg)}): recomputing."
+    )
     warnings.warn(msg, StaleResultWarning, stacklevel=3)  # shown with progress output off too
     _note(msg, show_progress)
     return None, saved.get("fingerprint")
 
 
-def _saved_checkpoint(cfg: RunConfig, ckpt_path: Path, stale_fp: str | None, device: torch.device,
-                      resume: bool) -> dict[str, Any] | None:
+def _saved_checkpoint(
+    cfg: RunConfig, ckpt_path: Path, stale_fp: str | None, device: torch.device, resume: bool
+) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None to start over (none saved, or the last checkpoint of
-    the stale finished run whose fingerprint is ``stale_fp``); another config's is an error."""
+    the stale finished run whose fingerprint is ``stale_fp``); another config's is an error.
+    """
     if not (resume and ckpt_path.is_file()):
         return None
     ck = torch.load(ckpt_path, map_location=device, weights_only=False)
     if ck["fingerprint"] == cfg.fingerprint():
         return ck
     if stale_fp is None or ck["fingerprint"] != stale_fp:
-        raise RuntimeError(f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ "
-                           f"{cfg.fingerprint()}); delete that folder or write to another --out.")
+        raise RuntimeError(
+            f"{ckpt_path} belongs to a different config (fingerprint {ck['fingerprint']} ≠ "
+            f"{cfg.fingerprint()}); delete that folder or write to another --out."
+        )
     return None
 
 
 @dataclass
 class _Trainer:
     """The training state of one run: model, optimizer (with the method), scheduler, selector and
-    the resumable counters in ``state`` (epoch, step in epoch, history, running epoch sums)."""
+    the resumable counters in ``state`` (epoch, step in epoch, history, running epoch sums).
+    """
 
     cfg: RunConfig
     setup: _Setup
@@ -296,10 +372,15 @@ class _Trainer:
     def checkpoint(self) -> dict[str, Any]:
         self.state["selection"] = self.selector.state_dict()
         cuda = self.setup.device.type == "cuda"
-        return {"fingerprint": self.cfg.fingerprint(), "model": self.model.state_dict(),
-                "topt": self.topt.state_dict(), "state": self.state,
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state() if cuda else None}
+        return {
+            "fingerprint": self.cfg.fingerprint(),
+            "model": self.model.state_dict(),
+            "topt": self.topt.state_dict(),
+            "state": self.state,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if cuda else None,
+        }
 
     def restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
@@ -316,8 +397,9 @@ class _Trainer:
             self.selector.load_state_dict(self.state["selection"])
 
 
-def _new_trainer(cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] | None,
-                 ck: dict[str, Any] | None) -> _Trainer:
+def _new_trainer(
+    cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] | None, ck: dict[str, Any] | None
+) -> _Trainer:
     """Seed, then build model, method, optimizer and scheduler (restored from ``ck`` when given)."""
     seed_everything(cfg.seed)
     model = setup.problem.make_model(**cfg.model).to(setup.device)
@@ -329,12 +411,34 @@ def _new_trainer(cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] |
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     saved_selection = None if ck is None else ck["state"].get("selection")
-    selector = Selector(setup.criterion, setup.specs, list(setup.problem.tasks), metric=cfg.selection.get("metric"),
-                        single_task=cfg.single_task_index,
-                        baseline=val_baseline if saved_selection is None else saved_selection["baseline"])
-    trainer = _Trainer(cfg, setup, model, opt, topt, scheduler, selector, steps,
-                       {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "epoch_stats": None,
-                        "step_times": [], "resumed": 0, "selection": None})
+    selector = Selector(
+        setup.criterion,
+        setup.specs,
+        list(setup.problem.tasks),
+        metric=cfg.selection.get("metric"),
+        single_task=cfg.single_task_index,
+        baseline=val_baseline if saved_selection is None else saved_selection["baseline"],
+    )
+    trainer = _Trainer(
+        cfg,
+        setup,
+        model,
+        opt,
+        topt,
+        scheduler,
+        selector,
+        steps,
+        {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "history": [],
+            "epoch_stats": None,
+            "step_times": [],
+            "resumed": 0,
+            "selection": None,
+        },
+    )
     if ck is not None:
         trainer.restore(ck)
     return trainer
@@ -342,17 +446,29 @@ def _new_trainer(cfg: RunConfig, setup: _Setup, val_baseline: dict[str, float] |
 
 def _loss_info(tasks: list[str], losses: Any) -> str:
     """The progress bar's loss field: ``loss left 0.123 right 0.456``."""
-    return "loss " + " ".join(f"{t} {float(v):.3f}" for t, v in zip(tasks, losses))
+    return "loss " + " ".join(f"{t} {float(v):.3f}" for t, v in zip(tasks, losses, strict=True))
 
 
-def _train_epoch(tr: _Trainer, progress: Any, bar: Any, on_step: Callable[[int], None] | None,
-                 save: Callable[[], None]) -> None:
+def _train_epoch(
+    tr: _Trainer,
+    progress: Any,
+    bar: Any,
+    on_step: Callable[[int], None] | None,
+    save: Callable[[], None],
+) -> None:
     """The remaining steps of the current epoch (from ``state["step_in_epoch"]``), summing the
-    losses and weights into ``state["epoch_stats"]``; a checkpoint every ``checkpoint_every`` steps."""
+    losses and weights into ``state["epoch_stats"]``; a checkpoint every ``checkpoint_every`` steps.
+    """
     cfg, setup, state = tr.cfg, tr.setup, tr.state
     k = len(tr.tasks)
     if state["epoch_stats"] is None:
-        state["epoch_stats"] = {"loss_sum": [0.0] * k, "w_sum": [0.0] * k, "steps": 0, "skipped": 0, "time": 0.0}
+        state["epoch_stats"] = {
+            "loss_sum": [0.0] * k,
+            "w_sum": [0.0] * k,
+            "steps": 0,
+            "skipped": 0,
+            "time": 0.0,
+        }
     stats = state["epoch_stats"]
     perm = _perm(cfg.seed, state["epoch"], setup.n_train)
     use_features = cfg.source in ("representation", "auto")
@@ -390,15 +506,21 @@ def _train_epoch(tr: _Trainer, progress: Any, bar: Any, on_step: Callable[[int],
 
 def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | None, bool]:
     """Evaluate after an epoch, append its history row, update the selection (saving the best
-    model) and step the scheduler; returns (row, selection score, whether it improved)."""
+    model) and step the scheduler; returns (row, selection score, whether it improved).
+    """
     cfg, setup, state = tr.cfg, tr.setup, tr.state
     stats = state["epoch_stats"]
     epoch = state["epoch"]
     metrics = setup.problem.evaluate(tr.model, cfg.eval_batch_size)
     n_steps = max(stats["steps"], 1)
     applied = max(stats["steps"] - stats["skipped"], 1)
-    row: dict[str, Any] = {"epoch": epoch + 1, "train_time_s": stats["time"], "steps": stats["steps"],
-                           "skipped": stats["skipped"], "lr": float(tr.opt.param_groups[0]["lr"])}
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_time_s": stats["time"],
+        "steps": stats["steps"],
+        "skipped": stats["skipped"],
+        "lr": float(tr.opt.param_groups[0]["lr"]),
+    }
     for i, t in enumerate(tr.tasks):
         row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
         row[f"weight/{t}"] = stats["w_sum"][i] / applied
@@ -408,7 +530,7 @@ def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | N
     if setup.evaluate_val is not None:  # metrics and losses from one pass (see split_evaluator)
         val_metrics, val_losses = setup.evaluate_val(tr.model, cfg.eval_batch_size)
         row.update({f"val/{key}": v for key, v in val_metrics.items()})
-        row.update({f"val_loss/{t}": v for t, v in zip(tr.tasks, val_losses)})
+        row.update({f"val_loss/{t}": v for t, v in zip(tr.tasks, val_losses, strict=True)})
         row["val_loss"] = tr.task_mean(val_losses)
     score = tr.selector.score(val_metrics, val_losses)
     if score is not None:
@@ -421,8 +543,12 @@ def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | N
         r["selected"] = int(r["epoch"] == tr.selector.best_epoch)
     if setup.monitor is not None:
         train_loss = tr.task_mean([row[f"train_loss/{t}"] for t in tr.tasks])
-        step_scheduler(tr.scheduler, {"val_loss": row.get("val_loss"), "criterion": score,
-                                      "train_loss": train_loss}[setup.monitor])
+        step_scheduler(
+            tr.scheduler,
+            {"val_loss": row.get("val_loss"), "criterion": score, "train_loss": train_loss}[
+                setup.monitor
+            ],
+        )
     else:
         step_scheduler(tr.scheduler, None)
     state["epoch"] += 1
@@ -433,24 +559,35 @@ def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | N
 
 def _epoch_line(tr: _Trainer, row: dict[str, Any], score: float | None, improved: bool) -> str:
     """The progress output of a finished epoch: its test metrics and validation score."""
-    line = (f"[bold]{tr.cfg.run_id}[/] epoch {row['epoch']}/{tr.cfg.epochs} (lr {row['lr']:.3g}): "
-            + ", ".join(f"{m.key}={row[m.key]:.4f}" for m in tr.setup.problem.metrics))
+    line = (
+        f"[bold]{tr.cfg.run_id}[/] epoch {row['epoch']}/{tr.cfg.epochs} (lr {row['lr']:.3g}): "
+        + ", ".join(f"{m.key}={row[m.key]:.4f}" for m in tr.setup.problem.metrics)
+    )
     if score is not None:
-        line += (f"; validation {tr.setup.criterion} {score:.4f}"
-                 + (" (best)" if improved else f" (best: epoch {tr.selector.best_epoch})"))
+        line += f"; validation {tr.setup.criterion} {score:.4f}" + (
+            " (best)" if improved else f" (best: epoch {tr.selector.best_epoch})"
+        )
     return line
 
 
 def _progress_bar(show: bool) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not show, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not show,
+        transient=True,
+    )
 
 
 def _result(tr: _Trainer) -> dict[str, Any]:
     """The run's result.json: config, metrics of the selected and the last epoch, history,
-    selection and timings (the median step: the first steps include warm-up and compilation)."""
+    selection and timings (the median step: the first steps include warm-up and compilation).
+    """
     cfg, setup = tr.cfg, tr.setup
     times = torch.tensor(tr.state["step_times"], dtype=torch.float64)
     hist = tr.state["history"]
@@ -458,21 +595,38 @@ def _result(tr: _Trainer) -> dict[str, Any]:
     sel_row = hist[best - 1] if hist else {}
     n_val = 0
     if setup.val_split is not None:
-        n_val = len(setup.val_idx) if setup.val_idx is not None else setup.problem.n(setup.val_split)
+        n_val = (
+            len(setup.val_idx) if setup.val_idx is not None else setup.problem.n(setup.val_split)
+        )
     selection = {
-        "criterion": setup.criterion, "metric": tr.selector.metric, "epoch": best, "score": tr.selector.best_score,
+        "criterion": setup.criterion,
+        "metric": tr.selector.metric,
+        "epoch": best,
+        "score": tr.selector.best_score,
         "val": {key: sel_row[f"val/{key}"] for key in setup.specs if f"val/{key}" in sel_row},
-        "baseline": tr.selector.baseline or None, "validation": setup.val_source, "n_val": n_val,
+        "baseline": tr.selector.baseline or None,
+        "validation": setup.val_source,
+        "n_val": n_val,
     }
     return {
-        "fingerprint": cfg.fingerprint(), "config": cfg.to_dict(), "run_id": cfg.run_id, "tasks": tr.tasks,
-        "metric_specs": [{"key": m.key, "task": m.task, "name": m.name, "higher_is_better": m.higher_is_better}
-                         for m in setup.problem.metrics],
-        "final": sel_row, "last": hist[-1] if hist else {}, "selection": selection, "history": hist,
+        "fingerprint": cfg.fingerprint(),
+        "config": cfg.to_dict(),
+        "run_id": cfg.run_id,
+        "tasks": tr.tasks,
+        "metric_specs": [
+            {"key": m.key, "task": m.task, "name": m.name, "higher_is_better": m.higher_is_better}
+            for m in setup.problem.metrics
+        ],
+        "final": sel_row,
+        "last": hist[-1] if hist else {},
+        "selection": selection,
+        "history": hist,
         "time_per_step_s": float(times.median()) if times.numel() else float("nan"),
         "time_per_epoch_s": float(sum(r["train_time_s"] for r in hist) / max(len(hist), 1)),
-        "n_params": sum(p.numel() for p in tr.model.parameters()), "device": str(setup.device),
-        "resumed": tr.state["resumed"], "torch": torch.__version__,
+        "n_params": sum(p.numel() for p in tr.model.parameters()),
+        "device": str(setup.device),
+        "resumed": tr.state["resumed"],
+        "torch": torch.__version__,
     }
 
 
@@ -487,7 +641,8 @@ def run(
 ) -> dict[str, Any]:
     """Train ``cfg`` (or resume it, or return its saved result) and return the result dict.
 
-    A saved ``result.json`` is returned only when its config fingerprint is ``cfg``'s; one of another
+    A saved ``result.json`` is returned only when its config fingerprint is ``cfg``'s; one of
+    another
     config is recomputed, with a ``StaleResultWarning`` saying which fields changed (always, so a
     quiet run shows it too) and the same note in the progress output.
     ``on_step(global_step)`` is called after every optimizer step (tests use it to interrupt).
@@ -499,17 +654,30 @@ def run(
     old one); start over with ``resume=False`` to select against a new baseline.
     """
     folder = run_dir(out_dir, cfg)
-    result_path, ckpt_path, best_path = folder / "result.json", folder / "checkpoint.pt", folder / "best_model.pt"
+    result_path, ckpt_path, best_path = (
+        folder / "result.json",
+        folder / "checkpoint.pt",
+        folder / "best_model.pt",
+    )
     saved, stale_fp = _saved_result(cfg, result_path, resume, show_progress)
     if saved is not None:
         return saved
     setup = _setup(cfg)
     ck = _saved_checkpoint(cfg, ckpt_path, stale_fp, setup.device, resume)
-    if setup.criterion == "delta_m" and cfg.single_task_index is None:  # before seeding: a recompute draws numbers
+    if (
+        setup.criterion == "delta_m" and cfg.single_task_index is None
+    ):  # before seeding: a recompute draws numbers
         saved_sel = None if ck is None else ck["state"].get("selection")
-        val_baseline = _delta_m_baseline(cfg, out_dir, list(setup.problem.tasks), list(setup.specs), val_baseline,
-                                         None if saved_sel is None else dict(saved_sel["baseline"]),
-                                         resume, show_progress)
+        val_baseline = _delta_m_baseline(
+            cfg,
+            out_dir,
+            list(setup.problem.tasks),
+            list(setup.specs),
+            val_baseline,
+            None if saved_sel is None else dict(saved_sel["baseline"]),
+            resume,
+            show_progress,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     if ck is None:
         best_path.unlink(missing_ok=True)  # a fresh start: a best model here is another run's
@@ -519,8 +687,12 @@ def run(
         _atomic_save(tr.checkpoint(), ckpt_path)
 
     with _progress_bar(show_progress) as progress:
-        bar = progress.add_task(cfg.run_id, total=cfg.epochs * tr.steps_per_epoch,
-                                completed=tr.state["epoch"] * tr.steps_per_epoch + tr.state["step_in_epoch"], info="")
+        bar = progress.add_task(
+            cfg.run_id,
+            total=cfg.epochs * tr.steps_per_epoch,
+            completed=tr.state["epoch"] * tr.steps_per_epoch + tr.state["step_in_epoch"],
+            info="",
+        )
         while tr.state["epoch"] < cfg.epochs:
             _train_epoch(tr, progress, bar, on_step, save)
             row, score, improved = _end_epoch(tr, best_path)
@@ -537,7 +709,8 @@ def check_run(cfg: RunConfig) -> None:
     """Build everything ``cfg`` needs (problem and data, validation split, model, method, optimizer,
     scheduler) and take one training step on a copy, writing nothing: the errors a run would meet
     in its first step (a wrong [data] or [model] value, a method that cannot handle the losses)
-    are raised now."""
+    are raised now.
+    """
     setup = _setup(cfg)
     placeholder = {k: 1.0 for k in setup.specs}  # the Δm baseline: unused by a training step
     tr = _new_trainer(cfg, setup, placeholder if setup.criterion == "delta_m" else None, None)
@@ -545,17 +718,27 @@ def check_run(cfg: RunConfig) -> None:
     idx = torch.arange(n) if setup.train_idx is None else setup.train_idx[:n]
     x, y = setup.problem.batch(idx, "train")
     z, outs = tr.model(x)
-    tr.topt.step(setup.problem.losses(outs, y), features=z if cfg.source in ("representation", "auto") else None)
+    tr.topt.step(
+        setup.problem.losses(outs, y),
+        features=z if cfg.source in ("representation", "auto") else None,
+    )
 
 
 def order_runs(cfgs: list[RunConfig]) -> list[RunConfig]:
-    """Single-task baselines first (their validation metrics are the ``delta_m`` selection baseline),
-    otherwise in the given order."""
+    """Single-task baselines first (their validation metrics are the ``delta_m`` selection
+    baseline),
+    otherwise in the given order.
+    """
     return [c for c in cfgs if c.is_single_task] + [c for c in cfgs if not c.is_single_task]
 
 
-def run_all(cfgs: list[RunConfig], out_dir: str | Path, *, resume: bool = True, show_progress: bool = True) -> list[dict[str, Any]]:
+def run_all(
+    cfgs: list[RunConfig], out_dir: str | Path, *, resume: bool = True, show_progress: bool = True
+) -> list[dict[str, Any]]:
     """Run every config, single-task baselines first (each resumes or is skipped when complete);
-    the results come back in the order of ``cfgs``."""
-    done = {id(c): run(c, out_dir, resume=resume, show_progress=show_progress) for c in order_runs(cfgs)}
+    the results come back in the order of ``cfgs``.
+    """
+    done = {
+        id(c): run(c, out_dir, resume=resume, show_progress=show_progress) for c in order_runs(cfgs)
+    }
     return [done[id(c)] for c in cfgs]

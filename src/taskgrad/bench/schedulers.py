@@ -4,13 +4,17 @@ With lr₀ the optimizer's lr and e the number of finished epochs (the lr of epo
 
 * ``none``: lr₀.
 * ``step``: lr₀ γ^⌊e / step_size⌋, or lr₀ γ^|{m ∈ milestones : m ≤ e}|.
-* ``cosine``: η_min + (lr₀ − η_min)(1 + cos(π e / t_max)) / 2 for e ≤ t_max (torch's CosineAnnealingLR,
+* ``cosine``: η_min + (lr₀ − η_min)(1 + cos(π e / t_max)) / 2 for e ≤ t_max (torch's
+CosineAnnealingLR,
   which rises again after t_max: keep t_max ≥ epochs; it defaults to epochs).
-* ``plateau``: torch's ReduceLROnPlateau (mode "min"): lr ← max(lr·factor, min_lr) when the monitored
-  value has not improved (rel: below best·(1 − threshold); abs: below best − threshold) for more than
+* ``plateau``: torch's ReduceLROnPlateau (mode "min"): lr ← max(lr·factor, min_lr) when the
+monitored
+  value has not improved (rel: below best·(1 − threshold); abs: below best − threshold) for more
+  than
   ``patience`` epochs; then ``cooldown`` epochs without counting. Monitored: ``val_loss`` (mean task
   loss on validation; a single-task baseline's own task loss), ``criterion`` (the selection score,
-  e.g. validation Δm, as Nash-MTL's QM9 protocol), or ``train_loss`` (the epoch's mean training loss).
+  e.g. validation Δm, as Nash-MTL's QM9 protocol), or ``train_loss`` (the epoch's mean training
+  loss).
 
 The scheduler's state is saved in each checkpoint, so a resumed run follows the same schedule.
 """
@@ -32,14 +36,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> A
         return None
     if name == "step":
         if "milestones" in spec:
-            return sched.MultiStepLR(optimizer, milestones=list(spec["milestones"]), gamma=spec["gamma"])
+            return sched.MultiStepLR(
+                optimizer, milestones=list(spec["milestones"]), gamma=spec["gamma"]
+            )
         return sched.StepLR(optimizer, step_size=spec["step_size"], gamma=spec["gamma"])
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=spec["t_max"], eta_min=spec["eta_min"])
     if name == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, mode="min", factor=spec["factor"], patience=spec["patience"],
-                                       threshold=spec["threshold"], threshold_mode=spec["threshold_mode"],
-                                       cooldown=spec["cooldown"], min_lr=spec["min_lr"])
+        return sched.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=spec["factor"],
+            patience=spec["patience"],
+            threshold=spec["threshold"],
+            threshold_mode=spec["threshold_mode"],
+            cooldown=spec["cooldown"],
+            min_lr=spec["min_lr"],
+        )
     raise ValueError(f"unknown scheduler {name!r}; use none, step, cosine or plateau.")
 
 

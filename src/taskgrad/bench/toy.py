@@ -36,16 +36,22 @@ def _jacobian(theta: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Losses L (B, 2) and Jacobians J (B, 2, 2) at B independent points θ (B, 2)."""
     th = theta.detach().requires_grad_(True)
     L = toy_losses(th, scale)
-    J = torch.stack([torch.autograd.grad(L[:, i].sum(), th, retain_graph=i == 0)[0] for i in range(2)], 1)
+    J = torch.stack(
+        [torch.autograd.grad(L[:, i].sum(), th, retain_graph=i == 0)[0] for i in range(2)], 1
+    )
     return L.detach(), J
 
 
-def _weights(methods: list[Weighting], L: Tensor, G: Tensor, prev: Tensor, undefined: np.ndarray) -> Tensor:
+def _weights(
+    methods: list[Weighting], L: Tensor, G: Tensor, prev: Tensor, undefined: np.ndarray
+) -> Tensor:
     """Weights (B, 2): one batched call when ``methods`` has one (stateless) instance, else one
     call per start. Where a method has no solution (UndefinedMethodError, e.g. Nash-MTL with
     opposite gradients) or its solver does not converge (MethodConvergenceError, e.g. Nash-MTL's
     Newton solve on nearly opposite gradients) the start keeps its previous weights, as the
-    reference implementations do when their solver fails, and ``undefined`` counts it."""
+    reference implementations do when their solver fails, and ``undefined`` counts it.
+    """
+
     def one(m: Weighting, i: int) -> Tensor:
         try:
             return m(gram=G[i] if "gram" in m.needs else None, losses=L[i]).detach()
@@ -82,10 +88,14 @@ def trajectories(
     Non-finite losses or weights raise FloatingPointError.
     """
     if steps < 1 or lr <= 0 or record_every < 1:
-        raise ValueError(f"steps and record_every must be ≥ 1 and lr > 0, got {steps}, {record_every}, {lr}.")
+        raise ValueError(
+            f"steps and record_every must be ≥ 1 and lr > 0, got {steps}, {record_every}, {lr}."
+        )
     theta = torch.nn.Parameter(torch.tensor([list(s) for s in starts], dtype=torch.float64))
     if theta.dim() != 2 or theta.shape[1] != 2:
-        raise ValueError(f"starts must be a sequence of (x, y) pairs, got shape {tuple(theta.shape)}.")
+        raise ValueError(
+            f"starts must be a sequence of (x, y) pairs, got shape {tuple(theta.shape)}."
+        )
     B = theta.shape[0]
     opt = torch.optim.Adam([theta], lr=lr)
     methods = [make_method()]
@@ -99,14 +109,22 @@ def trajectories(
     except Exception:
         methods = [make_method() for _ in range(B)]
         undefined[:] = 0
-        w = _weights(methods, L, J @ J.transpose(-1, -2), torch.full((B, 2), 0.5, dtype=torch.float64), undefined)
+        w = _weights(
+            methods,
+            L,
+            J @ J.transpose(-1, -2),
+            torch.full((B, 2), 0.5, dtype=torch.float64),
+            undefined,
+        )
     rec: dict[str, list] = {"theta": [], "losses": [], "weights": []}
     for t in range(steps + 1):
         if t > 0:
             L, J = _jacobian(theta, scale)
             w = _weights(methods, L, J @ J.transpose(-1, -2), w, undefined)
         if not (torch.isfinite(L).all() and torch.isfinite(w).all()):
-            raise FloatingPointError(f"{type(methods[0]).__name__}: non-finite losses or weights at step {t}.")
+            raise FloatingPointError(
+                f"{type(methods[0]).__name__}: non-finite losses or weights at step {t}."
+            )
         if t % record_every == 0 or t == steps:
             rec["theta"].append(theta.detach().numpy().copy())
             rec["losses"].append(L.numpy())
@@ -150,8 +168,13 @@ def run_toy(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     entries = methods or [(m, m, {}) for m in DEMO_METHODS]
-    settings = {"steps": steps, "lr": lr, "scale": scale, "record_every": record_every,
-                "starts": [list(s) for s in STARTS]}
+    settings = {
+        "steps": steps,
+        "lr": lr,
+        "scale": scale,
+        "record_every": record_every,
+        "starts": [list(s) for s in STARTS],
+    }
     out = Path(out_dir) / name
     previous: dict[str, Any] = {}
     if resume and (out / "toy.json").is_file():
@@ -160,17 +183,34 @@ def run_toy(
         except json.JSONDecodeError:  # a file cut short: recompute everything
             previous = {}
     fps = {label: _toy_fingerprint(mname, kw, settings) for mname, label, kw in entries}
-    saved = {label: d for label, d in previous.get("methods", {}).items()
-             if label in fps and d.get("fingerprint") == fps[label]}
+    saved = {
+        label: d
+        for label, d in previous.get("methods", {}).items()
+        if label in fps and d.get("fingerprint") == fps[label]
+    }
     # methods of the saved file that this call does not run (e.g. --methods): kept when the toy
     # settings are the same, so running a few methods again never drops the others
     same = all(previous.get(k) == settings[k] for k in ("steps", "lr", "scale", "record_every"))
-    others = {label: d for label, d in previous.get("methods", {}).items() if label not in fps and same}
-    data: dict[str, Any] = dict(scale=scale, lr=lr, steps=steps, record_every=record_every,
-                                starts=settings["starts"], pareto_front=pareto_front(scale).tolist(),
-                                methods={}, failed={}, reused=[])
-    cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-            TimeRemainingColumn()]
+    others = {
+        label: d for label, d in previous.get("methods", {}).items() if label not in fps and same
+    }
+    data: dict[str, Any] = dict(
+        scale=scale,
+        lr=lr,
+        steps=steps,
+        record_every=record_every,
+        starts=settings["starts"],
+        pareto_front=pareto_front(scale).tolist(),
+        methods={},
+        failed={},
+        reused=[],
+    )
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*cols, disable=not show_progress, transient=True) as progress:
         for mname, label, kw in entries:
             fp = fps[label]
@@ -181,19 +221,30 @@ def run_toy(
             bar = progress.add_task(f"toy: {label}", total=steps)
             t0 = time.perf_counter()
             try:
-                tr = trajectories(lambda mname=mname, kw=kw: make_method(mname, kw), steps=steps, lr=lr, scale=scale,
-                                  record_every=record_every, progress=lambda bar=bar: progress.advance(bar))
+                tr = trajectories(
+                    lambda mname=mname, kw=kw: make_method(mname, kw),
+                    steps=steps,
+                    lr=lr,
+                    scale=scale,
+                    record_every=record_every,
+                    progress=lambda bar=bar: progress.advance(bar),
+                )
             except Exception as e:  # noqa: BLE001 (one method's failure must not lose the others)
                 data["failed"][label] = f"{type(e).__name__}: {e}"
                 continue
             finally:
                 progress.remove_task(bar)
             data["methods"][label] = {
-                "fingerprint": fp, "theta": tr["theta"].tolist(), "losses": tr["losses"].tolist(),
-                "weights": tr["weights"].tolist(), "undefined_steps": tr["undefined_steps"].tolist(),
+                "fingerprint": fp,
+                "theta": tr["theta"].tolist(),
+                "losses": tr["losses"].tolist(),
+                "weights": tr["weights"].tolist(),
+                "undefined_steps": tr["undefined_steps"].tolist(),
                 "seconds": time.perf_counter() - t0,
             }
-            _save(out, {**data, "methods": {**saved, **data["methods"], **others}})  # kept if interrupted
+            _save(
+                out, {**data, "methods": {**saved, **data["methods"], **others}}
+            )  # kept if interrupted
     data["methods"].update(others)
     _save(out, data)
     return data

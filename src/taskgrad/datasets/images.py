@@ -9,7 +9,8 @@ Where the files come from:
   ``/usr/share/datasets/fashion-mnist/`` (``apt-get install dataset-fashion-mnist``).
 
 Every loader also takes an explicit directory holding ``train-images-idx3-ubyte[.gz]``,
-``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``.
+``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]`` and
+``t10k-labels-idx1-ubyte[.gz]``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
             f"{str(path)!r}: header says shape {shape} ({expected} bytes) but the file holds "
             f"{len(raw) - header} bytes of data; the file is truncated or corrupt."
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def _resolve(root: Path, stem: str) -> Path:
@@ -105,7 +110,10 @@ def load_idx_dataset(root: str | os.PathLike) -> ImageDataset:
                 "and (N,)."
             )
     return ImageDataset(
-        arrays["train_x"], arrays["train_y"].astype(np.int64), arrays["test_x"], arrays["test_y"].astype(np.int64)
+        arrays["train_x"],
+        arrays["train_y"].astype(np.int64),
+        arrays["test_x"],
+        arrays["test_y"].astype(np.int64),
     )
 
 
@@ -145,7 +153,9 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> ImageDataset:
     return load_idx_dataset(find_fashion_mnist() if root is None else root)
 
 
-def stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:
+def stratified_subset(
+    y: np.ndarray, n: int, rng: np.random.Generator, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of n examples with (as nearly as possible) n/C per class, drawn without replacement.
 
     ``exclude``: indices that must not be drawn (e.g. a clean set disjoint from the noisy one).
@@ -160,10 +170,12 @@ def stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator, exclude: 
     per = np.full(classes.shape[0], n // classes.shape[0])
     per[: n % classes.shape[0]] += 1
     out = []
-    for c, m in zip(classes, per):
+    for c, m in zip(classes, per, strict=True):
         pool = np.flatnonzero((y == c) & allowed)
         if pool.shape[0] < m:
-            raise ValueError(f"class {c} has only {pool.shape[0]} available examples, {m} requested.")
+            raise ValueError(
+                f"class {c} has only {pool.shape[0]} available examples, {m} requested."
+            )
         out.append(rng.choice(pool, size=m, replace=False))
     idx = np.concatenate(out)
     rng.shuffle(idx)

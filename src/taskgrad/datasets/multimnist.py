@@ -47,22 +47,31 @@ def default_cache_dir() -> Path:
 
 def compose_pairs(a: np.ndarray, b: np.ndarray, out_size: int = OUT_SIZE) -> np.ndarray:
     """Overlay a (N, h, w) at (1, 1) and b at (1+6, 1+6) on a 36×36 canvas by pixel-wise max,
-    then resize to out_size² (bilinear, antialiased); uint8 in, uint8 out."""
+    then resize to out_size² (bilinear, antialiased); uint8 in, uint8 out.
+    """
     if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"a and b must both be (N, h, w) with the same shape, got {a.shape} and {b.shape}.")
+        raise ValueError(
+            f"a and b must both be (N, h, w) with the same shape, got {a.shape} and {b.shape}."
+        )
     n, h, w = a.shape
     if 1 + OFFSET + max(h, w) > CANVAS:
-        raise ValueError(f"images of size {h}×{w} do not fit a {CANVAS}×{CANVAS} canvas with offset {OFFSET}.")
+        raise ValueError(
+            f"images of size {h}×{w} do not fit a {CANVAS}×{CANVAS} canvas with offset {OFFSET}."
+        )
     canvas = np.zeros((n, CANVAS, CANVAS), dtype=np.uint8)
     canvas[:, 1 : 1 + h, 1 : 1 + w] = a
     sub = canvas[:, 1 + OFFSET : 1 + OFFSET + h, 1 + OFFSET : 1 + OFFSET + w]
     np.maximum(sub, b, out=sub)
     t = torch.from_numpy(canvas).float().unsqueeze(1)
-    r = torch.nn.functional.interpolate(t, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
+    r = torch.nn.functional.interpolate(
+        t, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False
+    )
     return r.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _build_split(x: np.ndarray, y: np.ndarray, seed: int, chunk: int, progress, task) -> tuple[np.ndarray, np.ndarray]:
+def _build_split(
+    x: np.ndarray, y: np.ndarray, seed: int, chunk: int, progress, task
+) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(x.shape[0])
     out = np.empty((x.shape[0], OUT_SIZE, OUT_SIZE), dtype=np.uint8)
     for s in range(0, x.shape[0], chunk):
@@ -73,7 +82,12 @@ def _build_split(x: np.ndarray, y: np.ndarray, seed: int, chunk: int, progress, 
     return out, np.stack([y, y[perm]], axis=1).astype(np.int64)
 
 
-def build_multi(source: ImageDataset, seeds: tuple[int, int] = (0, 1), chunk: int = 5000, show_progress: bool = True) -> MultiDigits:
+def build_multi(
+    source: ImageDataset,
+    seeds: tuple[int, int] = (0, 1),
+    chunk: int = 5000,
+    show_progress: bool = True,
+) -> MultiDigits:
     """Build the two-image data set from ``source`` (train with seeds[0], test with seeds[1])."""
     from rich.progress import Progress
 
@@ -117,6 +131,8 @@ def load_multimnist(
     data = build_multi(source, seeds, show_progress=show_progress)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y)
+    np.savez_compressed(
+        tmp, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x, test_y=data.test_y
+    )
     os.replace(tmp, path)
     return data

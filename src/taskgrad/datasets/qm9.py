@@ -28,8 +28,15 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "ELEMENTS", "HARTREE_TO_EV", "QM9Data", "TARGETS", "TARGET_UNITS", "find_qm9", "load_qm9",
-    "parse_qm9_csv", "split_qm9",
+    "ELEMENTS",
+    "HARTREE_TO_EV",
+    "QM9Data",
+    "TARGETS",
+    "TARGET_UNITS",
+    "find_qm9",
+    "load_qm9",
+    "parse_qm9_csv",
+    "split_qm9",
 ]
 
 HARTREE_TO_EV = 27.211386246
@@ -59,7 +66,8 @@ _VERSION = 1
 class QM9Data:
     """Molecules stored flat: atom a of molecule m is row ``ptr[m] + a`` of ``z`` (N_atoms,) uint8
     atomic numbers and ``pos`` (N_atoms, 3) float32 Å; ``y`` (M, 11) float64 targets in the units
-    of :data:`TARGET_UNITS` (columns in :data:`TARGETS` order); ``index`` (M,) QM9 ids."""
+    of :data:`TARGET_UNITS` (columns in :data:`TARGETS` order); ``index`` (M,) QM9 ids.
+    """
 
     z: np.ndarray
     pos: np.ndarray
@@ -87,33 +95,52 @@ def find_qm9() -> Path:
 
 def _csv_files(source: Path) -> list[Path]:
     if not source.exists():
-        raise FileNotFoundError(f"{str(source)!r} does not exist: pass a qm9pack data directory or CSV file.")
+        raise FileNotFoundError(
+            f"{str(source)!r} does not exist: pass a qm9pack data directory or CSV file."
+        )
     if source.is_file():
         return [source]
     files = sorted(source.glob("qm9_part*.csv"))
     if not files:
-        raise FileNotFoundError(f"no qm9_part*.csv in {str(source)!r}: pass the qm9pack data directory or a CSV file.")
+        raise FileNotFoundError(
+            f"no qm9_part*.csv in {str(source)!r}: pass the qm9pack data directory or a CSV file."
+        )
     return files
 
 
 def _list(cell: str) -> list[str]:
-    return [t for t in cell.replace("[", " ").replace("]", " ").replace("'", " ").replace('"', " ").split(",") if t.strip()]
+    return [
+        t
+        for t in cell.replace("[", " ")
+        .replace("]", " ")
+        .replace("'", " ")
+        .replace('"', " ")
+        .split(",")
+        if t.strip()
+    ]
 
 
 def parse_qm9_csv(text: str, where: str = "csv", progress: object | None = None) -> QM9Data:
-    """Parse one CSV in the qm9pack format (header row + one row per molecule) into :class:`QM9Data`.
+    """Parse one CSV in the qm9pack format (header row + one row per molecule) into
+    :class:`QM9Data`.
 
-    ``progress`` is an optional ``(rich.progress.Progress, task_id)`` advanced once per row."""
+    ``progress`` is an optional ``(rich.progress.Progress, task_id)`` advanced once per row.
+    """
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
     except StopIteration:
-        raise ValueError(f"{where}: empty file, expected a header row in the qm9pack format.") from None
+        raise ValueError(
+            f"{where}: empty file, expected a header row in the qm9pack format."
+        ) from None
     need = ["Index", "Elements", "XYZ_Ang"] + [c for c, _, _ in _COLUMNS.values()]
     missing = [c for c in need if c not in header]
     if missing:
-        raise ValueError(f"{where}: columns {missing} are missing; is this a qm9pack CSV? header: {header[:6]}...")
+        raise ValueError(
+            f"{where}: columns {missing} are missing; is this a qm9pack CSV? header: "
+            f"{header[:6]}..."
+        )
     col = {c: header.index(c) for c in need}
     zs: list[np.ndarray] = []
     poss: list[np.ndarray] = []
@@ -123,15 +150,22 @@ def parse_qm9_csv(text: str, where: str = "csv", progress: object | None = None)
         if not row:
             continue
         if len(row) != len(header):
-            raise ValueError(f"{where}: line {line} has {len(row)} fields, the header has {len(header)}.")
+            raise ValueError(
+                f"{where}: line {line} has {len(row)} fields, the header has {len(header)}."
+            )
         syms = [s.strip() for s in _list(row[col["Elements"]])]
         try:
             z = np.array([ELEMENTS[s] for s in syms], dtype=np.uint8)
         except KeyError as e:
-            raise ValueError(f"{where}: line {line}: unknown element {e.args[0]!r} (QM9 has H, C, N, O, F).") from None
+            raise ValueError(
+                f"{where}: line {line}: unknown element {e.args[0]!r} (QM9 has H, C, N, O, F)."
+            ) from None
         xyz = np.array([float(t) for t in _list(row[col["XYZ_Ang"]])], dtype=np.float64)
         if z.size == 0 or xyz.size != 3 * z.size:
-            raise ValueError(f"{where}: line {line}: {z.size} elements but {xyz.size} coordinates (expected 3 per atom).")
+            raise ValueError(
+                f"{where}: line {line}: {z.size} elements but {xyz.size} coordinates (expected 3 "
+                "per atom)."
+            )
         zs.append(z)
         poss.append(xyz.reshape(-1, 3))
         ys.append([float(row[col[c]]) * f for c, f, _ in _COLUMNS.values()])
@@ -144,15 +178,25 @@ def parse_qm9_csv(text: str, where: str = "csv", progress: object | None = None)
     y = np.array(ys, dtype=np.float64)
     if not np.isfinite(y).all():
         raise ValueError(f"{where}: non-finite target values.")
-    return QM9Data(np.concatenate(zs), np.concatenate(poss).astype(np.float32),
-                   np.concatenate([[0], np.cumsum(counts)]), y, np.array(idx, dtype=np.int64))
+    return QM9Data(
+        np.concatenate(zs),
+        np.concatenate(poss).astype(np.float32),
+        np.concatenate([[0], np.cumsum(counts)]),
+        y,
+        np.array(idx, dtype=np.int64),
+    )
 
 
 def _concat(parts: list[QM9Data]) -> QM9Data:
     offs = np.cumsum([0] + [p.ptr[-1] for p in parts[:-1]])
-    ptr = np.concatenate([[0]] + [p.ptr[1:] + o for p, o in zip(parts, offs)])
-    d = QM9Data(np.concatenate([p.z for p in parts]), np.concatenate([p.pos for p in parts]), ptr,
-                np.concatenate([p.y for p in parts]), np.concatenate([p.index for p in parts]))
+    ptr = np.concatenate([[0]] + [p.ptr[1:] + o for p, o in zip(parts, offs, strict=True)])
+    d = QM9Data(
+        np.concatenate([p.z for p in parts]),
+        np.concatenate([p.pos for p in parts]),
+        ptr,
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.index for p in parts]),
+    )
     order = np.argsort(d.index, kind="stable")
     if np.array_equal(order, np.arange(len(order))):
         return d
@@ -160,36 +204,57 @@ def _concat(parts: list[QM9Data]) -> QM9Data:
         raise ValueError("duplicate molecule indices across the CSV files.")
     counts = np.diff(d.ptr)[order]
     atom = np.concatenate([np.arange(d.ptr[m], d.ptr[m + 1]) for m in order])
-    return QM9Data(d.z[atom], d.pos[atom], np.concatenate([[0], np.cumsum(counts)]), d.y[order], d.index[order])
+    return QM9Data(
+        d.z[atom], d.pos[atom], np.concatenate([[0], np.cumsum(counts)]), d.y[order], d.index[order]
+    )
 
 
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("TASKGRAD_CACHE", Path.home() / ".cache" / "taskgrad"))
 
 
-def load_qm9(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-             progress: bool = True) -> QM9Data:
+def load_qm9(
+    source: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> QM9Data:
     """QM9 molecules and the 11 targets (see the module docstring), sorted by QM9 index.
 
     The first call parses the CSVs (a minute or two, with a progress bar) and caches the arrays as
     ``<cache_dir>/qm9/qm9-v1-<hash>.npz`` (``cache_dir``: ``$TASKGRAD_CACHE`` or ~/.cache/taskgrad),
-    keyed by the files' paths, sizes and modification times."""
+    keyed by the files' paths, sizes and modification times.
+    """
     files = _csv_files(find_qm9() if source is None else Path(source))
-    key = hashlib.sha1(repr([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-                            + [_VERSION]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        repr(
+            [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files] + [_VERSION]
+        ).encode()
+    ).hexdigest()[:12]
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     path = cache / "qm9" / f"qm9-v{_VERSION}-{key}.npz"
     if path.is_file():
         with np.load(path) as f:
             return QM9Data(f["z"], f["pos"], f["ptr"], f["y"], f["index"])
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     texts = [f.read_text() for f in files]
     total = sum(max(t.count("\n") - 1, 0) for t in texts)
-    with Progress(TextColumn("building QM9 graphs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("building QM9 graphs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         tid = bar.add_task("qm9", total=total)
-        parts = [parse_qm9_csv(t, str(f), (bar, tid)) for t, f in zip(texts, files)]
+        parts = [parse_qm9_csv(t, str(f), (bar, tid)) for t, f in zip(texts, files, strict=True)]
     data = _concat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
@@ -198,13 +263,18 @@ def load_qm9(source: str | os.PathLike | None = None, cache_dir: str | os.PathLi
     return data
 
 
-def split_qm9(n: int, seed: int = 0, n_train: int = 110_000, n_val: int = 10_000,
-              subset: int = 0) -> dict[str, np.ndarray]:
+def split_qm9(
+    n: int, seed: int = 0, n_train: int = 110_000, n_val: int = 10_000, subset: int = 0
+) -> dict[str, np.ndarray]:
     """{"train", "val", "test"} molecule indices: a permutation π from ``default_rng(seed)``;
-    train = π[:n_train] (its first ``subset`` when subset > 0), val = the next n_val, test = the rest."""
+    train = π[:n_train] (its first ``subset`` when subset > 0), val = the next n_val, test = the
+    rest.
+    """
     if n_train < 1 or n_val < 0 or n_train + n_val >= n:
-        raise ValueError(f"n_train={n_train} + n_val={n_val} must leave a test set out of {n} molecules "
-                         "(n_train ≥ 1, n_val ≥ 0, n_train + n_val < n).")
+        raise ValueError(
+            f"n_train={n_train} + n_val={n_val} must leave a test set out of {n} molecules "
+            "(n_train ≥ 1, n_val ≥ 0, n_train + n_val < n)."
+        )
     if subset < 0:
         raise ValueError(f"subset must be ≥ 0 (0: the whole training split), got {subset}.")
     perm = np.random.default_rng(seed).permutation(n)

@@ -1,4 +1,5 @@
-"""Tabular multi-task data sets with one task per group: School (MALSAR) and Parkinsons telemonitoring.
+"""Tabular multi-task data sets with one task per group: School (MALSAR) and Parkinsons
+telemonitoring.
 
 Both loaders take the path of the file (nothing is downloaded) and return the tasks as a list of
 (X_t, y_t) pairs, the per-task input form of :mod:`taskgrad.linear`.
@@ -17,7 +18,9 @@ __all__ = ["TaskData", "load_parkinsons", "load_school"]
 
 @dataclass
 class TaskData:
-    """Tasks t = 1..T with their own samples: ``tasks[t] = (X_t (n_t, p), y_t (n_t,) or (n_t, k))``."""
+    """Tasks t = 1..T with their own samples: ``tasks[t] = (X_t (n_t, p), y_t (n_t,) or (n_t,
+    k))``.
+    """
 
     tasks: list[tuple[np.ndarray, np.ndarray]]
     feature_names: list[str]
@@ -56,7 +59,7 @@ def load_school(path: str | os.PathLike) -> TaskData:
     if Xc.shape != Yc.shape:
         raise ValueError(f"X has {Xc.size} cells but Y has {Yc.size} in {path!r}.")
     tasks = []
-    for t, (x, y) in enumerate(zip(Xc, Yc)):
+    for t, (x, y) in enumerate(zip(Xc, Yc, strict=True)):
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64).ravel()
         if x.shape[0] != y.shape[0]:
@@ -66,8 +69,9 @@ def load_school(path: str | os.PathLike) -> TaskData:
     return TaskData(tasks, [f"x{j}" for j in range(p)], ["exam_score"], list(range(len(tasks))))
 
 
-def load_parkinsons(path: str | os.PathLike, target: str = "total_UPDRS",
-                    drop: tuple[str, ...] = ("test_time",)) -> TaskData:
+def load_parkinsons(
+    path: str | os.PathLike, target: str = "total_UPDRS", drop: tuple[str, ...] = ("test_time",)
+) -> TaskData:
     """UCI Parkinsons telemonitoring (``parkinsons_updrs.data``) with one task per patient.
 
     The CSV has a header; ``subject#`` defines the 42 tasks, ``target`` ('total_UPDRS',

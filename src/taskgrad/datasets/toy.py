@@ -22,7 +22,13 @@ __all__ = ["LOWER", "PARETO_Y", "STARTS", "pareto_front", "toy_losses"]
 
 LOWER = 5e-6
 PARETO_Y = -8.3552
-STARTS: tuple[tuple[float, float], ...] = ((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0))
+STARTS: tuple[tuple[float, float], ...] = (
+    (-8.5, 7.5),
+    (0.0, 0.0),
+    (9.0, 9.0),
+    (-7.5, -0.5),
+    (9.0, -1.0),
+)
 
 
 def toy_losses(theta: Tensor, scale: float = 0.1) -> Tensor:
@@ -43,7 +49,8 @@ def toy_losses(theta: Tensor, scale: float = 0.1) -> Tensor:
 
 def pareto_front(scale: float = 0.1, n: int = 400) -> np.ndarray:
     """(m, 2) non-dominated loss pairs over an n×n grid of x ∈ [−7.5, 7.5], y ∈ [−10, −6.5],
-    sorted by the first loss (a point is kept when no grid point has both losses ≤ and one <)."""
+    sorted by the first loss (a point is kept when no grid point has both losses ≤ and one <).
+    """
     xs = torch.linspace(-7.5, 7.5, n, dtype=torch.float64)
     ys = torch.linspace(-10.0, -6.5, n, dtype=torch.float64)
     X, Y = torch.meshgrid(xs, ys, indexing="ij")

@@ -9,7 +9,8 @@ __all__ = ["MultiHeadMLP"]
 
 class MultiHeadMLP(nn.Module):
     """z = f(x) (Linear + ReLU layers of widths ``hidden``) and one linear head per task with
-    ``outs[i]`` outputs: ``forward`` returns (z, [head_i(z)])."""
+    ``outs[i]`` outputs: ``forward`` returns (z, [head_i(z)]).
+    """
 
     def __init__(self, d_in: int, hidden: list[int], outs: list[int]) -> None:
         super().__init__()

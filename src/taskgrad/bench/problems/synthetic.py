@@ -13,12 +13,15 @@ __all__ = ["SyntheticProblem"]
 
 class SyntheticProblem(Problem):
     """Task "reg" (regression, MSE ↓) and task "cls" (two classes, accuracy ↑), both functions of a
-    shared linear feature s = xᵀw of x ~ N(0, I): y_reg = s + 0.1·ε, y_cls = [s + x₀ > 0]."""
+    shared linear feature s = xᵀw of x ~ N(0, I): y_reg = s + 0.1·ε, y_cls = [s + x₀ > 0].
+    """
 
     tasks = ["reg", "cls"]
     metrics = [Metric("reg", "mse", False), Metric("cls", "acc", True)]
 
-    def __init__(self, n_train: int = 64, n_test: int = 32, dim: int = 5, data_seed: int = 0) -> None:
+    def __init__(
+        self, n_train: int = 64, n_test: int = 32, dim: int = 5, data_seed: int = 0
+    ) -> None:
         g = torch.Generator().manual_seed(data_seed)
         x = torch.randn(n_train + n_test, dim, generator=g)
         w = torch.randn(dim, generator=g)
