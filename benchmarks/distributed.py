@@ -31,7 +31,9 @@ OUT = Path(__file__).resolve().parent / "out"
 class Net(nn.Module):
     def __init__(self, d_in: int, width: int, k: int) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh())
+        self.encoder = nn.Sequential(
+            nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh()
+        )
         self.heads = nn.ModuleList(nn.Linear(width, 1) for _ in range(k))
 
     def forward(self, x):
@@ -62,8 +64,11 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
     src = cfg["source"]
     step = None
     if src != "sum":
-        source = {"representation": RepresentationGram(), "full": FullGram(list(base.encoder.parameters())),
-                  "sketch": SketchGram(r=cfg.get("r", 16), seed=0)}[src]
+        source = {
+            "representation": RepresentationGram(),
+            "full": FullGram(list(base.encoder.parameters())),
+            "sketch": SketchGram(r=cfg.get("r", 16), seed=0),
+        }[src]
         step = DistributedStep(taskgrad.MGDA(), source, traffic=traffic)
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(b, d_in, generator=g).to(device)
@@ -78,7 +83,11 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
         if step is None:
             torch.stack(losses).sum().backward()
         else:
-            kw = {"loss_fn": ModuleLoss(base, lambda o: _losses(o[0], y), x)} if src == "sketch" else {}
+            kw = (
+                {"loss_fn": ModuleLoss(base, lambda o: _losses(o[0], y), x)}
+                if src == "sketch"
+                else {}
+            )
             step.backward(losses, features=hook.value, **kw)
         opt.step()
         if cuda:
@@ -90,29 +99,45 @@ def _run_config(rank: int, cfg: dict, warmup: int, steps: int) -> dict:
         if t == warmup - 1:
             traffic.reset()
     P = sum(p.numel() for p in base.parameters())
-    return {"median_s": statistics.median(times), "taskgrad_numel_per_step": traffic.numel / steps,
-            "taskgrad_bytes_per_step": traffic.bytes / steps, "taskgrad_calls_per_step": traffic.calls / steps, "P": P,
-            "ddp_grad_numel": P}
+    return {
+        "median_s": statistics.median(times),
+        "taskgrad_numel_per_step": traffic.numel / steps,
+        "taskgrad_bytes_per_step": traffic.bytes / steps,
+        "taskgrad_calls_per_step": traffic.calls / steps,
+        "P": P,
+        "ddp_grad_numel": P,
+    }
 
 
-def worker(rank: int, world_size: int, configs: list[dict], warmup: int, steps: int, out_path: str) -> None:
+def worker(
+    rank: int, world_size: int, configs: list[dict], warmup: int, steps: int, out_path: str
+) -> None:
     rows = []
     for i, cfg in enumerate(configs):
         res = _run_config(rank, cfg, warmup, steps)
         rows.append({**cfg, **res})
         if rank == 0:
-            print(f"[{i + 1}/{len(configs)}] {cfg} -> {res['median_s'] * 1e3:.2f} ms, "
-                  f"{res['taskgrad_numel_per_step']:.0f} numbers", flush=True)
+            print(
+                f"[{i + 1}/{len(configs)}] {cfg} -> {res['median_s'] * 1e3:.2f} ms, "
+                f"{res['taskgrad_numel_per_step']:.0f} numbers",
+                flush=True,
+            )
     if rank == 0:
         Path(out_path).write_text(json.dumps(rows, indent=1))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                    help="cpu: 2 gloo ranks; cuda: one NCCL rank per GPU, batch 256 per rank")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu: 2 gloo ranks; cuda: one NCCL rank per GPU, batch 256 per rank",
+    )
     args = ap.parse_args()
     from taskgrad.distributed import run_on_ranks
 
@@ -123,14 +148,29 @@ def main() -> None:
     for width in widths:
         for k in ks:
             for source in ("sum", "representation", "sketch", "full"):
-                configs.append({"k": k, "width": width, "d_in": 64, "batch": 256 if args.device == "cuda" else 64,
-                                "source": source, "r": 16, "device": args.device})
+                configs.append(
+                    {
+                        "k": k,
+                        "width": width,
+                        "d_in": 64,
+                        "batch": 256 if args.device == "cuda" else 64,
+                        "source": source,
+                        "r": 16,
+                        "device": args.device,
+                    }
+                )
     steps = 3 if args.quick else args.steps
     path = OUT / "distributed.json"
     t0 = time.time()
     world = torch.cuda.device_count() if args.device == "cuda" else 2
-    run_on_ranks(worker, world, args=(configs, 2, steps, str(path)), timeout=590, threads=1,
-                 backend="nccl" if args.device == "cuda" else "gloo")
+    run_on_ranks(
+        worker,
+        world,
+        args=(configs, 2, steps, str(path)),
+        timeout=590,
+        threads=1,
+        backend="nccl" if args.device == "cuda" else "gloo",
+    )
     rows = json.loads(path.read_text())
     base = {(r["k"], r["width"]): r["median_s"] for r in rows if r["source"] == "sum"}
     for r in rows:
@@ -140,13 +180,23 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{world} ranks, {'NCCL, GPU' if args.device == 'cuda' else 'gloo, CPU'} ({time.time() - t0:.0f} s)")
-    print(f"{'width':>5} {'k':>3} {'P':>8} {'source':>15} {'ms/step':>8} {'× sum':>6} {'taskgrad floats':>15} "
-          f"{'bytes':>9} {'calls':>5} {'DDP floats':>10}")
+    print(
+        f"\n{world} ranks, {'NCCL, GPU' if args.device == 'cuda' else 'gloo, CPU'} "
+        f"({time.time() - t0:.0f} s)"
+    )
+    print(
+        f"{'width':>5} {'k':>3} {'P':>8} {'source':>15} {'ms/step':>8} {'× sum':>6} "
+        f"{'taskgrad floats':>15} "
+        f"{'bytes':>9} {'calls':>5} {'DDP floats':>10}"
+    )
     for r in rows:
-        print(f"{r['width']:>5} {r['k']:>3} {r['P']:>8} {r['source']:>15} {r['median_s'] * 1e3:>8.2f} "
-              f"{r['ratio_to_sum']:>6.2f} {r['taskgrad_numel_per_step']:>15.0f} {r['taskgrad_bytes_per_step']:>9.0f} "
-              f"{r['taskgrad_calls_per_step']:>5.0f} {r['ddp_grad_numel']:>10}")
+        print(
+            f"{r['width']:>5} {r['k']:>3} {r['P']:>8} {r['source']:>15} "
+            f"{r['median_s'] * 1e3:>8.2f} "
+            f"{r['ratio_to_sum']:>6.2f} {r['taskgrad_numel_per_step']:>15.0f} "
+            f"{r['taskgrad_bytes_per_step']:>9.0f} "
+            f"{r['taskgrad_calls_per_step']:>5.0f} {r['ddp_grad_numel']:>10}"
+        )
     try:
         import matplotlib
 

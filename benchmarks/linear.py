@@ -36,8 +36,9 @@ def make_data(n: int, p: int, T: int, density: float | None, seed: int = 0):
     if density is None:
         X = rng.standard_normal((n, p))
     else:
-        X = sp.random(n, p, density=density, format="csc", random_state=seed,
-                      data_rvs=rng.standard_normal)
+        X = sp.random(
+            n, p, density=density, format="csc", random_state=seed, data_rvs=rng.standard_normal
+        )
     W = np.zeros((p, T))
     act = rng.choice(p, 20, replace=False)
     W[act] = rng.standard_normal((20, T))
@@ -78,18 +79,27 @@ def contenders(device: str):
 
     solver = "cd" if device == "cpu" else "apg"
     out = {
-        "taskgrad": (lambda a, w: MultiTaskLasso(alpha=a, tol=2e-4, max_iter=100000,
-                                                 warm_start=w, solver=solver, device=device),
-                     True),
-        "scikit-learn": (lambda a, w: SkMTL(alpha=a, tol=1e-4, max_iter=100000, warm_start=w),
-                         False),
+        "taskgrad": (
+            lambda a, w: MultiTaskLasso(
+                alpha=a, tol=2e-4, max_iter=100000, warm_start=w, solver=solver, device=device
+            ),
+            True,
+        ),
+        "scikit-learn": (
+            lambda a, w: SkMTL(alpha=a, tol=1e-4, max_iter=100000, warm_start=w),
+            False,
+        ),
     }
     notes = {}
     try:
         from skglm import MultiTaskLasso as SkglmMTL
 
-        out["skglm"] = (lambda a, w: SkglmMTL(alpha=a, tol=1e-4, max_iter=100,
-                                              warm_start=w, fit_intercept=True), True)
+        out["skglm"] = (
+            lambda a, w: SkglmMTL(
+                alpha=a, tol=1e-4, max_iter=100, warm_start=w, fit_intercept=True
+            ),
+            True,
+        )
     except Exception as e:  # pragma: no cover - depends on the environment
         notes["skglm"] = f"not importable: {e!r}"
     try:
@@ -117,14 +127,29 @@ def run_case(name, X, Y, alphas, ests, progress, task_id):
                     est.fit(Xin, Y)
                 elapsed = time.perf_counter() - t0
             gap = reference_gap(X, Y, np.asarray(est.coef_), np.asarray(est.intercept_), alphas[-1])
-            rows.append(dict(case=name, solver=est_name, time_s=elapsed, final_gap=gap,
-                             gap_target=1e-4 * ((Y - Y.mean(0)) ** 2).sum() / Y.shape[0],
-                             n_active=int((np.abs(np.asarray(est.coef_)).sum(0) > 0).sum()),
-                             note=note))
+            rows.append(
+                dict(
+                    case=name,
+                    solver=est_name,
+                    time_s=elapsed,
+                    final_gap=gap,
+                    gap_target=1e-4 * ((Y - Y.mean(0)) ** 2).sum() / Y.shape[0],
+                    n_active=int((np.abs(np.asarray(est.coef_)).sum(0) > 0).sum()),
+                    note=note,
+                )
+            )
         except Exception as e:  # a peer that breaks with this scikit-learn/numpy is reported
-            rows.append(dict(case=name, solver=est_name, time_s=float("nan"),
-                             final_gap=float("nan"), gap_target=float("nan"), n_active=-1,
-                             note=f"failed: {type(e).__name__}: {str(e)[:120]}"))
+            rows.append(
+                dict(
+                    case=name,
+                    solver=est_name,
+                    time_s=float("nan"),
+                    final_gap=float("nan"),
+                    gap_target=float("nan"),
+                    n_active=-1,
+                    note=f"failed: {type(e).__name__}: {str(e)[:120]}",
+                )
+            )
         progress.advance(task_id)
     return rows
 
@@ -151,13 +176,20 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="n=200, p=1000 (smoke test)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads for every contender")
-    ap.add_argument("--datasets", action="store_true",
-                    help="School and Parkinsons nMSE instead of the speed cases")
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".." /
-                                              "shared" / "data"))
+    ap.add_argument(
+        "--datasets",
+        action="store_true",
+        help="School and Parkinsons nMSE instead of the speed cases",
+    )
+    ap.add_argument(
+        "--data-dir", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    )
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--logistic-scaling", action="store_true",
-                    help="L2,1 logistic CD epochs/time on badly scaled vs standardized features")
+    ap.add_argument(
+        "--logistic-scaling",
+        action="store_true",
+        help="L2,1 logistic CD epochs/time on badly scaled vs standardized features",
+    )
     args = ap.parse_args(argv)
     if args.datasets:
         return run_datasets(args)
@@ -185,19 +217,32 @@ def main(argv=None) -> int:
     for label, X, Y in (("dense", Xd, Yd), ("sparse 1%", Xs, Ys)):
         am = alpha_max(X, Y)
         cases.append((f"{label} n={n} p={p} T={T} α=α_max/20", X, Y, [am / 20]))
-        cases.append((f"{label} n={n} p={p} T={T} 10-α path", X, Y,
-                      list(np.geomspace(am / 1.5, am / 20, 10))))
+        cases.append(
+            (
+                f"{label} n={n} p={p} T={T} 10-α path",
+                X,
+                Y,
+                list(np.geomspace(am / 1.5, am / 20, 10)),
+            )
+        )
     if args.device != "cpu":
         nl = 2000 if args.quick else 20000
         Xl, Yl = make_data(nl, nl, T, None)
-        cases.append((f"dense n={nl} p={nl} T={T} α=α_max/20 ({args.device})", Xl, Yl,
-                      [alpha_max(Xl, Yl) / 20]))
+        cases.append(
+            (
+                f"dense n={nl} p={nl} T={T} α=α_max/20 ({args.device})",
+                Xl,
+                Yl,
+                [alpha_max(Xl, Yl) / 20],
+            )
+        )
     ests, notes = contenders("cpu")
     warmup("cpu")
     rows = []
     with Progress() as progress:
-        tid = progress.add_task("fits", total=len(cases) * len(ests) + (len(ests) if
-                                                                         args.device != "cpu" else 0))
+        tid = progress.add_task(
+            "fits", total=len(cases) * len(ests) + (len(ests) if args.device != "cpu" else 0)
+        )
         for name, X, Y, alphas in cases:
             if "(" in name and args.device != "cpu":  # large case: GPU taskgrad vs CPU others
                 gpu_ests, _ = contenders(args.device)
@@ -206,19 +251,39 @@ def main(argv=None) -> int:
             else:
                 rows += run_case(name, X, Y, alphas, ests, progress, tid)
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = dict(device=args.device, threads=args.threads, numpy=np.__version__, notes=notes,
-                command="python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]))
+    meta = dict(
+        device=args.device,
+        threads=args.threads,
+        numpy=np.__version__,
+        notes=notes,
+        command="python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    )
     (OUT / "linear.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     table = Table(title="MultiTaskLasso: time (s) and final duality gap")
-    for col in ("case", "solver", "time_s", "×sklearn", "final_gap", "gap_target", "n_active",
-                "note"):
+    for col in (
+        "case",
+        "solver",
+        "time_s",
+        "×sklearn",
+        "final_gap",
+        "gap_target",
+        "n_active",
+        "note",
+    ):
         table.add_column(col)
     base = {r["case"]: r["time_s"] for r in rows if r["solver"] == "scikit-learn"}
     for r in rows:
         ratio = base.get(r["case"], float("nan")) / r["time_s"]
-        table.add_row(r["case"], r["solver"], f"{r['time_s']:.3f}", f"{ratio:.2f}",
-                      f"{r['final_gap']:.2e}", f"{r['gap_target']:.2e}", str(r["n_active"]),
-                      r["note"])
+        table.add_row(
+            r["case"],
+            r["solver"],
+            f"{r['time_s']:.3f}",
+            f"{ratio:.2f}",
+            f"{r['final_gap']:.2e}",
+            f"{r['gap_target']:.2e}",
+            str(r["n_active"]),
+            r["note"],
+        )
     Console().print(table)
     for k, v in notes.items():
         print(f"{k}: {v}")
@@ -233,12 +298,16 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(9, 4))
         w = 0.8 / len(solvers)
         for k, s in enumerate(solvers):
-            ts = [next((r["time_s"] for r in rows if r["case"] == c and r["solver"] == s),
-                       np.nan) for c in names]
+            ts = [
+                next((r["time_s"] for r in rows if r["case"] == c and r["solver"] == s), np.nan)
+                for c in names
+            ]
             ax.bar(np.arange(len(names)) + k * w, ts, w, label=s)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2, [c.split(" T=")[0] + "\n" +
-                                                             c.split("T=20 ")[-1] for c in names],
-                      fontsize=7)
+        ax.set_xticks(
+            np.arange(len(names)) + 0.4 - w / 2,
+            [c.split(" T=")[0] + "\n" + c.split("T=20 ")[-1] for c in names],
+            fontsize=7,
+        )
         ax.set_yscale("log")
         ax.set_ylabel("seconds")
         ax.legend()
@@ -247,7 +316,6 @@ def main(argv=None) -> int:
     except Exception as e:  # plotting is optional
         print("plot skipped:", e)
     return 0
-
 
 
 # --------------------------------------------------------------------------- logistic scaling
@@ -280,14 +348,22 @@ def run_logistic_scaling(args) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                m = MultiTaskLogisticRegression(alpha=frac * am, tol=1e-8,
-                                                max_iter=100000).fit(X, Y)
+                m = MultiTaskLogisticRegression(alpha=frac * am, tol=1e-8, max_iter=100000).fit(
+                    X, Y
+                )
                 dt = time.perf_counter() - t0
-            rows.append(dict(columns="10^U(-3,3) scaled" if bad else "standardized",
-                             alpha_frac=frac, epochs=int(m.n_iter_), time_s=dt,
-                             gap=float(m.dual_gap_), gap_tol=float(m.dual_gap_tol_),
-                             converged=bool(m.converged_),
-                             n_active=int((np.abs(m.coef_).sum(0) > 0).sum())))
+            rows.append(
+                dict(
+                    columns="10^U(-3,3) scaled" if bad else "standardized",
+                    alpha_frac=frac,
+                    epochs=int(m.n_iter_),
+                    time_s=dt,
+                    gap=float(m.dual_gap_),
+                    gap_tol=float(m.dual_gap_tol_),
+                    converged=bool(m.converged_),
+                    n_active=int((np.abs(m.coef_).sum(0) > 0).sum()),
+                )
+            )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "linear_logistic_scaling.json").write_text(json.dumps(rows, indent=1))
     table = Table(title="MultiTaskLogisticRegression (l21), n=400 p=40 T=4, tol=1e-8")
@@ -309,14 +385,20 @@ def nmse(tasks_test, preds) -> float:
 def nmse_task_mean(tasks_test, preds) -> float:
     """Task-averaged nMSE: (1/T) Σ_t MSE_t / Var(y_t) over the tasks' test samples (tasks with
     fewer than 2 test samples or constant targets skipped)."""
-    vals = [np.mean((t[1] - p) ** 2) / np.var(t[1]) for t, p in zip(tasks_test, preds)
-            if t[1].size > 1 and np.var(t[1]) > 0]
+    vals = [
+        np.mean((t[1] - p) ** 2) / np.var(t[1])
+        for t, p in zip(tasks_test, preds, strict=True)
+        if t[1].size > 1 and np.var(t[1]) > 0
+    ]
     return float(np.mean(vals))
 
 
 def malsar_rmse(tasks_test, preds) -> float:
     """MALSAR's ``eval_MTL_rmse``: Σ_t N_t·RMSE_t / Σ_t N_t (sample-weighted per-task RMSE)."""
-    num = sum(np.sqrt(np.mean((t[1] - p) ** 2)) * t[1].size for t, p in zip(tasks_test, preds))
+    num = sum(
+        np.sqrt(np.mean((t[1] - p) ** 2)) * t[1].size
+        for t, p in zip(tasks_test, preds, strict=True)
+    )
     return float(num / sum(t[1].size for t in tasks_test))
 
 
@@ -362,8 +444,10 @@ def run_datasets(args) -> int:
     from taskgrad.linear import MultiTaskElasticNetCV, MultiTaskLassoCV
 
     data_dir = Path(args.data_dir)
-    sets = {"School": load_school(data_dir / "school.mat"),
-            "Parkinsons (total_UPDRS)": load_parkinsons(data_dir / "parkinsons_updrs.data")}
+    sets = {
+        "School": load_school(data_dir / "school.mat"),
+        "Parkinsons (total_UPDRS)": load_parkinsons(data_dir / "parkinsons_updrs.data"),
+    }
     models = {
         "MTL L2,1 (taskgrad)": lambda: MultiTaskLassoCV(alphas=20, cv=3),
         "per-task Lasso": lambda: MultiTaskLassoCV(penalty="l1", alphas=20, cv=3),
@@ -389,17 +473,28 @@ def run_datasets(args) -> int:
                                 warnings.simplefilter("ignore")
                                 m = est.fit(tr)
                             pred = m.predict([x for x, _ in te])
-                            rows.append(dict(
-                                dataset=dname, protocol=proto, ratio=ratio, rep=rep, model=mname,
-                                nmse=nmse(te, pred), nmse_task_mean=nmse_task_mean(te, pred),
-                                malsar_rmse=malsar_rmse(te, pred), alpha=m.alpha_,
-                                n_features=int((np.abs(m.coef_).sum(0) > 0).sum())))
+                            rows.append(
+                                dict(
+                                    dataset=dname,
+                                    protocol=proto,
+                                    ratio=ratio,
+                                    rep=rep,
+                                    model=mname,
+                                    nmse=nmse(te, pred),
+                                    nmse_task_mean=nmse_task_mean(te, pred),
+                                    malsar_rmse=malsar_rmse(te, pred),
+                                    alpha=m.alpha_,
+                                    n_features=int((np.abs(m.coef_).sum(0) > 0).sum()),
+                                )
+                            )
                         progress.advance(tid)
     OUT.mkdir(parents=True, exist_ok=True)
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     (OUT / "linear_datasets.json").write_text(json.dumps(dict(command=cmd, rows=rows), indent=1))
-    table = Table(title=f"test error, mean ± std over {reps} splits (nMSE pooled | nMSE "
-                        "task-averaged | MALSAR eval_MTL_rmse)")
+    table = Table(
+        title=f"test error, mean ± std over {reps} splits (nMSE pooled | nMSE "
+        "task-averaged | MALSAR eval_MTL_rmse)"
+    )
     for col in ("dataset", "protocol", "model", "metric"):
         table.add_column(col)
     for r in ratios:
@@ -410,8 +505,14 @@ def run_datasets(args) -> int:
                 for metric in ("nmse", "nmse_task_mean", "malsar_rmse"):
                     cells = []
                     for r in ratios:
-                        v = [x[metric] for x in rows if x["dataset"] == dname and x["model"] == mname
-                             and x["ratio"] == r and x["protocol"] == proto]
+                        v = [
+                            x[metric]
+                            for x in rows
+                            if x["dataset"] == dname
+                            and x["model"] == mname
+                            and x["ratio"] == r
+                            and x["protocol"] == proto
+                        ]
                         cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "")
                     if any(cells):
                         table.add_row(dname, proto, mname, metric, *cells)

@@ -45,6 +45,11 @@ def make_model(k: int, device: str, width: int = 256, depth: int = 3, d_in: int 
     return trunk, heads, x, y
 
 
+def _mean_step(rows: list[dict], k: int) -> float:
+    """The mean step time (s) measured at k."""
+    return next(r["mean_step_s"] for r in rows if r["k"] == k and "mean_step_s" in r)
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -80,7 +85,9 @@ def step_time(method, k: int, device: str, reps: int) -> tuple[float, float]:
     return t["method"], t["mean"]
 
 
-def solve_time(method, J: torch.Tensor, G: torch.Tensor, L: torch.Tensor, reps: int, device: str) -> float:
+def solve_time(
+    method, J: torch.Tensor, G: torch.Tensor, L: torch.Tensor, reps: int, device: str
+) -> float:
     times = []
     for _ in range(reps):
         sync(device)
@@ -120,7 +127,11 @@ def nash_reference_loop(GTG, prev_alpha, optim_niter: int = 20):
             prob.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
         except Exception:
             alpha.value = prev.value
-        if alpha.value is None or np.linalg.norm(Gn @ a_t - 1 / (a_t + 1e-10)) < 1e-3 or np.linalg.norm(alpha.value - prev.value) < 1e-6:
+        if (
+            alpha.value is None
+            or np.linalg.norm(Gn @ a_t - 1 / (a_t + 1e-10)) < 1e-3
+            or np.linalg.norm(alpha.value - prev.value) < 1e-6
+        ):
             break
         a_t = alpha.value
     return a_t
@@ -178,15 +189,24 @@ def solve_benchmark(args) -> dict:
                             single = build(name, k)
                             fns = {"auto": (lambda m=single, G=G, L=L: m(gram=G, losses=L))}
                             break
-                        fns[impl] = (lambda m=m, G=G, L=L: m(gram=G, losses=L))
+                        fns[impl] = lambda m=m, G=G, L=L: m(gram=G, losses=L)
                     try:
                         t = interleaved_medians(fns, args.solve_reps, args.device)
                     except M.UndefinedMethodError:
                         continue
                     two = "torch" in t
-                    rows.append({"k": k, "batch": batch or 1, "method": name, "case": case, "two_impls": two,
-                                 "torch_s": t.get("torch", t["auto"]), "auto_s": t["auto"],
-                                 "speedup": t["torch"] / t["auto"] if two else None})
+                    rows.append(
+                        {
+                            "k": k,
+                            "batch": batch or 1,
+                            "method": name,
+                            "case": case,
+                            "two_impls": two,
+                            "torch_s": t.get("torch", t["auto"]),
+                            "auto_s": t["auto"],
+                            "speedup": t["torch"] / t["auto"] if two else None,
+                        }
+                    )
     return {"device": args.device, "threads": args.threads, "reps": args.solve_reps, "rows": rows}
 
 
@@ -197,7 +217,10 @@ def print_solve_table(res: dict, ks: list[int]) -> None:
             sel = [r for r in rows if r["batch"] == batch and r["case"] == case]
             if not sel:
                 continue
-            print(f"\n### Solve ms, {case} gradients, batch {batch} (device {res['device']}, torch → auto)\n")
+            print(
+                f"\n### Solve ms, {case} gradients, batch {batch} (device {res['device']}, torch → "
+                "auto)\n"
+            )
             cols = " | ".join(f"k={k} torch | k={k} auto" for k in ks)
             print(f"| method | {cols} | k={ks[-1]} speedup |")
             print("|---|" + "---|---|" * len(ks) + "---|")
@@ -206,7 +229,11 @@ def print_solve_table(res: dict, ks: list[int]) -> None:
                 last = None
                 for k in ks:
                     r = next((r for r in sel if r["k"] == k and r["method"] == name), None)
-                    cells += [f"{1e3 * r['torch_s']:.3f}", f"{1e3 * r['auto_s']:.3f}"] if r else ["-", "-"]
+                    cells += (
+                        [f"{1e3 * r['torch_s']:.3f}", f"{1e3 * r['auto_s']:.3f}"]
+                        if r
+                        else ["-", "-"]
+                    )
                     last = r
                 sp = f"{last['speedup']:.1f}x" if last and last["speedup"] else "(one impl)"
                 print(f"| {name} | " + " | ".join(cells) + f" | {sp} |")
@@ -218,11 +245,23 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 10, 40])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--solve-only", action="store_true", help="only the solve-time comparison (no training steps)")
-    ap.add_argument("--solve-reps", type=int, default=31, help="repetitions of each solve (median reported)")
-    ap.add_argument("--batch", type=int, default=64, help="also time a batch of this many Grams (0: skip)")
-    ap.add_argument("--methods", nargs="+", default=None, help="only these registered methods (and Mean)")
-    ap.add_argument("--no-nash", action="store_true", help="skip the Nash-MTL reference-loop comparison")
+    ap.add_argument(
+        "--solve-only",
+        action="store_true",
+        help="only the solve-time comparison (no training steps)",
+    )
+    ap.add_argument(
+        "--solve-reps", type=int, default=31, help="repetitions of each solve (median reported)"
+    )
+    ap.add_argument(
+        "--batch", type=int, default=64, help="also time a batch of this many Grams (0: skip)"
+    )
+    ap.add_argument(
+        "--methods", nargs="+", default=None, help="only these registered methods (and Mean)"
+    )
+    ap.add_argument(
+        "--no-nash", action="store_true", help="skip the Nash-MTL reference-loop comparison"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -240,14 +279,25 @@ def main() -> None:
     rows = []
     for k in args.ks:
         torch.manual_seed(1)
-        J = torch.randn(k, 2000, device=args.device) + 1.0  # a common component keeps Nash-MTL defined
+        J = (
+            torch.randn(k, 2000, device=args.device) + 1.0
+        )  # a common component keeps Nash-MTL defined
         G = J @ J.T
         L = torch.rand(k, device=args.device) + 0.5
         for name in track(names, description=f"k={k}"):
             try:
                 t, base = step_time(build(name, k), k, args.device, args.reps)
                 s = solve_time(build(name, k), J, G, L, args.reps, args.device)
-                rows.append({"k": k, "method": name, "step_s": t, "mean_step_s": base, "ratio": t / base, "solve_s": s})
+                rows.append(
+                    {
+                        "k": k,
+                        "method": name,
+                        "step_s": t,
+                        "mean_step_s": base,
+                        "ratio": t / base,
+                        "solve_s": s,
+                    }
+                )
             except M.UndefinedMethodError as e:
                 rows.append({"k": k, "method": name, "error": str(e)[:80]})
     # Nash-MTL: exact Newton vs the reference CCP loop on the same Gram matrices
@@ -271,13 +321,27 @@ def main() -> None:
         res_ours = float((a * (G @ a) - 1).abs().max())
         ar = torch.tensor(a_ref)
         res_ref = float((ar * (G @ ar) - 1).abs().max())
-        nash.append({"k": k, "ours_s": t_ours, "reference_s": t_ref, "speedup": t_ref / t_ours,
-                     "kkt_ours": res_ours, "kkt_reference": res_ref})
+        nash.append(
+            {
+                "k": k,
+                "ours_s": t_ours,
+                "reference_s": t_ref,
+                "speedup": t_ref / t_ours,
+                "kkt_ours": res_ours,
+                "kkt_reference": res_ref,
+            }
+        )
     result = {"device": args.device, "threads": args.threads, "rows": rows, "nash": nash}
     (OUT / "methods.json").write_text(json.dumps(result, indent=1))
 
     print(f"\n### Step time relative to Mean, interleaved medians (device {args.device})\n")
-    print("| method | " + " | ".join(f"k={k} ratio" for k in args.ks) + " | " + " | ".join(f"k={k} solve ms" for k in args.ks) + " |")
+    print(
+        "| method | "
+        + " | ".join(f"k={k} ratio" for k in args.ks)
+        + " | "
+        + " | ".join(f"k={k} solve ms" for k in args.ks)
+        + " |"
+    )
     print("|---|" + "---|" * (2 * len(args.ks)))
     for name in names:
         cells, solves = [], []
@@ -286,12 +350,17 @@ def main() -> None:
             cells.append(f"{r['ratio']:.2f}" if "ratio" in r else "undefined")
             solves.append(f"{1e3 * r['solve_s']:.2f}" if "solve_s" in r else "-")
         print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(solves) + " |")
-    print("\nMean step (ms): " + ", ".join(f"k={k}: {1e3 * next(r['mean_step_s'] for r in rows if r['k'] == k and 'mean_step_s' in r):.2f}" for k in args.ks))
+    print(
+        "\nMean step (ms): " + ", ".join(f"k={k}: {1e3 * _mean_step(rows, k):.2f}" for k in args.ks)
+    )
     print("\n### Nash-MTL: exact Newton vs the reference cvxpy/ECOS loop\n")
     print("| k | ours (ms) | reference loop (ms) | speedup | max abs(a(Ga)-1) ours | reference |")
     print("|---|---|---|---|---|---|")
     for n in nash:
-        print(f"| {n['k']} | {1e3 * n['ours_s']:.2f} | {1e3 * n['reference_s']:.1f} | {n['speedup']:.0f}x | {n['kkt_ours']:.1e} | {n['kkt_reference']:.1e} |")
+        print(
+            f"| {n['k']} | {1e3 * n['ours_s']:.2f} | {1e3 * n['reference_s']:.1f} | "
+            f"{n['speedup']:.0f}x | {n['kkt_ours']:.1e} | {n['kkt_reference']:.1e} |"
+        )
     try:
         import matplotlib
 
@@ -301,7 +370,17 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(12, 4))
         width = 0.8 / len(args.ks)
         for i, k in enumerate(args.ks):
-            vals = [next((r.get("ratio", float("nan")) for r in rows if r["k"] == k and r["method"] == n), float("nan")) for n in names]
+            vals = [
+                next(
+                    (
+                        r.get("ratio", float("nan"))
+                        for r in rows
+                        if r["k"] == k and r["method"] == n
+                    ),
+                    float("nan"),
+                )
+                for n in names
+            ]
             ax.bar([j + i * width for j in range(len(names))], vals, width, label=f"k={k}")
         ax.set_xticks([j + 0.4 for j in range(len(names))], names, rotation=75, fontsize=7)
         ax.axhline(1.0, color="k", lw=0.5)

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from taskgrad import Mean, PrimaryAux
-from taskgrad.sources import parameter_gram
 from taskgrad.second_order import GaussNewtonCG, GaussNewtonOperator, NewtonCG
+from taskgrad.sources import parameter_gram
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def hvp_cost(args: argparse.Namespace) -> dict[str, Any]:
         return (w * losses_of(outs)).sum(), outs
 
     def f_func(p: tuple[Tensor, ...]) -> Tensor:
-        _, outs = torch.func.functional_call(model, dict(zip(names, p)), (x,))
+        _, outs = torch.func.functional_call(model, dict(zip(names, p, strict=True)), (x,))
         return (w * losses_of(outs)).sum()
 
     def grad_once() -> Any:
@@ -128,7 +128,11 @@ def hvp_cost(args: argparse.Namespace) -> dict[str, Any]:
         ("HVP forward-over-reverse (torch.func jvp∘grad)", hvp_forward, 1),
         ("HVP forward-over-reverse, vmap over 4 vectors (per vector)", hvp_forward_vmap4, 4),
         ("HVP double backward (create_graph + backward)", hvp_double, 1),
-        ("HVP double backward, marginal (gradient graph reused, as in CG)", hvp_reverse_marginal, 1),
+        (
+            "HVP double backward, marginal (gradient graph reused, as in CG)",
+            hvp_reverse_marginal,
+            1,
+        ),
         ("GNVP on the graph, marginal (double-vjp J v, Hz, Jᵀ)", gnvp_marginal, 1),
     ]
     for name, fn, per in cases:
@@ -155,7 +159,13 @@ class TwoModalityNet(nn.Module):
 
     def __init__(self, n_tab: int, k: int = 2, hidden: int = 32) -> None:
         super().__init__()
-        self.img = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 16, 16))
+        self.img = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 16, 16),
+        )
         self.tab = nn.Linear(n_tab, 16)
         self.trunk = nn.Sequential(nn.Tanh(), nn.Linear(32, hidden), nn.Tanh())
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(k))
@@ -169,11 +179,17 @@ def synthetic_data(n: int, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(n, 4, generator=g, dtype=torch.float64)
     basis = torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
-    img = torch.einsum("nk,kchw->nchw", torch.tanh(u), basis) + 0.1 * torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
+    img = torch.einsum("nk,kchw->nchw", torch.tanh(u), basis) + 0.1 * torch.randn(
+        n, 1, 8, 8, generator=g, dtype=torch.float64
+    )
     scales = torch.logspace(-3, 3, 16, dtype=torch.float64)
     A = torch.randn(4, 16, generator=g, dtype=torch.float64)
     tab = (u @ A + 0.1 * torch.randn(n, 16, generator=g, dtype=torch.float64)) * scales
-    y0 = torch.sin(u[:, 0]) + u[:, 1] * u[:, 2] + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    y0 = (
+        torch.sin(u[:, 0])
+        + u[:, 1] * u[:, 2]
+        + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    )
     y1 = torch.tanh(u[:, 0] + u[:, 3]) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
     return {"img": img, "tab": tab, "y": torch.stack([y0, y1], 1)}
 
@@ -195,7 +211,7 @@ def school_data(path: Path, seed: int) -> dict[str, Any]:
     ymean = np.concatenate(Ys).mean()
     ystd = np.concatenate(Ys).std()
     train, test = [], []
-    for X, Y in zip(Xs, Ys):
+    for X, Y in zip(Xs, Ys, strict=True):
         idx = rng.permutation(len(Y))
         cut = max(1, int(0.8 * len(Y)))
         for part, sel in ((train, idx[:cut]), (test, idx[cut:])):
@@ -208,7 +224,9 @@ class SchoolNet(nn.Module):
 
     def __init__(self, d: int, k: int, hidden: int = 32) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.trunk = nn.Sequential(
+            nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
         self.head_w = nn.Parameter(torch.randn(k, hidden) / math.sqrt(hidden))
         self.head_b = nn.Parameter(torch.zeros(k))
 
@@ -230,7 +248,13 @@ class Problem:
         shared: list[Tensor],
         gram_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        self.name, self.model, self.closure, self.test, self.primary = name, model, closure, test, primary
+        self.name, self.model, self.closure, self.test, self.primary = (
+            name,
+            model,
+            closure,
+            test,
+            primary,
+        )
         self.shared = shared  # the parameters every task reads: the Gram is taken over these
         self.gram_fn = gram_fn  # an exact, cheaper Gram than parameter_gram's k backwards (School)
 
@@ -267,7 +291,9 @@ def make_school(seed: int, path: Path) -> Problem:
     def pack(part: list) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         X = torch.cat([x for x, _ in part])
         Y = torch.cat([y for _, y in part])
-        task = torch.cat([torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(part)])
+        task = torch.cat(
+            [torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(part)]
+        )
         counts = torch.tensor([len(y) for _, y in part], dtype=torch.float64)
         return X, Y, task, counts
 
@@ -308,15 +334,26 @@ def make_school(seed: int, path: Path) -> Problem:
             out = (a * model.head_w[Ttr]).sum(-1) + model.head_b[Ttr]
             deltas = torch.autograd.grad((((out - Ytr) ** 2) / counts).sum(), pre)
         parts = []
-        for a_in, d in zip(inputs, deltas):
+        for a_in, d in zip(inputs, deltas, strict=True):
             a_in, d = a_in.detach(), d.detach()
-            Wg = torch.zeros(k, d.shape[1], a_in.shape[1], dtype=d.dtype).index_add_(0, Ttr, d[:, :, None] * a_in[:, None, :])
-            parts += [Wg.reshape(k, -1), torch.zeros(k, d.shape[1], dtype=d.dtype).index_add_(0, Ttr, d)]
+            Wg = torch.zeros(k, d.shape[1], a_in.shape[1], dtype=d.dtype).index_add_(
+                0, Ttr, d[:, :, None] * a_in[:, None, :]
+            )
+            parts += [
+                Wg.reshape(k, -1),
+                torch.zeros(k, d.shape[1], dtype=d.dtype).index_add_(0, Ttr, d),
+            ]
         J = torch.cat(parts, 1)
         return J @ J.T
 
     return Problem(
-        "school", model, closure, test, primary=int(torch.argmax(Ctr)), shared=list(model.trunk.parameters()), gram_fn=gram_fn
+        "school",
+        model,
+        closure,
+        test,
+        primary=int(torch.argmax(Ctr)),
+        shared=list(model.trunk.parameters()),
+        gram_fn=gram_fn,
     )
 
 
@@ -342,10 +379,25 @@ def reorder_primary(prob: Problem) -> Problem:
         return G[p][:, p]
 
     gf = gram_fn if prob.gram_fn is not None else None
-    return Problem(prob.name, prob.model, closure, lambda: perm(base_test()), primary=0, shared=prob.shared, gram_fn=gf)
+    return Problem(
+        prob.name,
+        prob.model,
+        closure,
+        lambda: perm(base_test()),
+        primary=0,
+        shared=prob.shared,
+        gram_fn=gf,
+    )
 
 
-def run_one(prob: Problem, opt_name: str, method_name: str, budget: float, max_iters: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(
+    prob: Problem,
+    opt_name: str,
+    method_name: str,
+    budget: float,
+    max_iters: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     model = prob.model
     method = Mean() if method_name == "Mean" else PrimaryAux(n_primary=1)
     params = list(model.parameters())
@@ -371,7 +423,9 @@ def run_one(prob: Problem, opt_name: str, method_name: str, budget: float, max_i
             opt.step()
 
     elif opt_name == "L-BFGS":
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe"
+        )
 
         def closure() -> Tensor:
             opt.zero_grad()
@@ -391,7 +445,16 @@ def run_one(prob: Problem, opt_name: str, method_name: str, budget: float, max_i
 
         def step() -> None:
             opt.step(prob.closure)
-            keep = ("cg_iterations", "cg_status", "damping", "step_size", "rho", "fallback", "products", "line_search_evals")
+            keep = (
+                "cg_iterations",
+                "cg_status",
+                "damping",
+                "step_size",
+                "rho",
+                "fallback",
+                "products",
+                "line_search_evals",
+            )
             info_log.append({k: opt.info.get(k) for k in keep})
 
     def record(it: int, wall: float) -> None:
@@ -418,7 +481,13 @@ def run_one(prob: Problem, opt_name: str, method_name: str, budget: float, max_i
         if not math.isfinite(log[-1]["train_mean"]):
             log[-1]["error"] = "non-finite loss"
             break
-    summary: dict[str, Any] = {"optimizer": opt_name, "method": method_name, "iters": it, "time": wall, "log": log}
+    summary: dict[str, Any] = {
+        "optimizer": opt_name,
+        "method": method_name,
+        "iters": it,
+        "time": wall,
+        "log": log,
+    }
     if info_log:
         cg = [r["cg_iterations"] for r in info_log if r.get("cg_iterations") is not None]
         summary["mean_cg_iters"] = float(np.mean(cg)) if cg else None
@@ -428,11 +497,17 @@ def run_one(prob: Problem, opt_name: str, method_name: str, budget: float, max_i
     return summary
 
 
-def experiment(name: str, make: Callable[[], Problem], args: argparse.Namespace, budget: float) -> dict[str, Any]:
+def experiment(
+    name: str, make: Callable[[], Problem], args: argparse.Namespace, budget: float
+) -> dict[str, Any]:
     from rich.progress import Progress
 
     runs = []
-    combos = [(o, m) for o in ("Adam", "L-BFGS", "NewtonCG", "GaussNewtonCG") for m in ("Mean", "PrimaryAux")]
+    combos = [
+        (o, m)
+        for o in ("Adam", "L-BFGS", "NewtonCG", "GaussNewtonCG")
+        for m in ("Mean", "PrimaryAux")
+    ]
     with Progress(transient=False) as bar:
         task = bar.add_task(f"{name}", total=len(combos))
         for opt_name, method_name in combos:
@@ -482,19 +557,26 @@ def plot(exp: dict[str, Any], out: Path) -> Path:
 
 def table(exp: dict[str, Any]) -> str:
     lines = [
-        f"**{exp['problem']}** (budget {exp['budget_s']:.0f} s per run; losses are full-batch MSE, primary = task 0 after reordering)",
+        f"**{exp['problem']}** (budget {exp['budget_s']:.0f} s per run; losses are full-batch MSE, "
+        "primary = task 0 after reordering)",
         "",
-        "| optimizer | weights | iters | time [s] | train mean | train primary | test primary | t to 1.1× best train mean [s] | mean CG iters | fallbacks |",
+        "| optimizer | weights | iters | time [s] | train mean | train primary | test primary | t "
+        "to 1.1× best train mean [s] | mean CG iters | fallbacks |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    best = min(min(e["train_mean"] for e in r["log"] if math.isfinite(e["train_mean"])) for r in exp["runs"])
+    best = min(
+        min(e["train_mean"] for e in r["log"] if math.isfinite(e["train_mean"]))
+        for r in exp["runs"]
+    )
     for r in exp["runs"]:
         last = r["log"][-1]
         hit = next((e["time"] for e in r["log"] if e["train_mean"] <= 1.1 * best), None)
         cg = "" if r.get("mean_cg_iters") is None else f"{r['mean_cg_iters']:.1f}"
         lines.append(
-            f"| {r['optimizer']} | {r['method']} | {r['iters']} | {r['time']:.1f} | {last['train_mean']:.4g} | "
-            f"{last['train_primary']:.4g} | {last['test_primary']:.4g} | {'—' if hit is None else f'{hit:.2f}'} | "
+            f"| {r['optimizer']} | {r['method']} | {r['iters']} | {r['time']:.1f} | "
+            f"{last['train_mean']:.4g} | "
+            f"{last['train_primary']:.4g} | {last['test_primary']:.4g} | "
+            f"{'—' if hit is None else f'{hit:.2f}'} | "
             f"{cg} | {r.get('fallbacks', '')}"
             + (f" ({last['error']})" if "error" in last else "")
             + " |"
@@ -504,8 +586,10 @@ def table(exp: dict[str, Any]) -> str:
 
 def hvp_table(res: dict[str, Any]) -> str:
     lines = [
-        f"**HVP cost** ({res['device_name']}, {res['threads']} thread(s); ResNet-18-style encoder width "
-        f"{res['width']}, batch {res['batch']}×3×32×32, 2 heads, {res['params']:,} parameters; median of {res['reps']})",
+        f"**HVP cost** ({res['device_name']}, {res['threads']} thread(s); ResNet-18-style encoder "
+        "width "
+        f"{res['width']}, batch {res['batch']}×3×32×32, 2 heads, {res['params']:,} parameters; "
+        f"median of {res['reps']})",
         "",
         "| product | time [ms] | × gradient |",
         "|---|---:|---:|",
@@ -516,7 +600,9 @@ def hvp_table(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("part", choices=["hvp-cost", "synthetic", "school", "all"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings)")
@@ -528,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adam-lr", type=float, default=1e-2)
     ap.add_argument("--damping", type=float, default=1e-2)
     ap.add_argument("--max-cg", type=int, default=50)
-    ap.add_argument("--cg-rtol", type=float, default=None, help="CG tolerance (default: min(½, √‖g‖))")
+    ap.add_argument(
+        "--cg-rtol", type=float, default=None, help="CG tolerance (default: min(½, √‖g‖))"
+    )
     ap.add_argument("--products", default="auto", choices=["auto", "forward", "reverse"])
     ap.add_argument("--school", type=Path, default=ROOT.parent / "shared" / "data" / "school.mat")
     ap.add_argument("--seed", type=int, default=0)
@@ -536,7 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    md: list[str] = [f"command: `python benchmarks/second_order.py {' '.join(sys.argv[1:] if argv is None else argv)}`", ""]
+    md: list[str] = [
+        "command: `python benchmarks/second_order.py "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+    ]
     if args.part in ("hvp-cost", "all"):
         print("HVP cost:", flush=True)
         res = hvp_cost(args)
@@ -549,12 +641,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.part not in (part, "all"):
             continue
         if part == "school" and not args.school.exists():
-            print(f"School data not found at {args.school}; skipping (pass --school PATH).", file=sys.stderr)
+            print(
+                f"School data not found at {args.school}; skipping (pass --school PATH).",
+                file=sys.stderr,
+            )
             continue
         exp = experiment(part, make, args, args.budget)
         (args.out / f"{part}.json").write_text(json.dumps(exp))
         png = plot(exp, args.out)
-        md += [table(exp), "", f"plot: `{png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}`", ""]
+        md += [
+            table(exp),
+            "",
+            f"plot: `{png.relative_to(ROOT) if png.is_relative_to(ROOT) else png}`",
+            "",
+        ]
     text = "\n".join(md)
     print(text)
     (args.out / f"summary_{args.part}.md").write_text(text)

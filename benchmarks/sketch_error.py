@@ -48,8 +48,14 @@ def make_problem(k: int, seed: int = 0, d_in: int = 64, width: int = 256, batch:
     """Trunk, heads, inputs and k correlated/conflicting regression targets."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    trunk = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                          nn.Linear(width, width), nn.ReLU()).double()
+    trunk = nn.Sequential(
+        nn.Linear(d_in, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+    ).double()
     heads = nn.Linear(width, k).double()
     x = torch.randn(batch, d_in, generator=g, dtype=torch.float64)
     shared = x @ torch.randn(d_in, generator=g, dtype=torch.float64)
@@ -102,7 +108,9 @@ def run(ks: list[int], rs: list[int], draws: int) -> list[dict]:
             J, G = exact(trunk, heads, x, y)
             w_ref = {m: get_method(m, **kw)(gram=G) for m, kw in METHODS.items()}
             d_ref = {m: J.T @ w for m, w in w_ref.items()}
-            theory_base = math.sqrt(float(torch.trace(G)) ** 2 + float((G * G).sum())) / float(G.norm())
+            theory_base = math.sqrt(float(torch.trace(G)) ** 2 + float((G * G).sum())) / float(
+                G.norm()
+            )
             for r in rs:
                 stats: dict[str, list[float]] = {"gram": []}
                 for draw in range(draws):
@@ -111,14 +119,21 @@ def run(ks: list[int], rs: list[int], draws: int) -> list[dict]:
                     for m, kw in METHODS.items():
                         w = get_method(m, **kw)(gram=Gh)
                         d = J.T @ w
-                        stats.setdefault(f"{m}:w", []).append(float((w - w_ref[m]).norm() / w_ref[m].norm()))
+                        stats.setdefault(f"{m}:w", []).append(
+                            float((w - w_ref[m]).norm() / w_ref[m].norm())
+                        )
                         cos = float(d @ d_ref[m]) / max(float(d.norm() * d_ref[m].norm()), 1e-300)
                         stats.setdefault(f"{m}:cos", []).append(cos)
                         if m in PROTECTS:
                             stats.setdefault(f"{m}:worst", []).append(worst_cosine(m, d, J))
                     bar.advance(task)
-                row = {"k": k, "r": r, "draws": draws, "gram_rel_err": float(np.median(stats["gram"])),
-                       "gram_rel_err_theory": theory_base / math.sqrt(r)}
+                row = {
+                    "k": k,
+                    "r": r,
+                    "draws": draws,
+                    "gram_rel_err": float(np.median(stats["gram"])),
+                    "gram_rel_err_theory": theory_base / math.sqrt(r),
+                }
                 for m in METHODS:
                     row[f"{m}_w_rel_err"] = float(np.median(stats[f"{m}:w"]))
                     row[f"{m}_dir_cos"] = float(np.median(stats[f"{m}:cos"]))
@@ -131,11 +146,19 @@ def run(ks: list[int], rs: list[int], draws: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| k | r | ‖Ĝ−G‖/‖G‖ | theory | " + " | ".join(
-        f"{m} ‖ŵ−w‖/‖w‖ | {m} cos(d̂,d) | {m} conflicts (worst cos)" for m in METHODS) + " |"
+    head = (
+        "| k | r | ‖Ĝ−G‖/‖G‖ | theory | "
+        + " | ".join(f"{m} ‖ŵ−w‖/‖w‖ | {m} cos(d̂,d) | {m} conflicts (worst cos)" for m in METHODS)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (4 + 3 * len(METHODS))]
     for r in rows:
-        cells = [str(r["k"]), str(r["r"]), f"{r['gram_rel_err']:.3f}", f"{r['gram_rel_err_theory']:.3f}"]
+        cells = [
+            str(r["k"]),
+            str(r["r"]),
+            f"{r['gram_rel_err']:.3f}",
+            f"{r['gram_rel_err_theory']:.3f}",
+        ]
         for m in METHODS:
             frac = r.get(f"{m}_conflict_frac")
             worst = "—" if frac is None else f"{100 * frac:.0f}% ({r[f'{m}_worst_cos']:+.3f})"
@@ -156,11 +179,21 @@ def plot(rows: list[dict], path: Path) -> None:
         rs = [r for r in rows if r["k"] == k]
         x = [r["r"] for r in rs]
         axes[0].loglog(x, [r["gram_rel_err"] for r in rs], "o-", label=f"k={k} measured")
-        axes[0].loglog(x, [r["gram_rel_err_theory"] for r in rs], "k--", lw=0.8, label=f"k={k} theory" if k == ks[0] else None)
+        axes[0].loglog(
+            x,
+            [r["gram_rel_err_theory"] for r in rs],
+            "k--",
+            lw=0.8,
+            label=f"k={k} theory" if k == ks[0] else None,
+        )
         for m in METHODS:
             axes[1].loglog(x, [r[f"{m}_w_rel_err"] for r in rs], "o-", label=f"{m}, k={k}")
             axes[2].semilogx(x, [r[f"{m}_dir_cos"] for r in rs], "o-", label=f"{m}, k={k}")
-    axes[0].set(xlabel="r (sketch directions)", ylabel="‖Ĝ − G‖_F / ‖G‖_F", title="Gram error (median over draws)")
+    axes[0].set(
+        xlabel="r (sketch directions)",
+        ylabel="‖Ĝ − G‖_F / ‖G‖_F",
+        title="Gram error (median over draws)",
+    )
     axes[1].set(xlabel="r", ylabel="‖ŵ − w‖ / ‖w‖", title="weight error")
     axes[2].set(xlabel="r", ylabel="cos(Jᵀŵ, Jᵀw)", title="direction agreement")
     for ax in axes:
@@ -171,7 +204,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ks", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--rs", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
     ap.add_argument("--draws", type=int, default=20)

@@ -29,9 +29,12 @@ parameters whatever the source, so for the "features" source it measures how oft
 representation approximation lets an auxiliary rise in parameter space.
 
 Usage:
-  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/parkinsons.json
-  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/multimnist.json
-  .venv/bin/python benchmarks/applications/aux_tasks.py --config benchmarks/applications/configs/aux_tasks/qm9_mu.json
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config
+  benchmarks/applications/configs/aux_tasks/parkinsons.json
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config
+  benchmarks/applications/configs/aux_tasks/multimnist.json
+  .venv/bin/python benchmarks/applications/aux_tasks.py --config
+  benchmarks/applications/configs/aux_tasks/qm9_mu.json
 """
 
 from __future__ import annotations
@@ -83,24 +86,39 @@ class Split:
     yv: Tensor | None = None
 
 
-def parkinsons_split(data: TaskData, n_test_patients: int, seed: int, n_val_patients: int = 0) -> Split:
+def parkinsons_split(
+    data: TaskData, n_test_patients: int, seed: int, n_val_patients: int = 0
+) -> Split:
     """Patient-level split (``n_test_patients`` test and ``n_val_patients`` validation patients
     held out, drawn with ``seed``), x and y standardized with the training mean/std:
     x ← (x − μ)/σ; y = (total, motor) likewise."""
     if data.tasks[0][1].ndim != 2 or data.tasks[0][1].shape[1] != 2:
-        raise ValueError("parkinsons_split needs both targets: load with load_parkinsons(path, target='both').")
+        raise ValueError(
+            "parkinsons_split needs both targets: load with load_parkinsons(path, target='both')."
+        )
     if not 0 < n_test_patients < data.n_tasks:
-        raise ValueError(f"n_test_patients must be in [1, {data.n_tasks - 1}], got {n_test_patients}.")
+        raise ValueError(
+            f"n_test_patients must be in [1, {data.n_tasks - 1}], got {n_test_patients}."
+        )
     if not 0 <= n_val_patients < data.n_tasks - n_test_patients:
-        raise ValueError(f"n_val_patients must be in [0, {data.n_tasks - n_test_patients - 1}] "
-                         f"(at least one training patient is left), got {n_val_patients}.")
+        raise ValueError(
+            f"n_val_patients must be in [0, {data.n_tasks - n_test_patients - 1}] "
+            f"(at least one training patient is left), got {n_val_patients}."
+        )
     order = list(data.target_names)
     cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
     perm = np.random.default_rng(seed).permutation(data.n_tasks)
-    ids = {"test": perm[:n_test_patients], "val": perm[n_test_patients : n_test_patients + n_val_patients],
-           "train": perm[n_test_patients + n_val_patients :]}
-    return _standardized_split({name: [(data.tasks[i][0], data.tasks[i][1][:, cols]) for i in part]
-                                for name, part in ids.items()})
+    ids = {
+        "test": perm[:n_test_patients],
+        "val": perm[n_test_patients : n_test_patients + n_val_patients],
+        "train": perm[n_test_patients + n_val_patients :],
+    }
+    return _standardized_split(
+        {
+            name: [(data.tasks[i][0], data.tasks[i][1][:, cols]) for i in part]
+            for name, part in ids.items()
+        }
+    )
 
 
 def _standardized_split(parts: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> Split:
@@ -129,12 +147,20 @@ def parkinsons_time_split(data: TaskData, test_frac: float = 0.3, val_frac: floa
     ``test_time`` column is used for the order and dropped from the features; x and y
     standardized with the training mean/std as in :func:`parkinsons_split`."""
     if "test_time" not in data.feature_names:
-        raise ValueError("parkinsons_time_split needs the test_time column: load with "
-                         "load_parkinsons(path, target='both', drop=()).")
+        raise ValueError(
+            "parkinsons_time_split needs the test_time column: load with "
+            "load_parkinsons(path, target='both', drop=())."
+        )
     if data.tasks[0][1].ndim != 2 or data.tasks[0][1].shape[1] != 2:
-        raise ValueError("parkinsons_time_split needs both targets: load with load_parkinsons(path, target='both', drop=()).")
+        raise ValueError(
+            "parkinsons_time_split needs both targets: load with load_parkinsons(path, "
+            "target='both', drop=())."
+        )
     if not (0 < test_frac < 1 and 0 <= val_frac < 1 and test_frac + val_frac < 1):
-        raise ValueError(f"need 0 < test_frac, 0 <= val_frac and test_frac + val_frac < 1; got {test_frac}, {val_frac}.")
+        raise ValueError(
+            f"need 0 < test_frac, 0 <= val_frac and test_frac + val_frac < 1; got {test_frac}, "
+            f"{val_frac}."
+        )
     order = list(data.target_names)
     cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
     t_col = list(data.feature_names).index("test_time")
@@ -147,8 +173,14 @@ def parkinsons_time_split(data: TaskData, test_frac: float = 0.3, val_frac: floa
         n_val = int(np.ceil(val_frac * n)) if val_frac else 0
         n_train = n - n_test - n_val
         if n_train < 1:
-            raise ValueError(f"a patient with {n} recordings leaves no training rows; lower test_frac/val_frac.")
-        for name, sl in (("train", idx[:n_train]), ("val", idx[n_train : n_train + n_val]), ("test", idx[n_train + n_val :])):
+            raise ValueError(
+                f"a patient with {n} recordings leaves no training rows; lower test_frac/val_frac."
+            )
+        for name, sl in (
+            ("train", idx[:n_train]),
+            ("val", idx[n_train : n_train + n_val]),
+            ("test", idx[n_train + n_val :]),
+        ):
             parts[name].append((x[sl][:, keep], y[sl][:, cols]))
     return _standardized_split(parts)
 
@@ -178,8 +210,15 @@ def qm9_split(data: Any, primary: str, n_train: int, n_test: int, split_seed: in
         raise ValueError(f"unknown QM9 target {primary!r}: use one of {list(QM9_TARGETS)}.")
     tasks = (primary,) + tuple(t for t in QM9_TARGETS if t != primary)
     n = len(data)
-    p = QM9Problem(tasks=tasks, split_seed=split_seed, n_train=min(110_000, int(0.8 * n)), n_val=min(10_000, n // 10),
-                   subset=n_train, n_test=n_test, data=data)
+    p = QM9Problem(
+        tasks=tasks,
+        split_seed=split_seed,
+        n_train=min(110_000, int(0.8 * n)),
+        n_val=min(10_000, n // 10),
+        subset=n_train,
+        n_test=n_test,
+        data=data,
+    )
     return Split(p.x["train"], p.y["train"], p.x["test"], p.y["test"], float(p.scale[0]))
 
 
@@ -198,7 +237,9 @@ def fake_qm9(n_molecules: int = 400, seed: int = 0) -> Any:
     return QM9Data(z, pos, ptr, y, np.arange(n_molecules))
 
 
-def fake_parkinsons(n_patients: int = 8, per_patient: int = 25, n_features: int = 19, seed: int = 0) -> TaskData:
+def fake_parkinsons(
+    n_patients: int = 8, per_patient: int = 25, n_features: int = 19, seed: int = 0
+) -> TaskData:
     """Tiny generated stand-in for the Parkinsons data (target='both' layout, the last feature named
     ``test_time`` holding random visit days, as when loaded with ``drop=()``), for tests."""
     rng = np.random.default_rng(seed)
@@ -229,7 +270,9 @@ def fake_multimnist(n_train: int = 256, n_test: int = 64, seed: int = 0) -> Mult
 
 
 class TwoHeadMLP(nn.Module):
-    """x ↦ z = MLP(x) (ReLU, ``depth`` layers of width ``hidden``); heads: z ↦ ŷ₀, z ↦ ŷ₁ (linear)."""
+    """x ↦ z = MLP(x) (ReLU, ``depth`` layers of width ``hidden``); heads: z ↦ ŷ₀, z ↦ ŷ₁
+    (linear).
+    """
 
     def __init__(self, n_in: int, hidden: int = 64, depth: int = 2, n_tasks: int = 2) -> None:
         super().__init__()
@@ -267,7 +310,9 @@ def _rows(x: Any, lo: int, hi: int) -> Any:
 
 
 @torch.no_grad()
-def evaluate(kind: str, model: nn.Module, x: Tensor, y: Tensor, scale: float, batch: int = 2048) -> dict[str, float]:
+def evaluate(
+    kind: str, model: nn.Module, x: Tensor, y: Tensor, scale: float, batch: int = 2048
+) -> dict[str, float]:
     """Mean task losses over (x, y), the primary's and the mean of the auxiliaries', and the
     primary metric: MAE·scale (regression) or accuracy."""
     model.eval()
@@ -283,7 +328,11 @@ def evaluate(kind: str, model: nn.Module, x: Tensor, y: Tensor, scale: float, ba
         else:
             metric += float((outs[0].argmax(-1) == yb[:, 0]).sum())
     model.train()
-    return {"loss_primary": float(tot[0]) / n, "loss_aux": float(tot[1:].mean()) / n, "metric": metric / n}
+    return {
+        "loss_primary": float(tot[0]) / n,
+        "loss_aux": float(tot[1:].mean()) / n,
+        "metric": metric / n,
+    }
 
 
 def make_model(kind: str, split: Split, config: dict[str, Any]) -> nn.Module:
@@ -294,7 +343,9 @@ def make_model(kind: str, split: Split, config: dict[str, Any]) -> nn.Module:
     if kind == "qm9":
         from taskgrad.models.mpnn import MPNN
 
-        return MPNN(split.y.shape[1], hidden=config.get("hidden", 64), n_layers=config.get("n_layers", 3))
+        return MPNN(
+            split.y.shape[1], hidden=config.get("hidden", 64), n_layers=config.get("n_layers", 3)
+        )
     raise ValueError(f"unknown experiment {kind!r}: use 'parkinsons', 'multimnist' or 'qm9'.")
 
 
@@ -303,7 +354,9 @@ def make_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Opti
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=config["lr"])
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config.get("momentum", 0.0))
+        return torch.optim.SGD(
+            model.parameters(), lr=config["lr"], momentum=config.get("momentum", 0.0)
+        )
     raise ValueError(f"unknown optimizer {name!r}: use 'adam' or 'sgd'.")
 
 
@@ -321,7 +374,9 @@ def _shared(model: nn.Module) -> list[Tensor]:
 # ---------------------------------------------------------------------------- one run
 
 
-def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int, config: dict[str, Any]) -> dict[str, Any]:
+def run_one(
+    kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int, config: dict[str, Any]
+) -> dict[str, Any]:
     """Train one method for ``steps`` steps; returns the final metrics and the curves."""
     torch.manual_seed(seed)
     model = make_model(kind, split, config)
@@ -340,10 +395,19 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
     def record(step: int) -> None:
         tr = evaluate(kind, model, xm, ym, split.scale)
         te = evaluate(kind, model, split.xt, split.yt, split.scale)
-        curve.append({"step": step, "train_aux": tr["loss_aux"], "train_primary": tr["loss_primary"],
-                      "test_aux": te["loss_aux"], "test_metric": te["metric"]})
+        curve.append(
+            {
+                "step": step,
+                "train_aux": tr["loss_aux"],
+                "train_primary": tr["loss_primary"],
+                "test_aux": te["loss_aux"],
+                "test_metric": te["metric"],
+            }
+        )
         if split.yv is not None:
-            curve[-1]["val_metric"] = evaluate(kind, model, split.xv, split.yv, split.scale)["metric"]
+            curve[-1]["val_metric"] = evaluate(kind, model, split.xv, split.yv, split.scale)[
+                "metric"
+            ]
 
     record(0)
     secs = 0.0
@@ -359,8 +423,12 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
         if step % check_every == 0:  # outside the timed region below
             secs += time.perf_counter() - t0
             shared = _shared(model)
-            g_aux = [_flat_grad(torch.autograd.grad(L, shared, retain_graph=True, allow_unused=True), shared)
-                     for L in losses[1:]]
+            g_aux = [
+                _flat_grad(
+                    torch.autograd.grad(L, shared, retain_graph=True, allow_unused=True), shared
+                )
+                for L in losses[1:]
+            ]
             t0 = time.perf_counter()
         res = taskgrad.backward(losses, method=method, features=z if use_z else None)
         opt.step()
@@ -370,7 +438,9 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
             shared = _shared(model)
             u = _flat_grad([p.grad for p in shared], shared)
             checked += 1
-            raised += int(any(float(g @ u) < -1e-6 * max(float(g.norm() * u.norm()), 1e-30) for g in g_aux))
+            raised += int(
+                any(float(g @ u) < -1e-6 * max(float(g.norm() * u.norm()), 1e-30) for g in g_aux)
+            )
         if step % eval_every == 0 or step == steps:
             record(step)
     final = evaluate(kind, model, split.xt, split.yt, split.scale)
@@ -379,8 +449,11 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
     if split.yv is not None:  # early stopping: the recorded step with the best validation metric
         pick = min if kind in REGRESSION else max
         best = pick(curve, key=lambda c: c["val_metric"])
-        early = {"best_val_step": best["step"], "best_val_metric": best["val_metric"],
-                 "test_metric_at_best_val": best["test_metric"]}
+        early = {
+            "best_val_step": best["step"],
+            "best_val_metric": best["val_metric"],
+            "test_metric_at_best_val": best["test_metric"],
+        }
     return {
         "experiment": kind,
         "method": spec["label"],
@@ -404,10 +477,22 @@ def run_one(kind: str, split: Split, spec: dict[str, Any], seed: int, steps: int
 
 def _flat_grad(grads: Any, params: list[Tensor]) -> Tensor:
     """One flat vector from per-parameter gradients (None read as zero)."""
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
 
 
-def time_methods(kind: str, split: Split, config: dict[str, Any], steps: int = 20, rounds: int = 3, warmup: int = 3) -> dict[str, float]:
+def time_methods(
+    kind: str,
+    split: Split,
+    config: dict[str, Any],
+    steps: int = 20,
+    rounds: int = 3,
+    warmup: int = 3,
+) -> dict[str, float]:
     """Median ms per training step of each method, the methods interleaved round by round (so a
     change in machine load hits all of them alike); same data, init and batches for all."""
     torch.set_num_threads(config.get("threads", 1))
@@ -425,7 +510,9 @@ def time_methods(kind: str, split: Split, config: dict[str, Any], steps: int = 2
                 xb, yb = stream.next()
                 opt.zero_grad(set_to_none=True)
                 z, outs = model(xb)
-                taskgrad.backward(task_losses(kind, outs, yb), method=method, features=z if use_z else None)
+                taskgrad.backward(
+                    task_losses(kind, outs, yb), method=method, features=z if use_z else None
+                )
                 opt.step()
             times[spec["label"]].append(1000 * (time.perf_counter() - t0) / steps)
     return {k: float(np.median(v)) for k, v in times.items()}
@@ -454,19 +541,35 @@ def make_split(kind: str, data: Any, config: dict[str, Any], seed: int) -> Split
     """The experiment's split for ``seed``: Parkinsons and MultiMNIST draw it with the seed; QM9
     keeps the split of ``split_seed`` (0) fixed, so that seeds vary only the model and batches."""
     if kind == "parkinsons" and config.get("split", "patient") == "time":
-        return parkinsons_time_split(data, config.get("test_frac", 0.3), config.get("val_frac", 0.15))
+        return parkinsons_time_split(
+            data, config.get("test_frac", 0.3), config.get("val_frac", 0.15)
+        )
     if kind == "parkinsons":
         n_test = min(config["n_test_patients"], data.n_tasks - 1)
         n_val = min(config.get("n_val_patients", 0), data.n_tasks - n_test - 1)
         return parkinsons_split(data, n_test, seed, n_val)
     if kind == "qm9":
-        return qm9_split(data, config["primary"], config["n_train"], config["n_test"], config.get("split_seed", 0))
+        return qm9_split(
+            data,
+            config["primary"],
+            config["n_train"],
+            config["n_test"],
+            config.get("split_seed", 0),
+        )
     return multimnist_split(data, config["n_train"], config["n_test"], seed)
 
 
-def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def run(
+    config: dict[str, Any],
+    data: Any = None,
+    smoke: bool = False,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run every (seed, method) of the config. ``data``: a TaskData (parkinsons), MultiDigits
-    (multimnist) or QM9Data (qm9) to use instead of the real data; ``smoke``: one step per run, nothing saved."""
+    (multimnist) or QM9Data (qm9) to use instead of the real data; ``smoke``: one step per run,
+    nothing saved.
+    """
     torch.set_num_threads(config.get("threads", 1))
     kind = config["experiment"]
     data = _load(config) if data is None else data
@@ -485,7 +588,11 @@ def run(config: dict[str, Any], data: Any = None, smoke: bool = False, out_dir: 
                 splits[seed] = make_split(kind, data, config, seed)
             split = splits[seed]
             steps = 1 if smoke else int(config["steps"])
-            rows.append(run_one(kind, split, spec, seed, steps, {**config, "eval_every": 1} if smoke else config))
+            rows.append(
+                run_one(
+                    kind, split, spec, seed, steps, {**config, "eval_every": 1} if smoke else config
+                )
+            )
             bar.advance(task)
             if not smoke:
                 save_rows([_flat(r) for r in rows], stem + "_partial", out_dir)
@@ -507,7 +614,9 @@ def _save_curves(rows: list[dict[str, Any]], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump([{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f)
+        json.dump(
+            [{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f
+        )
 
 
 def metric_label(config: dict[str, Any]) -> str:
@@ -515,7 +624,9 @@ def metric_label(config: dict[str, Any]) -> str:
     if kind == "parkinsons":
         return "test MAE total_UPDRS"
     if kind == "qm9":
-        return f"test MAE {config['primary']}" + (" (meV)" if config["primary"] in QM9_ENERGIES else "")
+        return f"test MAE {config['primary']}" + (
+            " (meV)" if config["primary"] in QM9_ENERGIES else ""
+        )
     return "test acc left digit (%)"
 
 
@@ -538,24 +649,35 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) ->
     if early:
         head += f"{metric}, early-stopped on validation | Δ vs primary-only (paired) | "
     lines = [
-        head + "train aux loss first → min → last | max aux rise | steps with ⟨g_aux,u⟩<0 | mean w_aux | ms/step |",
+        head
+        + "train aux loss first → min → last | max aux rise | steps with ⟨g_aux,u⟩<0 "
+        + "| mean w_aux | ms/step |",
         "|---" * (head.count("|") + 5 - 1) + "|",
     ]
     for spec in config["methods"]:
         rs = [r for r in rows if r["method"] == spec["label"]]
         if not rs:
             continue
+
         def mean(key: str, rs: list[dict[str, Any]] = rs) -> float:
             return float(np.mean([r[key] for r in rs]))
 
-        cells = stat(rs, "test_metric") + (" | " + stat(rs, "test_metric_at_best_val") if early else "")
+        cells = stat(rs, "test_metric") + (
+            " | " + stat(rs, "test_metric_at_best_val") if early else ""
+        )
         lines.append(
             f"| {spec['label']} | {cells} | "
-            f"{mean('train_aux_first'):.3f} → {mean('train_aux_min'):.3f} → {mean('train_aux_last'):.3f} | "
-            f"{mean('train_aux_max_rise'):.3f} | {100 * mean('frac_aux_raised'):.0f}% | {mean('aux_weight_mean'):.2f} | "
+            f"{mean('train_aux_first'):.3f} → {mean('train_aux_min'):.3f} → "
+            f"{mean('train_aux_last'):.3f} | "
+            f"{mean('train_aux_max_rise'):.3f} | {100 * mean('frac_aux_raised'):.0f}% | "
+            f"{mean('aux_weight_mean'):.2f} | "
             f"{mean('ms_per_step'):.2f} |"
         )
-    text = f"{len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps\n\n" + "\n".join(lines) + "\n"
+    text = (
+        f"{len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
@@ -600,7 +722,11 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
         style = "-" if spec["name"] == "primary-aux" else "--"
         axes[0].plot(steps, aux, style, label=spec["label"])
         axes[1].plot(steps, met, style, label=spec["label"])
-        axes[2].scatter([np.mean([r["ms_per_step"] for r in rs])], [np.mean([r["test_metric"] for r in rs])], label=spec["label"])
+        axes[2].scatter(
+            [np.mean([r["ms_per_step"] for r in rs])],
+            [np.mean([r["test_metric"] for r in rs])],
+            label=spec["label"],
+        )
     axes[0].set_yscale("log")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("auxiliary training loss (monitor subset)")
@@ -619,24 +745,48 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default=str(CONFIGS / "parkinsons.json"))
     ap.add_argument("--seeds", type=int, nargs="*", help="override the config's seeds")
     ap.add_argument("--methods", nargs="*", help="run only the config's methods with these labels")
-    ap.add_argument("--name", help="output stem (default: the config's name, plus _seeds<…> when --seeds is given)")
-    ap.add_argument("--timing", action="store_true", help="only the interleaved ms/step comparison (time_methods)")
-    ap.add_argument("--merge", nargs="+", metavar="ROWS_JSON",
-                    help="run nothing: summarize the rows of earlier runs of this config (e.g. one file per seed) together")
+    ap.add_argument(
+        "--name",
+        help="output stem (default: the config's name, plus _seeds<…> when --seeds is given)",
+    )
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="only the interleaved ms/step comparison (time_methods)",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="ROWS_JSON",
+        help=(
+            "run nothing: summarize the rows of earlier runs of this config (e.g. one file per "
+            "seed) together"
+        ),
+    )
     args = ap.parse_args()
     config = load_config(args.config)
     if args.merge:
-        print(merge_summaries(config, [Path(p) for p in args.merge], OUT / f"{args.name or config.get('name', 'aux')}_merged_summary.md"))
+        print(
+            merge_summaries(
+                config,
+                [Path(p) for p in args.merge],
+                OUT / f"{args.name or config.get('name', 'aux')}_merged_summary.md",
+            )
+        )
         return
     if args.methods:
         labels = [m["label"] for m in config["methods"]]
         unknown = sorted(set(args.methods) - set(labels))
         if unknown:
-            raise SystemExit(f"--methods: {unknown} are not labels of {args.config}; its labels are {labels}")
+            raise SystemExit(
+                f"--methods: {unknown} are not labels of {args.config}; its labels are {labels}"
+            )
         config["methods"] = [m for m in config["methods"] if m["label"] in args.methods]
     if args.timing:
         import json

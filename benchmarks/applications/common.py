@@ -42,7 +42,9 @@ def fake_dataset(n_train: int = 600, n_test: int = 100, seed: int = 0) -> ImageD
 
 def to_tensor(x: np.ndarray) -> Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [-1, 1]."""
-    return (torch.from_numpy(np.ascontiguousarray(x)).float().div(255.0).sub(0.5).div(0.5)).unsqueeze(1)
+    return (
+        torch.from_numpy(np.ascontiguousarray(x)).float().div(255.0).sub(0.5).div(0.5)
+    ).unsqueeze(1)
 
 
 def make_model(name: str, num_classes: int = 10, hidden: int = 256) -> nn.Module:
@@ -121,12 +123,18 @@ def save_rows(rows: list[dict[str, Any]], stem: str, out_dir: Path) -> tuple[Pat
     return jpath, cpath
 
 
-def command_line(doc: str, default_config: Path, run: Any, summarize: Any, default_name: str) -> None:
-    """``--config PATH``: load it, ``rows = run(config)``, print ``summarize(rows, config, md_path)``."""
+def command_line(
+    doc: str, default_config: Path, run: Any, summarize: Any, default_name: str
+) -> None:
+    """``--config PATH``: load it, ``rows = run(config)``, print ``summarize(rows, config,
+    md_path)``.
+    """
     import argparse
     import time
 
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default=str(default_config))
     args = ap.parse_args()
     config = load_config(args.config)

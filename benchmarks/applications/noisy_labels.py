@@ -13,7 +13,8 @@ Methods, all with the same optimizer and the same number of steps T on the noisy
   primary_aux_m  same with ``n_clean_batches`` clean batches as that many constraints
 
 Usage:
-  .venv/bin/python benchmarks/applications/noisy_labels.py --config benchmarks/applications/configs/noisy_labels.json
+  .venv/bin/python benchmarks/applications/noisy_labels.py --config
+  benchmarks/applications/configs/noisy_labels.json
 """
 
 from __future__ import annotations
@@ -27,13 +28,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, BatchStream, command_line, accuracy, load_dataset, make_model, save_rows, to_tensor  # noqa: E402
+from common import (
+    OUT,
+    BatchStream,
+    accuracy,
+    command_line,
+    load_dataset,
+    make_model,
+    save_rows,
+    to_tensor,
+)  # noqa: E402
 
 from taskgrad.datasets.images import ImageDataset, stratified_subset  # noqa: E402
 from taskgrad.noisy import CleanSetTrainer, corrupt_labels  # noqa: E402
 
 
-def run_one(method: str, data: dict[str, torch.Tensor], seed: int, steps: int, config: dict[str, Any]) -> dict[str, Any]:
+def run_one(
+    method: str, data: dict[str, torch.Tensor], seed: int, steps: int, config: dict[str, Any]
+) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = make_model(config["model"])
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
@@ -80,7 +92,12 @@ def run(
     """Run the config; ``smoke`` = one step per method on the given (tiny) data sets."""
     torch.set_num_threads(config.get("threads", 1))
     rows: list[dict[str, Any]] = []
-    settings = [(d, kind, rate, seed) for d in config["datasets"] for kind, rate in config["noise"] for seed in config["seeds"]]
+    settings = [
+        (d, kind, rate, seed)
+        for d in config["datasets"]
+        for kind, rate in config["noise"]
+        for seed in config["seeds"]
+    ]
     if smoke:
         settings = settings[:2]
     from rich.progress import Progress
@@ -93,12 +110,16 @@ def run(
                 cache[dname] = load_dataset(dname)
             ds = cache[dname]
             rng = np.random.default_rng(2000 + seed)
-            n_clean = min(config["n_clean"], ds.train_y.shape[0] // 4) if smoke else config["n_clean"]
+            n_clean = (
+                min(config["n_clean"], ds.train_y.shape[0] // 4) if smoke else config["n_clean"]
+            )
             cidx = stratified_subset(ds.train_y, n_clean, rng)
             if config["n_noisy"] == "rest":  # every training image outside the clean set
                 nidx = rng.permutation(np.setdiff1d(np.arange(ds.train_y.shape[0]), cidx))
             else:
-                n_noisy = min(config["n_noisy"], ds.train_y.shape[0] // 2) if smoke else config["n_noisy"]
+                n_noisy = (
+                    min(config["n_noisy"], ds.train_y.shape[0] // 2) if smoke else config["n_noisy"]
+                )
                 nidx = stratified_subset(ds.train_y, n_noisy, rng, exclude=cidx)
             n_noisy = nidx.shape[0]
             ynoisy, flipped = corrupt_labels(ds.train_y[nidx], kind, rate, 10, rng)
@@ -113,7 +134,9 @@ def run(
             steps = 1 if smoke else int(config["epochs"] * n_noisy // config["batch_size"])
             for method in config["methods"]:
                 row = run_one(method, data, seed, steps, config)
-                row.update(dataset=dname, noise=kind, rate=rate, realized_rate=float(flipped.mean()))
+                row.update(
+                    dataset=dname, noise=kind, rate=rate, realized_rate=float(flipped.mean())
+                )
                 rows.append(row)
                 bar.advance(task)
             if not smoke:  # keep partial results if the run is cut short
@@ -129,17 +152,29 @@ def run(
 
 def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> str:
     methods = config["methods"]
-    lines = ["| data set | noise | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    lines = [
+        "| data set | noise | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
     for d in config["datasets"]:
         for kind, rate in config["noise"]:
             cells = []
             means = {}
             for m in methods:
-                a = np.array([r["test_acc"] for r in rows if r["dataset"] == d and r["noise"] == kind and r["rate"] == rate and r["method"] == m])
+                a = np.array(
+                    [
+                        r["test_acc"]
+                        for r in rows
+                        if r["dataset"] == d
+                        and r["noise"] == kind
+                        and r["rate"] == rate
+                        and r["method"] == m
+                    ]
+                )
                 means[m] = a.mean()
                 cells.append(f"{100 * a.mean():.2f} ± {100 * a.std():.2f}")
             best = max(means, key=means.get)
-            cells = [f"**{c}**" if m == best else c for m, c in zip(methods, cells)]
+            cells = [f"**{c}**" if m == best else c for m, c in zip(methods, cells, strict=True)]
             lines.append(f"| {d} | {kind} {int(100 * rate)}% | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
@@ -153,14 +188,25 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
     import matplotlib.pyplot as plt
 
     methods = config["methods"]
-    fig, axes = plt.subplots(1, len(config["datasets"]), figsize=(7 * len(config["datasets"]), 4), squeeze=False)
-    for ax, d in zip(axes[0], config["datasets"]):
+    fig, axes = plt.subplots(
+        1, len(config["datasets"]), figsize=(7 * len(config["datasets"]), 4), squeeze=False
+    )
+    for ax, d in zip(axes[0], config["datasets"], strict=False):
         settings = config["noise"]
         width = 0.8 / len(methods)
         for j, m in enumerate(methods):
             mu, sd = [], []
             for kind, rate in settings:
-                a = np.array([r["test_acc"] for r in rows if r["dataset"] == d and r["noise"] == kind and r["rate"] == rate and r["method"] == m])
+                a = np.array(
+                    [
+                        r["test_acc"]
+                        for r in rows
+                        if r["dataset"] == d
+                        and r["noise"] == kind
+                        and r["rate"] == rate
+                        and r["method"] == m
+                    ]
+                )
                 mu.append(a.mean())
                 sd.append(a.std())
             ax.bar(np.arange(len(settings)) + j * width, mu, width, yerr=sd, label=m)
@@ -176,7 +222,13 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None
 
 
 def main() -> None:
-    command_line(__doc__, Path(__file__).parent / "configs" / "noisy_labels.json", run, summarize, "noisy_labels")
+    command_line(
+        __doc__,
+        Path(__file__).parent / "configs" / "noisy_labels.json",
+        run,
+        summarize,
+        "noisy_labels",
+    )
 
 
 if __name__ == "__main__":

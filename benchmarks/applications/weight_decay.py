@@ -8,7 +8,8 @@ Methods (all on Adam, same lr, batch size and number of steps):
   cf_l1      CoefficientFreeDecay(Adam, norm="l1"): no step increases ‖θ‖₁ to first order
 
 Usage:
-  .venv/bin/python benchmarks/applications/weight_decay.py --config benchmarks/applications/configs/weight_decay_mlp.json
+  .venv/bin/python benchmarks/applications/weight_decay.py --config
+  benchmarks/applications/configs/weight_decay_mlp.json
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, BatchStream, command_line, accuracy, load_dataset, make_model, param_norms, save_rows, to_tensor  # noqa: E402
+from common import (
+    OUT,
+    BatchStream,
+    accuracy,
+    command_line,
+    load_dataset,
+    make_model,
+    param_norms,
+    save_rows,
+    to_tensor,
+)  # noqa: E402
 
 from taskgrad.datasets.images import ImageDataset, stratified_subset  # noqa: E402
 from taskgrad.regularize import CoefficientFreeDecay  # noqa: E402
@@ -49,7 +60,13 @@ def make_optimizer(method: str, wd: float | None, model: torch.nn.Module, lr: fl
 
 
 def run_one(
-    data: dict[str, torch.Tensor], model_name: str, method: str, wd: float | None, seed: int, steps: int, config: dict[str, Any]
+    data: dict[str, torch.Tensor],
+    model_name: str,
+    method: str,
+    wd: float | None,
+    seed: int,
+    steps: int,
+    config: dict[str, Any],
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = make_model(model_name)
@@ -77,12 +94,20 @@ def run_one(
         "test_acc": accuracy(model, data["xt"], data["yt"]),
         "norm_l2": l2,
         "norm_l1": l1,
-        "active_frac": (opt.n_active / max(opt.n_steps, 1)) if isinstance(opt, CoefficientFreeDecay) else None,
+        "active_frac": (opt.n_active / max(opt.n_steps, 1))
+        if isinstance(opt, CoefficientFreeDecay)
+        else None,
         "seconds": secs,
     }
 
 
-def run(config: dict[str, Any], dataset: ImageDataset | None = None, smoke: bool = False, out_dir: Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def run(
+    config: dict[str, Any],
+    dataset: ImageDataset | None = None,
+    smoke: bool = False,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run the grid of the config; ``smoke`` = one step per run on the given (tiny) data."""
     torch.set_num_threads(config.get("threads", 1))
     ds = dataset if dataset is not None else load_dataset(config["dataset"])
@@ -143,27 +168,44 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) ->
 
             def stats(rs: list[dict[str, Any]]) -> tuple[float, float, float, float]:
                 a = np.array([r["test_acc"] for r in rs])
-                return a.mean(), a.std(), np.mean([r["norm_l2"] for r in rs]), np.mean([r["norm_l1"] for r in rs])
+                return (
+                    a.mean(),
+                    a.std(),
+                    np.mean([r["norm_l2"] for r in rs]),
+                    np.mean([r["norm_l1"] for r in rs]),
+                )
 
             for m in config["methods"]:
                 if m == "adamw":
                     grid = sorted({r["weight_decay"] for r in sub if r["method"] == "adamw"})
-                    by_wd = {wd: [r for r in sub if r["method"] == "adamw" and r["weight_decay"] == wd] for wd in grid}
+                    by_wd = {
+                        wd: [r for r in sub if r["method"] == "adamw" and r["weight_decay"] == wd]
+                        for wd in grid
+                    }
                     val = {wd: np.mean([r["val_acc"] for r in rs]) for wd, rs in by_wd.items()}
                     best = max(grid, key=lambda wd: val[wd])
                     mu, sd, n2, n1 = stats(by_wd[best])
                     tests = {wd: np.mean([r["test_acc"] for r in rs]) for wd, rs in by_wd.items()}
                     spread = ", ".join(f"{wd:g}: {100 * t:.2f}" for wd, t in tests.items())
                     lines.append(
-                        f"| {model_name} | {n} | AdamW best (wd={best:g}, by val) | {100 * mu:.2f} ± {100 * sd:.2f} | "
+                        f"| {model_name} | {n} | AdamW best (wd={best:g}, by val) | {100 * mu:.2f} "
+                        f"± {100 * sd:.2f} | "
                         f"{n2:.1f} | {n1:.0f} | grid test acc: {spread} |"
                     )
                 else:
                     rs = [r for r in sub if r["method"] == m]
                     mu, sd, n2, n1 = stats(rs)
                     act = rs[0].get("active_frac")
-                    note = f"constraint active on {100 * np.mean([r['active_frac'] for r in rs]):.0f}% of steps" if act is not None else ""
-                    lines.append(f"| {model_name} | {n} | {m} | {100 * mu:.2f} ± {100 * sd:.2f} | {n2:.1f} | {n1:.0f} | {note} |")
+                    note = (
+                        "constraint active on "
+                        f"{100 * np.mean([r['active_frac'] for r in rs]):.0f}% of steps"
+                        if act is not None
+                        else ""
+                    )
+                    lines.append(
+                        f"| {model_name} | {n} | {m} | {100 * mu:.2f} ± {100 * sd:.2f} | {n2:.1f} "
+                        f"| {n1:.0f} | {note} |"
+                    )
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -177,7 +219,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     keys = sorted({(r["model"], r["n_train"]) for r in rows})
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    for ax, (model_name, n) in zip(axes[0], keys):
+    for ax, (model_name, n) in zip(axes[0], keys, strict=False):
         sub = [r for r in rows if r["model"] == model_name and r["n_train"] == n]
         labels = sorted({(r["method"], r["weight_decay"] or 0.0) for r in sub})
         for method, wd in labels:
@@ -195,7 +237,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    command_line(__doc__, Path(__file__).parent / "configs" / "weight_decay_mlp.json", run, summarize, "weight_decay")
+    command_line(
+        __doc__,
+        Path(__file__).parent / "configs" / "weight_decay_mlp.json",
+        run,
+        summarize,
+        "weight_decay",
+    )
 
 
 if __name__ == "__main__":
