@@ -17,8 +17,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "NUMBA_DISABLE_JI
 
 
 def taskgrad(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taskgrad", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "taskgrad", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -89,10 +95,14 @@ def test_report_of_a_missing_path_says_it_does_not_exist(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_typo_in_data_fails_at_load_also_in_a_dry_run(tmp_path) -> None:
-    cfg = write(tmp_path / "c.toml", SYNTHETIC.format(epochs=1).replace("n_train = 64", "n_trian = 64"))
+    cfg = write(
+        tmp_path / "c.toml", SYNTHETIC.format(epochs=1).replace("n_train = 64", "n_trian = 64")
+    )
     res = taskgrad("bench", str(cfg), "--dry-run", "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "unknown key 'n_trian' in [data]" in res.stderr and "Did you mean 'n_train'?" in res.stderr
+    assert (
+        "unknown key 'n_trian' in [data]" in res.stderr and "Did you mean 'n_train'?" in res.stderr
+    )
 
 
 @pytest.mark.slow
@@ -114,10 +124,14 @@ def test_one_failing_toy_method_keeps_the_others_and_fails_at_the_end(tmp_path) 
 
 @pytest.mark.slow
 def test_toy_with_famo_bounds_methods_filter_and_reuse(tmp_path) -> None:
-    cfg = write(tmp_path / "toy.toml", TOY.format(
-        methods='["mean", {name = "famo", label = "famo", min_losses = [-3.0, -25.0]}]'))
+    cfg = write(
+        tmp_path / "toy.toml",
+        TOY.format(methods='["mean", {name = "famo", label = "famo", min_losses = [-3.0, -25.0]}]'),
+    )
     out = tmp_path / "out"
-    first = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots", "--methods", "famo")
+    first = taskgrad(
+        "bench", str(cfg), "--out", str(out), "--quiet", "--no-plots", "--methods", "famo"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert list(json.loads((out / "toy" / "toy.json").read_text())["methods"]) == ["famo"]
     both = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots")
@@ -125,7 +139,9 @@ def test_toy_with_famo_bounds_methods_filter_and_reuse(tmp_path) -> None:
     saved = json.loads((out / "toy" / "toy.json").read_text())["methods"]
     again = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots")
     assert "reused saved trajectories of mean, famo" in again.stdout
-    assert json.loads((out / "toy" / "toy.json").read_text())["methods"] == saved  # nothing recomputed
+    assert (
+        json.loads((out / "toy" / "toy.json").read_text())["methods"] == saved
+    )  # nothing recomputed
     typo = taskgrad("bench", str(cfg), "--out", str(out), "--methods", "famoo")
     assert typo.returncode == 2 and "did you mean 'famo'?" in typo.stderr
 
@@ -139,24 +155,39 @@ def test_bench_prints_the_table_and_names_folders_without_colons(tmp_path) -> No
     table = res.stdout.split("report:")[0]
     assert "Δm% ↓" in table and "mgda" in table and "reg/mse" in table
     assert "± 0.00" not in table  # one seed: the values alone, no "± 0.0000"
-    assert sorted(p.name for p in (out / "syn").iterdir()) == ["mean", "mgda", "single-task-cls", "single-task-reg"]
+    assert sorted(p.name for p in (out / "syn").iterdir()) == [
+        "mean",
+        "mgda",
+        "single-task-cls",
+        "single-task-reg",
+    ]
     rebuilt = taskgrad("report", str(out), "--no-plots")
     assert rebuilt.returncode == 0 and "Δm% ↓" in rebuilt.stdout and "mgda" in rebuilt.stdout
-    # a folder of an older version (label with a colon) is still read: renamed back, nothing is recomputed
+    # a folder of an older version (label with a colon) is still read: renamed back, nothing is
+    # recomputed
     (out / "syn" / "single-task-reg").rename(out / "syn" / "single-task:reg")
     again = taskgrad("bench", str(cfg), "--out", str(out), "--no-plots")
     assert again.returncode == 0 and "epoch 1/1" not in again.stdout
     assert not (out / "syn" / "single-task-reg").exists()
     # a changed config recomputes and warns in one plain line (no source line of the warning)
-    changed = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots", "--set", "data.n_test=16")
-    assert changed.returncode == 0 and "warning: syn/mean/seed0: the saved result.json is of another config" in changed.stderr
+    changed = taskgrad(
+        "bench", str(cfg), "--out", str(out), "--quiet", "--no-plots", "--set", "data.n_test=16"
+    )
+    assert (
+        changed.returncode == 0
+        and "warning: syn/mean/seed0: the saved result.json is of another config" in changed.stderr
+    )
     assert "warnings.warn" not in changed.stderr and ".py:" not in changed.stderr
 
 
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path) -> None:
-    cfg = write(tmp_path / "c.toml", SYNTHETIC.format(epochs=150).replace('["mean", "mgda"]', '["mean"]')
-                .replace("single_task = true", "single_task = false"))
+    cfg = write(
+        tmp_path / "c.toml",
+        SYNTHETIC.format(epochs=150)
+        .replace('["mean", "mgda"]', '["mean"]')
+        .replace("single_task = true", "single_task = false"),
+    )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "taskgrad", "bench", str(cfg), "--out", str(out), "--no-plots"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -176,17 +207,30 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_method_failing_in_training_is_caught_by_the_dry_run_and_loses_no_other_run(tmp_path) -> None:
+def test_a_method_failing_in_training_is_caught_by_the_dry_run_and_loses_no_other_run(
+    tmp_path,
+) -> None:
     """FAMO with lower bounds above the losses fails at its first step: --dry-run (which builds
     every run and takes one step) says so and writes nothing; the real run keeps the others."""
-    cfg = write(tmp_path / "c.toml", SYNTHETIC.format(epochs=1).replace(
-        '["mean", "mgda"]', '["mean", {name = "famo", label = "famo", min_losses = [50.0, 50.0]}]'))
+    cfg = write(
+        tmp_path / "c.toml",
+        SYNTHETIC.format(epochs=1).replace(
+            '["mean", "mgda"]',
+            '["mean", {name = "famo", label = "famo", min_losses = [50.0, 50.0]}]',
+        ),
+    )
     out = tmp_path / "out"
     dry = taskgrad("bench", str(cfg), "--dry-run", "--out", str(out))
-    assert dry.returncode == 1 and "syn/famo/seed0: ValueError" in dry.stdout and "min_losses" in dry.stdout
+    assert (
+        dry.returncode == 1
+        and "syn/famo/seed0: ValueError" in dry.stdout
+        and "min_losses" in dry.stdout
+    )
     assert "syn/mean/seed0" in dry.stdout and not out.exists()
     res = taskgrad("bench", str(cfg), "--out", str(out), "--quiet", "--no-plots")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert (out / "syn" / "mean" / "seed0" / "result.json").is_file()
     assert not (out / "syn" / "famo" / "seed0" / "result.json").exists()
-    assert "| mean |" in (out / "report.md").read_text() and "syn/famo/seed0: ValueError" in res.stdout
+    assert (
+        "| mean |" in (out / "report.md").read_text() and "syn/famo/seed0: ValueError" in res.stdout
+    )

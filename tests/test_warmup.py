@@ -1,4 +1,6 @@
-"""taskgrad.compile_kernels: every numba kernel of the package is found and compiled ahead of time."""
+"""taskgrad.compile_kernels: every numba kernel of the package is found and compiled ahead of
+time.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ def test_every_module_with_kernels_is_found():
             rel = path.relative_to(SRC).with_suffix("").parts
             assert ".".join(["taskgrad", *[p for p in rel if p != "__init__"]]) in modules, path
     found = _warmup.kernel_dispatchers()
-    for area in ("taskgrad.solvers._compiled.", "taskgrad.methods.kernels.", "taskgrad.linear._kernels."):
+    for area in (
+        "taskgrad.solvers._compiled.",
+        "taskgrad.methods.kernels.",
+        "taskgrad.linear._kernels.",
+    ):
         assert any(name.startswith(area) for name in found), area
     # a kernel re-exported by another module is listed once, under the module defining it
     assert not any(name.startswith("taskgrad.methods.kernels.common.nnls_rows") for name in found)
@@ -33,7 +39,11 @@ def test_reached_follows_calls_between_kernels():
     found = _warmup.kernel_dispatchers()
     root = "taskgrad.solvers._compiled.nnls_rows"
     reached = _warmup._reached({root}, found)
-    assert {root, "taskgrad.solvers._compiled._rescale", "taskgrad.solvers._compiled._pivot"} <= reached
+    assert {
+        root,
+        "taskgrad.solvers._compiled._rescale",
+        "taskgrad.solvers._compiled._pivot",
+    } <= reached
     assert "taskgrad.linear._kernels.epoch_shared" not in reached
 
 
@@ -76,7 +86,9 @@ def test_compile_command_reports_and_exits_zero(capsys):
 def test_compile_command_fails_when_a_warm_up_call_fails(monkeypatch, capsys):
     from taskgrad import cli
 
-    report = _warmup.CompileReport(seconds=0.1, compiled=["a"], failed={"method x": "ValueError: no"})
+    report = _warmup.CompileReport(
+        seconds=0.1, compiled=["a"], failed={"method x": "ValueError: no"}
+    )
     monkeypatch.setattr(_warmup, "compile_kernels", lambda progress=True: report)
     assert cli.main(["compile", "--quiet"]) == cli.EXIT_FAILED
     assert "warm-up call failed: method x: ValueError: no" in capsys.readouterr().err
@@ -89,6 +101,8 @@ def test_demo_compiles_the_kernels_before_it_times_the_methods(monkeypatch, tmp_
     calls: list[str] = []
     monkeypatch.setattr(demo, "main", lambda **kw: calls.append("quadratics"))
     monkeypatch.setattr(_warmup, "compile_kernels", lambda progress=True: calls.append("compile"))
-    monkeypatch.setattr(demo_extra, "run_extra", lambda *a, **kw: calls.append("timed toy and MultiMNIST"))
+    monkeypatch.setattr(
+        demo_extra, "run_extra", lambda *a, **kw: calls.append("timed toy and MultiMNIST")
+    )
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     assert calls == ["quadratics", "compile", "timed toy and MultiMNIST"]

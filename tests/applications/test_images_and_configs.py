@@ -84,7 +84,9 @@ CONFIGS = sorted((APPS / "configs").glob("*.json"))
 def test_every_config_is_covered() -> None:
     assert CONFIGS, "no experiment config found"
     for path in CONFIGS:
-        assert path.name.startswith(("weight_decay", "noisy_labels")), f"{path.name} has no one-batch test"
+        assert path.name.startswith(("weight_decay", "noisy_labels")), (
+            f"{path.name} has no one-batch test"
+        )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -94,7 +96,9 @@ def test_config_runs_one_batch(path: Path) -> None:
     common = _module("common")
     config = json.loads(path.read_text())
     if path.name.startswith("weight_decay"):
-        rows = _module("weight_decay").run(config, dataset=common.fake_dataset(), smoke=True, progress=False)
+        rows = _module("weight_decay").run(
+            config, dataset=common.fake_dataset(), smoke=True, progress=False
+        )
         methods = {r["method"] for r in rows}
         assert methods >= {m for m in config["methods"] if m != "adamw"}
     else:

@@ -52,8 +52,15 @@ def fake_census(tmp_path_factory: pytest.TempPathFactory) -> Path:
     marital = ("Never married", "Widowed")
     labels = ("- 50000.", "50000+.")
     for name, n in (("train", 200), ("test", 40)):
-        rows = [census_row(int(rng.integers(18, 80)), marital[i % 2], "AB"[int(rng.integers(2))],
-                           labels[int(rng.integers(2))]) for i in range(n)]
+        rows = [
+            census_row(
+                int(rng.integers(18, 80)),
+                marital[i % 2],
+                "AB"[int(rng.integers(2))],
+                labels[int(rng.integers(2))],
+            )
+            for i in range(n)
+        ]
         (root / f"census_income_1994_1995_{name}.csv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -62,7 +69,8 @@ _QM9_HEADER = (
     "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,Harmonic_Freq_cmi,"
     "RotA_GHz,RotB_GHz,RotC_GHz,Dipole_debye,Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,"
     "ZPVE_au,InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
-    "Heatcapacity_Cv_cal_mol_K")
+    "Heatcapacity_Cv_cal_mol_K"
+)
 _SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
 
 
@@ -76,8 +84,21 @@ def qm9_csv(n: int, seed: int = 0) -> str:
         pos = rng.normal(scale=1.5, size=(k, 3)).round(6)
         els = "[" + ",".join(f"'{_SYMBOLS[a]}'" for a in z) + "]"
         xyz = "[" + ",".join("[" + ",".join(repr(float(c)) for c in p) + "]" for p in pos) + "]"
-        cells = [f'"dsgdb9nsd_{index:06d}.xyz"', str(index), '"C"', '"InChI=1S/x"', str(k), '"[0,0,0,0,0]"',
-                 f'"{els}"', f'"{xyz}"', '"[0.1]"', '"[1.0]"', "1.", "2.", "3."]
+        cells = [
+            f'"dsgdb9nsd_{index:06d}.xyz"',
+            str(index),
+            '"C"',
+            '"InChI=1S/x"',
+            str(k),
+            '"[0,0,0,0,0]"',
+            f'"{els}"',
+            f'"{xyz}"',
+            '"[0.1]"',
+            '"[1.0]"',
+            "1.",
+            "2.",
+            "3.",
+        ]
         cells += [repr(float(v)) for v in rng.normal(size=11)] + ["6.5"]
         rows.append(",".join(cells))
     return "\n".join(rows) + "\n"

@@ -21,12 +21,17 @@ from taskgrad.datasets.toy import PARETO_Y, STARTS, pareto_front, toy_losses
 
 # ------------------------------------------------------------------ Δm and aggregation
 def test_delta_m_hand_made_numbers() -> None:
-    # accuracy ↑: 0.90 vs baseline 0.80 is 12.5% better → −12.5; MSE ↓: 1.1 vs 1.0 is 10% worse → +10
+    # accuracy ↑: 0.90 vs baseline 0.80 is 12.5% better → −12.5; MSE ↓: 1.1 vs 1.0 is 10% worse →
+    # +10
     hib = {"a/acc": True, "b/mse": False}
-    assert delta_m({"a/acc": 0.90, "b/mse": 1.1}, {"a/acc": 0.80, "b/mse": 1.0}, hib) == pytest.approx((-12.5 + 10.0) / 2)
+    assert delta_m(
+        {"a/acc": 0.90, "b/mse": 1.1}, {"a/acc": 0.80, "b/mse": 1.0}, hib
+    ) == pytest.approx((-12.5 + 10.0) / 2)
     # equal to the baseline: Δm = 0; worse on both: positive
     assert delta_m({"a/acc": 0.8, "b/mse": 1.0}, {"a/acc": 0.8, "b/mse": 1.0}, hib) == 0.0
-    assert delta_m({"a/acc": 0.4, "b/mse": 3.0}, {"a/acc": 0.8, "b/mse": 1.0}, hib) == pytest.approx((50 + 200) / 2)
+    assert delta_m(
+        {"a/acc": 0.4, "b/mse": 3.0}, {"a/acc": 0.8, "b/mse": 1.0}, hib
+    ) == pytest.approx((50 + 200) / 2)
     # a negative-valued metric (lower better) is compared relative to |baseline|
     assert delta_m({"e": -2.0}, {"e": -1.0}, {"e": False}) == pytest.approx(-100.0)
 
@@ -52,7 +57,7 @@ def test_config_expands_methods_seeds_and_single_task(tmp_path) -> None:
     p = tmp_path / "c.toml"
     p.write_text(
         'name = "e"\ndataset = "synthetic"\nmethods = ["mean", {name = "cagrad", c = 0.2}]\n'
-        "seeds = [1, 2]\nepochs = 3\nsingle_task = true\n[optimizer]\nname = \"sgd\"\nlr = 0.1\n"
+        'seeds = [1, 2]\nepochs = 3\nsingle_task = true\n[optimizer]\nname = "sgd"\nlr = 0.1\n'
     )
     cfg = load_config(p)
     labels = sorted({r.label for r in cfg.runs})
@@ -70,9 +75,20 @@ def test_config_expands_methods_seeds_and_single_task(tmp_path) -> None:
         ({"dataset": "synthetic", "methods": ["mean"]}, "'name'"),
         ({"name": "e", "dataset": "synthetic", "methods": ["no-such-method"]}, "unknown method"),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "epochs": 0}, "'epochs'"),
-        ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "typo": 1}, "unknown key .typo."),
+        (
+            {"name": "e", "dataset": "synthetic", "methods": ["mean"], "typo": 1},
+            "unknown key .typo.",
+        ),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean", "mean"]}, "share a label"),
-        ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "optimizer": {"name": "rmsprop"}}, "optimizer"),
+        (
+            {
+                "name": "e",
+                "dataset": "synthetic",
+                "methods": ["mean"],
+                "optimizer": {"name": "rmsprop"},
+            },
+            "optimizer",
+        ),
         ({"name": "e", "dataset": "synthetic", "methods": ["mean"], "seeds": []}, "'seeds'"),
     ],
 )
@@ -96,9 +112,18 @@ def test_checked_in_configs_parse() -> None:
 
 # ------------------------------------------------------------------ training, report, resume
 def _tiny(**over):
-    raw = {"name": "tiny", "dataset": "synthetic", "methods": ["mean", "mgda"], "seeds": [0, 1], "epochs": 2,
-           "batch_size": 64, "single_task": True, "data": {"n_train": 64, "n_test": 32}, "checkpoint_every": 1,
-           "optimizer": {"name": "sgd", "lr": 0.05}}
+    raw = {
+        "name": "tiny",
+        "dataset": "synthetic",
+        "methods": ["mean", "mgda"],
+        "seeds": [0, 1],
+        "epochs": 2,
+        "batch_size": 64,
+        "single_task": True,
+        "data": {"n_train": 64, "n_test": 32},
+        "checkpoint_every": 1,
+        "optimizer": {"name": "sgd", "lr": 0.05},
+    }
     raw.update(over)
     return parse_config(raw)
 
@@ -120,8 +145,12 @@ def test_harness_trains_saves_and_reports(tmp_path) -> None:
     # Δm in the summary equals the formula applied to the saved numbers, per seed then averaged
     summ = summarize(results)
     base = {
-        "reg/mse": np.mean([r["final"]["reg/mse"] for r in results if r["config"]["method"] == "single-task:0"]),
-        "cls/acc": np.mean([r["final"]["cls/acc"] for r in results if r["config"]["method"] == "single-task:1"]),
+        "reg/mse": np.mean(
+            [r["final"]["reg/mse"] for r in results if r["config"]["method"] == "single-task:0"]
+        ),
+        "cls/acc": np.mean(
+            [r["final"]["cls/acc"] for r in results if r["config"]["method"] == "single-task:1"]
+        ),
     }
     per_seed = []
     for r in results:
@@ -147,8 +176,15 @@ class _Interrupt(Exception):
 
 @pytest.mark.parametrize("method", ["mean", "famo"])
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, method) -> None:
-    raw = dict(methods=[method], seeds=[3], single_task=False, epochs=2, batch_size=16,
-               data={"n_train": 64, "n_test": 32}, checkpoint_every=2)
+    raw = dict(
+        methods=[method],
+        seeds=[3],
+        single_task=False,
+        epochs=2,
+        batch_size=16,
+        data={"n_train": 64, "n_test": 32},
+        checkpoint_every=2,
+    )
     rc = _tiny(**raw).runs[0]
     full = run(rc, tmp_path / "a", show_progress=False)
 
@@ -194,8 +230,11 @@ def test_toy_formula_and_front() -> None:
     got = toy_losses(torch.tensor([x, y], dtype=torch.float64), scale=0.1)
     assert got.tolist() == pytest.approx([0.1 * f1, f2])
     front = pareto_front(scale=0.1, n=200)
-    assert np.all(np.diff(front[:, 0]) > 0) and np.all(np.diff(front[:, 1]) < 0)  # non-dominated, sorted
-    # the published front y = −8.3552 is (numerically) on ours: each of its points is within grid accuracy
+    assert np.all(np.diff(front[:, 0]) > 0) and np.all(
+        np.diff(front[:, 1]) < 0
+    )  # non-dominated, sorted
+    # the published front y = −8.3552 is (numerically) on ours: each of its points is within grid
+    # accuracy
     xs = torch.linspace(-7, 7, 15, dtype=torch.float64)
     pub = toy_losses(torch.stack([xs, torch.full_like(xs, PARETO_Y)], -1), 0.1).numpy()
     gap = np.min(np.linalg.norm(pub[:, None] - front[None], axis=-1), axis=1)
@@ -235,7 +274,8 @@ def test_compose_pairs_places_and_maxes() -> None:
     small = compose_pairs(a, b)
     assert small.shape == (1, 28, 28) and small.dtype == np.uint8
     # two white images: their overlap (canvas 7..28) stays white after the resize (×28/36), and the
-    # canvas corners covered by neither image (top right: rows 1..6, cols 29..34; bottom left) stay black
+    # canvas corners covered by neither image (top right: rows 1..6, cols 29..34; bottom left) stay
+    # black
     white = np.full((1, 28, 28), 255, dtype=np.uint8)
     w = compose_pairs(white, white)[0]
     assert w[7:21, 7:21].min() == 255

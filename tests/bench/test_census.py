@@ -17,8 +17,11 @@ def _row(age: int, marital: str, cls: str, label: str) -> str:
 
 
 def test_census_tasks_and_features(tmp_path) -> None:
-    train = [_row(20, "Never married", "A", "- 50000."), _row(40, "Widowed", "B", "50000+."),
-             _row(60, "Married-civilian spouse present", "A", "- 50000.")]
+    train = [
+        _row(20, "Never married", "A", "- 50000."),
+        _row(40, "Widowed", "B", "50000+."),
+        _row(60, "Married-civilian spouse present", "A", "- 50000."),
+    ]
     test = [_row(30, "Never married", "C", "50000+.")]
     (tmp_path / "census_income_1994_1995_train.csv").write_text("\n".join(train) + "\n")
     (tmp_path / "census_income_1994_1995_test.csv").write_text("\n".join(test) + "\n")

@@ -22,7 +22,7 @@ from taskgrad.bench.runner import run_all
 from taskgrad.bench.validation import Selector, carve_validation
 
 # ------------------------------------------------------------------ YAML and config errors
-_TOML = '''name = "e"
+_TOML = """name = "e"
 dataset = "synthetic"
 methods = ["mean", {name = "cagrad", c = 0.4, label = "cag"}]
 seeds = [1, 2]
@@ -43,8 +43,8 @@ patience = 2
 monitor = "criterion"
 [selection]
 criterion = "delta_m"
-'''
-_YAML = '''name: e
+"""
+_YAML = """name: e
 dataset: synthetic
 methods:
   - mean
@@ -56,7 +56,7 @@ single_task: true
 val_fraction: 0.25
 data:
   n_train: 64
-optimizer: {name: sgd, lr: 1e-3, momentum: 0.9}   # 1e-3: a float here (YAML 1.1 would read a string)
+optimizer: {name: sgd, lr: 1e-3, momentum: 0.9}   # a float here (YAML 1.1 reads a string)
 scheduler:
   name: plateau
   factor: 0.5
@@ -64,7 +64,7 @@ scheduler:
   monitor: criterion
 selection:
   criterion: delta_m
-'''
+"""
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml"])
@@ -77,8 +77,16 @@ def test_yaml_and_toml_configs_give_the_same_runs(tmp_path, suffix) -> None:
     assert [r.fingerprint() for r in a.runs] == [r.fingerprint() for r in b.runs]
     r = b.runs[0]
     assert r.optimizer["lr"] == 1e-3 and isinstance(r.optimizer["lr"], float)
-    assert r.scheduler == {"name": "plateau", "factor": 0.5, "patience": 2, "threshold": 1e-4, "threshold_mode": "rel",
-                           "cooldown": 0, "min_lr": 0.0, "monitor": "criterion"}
+    assert r.scheduler == {
+        "name": "plateau",
+        "factor": 0.5,
+        "patience": 2,
+        "threshold": 1e-4,
+        "threshold_mode": "rel",
+        "cooldown": 0,
+        "min_lr": 0.0,
+        "monitor": "criterion",
+    }
     assert r.selection == {"criterion": "delta_m"} and r.val_fraction == 0.25
 
 
@@ -104,10 +112,18 @@ _BASE = {"name": "e", "dataset": "synthetic", "methods": ["mean"]}
         ({"optimizer": {"lr": "fast"}}, "lr", "positive number"),
         ({"optimizer": {"momentum": 1.5}}, "momentum", r"\[0, 1\)"),
         ({"scheduler": {"name": "exp"}}, "scheduler", "one of"),
-        ({"scheduler": {"name": "cosine", "step_size": 2}}, "step_size", r"unknown key 'step_size' in \[scheduler\]"),
+        (
+            {"scheduler": {"name": "cosine", "step_size": 2}},
+            "step_size",
+            r"unknown key 'step_size' in \[scheduler\]",
+        ),
         ({"scheduler": {"name": "step"}}, "step_size", "exactly one"),
         ({"scheduler": {"name": "plateau", "patience": 1.5}}, "patience", "int"),
-        ({"scheduler": {"name": "plateau", "monitor": "criterion"}}, "monitor", "criterion other than 'last'"),
+        (
+            {"scheduler": {"name": "plateau", "monitor": "criterion"}},
+            "monitor",
+            "criterion other than 'last'",
+        ),
         ({"selection": {"criterion": "best"}}, "criterion", "one of"),
         ({"selection": {"criterion": "metric", "metric": "nope/mse"}}, "metric", "not one of"),
         ({"selection": {"criterion": "delta_m"}}, "delta_m", "single_task = true"),
@@ -163,13 +179,21 @@ def test_yaml_duplicate_keys_and_bad_files_are_errors(tmp_path) -> None:
 def test_default_fingerprint_is_that_of_older_versions() -> None:
     """Saved runs of the harness before [scheduler]/[selection]/val_fraction keep their fingerprint:
     the old rule was sha1 of the sorted JSON of every field but ``device``."""
-    rc = parse_config({**_BASE, "selection": {"criterion": "last"}, "scheduler": {"name": "none"}}).runs[0]
+    rc = parse_config(
+        {**_BASE, "selection": {"criterion": "last"}, "scheduler": {"name": "none"}}
+    ).runs[0]
     old = asdict(rc)
     for k in ("device", "scheduler", "val_fraction", "selection"):
         old.pop(k)
-    assert rc.fingerprint() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert (
+        rc.fingerprint()
+        == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    )
     assert replace(rc, val_fraction=0.1).fingerprint() != rc.fingerprint()
-    assert replace(rc, scheduler={"name": "step", "step_size": 1, "gamma": 0.5}).fingerprint() != rc.fingerprint()
+    assert (
+        replace(rc, scheduler={"name": "step", "step_size": 1, "gamma": 0.5}).fingerprint()
+        != rc.fingerprint()
+    )
 
 
 # ------------------------------------------------------------------ validation split
@@ -185,15 +209,29 @@ def test_carve_validation_is_seeded_disjoint_and_covering() -> None:
 
 # ------------------------------------------------------------------ schedules and exact resume
 def _runcfg(**over):
-    raw = {"name": "p", "dataset": "synthetic", "methods": ["mean"], "seeds": [3], "epochs": 3, "batch_size": 16,
-           "data": {"n_train": 64, "n_test": 32}, "checkpoint_every": 2, "val_fraction": 0.25,
-           "optimizer": {"name": "sgd", "lr": 0.05}, "selection": {"criterion": "val_loss"}}
+    raw = {
+        "name": "p",
+        "dataset": "synthetic",
+        "methods": ["mean"],
+        "seeds": [3],
+        "epochs": 3,
+        "batch_size": 16,
+        "data": {"n_train": 64, "n_test": 32},
+        "checkpoint_every": 2,
+        "val_fraction": 0.25,
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "selection": {"criterion": "val_loss"},
+    }
     raw.update(over)
     return parse_config(raw).runs
 
 
-def _plateau_lrs(values: list[float], lr: float, factor: float, patience: int, threshold: float) -> list[float]:
-    """ReduceLROnPlateau (mode min, rel threshold, no cooldown) transcribed: the lr of each epoch."""
+def _plateau_lrs(
+    values: list[float], lr: float, factor: float, patience: int, threshold: float
+) -> list[float]:
+    """ReduceLROnPlateau (mode min, rel threshold, no cooldown) transcribed: the lr of each
+    epoch.
+    """
     best, bad, out = math.inf, 0, []
     for v in values:
         out.append(lr)
@@ -250,7 +288,10 @@ def test_scheduler_follows_its_formula_and_resumes_bit_identically(tmp_path, sch
     assert resumed["resumed"] == 1
     strip = lambda rows: [{k: v for k, v in r.items() if k != "train_time_s"} for r in rows]  # noqa: E731
     assert strip(resumed["history"]) == strip(hist)  # exact: same floats, same lr, same selection
-    assert resumed["selection"] == full["selection"] and resumed["final"]["reg/mse"] == full["final"]["reg/mse"]
+    assert (
+        resumed["selection"] == full["selection"]
+        and resumed["final"]["reg/mse"] == full["final"]["reg/mse"]
+    )
     for name in ("checkpoint.pt", "best_model.pt"):
         a = torch.load(tmp_path / "a" / rc.run_id / name, weights_only=False)
         b = torch.load(tmp_path / "b" / rc.run_id / name, weights_only=False)
@@ -262,13 +303,16 @@ def test_scheduler_follows_its_formula_and_resumes_bit_identically(tmp_path, sch
 def test_selector_on_hand_made_numbers() -> None:
     specs = {"a/acc": True, "b/mse": False}
     s = Selector("metric", specs, ["a", "b"], metric="a/acc")
-    assert [s.update(e, s.score(v, None)) for e, v in enumerate([{"a/acc": 0.5}, {"a/acc": 0.7}, {"a/acc": 0.7}], 1)] \
-        == [True, True, False]
+    assert [
+        s.update(e, s.score(v, None))
+        for e, v in enumerate([{"a/acc": 0.5}, {"a/acc": 0.7}, {"a/acc": 0.7}], 1)
+    ] == [True, True, False]
     assert s.best_epoch == 2  # a tie keeps the earlier epoch
     d = Selector("delta_m", specs, ["a", "b"], baseline={"a/acc": 0.8, "b/mse": 1.0})
     # Δm = 50 (−(acc − 0.8)/0.8 + (mse − 1)/1)
     assert d.score({"a/acc": 0.9, "b/mse": 1.1}, None) == pytest.approx(50 * (-0.125 + 0.1))
-    # a single-task baseline of task b selects on its own metric only (here: mse relative to epoch 1)
+    # a single-task baseline of task b selects on its own metric only (here: mse relative to epoch
+    # 1)
     own = Selector("delta_m", specs, ["a", "b"], single_task=1)
     assert own.score({"a/acc": 0.1, "b/mse": 2.0}, None) == pytest.approx(1.0)
     assert own.score({"a/acc": 0.9, "b/mse": 1.0}, None) == pytest.approx(0.5)
@@ -285,7 +329,9 @@ _TEST = {"reg/mse": [10.0, 20.0, 30.0, 40.0, 50.0], "cls/acc": [0.1, 0.2, 0.3, 0
 
 
 class _Scripted(SyntheticProblem):
-    """Synthetic training; evaluate returns the scripted metrics of the next epoch (val: split rows)."""
+    """Synthetic training; evaluate returns the scripted metrics of the next epoch (val: split
+    rows).
+    """
 
     tasks = ["reg", "cls"]
     metrics = [Metric("reg", "mse", False), Metric("cls", "acc", True)]
@@ -312,12 +358,24 @@ class _Scripted(SyntheticProblem):
         ({"criterion": "last"}, 5),
     ],
 )
-def test_selected_epoch_is_the_best_validation_epoch(tmp_path, add_problem, selection, epoch) -> None:
+def test_selected_epoch_is_the_best_validation_epoch(
+    tmp_path, add_problem, selection, epoch
+) -> None:
     add_problem("scripted", _Scripted, ["reg", "cls"])
     registry.clear_cache()
-    rc = parse_config({"name": "s", "dataset": "scripted", "methods": ["mean"], "epochs": 5, "batch_size": 32,
-                       "data": {"n_train": 40}, "val_fraction": 0.2, "selection": selection,
-                       "baseline": {"reg/mse": 2.0, "cls/acc": 0.8}}).runs[0]
+    rc = parse_config(
+        {
+            "name": "s",
+            "dataset": "scripted",
+            "methods": ["mean"],
+            "epochs": 5,
+            "batch_size": 32,
+            "data": {"n_train": 40},
+            "val_fraction": 0.2,
+            "selection": selection,
+            "baseline": {"reg/mse": 2.0, "cls/acc": 0.8},
+        }
+    ).runs[0]
     res = run(rc, tmp_path, show_progress=False)
     sel = res["selection"]
     assert sel["epoch"] == epoch and res["final"]["epoch"] == epoch
@@ -325,13 +383,20 @@ def test_selected_epoch_is_the_best_validation_epoch(tmp_path, add_problem, sele
     assert res["last"]["reg/mse"] == _TEST["reg/mse"][-1]
     assert sel["val"] == {k: v[epoch - 1] for k, v in _VAL.items()} and sel["n_val"] == 8
     if selection["criterion"] == "delta_m":
-        assert sel["score"] == pytest.approx(-16.25) and sel["baseline"] == {"reg/mse": 2.0, "cls/acc": 0.8}
+        assert sel["score"] == pytest.approx(-16.25) and sel["baseline"] == {
+            "reg/mse": 2.0,
+            "cls/acc": 0.8,
+        }
     with open(tmp_path / rc.run_id / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["selected"]) for r in rows] == [int(i + 1 == epoch) for i in range(5)]
     assert (tmp_path / rc.run_id / "best_model.pt").is_file() == (selection["criterion"] != "last")
     summ = summarize(collect(tmp_path)["s"])
-    md = report(tmp_path).read_text() if selection["criterion"] == "delta_m" else markdown_table("s", summ)
+    md = (
+        report(tmp_path).read_text()
+        if selection["criterion"] == "delta_m"
+        else markdown_table("s", summ)
+    )
     if selection["criterion"] != "last":
         assert "selected epoch" in md and f"| mean | 1 | 5 | {epoch} |" in md
     else:
@@ -339,44 +404,83 @@ def test_selected_epoch_is_the_best_validation_epoch(tmp_path, add_problem, sele
 
 
 def test_validation_delta_m_against_the_single_task_runs(tmp_path) -> None:
-    cfg = parse_config({"name": "d", "dataset": "synthetic", "methods": ["mean"], "seeds": [0], "epochs": 3,
-                        "batch_size": 16, "data": {"n_train": 64, "n_test": 32}, "val_fraction": 0.25,
-                        "single_task": True, "optimizer": {"name": "sgd", "lr": 0.05},
-                        "selection": {"criterion": "delta_m"}})
+    cfg = parse_config(
+        {
+            "name": "d",
+            "dataset": "synthetic",
+            "methods": ["mean"],
+            "seeds": [0],
+            "epochs": 3,
+            "batch_size": 16,
+            "data": {"n_train": 64, "n_test": 32},
+            "val_fraction": 0.25,
+            "single_task": True,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "selection": {"criterion": "delta_m"},
+        }
+    )
     mtl = next(r for r in cfg.runs if not r.is_single_task)
     with pytest.raises(FileNotFoundError, match="single-task"):
         run(mtl, tmp_path / "alone", show_progress=False)
     results = run_all(cfg.runs, tmp_path, show_progress=False)  # single-task baselines run first
     res = next(r for r in results if r["config"]["method"] == "mean")
-    stl = {r["config"]["method"]: r for r in results if r["config"]["method"].startswith("single-task")}
+    stl = {
+        r["config"]["method"]: r for r in results if r["config"]["method"].startswith("single-task")
+    }
     # each single-task baseline selected the best validation epoch of its own metric
     for i, key in enumerate(["reg/mse", "cls/acc"]):
         h = stl[f"single-task:{i}"]["history"]
         vals = [(-1 if key == "cls/acc" else 1) * r[f"val/{key}"] for r in h]
         assert stl[f"single-task:{i}"]["selection"]["epoch"] == vals.index(min(vals)) + 1
-    base = {"reg/mse": stl["single-task:0"]["selection"]["val"]["reg/mse"],
-            "cls/acc": stl["single-task:1"]["selection"]["val"]["cls/acc"]}
+    base = {
+        "reg/mse": stl["single-task:0"]["selection"]["val"]["reg/mse"],
+        "cls/acc": stl["single-task:1"]["selection"]["val"]["cls/acc"],
+    }
     assert res["selection"]["baseline"] == base
-    dm = [100 / 2 * ((h["val/reg/mse"] - base["reg/mse"]) / base["reg/mse"]
-                     - (h["val/cls/acc"] - base["cls/acc"]) / base["cls/acc"]) for h in res["history"]]
+    dm = [
+        100
+        / 2
+        * (
+            (h["val/reg/mse"] - base["reg/mse"]) / base["reg/mse"]
+            - (h["val/cls/acc"] - base["cls/acc"]) / base["cls/acc"]
+        )
+        for h in res["history"]
+    ]
     assert res["selection"]["epoch"] == dm.index(min(dm)) + 1
     assert [h["val_score"] for h in res["history"]] == pytest.approx(dm)
 
 
 def test_last_keeps_the_final_epoch_and_its_delta_m(tmp_path) -> None:
-    base = {"name": "l", "dataset": "synthetic", "methods": ["mean"], "seeds": [0], "epochs": 2, "batch_size": 64,
-            "single_task": True, "data": {"n_train": 64, "n_test": 32}, "optimizer": {"name": "sgd", "lr": 0.05}}
+    base = {
+        "name": "l",
+        "dataset": "synthetic",
+        "methods": ["mean"],
+        "seeds": [0],
+        "epochs": 2,
+        "batch_size": 64,
+        "single_task": True,
+        "data": {"n_train": 64, "n_test": 32},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+    }
     a = parse_config(base).runs
     b = parse_config({**base, "selection": {"criterion": "last"}}).runs
     assert [r.fingerprint() for r in a] == [r.fingerprint() for r in b]
     results = [run(r, tmp_path, show_progress=False) for r in a]
     for r in results:
         assert r["final"] == r["history"][-1] == r["last"] and r["selection"]["epoch"] == 2
-        assert not any(k.startswith("val") for k in r["final"])  # no validation split: nothing carved
+        assert not any(
+            k.startswith("val") for k in r["final"]
+        )  # no validation split: nothing carved
     specs = {"reg/mse": False, "cls/acc": True}
-    bl = {"reg/mse": results[1]["history"][-1]["reg/mse"], "cls/acc": results[2]["history"][-1]["cls/acc"]}
+    bl = {
+        "reg/mse": results[1]["history"][-1]["reg/mse"],
+        "cls/acc": results[2]["history"][-1]["cls/acc"],
+    }
     h = results[0]["history"][-1]
-    want = 50 * ((h["reg/mse"] - bl["reg/mse"]) / bl["reg/mse"] - (h["cls/acc"] - bl["cls/acc"]) / bl["cls/acc"])
+    want = 50 * (
+        (h["reg/mse"] - bl["reg/mse"]) / bl["reg/mse"]
+        - (h["cls/acc"] - bl["cls/acc"]) / bl["cls/acc"]
+    )
     row = next(x for x in summarize(results)["rows"] if x["label"] == "mean")
     assert row["delta_m"][0] == pytest.approx(want) and set(specs) <= set(row["metrics"])
 
@@ -385,7 +489,9 @@ def test_validation_needed_but_missing_is_a_clear_error(tmp_path) -> None:
     rc = _runcfg(val_fraction=0.0, selection={"criterion": "val_loss"})[0]
     with pytest.raises(ValueError, match="val_fraction"):
         run(rc, tmp_path, show_progress=False)
-    rc = _runcfg(val_fraction=0.0, selection={"criterion": "last"}, scheduler={"name": "plateau"})[0]
+    rc = _runcfg(val_fraction=0.0, selection={"criterion": "last"}, scheduler={"name": "plateau"})[
+        0
+    ]
     with pytest.raises(ValueError, match="monitor = 'val_loss'"):
         run(rc, tmp_path, show_progress=False)
 
@@ -394,9 +500,19 @@ def test_resume_keeps_the_best_so_far_epoch(tmp_path, add_problem) -> None:
     """Interrupted in epoch 4, after the best validation epoch (2): the resumed run still selects
     epoch 2 (a run that forgot its best-so-far state would pick epoch 4) and keeps its model."""
     add_problem("scripted", _Scripted, ["reg", "cls"])
-    rc = parse_config({"name": "s", "dataset": "scripted", "methods": ["mean"], "epochs": 5, "batch_size": 32,
-                       "data": {"n_train": 40}, "val_fraction": 0.2, "checkpoint_every": 1,
-                       "selection": {"criterion": "metric", "metric": "reg/mse"}}).runs[0]
+    rc = parse_config(
+        {
+            "name": "s",
+            "dataset": "scripted",
+            "methods": ["mean"],
+            "epochs": 5,
+            "batch_size": 32,
+            "data": {"n_train": 40},
+            "val_fraction": 0.2,
+            "checkpoint_every": 1,
+            "selection": {"criterion": "metric", "metric": "reg/mse"},
+        }
+    ).runs[0]
     registry.clear_cache()
     full = run(rc, tmp_path / "a", show_progress=False)
     registry.clear_cache()  # the scripted metrics start again at epoch 1
@@ -408,7 +524,9 @@ def test_resume_keeps_the_best_so_far_epoch(tmp_path, add_problem) -> None:
     with pytest.raises(_Interrupt):
         run(rc, tmp_path / "b", show_progress=False, on_step=stop)
     resumed = run(rc, tmp_path / "b", show_progress=False)
-    assert resumed["resumed"] == 1 and resumed["selection"]["epoch"] == full["selection"]["epoch"] == 2
+    assert (
+        resumed["resumed"] == 1 and resumed["selection"]["epoch"] == full["selection"]["epoch"] == 2
+    )
     assert resumed["final"]["reg/mse"] == _TEST["reg/mse"][1]
     a = torch.load(tmp_path / "a" / rc.run_id / "best_model.pt")
     b = torch.load(tmp_path / "b" / rc.run_id / "best_model.pt")

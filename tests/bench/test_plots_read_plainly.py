@@ -23,10 +23,19 @@ def _summary(n_methods: int, epochs: int = 3) -> dict:
     by_label, rows = {}, []
     for i in range(n_methods):
         lbl = f"m{i}"
-        hist = [{"epoch": e + 1, "a/loss": 2.6 + 0.001 * (i + e), "b/acc": 0.9 + 0.0001 * i} for e in range(epochs)]
+        hist = [
+            {"epoch": e + 1, "a/loss": 2.6 + 0.001 * (i + e), "b/acc": 0.9 + 0.0001 * i}
+            for e in range(epochs)
+        ]
         by_label[lbl] = [{"history": hist, "selection": {"criterion": "last"}}]
-        rows.append({"label": lbl, "method": lbl, "metrics": {"a/loss": (2.6, 0.0), "b/acc": (0.9, 0.0)},
-                     "time_per_step_s": (0.01, 0.0)})
+        rows.append(
+            {
+                "label": lbl,
+                "method": lbl,
+                "metrics": {"a/loss": (2.6, 0.0), "b/acc": (0.9, 0.0)},
+                "time_per_step_s": (0.01, 0.0),
+            }
+        )
     return {"specs": specs, "rows": rows, "by_label": by_label, "baseline": {}}
 
 
@@ -47,8 +56,20 @@ def test_learning_curves_have_epoch_ticks_and_plain_numbers() -> None:
             assert ys and not any("×" in t or "e" in t.lower() for t in ys)
             assert ax.yaxis.get_offset_text().get_text() == ""  # no "+2.6" offset above the axis
         lines = [ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")]
-        assert len({(ln.get_color() if isinstance(ln.get_color(), str) else tuple(ln.get_color()), ln.get_marker())
-                    for ln in lines}) == 12
+        assert (
+            len(
+                {
+                    (
+                        ln.get_color()
+                        if isinstance(ln.get_color(), str)
+                        else tuple(ln.get_color()),
+                        ln.get_marker(),
+                    )
+                    for ln in lines
+                }
+            )
+            == 12
+        )
     finally:
         plt.close(fig)
     fig = bars_figure("exp", _summary(3))
@@ -73,9 +94,15 @@ def test_log_axes_show_plain_numbers() -> None:
 def test_demo_loss_axis_shows_plain_numbers() -> None:
     from taskgrad import demo
 
-    runs = {name: demo.run(m, steps=10) for name, m in
-            {"Mean": demo.Mean(), "PrimaryAux": demo.PrimaryAux(), "primary only": demo.PrimaryOnly(),
-             "PrimaryAux, margin 0.1": demo.PrimaryAux(margin=0.1, relative_margin=True)}.items()}
+    runs = {
+        name: demo.run(m, steps=10)
+        for name, m in {
+            "Mean": demo.Mean(),
+            "PrimaryAux": demo.PrimaryAux(),
+            "primary only": demo.PrimaryOnly(),
+            "PrimaryAux, margin 0.1": demo.PrimaryAux(margin=0.1, relative_margin=True),
+        }.items()
+    }
     fig = demo.figure(runs)
     try:
         labels = _labels(fig.axes[1]) + _labels(fig.axes[1], minor=True)
@@ -88,9 +115,12 @@ def test_log_report_plots_losses_with_whole_number_counts(tmp_path) -> None:
     pytest.importorskip("taskgrad.tracking")
     from taskgrad.tracking.plots import plot_conditioning, plot_losses
 
-    log = {"loss/a": ([1, 2, 3, 4], [2.1, 2.6, 3.0, 3.4]), "loss/b": ([1, 2, 3, 4], [2.2, 2.5, 2.9, 3.1]),
-           "gram/cond": ([1, 2, 3, 4], [10.0, 20.0, 15.0, 30.0]),
-           "gram/active_constraints": ([1, 2, 3, 4], [0.0, 1.0, 1.0, 0.0])}
+    log = {
+        "loss/a": ([1, 2, 3, 4], [2.1, 2.6, 3.0, 3.4]),
+        "loss/b": ([1, 2, 3, 4], [2.2, 2.5, 2.9, 3.1]),
+        "gram/cond": ([1, 2, 3, 4], [10.0, 20.0, 15.0, 30.0]),
+        "gram/active_constraints": ([1, 2, 3, 4], [0.0, 1.0, 1.0, 0.0]),
+    }
     fig = plot_losses(log)
     try:
         labels = _labels(fig.axes[0]) + _labels(fig.axes[0], minor=True)

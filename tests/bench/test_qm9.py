@@ -20,10 +20,12 @@ from taskgrad.datasets.qm9 import (
 )
 from taskgrad.models.mpnn import MPNN, GraphBatch, radius_edges
 
-_HEADER = ("XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,Harmonic_Freq_cmi,"
-           "RotA_GHz,RotB_GHz,RotC_GHz,Dipole_debye,Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,"
-           "ZPVE_au,InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
-           "Heatcapacity_Cv_cal_mol_K")
+_HEADER = (
+    "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,Harmonic_Freq_cmi,"
+    "RotA_GHz,RotB_GHz,RotC_GHz,Dipole_debye,Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,"
+    "ZPVE_au,InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
+    "Heatcapacity_Cv_cal_mol_K"
+)
 _SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
 
 
@@ -31,8 +33,21 @@ def _row(index: int, z: list[int], pos: np.ndarray, props: list[float]) -> str:
     """One molecule in the qm9pack layout (quoted list cells, properties in the package's units)."""
     els = "[" + ",".join(f"'{_SYMBOLS[a]}'" for a in z) + "]"
     xyz = "[" + ",".join("[" + ",".join(repr(float(c)) for c in p) + "]" for p in pos) + "]"
-    cells = [f'"dsgdb9nsd_{index:06d}.xyz"', str(index), '"C"', '"InChI=1S/x"', str(len(z)), '"[0,0,0,0,0]"',
-             f'"{els}"', f'"{xyz}"', '"[0.1]"', '"[1.0]"', "1.", "2.", "3."]
+    cells = [
+        f'"dsgdb9nsd_{index:06d}.xyz"',
+        str(index),
+        '"C"',
+        '"InChI=1S/x"',
+        str(len(z)),
+        '"[0,0,0,0,0]"',
+        f'"{els}"',
+        f'"{xyz}"',
+        '"[0.1]"',
+        '"[1.0]"',
+        "1.",
+        "2.",
+        "3.",
+    ]
     cells += [repr(float(v)) for v in props] + ["6.5"]
     return ",".join(cells)
 
@@ -85,7 +100,9 @@ def test_load_from_directory_sorts_caches_and_matches_parse(tmp_path) -> None:
     (src / "qm9_part2.csv").write_text(_csv(mols[:3], props[:3], first_index=1))
     d = load_qm9(src, cache_dir=tmp_path / "cache", progress=False)
     ref = parse_qm9_csv(_csv(mols, props))
-    for a, b in zip((d.z, d.pos, d.ptr, d.y, d.index), (ref.z, ref.pos, ref.ptr, ref.y, ref.index)):
+    for a, b in zip(
+        (d.z, d.pos, d.ptr, d.y, d.index), (ref.z, ref.pos, ref.ptr, ref.y, ref.index), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     assert len(list((tmp_path / "cache" / "qm9").glob("*.npz"))) == 1
     again = load_qm9(src, cache_dir=tmp_path / "cache", progress=False)  # from the cache
@@ -93,7 +110,10 @@ def test_load_from_directory_sorts_caches_and_matches_parse(tmp_path) -> None:
 
 
 def test_split_is_seeded_disjoint_and_subset_is_a_prefix() -> None:
-    a, b = split_qm9(100, seed=3, n_train=60, n_val=10), split_qm9(100, seed=3, n_train=60, n_val=10)
+    a, b = (
+        split_qm9(100, seed=3, n_train=60, n_val=10),
+        split_qm9(100, seed=3, n_train=60, n_val=10),
+    )
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["train"], split_qm9(100, seed=4, n_train=60, n_val=10)["train"])
     assert sorted(np.concatenate([a["train"], a["val"], a["test"]]).tolist()) == list(range(100))
@@ -112,7 +132,7 @@ def test_radius_edges_match_a_per_molecule_loop() -> None:
     mols, _ = _molecules(8, seed=2)
     g = _batch(mols)
     src, dst, dist = radius_edges(g.pos, g.ptr, cutoff=2.0)
-    got = sorted(zip(src.tolist(), dst.tolist()))
+    got = sorted(zip(src.tolist(), dst.tolist(), strict=True))
     want = []
     for m in range(len(mols)):
         lo, hi = int(g.ptr[m]), int(g.ptr[m + 1])
@@ -178,9 +198,12 @@ def test_problem_standardizes_with_train_stats_and_reports_mae_in_units() -> Non
     split = split_qm9(len(d), 1, 24, 6)
     cols = [TARGETS.index(t) for t in U0_FIRST]
     y_tr = d.y[split["train"]][:, cols]
-    torch.testing.assert_close(p.y["train"].double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        p.y["train"].double().mean(0), torch.zeros(11, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     np.testing.assert_allclose(p.std, y_tr.std(0))
-    # a prediction of the training mean everywhere: MAE = mean |y − mean| in original units (meV for energies)
+    # a prediction of the training mean everywhere: MAE = mean |y − mean| in original units (meV for
+    # energies)
     n = p.n("test")
     zeros = [torch.zeros(n, 1) for _ in p.tasks]
     sums = p.metric_sums(zeros, p.y["test"])
@@ -200,14 +223,26 @@ def test_harness_runs_qm9_one_batch_and_two_epochs(tmp_path, monkeypatch) -> Non
     d = _tiny_problem_data()
     monkeypatch.setattr("taskgrad.datasets.qm9.load_qm9", lambda *a, **k: d)
     registry.clear_cache()
-    raw = {"name": "qm9-tiny", "dataset": "qm9-u0", "methods": ["mean", {"name": "primary-aux", "label": "pa"}],
-           "epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1, "source": "representation", "device": "cpu",
-           "data": {"n_train": 24, "n_val": 6}, "model": {"hidden": 8, "n_layers": 1, "n_rbf": 4}}
+    raw = {
+        "name": "qm9-tiny",
+        "dataset": "qm9-u0",
+        "methods": ["mean", {"name": "primary-aux", "label": "pa"}],
+        "epochs": 2,
+        "batch_size": 8,
+        "max_steps_per_epoch": 1,
+        "source": "representation",
+        "device": "cpu",
+        "data": {"n_train": 24, "n_val": 6},
+        "model": {"hidden": 8, "n_layers": 1, "n_rbf": 4},
+    }
     cfg = parse_config(raw)
     for rc in cfg.runs:
         res = run(rc, tmp_path, show_progress=False)
         assert len(res["history"]) == 2 and res["history"][-1]["steps"] == 1
         assert res["tasks"][0] == "U0" and len(res["tasks"]) == 11
-        assert all(math.isfinite(res["final"][f"{t}/mae"]) and res["final"][f"{t}/mae"] > 0 for t in res["tasks"])
+        assert all(
+            math.isfinite(res["final"][f"{t}/mae"]) and res["final"][f"{t}/mae"] > 0
+            for t in res["tasks"]
+        )
     w = res["history"][0]["weight/U0"]
     assert w == pytest.approx(1.0, abs=1e-6)  # primary-aux always keeps the primary's weight at 1

@@ -22,23 +22,40 @@ from taskgrad.bench.metrics import delta_m
 
 
 def _raw(**over):
-    raw = {"name": "tiny", "dataset": "synthetic", "methods": ["mean", "mgda"], "seeds": [0], "epochs": 1,
-           "batch_size": 32, "single_task": True, "data": {"n_train": 32, "n_test": 16},
-           "optimizer": {"name": "sgd", "lr": 0.05}}
+    raw = {
+        "name": "tiny",
+        "dataset": "synthetic",
+        "methods": ["mean", "mgda"],
+        "seeds": [0],
+        "epochs": 1,
+        "batch_size": 32,
+        "single_task": True,
+        "data": {"n_train": 32, "n_test": 16},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+    }
     raw.update(over)
     return raw
 
 
 def _train(cfg, out, labels=None):
-    return [run(r, out, show_progress=False) for r in cfg.runs
-            if labels is None or r.label in labels or r.is_single_task]
+    return [
+        run(r, out, show_progress=False)
+        for r in cfg.runs
+        if labels is None or r.label in labels or r.is_single_task
+    ]
 
 
 def _cli_toml(name: str, methods: list[str], single_task: bool = False) -> str:
-    """A tiny synthetic TOML config with an ``{epochs}`` field to fill (changing it makes runs stale)."""
-    return (f'name = "{name}"\ndataset = "synthetic"\nmethods = {json.dumps(methods)}\nepochs = {{epochs}}\n'
-            'batch_size = 32\n' + ("single_task = true\n" if single_task else "")
-            + '[optimizer]\nname = "sgd"\nlr = 0.05\n[data]\nn_train = 32\nn_test = 16\n')
+    """A tiny synthetic TOML config with an ``{epochs}`` field to fill (changing it makes runs
+    stale).
+    """
+    return (
+        f'name = "{name}"\ndataset = "synthetic"\nmethods = {json.dumps(methods)}\nepochs = '
+        f"{{epochs}}\n"
+        "batch_size = 32\n"
+        + ("single_task = true\n" if single_task else "")
+        + '[optimizer]\nname = "sgd"\nlr = 0.05\n[data]\nn_train = 32\nn_test = 16\n'
+    )
 
 
 def _table_labels(md: str, experiment: str = "tiny") -> list[str]:
@@ -87,8 +104,14 @@ def test_report_against_a_config_excludes_the_stale_run_and_says_so(tmp_path) ->
     assert [s["run_id"] for s in exp["stale_runs"]] == ["tiny/mgda/seed0"]
     # Δm of the table is that of config B's runs alone (the formula on the saved numbers)
     specs = {s["key"]: s["higher_is_better"] for s in new[0]["metric_specs"]}
-    base = {"reg/mse": next(r for r in new if r["config"]["method"] == "single-task:0")["final"]["reg/mse"],
-            "cls/acc": next(r for r in new if r["config"]["method"] == "single-task:1")["final"]["cls/acc"]}
+    base = {
+        "reg/mse": next(r for r in new if r["config"]["method"] == "single-task:0")["final"][
+            "reg/mse"
+        ],
+        "cls/acc": next(r for r in new if r["config"]["method"] == "single-task:1")["final"][
+            "cls/acc"
+        ],
+    }
     mean = next(r for r in new if r["config"]["method"] == "mean")
     row = next(r for r in exp["rows"] if r["label"] == "mean")
     assert row["delta_m"][0] == pytest.approx(delta_m(mean["final"], base, specs))
@@ -155,12 +178,17 @@ def test_cli_bench_and_report_exclude_stale_runs(tmp_path) -> None:
         warnings.simplefilter("ignore")
         assert main(["bench", str(path), "--out", str(out), "--quiet", "--methods", "mean"]) == 0
     for md in ((out / "report.md").read_text(),):
-        assert "mgda" not in _table_labels(md, "cli") and "cli/mgda/seed0" in md.split("stale runs", 1)[1]
+        assert (
+            "mgda" not in _table_labels(md, "cli")
+            and "cli/mgda/seed0" in md.split("stale runs", 1)[1]
+        )
         assert str(path) in md.split("stale runs", 1)[1]  # the command to rerun names the config
     (out / "report.md").unlink()
     assert main(["report", str(out), "--config", str(path)]) == 0
     md = (out / "report.md").read_text()
-    assert "mgda" not in _table_labels(md, "cli") and "cli/mgda/seed0" in md.split("stale runs", 1)[1]
+    assert (
+        "mgda" not in _table_labels(md, "cli") and "cli/mgda/seed0" in md.split("stale runs", 1)[1]
+    )
     assert json.loads((out / "report.json").read_text())["excluded_stale"] == 1
 
 
@@ -171,13 +199,19 @@ def test_recomputing_a_stale_result_warns_quiet_or_not(tmp_path, capsys, show_pr
 
     old = next(r for r in parse_config(_raw(single_task=False)).runs if r.method == "mean")
     first = run(old, tmp_path, show_progress=False)
-    new = next(r for r in parse_config(_raw(single_task=False, epochs=2)).runs if r.method == "mean")
+    new = next(
+        r for r in parse_config(_raw(single_task=False, epochs=2)).runs if r.method == "mean"
+    )
     capsys.readouterr()
-    with pytest.warns(StaleResultWarning, match=r"tiny/mean/seed0.*epochs 1 → 2.*recomputing") as rec:
+    with pytest.warns(
+        StaleResultWarning, match=r"tiny/mean/seed0.*epochs 1 → 2.*recomputing"
+    ) as rec:
         res = run(new, tmp_path, show_progress=show_progress)
     assert len(rec) == 1 and issubclass(StaleResultWarning, UserWarning)
     assert len(res["history"]) == 2 and len(first["history"]) == 1
-    assert ("recomputing" in capsys.readouterr().out) == show_progress  # the progress line as before
+    assert (
+        "recomputing" in capsys.readouterr().out
+    ) == show_progress  # the progress line as before
     with warnings.catch_warnings():  # a result of the same config is reused without a warning
         warnings.simplefilter("error", StaleResultWarning)
         again = run(new, tmp_path, show_progress=False)
@@ -196,15 +230,21 @@ def test_cli_quiet_bench_still_reports_the_recompute(tmp_path) -> None:
     path.write_text(toml.format(epochs=2))
     with pytest.warns(StaleResultWarning, match="q/mean/seed0"):
         assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 0
-    assert np.isfinite(json.loads((out / "q/mean/seed0/result.json").read_text())["final"]["reg/mse"])
+    assert np.isfinite(
+        json.loads((out / "q/mean/seed0/result.json").read_text())["final"]["reg/mse"]
+    )
 
 
 def test_report_json_is_strict_json() -> None:
-    """Non-finite numbers (e.g. a NaN time per step) become null, so strict parsers read report.json."""
+    """Non-finite numbers (e.g. a NaN time per step) become null, so strict parsers read
+    report.json.
+    """
     import math
 
     from taskgrad.bench.report import _strict_json
 
-    v = _strict_json({"a": float("nan"), "b": (1.0, float("inf")), "c": [{"d": -math.inf, "e": 2}], "f": "x"})
+    v = _strict_json(
+        {"a": float("nan"), "b": (1.0, float("inf")), "c": [{"d": -math.inf, "e": 2}], "f": "x"}
+    )
     assert v == {"a": None, "b": [1.0, None], "c": [{"d": None, "e": 2}], "f": "x"}
     json.dumps(v, allow_nan=False)

@@ -47,7 +47,9 @@ def make_model(unused: bool = False, dtype: torch.dtype = torch.float64) -> Net:
 def batch(step: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(B, D, generator=g, dtype=torch.float64)
-    y = torch.randn(B, K, generator=g, dtype=torch.float64) + torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64)
+    y = torch.randn(B, K, generator=g, dtype=torch.float64) + torch.tensor(
+        [0.0, 1.0, -1.0], dtype=torch.float64
+    )
     return x.to(dtype), y.to(dtype)
 
 
@@ -84,7 +86,11 @@ for m in ("mean", "mgda", "primary-aux", "dwa", "gradvac"):
 for m in ("mgda", "primary-aux", "gradvac"):
     SCENARIOS[f"full-{m}"] = {"method": m, "source": "full"}
 SCENARIOS["sketch-mgda"] = {"method": "mgda", "source": "sketch"}
-SCENARIOS["nan-rep-mgda"] = {"method": "mgda", "source": "representation", "nan": (1, 1)}  # step 1, rank 1
+SCENARIOS["nan-rep-mgda"] = {
+    "method": "mgda",
+    "source": "representation",
+    "nan": (1, 1),
+}  # step 1, rank 1
 SCENARIOS["nan-full-dwa"] = {"method": "dwa", "source": "full", "nan": (0, 0)}
 SCENARIOS["accum-rep-mgda"] = {"method": "mgda", "source": "representation", "accumulate": 2}
 SCENARIOS["accum-full-primary-aux"] = {"method": "primary-aux", "source": "full", "accumulate": 2}
@@ -93,7 +99,12 @@ SCENARIOS["accum-rep-dwa"] = {"method": "dwa", "source": "representation", "accu
 SCENARIOS["nosync-rep-mgda"] = {"method": "mgda", "source": "representation", "micro": 2}
 SCENARIOS["unused-rep-gradvac"] = {"method": "gradvac", "source": "representation", "unused": True}
 SCENARIOS["unused-full-mgda"] = {"method": "mgda", "source": "full", "unused": True}
-SCENARIOS["unused-accum-rep-mgda"] = {"method": "mgda", "source": "representation", "unused": True, "accumulate": 2}
+SCENARIOS["unused-accum-rep-mgda"] = {
+    "method": "mgda",
+    "source": "representation",
+    "unused": True,
+    "accumulate": 2,
+}
 
 
 def _source(name: str, model: Net):
@@ -116,10 +127,17 @@ def _shard(t: Tensor, rank: int, micro: int | None = None, n_micro: int = 1) -> 
 
 def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     base = make_model(spec.get("unused", False))
-    ddp = nn.parallel.DistributedDataParallel(base, find_unused_parameters=spec.get("unused", False))
+    ddp = nn.parallel.DistributedDataParallel(
+        base, find_unused_parameters=spec.get("unused", False)
+    )
     hook = FeatureHook(base.encoder)
-    step = DistributedStep(make_method(spec["method"]), _source(spec["source"], base), module=ddp, debug=True,
-                           nonfinite="skip" if spec.get("nan") else "auto")
+    step = DistributedStep(
+        make_method(spec["method"]),
+        _source(spec["source"], base),
+        module=ddp,
+        debug=True,
+        nonfinite="skip" if spec.get("nan") else "auto",
+    )
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     out: dict[str, Any] = {"weights": [], "skipped": [], "gram": []}
     n_acc = spec.get("accumulate")
@@ -133,7 +151,11 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
                 with ctx:
                     xm, ym = _shard(x, rank, m, n_acc), _shard(y, rank, m, n_acc)
                     pred, _ = ddp(xm)
-                    kw = {"loss_fn": ModuleLoss(base, lambda o, ym=ym: task_losses(o[0], ym), xm)} if spec["source"] == "sketch" else {}
+                    kw = (
+                        {"loss_fn": ModuleLoss(base, lambda o, ym=ym: task_losses(o[0], ym), xm)}
+                        if spec["source"] == "sketch"
+                        else {}
+                    )
                     step.accumulate(task_losses(pred, ym), features=hook.value, **kw)
             res = step.backward_accumulated()
             out["weights"].append(res.weights.clone())
@@ -199,8 +221,11 @@ def _run_bf16(rank: int) -> dict[str, Any]:
         ws.append(res.weights.clone())
         opt.step()
     # the debug step already asserted identical weights and parameters; record them too
-    return {"weights": ws, "params": [p.detach().clone() for p in base.parameters()],
-            "gram_dtype": str(res.gram.dtype)}
+    return {
+        "weights": ws,
+        "params": [p.detach().clone() for p in base.parameters()],
+        "gram_dtype": str(res.gram.dtype),
+    }
 
 
 def worker(rank: int, world_size: int, names: list[str], path_prefix: str) -> None:
@@ -225,7 +250,14 @@ def _explicit_gram(losses: list[Tensor], inputs: list[Tensor]) -> Tensor:
     rows = []
     for loss in losses:
         gs = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1) for g, x in zip(gs, inputs)]))
+        rows.append(
+            torch.cat(
+                [
+                    torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1)
+                    for g, x in zip(gs, inputs, strict=True)
+                ]
+            )
+        )
     J = torch.stack(rows)
     return J @ J.T
 
@@ -235,7 +267,11 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
     model = make_model(spec.get("unused", False))
     method = make_method(spec["method"])
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    sketch = SketchGram(r=16, seed=3, param_names=["encoder.0.weight", "encoder.0.bias"]) if spec["source"] == "sketch" else None
+    sketch = (
+        SketchGram(r=16, seed=3, param_names=["encoder.0.weight", "encoder.0.bias"])
+        if spec["source"] == "sketch"
+        else None
+    )
     out: dict[str, Any] = {"weights": [], "skipped": [], "gram": []}
 
     def gram_of(losses: list[Tensor], z: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -243,7 +279,9 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
             return _explicit_gram(losses, [z])
         if spec["source"] == "full":
             return _explicit_gram(losses, list(model.encoder.parameters()))
-        return sketch.gram(torch.stack(losses), loss_fn=ModuleLoss(model, lambda o: task_losses(o[0], y), x)).detach()
+        return sketch.gram(
+            torch.stack(losses), loss_fn=ModuleLoss(model, lambda o: task_losses(o[0], y), x)
+        ).detach()
 
     n_micro = spec.get("micro")
     for t in range(STEPS):
@@ -257,11 +295,20 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
         if n_micro:
             ws = []
             for m in range(n_micro):
-                idx = torch.cat([torch.arange(r * (B // R), (r + 1) * (B // R))[m * (B // R // n_micro) : (m + 1) * (B // R // n_micro)] for r in range(R)])
+                idx = torch.cat(
+                    [
+                        torch.arange(r * (B // R), (r + 1) * (B // R))[
+                            m * (B // R // n_micro) : (m + 1) * (B // R // n_micro)
+                        ]
+                        for r in range(R)
+                    ]
+                )
                 pred, z = model(x[idx])
                 losses = task_losses(pred, y[idx])
                 G = gram_of(losses, z, x[idx], y[idx])
-                w = method(gram=G if "gram" in method.needs else None, losses=torch.stack(losses).detach())
+                w = method(
+                    gram=G if "gram" in method.needs else None, losses=torch.stack(losses).detach()
+                )
                 (w * torch.stack(losses)).sum().backward()
                 ws.append(w.detach())
             out["weights"].append(torch.stack(ws))
@@ -269,7 +316,9 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
             pred, z = model(x)
             losses = task_losses(pred, y)
             G = gram_of(losses, z, x, y)
-            w = method(gram=G if "gram" in method.needs else None, losses=torch.stack(losses).detach())
+            w = method(
+                gram=G if "gram" in method.needs else None, losses=torch.stack(losses).detach()
+            )
             (w * torch.stack(losses)).sum().backward()
             out["weights"].append(w.detach())
             out["gram"].append(G.detach() if "gram" in method.needs else None)

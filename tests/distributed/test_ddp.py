@@ -16,7 +16,10 @@ from taskgrad.distributed import run_on_ranks
 from . import _scenarios as sc
 
 pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(),
+        reason="needs torch.distributed with gloo",
+    ),
     pytest.mark.slow,  # starts two processes
 ]
 
@@ -57,7 +60,7 @@ def test_matches_single_process(ranks, refs, name):
         if r0["gram"] and r0["gram"][t] is not None and ref["gram"][t] is not None:
             scale = float(ref["gram"][t].abs().max())
             assert _close(r0["gram"][t] / scale, ref["gram"][t] / scale), t
-    for p0, p1, pr in zip(r0["params"], r1["params"], ref["params"]):
+    for p0, p1, pr in zip(r0["params"], r1["params"], ref["params"], strict=True):
         assert torch.equal(p0, p1)
         assert _close(p0, pr)
 
@@ -90,7 +93,7 @@ def test_bf16_autocast_ranks_agree(ranks):
     a, b = ranks[0]["bf16"], ranks[1]["bf16"]
     assert "error" not in a, a.get("error")
     assert a["gram_dtype"] == "torch.float32"
-    for wa, wb in zip(a["weights"], b["weights"]):
+    for wa, wb in zip(a["weights"], b["weights"], strict=True):
         assert torch.equal(wa, wb) and torch.isfinite(wa).all()
-    for pa, pb in zip(a["params"], b["params"]):
+    for pa, pb in zip(a["params"], b["params"], strict=True):
         assert torch.equal(pa, pb)

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 import taskgrad
-from taskgrad.distributed import DistributedSource, DistributedStep, Traffic, assert_identical, local_jacobian
+from taskgrad.distributed import (
+    DistributedSource,
+    DistributedStep,
+    Traffic,
+    assert_identical,
+    local_jacobian,
+)
 from taskgrad.sources import FullGram, RepresentationGram
 
 from . import _scenarios as sc
@@ -26,15 +32,24 @@ def _model_and_losses(seed=0):
 @pytest.mark.parametrize("source", ["representation", "full"])
 def test_equals_taskgrad_backward(source):
     model, losses, z = _model_and_losses()
-    step = DistributedStep(taskgrad.MGDA(), RepresentationGram() if source == "representation" else FullGram(list(model.encoder.parameters())))
+    step = DistributedStep(
+        taskgrad.MGDA(),
+        RepresentationGram()
+        if source == "representation"
+        else FullGram(list(model.encoder.parameters())),
+    )
     res = step.backward(losses, features=z)
     grads = [p.grad.clone() for p in model.parameters()]
     model2, losses2, z2 = _model_and_losses()
-    kw = {"features": z2} if source == "representation" else {"params": list(model2.encoder.parameters())}
+    kw = (
+        {"features": z2}
+        if source == "representation"
+        else {"params": list(model2.encoder.parameters())}
+    )
     ref = taskgrad.backward(losses2, method=taskgrad.MGDA(), **kw)
     assert torch.allclose(res.weights, ref.weights, atol=1e-12)
     assert torch.allclose(res.gram, ref.gram, atol=1e-12)
-    for g, p in zip(grads, model2.parameters()):
+    for g, p in zip(grads, model2.parameters(), strict=True):
         assert torch.allclose(g, p.grad, atol=1e-12)
     # one process: the Gram itself is exchanged (k²); across ranks the full source sends k × P
     assert res.numel_reduced == 1 + sc.K + sc.K * sc.K
@@ -43,27 +58,31 @@ def test_equals_taskgrad_backward(source):
 def test_grad_scaler_scales_backward_not_weights():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     model, losses, z = _model_and_losses()
-    res = DistributedStep(taskgrad.MGDA(), "representation").backward(losses, features=z, scaler=scaler)
+    res = DistributedStep(taskgrad.MGDA(), "representation").backward(
+        losses, features=z, scaler=scaler
+    )
     scaled = [p.grad.clone() for p in model.parameters()]
     model2, losses2, z2 = _model_and_losses()
     ref = DistributedStep(taskgrad.MGDA(), "representation").backward(losses2, features=z2)
     assert torch.allclose(res.weights, ref.weights, atol=1e-12)
     assert torch.allclose(res.gram, ref.gram, rtol=1e-12)
-    for g, p in zip(scaled, model2.parameters()):
+    for g, p in zip(scaled, model2.parameters(), strict=True):
         assert torch.allclose(g, 1024.0 * p.grad, rtol=1e-10)
 
 
 def test_nan_skips_and_backs_off_the_scaler():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     model, losses, z = _model_and_losses()
-    res = DistributedStep(taskgrad.MGDA(), "representation").backward([losses[0] * float("nan"), *losses[1:]], features=z,
-                                                                       scaler=scaler)
+    res = DistributedStep(taskgrad.MGDA(), "representation").backward(
+        [losses[0] * float("nan"), *losses[1:]], features=z, scaler=scaler
+    )
     assert res.skipped and res.bad_ranks == 1 and torch.isnan(res.weights).all()
     assert all(p.grad is None for p in model.parameters())
     assert scaler.get_scale() == 512.0
     with pytest.raises(FloatingPointError, match="1 of 1 ranks"):
         DistributedStep(taskgrad.MGDA(), "representation", nonfinite="raise").backward(
-            [losses[0] * float("nan"), *losses[1:]], features=z)
+            [losses[0] * float("nan"), *losses[1:]], features=z
+        )
 
 
 def test_periodic_schedule_reuses_weights_without_gram():
@@ -84,7 +103,9 @@ def test_distributed_source_inside_gradstep():
     from taskgrad.training import GradStep
 
     model, losses, z = _model_and_losses()
-    res = GradStep(taskgrad.MGDA(), DistributedSource(RepresentationGram())).backward(losses, features=z)
+    res = GradStep(taskgrad.MGDA(), DistributedSource(RepresentationGram())).backward(
+        losses, features=z
+    )
     model2, losses2, z2 = _model_and_losses()
     ref = taskgrad.backward(losses2, method=taskgrad.MGDA(), features=z2)
     assert torch.allclose(res.weights, ref.weights, atol=1e-12)

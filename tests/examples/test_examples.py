@@ -19,11 +19,25 @@ COVERED_BELOW = {"lightning_multimnist.py"}  # run (twice: fit, then resume) by 
 
 def _run(script: Path, *args: str) -> str:
     # the compiled kernels run as Python: their compile time is not what these runs test
-    env = {**os.environ, "TASKGRAD_EXAMPLE_SMOKE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-           "NUMBA_DISABLE_JIT": "1"}
-    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, check=False)
-    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    env = {
+        **os.environ,
+        "TASKGRAD_EXAMPLE_SMOKE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "NUMBA_DISABLE_JIT": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, (
+        f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
@@ -42,7 +56,9 @@ def test_example_runs_to_the_end(script, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
+@pytest.mark.skipif(
+    not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
+)
 def test_lightning_example_checkpoints_and_resumes(tmp_path):
     script = ROOT / "examples" / "lightning_multimnist.py"
     out = tmp_path / "out"
@@ -54,17 +70,31 @@ def test_lightning_example_checkpoints_and_resumes(tmp_path):
 
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == 1 and state["taskgrad"]["step"]["method"]["type"] == "FAMO"
-    _run(script, "--out", str(out), "--epochs", "2", "--method", "famo", "--resume", "--clip", "1.0")
+    _run(
+        script, "--out", str(out), "--epochs", "2", "--method", "famo", "--resume", "--clip", "1.0"
+    )
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 8  # continued, not restarted
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not lightning_available(), reason="pytorch-lightning not installed (optional extra)")
+@pytest.mark.skipif(
+    not lightning_available(), reason="pytorch-lightning not installed (optional extra)"
+)
 def test_lightning_example_under_ddp_reports_the_same_validation_metrics_on_every_rank(tmp_path):
     """Two gloo processes: the validation accuracies are synchronized (sync_dist), so both ranks
     print the same numbers (each rank alone would see only its half of the validation set)."""
     script = ROOT / "examples" / "lightning_multimnist.py"
-    out = _run(script, "--out", str(tmp_path / "out"), "--epochs", "1", "--devices", "2", "--strategy", "ddp")
+    out = _run(
+        script,
+        "--out",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+    )
     lines = [line for line in out.splitlines() if line.startswith("{'val/acc_left'")]
     assert len(lines) == 2 and lines[0] == lines[1], out

@@ -20,12 +20,16 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         z = self.encoder(x)
-        return z, [((h(z).squeeze(-1) - y) ** 2).mean() for h, y in zip(self.heads, ys)]
+        return z, [
+            ((h(z).squeeze(-1) - y) ** 2).mean() for h, y in zip(self.heads, ys, strict=True)
+        ]
 
 
 def data(k: int = 3):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(32, 5, generator=g, dtype=torch.float64), torch.randn(k, 32, generator=g, dtype=torch.float64)
+    return torch.randn(32, 5, generator=g, dtype=torch.float64), torch.randn(
+        k, 32, generator=g, dtype=torch.float64
+    )
 
 
 def grads(model: nn.Module) -> list[torch.Tensor]:
@@ -41,7 +45,7 @@ def test_mean_reproduces_plain_mean_loss() -> None:
     net.zero_grad()
     _, L = net(x, ys)
     res = taskgrad.backward(L, method=Mean())
-    for a, b in zip(grads(net), ref):
+    for a, b in zip(grads(net), ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert res.gram is None  # Mean needs no Gram
 
@@ -51,7 +55,14 @@ def explicit_jacobian(net: Net, x, ys, wrt: list[torch.Tensor]) -> torch.Tensor:
     rows = []
     for loss in L:
         gs = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(gs, wrt)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if g is None else g).flatten()
+                    for g, p in zip(gs, wrt, strict=True)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -75,7 +86,7 @@ def test_parameter_source_matches_explicit_jacobian(method) -> None:
     torch.testing.assert_close(res.weights, w_ref, rtol=1e-8, atol=1e-10)
     got = torch.cat([p.grad.flatten() for p in shared])
     torch.testing.assert_close(got, d_ref, rtol=1e-8, atol=1e-10)
-    for a, b in zip(grads(net), ref):  # heads too
+    for a, b in zip(grads(net), ref, strict=True):  # heads too
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
@@ -93,7 +104,7 @@ def test_representation_source_matches_explicit_jacobian_at_features() -> None:
     res = taskgrad.backward(L, method=method, features=z)
     torch.testing.assert_close(res.gram, Jz @ Jz.T, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(res.weights, w_ref)
-    for a, b in zip(grads(net), ref):
+    for a, b in zip(grads(net), ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -125,7 +136,7 @@ def test_accumulates_and_works_with_optimizer_state() -> None:
         _, Lr = ref(x, ys)
         (res.weights * torch.stack(Lr)).sum().backward()
         opt_ref.step()
-    for a, b in zip(net.parameters(), ref.parameters()):
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     # existing .grad is accumulated into, as a plain backward does
     net.zero_grad()
@@ -134,7 +145,7 @@ def test_accumulates_and_works_with_optimizer_state() -> None:
     first = grads(net)
     _, L = net(x, ys)
     taskgrad.backward(L, method=Mean())
-    for a, b in zip(grads(net), first):
+    for a, b in zip(grads(net), first, strict=True):
         torch.testing.assert_close(a, 2 * b)
 
 
@@ -183,7 +194,9 @@ def test_nonfinite_raise_or_skip() -> None:
     bad = [L[0] * float("nan"), *L[1:]]
     with pytest.raises(FloatingPointError, match="not finite"):
         taskgrad.backward(bad, method=MGDA(), nonfinite="raise")
-    with pytest.raises(FloatingPointError, match="task 0 \\('a'\\)"):  # the default raises, naming the task
+    with pytest.raises(
+        FloatingPointError, match="task 0 \\('a'\\)"
+    ):  # the default raises, naming the task
         taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"])
     res = taskgrad.backward(bad, method=MGDA(), names=["a", "b", "c"], nonfinite="skip")
     assert res.skipped and "task 0 ('a')" in res.reason

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def jacobian(k: int, P: int, seed: int, correlated: float = 0.0, dtype: torch.dtype = torch.float64) -> Tensor:
+def jacobian(
+    k: int, P: int, seed: int, correlated: float = 0.0, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """k random task gradients in R^P (rows), optionally sharing a common component."""
     g = torch.Generator().manual_seed(seed)
     J = torch.randn(k, P, generator=g, dtype=dtype)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from methods_helpers import gram, jacobian
+
 from taskgrad import methods as M
 from taskgrad.methods import _impl
 
@@ -100,7 +100,11 @@ def test_cagrad_norm_eps_keeps_torchjds_shortcut():
 
 
 @FAST
-@given(st.integers(2, 5), st.integers(0, 10_000), st.lists(st.sampled_from([1e-8, 1e-6, 1e-3, 1.0, 1e3, 1e8]), min_size=5, max_size=5))
+@given(
+    st.integers(2, 5),
+    st.integers(0, 10_000),
+    st.lists(st.sampled_from([1e-8, 1e-6, 1e-3, 1.0, 1e3, 1e8]), min_size=5, max_size=5),
+)
 def test_imtlg_direction_is_invariant_down_to_norm_ratios_of_1e_8(k, seed, scales):
     J = jacobian(k, k + 3, seed)
     C = torch.tensor(scales[:k], dtype=torch.float64)
@@ -137,7 +141,9 @@ def test_nash_mtl_defined_with_a_1e_8_gradient(impl):
     G = gram(J)
     a = M.NashMTL(max_norm=0.0, impl=impl)(gram=G)
     assert fair_residual(G, a, 1.0) <= 1e-10
-    torch.testing.assert_close(a, torch.tensor([7.6537e7, 0.5412], dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        a, torch.tensor([7.6537e7, 0.5412], dtype=torch.float64), rtol=1e-4, atol=0
+    )
     w = M.FairGrad(alpha=1.0, impl=impl)(gram=G)
     torch.testing.assert_close(w, a, rtol=1e-10, atol=0)
 
@@ -145,7 +151,9 @@ def test_nash_mtl_defined_with_a_1e_8_gradient(impl):
 @st.composite
 def mixed_scale_jacobians(draw):
     k = draw(st.integers(2, 5))
-    J = jacobian(k, k + 3, draw(st.integers(0, 10_000)), correlated=2.0)  # a common descent direction
+    J = jacobian(
+        k, k + 3, draw(st.integers(0, 10_000)), correlated=2.0
+    )  # a common descent direction
     e = draw(st.lists(st.integers(-8, 8), min_size=k, max_size=k))
     return J * torch.tensor([10.0**x for x in e], dtype=torch.float64)[:, None]
 
@@ -163,15 +171,21 @@ def test_alpha_fair_fixed_point_on_norms_spread_over_1e16(J, alpha):
             m = M.MGDA()(gram=gram(U)) @ U
             assert float(m.norm()) <= 1e-6
             continue
-        assert bool((w > 0).all()) and fair_residual(G, w, alpha) <= 1e-9, (impl, fair_residual(G, w, alpha))
+        assert bool((w > 0).all()) and fair_residual(G, w, alpha) <= 1e-9, (
+            impl,
+            fair_residual(G, w, alpha),
+        )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", ["zero", "opposite", "opposite-scaled"])
 def test_nash_mtl_undefined_only_where_zero_is_in_the_hull(impl, case):
     g, h = jacobian(1, 5, 0)[0], jacobian(1, 5, 1)[0]
-    J = {"zero": torch.stack([g, 0 * g, h]), "opposite": torch.stack([g, -g, h]),
-         "opposite-scaled": torch.stack([1e-6 * g, -g, h])}[case]
+    J = {
+        "zero": torch.stack([g, 0 * g, h]),
+        "opposite": torch.stack([g, -g, h]),
+        "opposite-scaled": torch.stack([1e-6 * g, -g, h]),
+    }[case]
     for m in (M.NashMTL(impl=impl), M.FairGrad(alpha=2.0, impl=impl)):
         with pytest.raises(M.UndefinedMethodError, match="0 lies in the convex hull"):
             m(gram=gram(J))
@@ -217,9 +231,10 @@ def test_mgda_mixed_scales_regression():
 @given(st.integers(2, 6), st.integers(0, 10_000), st.data())
 def test_mgda_and_mgda_ub_kkt_on_norms_spread_over_1e16(k, seed, data):
     e = data.draw(st.lists(st.integers(-8, 8), min_size=k, max_size=k))
-    J = jacobian(k, k + 2, seed, correlated=data.draw(st.sampled_from([0.0, 1.0]))) * torch.tensor(
-        [10.0**x for x in e], dtype=torch.float64
-    )[:, None]
+    J = (
+        jacobian(k, k + 2, seed, correlated=data.draw(st.sampled_from([0.0, 1.0])))
+        * torch.tensor([10.0**x for x in e], dtype=torch.float64)[:, None]
+    )
     G = gram(J)
     check_min_norm_kkt(J, M.MGDA()(gram=G))
     for impl in IMPLS:
@@ -235,19 +250,35 @@ def test_mgda_and_mgda_ub_kkt_on_norms_spread_over_1e16(k, seed, data):
 
 NAN, INF = float("nan"), float("inf")
 BAD = [
-    ("cagrad", {"c": INF}, "c"), ("cagrad", {"c": NAN}, "c"), ("cagrad", {"max_iter": 0}, "max_iter"),
-    ("cagrad", {"norm_eps": NAN}, "norm_eps"), ("cagrad", {"max_iter": 2.5}, "max_iter"),
-    ("gradvac", {"eps": NAN}, "eps"), ("gradvac", {"beta": 2.0}, "beta"), ("db-mtl", {"eps": NAN}, "eps"),
-    ("nash-mtl", {"max_norm": NAN}, "max_norm"), ("nash-mtl", {"max_iter": -1}, "max_iter"),
+    ("cagrad", {"c": INF}, "c"),
+    ("cagrad", {"c": NAN}, "c"),
+    ("cagrad", {"max_iter": 0}, "max_iter"),
+    ("cagrad", {"norm_eps": NAN}, "norm_eps"),
+    ("cagrad", {"max_iter": 2.5}, "max_iter"),
+    ("gradvac", {"eps": NAN}, "eps"),
+    ("gradvac", {"beta": 2.0}, "beta"),
+    ("db-mtl", {"eps": NAN}, "eps"),
+    ("nash-mtl", {"max_norm": NAN}, "max_norm"),
+    ("nash-mtl", {"max_iter": -1}, "max_iter"),
     ("nash-mtl", {"update_weights_every": 0}, "update_weights_every"),
-    ("fairgrad", {"max_iter": -1}, "max_iter"), ("fairgrad", {"alpha": INF}, "alpha"),
-    ("primary-aux", {"eps": NAN}, "eps"), ("primary-aux", {"margin": NAN}, "margin"),
-    ("primary-aux", {"n_primary": 1.0}, "n_primary"), ("dwa", {"temperature": NAN}, "temperature"),
-    ("stch", {"mu": INF}, "mu"), ("uncertainty", {"lr": NAN}, "lr"), ("imtl-l", {"lr": INF}, "lr"),
-    ("famo", {"eps": NAN}, "eps"), ("ol-aux", {"lr": INF}, "lr"), ("gradnorm", {"alpha": NAN}, "alpha"),
-    ("mgda-ub", {"scale_weights": "yes"}, "scale_weights"), ("cosine-gated", {"eps": -1.0}, "eps"),
-    ("pcgrad-aux", {"eps": NAN}, "eps"), ("gradient-normalization", {"eps": NAN}, "eps"),
-    ("upgrad", {"pref_vector": [NAN, 1.0]}, "pref_vector"), ("aligned-mtl", {"pref_vector": [[1.0]]}, "pref_vector"),
+    ("fairgrad", {"max_iter": -1}, "max_iter"),
+    ("fairgrad", {"alpha": INF}, "alpha"),
+    ("primary-aux", {"eps": NAN}, "eps"),
+    ("primary-aux", {"margin": NAN}, "margin"),
+    ("primary-aux", {"n_primary": 1.0}, "n_primary"),
+    ("dwa", {"temperature": NAN}, "temperature"),
+    ("stch", {"mu": INF}, "mu"),
+    ("uncertainty", {"lr": NAN}, "lr"),
+    ("imtl-l", {"lr": INF}, "lr"),
+    ("famo", {"eps": NAN}, "eps"),
+    ("ol-aux", {"lr": INF}, "lr"),
+    ("gradnorm", {"alpha": NAN}, "alpha"),
+    ("mgda-ub", {"scale_weights": "yes"}, "scale_weights"),
+    ("cosine-gated", {"eps": -1.0}, "eps"),
+    ("pcgrad-aux", {"eps": NAN}, "eps"),
+    ("gradient-normalization", {"eps": NAN}, "eps"),
+    ("upgrad", {"pref_vector": [NAN, 1.0]}, "pref_vector"),
+    ("aligned-mtl", {"pref_vector": [[1.0]]}, "pref_vector"),
     ("stch", {"reference": [INF, 0.0]}, "reference"),
 ]
 
@@ -267,7 +298,10 @@ def test_reduced_precisions_are_computed_in_float32(dtype):
         if "jacobian" in m32.needs:
             continue
         if info.random:
-            m32, mlow = info.example(3, generator=torch.Generator().manual_seed(0)), info.example(3, generator=torch.Generator().manual_seed(0))
+            m32, mlow = (
+                info.example(3, generator=torch.Generator().manual_seed(0)),
+                info.example(3, generator=torch.Generator().manual_seed(0)),
+            )
         # the same (rounded) inputs, computed in float32: equal up to the final rounding
         ref = m32(gram=G.to(dtype).float(), losses=L.to(dtype).float())
         w = mlow(gram=G.to(dtype), losses=L.to(dtype))
@@ -290,7 +324,7 @@ def test_default_generator_is_owned_seeded_and_resumes_bit_identically(name):
     torch.manual_seed(123)
     c = M.get(name)
     c.load_state_dict(saved)
-    for (G, L), r in zip(steps[3:], ref[3:]):
+    for (G, L), r in zip(steps[3:], ref[3:], strict=True):
         assert torch.equal(c(gram=G, losses=L), r)
 
 
@@ -308,7 +342,9 @@ def test_float32_working_dtype_of_the_gpu_path():
         assert float((J @ d).min()) >= cagrad_socp(J, 0.4) - 1e-4 * float(J.norm(dim=1).max()) ** 2
         Gs, c, _, _ = _cosine_form(gram(J).float().unsqueeze(0), 1.0)
         assert bool(_zero_in_hull(Gs).all())  # → UndefinedMethodError, not a convergence error
-    J = jacobian(3, 6, 0, correlated=1.0) * torch.tensor([[1e-4], [1.0], [1e3]], dtype=torch.float64)
+    J = jacobian(3, 6, 0, correlated=1.0) * torch.tensor(
+        [[1e-4], [1.0], [1e3]], dtype=torch.float64
+    )
     Gs, c, inv, _ = _cosine_form(gram(J).float().unsqueeze(0), 1.0)
     y, ok, _ = _newton(Gs, c, 1.0, 100)
     assert bool(ok.all()) and not bool(_zero_in_hull(Gs).any())
@@ -326,14 +362,24 @@ def test_alpha_fair_converges_where_its_residual_sits_at_rounding_level():
         k = rng.randint(2, 7)
         P = rng.randint(k, 12)
         J = jacobian(k, P, rng.randint(0, 10_000), correlated=rng.choice([0.0, 0.5, 2.0]))
-        J = J * torch.tensor([10 ** rng.uniform(-3, 3) for _ in range(k)], dtype=torch.float64)[:, None]
+        J = (
+            J
+            * torch.tensor([10 ** rng.uniform(-3, 3) for _ in range(k)], dtype=torch.float64)[
+                :, None
+            ]
+        )
         for impl in IMPLS:
             w = M.FairGrad(alpha=0.5, impl=impl)(gram=gram(J))
             assert fair_residual(gram(J), w, 0.5) <= 1e-8, (t, impl)
 
 
 @FAST
-@given(st.integers(2, 4), st.integers(0, 10_000), st.sampled_from([0.2, 0.5, 0.9]), st.floats(0.1, 10.0))
+@given(
+    st.integers(2, 4),
+    st.integers(0, 10_000),
+    st.sampled_from([0.2, 0.5, 0.9]),
+    st.floats(0.1, 10.0),
+)
 def test_cagrad_primal_where_a_combination_of_gradients_cancels(k, seed, c, s):
     """0 in the hull by construction: the last gradient is −s·(a positive combination of the
     others); the answer is still the SOCP's worst-task optimum inside the ball."""
@@ -359,4 +405,6 @@ def test_nash_mtl_on_nearly_opposite_gradients(impl, gap):
     exact = 1.0 / math.sqrt(1.0 + math.cos(th))
     assert float((a / exact - 1).abs().max()) <= 1e-15 * 8 / gap**2 + 1e-12
     with pytest.raises(M.UndefinedMethodError):
-        M.NashMTL(impl=impl)(gram=gram(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)))
+        M.NashMTL(impl=impl)(
+            gram=gram(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64))
+        )

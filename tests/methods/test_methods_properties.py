@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from methods_helpers import gram, jacobian, rel
 
 import taskgrad
-from methods_helpers import gram, jacobian, rel
 from taskgrad import methods as M
 
 FAST = settings(max_examples=8, deadline=None)
@@ -22,7 +22,9 @@ def jacobians(draw, kmin=2, kmax=6, pmin=1):
     P = draw(st.integers(pmin, 8))
     seed = draw(st.integers(0, 10_000))
     J = jacobian(k, P, seed)
-    scales = torch.tensor(draw(st.lists(st.floats(1e-3, 1e3), min_size=k, max_size=k)), dtype=torch.float64)
+    scales = torch.tensor(
+        draw(st.lists(st.floats(1e-3, 1e3), min_size=k, max_size=k)), dtype=torch.float64
+    )
     return J * scales[:, None]
 
 
@@ -84,10 +86,12 @@ def test_every_method_runs_through_backward_unchanged(name):
             p.grad = None
         z = torch.tanh(shared(x))
         losses = [((h(z) - 1.0) ** 2).mean() + 0.1 for h in heads]
-        res = taskgrad.backward(losses, params=list(shared.parameters()), method=method, retain_graph=True)
+        res = taskgrad.backward(
+            losses, params=list(shared.parameters()), method=method, retain_graph=True
+        )
         got = [p.grad.clone() for p in shared.parameters()]
         for p in shared.parameters():
             p.grad = None
-        sum(w * L for w, L in zip(res.weights.tolist(), losses)).backward()
-        for g, p in zip(got, shared.parameters()):
+        sum(w * L for w, L in zip(res.weights.tolist(), losses, strict=True)).backward()
+        for g, p in zip(got, shared.parameters(), strict=True):
             assert torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12), name

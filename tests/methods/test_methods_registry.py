@@ -14,8 +14,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from methods_helpers import jacobian
+
 from taskgrad import methods as M
 from taskgrad.methods.registry import DEFINED, FAMILIES, MethodInfo
 
@@ -65,7 +65,9 @@ def test_every_registered_method_declares_every_property():
         assert info.defined in DEFINED, name
         assert info.family in FAMILIES, (name, info.family)
         assert info.description, name
-        assert not info.random or info.stateful, f"{name}: a random method saves its generator, so it is stateful"
+        assert not info.random or info.stateful, (
+            f"{name}: a random method saves its generator, so it is stateful"
+        )
 
 
 def test_every_method_module_registers_a_method():
@@ -74,17 +76,36 @@ def test_every_method_module_registers_a_method():
         pkg = importlib.import_module(f"taskgrad.methods.{fam}")
         for mod in pkgutil.iter_modules(pkg.__path__):
             if not mod.name.startswith("_"):
-                assert f"{pkg.__name__}.{mod.name}" in registered, f"{pkg.__name__}.{mod.name} registers no method"
+                assert f"{pkg.__name__}.{mod.name}" in registered, (
+                    f"{pkg.__name__}.{mod.name} registers no method"
+                )
 
 
 def test_names_aliases_and_suggestions():
     assert isinstance(M.get("PrimaryAux"), M.PrimaryAux)
     assert isinstance(M.get("NashMTL"), M.NashMTL)
-    for libmtl, cls in [("EW", M.Mean), ("UW", M.UncertaintyWeighting), ("GLS", M.GeometricMean), ("DWA", M.DWA),
-                        ("GradNorm", M.GradNorm), ("MGDA", M.MGDA), ("PCGrad", M.PCGrad), ("GradVac", M.GradVac),
-                        ("CAGrad", M.CAGrad), ("Nash_MTL", M.NashMTL), ("IMTL", M.HybridIMTL), ("IMTLG", M.IMTLG), ("RLW", M.RLW),
-                        ("Aligned_MTL", M.AlignedMTL), ("DB_MTL", M.DBMTL), ("FAMO", M.FAMO), ("STCH", M.STCH),
-                        ("UPGrad", M.UPGrad), ("nash mtl", M.NashMTL), ("MGDA-UB", M.MGDAUB)]:
+    for libmtl, cls in [
+        ("EW", M.Mean),
+        ("UW", M.UncertaintyWeighting),
+        ("GLS", M.GeometricMean),
+        ("DWA", M.DWA),
+        ("GradNorm", M.GradNorm),
+        ("MGDA", M.MGDA),
+        ("PCGrad", M.PCGrad),
+        ("GradVac", M.GradVac),
+        ("CAGrad", M.CAGrad),
+        ("Nash_MTL", M.NashMTL),
+        ("IMTL", M.HybridIMTL),
+        ("IMTLG", M.IMTLG),
+        ("RLW", M.RLW),
+        ("Aligned_MTL", M.AlignedMTL),
+        ("DB_MTL", M.DBMTL),
+        ("FAMO", M.FAMO),
+        ("STCH", M.STCH),
+        ("UPGrad", M.UPGrad),
+        ("nash mtl", M.NashMTL),
+        ("MGDA-UB", M.MGDAUB),
+    ]:
         assert isinstance(M.get(libmtl), cls), libmtl
     with pytest.raises(KeyError, match="did you mean 'pcgrad'"):
         M.get("pcgard")
@@ -101,7 +122,11 @@ def test_names_aliases_and_suggestions():
 def test_describe_lists_parameters_defaults_and_paper():
     text = M.describe("CAGrad")
     assert text.startswith("cagrad: ")
-    assert "c: float (default 0.4)" in text and "Liu et al." in text and "non_conflicting=False" in text
+    assert (
+        "c: float (default 0.4)" in text
+        and "Liu et al." in text
+        and "non_conflicting=False" in text
+    )
     assert "prior" in M.describe("prior-loss") and "required" in M.describe("prior-loss")
 
 
@@ -117,7 +142,10 @@ def degenerate_cases(k: int = 3) -> dict[str, tuple[torch.Tensor, bool]]:
     return {
         "random": (well_conditioned(k, 3), True),
         "duplicate": (torch.stack([g, g, h + g]), True),
-        "mixed scales": (well_conditioned(3, 4) * torch.tensor([[1e-3], [1.0], [1e3]], dtype=torch.float64), True),
+        "mixed scales": (
+            well_conditioned(3, 4) * torch.tensor([[1e-3], [1.0], [1e3]], dtype=torch.float64),
+            True,
+        ),
         "zero gradient": (torch.stack([g, z, h]), False),
         "opposite": (torch.stack([g, -g, h]), False),
         "all zero": (torch.zeros(3, 6, dtype=torch.float64), False),
@@ -149,7 +177,12 @@ def test_defined_where_declared(name):
 @given(st.integers(2, 5), st.integers(0, 10_000))
 def test_non_conflicting_where_declared(k, seed):
     J = jacobian(k, 6, seed)
-    J = J * torch.logspace(-2, 2, k, dtype=torch.float64)[torch.randperm(k, generator=torch.Generator().manual_seed(seed))][:, None]
+    J = (
+        J
+        * torch.logspace(-2, 2, k, dtype=torch.float64)[
+            torch.randperm(k, generator=torch.Generator().manual_seed(seed))
+        ][:, None]
+    )
     L = losses_for(k, seed)
     for name, info in INFOS.items():
         if not info.non_conflicting:
@@ -185,7 +218,11 @@ def test_permutation_equivariant_where_declared(k, seed, rnd):
 
 
 @FAST
-@given(st.integers(2, 5), st.integers(0, 10_000), st.lists(st.floats(1e-2, 1e2), min_size=5, max_size=5))
+@given(
+    st.integers(2, 5),
+    st.integers(0, 10_000),
+    st.lists(st.floats(1e-2, 1e2), min_size=5, max_size=5),
+)
 def test_scale_invariant_where_declared(k, seed, scales):
     J = well_conditioned(k, seed)
     L = losses_for(k, seed)
@@ -222,7 +259,7 @@ def test_state_where_declared(name):
         direction(first, J, L)
     resumed = make(info, k, seed=999)  # another generator position, restored by the state
     resumed.load_state_dict(saved)
-    for (J, L), r in zip(steps[4:], ref[4:]):
+    for (J, L), r in zip(steps[4:], ref[4:], strict=True):
         assert torch.equal(direction(resumed, J, L), r), name
 
 
@@ -236,8 +273,8 @@ def test_random_where_declared(name):
     da = [direction(a, J, L) for J, L in steps]
     db = [direction(b, J, L) for J, L in steps]
     dc = [direction(c, J, L) for J, L in steps]
-    assert all(torch.equal(x, y) for x, y in zip(da, db)), name
-    assert any(not torch.equal(x, y) for x, y in zip(da, dc)), name
+    assert all(torch.equal(x, y) for x, y in zip(da, db, strict=True)), name
+    assert any(not torch.equal(x, y) for x, y in zip(da, dc, strict=True)), name
 
 
 def test_needs_come_from_the_typed_compute_signature():
@@ -257,6 +294,7 @@ def test_needs_come_from_the_typed_compute_signature():
     with pytest.raises(ValueError, match="needs the task losses"):
         Both()(gram=torch.eye(2, dtype=torch.float64))
     with pytest.raises(TypeError, match="declare the same inputs"):
+
         class Wrong(M.Weighting):  # noqa: F841
             needs = frozenset({"gram"})
 
@@ -279,7 +317,11 @@ def test_batched_equals_one_by_one(name):
     for i in range(2):
         for j in range(3):
             w = info.example(k)(gram=Gs[i, j], losses=Ls[i, j])
-            assert float((wb[i, j] - w).abs().max()) <= 1e-8 * max(float(w.abs().max()), 1.0), (name, i, j)
+            assert float((wb[i, j] - w).abs().max()) <= 1e-8 * max(float(w.abs().max()), 1.0), (
+                name,
+                i,
+                j,
+            )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,8 +11,8 @@ import warnings
 
 import pytest
 import torch
-
 from methods_helpers import gram, jacobian, rel
+
 from taskgrad import methods as M
 
 A = pytest.importorskip("torchjd.aggregation")
@@ -49,7 +49,7 @@ def test_gradvac_matches_torchjd_over_a_run():
     ours_m = M.GradVac(beta=0.3, generator=torch.Generator().manual_seed(7))
     torch.manual_seed(7)
     refs = [ref_m(gram(J)) for J in Js]
-    for J, ref in zip(Js, refs):
+    for J, ref in zip(Js, refs, strict=True):
         assert rel(ours_m(gram=gram(J)), ref) < 1e-10
 
 
@@ -104,14 +104,20 @@ def test_imtlg_matches_torchjd(seed):
 @pytest.mark.parametrize("mode", ["min", "median", "rmse"])
 def test_aligned_mtl_matches_torchjd(seed, mode):
     G = gram(conflicting(seed))
-    assert rel(M.AlignedMTL(scale_mode=mode)(gram=G), A.AlignedMTLWeighting(scale_mode=mode)(G)) < 1e-10
+    assert (
+        rel(M.AlignedMTL(scale_mode=mode)(gram=G), A.AlignedMTLWeighting(scale_mode=mode)(G))
+        < 1e-10
+    )
 
 
 def test_aligned_mtl_rank_deficient_matches_torchjd():
     J = jacobian(5, 3, 4)  # rank 3 < k
     G = gram(J)
     for mode in ["min", "median", "rmse"]:
-        assert rel(M.AlignedMTL(scale_mode=mode)(gram=G), A.AlignedMTLWeighting(scale_mode=mode)(G)) < 1e-8
+        assert (
+            rel(M.AlignedMTL(scale_mode=mode)(gram=G), A.AlignedMTLWeighting(scale_mode=mode)(G))
+            < 1e-8
+        )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -120,7 +126,9 @@ def test_upgrad_and_dualproj_match_torchjd(seed):
     pref = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
     assert rel(M.UPGrad()(gram=G), A.UPGradWeighting(projector=exact_projector())(G)) < 1e-8
     assert rel(M.DualProj()(gram=G), A.DualProjWeighting(projector=exact_projector())(G)) < 1e-8
-    assert rel(M.UPGrad(pref)(gram=G), A.UPGradWeighting(pref, projector=exact_projector())(G)) < 1e-8
+    assert (
+        rel(M.UPGrad(pref)(gram=G), A.UPGradWeighting(pref, projector=exact_projector())(G)) < 1e-8
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -193,7 +201,7 @@ def test_geometric_mean_and_stch_match_torchjd(seed):
 def test_dwa_matches_torchjd_over_epochs():
     g = torch.Generator().manual_seed(0)
     ref, ours = S.DWA(temperature=2.0), M.DWA(temperature=2.0, steps_per_epoch=None)
-    for epoch in range(4):
+    for _epoch in range(4):
         for _ in range(3):
             L = torch.rand(4, generator=g, dtype=torch.float64) + 0.1
             assert rel(ours(losses=L), scalarizer_weights(ref, L)) < 1e-12
@@ -201,7 +209,9 @@ def test_dwa_matches_torchjd_over_epochs():
         ours.end_epoch()
 
 
-@pytest.mark.parametrize("name,ref_cls,attr", [("uncertainty", "UW", "log_var"), ("imtl-l", "IMTLL", "log_scale")])
+@pytest.mark.parametrize(
+    "name,ref_cls,attr", [("uncertainty", "UW", "log_var"), ("imtl-l", "IMTLL", "log_scale")]
+)
 def test_learned_scales_match_torchjd_trained_with_sgd(name, ref_cls, attr):
     # TorchJD's scalarizer with its parameters in an SGD optimizer; ours steps them internally.
     ref = getattr(S, ref_cls)(3).double()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from methods_helpers import gram, jacobian, rel
+
 from taskgrad import methods as M
 from taskgrad.solvers import min_norm_simplex
 
@@ -14,7 +14,10 @@ TIGHT = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1
 
 
 def losses_for(seed: int, k: int) -> torch.Tensor:
-    return torch.rand(k, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64) * 2 + 0.1
+    return (
+        torch.rand(k, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64) * 2
+        + 0.1
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -24,7 +27,12 @@ def test_mgda_ub_normalizations(seed, norm):
     # scale[t] = sol[t] applied to the raw losses.
     cp = pytest.importorskip("cvxpy")
     J, L = jacobian(4, 9, seed), losses_for(seed, 4)
-    gn = {"l2": J.norm(dim=1), "loss": L, "loss+l2": L * J.norm(dim=1), "none": torch.ones(4, dtype=J.dtype)}[norm]
+    gn = {
+        "l2": J.norm(dim=1),
+        "loss": L,
+        "loss+l2": L * J.norm(dim=1),
+        "none": torch.ones(4, dtype=J.dtype),
+    }[norm]
     Jn = (J / gn[:, None]).numpy()
     a = cp.Variable(4)
     cp.Problem(cp.Minimize(cp.sum_squares(Jn.T @ a)), [a >= 0, cp.sum(a) == 1]).solve(cp.CLARABEL)
@@ -186,7 +194,9 @@ def test_cagrad_kkt_against_direct_formula():
     c = 0.5
     d = cp.Variable(7)
     t = cp.Variable()
-    cp.Problem(cp.Maximize(t), [J.numpy() @ d >= t, cp.norm(d - g0) <= c * float((g0**2).sum() ** 0.5)]).solve(cp.CLARABEL, **TIGHT)
+    cp.Problem(
+        cp.Maximize(t), [J.numpy() @ d >= t, cp.norm(d - g0) <= c * float((g0**2).sum() ** 0.5)]
+    ).solve(cp.CLARABEL, **TIGHT)
     ours = M.CAGrad(c=c)(gram=gram(J)) @ J
     best = float((J @ torch.tensor(d.value)).min())
     assert float((J @ ours).min()) >= best - 1e-7

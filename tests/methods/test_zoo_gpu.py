@@ -8,8 +8,24 @@ from methods_helpers import jacobian, rel
 
 from taskgrad import methods as M
 
-NEW = ["krum", "constant", "modo", "sdmgrad", "cr-mogm", "pcd", "config", "graddrop", "trimmed-mean",
-       "excess-mtl", "moco", "blockwise", "log-mgda", "log-cagrad", "log-imtl-g", "imtl-hybrid"]
+NEW = [
+    "krum",
+    "constant",
+    "modo",
+    "sdmgrad",
+    "cr-mogm",
+    "pcd",
+    "config",
+    "graddrop",
+    "trimmed-mean",
+    "excess-mtl",
+    "moco",
+    "blockwise",
+    "log-mgda",
+    "log-cagrad",
+    "log-imtl-g",
+    "imtl-hybrid",
+]
 
 
 def direction(m, J, L):

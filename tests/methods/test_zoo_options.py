@@ -84,7 +84,9 @@ def test_upgrad_dualproj_reproduce_torchjd_defaults(seed):
     pref = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
     assert rel(M.UPGrad(norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting()(G)) < 1e-6
     assert rel(M.DualProj(norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.DualProjWeighting()(G)) < 1e-6
-    assert rel(M.UPGrad(pref, norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting(pref)(G)) < 1e-6
+    assert (
+        rel(M.UPGrad(pref, norm_eps=1e-4, reg_eps=1e-4)(gram=G), A.UPGradWeighting(pref)(G)) < 1e-6
+    )
     # the defaults stay the exact projection, which TorchJD's regularized one is not
     assert rel(M.UPGrad()(gram=G), A.UPGradWeighting()(G)) > 1e-6
 
@@ -124,9 +126,13 @@ def test_db_mtl_gradient_moving_average_is_libmtl(beta, beta_sigma):
 
 def test_db_mtl_beta_zero_is_the_gram_step():
     J, L = jacobian(3, 8, 0), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
-    assert rel(M.DBMTL(beta=0.0).aggregate(J, losses=L), M.DBMTL()(gram=gram(J), losses=L) @ J) < 1e-12
+    assert (
+        rel(M.DBMTL(beta=0.0).aggregate(J, losses=L), M.DBMTL()(gram=gram(J), losses=L) @ J) < 1e-12
+    )
     # the first moving-average step is (1 - beta) times the beta = 0 step (same rescaling)
-    assert rel(M.DBMTL(beta=0.5).aggregate(J, losses=L), 0.5 * M.DBMTL().aggregate(J, losses=L)) < 1e-7
+    assert (
+        rel(M.DBMTL(beta=0.5).aggregate(J, losses=L), 0.5 * M.DBMTL().aggregate(J, losses=L)) < 1e-7
+    )
     with pytest.raises(ValueError, match="beta must be a finite number in"):
         M.DBMTL(beta=1.5)
 
@@ -140,8 +146,11 @@ def gradvac_k2(J: torch.Tensor, rho: torch.Tensor, beta: float, eps: float = 1e-
     for i, j in ((0, 1), (1, 0)):
         rho_ij = torch.dot(pc[i], J[j]) / (pc[i].norm() * J[j].norm() + eps)
         if rho_ij < rho[i, j]:
-            w = pc[i].norm() * (rho[i, j] * (1 - rho_ij**2).sqrt() - rho_ij * (1 - rho[i, j] ** 2).sqrt()) / (
-                J[j].norm() * (1 - rho[i, j] ** 2).sqrt() + eps)
+            w = (
+                pc[i].norm()
+                * (rho[i, j] * (1 - rho_ij**2).sqrt() - rho_ij * (1 - rho[i, j] ** 2).sqrt())
+                / (J[j].norm() * (1 - rho[i, j] ** 2).sqrt() + eps)
+            )
             pc[i] = pc[i] + J[j] * w
         rho[i, j] = (1 - beta) * rho[i, j] + beta * rho_ij
     return pc.sum(0)
@@ -154,7 +163,9 @@ def test_blockwise_gradvac_is_per_layer_gradvac():
     for t in range(6):
         J = jacobian(2, sum(sizes), t)
         J[1] = -0.5 * J[0] + J[1]
-        ref = torch.cat([gradvac_k2(b, r, 0.5) for b, r in zip(torch.split(J, sizes, dim=1), rhos, strict=True)])
+        ref = torch.cat(
+            [gradvac_k2(b, r, 0.5) for b, r in zip(torch.split(J, sizes, dim=1), rhos, strict=True)]
+        )
         assert rel(m.aggregate(J, losses=torch.ones(2, dtype=torch.float64)), ref) < 1e-12
 
 
@@ -178,7 +189,9 @@ def test_blockwise_trains_through_the_step_with_params_in_block_order():
     import taskgrad
 
     torch.manual_seed(0)
-    trunk = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5)).double()
+    trunk = torch.nn.Sequential(
+        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 5)
+    ).double()
     heads = torch.nn.Linear(5, 2).double()
     x, y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
     params = list(trunk.parameters())
@@ -186,7 +199,12 @@ def test_blockwise_trains_through_the_step_with_params_in_block_order():
     L = ((heads(trunk(x)) - y) ** 2).mean(0)
     taskgrad.backward(L, params=params, method=m)
     L = ((heads(trunk(x)) - y) ** 2).mean(0)
-    J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(2)])
+    J = torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], params, retain_graph=True)])
+            for i in range(2)
+        ]
+    )
     d = torch.cat([M.UPGrad()(gram=b @ b.T) @ b for b in torch.split(J, [25, 30], dim=1)])
     assert rel(torch.cat([p.grad.reshape(-1) for p in params]), d) < 1e-10
 
@@ -238,7 +256,9 @@ def test_stch_recipe_epochs_by_hand_and_validation():
         M.STCH(recipe="log-nadir", pref_vector=torch.ones(2))
 
 
-@pytest.mark.parametrize("flag,convention", [(None, None), (True, "weighted"), (False, "unweighted")])
+@pytest.mark.parametrize(
+    "flag,convention", [(None, None), (True, "weighted"), (False, "unweighted")]
+)
 def test_aligned_mtl_scale_decoder_grad_sets_the_head_convention(flag, convention):
     m = M.AlignedMTL(scale_decoder_grad=flag)
     assert getattr(m, "head_convention", None) == convention
@@ -261,7 +281,7 @@ def libmtl_gradnorm_run(Gs, Ls, alpha, lr, warmup):
             out.append(torch.ones(k, dtype=torch.float64))
             continue
         w = k * torch.softmax(xi, -1)
-        G_per = (w * torch.diagonal(G).sqrt())
+        G_per = w * torch.diagonal(G).sqrt()
         Lr = L / buf
         r = Lr / Lr.mean()
         const = (G_per.mean() * r**alpha).detach()
@@ -275,8 +295,14 @@ def libmtl_gradnorm_run(Gs, Ls, alpha, lr, warmup):
 
 @pytest.mark.parametrize("alpha", [0.5, 1.5])
 def test_gradnorm_softmax_parametrization_is_libmtl(alpha):
-    Gs = [gram(jacobian(3, 8, t) * torch.tensor([[1.0], [3.0], [0.3]], dtype=torch.float64)) for t in range(8)]
-    Ls = [torch.rand(3, generator=torch.Generator().manual_seed(t), dtype=torch.float64) + 0.5 for t in range(8)]
+    Gs = [
+        gram(jacobian(3, 8, t) * torch.tensor([[1.0], [3.0], [0.3]], dtype=torch.float64))
+        for t in range(8)
+    ]
+    Ls = [
+        torch.rand(3, generator=torch.Generator().manual_seed(t), dtype=torch.float64) + 0.5
+        for t in range(8)
+    ]
     ref = libmtl_gradnorm_run(Gs, Ls, alpha, 0.1, warmup=3)
     m = M.GradNorm(alpha=alpha, lr=0.1, optimizer="sgd", parametrization="softmax", warmup_steps=3)
     for G, L, r in zip(Gs, Ls, ref, strict=True):

@@ -178,7 +178,12 @@ def test_log_loss_methods_need_positive_losses_and_scale_the_gram():
 def test_batched_grams_give_the_weights_one_by_one():
     Gs = torch.stack([gram(jacobian(4, 6, s)) for s in range(3)])
     Ls = torch.rand(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
-    for make in (lambda: MoDo(), lambda: SDMGrad(), lambda: LogMGDA(), lambda: M.get("imtl-hybrid")):
+    for make in (
+        lambda: MoDo(),
+        lambda: SDMGrad(),
+        lambda: LogMGDA(),
+        lambda: M.get("imtl-hybrid"),
+    ):
         batched = make()(gram=Gs, losses=Ls)
         single = torch.stack([make()(gram=G, losses=L) for G, L in zip(Gs, Ls, strict=True)])
         assert rel(batched, single) < 1e-10

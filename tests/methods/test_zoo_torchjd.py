@@ -61,7 +61,10 @@ def test_krum_batched_equals_one_by_one():
 def test_constant(kind):
     J = make(kind, 0)
     w = torch.tensor([0.5, -1.0, 2.0, 0.0, 0.25], dtype=torch.float64)
-    assert rel(Constant(w).aggregate(J, losses=torch.ones(5, dtype=torch.float64)), A.Constant(w)(J)) < 1e-15
+    assert (
+        rel(Constant(w).aggregate(J, losses=torch.ones(5, dtype=torch.float64)), A.Constant(w)(J))
+        < 1e-15
+    )
     assert rel(Constant(w).aggregate(J), A.Constant(w)(J)) < 1e-15
 
 
@@ -74,11 +77,16 @@ def test_modo_over_a_run(kind, gamma, rho):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("kw", [{}, {"lr": 1.0, "momentum": 0.0, "n_iter": 5, "lambda_": 0.0}, {"lambda_": 1.5}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"lr": 1.0, "momentum": 0.0, "n_iter": 5, "lambda_": 0.0}, {"lambda_": 1.5}]
+)
 def test_sdmgrad_over_a_run(kind, kw):
     pref = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25], dtype=torch.float64)
     for pref_vector in (None, pref):
-        ours, ref = SDMGrad(pref_vector=pref_vector, **kw), A.SDMGradWeighting(pref_vector=pref_vector, **kw)
+        ours, ref = (
+            SDMGrad(pref_vector=pref_vector, **kw),
+            A.SDMGradWeighting(pref_vector=pref_vector, **kw),
+        )
         for J in sequence(kind):
             assert rel(ours(gram=gram(J)), ref(gram(J))) < TOL
 
@@ -169,7 +177,9 @@ def test_graddrop_with_the_same_draws(kind):
             ref_kw = {} if f is None else {"f": f}
             torch.manual_seed(seed)
             ref = A.GradDrop(leak=lk, **ref_kw)(J)
-            ours = GradDrop(leak=lk, generator=torch.Generator().manual_seed(seed), **ref_kw).aggregate(J)
+            ours = GradDrop(
+                leak=lk, generator=torch.Generator().manual_seed(seed), **ref_kw
+            ).aggregate(J)
             assert rel(ours, ref) < TOL
             assert bool(torch.isfinite(ours).all())
 

@@ -136,4 +136,3 @@ def test_features_are_ignored_by_jacobian_aggregators():
     L = torch.stack([(h(z).squeeze(1) ** 2).mean() for h in heads])
     res = opt.step(L, features=z)
     assert not res.skipped and res.extra["direction_norm"] > 0
-

@@ -20,7 +20,9 @@ cp = pytest.importorskip("cvxpy")
 class Problem:
     """k least-squares tasks on a shared θ ∈ R^P: Lᵢ(θ) = ½‖Aᵢθ − bᵢ‖²/n + offsetᵢ."""
 
-    def __init__(self, k: int = 4, P: int = 7, seed: int = 0, scales: list[float] | None = None) -> None:
+    def __init__(
+        self, k: int = 4, P: int = 7, seed: int = 0, scales: list[float] | None = None
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.A = torch.randn(k, 5, P, generator=g, dtype=torch.float64)
         self.b = torch.randn(k, 5, generator=g, dtype=torch.float64)
@@ -34,7 +36,9 @@ class Problem:
 
     def jacobian(self, f=lambda L: L) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.losses()
-        rows = [torch.autograd.grad(f(L[i]), self.theta, retain_graph=True)[0] for i in range(self.k)]
+        rows = [
+            torch.autograd.grad(f(L[i]), self.theta, retain_graph=True)[0] for i in range(self.k)
+        ]
         return torch.stack(rows), L.detach()
 
     def grad_of(self, scalar_fn) -> torch.Tensor:
@@ -160,7 +164,13 @@ def test_moco_is_libmtl_moco(seed):
         J, L = prob.jacobian()
         g = torch.stack([J[i] / (J[i].norm() + 1e-8) * L[i] for i in range(k)])
         y = y - (beta / step**beta_sigma) * (y - g)
-        lam = torch.softmax(lam - (gamma / step**gamma_sigma) * (y @ y.T + rho * torch.eye(k, dtype=torch.float64)) @ lam, -1)
+        lam = torch.softmax(
+            lam
+            - (gamma / step**gamma_sigma)
+            * (y @ y.T + rho * torch.eye(k, dtype=torch.float64))
+            @ lam,
+            -1,
+        )
         ref = y.T @ lam
         ours = ours_m.aggregate(J, losses=L)
         assert rel(ours, ref) < 1e-12

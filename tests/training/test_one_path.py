@@ -17,8 +17,15 @@ from torch.utils.checkpoint import checkpoint
 
 import taskgrad
 from taskgrad.distributed import DistributedStep
-from taskgrad.sources import FullGram, JacobianGram, ModuleLoss, RepresentationGram, SketchGram, parameter_gram, \
-    representation_gram
+from taskgrad.sources import (
+    FullGram,
+    JacobianGram,
+    ModuleLoss,
+    RepresentationGram,
+    SketchGram,
+    parameter_gram,
+    representation_gram,
+)
 from taskgrad.training import GradStep, StepResult, TaskOptimizer
 
 
@@ -68,7 +75,14 @@ def per_task_jacobian(losses, inputs):
     rows = []
     for loss in losses:
         gs = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(x) if g is None else g).reshape(-1) for g, x in zip(gs, inputs)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(x) if g is None else g).reshape(-1)
+                    for g, x in zip(gs, inputs, strict=True)
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -91,7 +105,9 @@ def run_entry(entry, model, losses, z, source, method, **kw):
     if entry == "gradstep":
         return GradStep(method, source, **kw).backward(losses, features=feats)
     if entry == "taskoptimizer":
-        opt = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), method=method, source=source, **kw)
+        opt = TaskOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), method=method, source=source, **kw
+        )
         return opt.step(losses, features=feats)
     return DistributedStep(method, source, **kw).backward(losses, features=feats)
 
@@ -108,8 +124,10 @@ def test_stacked_losses_equal_listed_losses_on_every_entry_point(entry, source):
         out.append((res, grads(model)))
     (a, ga), (b, gb) = out
     assert torch.equal(a.weights, b.weights) and torch.equal(a.gram, b.gram)
-    assert all(torch.equal(u, v) for u, v in zip(ga, gb))
-    if source != "representation":  # the default Gram is over the shared encoder only, never the heads
+    assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))
+    if (
+        source != "representation"
+    ):  # the default Gram is over the shared encoder only, never the heads
         model = Net()
         z, L = model(x, y)
         J = per_task_jacobian(L, shared(model))
@@ -148,7 +166,7 @@ def test_op_without_batching_rule_accumulates_exactly(strategy):
     w = taskgrad.MGDA()(gram=J @ J.T)
     torch.testing.assert_close(res.weights, w, rtol=1e-9, atol=1e-12)
     (w * torch.stack(L)).sum().backward()
-    for a, b in zip(got, grads(ref_model)):
+    for a, b in zip(got, grads(ref_model), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -228,10 +246,12 @@ def test_reentrant_checkpointing_is_refused_and_non_reentrant_works():
     for source in ("full", "representation"):
         model = Net(ckpt=False)
         z, L = model(x, y)
-        res = taskgrad.backward(L, method=taskgrad.MGDA(), features=z if source == "representation" else None)
+        res = taskgrad.backward(
+            L, method=taskgrad.MGDA(), features=z if source == "representation" else None
+        )
         if source == "full":
             torch.testing.assert_close(res.gram, ref.gram, rtol=1e-10, atol=1e-12)
-            for a, b in zip(grads(model), grads(plain)):
+            for a, b in zip(grads(model), grads(plain), strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -252,8 +272,14 @@ def make_source(name, model, x, y):
 
 
 @settings(max_examples=12, deadline=None)
-@given(k=st.integers(1, 4), width=st.integers(2, 7), seed=st.integers(0, 10_000), stacked=st.booleans(),
-       source=st.sampled_from(SOURCES), method=st.sampled_from(["mgda", "mean", "upgrad", "dwa"]))
+@given(
+    k=st.integers(1, 4),
+    width=st.integers(2, 7),
+    seed=st.integers(0, 10_000),
+    stacked=st.booleans(),
+    source=st.sampled_from(SOURCES),
+    method=st.sampled_from(["mgda", "mean", "upgrad", "dwa"]),
+)
 def test_every_entry_point_writes_bitwise_identical_grads(k, width, seed, stacked, source, method):
     x, y = batch(k=k, seed=seed)
     out = []
@@ -275,14 +301,18 @@ def test_every_entry_point_writes_bitwise_identical_grads(k, width, seed, stacke
         elif entry == "gradstep":
             res = GradStep(m, src).backward(losses, **kw)
         elif entry == "taskoptimizer":
-            res = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), GradStep(m, src)).step(losses, **kw)
+            res = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), GradStep(m, src)).step(
+                losses, **kw
+            )
         else:
             res = DistributedStep(m, src).backward(losses, **kw)
         out.append((res.weights, grads(model)))
     w0, g0 = out[0]
     for w, g in out[1:]:
         assert torch.equal(w, w0)
-        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g, g0))
+        assert all(
+            (a is None and b is None) or torch.equal(a, b) for a, b in zip(g, g0, strict=True)
+        )
 
 
 def test_auto_nonfinite_skips_under_an_enabled_grad_scaler_and_lowers_its_scale():

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import taskgrad
+from taskgrad.models import MultiHead
 from taskgrad.solvers import min_norm_simplex
 from taskgrad.sources import FullGram, JacobianGram, ModuleLoss, RepresentationGram, SketchGram
 from taskgrad.training import GradStep, TaskOptimizer, TaskSubsample
-from taskgrad.models import MultiHead
 
 
 def small_model(k=3, seed=0, dtype=torch.float32):
@@ -42,12 +42,17 @@ def test_gradstep_applies_mgda_weights_of_the_gram(source):
     z, L = task_losses(model, x, y)
     shared = list(model.encoder.parameters())
     if source == "full":
-        rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, shared, retain_graph=True)]) for l in L]
+        rows = [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, shared, retain_graph=True)])
+            for li in L
+        ]
     else:
-        rows = [torch.autograd.grad(l, z, retain_graph=True)[0].reshape(-1) for l in L]
+        rows = [torch.autograd.grad(li, z, retain_graph=True)[0].reshape(-1) for li in L]
     J = torch.stack(rows)
     w_ref = min_norm_simplex(J @ J.T)
-    res = GradStep(taskgrad.MGDA(), source).backward(L, features=z if source == "representation" else None)
+    res = GradStep(taskgrad.MGDA(), source).backward(
+        L, features=z if source == "representation" else None
+    )
     torch.testing.assert_close(res.weights, w_ref)
     got = flat_grad(model)
     model.zero_grad()
@@ -80,9 +85,13 @@ class Ones(taskgrad.Weighting):
         return torch.ones_like(losses)
 
 
-@pytest.mark.parametrize("normalized,method,target", [(True, taskgrad.Mean(), 0.25), (False, Ones(), 1.0)])
+@pytest.mark.parametrize(
+    "normalized,method,target", [(True, taskgrad.Mean(), 0.25), (False, Ones(), 1.0)]
+)
 def test_subsampling_is_unbiased_for_fixed_weights(normalized, method, target):
-    """E over draws of the applied weight of each task equals the full-k weight (Horvitz–Thompson)."""
+    """E over draws of the applied weight of each task equals the full-k weight
+    (Horvitz–Thompson).
+    """
     k, m, n = 4, 2, 3000
     sub = TaskSubsample(m, seed=0, normalized=normalized)
     gs = GradStep(method, "full", subsample=sub)
@@ -101,12 +110,20 @@ def test_subsampling_is_unbiased_for_fixed_weights(normalized, method, target):
 def test_accumulation_is_exact(source):
     model = small_model(dtype=torch.float64)
     x, y = data(n=12, dtype=torch.float64)
-    src = {"full": FullGram(), "representation": RepresentationGram(), "sketch": SketchGram(16, seed=3)}[source]
+    src = {
+        "full": FullGram(),
+        "representation": RepresentationGram(),
+        "sketch": SketchGram(16, seed=3),
+    }[source]
     gs_big = GradStep(taskgrad.MGDA(), copy.deepcopy(src))
     z, L = task_losses(model, x, y)
     kw = {"features": z} if source == "representation" else {}
     if source == "sketch":
-        kw["loss_fn"] = ModuleLoss(model, lambda out: [((o.squeeze(-1) - y[:, i]) ** 2).mean() for i, o in enumerate(out[1])], x)
+        kw["loss_fn"] = ModuleLoss(
+            model,
+            lambda out: [((o.squeeze(-1) - y[:, i]) ** 2).mean() for i, o in enumerate(out[1])],
+            x,
+        )
     big = gs_big.backward(L, **kw)
     g_big = flat_grad(model)
     model.zero_grad()
@@ -116,7 +133,13 @@ def test_accumulation_is_exact(source):
         zp, Lp = task_losses(model, xp, yp)
         kw = {"features": zp} if source == "representation" else {}
         if source == "sketch":
-            kw["loss_fn"] = ModuleLoss(model, lambda out, yp=yp: [((o.squeeze(-1) - yp[:, i]) ** 2).mean() for i, o in enumerate(out[1])], xp)
+            kw["loss_fn"] = ModuleLoss(
+                model,
+                lambda out, yp=yp: [
+                    ((o.squeeze(-1) - yp[:, i]) ** 2).mean() for i, o in enumerate(out[1])
+                ],
+                xp,
+            )
         gs.accumulate(Lp, **kw)
     acc = gs.backward_accumulated()
     torch.testing.assert_close(acc.gram, big.gram)
@@ -138,7 +161,9 @@ def test_resume_from_checkpoint_is_bit_identical():
     def build():
         model = small_model(k=5)
         sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        gs = GradStep(taskgrad.MGDA(), "full", period=3, ema=0.7, subsample=TaskSubsample(3, seed=11))
+        gs = GradStep(
+            taskgrad.MGDA(), "full", period=3, ema=0.7, subsample=TaskSubsample(3, seed=11)
+        )
         return model, TaskOptimizer(sgd, gs)
 
     model, opt = build()
@@ -150,9 +175,9 @@ def test_resume_from_checkpoint_is_bit_identical():
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     got = _run(opt2, model2, 4, 100)
-    for (w1, p1), (w2, p2) in zip(ref, got):
+    for (w1, p1), (w2, p2) in zip(ref, got, strict=True):
         assert torch.equal(w1, w2)
-        assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+        assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
 
 
 class InfGrad(torch.autograd.Function):
@@ -187,19 +212,25 @@ def test_amp_autocast_scaler_and_nonfinite_steps_are_skipped():
     res = opt.step(L)
     assert res.skipped and "non-finite" in res.reason and opt.n_skipped == 1
     assert scaler.get_scale() < scale
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     z, L = task_losses(model, x, y)
     L[1] = L[1] * float("nan")
     assert opt.step(L).skipped and opt.n_skipped == 2
     with pytest.raises(FloatingPointError):
         z, L = task_losses(model, x, y)
-        GradStep(taskgrad.MGDA(), "full", nonfinite="raise").backward([L[0] * float("inf"), L[1], L[2]])
+        GradStep(taskgrad.MGDA(), "full", nonfinite="raise").backward(
+            [L[0] * float("inf"), L[1], L[2]]
+        )
 
 
 def test_first_step_nonfinite_lowers_a_fresh_scaler():
     model = small_model()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    opt = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), GradStep(taskgrad.MGDA(), "full"), scaler=scaler)
+    opt = TaskOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        GradStep(taskgrad.MGDA(), "full"),
+        scaler=scaler,
+    )
     x, y = data()
     z, L = task_losses(model, x, y)
     res = opt.step([L[0] * float("nan"), L[1], L[2]])  # the scaler has scaled nothing yet
@@ -211,23 +242,33 @@ def test_first_step_nonfinite_lowers_a_fresh_scaler():
 def test_compiled_model_with_every_source():
     try:
         model = small_model()
-        compiled = torch.compile(model, backend="aot_eager")  # inductor: minutes of C++ builds on 2 cores
+        compiled = torch.compile(
+            model, backend="aot_eager"
+        )  # inductor: minutes of C++ builds on 2 cores
         x, y = data()
         compiled(x)
     except Exception as err:  # pragma: no cover - environment dependent
         pytest.skip(f"torch.compile does not work on this machine: {type(err).__name__}: {err}")
     lf = lambda out: [((o.squeeze(-1) - y[:, i]) ** 2).mean() for i, o in enumerate(out[1])]  # noqa: E731
     z, outs = model(x)
-    ref = {"full": FullGram().gram(torch.stack(lf((z, outs)))),
-           "representation": RepresentationGram().gram(torch.stack(lf((z, outs))), features=z)}
+    ref = {
+        "full": FullGram().gram(torch.stack(lf((z, outs)))),
+        "representation": RepresentationGram().gram(torch.stack(lf((z, outs))), features=z),
+    }
     # a compiled forward is one autograd node, so the shared parameters cannot be found by a graph
     # walk: name them (the encoder's) explicitly.
     enc = list(model.encoder.parameters())
     names = [n for n, _ in model.named_parameters() if n.startswith("encoder.")]
-    for name, src in [("full", FullGram(enc)), ("jacobian", JacobianGram(enc)), ("representation", RepresentationGram()),
-                      ("sketch", SketchGram(4096, chunk=1024, param_names=names))]:
+    for name, src in [
+        ("full", FullGram(enc)),
+        ("jacobian", JacobianGram(enc)),
+        ("representation", RepresentationGram()),
+        ("sketch", SketchGram(4096, chunk=1024, param_names=names)),
+    ]:
         compiled.zero_grad()
-        if name == "representation":  # z must be a graph boundary: compile the encoder, not the heads
+        if (
+            name == "representation"
+        ):  # z must be a graph boundary: compile the encoder, not the heads
             twin = copy.deepcopy(model)
             twin.encoder = torch.compile(twin.encoder, backend="aot_eager")
             out = twin(x)

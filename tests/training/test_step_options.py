@@ -41,7 +41,9 @@ def run(entry, model, L, z, method, source="full", **kw):
         step = GradStep(method, source, **kw)
         return step.backward(L, features=feats), step
     if entry == "taskoptimizer":
-        opt = TaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), method=method, source=source, **kw)
+        opt = TaskOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.0), method=method, source=source, **kw
+        )
         return opt.step(L, features=feats), opt
     step = DistributedStep(method, source, **kw)
     return step.backward(L, features=feats), step
@@ -66,12 +68,15 @@ def test_undefined_skip_fallback_and_raise_on_every_entry_point(entry):
     res, obj = run(entry, model, L, z, Undefined(), on_undefined=taskgrad.MGDA())
     assert not res.skipped and res.fallback == "MGDA" and "undefined" in res.reason
     if obj is not None:
-        assert getattr(obj, "n_fallback", getattr(getattr(obj, "gradstep", None), "n_fallback", None)) == 1
+        assert (
+            getattr(obj, "n_fallback", getattr(getattr(obj, "gradstep", None), "n_fallback", None))
+            == 1
+        )
     got = grads(model)
     ref = Net()
     z, L = ref(x, y)
     taskgrad.backward(L, method=taskgrad.MGDA())
-    for a, b in zip(got, grads(ref)):
+    for a, b in zip(got, grads(ref), strict=True):
         assert torch.equal(a, b)
 
 
@@ -104,17 +109,27 @@ def test_unweighted_heads_get_their_own_gradient_and_shared_the_weighted_one(sou
     x, y = batch()
     model = Net()
     z, L = model(x, y)
-    res = taskgrad.backward(L, method=taskgrad.MGDA(), features=z if source == "representation" else None,
-                            source=source, heads="unweighted")
+    res = taskgrad.backward(
+        L,
+        method=taskgrad.MGDA(),
+        features=z if source == "representation" else None,
+        source=source,
+        heads="unweighted",
+    )
     w = res.weights
     ref = Net()
     z, L = ref(x, y)
-    for p, q in zip(shared(model), shared(ref)):
-        g = sum(wi * gi for wi, gi in zip(w, (torch.autograd.grad(l, q, retain_graph=True)[0] for l in L)))
+    for p, q in zip(shared(model), shared(ref), strict=True):
+        g = sum(
+            wi * gi
+            for wi, gi in zip(
+                w, (torch.autograd.grad(li, q, retain_graph=True)[0] for li in L), strict=True
+            )
+        )
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
     for i, head in enumerate(model.heads):
         own = torch.autograd.grad(L[i], list(ref.heads[i].parameters()), retain_graph=True)
-        for p, g in zip(head.parameters(), own):
+        for p, g in zip(head.parameters(), own, strict=True):
             torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(w, torch.ones_like(w))
 
@@ -125,10 +140,18 @@ def test_max_norm_clips_the_step_with_its_scope(source, scope):
     x, y = batch()
     model = Net()
     for p in model.parameters():
-        p.grad = torch.ones_like(p)  # what .grad held before the step is kept apart from the clipping
+        p.grad = torch.ones_like(
+            p
+        )  # what .grad held before the step is kept apart from the clipping
     z, L = model(x, y)
-    res = taskgrad.backward(L, method=taskgrad.Mean(), features=z if source == "representation" else None,
-                            source=source, max_norm=1e-3, clip=scope)
+    res = taskgrad.backward(
+        L,
+        method=taskgrad.Mean(),
+        features=z if source == "representation" else None,
+        source=source,
+        max_norm=1e-3,
+        clip=scope,
+    )
     step_grads = {id(p): p.grad - 1 for p in model.parameters()}
     ids = {id(p) for p in shared(model)}
     measured = [g for i, g in step_grads.items() if scope == "all" or i in ids]
@@ -139,8 +162,8 @@ def test_max_norm_clips_the_step_with_its_scope(source, scope):
         ref = Net()
         z, L = ref(x, y)
         taskgrad.backward(L, method=taskgrad.Mean())
-        for h, hr in zip(model.heads, ref.heads):
-            for p, q in zip(h.parameters(), hr.parameters()):
+        for h, hr in zip(model.heads, ref.heads, strict=True):
+            for p, q in zip(h.parameters(), hr.parameters(), strict=True):
                 torch.testing.assert_close(p.grad - 1, q.grad, rtol=1e-10, atol=1e-12)
 
 
@@ -159,8 +182,7 @@ def test_normalize_sum_and_mean_norm(method):
     model = Net()
     z, L = model(x, y)
     J = per_task_jacobian(L, shared(model))
-    res = taskgrad.backward(L, method=taskgrad.methods.get(method),
-                            normalize="mean-norm")
+    res = taskgrad.backward(L, method=taskgrad.methods.get(method), normalize="mean-norm")
     d = res.weights.to(J.dtype) @ J
     assert float(d.norm()) == pytest.approx(float(J.mean(0).norm()), rel=1e-8)
 
@@ -168,5 +190,7 @@ def test_normalize_sum_and_mean_norm(method):
 def test_skip_reason_names_the_task():
     x, y = batch()
     z, L = Net()(x, y)
-    res = GradStep(taskgrad.MGDA(), names=["depth", "normals", "seg"], nonfinite="skip").backward([L[0], L[1] * float("inf"), L[2]])
+    res = GradStep(taskgrad.MGDA(), names=["depth", "normals", "seg"], nonfinite="skip").backward(
+        [L[0], L[1] * float("inf"), L[2]]
+    )
     assert res.skipped and "task 1 ('normals')" in res.reason

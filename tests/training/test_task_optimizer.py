@@ -41,8 +41,10 @@ def test_is_an_optimizer_and_schedulers_drive_the_wrapped_one():
     assert opt.param_groups is opt.optimizer.param_groups
     train(model, opt, sched, 5)
     assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**2)
-    for cls, kw in [(torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 4}),
-                    (torch.optim.lr_scheduler.LambdaLR, {"lr_lambda": lambda e: 0.9**e})]:
+    for cls, kw in [
+        (torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 4}),
+        (torch.optim.lr_scheduler.LambdaLR, {"lr_lambda": lambda e: 0.9**e}),
+    ]:
         m2, o2, _ = make()
         s2 = cls(o2, **kw)
         train(m2, o2, s2, 2)
@@ -67,21 +69,25 @@ def test_zero_grad_and_closure_errors():
         TaskOptimizer(opt)
 
 
-@pytest.mark.parametrize("source,method,period,ema", [("full", "dwa", 1, None), ("representation", "mgda", 3, 0.5),
-                                                       ("sketch", "mgda", 1, None)])
+@pytest.mark.parametrize(
+    "source,method,period,ema",
+    [("full", "dwa", 1, None), ("representation", "mgda", 3, 0.5), ("sketch", "mgda", 1, None)],
+)
 def test_resume_is_bit_identical_with_scheduler(source, method, period, ema):
     model, opt, sched = make(method=method, source=source, period=period, ema=ema)
     train(model, opt, sched, 6, source=source)
     straight = [p.detach().clone() for p in model.parameters()]
     model, opt, sched = make(method=method, source=source, period=period, ema=ema)
     train(model, opt, sched, 3, source=source)
-    ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()})
+    ckpt = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+    )
     model2, opt2, sched2 = make(seed=1, method=method, source=source, period=period, ema=ema)
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     sched2.load_state_dict(ckpt["sched"])
     train(model2, opt2, sched2, 3, start=3, source=source)
-    for a, b in zip(straight, model2.parameters()):
+    for a, b in zip(straight, model2.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -99,6 +105,6 @@ def test_grad_scaler_with_a_scheduler():
         rsched.step()
         assert not res.skipped
         torch.testing.assert_close(res.weights, rres.weights, rtol=1e-9, atol=1e-12)
-    for a, b in zip(model.parameters(), ref.parameters()):
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
     assert opt.state_dict()["scaler"]["scale"] == 256.0
