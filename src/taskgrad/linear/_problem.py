@@ -217,41 +217,7 @@ class Problem:
             args = (Xs.data, Xs.indices, Xs.indptr)
         else:
             args = (_EMPTY_F, _EMPTY_I, _EMPTY_I)
-        if self.layout == "shared":
-            K.epoch_shared(
-                ws,
-                W,
-                Z,
-                self.Y,
-                self.S,
-                self.Xd,
-                *args,
-                self.sparse,
-                self.Lmat,
-                self.loss,
-                self.inv_n,
-                a1,
-                a2,
-                pen,
-            )
-        else:
-            K.epoch_per_task(
-                ws,
-                W,
-                Z,
-                self.Y,
-                self.S,
-                self.task,
-                self.Xd,
-                *args,
-                self.sparse,
-                self.Lmat,
-                self.loss,
-                self.inv_n,
-                a1,
-                a2,
-                pen,
-            )
+        self._epoch(ws, W, Z, self.Xd, args, self.sparse, self.Lmat, a1, a2, pen)
 
     def epoch_dense(
         self,
@@ -267,45 +233,30 @@ class Problem:
         with their rows ``Wsub`` of W and Lipschitz constants ``Lsub``.
         """
         loc = np.arange(Xsub.shape[1], dtype=np.int64)
+        empty = (_EMPTY_F, _EMPTY_I, _EMPTY_I)
+        self._epoch(loc, Wsub, Z, Xsub, empty, False, Lsub, a1, a2, pen)
+
+    def _epoch(
+        self,
+        ws: np.ndarray,
+        W: np.ndarray,
+        Z: np.ndarray,
+        Xd: np.ndarray,
+        csc: tuple[np.ndarray, np.ndarray, np.ndarray],
+        sparse: bool,
+        L: np.ndarray,
+        a1: float,
+        a2: float,
+        pen: int,
+    ) -> None:
+        """One coordinate-descent pass of the compiled kernel of this layout over the columns
+        ``ws`` of the dense block ``Xd`` or of the CSC arrays ``csc`` (data, indices, indptr).
+        """
+        tail = (sparse, L, self.loss, self.inv_n, a1, a2, pen)
         if self.layout == "shared":
-            K.epoch_shared(
-                loc,
-                Wsub,
-                Z,
-                self.Y,
-                self.S,
-                Xsub,
-                _EMPTY_F,
-                _EMPTY_I,
-                _EMPTY_I,
-                False,
-                Lsub,
-                self.loss,
-                self.inv_n,
-                a1,
-                a2,
-                pen,
-            )
+            K.epoch_shared(ws, W, Z, self.Y, self.S, Xd, *csc, *tail)
         else:
-            K.epoch_per_task(
-                loc,
-                Wsub,
-                Z,
-                self.Y,
-                self.S,
-                self.task,
-                Xsub,
-                _EMPTY_F,
-                _EMPTY_I,
-                _EMPTY_I,
-                False,
-                Lsub,
-                self.loss,
-                self.inv_n,
-                a1,
-                a2,
-                pen,
-            )
+            K.epoch_per_task(ws, W, Z, self.Y, self.S, self.task, Xd, *csc, *tail)
 
     def intercept_step(self, b: np.ndarray, Z: np.ndarray) -> None:
         if not self.intercept_coord:
