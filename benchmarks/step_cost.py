@@ -21,7 +21,8 @@ Each (k, method) runs in its own process so that the RSS high-water mark is its 
 MLP configuration (``--config mlp``): encoder 256→512→512→512 (ReLU), k linear heads, batch 256,
 MSE losses, MGDA weights, one thread. Time: every method once per round, ``--rounds`` interleaved
 rounds in ONE process after ``--warmup`` rounds; the ratio to the summed step is taken per round
-and the median reported. Peers: the plain per-loss VJP loop at z (``loop-z``), the per-task
+and the median reported, for the wall clock and for the process CPU time (with one thread, the
+latter is what a step costs on an unshared core; a shared machine stretches only the former). Peers: the plain per-loss VJP loop at z (``loop-z``), the per-task
 ``autograd.grad`` loop with a stored Jacobian (``loop``), TorchJD 0.18 autojac (``mtl_backward`` +
 ``jac_to_grad``) and autogram (``Engine`` Gramian). Peak memory of the full-parameter source and
 the stored-Jacobian loop: each in its own process (RSS high-water mark above the pre-step RSS).
