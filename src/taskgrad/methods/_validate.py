@@ -10,15 +10,32 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_real", "check_vector"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_real",
+    "check_vector",
+    "interval",
+    "outside",
+]
 
 
-def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+def interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """The interval as text, e.g. ``(0, 1]`` or ``[0, inf)`` (None: unbounded on that side)."""
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
     left = "(" if low_open or low is None else "["
     right = ")" if high_open or high is None else "]"
     return f"{left}{lo}, {hi}{right}"
+
+
+def outside(
+    v: float, low: float | None, high: float | None, low_open: bool, high_open: bool
+) -> bool:
+    """Whether v lies outside the interval (an open end excludes the bound itself)."""
+    below = low is not None and (v < low or (low_open and v == low))
+    return below or (high is not None and (v > high or (high_open and v == high)))
 
 
 def check_real(
@@ -34,14 +51,11 @@ def check_real(
     """``value`` as a float, if it is a finite real number in the given range (else ValueError
     or TypeError naming ``owner``'s parameter ``name`` and the range).
     """
-    rng = _range(low, high, low_open, high_open)
+    rng = interval(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number in {rng}, got {value!r}.")
     v = float(value)
-    bad = not math.isfinite(v)
-    bad = bad or (low is not None and (v < low or (low_open and v == low)))
-    bad = bad or (high is not None and (v > high or (high_open and v == high)))
-    if bad:
+    if not math.isfinite(v) or outside(v, low, high, low_open, high_open):
         raise ValueError(f"{owner}: {name} must be a finite number in {rng}, got {value!r}.")
     return v
 
@@ -50,7 +64,7 @@ def check_int(
     owner: str, name: str, value: object, *, low: int | None = None, high: int | None = None
 ) -> int:
     """``value`` if it is an int in [low, high] (a bool or a float is refused)."""
-    rng = _range(low, high, False, False).replace("-inf", "-∞").replace("inf", "∞")
+    rng = interval(low, high, False, False).replace("-inf", "-∞").replace("inf", "∞")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: {name} must be an int in {rng}, got {value!r}.")
     v = int(value)

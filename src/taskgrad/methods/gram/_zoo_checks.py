@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._validate import interval, outside
+
 __all__ = [
     "check_cross_matrix",
     "check_int",
@@ -35,18 +37,9 @@ def check_real(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
     v = float(value)
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
-    left = "(" if low_open or low is None else "["
-    right = ")" if high_open or high is None else "]"
-    interval = f"{left}{lo}, {hi}{right}"
-    bad = math.isnan(v)
-    if low is not None:
-        bad = bad or (v <= low if low_open else v < low)
-    if high is not None:
-        bad = bad or (v >= high if high_open else v > high)
-    if bad:
-        raise ValueError(f"{name} must be in {interval}, got {value!r}.")
+    if math.isnan(v) or outside(v, low, high, low_open, high_open):
+        rng = interval(low, high, low_open, high_open)
+        raise ValueError(f"{name} must be in {rng}, got {value!r}.")
     return v
 
 
