@@ -14,6 +14,7 @@ __all__ = [
     "LearnedTaskParameter",
     "check_generator",
     "check_positive_losses",
+    "clip_combination",
     "clone_state",
     "diag_norms",
     "flat_gram",
@@ -38,6 +39,17 @@ def flat_gram(G: Tensor) -> tuple[Tensor, torch.Size]:
 def diag_norms(G: Tensor) -> Tensor:
     """σᵢ = ‖gᵢ‖ = √G_ii (clamped at 0 against rounding), shape (..., k)."""
     return torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+
+
+def clip_combination(w: Tensor, G: Tensor, max_norm: float) -> Tensor:
+    """w (..., k) scaled down so that ‖Jᵀw‖ = √(wᵀGw) ≤ ``max_norm`` (unchanged below it)."""
+    norm = torch.einsum("...i,...ij,...j->...", w, G, w).clamp_min(0).sqrt()
+    factor = torch.where(
+        norm > max_norm,
+        max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+        torch.ones_like(norm),
+    )
+    return w * factor.unsqueeze(-1)
 
 
 def check_generator(generator: torch.Generator | None) -> torch.Generator | None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._common import clone_state, flat_gram
+from .._common import clip_combination, clone_state, flat_gram
 from .._validate import check_choice, check_int, check_real
 from ..base import Weighting
 from ..errors import UndefinedMethodError
@@ -195,13 +195,7 @@ class AuxiNash(Weighting):
         self._step += 1
         alpha = self._alpha.to(gram.dtype).to(gram.device)
         if self.max_norm > 0:
-            norm = torch.einsum("...i,...ij,...j->...", alpha, gram, alpha).clamp_min(0).sqrt()
-            scale = torch.where(
-                norm > self.max_norm,
-                self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny),
-                torch.ones_like(norm),
-            )
-            alpha = alpha * scale.unsqueeze(-1)
+            alpha = clip_combination(alpha, gram, self.max_norm)
         return alpha
 
     def alpha_jacobian(self) -> Tensor:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .. import _impl
-from .._common import (
-    clone_state,
-)
+from .._common import clip_combination, clone_state
 from .._impl import Impl
 from .._validate import check_int, check_real
 from ..base import Weighting
@@ -73,13 +70,7 @@ class NashMTL(Weighting):
         self._step += 1
         alpha = self._alpha.to(gram.dtype)
         if self.max_norm > 0:
-            norm = torch.einsum("...i,...ij,...j->...", alpha, gram, alpha).clamp_min(0).sqrt()
-            factor = torch.where(
-                norm > self.max_norm,
-                self.max_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny),
-                torch.ones_like(norm),
-            )
-            alpha = alpha * factor.unsqueeze(-1)
+            alpha = clip_combination(alpha, gram, self.max_norm)
         return alpha
 
     def reset(self) -> None:
