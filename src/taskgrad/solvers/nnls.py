@@ -63,8 +63,8 @@ def certificate_tolerance(dtype: torch.dtype, k: int) -> float:
     max(√eps, 1000·k·eps) of the dtype (1.5e-8 in float64, 3.5e-4 in float32 at small k).
     Rounding of a correct answer stays orders of magnitude below; a wrong one is O(1).
     """
-    eps = torch.finfo(dtype).eps
-    return max(eps**0.5, 1e3 * k * eps)
+    eps = float(torch.finfo(dtype).eps)
+    return max(float(eps**0.5), 1e3 * k * eps)
 
 
 def _default_compute_dtype(x: Tensor) -> torch.dtype:
@@ -429,7 +429,7 @@ def nnls(
             raise ValueError(
                 f"fixed_zero must have shape (..., {k}), got {tuple(fixed_zero.shape)}."
             )
-    batch = torch.broadcast_shapes(Q.shape[:-2], c.shape[:-1])
+    batch = torch.broadcast_shapes(Q.shape[:-2], c.shape[:-1])  # type: ignore[no-untyped-call]
     if check_input:
         check_finite("Q", Q)
         check_finite("c", c)

@@ -135,11 +135,12 @@ def call_restricted(
     method's per-task state advances for those tasks only (see the module docstring).
     """
     if idx.numel() == k:
-        return method(gram=gram, losses=losses)
+        w: Tensor = method(gram=gram, losses=losses)
+        return w
     old = method.state_dict()
     method.load_state_dict(restrict_state(old, idx.cpu(), k))
     try:
-        w_sub = method(gram=gram, losses=losses)
+        w_sub: Tensor = method(gram=gram, losses=losses)
         new = method.state_dict()
     except BaseException:
         method.load_state_dict(old)
@@ -184,12 +185,13 @@ class PresentView(Weighting):
         self.method = method
         self.k = int(present.shape[0])
         self.idx = present.nonzero().squeeze(-1).cpu()
-        self.needs = method.needs
+        self.needs = method.needs  # type: ignore[misc]  # per view: the wrapped method's inputs
 
     @classmethod
     def of(cls, method: Weighting, present: Tensor) -> PresentView:
         named = type(type(method).__name__, (cls,), {"__doc__": cls.__doc__})
-        return named(method, present)
+        view: PresentView = named(method, present)
+        return view
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         return call_restricted(self.method, self.idx, self.k, gram, losses)

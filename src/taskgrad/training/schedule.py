@@ -25,6 +25,11 @@ from torch import Tensor
 __all__ = ["Periodic", "TaskSubsample"]
 
 
+def _clone_or_none(x: Tensor | None) -> Tensor | None:
+    """A copy of the tensor (None stays None)."""
+    return None if x is None else x.clone()
+
+
 class Periodic:
     """Refresh the weights on steps 0, K, 2K, … (counting taken steps); ``ema`` = β ∈ [0, 1)."""
 
@@ -65,7 +70,7 @@ class Periodic:
 
     def state_dict(self) -> dict[str, Any]:
         """Counter, EMA Gram and the weights in use."""
-        c = lambda x: None if x is None else x.clone()  # noqa: E731
+        c = _clone_or_none
         return {
             "period": self.period,
             "ema": self.ema,
@@ -82,7 +87,7 @@ class Periodic:
                 f"checkpoint is for period={state['period']}, ema={state['ema']} but this schedule "
                 f"has period={self.period}, ema={self.ema}."
             )
-        c = lambda x: None if x is None else x.clone()  # noqa: E731
+        c = _clone_or_none
         self.t = int(state["t"])
         self.gram_avg, self.weights, self.subset = (
             c(state["gram_avg"]),
