@@ -324,3 +324,23 @@ def test_auto_nonfinite_skips_under_an_enabled_grad_scaler_and_lowers_its_scale(
     assert res.skipped and "task 0" in res.reason
     assert all(p.grad is None for p in model.parameters())
     assert scaler.get_scale() < 1024.0
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("source", ["full", "representation"])
+@pytest.mark.parametrize("form", ["unbind", "iterate", "index"])
+def test_a_list_of_the_entries_of_a_stack_equals_the_losses_themselves(entry, source, form):
+    x, y = batch()
+    out = []
+    for as_entries in (False, True):
+        model = Net()
+        z, L = model(x, y)
+        if as_entries:
+            S = torch.stack(L)
+            entries = {"unbind": list(S.unbind()), "iterate": list(S)}
+            L = entries.get(form) or [S[i] for i in range(len(L))]
+        res = run_entry(entry, model, L, z, source, taskgrad.MGDA(), heads="unweighted")
+        out.append((res, grads(model)))
+    (a, ga), (b, gb) = out
+    assert torch.equal(a.weights, b.weights) and torch.equal(a.gram, b.gram)
+    assert all(torch.equal(u, v) for u, v in zip(ga, gb, strict=True))

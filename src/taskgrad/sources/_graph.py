@@ -171,6 +171,34 @@ def _stack_node(losses: Tensor) -> Any | None:
     return None
 
 
+def _views_of_one_stack(items: Sequence[Tensor]) -> Any | None:
+    """The StackBackward node N when ``items[i]`` is entry i of one ``torch.stack``, else None.
+
+    Entries taken by ``unbind``, iteration or ``[i]``: each loss's own subgraph is N's input i.
+    """
+    node = None
+    for i, loss in enumerate(items):
+        fn = loss.grad_fn
+        name = type(fn).__name__ if fn is not None else ""
+        if name.startswith("UnbindBackward"):
+            if getattr(fn, "_saved_dim", None) != 0 or loss.output_nr != i:
+                return None
+        elif name.startswith("SelectBackward"):
+            if getattr(fn, "_saved_dim", None) != 0 or getattr(fn, "_saved_index", None) != i:
+                return None
+        else:
+            return None
+        parent = fn.next_functions[0][0]
+        if node is None:
+            node = parent
+        elif parent is not node:
+            return None
+    if (node is not None and type(node).__name__.startswith("StackBackward")
+            and len(node.next_functions) == len(items)):
+        return node
+    return None
+
+
 class LossSet:
     """k scalar losses given as a list or as a stacked (k,) tensor, with per-task graph access.
 
@@ -183,12 +211,19 @@ class LossSet:
 
     def __init__(self, losses: Sequence[Tensor] | Tensor) -> None:
         items = loss_list(losses)
+        self._peeled: Any | None = None
         if isinstance(losses, Tensor):
             self._root = losses
             self._stack = _stack_node(losses)
         else:
             self._root = torch.stack(items)
-            self._stack = self._root.grad_fn if _stack_node(self._root) is not None else None
+            # a list of the entries of one stacked tensor is that stacked tensor: each loss's own
+            # subgraph starts at the original stack's input, not at the stack itself
+            self._peeled = _views_of_one_stack(items)
+            if self._peeled is not None:
+                self._stack = self._peeled
+            else:
+                self._stack = self._root.grad_fn if _stack_node(self._root) is not None else None
         self._items_all = items
         self._which = list(range(len(items)))
         self._given_list = not isinstance(losses, Tensor)
@@ -280,7 +315,7 @@ class LossSet:
     def task_grad(self, i: int, inputs: Sequence[Tensor], *, retain_graph: bool = True) -> tuple[Tensor | None, ...]:
         """∂Lᵢ/∂inputs through task i's own subgraph only (None for an input it does not reach)."""
         pos = self._which[i]
-        if self._given_list or self._stack is None:
+        if self._stack is None or (self._given_list and self._peeled is None):
             return torch.autograd.grad(self._items_all[pos], list(inputs), retain_graph=retain_graph,
                                        allow_unused=True)
 
