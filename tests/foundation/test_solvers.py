@@ -549,3 +549,12 @@ def test_relative_margin_with_mixed_scales_agrees_with_cvxpy() -> None:
         Jn = torch.cat([J[:1], J[1:] / J[1:].norm(dim=1, keepdim=True)])
         u_ref = torch.from_numpy(cvxpy_direction(Jn.numpy(), margin=0.2))
         assert float((u - u_ref).norm()) <= 1e-5 * float(J[0].norm())
+
+
+def test_certificate_is_finite_when_a_product_of_scales_underflows():
+    # σ₂·V underflows to 0 although σ₂ and V are positive (a subnormal primary gradient beside a
+    # tiny auxiliary): the residual must stay a number, and the right answer is certified
+    J = torch.tensor([[-1.1125e-308], [1.0], [8.9092e-127]], dtype=torch.float64)
+    w, info = primary_aux(J @ J.T, return_info=True)
+    assert bool(info.converged) and float(info.kkt_residual) <= 1e-12
+    assert w[0] == 1.0 and w[2] == 0.0

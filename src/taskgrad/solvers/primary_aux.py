@@ -430,13 +430,14 @@ def primary_aux_kkt_residual(w: Tensor, G: Tensor, n_primary: int = 1, eps: floa
     V = torch.where(V > 0, V, torch.ones_like(V))
     Gu = (Gd @ wd.unsqueeze(-1)).squeeze(-1)  # ⟨u, gᵢ⟩
     sig_safe = torch.where(dead, torch.ones_like(sig), sig)
-    aux = torch.minimum(wd * sig / V, Gu / (sig_safe * V)).abs()
+    # divided one factor at a time: sig·V can underflow to 0 where each factor is positive
+    aux = torch.minimum(wd * sig / V, Gu / V / sig_safe).abs()
     aux = torch.where(dead, torch.zeros_like(aux), aux)[..., n:]
     out = aux.amax(-1) if k > n else torch.zeros(G.shape[:-2], dtype=Gd.dtype, device=G.device)
     if n > 1:
         uu = (wd * Gu).sum(-1, keepdim=True)
         prim = torch.minimum(
-            wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / ((sig_safe[..., :n] + V) * V)
+            wd[..., :n] * sig[..., :n] / V, (Gu[..., :n] - uu) / V / (sig_safe[..., :n] + V)
         ).abs()
         prim = torch.where(dead[..., :n], torch.zeros_like(prim), prim).amax(-1)
         out = torch.maximum(out, prim)
