@@ -152,6 +152,30 @@ class _LinearBase(BaseEstimator):
                 return W0.T.copy(), np.atleast_1d(self.intercept_).astype(float)
         return None, None
 
+    def _solve(
+        self,
+        P: Problem,
+        penalty: tuple[float, float, int],
+        W0: np.ndarray | None,
+        b0: np.ndarray | None,
+    ) -> SolverResult:
+        """Solve P with the penalty (a1, a2, pen) from W0, b0 (None: zeros) by this estimator's
+        ``solver`` on ``device``, to ``tol`` within ``max_iter``.
+        """
+        a1, a2, pen = penalty
+        return solve(
+            P,
+            a1,
+            a2,
+            pen,
+            solver=self.solver,
+            device=self.device,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            W0=W0,
+            b0=b0,
+        )
+
     def _set_result(self, P: Problem, res: SolverResult) -> None:
         self.n_iter_ = res.n_iter
         self.dual_gap_ = res.gap
@@ -214,22 +238,11 @@ class _RegressionBase(RegressorMixin, _LinearBase):
     def fit(self, X: XInput, y: Any = None, sample_weight: Any = None) -> Self:
         """Fit on (X, Y) with a shared design, or on per-task designs (see the class docstring)."""
         check_common(self)
-        a1, a2, pen = self._penalty()
+        penalty = self._penalty()
         D = self._data(X, y, sample_weight)
         P, T, one_d = D.problem(self.fit_intercept), D.n_tasks, D.one_d
         W0, b0 = self._warm(P.n_features, T)
-        res = solve(
-            P,
-            a1,
-            a2,
-            pen,
-            solver=self.solver,
-            device=self.device,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            W0=W0,
-            b0=b0,
-        )
+        res = self._solve(P, penalty, W0, b0)
         b = intercept_from(P, res) if self.fit_intercept else np.zeros(T)
         self.coef_ = res.W.T[0].copy() if one_d else res.W.T.copy()
         self.intercept_ = float(b[0]) if one_d else b
@@ -471,21 +484,10 @@ class MultiTaskLogisticRegression(ClassifierMixin, _LinearBase):
     def fit(self, X: XInput, y: Any = None, sample_weight: Any = None) -> Self:
         """Fit (see the class docstring for the accepted targets)."""
         check_common(self)
-        a1, a2, pen = self._penalty()
+        penalty = self._penalty()
         P = self._data(X, y, sample_weight).problem(self.fit_intercept)
         W0, b0 = self._warm(P.n_features, P.n_tasks)
-        res = solve(
-            P,
-            a1,
-            a2,
-            pen,
-            solver=self.solver,
-            device=self.device,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            W0=W0,
-            b0=centered_intercept(P, W0, b0),
-        )
+        res = self._solve(P, penalty, W0, centered_intercept(P, W0, b0))
         self.coef_ = res.W.T.copy()
         self.intercept_ = intercept_from(P, res) if self.fit_intercept else np.zeros(P.n_tasks)
         self._set_result(P, res)
