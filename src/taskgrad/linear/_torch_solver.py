@@ -27,6 +27,19 @@ def _entr(u: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(u, u)
 
 
+def _csr_tensor(M: Any, **kw: Any) -> Tensor:
+    """The scipy.sparse matrix M as a torch CSR tensor (``kw``: its dtype and device)."""
+    Mr = sp.csr_matrix(M)
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(Mr.indptr.astype(np.int64)),
+        torch.from_numpy(Mr.indices.astype(np.int64)),
+        torch.from_numpy(Mr.data),
+        size=Mr.shape,
+        check_invariants=False,
+        **kw,
+    )
+
+
 class _Ops:
     """The problem's data on a torch device."""
 
@@ -36,24 +49,8 @@ class _Ops:
         self.XT: Tensor | None  # Xᵀ as a CSR tensor (sparse designs)
         if P.sparse:
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            Xr = sp.csr_matrix(P._Xs)
-            Xt = sp.csr_matrix(P._Xs.T)
-            self.X = torch.sparse_csr_tensor(
-                torch.from_numpy(Xr.indptr.astype(np.int64)),
-                torch.from_numpy(Xr.indices.astype(np.int64)),
-                torch.from_numpy(Xr.data),
-                size=Xr.shape,
-                check_invariants=False,
-                **kw,
-            )
-            self.XT = torch.sparse_csr_tensor(
-                torch.from_numpy(Xt.indptr.astype(np.int64)),
-                torch.from_numpy(Xt.indices.astype(np.int64)),
-                torch.from_numpy(Xt.data),
-                size=Xt.shape,
-                check_invariants=False,
-                **kw,
-            )
+            self.X = _csr_tensor(P._Xs, **kw)
+            self.XT = _csr_tensor(P._Xs.T, **kw)
         else:
             self.X = torch.as_tensor(np.ascontiguousarray(P.dense_design()), **kw)
             self.XT = None
