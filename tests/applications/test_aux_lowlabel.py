@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "applications"
-sys.path.insert(0, str(BENCH))
+from benchmarks.applications import aux_lowlabel as al
+from benchmarks.applications.aux_tasks import fake_multimnist, fake_parkinsons, fake_qm9
+from benchmarks.applications.common import fake_dataset
 
-import aux_lowlabel as al  # noqa: E402
-from aux_tasks import fake_multimnist, fake_parkinsons, fake_qm9  # noqa: E402
-from common import fake_dataset  # noqa: E402
-
+BENCH = Path(al.__file__).resolve().parent
 CONFIGS = sorted((BENCH / "configs" / "aux_lowlabel").glob("*.json"))
 SMALL = {"n_val": 16, "n_test": 40, "batch_size": 16, "primary_batch_size": 8, "n_monitor": 32}
 

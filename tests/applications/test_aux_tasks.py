@@ -3,9 +3,7 @@ update never raises the auxiliary loss to first order on a tiny problem with a r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 import torch
 
 import taskgrad
+from benchmarks.applications import aux_tasks
 from taskgrad.methods import get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,16 +19,7 @@ APPS = ROOT / "benchmarks" / "applications"
 CONFIGS = sorted((APPS / "configs" / "aux_tasks").glob("*.json"))
 
 
-def _aux():
-    sys.path.insert(0, str(APPS))
-    spec = importlib.util.spec_from_file_location("_apps_aux_tasks", APPS / "aux_tasks.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # the module defines dataclasses
-    spec.loader.exec_module(mod)
-    return mod
-
-
-A = _aux()
+A = aux_tasks
 
 
 def test_configs_exist() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +70,7 @@ def test_stratified_subset() -> None:
 
 
 def _module(name: str):
-    sys.path.insert(0, str(APPS))
-    spec = importlib.util.spec_from_file_location(f"_apps_{name}", APPS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"benchmarks.applications.{name}")
 
 
 CONFIGS = sorted((APPS / "configs").glob("*.json"))

@@ -12,10 +12,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from methods_helpers import gram, jacobian
 
 from taskgrad import methods as M
 from taskgrad.methods import _impl
+from tests.methods.methods_helpers import gram, jacobian
 
 IMPLS = ["torch", "numba"] if _impl.HAVE_NUMBA else ["torch"]
 FAST = settings(max_examples=10, deadline=None)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad import methods as M
 from taskgrad.methods import _impl
 from taskgrad.methods.kernels import common as _kernels
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 pytestmark = pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba is not installed")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from methods_helpers import gram, jacobian, rel
 
 import taskgrad
 from taskgrad import methods as M
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 FAST = settings(max_examples=8, deadline=None)
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from methods_helpers import jacobian
 
 from taskgrad import methods as M
 from taskgrad.methods.registry import DEFINED, FAMILIES, MethodInfo
+from tests.methods.methods_helpers import jacobian
 
 INFOS = M.infos()
 NAMES = sorted(INFOS)

@@ -11,9 +11,9 @@ import warnings
 
 import pytest
 import torch
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad import methods as M
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 A = pytest.importorskip("torchjd.aggregation")
 S = pytest.importorskip("torchjd.scalarization")

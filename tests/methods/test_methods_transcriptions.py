@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad import methods as M
 from taskgrad.solvers import min_norm_simplex
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 TIGHT = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-12)
 

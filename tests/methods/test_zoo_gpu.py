@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import jacobian, rel
 
 from taskgrad import methods as M
+from tests.methods.methods_helpers import jacobian, rel
 
 NEW = [
     "krum",

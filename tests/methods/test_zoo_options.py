@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad import methods as M
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 A = pytest.importorskip("torchjd.aggregation")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad import methods as M
 from taskgrad.methods.auxiliary.pcd import PCD
@@ -21,6 +20,7 @@ from taskgrad.methods.jacobian.excess_mtl import ExcessMTL
 from taskgrad.methods.jacobian.graddrop import GradDrop
 from taskgrad.methods.jacobian.moco import MoCo
 from taskgrad.methods.jacobian.trimmed_mean import TrimmedMean
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 
 @pytest.mark.parametrize(

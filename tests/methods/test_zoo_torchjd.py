@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import gram, jacobian, rel
 
 from taskgrad.methods.auxiliary.pcd import PCD
 from taskgrad.methods.gram.constant import Constant
@@ -21,6 +20,7 @@ from taskgrad.methods.jacobian.config import ConFIG
 from taskgrad.methods.jacobian.excess_mtl import ExcessMTL
 from taskgrad.methods.jacobian.graddrop import GradDrop
 from taskgrad.methods.jacobian.trimmed_mean import TrimmedMean
+from tests.methods.methods_helpers import gram, jacobian, rel
 
 A = pytest.importorskip("torchjd.aggregation")
 

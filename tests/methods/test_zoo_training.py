@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import rel
 
 import taskgrad
 from taskgrad import methods as M
 from taskgrad.methods.jacobian import backward_jacobian, shared_jacobian
+from tests.methods.methods_helpers import rel
 
 
 def model(seed: int = 0):

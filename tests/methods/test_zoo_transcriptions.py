@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from methods_helpers import rel
 
 from taskgrad.methods.gram.imtl_hybrid import HybridIMTL
 from taskgrad.methods.gram.log_cagrad import LogCAGrad
 from taskgrad.methods.gram.log_imtlg import LogIMTLG
 from taskgrad.methods.gram.log_mgda import LogMGDA
 from taskgrad.methods.jacobian.moco import MoCo
+from tests.methods.methods_helpers import rel
 
 cp = pytest.importorskip("cvxpy")
 
