@@ -10,6 +10,7 @@ saying how to resume.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import sys
 import warnings
@@ -135,7 +136,7 @@ def _bench_toy(
         for name, label, kw in entries:
             try:
                 trajectories(
-                    lambda name=name, kw=kw: make_method(name, kw),
+                    functools.partial(make_method, name, kw),
                     steps=1,
                     lr=cfg.toy["lr"],
                     scale=cfg.toy["scale"],

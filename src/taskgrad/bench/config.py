@@ -297,7 +297,7 @@ def _method_entries(raw: Any, where: str) -> list[tuple[str, str, dict[str, Any]
         raise _err(
             where, "'methods' must be a non-empty list of names or {name = ..., ...} tables."
         )
-    out = []
+    out: list[tuple[str, str, dict[str, Any]]] = []
     for m in raw:
         if isinstance(m, str):
             out.append((m, m, {}))

@@ -71,7 +71,7 @@ def run_extra(out_dir: str | Path, quick: bool = False, show: bool = True) -> di
     from .config import parse_config
     from .runner import run
 
-    raw = {
+    raw: dict[str, Any] = {
         "name": "demo-multimnist",
         "dataset": "multimnist",
         "methods": [

@@ -69,7 +69,7 @@ class Problem:
         """Turn stored inputs into model inputs (e.g. uint8 images to floats)."""
         return x
 
-    def make_model(self, **kwargs: Any) -> nn.Module:
+    def make_model(self, *args: Any, **kwargs: Any) -> nn.Module:
         raise NotImplementedError
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:

@@ -12,7 +12,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .problem import Problem
 
@@ -78,7 +78,7 @@ class _Entry:
         )
         if not isinstance(cls, type):
             return None
-        return _keywords(cls.make_model, skip=("self",))
+        return _keywords(cast(Any, cls).make_model, skip=("self",))
 
 
 _QM9 = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G")

@@ -29,7 +29,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -166,14 +166,14 @@ def split_stale(
     if len(groups) <= 1:
         return [r for _, r in entries], [], "one protocol (no config given)"
     keep = max(groups, key=lambda p: (max(m for m, _ in groups[p]), len(groups[p]), p))
-    ref = max(groups[keep], key=lambda e: e[0])[1]
+    newest = max(groups[keep], key=lambda e: e[0])[1]
     for p, members in groups.items():
         for _, r in members:
             if p == keep:
                 current.append(r)
             else:
-                stale.append(_stale(r, _changes(r["config"], ref["config"], _RUN_FIELDS), None))
-    return current, stale, f"those of the newest run `{_run_id(ref)}` (no config given)"
+                stale.append(_stale(r, _changes(r["config"], newest["config"], _RUN_FIELDS), None))
+    return current, stale, f"those of the newest run `{_run_id(newest)}` (no config given)"
 
 
 def stale_markdown(
@@ -349,8 +349,9 @@ def method_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     same colours with the next marker (curves) and hatch (bars): 80 distinct styles, then repeats.
     """
     import matplotlib
+    from matplotlib.colors import ListedColormap
 
-    palette = matplotlib.colormaps["tab10"].colors
+    palette: Any = cast(ListedColormap, matplotlib.colormaps["tab10"]).colors
     return {
         lbl: {
             "color": palette[i % 10],

@@ -10,6 +10,7 @@ error while the others still run and are saved.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -222,7 +223,7 @@ def run_toy(
             t0 = time.perf_counter()
             try:
                 tr = trajectories(
-                    lambda mname=mname, kw=kw: make_method(mname, kw),
+                    functools.partial(make_method, mname, kw),
                     steps=steps,
                     lr=lr,
                     scale=scale,

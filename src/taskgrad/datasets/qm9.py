@@ -24,6 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,9 @@ def _list(cell: str) -> list[str]:
     ]
 
 
-def parse_qm9_csv(text: str, where: str = "csv", progress: object | None = None) -> QM9Data:
+def parse_qm9_csv(
+    text: str, where: str = "csv", progress: tuple[Any, Any] | None = None
+) -> QM9Data:
     """Parse one CSV in the qm9pack format (header row + one row per molecule) into
     :class:`QM9Data`.
 
@@ -171,7 +174,7 @@ def parse_qm9_csv(text: str, where: str = "csv", progress: object | None = None)
         ys.append([float(row[col[c]]) * f for c, f, _ in _COLUMNS.values()])
         idx.append(int(row[col["Index"]]))
         if progress is not None:
-            progress[0].advance(progress[1])  # type: ignore[index,attr-defined]
+            progress[0].advance(progress[1])
     if not idx:
         raise ValueError(f"{where}: no molecule rows after the header.")
     counts = np.array([len(z) for z in zs], dtype=np.int64)

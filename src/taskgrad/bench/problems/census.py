@@ -84,8 +84,8 @@ class CensusProblem(Problem):
                 scores[i].append(o.squeeze(-1).float().cpu().numpy())
 
         losses = self._eval_loop(model, batch_size, split, indices, visit, with_losses)
-        y = self.y[split] if indices is None else self.y[split][indices.to(self.device)]
-        y = y.cpu().numpy()
+        yt = self.y[split] if indices is None else self.y[split][indices.to(self.device)]
+        y = yt.cpu().numpy()
         aucs = {
             f"{t}/auc": float(roc_auc_score(y[:, i], np.concatenate(scores[i])))
             for i, t in enumerate(self.tasks)
