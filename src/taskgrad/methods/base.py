@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._stateful import Stateful
-from ..solvers._checks import check_finite, check_float, check_gram
+from ..solvers import check_finite, check_float, check_gram
 
 __all__ = ["Weighting", "check_losses"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..methods.base import Weighting
-from ..sources._graph import as_loss_vector, check_params
+from ..sources import as_loss_vector, check_params
 from ..training.backward import BackwardResult
 from .projection import Norm, _check_norm, aux_gradient, norm_value
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..methods.base import Weighting
-from ..sources._graph import as_loss_vector, reachable_leaves
+from ..sources import as_loss_vector, reachable_leaves
 from ..sources.gram import parameter_gram, representation_gram
 
 __all__ = ["Closure", "evaluate", "loss_vector", "method_weights", "split_output"]

@@ -6,6 +6,7 @@
 * :func:`primary_aux_frank_wolfe`: the reference coordinate iteration.
 """
 
+from ._checks import check_finite, check_float, check_gram
 from .nnls import SolverInfo, certificate_tolerance, nnls
 from .primary_aux import (
     min_norm_simplex,
@@ -17,6 +18,9 @@ from .primary_aux import (
 __all__ = [
     "SolverInfo",
     "certificate_tolerance",
+    "check_finite",
+    "check_float",
+    "check_gram",
     "min_norm_simplex",
     "nnls",
     "primary_aux",

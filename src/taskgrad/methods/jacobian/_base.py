@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ...solvers._checks import check_finite, check_float
+from ...solvers import check_finite, check_float
 from ..base import Weighting, check_losses
 
 __all__ = ["JacobianAggregator", "check_jacobian"]
