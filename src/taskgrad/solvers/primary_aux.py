@@ -84,6 +84,7 @@ def _projection(
     Q = Gb[:, 1:, 1:]
     c = Gb[:, 1:, 0]
     if m is not None:
+        assert rho is not None  # the margin problem comes with its ρ
         c = c - rho.unsqueeze(-1) * m
     dead = _zero_gradients(Gb, eps)[:, 1:]
     Qs, cs, d, gamma, zero = _rescale(Q, c, 0.0)
@@ -192,7 +193,9 @@ def _margin_projection(
     xs, *_ = _pivot(Qs, cs, zero | _zero_gradients(Gb, eps)[:, 1:], tol, ridge, max_iter)
     certified_trivial = _unbounded(Qs, cs, xs, ridge)
 
-    def phi(rho: Tensor, free: Tensor | None):
+    def phi(
+        rho: Tensor, free: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         lam, free, it, conv, res = _projection(Gb, eps, m, rho, free, max_iter)
         w = torch.cat([torch.ones_like(lam[:, :1]), lam], -1)
         vv = torch.einsum("bi,bij,bj->b", w, Gb, w).clamp_min(0.0)
@@ -358,6 +361,7 @@ def primary_aux(
         wr = out.to(work)
         if margin > 0 and k > 1:
             res = _margin_kkt_residual(wr, Gb, m, eps, lam)
+            assert trivial is not None  # margin > 0 (one primary): the margin branch ran
             res = torch.where(trivial, torch.zeros_like(res), res)
         else:
             res = primary_aux_kkt_residual(wr, Gb, n_primary, eps)
