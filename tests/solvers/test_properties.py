@@ -16,7 +16,7 @@ from taskgrad.solvers import (
     primary_aux,
     primary_aux_kkt_residual,
 )
-from tests.foundation.gram_cases import (
+from tests.solvers.gram_cases import (
     FLOAT32_SAFE_LOG10,
     kkt_residual_reference,
     mixed_scale_grams,

@@ -15,7 +15,7 @@ from taskgrad.solvers import (
     primary_aux_frank_wolfe,
     primary_aux_kkt_residual,
 )
-from tests.foundation.gram_cases import KINDS, gram, jacobian, kkt_residual_reference
+from tests.solvers.gram_cases import KINDS, gram, jacobian, kkt_residual_reference
 
 
 def kkt_primary_aux(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: float = 1e-12) -> float:
