@@ -40,7 +40,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..methods import Mean, UndefinedMethodError, Weighting
+from ..methods import UndefinedMethodError, Weighting
+from ..methods.loss.mean import Mean
 from ..sources import GramSource, LossSet, Part, TaskGrads, check_params, make_source
 from ..sources.capture import gram_dtype, task_gradients
 from .reduce import LocalReducer, Reducer, StepNumbers
@@ -437,7 +438,9 @@ class GradStep:
             return w * math.sqrt(num / den) if den > 0 else w
         return w
 
-    def _decide(self, L: Tensor, gram: Tensor | None, subset: Tensor | None) -> tuple | str:
+    def _decide(
+        self, L: Tensor, gram: Tensor | None, subset: Tensor | None
+    ) -> tuple[Any, ...] | str:
         """(v (k,), Gram seen, subset, refreshed, fallback, reason) or a reason to skip."""
         k = L.shape[0]
         sched = self.schedule
@@ -458,6 +461,7 @@ class GradStep:
             refreshed = True
         else:
             gram, refreshed = None, False
+        assert sched.subset is not None and sched.weights is not None  # set by a refresh
         subset = sched.subset.to(L.device)
         scale = self.subsample.scale(k) if self.subsample else 1.0
         v = torch.zeros(k, dtype=sched.weights.dtype, device=L.device)
@@ -472,7 +476,7 @@ class GradStep:
         gram_of: Callable[[Tensor, Tensor | None], Tensor | None],
         scaler: Any,
         what: str = "step",
-    ):
+    ) -> StepResult | tuple[Any, ...]:
         """Plan → payload → combine → finiteness → weights; or the skipped step's result."""
         k = local.shape[0]
         subset = payload = None
@@ -770,9 +774,11 @@ class GradStep:
             return out
 
         L_full = L_all.to(res.losses.dtype).to(res.losses.device)
+        weights = spread(res.weights, float("nan") if res.skipped else 0.0)
+        assert weights is not None  # a result always has its weights
         return replace(
             res,
-            weights=spread(res.weights, float("nan") if res.skipped else 0.0),
+            weights=weights,
             losses=L_full,
             local_losses=L_full,
             subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
@@ -1057,6 +1063,13 @@ class GradStep:
             extra={**res.extra, "present": p},
         )
 
+    @property
+    def _source(self) -> GramSource:
+        """The resolved gradient source (made by the first backward or accumulate)."""
+        if self.source is None:
+            raise RuntimeError("no gradient source yet: call backward or accumulate first.")
+        return self.source
+
     def backward_accumulated(self, scaler: Any = None) -> StepResult:
         """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
         acc, self._acc = self._acc, None
@@ -1080,12 +1093,12 @@ class GradStep:
         def payload_of(subset: Tensor | None) -> Tensor | None:
             if subset is None or not self.needs_gram:
                 return None
-            if source.gram_from_grads:
+            if self._source.gram_from_grads:
                 assert grads is not None
-                return source.gram_of_grads(grads)[subset][:, subset].reshape(-1)
+                return self._source.gram_of_grads(grads)[subset][:, subset].reshape(-1)
             if acc.payload is None:
                 raise TypeError(f"{type(source).__name__} does not support gradient accumulation.")
-            G = source.gram_of(acc.payload * (c**source.payload_power), k)
+            G = self._source.gram_of(acc.payload * (c**self._source.payload_power), k)
             return G[subset][:, subset].reshape(-1)
 
         def gram_of(payload: Tensor, subset: Tensor | None) -> Tensor:
@@ -1135,6 +1148,7 @@ class GradStep:
         update directly); the others send their Gram payload and then the weighted gradient.
         """
         plist = self.reducer.layout()
+        assert plist is not None  # a multi-process reducer lays the gradients out
         k, R, c = acc.k, self.world_size, acc.factor
         source = self.source
         offs = [0]
@@ -1151,7 +1165,7 @@ class GradStep:
                     rows[:, offs[j] : offs[j + 1]] = grads.dense_rows(g, dtype)
                     reach[list(grads.tasks[g]), j] = 1.0
         needs_gram = self.needs_gram
-        full = needs_gram and source.gram_from_grads
+        full = needs_gram and self._source.gram_from_grads
         bad = acc.bad or (None if finite(rows) else "gradient")
         n_reach = k * len(plist)
         got: dict[str, Tensor] = {}
@@ -1165,7 +1179,7 @@ class GradStep:
                     raise TypeError(
                         f"{type(source).__name__} does not support gradient accumulation."
                     )
-                parts.append((acc.payload * (c**source.payload_power)).to(dtype))
+                parts.append((acc.payload * (c**self._source.payload_power)).to(dtype))
             return torch.cat(parts)
 
         def gram_of(total: Tensor, subset: Tensor | None) -> Tensor | None:
@@ -1187,7 +1201,7 @@ class GradStep:
                 return (0.5 * (G + G.T))[subset][:, subset]
             if subset is None or not needs_gram:
                 return None
-            return source.gram_of(rest, k, R)[subset][:, subset]
+            return self._source.gram_of(rest, k, R)[subset][:, subset]
 
         out = self._decide_step(acc.losses * c, bad, payload_of, gram_of, scaler, "accumulated")
         if isinstance(out, StepResult):
@@ -1325,6 +1339,8 @@ class TaskOptimizer(torch.optim.Optimizer):
     TaskOptimizer steps and updates the scaler.
     """
 
+    optimizer: torch.optim.Optimizer  # the wrapped optimizer
+
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
@@ -1343,7 +1359,8 @@ class TaskOptimizer(torch.optim.Optimizer):
             )
         if step is not None and gradstep_kwargs:
             raise ValueError("pass either a GradStep or GradStep keyword arguments, not both.")
-        self.optimizer = None  # set below; add_param_group needs to know during Optimizer.__init__
+        # set below; add_param_group needs to know during Optimizer.__init__
+        self.optimizer = None  # type: ignore[assignment]
         super().__init__(optimizer.param_groups, optimizer.defaults)  # the same group dicts, shared
         self.param_groups = optimizer.param_groups
         self.state = optimizer.state
@@ -1410,7 +1427,7 @@ class TaskOptimizer(torch.optim.Optimizer):
             return
         self.optimizer.add_param_group(param_group)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """Optimizer, GradStep (method, source, schedule) and scaler state."""
         return {
             "optimizer": self.optimizer.state_dict(),
@@ -1419,7 +1436,7 @@ class TaskOptimizer(torch.optim.Optimizer):
             "n_skipped": self.n_skipped,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         if "gradstep" not in state:
             raise ValueError(
