@@ -16,7 +16,13 @@ from typing import Any
 
 from . import methods, solvers, sources, training
 from ._warmup import compile_kernels
-from .methods import MGDA, Mean, PrimaryAux, Weighting
+from .methods import Weighting
+
+# the methods from their own modules: taskgrad.methods exports them at import time (through the
+# registry), which type checkers cannot follow
+from .methods.auxiliary.primary_aux import PrimaryAux
+from .methods.gram.mgda import MGDA
+from .methods.loss.mean import Mean
 from .training import BackwardResult, backward
 
 __version__ = "0.1.0"

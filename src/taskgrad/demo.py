@@ -23,7 +23,10 @@ from typing import Any
 
 import torch
 
-from .methods import Mean, PrimaryAux, PrimaryOnly, Weighting
+from .methods import Weighting
+from .methods.auxiliary.primary_aux import PrimaryAux
+from .methods.auxiliary.primary_only import PrimaryOnly
+from .methods.loss.mean import Mean
 from .training import backward
 
 A0 = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
@@ -56,6 +59,7 @@ def run(method: Weighting, steps: int = 60, lr: float = 0.05) -> dict[str, list]
         g1 = torch.autograd.grad(losses[1], theta, retain_graph=True)[0]
         backward(losses, params=[theta], method=method)
         # d/dt L1 along θ ← θ − η u is −η⟨g1, u⟩ (non-positive means L1 does not rise)
+        assert theta.grad is not None  # set by the backward above
         out["first_order_dL1"].append(float(-lr * (g1 @ theta.grad)))
         opt.step()
     return out
