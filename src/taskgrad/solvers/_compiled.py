@@ -21,10 +21,15 @@ library's exception types), turned into exceptions by the Python callers.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .._numba import HAVE_NUMBA, njit  # noqa: F401  (HAVE_NUMBA re-exported; without numba the kernels run as Python)
+
+# the kernels' arrays (float64 matrices and vectors, bool masks, int32 indices)
+Array = npt.NDArray[Any]
 
 TINY = np.finfo(np.float64).tiny
 EPS = np.finfo(np.float64).eps
@@ -47,7 +52,7 @@ NOT_PD = 1  # a free block stayed indefinite with a ridge of 1e-2 (LinAlgError i
 
 
 @njit(**_INTERNAL)
-def _cholesky(M, n, L):
+def _cholesky(M: Array, n: int, L: Array) -> int:
     """Lower Cholesky factor of M[:n, :n] into L[:n, :n]; returns 0, or j + 1 at the first
     non-positive pivot (LAPACK's potrf convention).
     """
@@ -68,7 +73,7 @@ def _cholesky(M, n, L):
 
 
 @njit(**_INTERNAL)
-def _cho_solve(L, n, b, out):
+def _cho_solve(L: Array, n: int, b: Array, out: Array) -> None:
     """out[:n] = (L Lᵀ)⁻¹ b[:n] (forward then backward substitution; out may alias b)."""
     for i in range(n):
         t = b[i]
@@ -87,7 +92,9 @@ def _cho_solve(L, n, b, out):
 
 
 @njit(**_INTERNAL)
-def _solve_block(Q, c, free, ridge, x, M, L, r, s):
+def _solve_block(
+    Q: Array, c: Array, free: Array, ridge: float, x: Array, M: Array, L: Array, r: Array, s: Array
+) -> int:
     """X with x_F = −(Q_FF + ridge·I)⁻¹ c_F (one step of iterative refinement), x_A = 0.
     Returns a status (NOT_PD when even a ridge of 1e-2 leaves the block indefinite).
     """
@@ -130,7 +137,7 @@ def _solve_block(Q, c, free, ridge, x, M, L, r, s):
 
 
 @njit(**_INTERNAL)
-def _residual_y(Q, c, x, free, y):
+def _residual_y(Q: Array, c: Array, x: Array, free: Array, y: Array) -> None:
     """Y = Qx + c off the free set, 0 on it."""
     k = c.shape[0]
     for i in range(k):
@@ -144,7 +151,20 @@ def _residual_y(Q, c, x, free, y):
 
 
 @njit(**_INTERNAL)
-def _block_pivoting(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s):
+def _block_pivoting(
+    Q: Array,
+    c: Array,
+    fixed_zero: Array,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free: Array,
+    x: Array,
+    M: Array,
+    L: Array,
+    r: Array,
+    s: Array,
+) -> tuple[int, bool, int]:
     """Block principal pivoting from ``free`` (updated in place); x is written.
     Returns (iterations, converged, status).
     """
@@ -204,7 +224,20 @@ def _block_pivoting(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s)
 
 
 @njit(**_INTERNAL)
-def _lawson_hanson(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s):
+def _lawson_hanson(
+    Q: Array,
+    c: Array,
+    fixed_zero: Array,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free: Array,
+    x: Array,
+    M: Array,
+    L: Array,
+    r: Array,
+    s: Array,
+) -> tuple[int, bool, int]:
     """Lawson–Hanson active set from x = 0 (``free`` and x written). Returns
     (iterations, converged, status).
     """
@@ -278,7 +311,7 @@ def _lawson_hanson(Q, c, fixed_zero, tol, ridge, max_iter, free, x, M, L, r, s):
 
 
 @njit(**_INTERNAL)
-def _bit_length(n):
+def _bit_length(n: int) -> int:
     b = 0
     while n > 0:
         b += 1
@@ -287,7 +320,9 @@ def _bit_length(n):
 
 
 @njit(**_INTERNAL)
-def _pivot(Q, c, fixed_zero, tol, ridge, max_iter, x):
+def _pivot(
+    Q: Array, c: Array, fixed_zero: Array, tol: float, ridge: float, max_iter: int, x: Array
+) -> tuple[int, bool, int]:
     """Block pivoting (budget 2·log2(k) + 12) then Lawson–Hanson; x written.
     Returns (iterations, converged, status).
     """
@@ -310,7 +345,7 @@ def _pivot(Q, c, fixed_zero, tol, ridge, max_iter, x):
 
 
 @njit(**_INTERNAL)
-def _rescale(Q, c, Qs, cs, d):
+def _rescale(Q: Array, c: Array, Qs: Array, cs: Array, d: Array) -> tuple[float, Array]:
     """diag(Qs) = 1 and ‖cs‖∞ = 1 (as ``taskgrad.solvers.nnls._rescale`` with zero_tol = 0);
     writes Qs, cs, d and returns (gamma, zero) with x = d ⊙ x̄ · gamma.
     """
@@ -338,7 +373,7 @@ def _rescale(Q, c, Qs, cs, d):
 
 
 @njit(**_ENTRY)
-def nnls_rows(Q, C, max_iter):
+def nnls_rows(Q: Array, C: Array, max_iter: int) -> tuple[Array, Array]:
     """X[b, m] ≥ 0 minimizing ½xᵀQ[b]x + C[b, m]ᵀx for each b and each row m: Q (B, k, k)
     symmetric PSD, C (B, m, k). Same rescaling, tolerances and pivoting as
     :func:`taskgrad.solvers.nnls` (zero_tol = 0). Returns (X, status (B, m)).
@@ -362,7 +397,7 @@ def nnls_rows(Q, C, max_iter):
 
 
 @njit(**_INTERNAL)
-def _min_norm_ldp(G, max_iter, w):
+def _min_norm_ldp(G: Array, max_iter: int, w: Array) -> int:
     """MGDA's α in the simplex minimizing αᵀGα by pivoting (port of the first pass of
     ``solvers.primary_aux._mixed`` with n = k): z ≥ 0 minimizing ½zᵀ(C + b̃b̃ᵀ)z − b̃ᵀz with
     C the Gram of the normalized gradients (unit diagonal) and b̃ᵢ = σ_min/σᵢ ≤ 1, then
@@ -404,6 +439,7 @@ def _min_norm_ldp(G, max_iter, w):
     d = np.empty(k)
     gamma, zero = _rescale(Q, c, Qs, cs, d)
     xs = np.empty(k)
+    st: int
     _, conv, st = _pivot(Qs, cs, zero, NNLS_TOL, NNLS_RIDGE, max_iter, xs)
     tot = 0.0
     for i in range(k):
@@ -416,7 +452,7 @@ def _min_norm_ldp(G, max_iter, w):
 
 
 @njit(**_ENTRY)
-def min_norm(G, max_iter):
+def min_norm(G: Array, max_iter: int) -> tuple[Array, Array]:
     """Batched min-norm point of the convex hull: W (B, k) and status (B,) for G (B, k, k)."""
     B, k = G.shape[0], G.shape[-1]
     W = np.empty((B, k))
@@ -437,7 +473,7 @@ NULL_BETA = 1e-10
 
 
 @njit(**_INTERNAL)
-def _eqp(C, beta, free, p):
+def _eqp(C: Array, beta: Array, free: Array, p: Array) -> float:
     """z_F minimizing zᵀCz subject to βᵀz = 1 on the free set (0 elsewhere), written to p;
     returns μ = min zᵀCz (0 when a null direction of C_FF carries β).
 
@@ -528,7 +564,9 @@ def _eqp(C, beta, free, p):
 
 
 @njit(**_INTERNAL)
-def _simplex_qp(C, beta, live, free, tol, max_iter, z):
+def _simplex_qp(
+    C: Array, beta: Array, live: Array, free: Array, tol: float, max_iter: int, z: Array
+) -> tuple[int, bool]:
     """Primal active set for z ≥ 0 minimizing ½zᵀCz subject to βᵀz = 1 (z held at 0 off
     ``live``), from the free set ``free`` (updated in place); z is written.
 
@@ -616,7 +654,9 @@ def _simplex_qp(C, beta, live, free, tol, max_iter, z):
 
 
 @njit(**_INTERNAL)
-def _mixed_exact_one(G, n, dead, free0, max_iter, w):
+def _mixed_exact_one(
+    G: Array, n: int, dead: Array, free0: Array, max_iter: int, w: Array
+) -> tuple[int, bool]:
     """One problem of :func:`mixed_exact`: writes w (k,); returns (iterations, converged)."""
     k = G.shape[0]
     n_zero = 0
@@ -660,7 +700,9 @@ def _mixed_exact_one(G, n, dead, free0, max_iter, w):
 
 
 @njit(**_ENTRY)
-def mixed_exact(G, n, dead, free0, max_iter):
+def mixed_exact(
+    G: Array, n: int, dead: Array, free0: Array, max_iter: int
+) -> tuple[Array, Array, Array]:
     """w[:n] in the simplex and w[n:] ≥ 0 minimizing wᵀGw for each (k, k) Gram of G (B, k, k),
     exactly in the normalized variables zᵢ = wᵢσᵢ (σᵢ = ‖gᵢ‖): z ≥ 0 minimizing ½zᵀCz with
     Σ_{j<n} zⱼ/σⱼ = 1 and C the Gram of the normalized gradients. ``dead`` (B, k) holds tasks
@@ -680,7 +722,7 @@ def mixed_exact(G, n, dead, free0, max_iter):
 
 
 @njit(**_INTERNAL)
-def _mixed_residual(G, w, n):
+def _mixed_residual(G: Array, w: Array, n: int) -> float:
     """The scale-aware KKT residual of :func:`taskgrad.solvers.primary_aux_kkt_residual` (eps = 0)
     for weights w of one (k, k) Gram (V = Σⱼ wⱼσⱼ: auxiliary constraints in units of σᵢV,
     primary ones in units of (σᵢ + V)·V).
@@ -720,14 +762,14 @@ def _mixed_residual(G, w, n):
 
 
 @njit(**_INTERNAL)
-def _min_norm_one(G, max_iter, w):
+def _min_norm_one(G: Array, max_iter: int, w: Array) -> int:
     """MGDA's α in the simplex minimizing αᵀGα for one Gram (writes w; returns a status): the
     block pivoting of :func:`_min_norm_ldp` finds the support in a few exchanges, then the exact
     active set of :func:`_mixed_exact_one` started from that support polishes it (singular
     supports, whose large gradients cancel beside smaller ones, are beyond the pivoting's ridge).
     The answer with the smaller KKT residual on G is kept.
     """
-    st = _min_norm_ldp(G, max_iter, w)
+    st: int = _min_norm_ldp(G, max_iter, w)
     k = G.shape[0]
     if st != OK or k == 1:
         return st
@@ -744,7 +786,16 @@ def _min_norm_one(G, max_iter, w):
 
 
 @njit(**_ENTRY)
-def pivot_batch(Qs, cs, fixed_zero, tol, ridge, max_iter, free0, use_free0):
+def pivot_batch(
+    Qs: Array,
+    cs: Array,
+    fixed_zero: Array,
+    tol: float,
+    ridge: float,
+    max_iter: int,
+    free0: Array,
+    use_free0: bool,
+) -> tuple[Array, Array, Array, Array, Array]:
     """The pivoting of :func:`taskgrad.solvers.nnls._pivot` on each rescaled problem of a batch,
     one after the other: Qs (B, k, k), cs and fixed_zero (B, k); the start is ``free0`` (B, k)
     when ``use_free0``, else cs < 0. Block pivoting with a budget of 2·log2(k) + 12 iterations,
