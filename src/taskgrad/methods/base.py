@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -84,7 +85,7 @@ class Weighting(Stateful, ABC):
                 self, **{n: v for n, v in inputs.items() if n in accepts or n not in _INPUTS}
             )
 
-        cls.compute = _compute  # type: ignore[method-assign]
+        cls.compute = _compute
         required = frozenset(
             n
             for n in cls._compute_accepts
@@ -106,9 +107,16 @@ class Weighting(Stateful, ABC):
                 f"{sorted(cls.needs)}; declare the same inputs in both (or drop needs)."
             )
 
-    @abstractmethod
-    def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
-        """Weights (..., k) from the validated inputs (only those named in the signature)."""
+    if TYPE_CHECKING:
+        # Each subclass takes, as keyword arguments, only the inputs it reads (its own signature);
+        # no single base signature admits all of them as overrides, so the type says only that
+        # compute takes keyword inputs and returns the weights. Callers go through __call__.
+        compute: Callable[..., Tensor]
+    else:
+
+        @abstractmethod
+        def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
+            """Weights (..., k) from the validated inputs (only those named in the signature)."""
 
     def __call__(self, gram: Tensor | None = None, *, losses: Tensor | None = None) -> Tensor:
         """Validate the inputs named in ``needs`` and return the weights (..., k)."""
