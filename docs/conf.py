@@ -49,11 +49,20 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"taskgrad(\.\w+)*\._\w+(\..*)?"),  # private modules and classes are not documented
     (r"py:.*", r"(os|sys|io|types|re|math|logging|contextlib|functools|builtins)\..*"),
-    (r"py:.*", r"(torch|numpy|np|scipy|sklearn|nn|optim|lightning|pytorch_lightning|numba|rich)(\..*)?"),
-    (r"py:.*", r"(Tensor|Module|Optimizer|ndarray|ArrayLike|Any|Callable|Sequence|Mapping|Iterable|Iterator)"),
+    (
+        r"py:.*",
+        r"(torch|numpy|np|scipy|sklearn|nn|optim|lightning|pytorch_lightning|numba|rich)(\..*)?",
+    ),
+    (
+        r"py:.*",
+        r"(Tensor|Module|Optimizer|ndarray|ArrayLike|Any|Callable|Sequence|Mapping|Iterable|Iterator)",
+    ),
     (r"py:.*", r"(typing|collections\.abc|abc|dataclasses|pathlib|argparse|enum)\..*"),
     (r"py:.*", r".*\.(T|Impl|Norm|Scope|Where|XInput|PerExampleLoss|Literal\[.*\])"),
-    (r"py:.*", r"(T|Impl|Norm|Scope|Where|XInput|PerExampleLoss|Path|Literal|ClassVar|Self|Tensors)"),
+    (
+        r"py:.*",
+        r"(T|Impl|Norm|Scope|Where|XInput|PerExampleLoss|Path|Literal|ClassVar|Self|Tensors)",
+    ),
 ]
 # Objects whose docstrings are not yet valid reStructuredText (with nitpicky cross-references):
 # they are shown verbatim, as preformatted text, so that scripts/docs.sh can build with warnings
@@ -64,7 +73,9 @@ LENIENT: list[str] = [
 ]
 
 
-def _lenient_docstring(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+def _lenient_docstring(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
     """Show the docstring of an object listed in LENIENT (or inside one) as a literal block."""
     if lines and any(name == n or name.startswith(n + ".") for n in LENIENT):
         lines[:] = ["::", ""] + ["    " + ln for ln in lines] + [""]
@@ -77,7 +88,9 @@ _EMPHASIS = re.compile(r"(?<![\w*\\])\*\*?[^\s*](?:[^*]*?[^\s*])?\*\*?(?![\w*])"
 _LONE_STAR = re.compile(r"(?<!\\)(?<!^)\*|^\*(?! )")  # not a bullet ("* " at the line start)
 
 
-def _escape_plain_text(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+def _escape_plain_text(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
     """Docstrings write math in plain text: |x| is an absolute value, not a substitution, and
     *args/**kwargs are names, not emphasis. Escape them outside literals and roles."""
     if any(name == n or name.startswith(n + ".") for n in LENIENT):  # shown verbatim
@@ -87,18 +100,24 @@ def _escape_plain_text(app: object, what: str, name: str, obj: object, options: 
             continue
         parts = _LITERAL.split(line)
         for j in range(0, len(parts), 2):  # even parts are outside ``literals`` and `roles`
-            text = _PLAIN.sub(lambda m: m.group(0).replace("*", "\\*").replace("|", "\\|"), parts[j])
+            text = _PLAIN.sub(
+                lambda m: m.group(0).replace("*", "\\*").replace("|", "\\|"), parts[j]
+            )
             spans = _EMPHASIS.split(text)  # escape the stars outside real emphasis
             marks = _EMPHASIS.findall(text)
             indent = len(text) - len(text.lstrip()) if j == 0 else 0
             spans[0] = spans[0][indent:]  # the line's indentation is not part of the text
-            text = " " * indent + "".join(_LONE_STAR.sub(r"\\*", sp) + (marks[n] if n < len(marks) else "")
-                                          for n, sp in enumerate(spans))
+            text = " " * indent + "".join(
+                _LONE_STAR.sub(r"\\*", sp) + (marks[n] if n < len(marks) else "")
+                for n, sp in enumerate(spans)
+            )
             parts[j] = text
         lines[i] = "".join(parts)
 
 
-def _prose_not_type(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+def _prose_not_type(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
     """Napoleon reads "Text before a colon: more text" in a property's docstring as "type:
     description"; taskgrad gives types as annotations, so put the sentence back together."""
     if what not in ("property", "attribute"):
@@ -177,19 +196,28 @@ def _resolve_alias(app: object, env: object, node: object, contnode: object) -> 
         if name is None or name == target or isinstance(obj, (int, float, str, bool)):
             continue
         domain = env.get_domain("py")  # type: ignore[attr-defined]
-        ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], name, node, contnode)  # type: ignore[attr-defined, index]
+        ref = domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], name, node, contnode
+        )  # type: ignore[attr-defined, index]
         if ref is not None:
             return ref
     if not exists and "." not in target:  # a bare name: the one documented object of that name
         same = {n for n in env.get_domain("py").objects if n.rsplit(".", 1)[-1] == target}  # type: ignore[attr-defined]
         if len({id(_import_dotted(n)) for n in same}) == 1:  # one object, maybe under several names
             domain = env.get_domain("py")  # type: ignore[attr-defined]
-            ref = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], min(same), node, contnode)  # type: ignore[attr-defined, index]
+            ref = domain.resolve_xref(
+                env, node["refdoc"], app.builder, node["reftype"], min(same), node, contnode
+            )  # type: ignore[attr-defined, index]
             if ref is not None:
                 return ref
-    if not exists and "." not in target:  # a helper type of some taskgrad module (a Protocol, an alias)
-        exists = any(name.startswith("taskgrad") and target in vars(mod)
-                     for name, mod in list(sys.modules.items()) if mod is not None)
+    if (
+        not exists and "." not in target
+    ):  # a helper type of some taskgrad module (a Protocol, an alias)
+        exists = any(
+            name.startswith("taskgrad") and target in vars(mod)
+            for name, mod in list(sys.modules.items())
+            if mod is not None
+        )
     if not exists and node.get("reftype") == "exc":  # type: ignore[attr-defined]
         # "ValueError / TypeError" in a Raises section: every name a real exception
         names = [n for n in re.split(r"\s*(?:/|,|\bor\b)\s*", target) if n]
@@ -200,7 +228,9 @@ def _resolve_alias(app: object, env: object, node: object, contnode: object) -> 
     return contnode if exists else None
 
 
-def _skip_foreign_members(app: object, what: str, name: str, obj: object, skip: bool, options: object) -> bool | None:
+def _skip_foreign_members(
+    app: object, what: str, name: str, obj: object, skip: bool, options: object
+) -> bool | None:
     """Leave out members that come from scikit-learn's base classes (documented there)."""
     module = getattr(obj, "__module__", None) or ""
     if module.startswith("sklearn"):
@@ -212,14 +242,20 @@ def _methods_table() -> str:
     """The table of every registered method, generated from the registry at build time."""
     from taskgrad import methods
 
-    lines = ["| name | family | what it does | paper | parameters (defaults) |", "|---|---|---|---|---|"]
+    lines = [
+        "| name | family | what it does | paper | parameters (defaults) |",
+        "|---|---|---|---|---|",
+    ]
     for name, info in methods.infos().items():
         try:
             params = inspect.signature(info.factory).parameters.values()
         except (TypeError, ValueError):
             params = []
-        shown = ", ".join(f"`{p.name}={p.default!r}`" for p in params
-                          if p.default is not inspect.Parameter.empty and p.name not in ("generator",))
+        shown = ", ".join(
+            f"`{p.name}={p.default!r}`"
+            for p in params
+            if p.default is not inspect.Parameter.empty and p.name not in ("generator",)
+        )
         desc = info.description.replace("|", "\\|")
         paper = (info.paper or "").replace("|", "\\|")
         lines.append(f"| `{name}` | {info.family} | {desc} | {paper} | {shown or '-'} |")

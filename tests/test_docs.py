@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.parts and "_generated" not in p.parts)
+PAGES = sorted(
+    p for p in DOCS.rglob("*.md") if "_build" not in p.parts and "_generated" not in p.parts
+)
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 SLOW = {"distributed.md", "linear.md", "second-order.md", "compile.md"}  # > 3 s on 2 loaded cores
 
@@ -45,8 +47,19 @@ def test_examples_run(page, tmp_path, monkeypatch):
 
 def test_pages_have_examples():
     """The pages that teach an API show it running (the examples above are then tested)."""
-    need = ["getting-started.md", "gram.md", "methods.md", "sources.md", "training.md", "distributed.md", "linear.md",
-            "second-order.md", "howto/switching.md", "howto/primary-aux-loop.md", "howto/noisy-labels.md"]
+    need = [
+        "getting-started.md",
+        "gram.md",
+        "methods.md",
+        "sources.md",
+        "training.md",
+        "distributed.md",
+        "linear.md",
+        "second-order.md",
+        "howto/switching.md",
+        "howto/primary-aux-loop.md",
+        "howto/noisy-labels.md",
+    ]
     for rel in need:
         assert _blocks(DOCS / rel), f"docs/{rel} has no python example"
 
@@ -70,7 +83,9 @@ def test_methods_table_lists_every_registered_method():
 
 
 def test_every_page_is_in_a_toctree():
-    index = (DOCS / "index.md").read_text(encoding="utf-8") + (DOCS / "api" / "index.md").read_text(encoding="utf-8")
+    index = (DOCS / "index.md").read_text(encoding="utf-8") + (DOCS / "api" / "index.md").read_text(
+        encoding="utf-8"
+    )
     for page in PAGES:
         rel = page.relative_to(DOCS).with_suffix("").as_posix()
         if rel in ("index", "README") or rel.startswith("api/") and rel != "api/index":

@@ -12,6 +12,7 @@ list to update), that each one was compiled, and reports any that were not.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 import warnings
@@ -80,7 +81,8 @@ def kernel_dispatchers() -> dict[str, Any]:
 def _reached(roots: set[str], dispatchers: dict[str, Any]) -> set[str]:
     """The kernels in ``roots`` and every kernel they call, transitively (found from the global
     names their code uses). A kernel called only from compiled code is compiled into its callers,
-    and shows no signatures of its own when they are loaded from numba's disk cache."""
+    and shows no signatures of its own when they are loaded from numba's disk cache.
+    """
     by_id = {id(d): n for n, d in dispatchers.items()}
     done: set[str] = set()
     todo = list(roots)
@@ -126,10 +128,9 @@ def _method_calls(k: int = 4) -> Iterator[tuple[str, Callable[[], Any]]]:
             for _ in range(2):  # stateful methods take another path after their first step
                 m(gram=gram, losses=losses)
             if gram is not None:
-                try:  # batched kernels, where the method takes a batch of Gram matrices
+                # batched kernels, where the method takes a batch of Gram matrices
+                with contextlib.suppress(ValueError, TypeError, RuntimeError):
                     info.example(k)(gram=Gb, losses=None if losses is None else L.expand(2, k))
-                except (ValueError, TypeError, RuntimeError):
-                    pass
 
         yield f"method {name}", call
 
@@ -160,29 +161,54 @@ def _linear_calls() -> Iterator[tuple[str, Callable[[], Any]]]:
     Ys = np.asarray(Xs[:, :3] @ rng.standard_normal((3, 3))) + 0.1 * rng.standard_normal((40, 3))
     labels = (Y > 0).astype(float)
     classes = np.argmax(Y, axis=1)
-    for data, (XX, YY, lab) in {"dense": (X, Y, labels), "sparse": (Xs, Ys, (Ys > 0).astype(float))}.items():
+    for data, (XX, YY, lab) in {
+        "dense": (X, Y, labels),
+        "sparse": (Xs, Ys, (Ys > 0).astype(float)),
+    }.items():
         for penalty in ("l21", "l1"):
-            yield (f"linear MultiTaskLasso {penalty} {data}",
-                   lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(XX, YY))
-            yield (f"linear MultiTaskElasticNet {penalty} {data}",
-                   lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskElasticNet(alpha=0.01, penalty=p).fit(XX, YY))
+            yield (
+                f"linear MultiTaskLasso {penalty} {data}",
+                lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(
+                    XX, YY
+                ),
+            )
+            yield (
+                f"linear MultiTaskElasticNet {penalty} {data}",
+                lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskElasticNet(
+                    alpha=0.01, penalty=p
+                ).fit(XX, YY),
+            )
         for penalty in ("l21", "l1", "l2"):
-            yield (f"linear MultiTaskLogisticRegression {penalty} {data}",
-                   lambda XX=XX, lab=lab, p=penalty: linear.MultiTaskLogisticRegression(alpha=0.01, penalty=p)
-                   .fit(XX, lab))
-        yield (f"linear MultiTaskLogisticRegression multinomial {data}",
-               lambda XX=XX: linear.MultiTaskLogisticRegression(alpha=0.01).fit(XX, classes))
-        yield (f"linear multitask_lasso_path {data}",
-               lambda XX=XX, YY=YY: linear.multitask_lasso_path(XX, YY, alphas=3))
+            yield (
+                f"linear MultiTaskLogisticRegression {penalty} {data}",
+                lambda XX=XX, lab=lab, p=penalty: linear.MultiTaskLogisticRegression(
+                    alpha=0.01, penalty=p
+                ).fit(XX, lab),
+            )
+        yield (
+            f"linear MultiTaskLogisticRegression multinomial {data}",
+            lambda XX=XX: linear.MultiTaskLogisticRegression(alpha=0.01).fit(XX, classes),
+        )
+        yield (
+            f"linear multitask_lasso_path {data}",
+            lambda XX=XX, YY=YY: linear.multitask_lasso_path(XX, YY, alphas=3),
+        )
         # per-task designs (a list of (X_t, y_t)): the per-task kernels
         pairs = [(XX[:20], YY[:20, 0]), (XX[20:], YY[20:, 1])]
         lab_pairs = [(XX[:20], lab[:20, 0]), (XX[20:], lab[20:, 1])]
         for penalty in ("l21", "l1"):
-            yield (f"linear MultiTaskLasso per-task {penalty} {data}",
-                   lambda pairs=pairs, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(pairs))
-            yield (f"linear MultiTaskLogisticRegression per-task {penalty} {data}",
-                   lambda pairs=lab_pairs, p=penalty: linear.MultiTaskLogisticRegression(alpha=0.01, penalty=p)
-                   .fit(pairs))
+            yield (
+                f"linear MultiTaskLasso per-task {penalty} {data}",
+                lambda pairs=pairs, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(
+                    pairs
+                ),
+            )
+            yield (
+                f"linear MultiTaskLogisticRegression per-task {penalty} {data}",
+                lambda pairs=lab_pairs, p=penalty: linear.MultiTaskLogisticRegression(
+                    alpha=0.01, penalty=p
+                ).fit(pairs),
+            )
 
 
 def compile_kernels(progress: bool = True) -> CompileReport:
@@ -192,7 +218,8 @@ def compile_kernels(progress: bool = True) -> CompileReport:
         progress: show a progress bar (rich) with the call being compiled.
 
     Returns:
-        A :class:`~taskgrad._warmup.CompileReport`: time taken, compiled and not-compiled kernels, failed calls.
+        A :class:`~taskgrad._warmup.CompileReport`: time taken, compiled and not-compiled kernels,
+        failed calls.
         Nothing raises for a failed warm-up call: its kernels simply compile on first use.
     """
     from ._numba import HAVE_NUMBA
@@ -206,8 +233,13 @@ def compile_kernels(progress: bool = True) -> CompileReport:
     calls = [*_solver_calls(), *_method_calls(), *_linear_calls()]
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("compiling kernels"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("compiling kernels"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("", total=len(calls))
         for what, call in calls:

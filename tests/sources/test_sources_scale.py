@@ -24,7 +24,14 @@ def _direct_gram(losses, params):
     rows = []
     for loss in losses:
         g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1) for gi, p in zip(g, params)]))
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if gi is None else gi).reshape(-1)
+                    for gi, p in zip(g, params, strict=True)
+                ]
+            )
+        )
     J = torch.stack(rows)
     return J @ J.T
 
@@ -52,8 +59,14 @@ def test_blockwise_leaves_no_gradients_and_frees_blocks():
     losses = [z[:, 0].sum(), (z**2).sum(), z[:, 1].mean()]
     G = blockwise_gram(losses, list(lin.parameters()))
     assert all(p.grad is None for p in lin.parameters())
-    assert not lin.weight._backward_hooks if hasattr(lin.weight, "_backward_hooks") and lin.weight._backward_hooks else True
-    torch.testing.assert_close(G, _direct_gram(losses, list(lin.parameters())), rtol=1e-5, atol=1e-5)
+    assert (
+        not lin.weight._backward_hooks
+        if hasattr(lin.weight, "_backward_hooks") and lin.weight._backward_hooks
+        else True
+    )
+    torch.testing.assert_close(
+        G, _direct_gram(losses, list(lin.parameters())), rtol=1e-5, atol=1e-5
+    )
     # the hooks were removed: a plain backward afterwards gives ordinary gradients
     sum(losses).backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
@@ -66,10 +79,16 @@ def test_sketch_jacobian_is_J_times_omega_for_a_linear_model():
     theta = torch.randn(10, dtype=torch.float64)
     fn = lambda p: A @ p["theta"]  # noqa: E731
     r = 6
-    S = sketch_jacobian(fn, {"theta": theta}, r, generator=torch.Generator().manual_seed(3), chunk=4)
+    S = sketch_jacobian(
+        fn, {"theta": theta}, r, generator=torch.Generator().manual_seed(3), chunk=4
+    )
     g = torch.Generator().manual_seed(3)
-    omega = torch.cat([torch.randn((4, 10), generator=g, dtype=torch.float64),
-                       torch.randn((2, 10), generator=g, dtype=torch.float64)]).T
+    omega = torch.cat(
+        [
+            torch.randn((4, 10), generator=g, dtype=torch.float64),
+            torch.randn((2, 10), generator=g, dtype=torch.float64),
+        ]
+    ).T
     torch.testing.assert_close(S, A @ omega)
 
 
