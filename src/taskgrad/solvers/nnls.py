@@ -26,7 +26,7 @@ the sum of its problems, not a masked k³ factorization per iteration for every 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import numpy as np
 import torch
@@ -366,6 +366,48 @@ def _rescale(
     gamma = cs.abs().amax(-1, keepdim=True)
     gamma = torch.where(gamma > 0, gamma, torch.ones_like(gamma))
     return Qs, cs / gamma, d, gamma, zero
+
+
+@overload
+def nnls(
+    Q: Tensor,
+    c: Tensor,
+    *,
+    zero_tol: float = ...,
+    fixed_zero: Tensor | None = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def nnls(
+    Q: Tensor,
+    c: Tensor,
+    *,
+    zero_tol: float = ...,
+    fixed_zero: Tensor | None = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[True],
+) -> tuple[Tensor, SolverInfo]: ...
+
+
+@overload
+def nnls(
+    Q: Tensor,
+    c: Tensor,
+    *,
+    zero_tol: float = ...,
+    fixed_zero: Tensor | None = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: bool = ...,
+) -> Tensor | tuple[Tensor, SolverInfo]: ...
 
 
 def nnls(

@@ -6,6 +6,8 @@ update direction u = Jᵀw, so that a single backward of Σ wᵢ Lᵢ applies it
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 from torch import Tensor
 
@@ -253,6 +255,51 @@ def _margin_projection(
     return w, iters, zero_step | ok, trivial, lam
 
 
+@overload
+def primary_aux(
+    G: Tensor,
+    n_primary: int = ...,
+    eps: float = ...,
+    margin: float = ...,
+    *,
+    relative_margin: bool = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def primary_aux(
+    G: Tensor,
+    n_primary: int = ...,
+    eps: float = ...,
+    margin: float = ...,
+    *,
+    relative_margin: bool = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[True],
+) -> tuple[Tensor, SolverInfo]: ...
+
+
+@overload
+def primary_aux(
+    G: Tensor,
+    n_primary: int = ...,
+    eps: float = ...,
+    margin: float = ...,
+    *,
+    relative_margin: bool = ...,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: bool = ...,
+) -> Tensor | tuple[Tensor, SolverInfo]: ...
+
+
 def primary_aux(
     G: Tensor,
     n_primary: int = 1,
@@ -368,6 +415,39 @@ def primary_aux(
         conv = conv & (res <= certificate_tolerance(out_dtype, k))
         return out.reshape(*batch, k), _info(iters, res, conv, batch, out_dtype)
     return out.reshape(*batch, k)
+
+
+@overload
+def min_norm_simplex(
+    G: Tensor,
+    *,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def min_norm_simplex(
+    G: Tensor,
+    *,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: Literal[True],
+) -> tuple[Tensor, SolverInfo]: ...
+
+
+@overload
+def min_norm_simplex(
+    G: Tensor,
+    *,
+    max_iter: int | None = ...,
+    compute_dtype: torch.dtype | None = ...,
+    check_input: bool = ...,
+    return_info: bool = ...,
+) -> Tensor | tuple[Tensor, SolverInfo]: ...
 
 
 def min_norm_simplex(
