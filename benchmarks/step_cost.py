@@ -22,7 +22,8 @@ MLP configuration (``--config mlp``): encoder 256→512→512→512 (ReLU), k li
 MSE losses, MGDA weights, one thread. Time: every method once per round, ``--rounds`` interleaved
 rounds in ONE process after ``--warmup`` rounds; the ratio to the summed step is taken per round
 and the median reported, for the wall clock and for the process CPU time (with one thread, the
-latter is what a step costs on an unshared core; a shared machine stretches only the former). Peers: the plain per-loss VJP loop at z (``loop-z``), the per-task
+latter is what a step costs on an unshared core; a shared machine stretches only the former).
+Peers: the plain per-loss VJP loop at z (``loop-z``), the per-task
 ``autograd.grad`` loop with a stored Jacobian (``loop``), TorchJD 0.18 autojac (``mtl_backward`` +
 ``jac_to_grad``) and autogram (``Engine`` Gramian). Peak memory of the full-parameter source and
 the stored-Jacobian loop: each in its own process (RSS high-water mark above the pre-step RSS).
@@ -61,7 +62,7 @@ class RSSPeak:
         self.peak = 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "RSSPeak":
+    def __enter__(self) -> RSSPeak:
         self.base = self.proc.memory_info().rss
         self.peak = self.base
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -87,13 +88,20 @@ def losses_of(out, y):
 def make_step(name: str, model, k: int):
     mgda = taskgrad.MGDA()
     if name == "sum":
+
         def run(x, y):
             out = model(x)
             torch.stack(losses_of(out, y)).sum().backward()
+
         return run
     if name in ("full", "representation", "sketch8", "sketch32", "periodic10"):
-        source = {"full": FullGram(), "representation": RepresentationGram(), "sketch8": SketchGram(8, chunk=8),
-                  "sketch32": SketchGram(32, chunk=8), "periodic10": FullGram()}[name]
+        source = {
+            "full": FullGram(),
+            "representation": RepresentationGram(),
+            "sketch8": SketchGram(8, chunk=8),
+            "sketch32": SketchGram(32, chunk=8),
+            "periodic10": FullGram(),
+        }[name]
         gs = GradStep(mgda, source, period=10 if name == "periodic10" else 1)
 
         def run(x, y):
@@ -103,6 +111,7 @@ def make_step(name: str, model, k: int):
             if name.startswith("sketch"):
                 kw["loss_fn"] = ModuleLoss(model, lambda o: losses_of(o, y), x)
             gs.backward(L, **kw)
+
         return run
     if name == "loop":
         shared = list(model.encoder.parameters())
@@ -117,6 +126,7 @@ def make_step(name: str, model, k: int):
             J = torch.stack(grads)
             w = mgda(gram=J @ J.T)
             torch.stack(L).mul(w).sum().backward()
+
         return run
     if name in ("autojac", "autogram"):
         from torchjd.aggregation import MGDA as JdMGDA
@@ -124,6 +134,7 @@ def make_step(name: str, model, k: int):
 
         if name == "autojac":
             from torchjd.autojac import jac_to_grad, mtl_backward
+
             agg = JdMGDA()
             shared = list(model.encoder.parameters())
 
@@ -131,8 +142,10 @@ def make_step(name: str, model, k: int):
                 out = model(x)
                 mtl_backward(losses_of(out, y), features=out[0])
                 jac_to_grad(shared, agg)
+
             return run
         from torchjd.autogram import Engine
+
         engine = Engine(model.encoder, batch_dim=None)
         wt = MGDAWeighting()
 
@@ -141,6 +154,7 @@ def make_step(name: str, model, k: int):
             L = torch.stack(losses_of(out, y))
             w = wt(engine.compute_gramian(L))
             L.backward(w)
+
         return run
     raise ValueError(name)
 
@@ -215,8 +229,14 @@ class MLP(torch.nn.Module):
     def __init__(self, k: int) -> None:
         super().__init__()
         nn = torch.nn
-        self.encoder = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                     nn.Linear(512, 512), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Linear(256, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+        )
         self.heads = nn.ModuleList(nn.Linear(512, 1) for _ in range(k))
 
     def forward(self, x):
@@ -232,8 +252,10 @@ def make_mlp_step(name: str, model: MLP, k: int):
     mgda = taskgrad.MGDA()
     shared = list(model.encoder.parameters())
     if name == "sum":
+
         def run(x, y):
             sum(mlp_losses(model(x), y)).backward()
+
         return run
     if name in ("representation", "full"):
         gs = GradStep(mgda, RepresentationGram() if name == "representation" else FullGram())
@@ -241,37 +263,53 @@ def make_mlp_step(name: str, model: MLP, k: int):
         def run(x, y):
             out = model(x)
             gs.backward(mlp_losses(out, y), features=out[0] if name == "representation" else None)
+
         return run
     if name == "loop-z":
+
         def run(x, y):
             out = model(x)
             L = mlp_losses(out, y)
-            J = torch.stack([torch.autograd.grad(l, out[0], retain_graph=True)[0].reshape(-1) for l in L])
+            J = torch.stack(
+                [torch.autograd.grad(li, out[0], retain_graph=True)[0].reshape(-1) for li in L]
+            )
             w = mgda(gram=J @ J.T)
-            sum(wi * l for wi, l in zip(w, L)).backward()
+            sum(wi * li for wi, li in zip(w, L, strict=True)).backward()
+
         return run
     if name == "loop":
+
         def run(x, y):
             out = model(x)
             L = mlp_losses(out, y)
-            J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, shared, retain_graph=True)])
-                             for l in L])
+            J = torch.stack(
+                [
+                    torch.cat(
+                        [g.reshape(-1) for g in torch.autograd.grad(li, shared, retain_graph=True)]
+                    )
+                    for li in L
+                ]
+            )
             w = mgda(gram=J @ J.T)
-            sum(wi * l for wi, l in zip(w, L)).backward()
+            sum(wi * li for wi, li in zip(w, L, strict=True)).backward()
+
         return run
     if name == "autojac":
         from torchjd.aggregation import MGDA as JdMGDA
         from torchjd.autojac import jac_to_grad, mtl_backward
+
         agg = JdMGDA()
 
         def run(x, y):
             out = model(x)
             mtl_backward(mlp_losses(out, y), features=out[0])
             jac_to_grad(shared, agg)
+
         return run
     if name == "autogram":
         from torchjd.aggregation import MGDAWeighting
         from torchjd.autogram import Engine
+
         engine = Engine(model.encoder, batch_dim=None)
         wt = MGDAWeighting()
 
@@ -279,6 +317,7 @@ def make_mlp_step(name: str, model: MLP, k: int):
             out = model(x)
             L = torch.stack(mlp_losses(out, y))
             L.backward(wt(engine.compute_gramian(L)))
+
         return run
     raise ValueError(name)
 
@@ -295,10 +334,13 @@ def mlp_times(k: int, methods: list[str], rounds: int, warmup: int) -> dict[str,
 
     base = MLP(k)
     x, y = mlp_data(k)
-    models = {m: copy.deepcopy(base) for m in methods}  # autogram's engine hooks its own copy's modules
+    models = {
+        m: copy.deepcopy(base) for m in methods
+    }  # autogram's engine hooks its own copy's modules
     runs = {m: make_mlp_step(m, models[m], k) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
-    cpu: dict[str, list[float]] = {m: [] for m in methods}  # process CPU time: what contention does not stretch
+    # process CPU time: what contention does not stretch
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(warmup + rounds):
         order = methods if r % 2 == 0 else methods[::-1]
         for m in order:
@@ -311,10 +353,14 @@ def mlp_times(k: int, methods: list[str], rounds: int, warmup: int) -> dict[str,
                 cpu[m].append(dc)
     out = {}
     for m in methods:
-        ratios = [a / b for a, b in zip(times[m], times["sum"])]
-        cpu_ratios = [a / b for a, b in zip(cpu[m], cpu["sum"])]
-        out[m] = {"time_s": statistics.median(times[m]), "ratio": statistics.median(ratios),
-                  "cpu_s": statistics.median(cpu[m]), "cpu_ratio": statistics.median(cpu_ratios)}
+        ratios = [a / b for a, b in zip(times[m], times["sum"], strict=True)]
+        cpu_ratios = [a / b for a, b in zip(cpu[m], cpu["sum"], strict=True)]
+        out[m] = {
+            "time_s": statistics.median(times[m]),
+            "ratio": statistics.median(ratios),
+            "cpu_s": statistics.median(cpu[m]),
+            "cpu_ratio": statistics.median(cpu_ratios),
+        }
     return out
 
 
@@ -339,56 +385,109 @@ def mlp_main(args) -> None:
         t = mlp_times(k, methods, args.rounds, args.warmup)
         mem = {}
         for name in ("full", "loop"):
-            cmd = [sys.executable, __file__, "--config", "mlp", "--one", str(k), name, "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--config",
+                "mlp",
+                "--one",
+                str(k),
+                name,
+                "--threads",
+                str(args.threads),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             mem[name] = json.loads(lines[-1])["peak_bytes"] if lines else float("nan")
         rows.append({"k": k, "times": t, "peak_bytes": mem})
-        print(f"k={k}: " + "  ".join(f"{m} {v['ratio']:.2f}x (cpu {v['cpu_ratio']:.2f}x)" for m, v in t.items())
-              + f"  | peak full {mem['full']/2**20:.1f} MiB, loop {mem['loop']/2**20:.1f} MiB", flush=True)
-    meta = {"config": "mlp", "batch": 256, "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+        print(
+            f"k={k}: "
+            + "  ".join(f"{m} {v['ratio']:.2f}x (cpu {v['cpu_ratio']:.2f}x)" for m, v in t.items())
+            + f"  | peak full {mem['full'] / 2**20:.1f} MiB, loop {mem['loop'] / 2**20:.1f} MiB",
+            flush=True,
+        )
+    meta = {
+        "config": "mlp",
+        "batch": 256,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     out = Path(args.out).with_name("step_cost_mlp.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print("\n| k | " + " | ".join(methods) + " | peak full / loop (MiB) |")
     print("|---" * (len(methods) + 2) + "|")
     for r in rows:
-        cells = [f"{r['times'][m]['ratio']:.2f}× ({r['times'][m]['time_s']*1e3:.1f} ms)" for m in methods]
-        print(f"| {r['k']} | " + " | ".join(cells)
-              + f" | {r['peak_bytes']['full']/2**20:.1f} / {r['peak_bytes']['loop']/2**20:.1f} |")
+        cells = [
+            f"{r['times'][m]['ratio']:.2f}× ({r['times'][m]['time_s'] * 1e3:.1f} ms)"
+            for m in methods
+        ]
+        print(
+            f"| {r['k']} | "
+            + " | ".join(cells)
+            + f" | {r['peak_bytes']['full'] / 2**20:.1f} / {r['peak_bytes']['loop'] / 2**20:.1f} |"
+        )
     print("\nprocess CPU time (one thread: what the step costs when the machine is not shared)")
     print("\n| k | " + " | ".join(methods) + " |")
     print("|---" * (len(methods) + 1) + "|")
     for r in rows:
-        cells = [f"{r['times'][m]['cpu_ratio']:.2f}× ({r['times'][m]['cpu_s']*1e3:.1f} ms)" for m in methods]
+        cells = [
+            f"{r['times'][m]['cpu_ratio']:.2f}× ({r['times'][m]['cpu_s'] * 1e3:.1f} ms)"
+            for m in methods
+        ]
         print(f"| {r['k']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=None, help="default 256 on cuda, 32 on cpu")
     ap.add_argument("--width", type=int, default=None, help="default 64 on cuda, 16 on cpu")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 10, 40])
-    ap.add_argument("--methods", nargs="+", default=["sum", "full", "representation", "sketch8", "sketch32",
-                                                      "periodic10", "loop", "autojac", "autogram"])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=[
+            "sum",
+            "full",
+            "representation",
+            "sketch8",
+            "sketch32",
+            "periodic10",
+            "loop",
+            "autojac",
+            "autogram",
+        ],
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT / "step_cost.json"))
     ap.add_argument("--one", nargs=2, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--config", choices=["resnet", "mlp"], default="resnet",
-                    help="resnet: ResNet-18-style encoder, one process per method; mlp: see the module docstring")
+    ap.add_argument(
+        "--config",
+        choices=["resnet", "mlp"],
+        default="resnet",
+        help="resnet: ResNet-18-style encoder, one process per method; "
+        "mlp: see the module docstring",
+    )
     ap.add_argument("--rounds", type=int, default=15, help="mlp: interleaved timing rounds")
     ap.add_argument("--mem-reps", type=int, default=3, help="mlp: steps measured for peak memory")
     import sys as _sys
+
     args = ap.parse_args()
     args.methods_given = "--methods" in _sys.argv
     if args.config == "mlp":
         if args.one is not None:
             torch.set_num_threads(args.threads)
-            print(json.dumps({"peak_bytes": mlp_peak(int(args.one[0]), args.one[1], args.mem_reps)}))
+            print(
+                json.dumps({"peak_bytes": mlp_peak(int(args.one[0]), args.one[1], args.mem_reps)})
+            )
             return
         if not any(a == "--warmup" for a in _sys.argv):
             args.warmup = 3
@@ -402,43 +501,81 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(one(args, int(args.one[0]), args.one[1])))
         return
-    from rich.progress import track
-
     import subprocess
     import sys
+
+    from rich.progress import track
 
     results = []
     jobs = [(k, m) for k in args.ks for m in args.methods]
     for k, name in track(jobs, description="step cost"):
-        cmd = [sys.executable, __file__, "--one", str(k), name, "--device", args.device, "--batch", str(batch),
-               "--width", str(width), "--warmup", str(args.warmup), "--reps", str(args.reps),
-               "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(k),
+            name,
+            "--device",
+            args.device,
+            "--batch",
+            str(batch),
+            "--width",
+            str(width),
+            "--warmup",
+            str(args.warmup),
+            "--reps",
+            str(args.reps),
+            "--threads",
+            str(args.threads),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if lines:
             r = json.loads(lines[-1])
         else:
-            r = {"k": k, "method": name, "time_s": float("nan"), "peak_bytes": float("nan"),
-                 "error": f"process failed (rc={proc.returncode}): {proc.stderr.strip()[-200:]}"}
+            r = {
+                "k": k,
+                "method": name,
+                "time_s": float("nan"),
+                "peak_bytes": float("nan"),
+                "error": f"process failed (rc={proc.returncode}): {proc.stderr.strip()[-200:]}",
+            }
         results.append(r)
         t, mem, err = r["time_s"], r["peak_bytes"], r["error"]
-        print(f"k={k:3d} {name:15s} {t*1e3:9.1f} ms  {mem/2**20:9.1f} MiB  {err or ''}", flush=True)
-    meta = {"device": str(device), "batch": batch, "width": width, "threads": args.threads,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+        print(
+            f"k={k:3d} {name:15s} {t * 1e3:9.1f} ms  {mem / 2**20:9.1f} MiB  {err or ''}",
+            flush=True,
+        )
+    meta = {
+        "device": str(device),
+        "batch": batch,
+        "width": width,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     base = {r["k"]: r for r in results if r["method"] == "sum"}
-    print("\n| k | method | time/step (ms) | × sum | peak mem (MiB) | × sum |\n|---|---|---|---|---|---|")
+    print(
+        "\n| k | method | time/step (ms) | × sum | peak mem (MiB) | × sum |"
+        "\n|---|---|---|---|---|---|"
+    )
     for r in results:
         b = base.get(r["k"])
         rt = r["time_s"] / b["time_s"] if b else float("nan")
         rm = r["peak_bytes"] / b["peak_bytes"] if b and b["peak_bytes"] > 0 else float("nan")
-        print(f"| {r['k']} | {r['method']} | {r['time_s']*1e3:.1f} | {rt:.2f} | {r['peak_bytes']/2**20:.1f} | {rm:.2f} |"
-              + (f" {r['error']}" if r["error"] else ""))
+        print(
+            f"| {r['k']} | {r['method']} | {r['time_s'] * 1e3:.1f} | {rt:.2f} "
+            f"| {r['peak_bytes'] / 2**20:.1f} | {rm:.2f} |"
+            + (f" {r['error']}" if r["error"] else "")
+        )
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for name in args.methods:
             rows = [r for r in results if r["method"] == name and r["error"] is None]
@@ -446,9 +583,17 @@ def main() -> None:
                 continue
             ks = [r["k"] for r in rows]
             axes[0].plot(ks, [r["time_s"] / base[r["k"]]["time_s"] for r in rows], "o-", label=name)
-            axes[1].plot(ks, [r["peak_bytes"] / max(base[r["k"]]["peak_bytes"], 1) for r in rows], "o-", label=name)
-        for ax, t in zip(axes, ["time / summed loss", "peak memory / summed loss"]):
-            ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("k"); ax.set_title(t)
+            axes[1].plot(
+                ks,
+                [r["peak_bytes"] / max(base[r["k"]]["peak_bytes"], 1) for r in rows],
+                "o-",
+                label=name,
+            )
+        for ax, t in zip(axes, ["time / summed loss", "peak memory / summed loss"], strict=True):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("k")
+            ax.set_title(t)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(Path(args.out).with_suffix(".png"), dpi=100)
