@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 Impl = Literal["auto", "numba", "torch"]
+_IMPLS: tuple[Impl, ...] = ("auto", "numba", "torch")
 
 # on a GPU, "auto" runs the host kernels when B·k³ is at most this (≈ a few ms of host work)
 GPU_HOST_MAX_WORK = 1 << 22
@@ -60,15 +61,16 @@ def kernel(name: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.kernels.{name}")
 
 
-def check_impl(impl: str) -> str:
-    """Validate ``impl`` ("auto", "numba" or "torch")."""
-    if impl not in ("auto", "numba", "torch"):
+def check_impl(impl: str) -> Impl:
+    """Validate ``impl`` ("auto", "numba" or "torch") and return it as an :data:`Impl`."""
+    valid: Impl | None = next((c for c in _IMPLS if c == impl), None)
+    if valid is None:
         raise ValueError(f"impl must be 'auto', 'numba' or 'torch', got {impl!r}.")
-    if impl == "numba" and not HAVE_NUMBA:
+    if valid == "numba" and not HAVE_NUMBA:
         raise ImportError(
             "impl='numba' needs numba (pip install numba); use impl='torch' or 'auto'."
         )
-    return impl
+    return valid
 
 
 def use_host(impl: str, G: Tensor) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +20,8 @@ __all__ = [
     "interval",
     "outside",
 ]
+
+_C = TypeVar("_C")
 
 
 def interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -73,8 +76,8 @@ def check_int(
     return v
 
 
-def check_choice(owner: str, name: str, value: object, choices: tuple[object, ...]) -> object:
-    """``value`` if it is one of ``choices``."""
+def check_choice(owner: str, name: str, value: object, choices: tuple[_C, ...]) -> _C:
+    """``value`` if it is one of ``choices`` (typed as the choices are)."""
     if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
         raise ValueError(
             f"{owner}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}."

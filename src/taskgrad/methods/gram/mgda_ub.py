@@ -60,7 +60,8 @@ class MGDAUB(Weighting):
         )
         self.scale_weights = check_bool("MGDAUB", "scale_weights", scale_weights)
         self.impl = _impl.check_impl(impl)
-        self.needs = (
+        # per instance: the losses are an input only for the loss normalizations
+        self.needs = (  # type: ignore[misc]
             frozenset({"gram", "losses"}) if "loss" in normalization else frozenset({"gram"})
         )
 
