@@ -55,8 +55,8 @@ def dual_cone_weights(gram: Tensor, U: Tensor, impl: str = "auto") -> Tensor:
     if _impl.use_host(impl, gram):
         Gn = _impl.host_gram(gram)
         Un = _impl.host(U)
-        lam = _impl.host_nnls(Gn, Un @ Gn)  # row r: c = G uᵣ (G symmetric)
-        return _impl.from_host(lam + Un, (*batch, m, k), gram)
+        lam_host = _impl.host_nnls(Gn, Un @ Gn)  # row r: c = G uᵣ (G symmetric)
+        return _impl.from_host(lam_host + Un, (*batch, m, k), gram)
     Gb, _ = flat_gram(gram)
     B = Gb.shape[0]
     Ub = U.to(Gb.dtype).to(Gb.device)

@@ -133,14 +133,14 @@ def neumann_vector(
         live = [(i, gi) for i, (gi, _) in enumerate(pairs) if gi is not None and gi.requires_grad]
         if not live:
             break
-        hv = torch.autograd.grad(
+        hv_raw = torch.autograd.grad(
             [gi for _, gi in live],
             params,
             grad_outputs=[v[i] for i, _ in live],
             retain_graph=True,
             allow_unused=True,
         )
-        hv = [torch.zeros_like(vi) if h is None else h for vi, h in zip(v, hv, strict=True)]
+        hv = [torch.zeros_like(vi) if h is None else h for vi, h in zip(v, hv_raw, strict=True)]
         v = [vi - lr * h for vi, h in zip(v, hv, strict=True)]
         acc = [a + vi for a, vi in zip(acc, v, strict=True)]
     return acc

@@ -108,8 +108,8 @@ class AutoLambda(Weighting):
         ps = param_list(params)
         L = check_closure_losses(train_losses(), None)
         lam = self._lam.ensure(L.shape[0]).detach().to(device=L.device, dtype=L.dtype)
-        g = torch.autograd.grad((lam * L).sum(), ps, allow_unused=True)
-        g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, ps, strict=True)]
+        g_raw = torch.autograd.grad((lam * L).sum(), ps, allow_unused=True)
+        g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g_raw, ps, strict=True)]
         step = [lr * gi for gi in g]
         if optimizer is not None:
             group = optimizer.param_groups[0]
@@ -130,7 +130,9 @@ class AutoLambda(Weighting):
     def _finite_difference(
         self, ps: list[Tensor], v: list[Tensor], train_losses: Callable[[], Tensor]
     ) -> Tensor:
-        norm = torch.sqrt(sum((vi.double() ** 2).sum() for vi in v))
+        norm = torch.sqrt(
+            sum(((vi.double() ** 2).sum() for vi in v), torch.zeros((), dtype=torch.float64))
+        )
         if float(norm) == 0.0:
             return torch.zeros(self._lam.value.shape[0], dtype=torch.float64)  # type: ignore[union-attr]
         eps = 0.01 / norm

@@ -6,6 +6,7 @@ projection onto the probability simplex.
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -66,6 +67,18 @@ def check_max_norm(value: float | None) -> float | None:
             f"max_norm must be a positive finite number or None (no clipping), got {value!r}."
         )
     return float(value)
+
+
+@overload
+def check_vector(name: str, value: Tensor, *, nonnegative: bool = ...) -> Tensor: ...
+
+
+@overload
+def check_vector(name: str, value: None, *, nonnegative: bool = ...) -> None: ...
+
+
+@overload
+def check_vector(name: str, value: Tensor | None, *, nonnegative: bool = ...) -> Tensor | None: ...
 
 
 def check_vector(name: str, value: Tensor | None, *, nonnegative: bool = False) -> Tensor | None:

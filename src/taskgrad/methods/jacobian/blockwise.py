@@ -39,8 +39,8 @@ def parameter_blocks(
         )
     owner: dict[int, int] = {}
     for i, m in enumerate(module.modules()):
-        for p in m.parameters(recurse=False):
-            owner[id(p)] = i
+        for owned in m.parameters(recurse=False):
+            owner[id(owned)] = i
     sizes: list[int] = []
     last: int | None = None
     for p in params:
