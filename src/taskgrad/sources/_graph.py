@@ -70,9 +70,10 @@ def check_params(params: Iterable[Tensor]) -> list[Tensor]:
 
 
 REENTRANT = (
-    "reentrant activation checkpointing (torch.utils.checkpoint(..., use_reentrant=True)) cannot give "
-    "per-task gradients: it only supports a plain .backward() and hides its parameters from the graph. "
-    "Use use_reentrant=False (the recommended form), which works with every gradient source."
+    "reentrant activation checkpointing (torch.utils.checkpoint(..., use_reentrant=True)) cannot "
+    "give per-task gradients: it only supports a plain .backward() and hides its parameters from "
+    "the graph. Use use_reentrant=False (the recommended form), which works with every gradient "
+    "source."
 )
 
 
@@ -116,7 +117,11 @@ def task_leaves(losses: Sequence[Tensor] | Tensor) -> list[list[Tensor]]:
     """
     if isinstance(losses, Tensor):
         fn = losses.grad_fn
-        if fn is not None and type(fn).__name__.startswith("StackBackward") and len(fn.next_functions) == losses.shape[0]:
+        if (
+            fn is not None
+            and type(fn).__name__.startswith("StackBackward")
+            and len(fn.next_functions) == losses.shape[0]
+        ):
             return [_leaves_from(nf) for nf, _ in fn.next_functions]
     return [reachable_leaves(loss) for loss in loss_list(losses)]
 
@@ -166,7 +171,11 @@ def depends_on(root: Tensor, targets: Sequence[Tensor]) -> bool:
 def _stack_node(losses: Tensor) -> Any | None:
     """The StackBackward node of a (k,) tensor made by ``torch.stack`` of k scalars, else None."""
     fn = losses.grad_fn
-    if fn is not None and type(fn).__name__.startswith("StackBackward") and len(fn.next_functions) == losses.shape[0]:
+    if (
+        fn is not None
+        and type(fn).__name__.startswith("StackBackward")
+        and len(fn.next_functions) == losses.shape[0]
+    ):
         return fn
     return None
 
@@ -193,8 +202,11 @@ def _views_of_one_stack(items: Sequence[Tensor]) -> Any | None:
             node = parent
         elif parent is not node:
             return None
-    if (node is not None and type(node).__name__.startswith("StackBackward")
-            and len(node.next_functions) == len(items)):
+    if (
+        node is not None
+        and type(node).__name__.startswith("StackBackward")
+        and len(node.next_functions) == len(items)
+    ):
         return node
     return None
 
@@ -284,7 +296,9 @@ class LossSet:
         return [every[i] for i in self._which]
 
     def shared_parameters(self) -> list[Tensor]:
-        """Leaves reached by at least two losses (all of them when k = 1); see :func:`shared_parameters`."""
+        """Leaves reached by at least two losses (all of them when k = 1); see
+        :func:`shared_parameters`.
+        """
         per_task = self.leaves()
         if len(per_task) == 1:
             return per_task[0]
@@ -305,29 +319,41 @@ class LossSet:
         return shared
 
     def mask(self) -> Tensor:
-        """(k_all,) ones at this view's tasks, zeros elsewhere: the cotangent of Σ_{i in view} Lᵢ."""
+        """(k_all,) ones at this view's tasks, zeros elsewhere: the cotangent of Σ_{i in view}
+        Lᵢ.
+        """
         if len(self._which) == len(self._items_all):
             return torch.ones_like(self._root)
         m = torch.zeros_like(self._root)
         m[self._which] = 1
         return m
 
-    def task_grad(self, i: int, inputs: Sequence[Tensor], *, retain_graph: bool = True) -> tuple[Tensor | None, ...]:
+    def task_grad(
+        self, i: int, inputs: Sequence[Tensor], *, retain_graph: bool = True
+    ) -> tuple[Tensor | None, ...]:
         """∂Lᵢ/∂inputs through task i's own subgraph only (None for an input it does not reach)."""
         pos = self._which[i]
         if self._stack is None or (self._given_list and self._peeled is None):
-            return torch.autograd.grad(self._items_all[pos], list(inputs), retain_graph=retain_graph,
-                                       allow_unused=True)
+            return torch.autograd.grad(
+                self._items_all[pos], list(inputs), retain_graph=retain_graph, allow_unused=True
+            )
 
-        def only_i(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any) -> tuple[Tensor | None, ...]:
+        def only_i(
+            grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any
+        ) -> tuple[Tensor | None, ...]:
             return tuple(g if j == pos else None for j, g in enumerate(grad_inputs))
 
         handle = self._stack.register_hook(only_i)
         try:
             cot = torch.zeros_like(self._root)
             cot[pos] = 1
-            return torch.autograd.grad(self._root, list(inputs), grad_outputs=cot, retain_graph=retain_graph,
-                                       allow_unused=True)
+            return torch.autograd.grad(
+                self._root,
+                list(inputs),
+                grad_outputs=cot,
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
         finally:
             handle.remove()
 
@@ -366,16 +392,16 @@ def check_reach(losses: LossSet, params: Sequence[Tensor]) -> None:
         shapes = ", ".join(f"params[{j}] (shape {tuple(params[j].shape)})" for j in missing[:5])
         raise ValueError(
             f"{shapes} {'is' if len(missing) == 1 else 'are'} not reached by any loss, so "
-            f"{'its' if len(missing) == 1 else 'their'} gradient is zero for every task. Pass only parameters "
-            "the losses were computed from (e.g. the encoder's parameters), or leave params unset to "
-            "compare the parameters shared by two or more losses."
+            f"{'its' if len(missing) == 1 else 'their'} gradient is zero for every task. Pass only "
+            "parameters the losses were computed from (e.g. the encoder's parameters), or leave "
+            "params unset to compare the parameters shared by two or more losses."
         )
     idle = [i for i, row in enumerate(by_task) if not any(row)]
     if idle:
         raise ValueError(
-            f"loss(es) {idle} do not depend on any of the compared parameters, so their gradient there is "
-            "zero and says nothing about the trade-off. Compare parameters every loss uses (the shared "
-            "ones), or add a loss that uses only its own parameters separately."
+            f"loss(es) {idle} do not depend on any of the compared parameters, so their gradient "
+            "there is zero and says nothing about the trade-off. Compare parameters every loss "
+            "uses (the shared ones), or add a loss that uses only its own parameters separately."
         )
 
 

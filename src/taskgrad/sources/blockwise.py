@@ -23,7 +23,9 @@ __all__ = ["blockwise_gram", "for_each_block", "for_each_block_batched"]
 
 
 def _unwrap(g: Tensor, k: int) -> Tensor | None:
-    """The (k, *shape) tensor behind a gradient seen inside torch.func.vmap (None if unavailable)."""
+    """The (k, *shape) tensor behind a gradient seen inside torch.func.vmap (None if
+    unavailable).
+    """
     try:
         from torch._C import _functorch as F  # private, guarded: falls back when it changes
 
@@ -38,8 +40,11 @@ def _unwrap(g: Tensor, k: int) -> Tensor | None:
     return raw.movedim(bdim, 0).reshape(k, -1)
 
 
-def for_each_block_batched(losses: Tensor, params: list[Tensor], consume: Callable[[int, Tensor], None]) -> None:
-    """Call ``consume(j, J_j)`` with J_j = ∂losses/∂params[j] as a (k, numel) matrix, block by block.
+def for_each_block_batched(
+    losses: Tensor, params: list[Tensor], consume: Callable[[int, Tensor], None]
+) -> None:
+    """Call ``consume(j, J_j)`` with J_j = ∂losses/∂params[j] as a (k, numel) matrix, block by
+    block.
 
     One vmapped backward over the k one-hot cotangents of the (k,) tensor ``losses``; each block
     is handed over by a gradient hook and then dropped (autograd keeps only a zero-stride
@@ -65,7 +70,9 @@ def for_each_block_batched(losses: Tensor, params: list[Tensor], consume: Callab
     eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
 
     def vjp(v: Tensor) -> tuple[Tensor | None, ...]:
-        return torch.autograd.grad(losses, params, grad_outputs=v, retain_graph=True, allow_unused=True)
+        return torch.autograd.grad(
+            losses, params, grad_outputs=v, retain_graph=True, allow_unused=True
+        )
 
     try:
         torch.func.vmap(vjp)(eye)
@@ -82,7 +89,8 @@ def for_each_block(
     consume: Callable[[int, Tensor], None],
     reset: Callable[[], None] | None = None,
 ) -> None:
-    """Call ``consume(j, J_j)`` with J_j = ∂losses/∂params[j] as a (k, numel) matrix, block by block.
+    """Call ``consume(j, J_j)`` with J_j = ∂losses/∂params[j] as a (k, numel) matrix, block by
+    block.
 
     The batched backward of :func:`for_each_block_batched`; when it cannot run (an op without a
     vmap rule), nothing it produced is used and a loop of per-task backwards (each through its
@@ -105,12 +113,21 @@ def for_each_block(
         if reset is not None:
             reset()
         k = ls.k
-        cols: list[list[Tensor | None]] = [list(guarded_grad(lambda i=i: ls.task_grad(i, params))) for i in range(k)]
+        cols: list[list[Tensor | None]] = [
+            list(guarded_grad(lambda i=i: ls.task_grad(i, params))) for i in range(k)
+        ]
         for j, p in enumerate(params):
             col = [cols[i][j] for i in range(k)]
             if all(g is None for g in col):
                 continue
-            held.append((j, torch.stack([torch.zeros_like(p) if g is None else g for g in col]).reshape(k, -1)))
+            held.append(
+                (
+                    j,
+                    torch.stack([torch.zeros_like(p) if g is None else g for g in col]).reshape(
+                        k, -1
+                    ),
+                )
+            )
     for j, rows in held:
         consume(j, rows)
 

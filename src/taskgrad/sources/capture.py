@@ -30,10 +30,20 @@ from torch import Tensor
 
 from ._graph import REENTRANT, LossSet, _leaves_from
 
-__all__ = ["FeatureCapture", "TaskGrads", "capture_features", "feature_rows", "task_gradients", "gram_dtype"]
+__all__ = [
+    "FeatureCapture",
+    "TaskGrads",
+    "capture_features",
+    "feature_rows",
+    "task_gradients",
+    "gram_dtype",
+]
+
 
 def gram_dtype(t: Tensor) -> torch.dtype:
-    """float64 for float64 tensors, float32 otherwise (the Gram is never computed in half precision)."""
+    """float64 for float64 tensors, float32 otherwise (the Gram is never computed in half
+    precision).
+    """
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -54,7 +64,9 @@ def guarded_grad(fn: Callable[[], Any]) -> Any:
 
 def _is_vmap_error(err: BaseException) -> bool:
     text = str(err).lower()
-    return any(w in text for w in ("batching rule", "vmap", "batched", "functorch", "batchedtensor"))
+    return any(
+        w in text for w in ("batching rule", "vmap", "batched", "functorch", "batchedtensor")
+    )
 
 
 # ----------------------------------------------------------------------------- features
@@ -80,10 +92,12 @@ def _target_match(feats: Sequence[Tensor]) -> Callable[[Any, int], int]:
     return match
 
 
-def _consumers(root: Any, match: Callable[[Any, int], int], stops: set[Any],
-               leaves: list[Tensor] | None = None) -> list[tuple[Any, int, int]]:
+def _consumers(
+    root: Any, match: Callable[[Any, int], int], stops: set[Any], leaves: list[Tensor] | None = None
+) -> list[tuple[Any, int, int]]:
     """(node, edge index, feature index) for every edge from task-reachable nodes into a feature;
-    ``leaves`` collects the leaves reached on the way (not below the features)."""
+    ``leaves`` collects the leaves reached on the way (not below the features).
+    """
     out: list[tuple[Any, int, int]] = []
     seen: set[Any] = set()
     stack = [root]
@@ -107,7 +121,8 @@ def _consumers(root: Any, match: Callable[[Any, int], int], stops: set[Any],
 def _linear_factor(node: Any, j: int, z: Tensor) -> Tensor | None:
     """M (d, o) such that the gradient ``node`` sends through its edge j is ``grad_out @ Mᵀ``
     (grad_out: the gradient at the node's (n, o) output), when the node is a matrix product
-    reading an (n, d) operand, d = z.shape[-1], on the left (a Linear: addmm or mm); None otherwise."""
+    reading an (n, d) operand, d = z.shape[-1], on the left (a Linear: addmm or mm); None otherwise.
+    """
     if z.dim() < 2 or z.is_complex() or not z.is_floating_point():
         return None
     name = type(node).__name__
@@ -143,16 +158,25 @@ class FeatureCapture:
     :meth:`update` gives the step's gradient with one backward through the encoder only.
     """
 
-    def __init__(self, feats: list[Tensor], dense: list[Tensor | None], unreached: list[int], k: int,
-                 factors: list[list[tuple[int, Tensor, Tensor]]] | None = None,
-                 dense_tasks: list[list[int]] | None = None,
-                 heads: list[tuple[Tensor, int, Tensor]] | None = None, below: list[Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        feats: list[Tensor],
+        dense: list[Tensor | None],
+        unreached: list[int],
+        k: int,
+        factors: list[list[tuple[int, Tensor, Tensor]]] | None = None,
+        dense_tasks: list[list[int]] | None = None,
+        heads: list[tuple[Tensor, int, Tensor]] | None = None,
+        below: list[Tensor] | None = None,
+    ) -> None:
         self.feats = feats
         self.dense = dense
         self.unreached = unreached
         self.k = k
         self.factors = factors if factors is not None else [[] for _ in feats]
-        self.dense_tasks = dense_tasks if dense_tasks is not None else [list(range(k)) for _ in feats]
+        self.dense_tasks = (
+            dense_tasks if dense_tasks is not None else [list(range(k)) for _ in feats]
+        )
         self.heads = heads
         self.below = below
         self._rows: list[Tensor | None] | None = None
@@ -169,7 +193,11 @@ class FeatureCapture:
             for f, z in enumerate(self.feats):
                 r = self.dense[f]
                 if self.factors[f]:
-                    r = torch.zeros((self.k, *z.shape), dtype=z.dtype, device=z.device) if r is None else r.clone()
+                    r = (
+                        torch.zeros((self.k, *z.shape), dtype=z.dtype, device=z.device)
+                        if r is None
+                        else r.clone()
+                    )
                     for i, D, M in self.factors[f]:
                         r[i] += (D @ M.T).to(z.dtype).reshape(z.shape)
                 out.append(r)
@@ -178,7 +206,8 @@ class FeatureCapture:
 
     def gram(self, dtype: torch.dtype) -> Tensor:
         """G = Σ_f Σ_b ⟨∂Lᵢ/∂z_fb, ∂Lⱼ/∂z_fb⟩ (k×k, in ``dtype``), from the factored parts where
-        there are some: ⟨D_a M_aᵀ, D_c M_cᵀ⟩ = Σ (D_aᵀ D_c) ⊙ (M_aᵀ M_c)."""
+        there are some: ⟨D_a M_aᵀ, D_c M_cᵀ⟩ = Σ (D_aᵀ D_c) ⊙ (M_aᵀ M_c).
+        """
         device = self.feats[0].device
         G = torch.zeros(self.k, self.k, dtype=dtype, device=device)
         for f in range(len(self.feats)):
@@ -187,7 +216,11 @@ class FeatureCapture:
             Rf = None
             if R is not None:
                 live = self.dense_tasks[f]
-                Rf = R[live].reshape(len(live), -1).to(dtype) if len(live) < self.k else R.reshape(self.k, -1).to(dtype)
+                Rf = (
+                    R[live].reshape(len(live), -1).to(dtype)
+                    if len(live) < self.k
+                    else R.reshape(self.k, -1).to(dtype)
+                )
                 idx = torch.tensor(live, device=device)
                 G[idx.unsqueeze(1), idx.unsqueeze(0)] += Rf @ Rf.T
             if not parts:
@@ -205,7 +238,9 @@ class FeatureCapture:
                 G += S.T @ H @ S
             if Rf is not None:
                 n, d = Dall.shape[0], Mall.shape[0]
-                X = ((Rf.reshape(-1, n, d) @ Mall) * Dall).sum(1)  # (live, O): ⟨R_i, D_c M_cᵀ⟩ per column
+                X = ((Rf.reshape(-1, n, d) @ Mall) * Dall).sum(
+                    1
+                )  # (live, O): ⟨R_i, D_c M_cᵀ⟩ per column
                 X = X if S is None else X @ S  # (live, k)
                 C = torch.zeros(self.k, self.k, dtype=dtype, device=device)
                 C[idx] = X
@@ -214,7 +249,8 @@ class FeatureCapture:
 
     def update(self, v: Tensor, own: Tensor | None = None) -> list[tuple[Tensor, Tensor, bool]]:
         """(leaf, gradient, shared) of Σᵢ vᵢLᵢ (heads: ownᵢ instead of vᵢ when ``own`` is given),
-        by one backward of Σᵢ vᵢ ∂Lᵢ/∂z from the features down; frees the graph below them."""
+        by one backward of Σᵢ vᵢ ∂Lᵢ/∂z from the features down; frees the graph below them.
+        """
         assert self.heads is not None and self.below is not None
         out: list[tuple[Tensor, Tensor, bool]] = []
         coeff = (v if own is None else own).tolist()
@@ -232,7 +268,9 @@ class FeatureCapture:
             if parts:
                 vs = v.tolist()
                 seg = [vs[i] for i, D, _ in parts for _ in range(D.shape[1])]
-                Dv = torch.cat([D for _, D, _ in parts], dim=1) * torch.tensor(seg, dtype=v.dtype).to(parts[0][1])
+                Dv = torch.cat([D for _, D, _ in parts], dim=1) * torch.tensor(
+                    seg, dtype=v.dtype
+                ).to(parts[0][1])
                 Mall = torch.cat([M for _, _, M in parts], dim=1)
                 h = (Dv @ Mall.T).to(z.dtype).reshape(z.shape)
                 gf = h if gf is None else gf + h
@@ -240,15 +278,23 @@ class FeatureCapture:
             gz.append(gf)
         below = self.below
         if below:
-            gs = guarded_grad(lambda: torch.autograd.grad(zs, below, grad_outputs=gz, allow_unused=True))
-            out.extend((p, torch.zeros_like(p) if g is None else g, True) for p, g in zip(below, gs, strict=True))
+            gs = guarded_grad(
+                lambda: torch.autograd.grad(zs, below, grad_outputs=gz, allow_unused=True)
+            )
+            out.extend(
+                (p, torch.zeros_like(p) if g is None else g, True)
+                for p, g in zip(below, gs, strict=True)
+            )
         return out
 
 
 def _flattening_product(view: Any, z: Tensor, root: Any) -> tuple[Any, int] | None:
     """(matrix product node, edge) when ``view`` flattens z to (n, d) (d = z.shape[-1]) and, within
-    the subgraph of ``root``, its only reader is that product's left operand; None otherwise."""
-    if not type(view).__name__.startswith(("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")):
+    the subgraph of ``root``, its only reader is that product's left operand; None otherwise.
+    """
+    if not type(view).__name__.startswith(
+        ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")
+    ):
         return None
     readers: list[tuple[Any, int]] = []
     seen: set[Any] = set()
@@ -270,7 +316,9 @@ def _flattening_product(view: Any, z: Tensor, root: Any) -> tuple[Any, int] | No
     if not ((name == "AddmmBackward0" and j == 1) or (name == "MmBackward0" and j == 0)):
         return None
     try:
-        sizes = node._saved_mat1_sym_sizes if name == "AddmmBackward0" else node._saved_self_sym_sizes
+        sizes = (
+            node._saved_mat1_sym_sizes if name == "AddmmBackward0" else node._saved_self_sym_sizes
+        )
     except (AttributeError, RuntimeError):
         return None
     d = z.shape[-1]
@@ -281,19 +329,26 @@ def _flattening_product(view: Any, z: Tensor, root: Any) -> tuple[Any, int] | No
 
 def _factoring_pays(k_f: int, dense_tasks: int, widths: list[int], n: int, d: int) -> bool:
     """Whether the factored Gram of one feature costs less than the dense one (multiply-adds)."""
-    O = sum(widths)
-    factored = O * O * (n + d) + dense_tasks * dense_tasks * n * d + dense_tasks * n * d * O
+    width = sum(widths)
+    factored = (
+        width * width * (n + d) + dense_tasks * dense_tasks * n * d + dense_tasks * n * d * width
+    )
     return factored < k_f * k_f * n * d
 
 
-def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bool = False) -> FeatureCapture:
+def capture_features(
+    losses: LossSet, feats: Sequence[Tensor], *, with_heads: bool = False
+) -> FeatureCapture:
     """Per-task gradients at the features (see :class:`FeatureCapture`); ``with_heads``: also the
-    heads' gradients in the same backward when the graph splits cleanly at the features."""
+    heads' gradients in the same backward when the graph splits cleanly at the features.
+    """
     k = losses.k
     match = _target_match(feats)
     stops = {z.grad_fn for z in feats if z.grad_fn is not None}
     above: list[list[Tensor]] = [[] for _ in range(k)]
-    per_task = [_consumers(node, match, stops, above[i]) for i, node in enumerate(losses.task_nodes())]
+    per_task = [
+        _consumers(node, match, stops, above[i]) for i, node in enumerate(losses.task_nodes())
+    ]
     unreached = [i for i, c in enumerate(per_task) if not c]
     owner: dict[Any, int] = {}
     disjoint = True
@@ -332,7 +387,8 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
     done = False
     if disjoint and reached:
         # Which consumers give their gradient in factored form (a matrix product reading z, or
-        # reading z flattened to (n, d) by a view): (node, edge, feature, task, M, product, its edge).
+        # reading z flattened to (n, d) by a view):
+        # (node, edge, feature, task, M, product, its edge).
         plan: list[tuple[Any, int, int, int, Tensor | None, Any, int]] = []
         for i, cons in enumerate(per_task):
             for node, j, f in cons:
@@ -350,10 +406,14 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
             d = z.shape[-1] if z.dim() >= 2 else z.numel()
             n = z.numel() // max(d, 1)
             widths = [0 if p[4] is None else p[4].shape[1] for p in mine]
-            fact = [p for p, o in zip(mine, widths, strict=True) if 0 < o and o * o * (n + d) < n * d]
+            fact = [
+                p for p, o in zip(mine, widths, strict=True) if o > 0 and o * o * (n + d) < n * d
+            ]
             k_f = len({p[3] for p in mine})
             dense_t = {p[3] for p in mine if not any(p is q for q in fact)}
-            fact_widths = [o for p, o in zip(mine, widths, strict=True) if any(p is q for q in fact)]
+            fact_widths = [
+                o for p, o in zip(mine, widths, strict=True) if any(p is q for q in fact)
+            ]
             if not fact or not _factoring_pays(k_f, len(dense_t), fact_widths, n, d):
                 fact = []
             keep = {id(p) for p in fact}
@@ -362,7 +422,9 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         for _, _, f, i, M, hnode, hj in plan:
             if M is None:
                 dense_sets[f].add(i)
-            elif heads is None or not any(nx is not None for e, (nx, _) in enumerate(hnode.next_functions) if e != hj):
+            elif heads is None or not any(
+                nx is not None for e, (nx, _) in enumerate(hnode.next_functions) if e != hj
+            ):
                 need_input.append(f)  # nothing else drives this node: ask for z so that it runs
         need_input = sorted(set(need_input))
         for f in need_input:
@@ -375,8 +437,13 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         for node, j, f, i, M, hnode, _ in plan:
             if M is None:
 
-                def dense_hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, j: int = j,
-                               f: int = f) -> None:
+                def dense_hook(
+                    grad_inputs: tuple[Tensor | None, ...],
+                    grad_outputs: Any,
+                    i: int = i,
+                    j: int = j,
+                    f: int = f,
+                ) -> None:
                     g = grad_inputs[j]
                     if g is None:
                         failed.append(True)
@@ -387,8 +454,13 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                 handles.append(node.register_hook(dense_hook))
             else:
 
-                def factor_hook(grad_inputs: tuple[Tensor | None, ...], grad_outputs: Any, i: int = i, f: int = f,
-                                M: Tensor = M) -> None:
+                def factor_hook(
+                    grad_inputs: tuple[Tensor | None, ...],
+                    grad_outputs: Any,
+                    i: int = i,
+                    f: int = f,
+                    M: Tensor = M,
+                ) -> None:
                     g = grad_outputs[0]
                     if g is None:
                         failed.append(True)
@@ -399,8 +471,15 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                 handles.append(hnode.register_hook(factor_hook))
         inputs = [feats[f] for f in need_input] + ([p for p, _ in heads] if heads else [])
         try:
-            got = guarded_grad(lambda: torch.autograd.grad(losses.root, inputs, grad_outputs=losses.mask(),
-                                                           retain_graph=True, allow_unused=True))
+            got = guarded_grad(
+                lambda: torch.autograd.grad(
+                    losses.root,
+                    inputs,
+                    grad_outputs=losses.mask(),
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+            )
         finally:
             for h in handles:
                 h.remove()
@@ -408,7 +487,10 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
         for parts in factors:
             parts.sort(key=lambda part: part[0])  # by task (the hooks fire in the engine's order)
         if done and heads:
-            head_grads = [torch.zeros_like(p) if g is None else g for (p, _), g in zip(heads, got[len(need_input):])]
+            head_grads = [
+                torch.zeros_like(p) if g is None else g
+                for (p, _), g in zip(heads, got[len(need_input) :], strict=True)
+            ]
     if not done:
         heads = below = None
         dense = [None] * nf
@@ -423,7 +505,7 @@ def capture_features(losses: LossSet, feats: Sequence[Tensor], *, with_heads: bo
                 dense[f] = torch.stack([torch.zeros_like(z) if g is None else g for g in col])
     cap = FeatureCapture(list(feats), dense, unreached, k, factors, [sorted(t) for t in dense_sets])
     if heads is not None and below is not None:
-        cap.heads = [(p, i, g) for (p, i), g in zip(heads, head_grads)]
+        cap.heads = [(p, i, g) for (p, i), g in zip(heads, head_grads, strict=True)]
         cap.below = below
     return cap
 
@@ -464,7 +546,9 @@ class TaskGrads:
 
     def shared(self) -> list[Tensor]:
         """Parameters reached by at least two tasks (all reached ones when k = 1)."""
-        return [p for p, t in zip(self.params, self.tasks) if len(t) >= 2 or self.k == 1]
+        return [
+            p for p, t in zip(self.params, self.tasks, strict=True) if len(t) >= 2 or self.k == 1
+        ]
 
     def scaled(self, c: float) -> TaskGrads:
         """The gradients times c (a new object)."""
@@ -473,8 +557,10 @@ class TaskGrads:
     def add_(self, other: TaskGrads) -> None:
         """Add the gradients of another micro-batch with the same k (parameters may differ)."""
         if other.k != self.k:
-            raise ValueError(f"micro-batch has {other.k} losses but the accumulation started with {self.k}.")
-        for p, t, r in zip(other.params, other.tasks, other.rows):
+            raise ValueError(
+                f"micro-batch has {other.k} losses but the accumulation started with {self.k}."
+            )
+        for p, t, r in zip(other.params, other.tasks, other.rows, strict=True):
             j = self.index(p)
             if j < 0:
                 self.params.append(p)
@@ -486,7 +572,9 @@ class TaskGrads:
                 self.rows[j] = self.rows[j] + r
                 continue
             union = tuple(sorted(set(self.tasks[j]) | set(t)))
-            dense = torch.zeros((len(union), *p.shape), dtype=self.rows[j].dtype, device=self.rows[j].device)
+            dense = torch.zeros(
+                (len(union), *p.shape), dtype=self.rows[j].dtype, device=self.rows[j].device
+            )
             pos = {i: a for a, i in enumerate(union)}
             dense[[pos[i] for i in self.tasks[j]]] += self.rows[j]
             dense[[pos[i] for i in t]] += r
@@ -526,9 +614,10 @@ class TaskGrads:
 
     def direction(self, v: Tensor, own: Tensor | None = None) -> list[Tensor]:
         """Per-parameter gradient Σᵢ vᵢ ∂Lᵢ/∂p; with ``own`` (k,), a parameter reached by one task i
-        gets ownᵢ ∂Lᵢ/∂p instead (the unweighted-head convention)."""
+        gets ownᵢ ∂Lᵢ/∂p instead (the unweighted-head convention).
+        """
         out = []
-        for p, t, r in zip(self.params, self.tasks, self.rows):
+        for p, t, r in zip(self.params, self.tasks, self.rows, strict=True):
             coeff = own if own is not None and len(t) == 1 and self.k > 1 else v
             c = coeff[list(t)].to(r.dtype)
             out.append(torch.tensordot(c, r, dims=1).to(p.dtype))
@@ -547,8 +636,13 @@ def _reached(losses: LossSet) -> tuple[list[Tensor], list[tuple[int, ...]]]:
     return order, [tuple(tasks[id(p)]) for p in order]
 
 
-def _loop(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float) -> list[Tensor]:
-    rows = [torch.empty((len(t), *p.shape), dtype=p.dtype, device=p.device) for p, t in zip(params, tasks)]
+def _loop(
+    losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float
+) -> list[Tensor]:
+    rows = [
+        torch.empty((len(t), *p.shape), dtype=p.dtype, device=p.device)
+        for p, t in zip(params, tasks, strict=True)
+    ]
     pos = [{i: a for a, i in enumerate(t)} for t in tasks]
     per_task: list[list[int]] = [[] for _ in range(losses.k)]
     for j, t in enumerate(tasks):
@@ -560,14 +654,16 @@ def _loop(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], s
             continue
         inputs = [params[j] for j in mine]
         gs = guarded_grad(partial(losses.task_grad, i, inputs))
-        for j, g in zip(mine, gs):
+        for j, g in zip(mine, gs, strict=True):
             rows[j][pos[j][i]] = 0 if g is None else g
     if scale != 1.0:
         rows = [r * scale for r in rows]
     return rows
 
 
-def _batched(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float) -> list[Tensor]:
+def _batched(
+    losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]], scale: float
+) -> list[Tensor]:
     """One vmapped backward over the k one-hot cotangents; raises on any failure (nothing kept)."""
     from .blockwise import for_each_block_batched
 
@@ -579,8 +675,10 @@ def _batched(losses: LossSet, params: list[Tensor], tasks: list[tuple[int, ...]]
 
     L = losses.vector * scale if scale != 1.0 else losses.vector
     for_each_block_batched(L, params, consume)
-    return [got[j] if j in got else torch.zeros((len(t), *p.shape), dtype=p.dtype, device=p.device)
-            for j, (p, t) in enumerate(zip(params, tasks))]
+    return [
+        got[j] if j in got else torch.zeros((len(t), *p.shape), dtype=p.dtype, device=p.device)
+        for j, (p, t) in enumerate(zip(params, tasks, strict=True))
+    ]
 
 
 def task_gradients(losses: LossSet, *, strategy: str = "auto", scale: float = 1.0) -> TaskGrads:
@@ -594,7 +692,9 @@ def task_gradients(losses: LossSet, *, strategy: str = "auto", scale: float = 1.
         raise ValueError(f"strategy must be 'auto', 'loop' or 'batched', got {strategy!r}.")
     params, tasks = _reached(losses)
     if not params:
-        raise ValueError("no loss reaches a parameter that requires grad: nothing to differentiate.")
+        raise ValueError(
+            "no loss reaches a parameter that requires grad: nothing to differentiate."
+        )
     if strategy == "auto":
         strategy = "batched" if losses.vector.is_cuda else "loop"
     rows = None

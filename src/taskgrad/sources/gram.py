@@ -20,8 +20,15 @@ import torch
 from torch import Tensor
 
 from ._graph import LossSet, check_params, check_reach
-from .capture import (REENTRANT, FeatureCapture, _is_reentrant_error, _is_vmap_error, capture_features, gram_dtype,
-                      guarded_grad)
+from .capture import (
+    REENTRANT,
+    FeatureCapture,
+    _is_reentrant_error,
+    _is_vmap_error,
+    capture_features,
+    gram_dtype,
+    guarded_grad,
+)
 
 __all__ = ["parameter_gram", "representation_gram"]
 
@@ -34,7 +41,10 @@ def _chunks(params: list[Tensor], k: int, max_jacobian_numel: int | None) -> lis
     if max_jacobian_numel is None:
         return [params]
     if max_jacobian_numel < k:
-        raise ValueError(f"max_jacobian_numel={max_jacobian_numel} is smaller than k={k} (one row entry per task).")
+        raise ValueError(
+            f"max_jacobian_numel={max_jacobian_numel} is smaller than k={k} (one row entry per "
+            "task)."
+        )
     groups: list[list[Tensor]] = [[]]
     size = 0
     for p in params:
@@ -46,7 +56,9 @@ def _chunks(params: list[Tensor], k: int, max_jacobian_numel: int | None) -> lis
     return groups
 
 
-def _task_vjps(losses: LossSet | Tensor, inputs: list[Tensor], batched: bool) -> list[Tensor | None]:
+def _task_vjps(
+    losses: LossSet | Tensor, inputs: list[Tensor], batched: bool
+) -> list[Tensor | None]:
     """Rows of the Jacobian of the k losses w.r.t. each input: a list of (k, *input.shape).
 
     Batched: one backward with ``is_grads_batched`` over the k one-hot cotangents; when an op has
@@ -60,7 +72,12 @@ def _task_vjps(losses: LossSet | Tensor, inputs: list[Tensor], batched: bool) ->
         try:
             return list(
                 torch.autograd.grad(
-                    ls.vector, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+                    ls.vector,
+                    inputs,
+                    grad_outputs=eye,
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
                 )
             )
         except RuntimeError as err:
@@ -68,7 +85,9 @@ def _task_vjps(losses: LossSet | Tensor, inputs: list[Tensor], batched: bool) ->
                 raise ValueError(REENTRANT) from err
             if not _is_vmap_error(err):
                 raise
-    rows: list[list[Tensor | None]] = [list(guarded_grad(lambda i=i: ls.task_grad(i, inputs))) for i in range(k)]
+    rows: list[list[Tensor | None]] = [
+        list(guarded_grad(lambda i=i: ls.task_grad(i, inputs))) for i in range(k)
+    ]
     out: list[Tensor | None] = []
     for j, x in enumerate(inputs):
         col = [r[j] for r in rows]
@@ -146,16 +165,17 @@ def check_features(features: Tensor | Sequence[Tensor]) -> list[Tensor]:
             raise TypeError(f"features[{i}] is a {type(z).__name__}, not a torch.Tensor.")
         if not z.requires_grad:
             raise ValueError(
-                f"features[{i}] (shape {tuple(z.shape)}) is not in the autograd graph (requires_grad "
-                "is False). Pass the encoder's output z itself, not z.detach() or a tensor made "
-                "under torch.no_grad()."
+                f"features[{i}] (shape {tuple(z.shape)}) is not in the autograd graph "
+                "(requires_grad is False). Pass the encoder's output z itself, not z.detach() or "
+                "a tensor made under torch.no_grad()."
             )
     return feats
 
 
 def gram_of_capture(cap: FeatureCapture, feats: Sequence[Tensor]) -> Tensor:
     """The representation Gram from captured feature gradients, with the checks of
-    :func:`representation_gram`."""
+    :func:`representation_gram`.
+    """
     unreached = cap.unreached
     if not any(cap.reached(f) for f in range(len(feats))):
         raise ValueError(
@@ -165,7 +185,8 @@ def gram_of_capture(cap: FeatureCapture, feats: Sequence[Tensor]) -> Tensor:
     if unreached:
         raise ValueError(
             f"loss(es) {unreached} do not depend on the features, so their gradient at the "
-            "representation says nothing about the shared parameters. Every loss must be computed from the features (a task-specific-only loss "
+            "representation says nothing about the shared parameters. Every loss must be computed "
+            "from the features (a task-specific-only loss "
             "should be added separately, or use the parameter source)."
         )
     return cap.gram(_gram_dtype(feats[0]))

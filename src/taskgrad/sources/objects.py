@@ -18,22 +18,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .._stateful import Stateful
-from dataclasses import dataclass
-
 from ._graph import LossSet, as_loss_vector, check_params, check_reach, shared_parameters
 from .blockwise import blockwise_gram
 from .capture import TaskGrads, capture_features, task_gradients
 from .gram import check_features, gram_of_capture, parameter_gram, representation_gram
 from .sketch import module_loss_fn, sketch_jacobian
 
-__all__ = ["FullGram", "GramSource", "JacobianGram", "ModuleLoss", "Part", "RepresentationGram", "SketchGram",
-           "make_source"]
+__all__ = [
+    "FullGram",
+    "GramSource",
+    "JacobianGram",
+    "ModuleLoss",
+    "Part",
+    "RepresentationGram",
+    "SketchGram",
+    "make_source",
+]
 
 
 @dataclass
@@ -82,9 +89,18 @@ class GramSource(Stateful, ABC):
     #: how the payload scales when the losses are multiplied by c (c**payload_power)
     payload_power: ClassVar[int] = 1
 
-    def part(self, losses: LossSet, *, features: Any = None, params: Sequence[Tensor] | None = None,
-             loss_fn: Any = None, scale: float = 1.0, additive: bool = False, want_grads: bool = False,
-             all_losses: LossSet | None = None) -> Part:
+    def part(
+        self,
+        losses: LossSet,
+        *,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+        additive: bool = False,
+        want_grads: bool = False,
+        all_losses: LossSet | None = None,
+    ) -> Part:
         """This batch's contribution for the tasks of ``losses`` (a view of ``all_losses``).
 
         ``additive``: the payload must add over processes (DDP), e.g. a Jacobian instead of its
@@ -94,10 +110,13 @@ class GramSource(Stateful, ABC):
         """
         if additive:
             raise TypeError(
-                f"{type(self).__name__} has no distributed form: its Gram neither adds over samples nor "
-                "comes from a Jacobian that does. Use RepresentationGram, SketchGram, FullGram or JacobianGram."
+                f"{type(self).__name__} has no distributed form: its Gram neither adds over "
+                "samples nor comes from a Jacobian that does. Use RepresentationGram, SketchGram, "
+                "FullGram or JacobianGram."
             )
-        return Part(self.gram(losses.vector, features=features, params=params, loss_fn=loss_fn).reshape(-1))
+        return Part(
+            self.gram(losses.vector, features=features, params=params, loss_fn=loss_fn).reshape(-1)
+        )
 
     def gram_of(self, payload: Tensor, k: int, world: int = 1) -> Tensor:
         """The k×k Gram from the payload summed over ``world`` processes (and micro-batches)."""
@@ -108,19 +127,26 @@ class GramSource(Stateful, ABC):
     gram_from_grads: ClassVar[bool] = False
 
     def gram_of_grads(self, grads: TaskGrads) -> Tensor:
-        """The k×k Gram from (accumulated) per-task gradients, for sources with ``gram_from_grads``."""
-        raise TypeError(f"{type(self).__name__}'s Gram is not a function of the per-task parameter gradients.")
+        """The k×k Gram from (accumulated) per-task gradients, for sources with
+        ``gram_from_grads``.
+        """
+        raise TypeError(
+            f"{type(self).__name__}'s Gram is not a function of the per-task parameter gradients."
+        )
 
-    def fix_directions(self, state: Tensor | None, losses: LossSet, *, loss_fn: Any = None,
-                       params: Any = None) -> Tensor | None:
+    def fix_directions(
+        self, state: Tensor | None, losses: LossSet, *, loss_fn: Any = None, params: Any = None
+    ) -> Tensor | None:
         """Make a micro-batch use the window's random directions: given the state kept from the
         first micro-batch (None at the first), set it and return what to keep (None: the source
-        draws nothing)."""
+        draws nothing).
+        """
         return None
 
 
-
-def _params_for(losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tensor] | None) -> list[Tensor]:
+def _params_for(
+    losses: Any, own: Sequence[Tensor] | None, given: Sequence[Tensor] | None
+) -> list[Tensor]:
     if given is not None:
         return check_params(given)
     if own is not None:
@@ -140,9 +166,13 @@ def _jacobian(ls: LossSet, plist: list[Tensor], scale: float, strategy: str) -> 
     return _flat_rows(tg, plist)
 
 
-def _task_grads_update(tg: TaskGrads, v: Tensor, own: Tensor | None) -> list[tuple[Tensor, Tensor, bool]]:
+def _task_grads_update(
+    tg: TaskGrads, v: Tensor, own: Tensor | None
+) -> list[tuple[Tensor, Tensor, bool]]:
     dirs = tg.direction(v, own)
-    return [(p, d, len(t) >= 2 or tg.k == 1) for p, d, t in zip(tg.params, dirs, tg.tasks)]
+    return [
+        (p, d, len(t) >= 2 or tg.k == 1) for p, d, t in zip(tg.params, dirs, tg.tasks, strict=True)
+    ]
 
 
 def _flat_rows(tg: TaskGrads, plist: list[Tensor]) -> Tensor:
@@ -191,8 +221,18 @@ class FullGram(GramSource):
         check_reach(ls, plist)
         return task_gradients(ls, strategy="loop").gram(plist)
 
-    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
-             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+    def part(
+        self,
+        losses,
+        *,
+        features=None,
+        params=None,
+        loss_fn=None,
+        scale=1.0,
+        additive=False,
+        want_grads=False,
+        all_losses=None,
+    ) -> Part:  # noqa: D102
         plist = _params_for(all_losses or losses, self.params, params)
         check_reach(losses, plist)
         if self._strategy(losses) == "loop":
@@ -218,7 +258,9 @@ class FullGram(GramSource):
 class JacobianGram(GramSource):
     """G = J Jᵀ from the stored Jacobian (batched VJPs, chunked by ``max_jacobian_numel``)."""
 
-    def __init__(self, params: Sequence[Tensor] | None = None, max_jacobian_numel: int | None = None) -> None:
+    def __init__(
+        self, params: Sequence[Tensor] | None = None, max_jacobian_numel: int | None = None
+    ) -> None:
         self.params = None if params is None else list(params)
         self.max_jacobian_numel = max_jacobian_numel
 
@@ -232,8 +274,18 @@ class JacobianGram(GramSource):
         plist = _params_for(ls, self.params, params)
         return parameter_gram(ls, plist, max_jacobian_numel=self.max_jacobian_numel)
 
-    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
-             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+    def part(
+        self,
+        losses,
+        *,
+        features=None,
+        params=None,
+        loss_fn=None,
+        scale=1.0,
+        additive=False,
+        want_grads=False,
+        all_losses=None,
+    ) -> Part:  # noqa: D102
         plist = _params_for(all_losses or losses, self.params, params)
         if additive:
             check_reach(losses, plist)
@@ -267,8 +319,18 @@ class RepresentationGram(GramSource):
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
         return representation_gram(ls, features)
 
-    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
-             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+    def part(
+        self,
+        losses,
+        *,
+        features=None,
+        params=None,
+        loss_fn=None,
+        scale=1.0,
+        additive=False,
+        want_grads=False,
+        all_losses=None,
+    ) -> Part:  # noqa: D102
         if features is None:
             raise ValueError(
                 "the representation source needs features=z, the tensor the task heads were "
@@ -288,9 +350,16 @@ class ModuleLoss:
     """The k losses as a function of the module's parameters, for the sketch's JVPs:
     ``ModuleLoss(model, lambda out: [...k losses...], x)``; calling it with a dict of named
     parameters evaluates the losses with them (buffers cloned, see
-    :func:`~taskgrad.sources.sketch.module_loss_fn`)."""
+    :func:`~taskgrad.sources.sketch.module_loss_fn`).
+    """
 
-    def __init__(self, module: nn.Module, losses_from_outputs: Callable[[Any], Any], *args: Any, **kwargs: Any):
+    def __init__(
+        self,
+        module: nn.Module,
+        losses_from_outputs: Callable[[Any], Any],
+        *args: Any,
+        **kwargs: Any,
+    ):
         self.module = getattr(module, "_orig_mod", module)
         self._fn = module_loss_fn(module, losses_from_outputs, *args, **kwargs)
 
@@ -320,7 +389,14 @@ class SketchGram(GramSource):
     uses_graph = False
     payload_power = 1
 
-    def __init__(self, r: int = 32, *, seed: int = 0, chunk: int | None = None, param_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        r: int = 32,
+        *,
+        seed: int = 0,
+        chunk: int | None = None,
+        param_names: Sequence[str] | None = None,
+    ):
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be a positive int, got {r!r}.")
         self.r = r
@@ -348,14 +424,23 @@ class SketchGram(GramSource):
         elif hasattr(loss_fn, "named_parameters"):
             named = dict(loss_fn.named_parameters())
         else:
-            raise ValueError("SketchGram needs the named parameters: pass a ModuleLoss as loss_fn, or params as a dict.")
+            raise ValueError(
+                "SketchGram needs the named parameters: pass a ModuleLoss as loss_fn, or params "
+                "as a dict."
+            )
         if self.param_names is not None:
             missing = [n for n in self.param_names if n not in named]
             if missing:
-                raise ValueError(f"param_names {missing} are not parameters of the module; names are {list(named)[:5]}…")
+                raise ValueError(
+                    f"param_names {missing} are not parameters of the module; names are "
+                    f"{list(named)[:5]}…"
+                )
             return {n: named[n] for n in self.param_names}
         if shared_given is not None or (losses is not None and len(losses) > 1):
-            shared = {id(p) for p in (shared_given if shared_given is not None else shared_parameters(losses))}
+            shared = {
+                id(p)
+                for p in (shared_given if shared_given is not None else shared_parameters(losses))
+            }
             sel = {n: p for n, p in named.items() if id(p) in shared}
             if sel:
                 return sel
@@ -370,7 +455,9 @@ class SketchGram(GramSource):
             )
         named = self.select(losses, loss_fn, params)
         device = next(iter(named.values())).device
-        return sketch_jacobian(loss_fn, named, self.r, generator=self.generator(device), chunk=self.chunk)
+        return sketch_jacobian(
+            loss_fn, named, self.r, generator=self.generator(device), chunk=self.chunk
+        )
 
     def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
         L = as_loss_vector(losses) if losses is not None else None
@@ -380,10 +467,22 @@ class SketchGram(GramSource):
         G = S @ S.T / self.r
         return 0.5 * (G + G.T)
 
-    def part(self, losses, *, features=None, params=None, loss_fn=None, scale=1.0, additive=False,
-             want_grads=False, all_losses=None) -> Part:  # noqa: D102
+    def part(
+        self,
+        losses,
+        *,
+        features=None,
+        params=None,
+        loss_fn=None,
+        scale=1.0,
+        additive=False,
+        want_grads=False,
+        all_losses=None,
+    ) -> Part:  # noqa: D102
         full = all_losses or losses
-        S = self.jacobian(full.items if full.k > 1 else None, loss_fn=loss_fn, params=params).detach()
+        S = self.jacobian(
+            full.items if full.k > 1 else None, loss_fn=loss_fn, params=params
+        ).detach()
         if S.shape[0] != full.k:
             raise ValueError(f"loss_fn returns {S.shape[0]} losses but {full.k} were given.")
         which = [full._which.index(w) for w in losses._which] if losses is not full else None
@@ -406,7 +505,11 @@ class SketchGram(GramSource):
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         state = self._gen.get_state() if self._gen is not None else self._pending_state
-        return {"seed": self.seed, "r": self.r, "generator": None if state is None else state.clone()}
+        return {
+            "seed": self.seed,
+            "r": self.r,
+            "generator": None if state is None else state.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         if state.get("r", self.r) != self.r:
@@ -418,7 +521,8 @@ class SketchGram(GramSource):
 
 def make_source(source: str | GramSource, features_given: bool) -> GramSource:
     """Resolve a source name: "auto" (representation when features are given, else full),
-    "full", "jacobian", "representation", "sketch" (r = 32)."""
+    "full", "jacobian", "representation", "sketch" (r = 32).
+    """
     if isinstance(source, GramSource):
         return source
     if source == "auto":
@@ -430,5 +534,8 @@ def make_source(source: str | GramSource, features_given: bool) -> GramSource:
         "sketch": SketchGram,
     }
     if source not in table:
-        raise ValueError(f"unknown source {source!r}; choose one of 'auto', {', '.join(map(repr, table))} or pass a GramSource.")
+        raise ValueError(
+            f"unknown source {source!r}; choose one of 'auto', {', '.join(map(repr, table))} or "
+            "pass a GramSource."
+        )
     return table[source]()

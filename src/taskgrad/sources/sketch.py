@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
 __all__ = ["module_loss_fn", "sketch_gram", "sketch_jacobian"]
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]
@@ -37,7 +36,9 @@ def module_loss_fn(
     def fn(params: dict[str, Tensor]) -> Tensor:
         buffers = {n: b.clone() for n, b in base.named_buffers()}
         out = torch.func.functional_call(base, {**params, **buffers}, args, kwargs, strict=False)
-        return torch.stack([loss.reshape(()) for loss in as_loss_vector_nograd(losses_from_outputs(out))])
+        return torch.stack(
+            [loss.reshape(()) for loss in as_loss_vector_nograd(losses_from_outputs(out))]
+        )
 
     return fn
 
@@ -48,7 +49,9 @@ def as_loss_vector_nograd(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     for i, loss in enumerate(items):
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"loss {i} is not a scalar tensor (got {shape}); reduce it with .mean().")
+            raise ValueError(
+                f"loss {i} is not a scalar tensor (got {shape}); reduce it with .mean()."
+            )
     if not items:
         raise ValueError("the loss function returned no losses.")
     return items
@@ -70,7 +73,10 @@ def sketch_jacobian(
     if not isinstance(r, int) or r < 1:
         raise ValueError(f"r (the number of sketch directions) must be a positive int, got {r!r}.")
     if not params:
-        raise ValueError("params is empty: pass the named parameters to perturb, e.g. dict(model.named_parameters()).")
+        raise ValueError(
+            "params is empty: pass the named parameters to perturb, e.g. "
+            "dict(model.named_parameters())."
+        )
     primals = {n: p.detach() for n, p in params.items()}
     chunk = r if chunk is None else int(chunk)
     if chunk < 1:
