@@ -257,6 +257,7 @@ def describe(name: str) -> str:
         lines.append(f"  paper: {info.paper}")
     if info.aliases:
         lines.append(f"  aliases: {', '.join(info.aliases)}")
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(info.factory).parameters
     except (TypeError, ValueError):  # pragma: no cover

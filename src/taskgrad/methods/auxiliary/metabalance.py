@@ -48,6 +48,10 @@ class MetaBalance(Weighting):
     one shared parameter tensor). State: the averages m and the call count.
     """
 
+    # state, set by reset()
+    _m: Tensor | None
+    _n: int
+
     def __init__(self, relax_factor: float = 0.7, beta: float = 0.9, strategy: str = "all") -> None:
         self.relax_factor = check_real(
             "MetaBalance", "relax_factor", relax_factor, low=0.0, high=1.0
@@ -85,7 +89,7 @@ class MetaBalance(Weighting):
         return w
 
     def reset(self) -> None:
-        self._m: Tensor | None = None
+        self._m = None
         self._n = 0
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,6 +44,11 @@ class OLAux(Weighting):
     State: the weights, the running sum and the call count.
     """
 
+    # state, set by reset()
+    _w: Tensor | None
+    _acc: Tensor | None
+    _n: int
+
     def __init__(
         self,
         lr: float = 0.1,
@@ -85,8 +90,8 @@ class OLAux(Weighting):
         return w
 
     def reset(self) -> None:
-        self._w: Tensor | None = None
-        self._acc: Tensor | None = None
+        self._w = None
+        self._acc = None
         self._n = 0
 
     def state_dict(self) -> dict[str, Any]:

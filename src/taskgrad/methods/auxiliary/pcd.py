@@ -105,6 +105,10 @@ class PCD(Weighting):
     Stateful (the EMA and its step count); unbatched Gram matrices only.
     """
 
+    # state, set by reset()
+    _ema: Tensor | None
+    _steps: int
+
     def __init__(self, tau: float | Tensor = 0.02, beta: float = 0.999, eps: float = 1e-8) -> None:
         self.tau = _check_tau(tau)
         self.beta = check_real("beta", beta, low=0.0, high=1.0, high_open=True)
@@ -160,7 +164,7 @@ class PCD(Weighting):
         return out.to(device=gram.device, dtype=gram.dtype)
 
     def reset(self) -> None:
-        self._ema: Tensor | None = None
+        self._ema = None
         self._steps = 0
 
     def state_dict(self) -> dict[str, Any]:

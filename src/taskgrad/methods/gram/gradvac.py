@@ -83,17 +83,17 @@ class GradVac(Weighting):
                 )
             self._phi = torch.zeros(*batch, k, k, dtype=dtype, device=gram.device)
         if _impl.use_host(self.impl, gram):
-            ph = np.array(
+            ph_host = np.array(
                 self._phi.detach().reshape(B, k, k).to("cpu", torch.float64).numpy()
             )  # a copy
-            w = np.ones((B, k))
+            w_host = np.ones((B, k))
             if k > 1:
                 perms = _impl.draw_permutations(B, k, k - 1, self.generator, torch.device("cpu"))
-                w = _impl.kernel("gradvac").gradvac(
-                    _impl.host_gram(gram), perms.numpy(), ph, float(self.beta), float(self.eps)
+                w_host = _impl.kernel("gradvac").gradvac(
+                    _impl.host_gram(gram), perms.numpy(), ph_host, float(self.beta), float(self.eps)
                 )
-            self._phi = _impl.from_host(ph, (*batch, k, k), gram, dtype)
-            return _impl.from_host(w, (*batch, k), gram)
+            self._phi = _impl.from_host(ph_host, (*batch, k, k), gram, dtype)
+            return _impl.from_host(w_host, (*batch, k), gram)
         Gb, _ = flat_gram(gram)
         phi_hat = self._phi.to(Gb.dtype).reshape(B, k, k).clone()
         C = torch.eye(k, dtype=Gb.dtype, device=Gb.device).expand(B, k, k).clone()

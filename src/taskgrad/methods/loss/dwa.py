@@ -47,6 +47,14 @@ class DWA(Weighting):
     reference then averages the weighted losses, i.e. a further 1/K). Epochs are not used then.
     """
 
+    # state, set by reset()
+    _sum: Tensor | None
+    _n: int
+    _history: list[Tensor]
+    _window: Tensor | None
+    _weights: Tensor | None
+    _calls: int
+
     def __init__(
         self,
         temperature: float = 2.0,
@@ -119,11 +127,11 @@ class DWA(Weighting):
         self._n = 0
 
     def reset(self) -> None:
-        self._sum: Tensor | None = None
+        self._sum = None
         self._n = 0
-        self._history: list[Tensor] = []
-        self._window: Tensor | None = None
-        self._weights: Tensor | None = None
+        self._history = []
+        self._window = None
+        self._weights = None
         self._calls = 0
 
     def state_dict(self) -> dict[str, Any]:
