@@ -14,6 +14,7 @@ Both keep the graph alive (``retain_graph=True``) so that the weighted backward 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -86,7 +87,7 @@ def _task_vjps(
             if not _is_vmap_error(err):
                 raise
     rows: list[list[Tensor | None]] = [
-        list(guarded_grad(lambda i=i: ls.task_grad(i, inputs))) for i in range(k)
+        list(guarded_grad(functools.partial(ls.task_grad, i, inputs))) for i in range(k)
     ]
     out: list[Tensor | None] = []
     for j, x in enumerate(inputs):

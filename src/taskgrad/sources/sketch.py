@@ -83,7 +83,8 @@ def sketch_jacobian(
         raise ValueError(f"chunk must be ≥ 1, got {chunk}.")
 
     def one(tangents: dict[str, Tensor]) -> Tensor:
-        return torch.func.jvp(fn, (primals,), (tangents,))[1]
+        column: Tensor = torch.func.jvp(fn, (primals,), (tangents,))[1]
+        return column
 
     cols: list[Tensor] = []
     done = 0
