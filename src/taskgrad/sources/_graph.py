@@ -77,13 +77,13 @@ REENTRANT = (
 )
 
 
-def _leaves_from(node: object) -> list[Tensor]:
+def _leaves_from(node: Any) -> list[Tensor]:
     """Leaf tensors requiring grad below an autograd node, in first-seen order.
 
     Raises ValueError on a reentrant activation checkpoint (its parameters are invisible here).
     """
     out: list[Tensor] = []
-    seen_nodes: set = set()
+    seen_nodes: set[Any] = set()
     seen_leaves: set[int] = set()
     stack = [node]
     while stack:
@@ -152,7 +152,7 @@ def depends_on(root: Tensor, targets: Sequence[Tensor]) -> bool:
     """Whether ``root``'s graph reaches any of ``targets`` (a graph walk, no backward)."""
     nodes = {t.grad_fn for t in targets if t.grad_fn is not None}
     leaves = {id(t) for t in targets if t.grad_fn is None}
-    seen: set = set()
+    seen: set[Any] = set()
     stack = [root.grad_fn]
     while stack:
         node = stack.pop()
@@ -185,9 +185,9 @@ def _views_of_one_stack(items: Sequence[Tensor]) -> Any | None:
 
     Entries taken by ``unbind``, iteration or ``[i]``: each loss's own subgraph is N's input i.
     """
-    node = None
+    node: Any | None = None
     for i, loss in enumerate(items):
-        fn = loss.grad_fn
+        fn: Any = loss.grad_fn
         name = type(fn).__name__ if fn is not None else ""
         if name.startswith("UnbindBackward"):
             if getattr(fn, "_saved_dim", None) != 0 or loss.output_nr != i:
@@ -220,6 +220,9 @@ class LossSet:
     subgraph receives a gradient, so k per-task backwards cost each task's subgraph once.
     :meth:`select` gives the same view of a subset of the tasks.
     """
+
+    # the set a :meth:`select` view was taken from (its graph walks are shared); None otherwise
+    _parent: LossSet | None = None
 
     def __init__(self, losses: Sequence[Tensor] | Tensor) -> None:
         items = loss_list(losses)
@@ -280,7 +283,7 @@ class LossSet:
         return [nodes[i] for i in self._which]
 
     def _all_leaves(self) -> list[list[Tensor]]:
-        parent = getattr(self, "_parent", None)
+        parent = self._parent
         if parent is not None:
             return parent._all_leaves()
         if self._leaves_all is None:
@@ -406,7 +409,7 @@ def check_reach(losses: LossSet, params: Sequence[Tensor]) -> None:
 
 
 def _node_depends_on(node: Any, target: Tensor) -> bool:
-    seen: set = set()
+    seen: set[Any] = set()
     stack = [node]
     while stack:
         n = stack.pop()
