@@ -11,6 +11,7 @@ Blocks are handed over only once the whole batched backward has succeeded, so a 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -66,7 +67,11 @@ def for_each_block_batched(
 
         return hook
 
-    handles = [p.register_hook(make_hook(j)) for j, p in enumerate(params)]
+    # torch's Tensor.register_hook is unannotated
+    handles = [
+        p.register_hook(make_hook(j))  # type: ignore[no-untyped-call]
+        for j, p in enumerate(params)
+    ]
     eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
 
     def vjp(v: Tensor) -> tuple[Tensor | None, ...]:
@@ -114,7 +119,7 @@ def for_each_block(
             reset()
         k = ls.k
         cols: list[list[Tensor | None]] = [
-            list(guarded_grad(lambda i=i: ls.task_grad(i, params))) for i in range(k)
+            list(guarded_grad(functools.partial(ls.task_grad, i, params))) for i in range(k)
         ]
         for j, p in enumerate(params):
             col = [cols[i][j] for i in range(k)]
