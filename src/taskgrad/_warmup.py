@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,49 +167,38 @@ def _linear_calls() -> Iterator[tuple[str, Callable[[], Any]]]:
         "sparse": (Xs, Ys, (Ys > 0).astype(float)),
     }.items():
         for penalty in ("l21", "l1"):
-            yield (
-                f"linear MultiTaskLasso {penalty} {data}",
-                lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(
-                    XX, YY
-                ),
-            )
-            yield (
-                f"linear MultiTaskElasticNet {penalty} {data}",
-                lambda XX=XX, YY=YY, p=penalty: linear.MultiTaskElasticNet(
-                    alpha=0.01, penalty=p
-                ).fit(XX, YY),
-            )
+            lasso = partial(linear.MultiTaskLasso, alpha=0.01, penalty=penalty)
+            enet = partial(linear.MultiTaskElasticNet, alpha=0.01, penalty=penalty)
+            yield f"linear MultiTaskLasso {penalty} {data}", _fit(lasso, XX, YY)
+            yield f"linear MultiTaskElasticNet {penalty} {data}", _fit(enet, XX, YY)
         for penalty in ("l21", "l1", "l2"):
-            yield (
-                f"linear MultiTaskLogisticRegression {penalty} {data}",
-                lambda XX=XX, lab=lab, p=penalty: linear.MultiTaskLogisticRegression(
-                    alpha=0.01, penalty=p
-                ).fit(XX, lab),
-            )
+            logistic = partial(linear.MultiTaskLogisticRegression, alpha=0.01, penalty=penalty)
+            yield f"linear MultiTaskLogisticRegression {penalty} {data}", _fit(logistic, XX, lab)
+        multinomial = partial(linear.MultiTaskLogisticRegression, alpha=0.01)
         yield (
             f"linear MultiTaskLogisticRegression multinomial {data}",
-            lambda XX=XX: linear.MultiTaskLogisticRegression(alpha=0.01).fit(XX, classes),
+            _fit(multinomial, XX, classes),
         )
         yield (
             f"linear multitask_lasso_path {data}",
-            lambda XX=XX, YY=YY: linear.multitask_lasso_path(XX, YY, alphas=3),
+            partial(linear.multitask_lasso_path, XX, YY, alphas=3),
         )
         # per-task designs (a list of (X_t, y_t)): the per-task kernels
         pairs = [(XX[:20], YY[:20, 0]), (XX[20:], YY[20:, 1])]
         lab_pairs = [(XX[:20], lab[:20, 0]), (XX[20:], lab[20:, 1])]
         for penalty in ("l21", "l1"):
-            yield (
-                f"linear MultiTaskLasso per-task {penalty} {data}",
-                lambda pairs=pairs, p=penalty: linear.MultiTaskLasso(alpha=0.01, penalty=p).fit(
-                    pairs
-                ),
-            )
+            lasso = partial(linear.MultiTaskLasso, alpha=0.01, penalty=penalty)
+            logistic = partial(linear.MultiTaskLogisticRegression, alpha=0.01, penalty=penalty)
+            yield f"linear MultiTaskLasso per-task {penalty} {data}", _fit(lasso, pairs)
             yield (
                 f"linear MultiTaskLogisticRegression per-task {penalty} {data}",
-                lambda pairs=lab_pairs, p=penalty: linear.MultiTaskLogisticRegression(
-                    alpha=0.01, penalty=p
-                ).fit(pairs),
+                _fit(logistic, lab_pairs),
             )
+
+
+def _fit(make: Callable[[], Any], *data: Any) -> Callable[[], Any]:
+    """A call that builds an estimator with ``make()`` and fits it to ``data``, both when called."""
+    return lambda: make().fit(*data)
 
 
 def compile_kernels(progress: bool = True) -> CompileReport:

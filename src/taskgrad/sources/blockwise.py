@@ -137,7 +137,7 @@ def for_each_block(
         consume(j, rows)
 
 
-def blockwise_gram(losses: Sequence[Tensor] | Tensor, params: Sequence[Tensor]) -> Tensor:
+def blockwise_gram(losses: Sequence[Tensor] | Tensor | LossSet, params: Sequence[Tensor]) -> Tensor:
     """G = Σ_p J_p J_pᵀ (k×k), each block J_p freed as soon as it has been added.
 
     Same value as :func:`~taskgrad.sources.parameter_gram` (up to float rounding) at a peak memory

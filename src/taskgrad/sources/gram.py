@@ -100,7 +100,7 @@ def _task_vjps(
 
 
 def parameter_gram(
-    losses: Sequence[Tensor] | Tensor,
+    losses: Sequence[Tensor] | Tensor | LossSet,
     params: Sequence[Tensor],
     *,
     max_jacobian_numel: int | None = None,
@@ -139,7 +139,7 @@ def parameter_gram(
 
 
 def representation_gram(
-    losses: Sequence[Tensor] | Tensor,
+    losses: Sequence[Tensor] | Tensor | LossSet,
     features: Tensor | Sequence[Tensor],
     *,
     batched: bool = True,

@@ -213,7 +213,14 @@ class FullGram(GramSource):
             return self.strategy
         return "batched" if ls.vector.is_cuda else "loop"
 
-    def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
+    def gram(  # noqa: D102
+        self,
+        losses: Sequence[Tensor] | Tensor | LossSet,
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+    ) -> Tensor:
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
         plist = _params_for(ls, self.params, params)
         if self._strategy(ls) == "batched":
@@ -223,15 +230,15 @@ class FullGram(GramSource):
 
     def part(
         self,
-        losses,
+        losses: LossSet,
         *,
-        features=None,
-        params=None,
-        loss_fn=None,
-        scale=1.0,
-        additive=False,
-        want_grads=False,
-        all_losses=None,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+        additive: bool = False,
+        want_grads: bool = False,
+        all_losses: LossSet | None = None,
     ) -> Part:  # noqa: D102
         plist = _params_for(all_losses or losses, self.params, params)
         check_reach(losses, plist)
@@ -246,7 +253,7 @@ class FullGram(GramSource):
         G = blockwise_gram(losses if scale == 1.0 else [x * scale for x in losses.items], plist)
         return Part((G / (scale * scale)).reshape(-1))
 
-    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+    def gram_of(self, payload: Tensor, k: int, world: int = 1) -> Tensor:  # noqa: D102
         if payload.numel() == k * k and world == 1:
             G = payload.reshape(k, k)
         else:
@@ -269,22 +276,29 @@ class JacobianGram(GramSource):
     def gram_of_grads(self, grads: TaskGrads) -> Tensor:  # noqa: D102
         return grads.gram(check_params(self.params) if self.params is not None else grads.shared())
 
-    def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
+    def gram(  # noqa: D102
+        self,
+        losses: Sequence[Tensor] | Tensor | LossSet,
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+    ) -> Tensor:
         ls = losses if isinstance(losses, LossSet) else LossSet(losses)
         plist = _params_for(ls, self.params, params)
         return parameter_gram(ls, plist, max_jacobian_numel=self.max_jacobian_numel)
 
     def part(
         self,
-        losses,
+        losses: LossSet,
         *,
-        features=None,
-        params=None,
-        loss_fn=None,
-        scale=1.0,
-        additive=False,
-        want_grads=False,
-        all_losses=None,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+        additive: bool = False,
+        want_grads: bool = False,
+        all_losses: LossSet | None = None,
     ) -> Part:  # noqa: D102
         plist = _params_for(all_losses or losses, self.params, params)
         if additive:
@@ -294,7 +308,7 @@ class JacobianGram(GramSource):
         G = parameter_gram(src, plist, max_jacobian_numel=self.max_jacobian_numel)
         return Part((G / (scale * scale)).reshape(-1))
 
-    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+    def gram_of(self, payload: Tensor, k: int, world: int = 1) -> Tensor:  # noqa: D102
         return FullGram.gram_of(self, payload, k, world)  # type: ignore[arg-type]
 
 
@@ -310,7 +324,14 @@ class RepresentationGram(GramSource):
 
     payload_power = 2
 
-    def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
+    def gram(  # noqa: D102
+        self,
+        losses: Sequence[Tensor] | Tensor | LossSet,
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+    ) -> Tensor:
         if features is None:
             raise ValueError(
                 "RepresentationGram needs the shared representation: pass features=z, the encoder "
@@ -321,15 +342,15 @@ class RepresentationGram(GramSource):
 
     def part(
         self,
-        losses,
+        losses: LossSet,
         *,
-        features=None,
-        params=None,
-        loss_fn=None,
-        scale=1.0,
-        additive=False,
-        want_grads=False,
-        all_losses=None,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+        additive: bool = False,
+        want_grads: bool = False,
+        all_losses: LossSet | None = None,
     ) -> Part:  # noqa: D102
         if features is None:
             raise ValueError(
@@ -446,7 +467,9 @@ class SketchGram(GramSource):
                 return sel
         return named
 
-    def jacobian(self, losses: Tensor | None, *, loss_fn: Any, params: Any = None) -> Tensor:
+    def jacobian(
+        self, losses: Sequence[Tensor] | Tensor | None, *, loss_fn: Any, params: Any = None
+    ) -> Tensor:
         """JΩ (k × r) along the next r directions of the generator."""
         if loss_fn is None:
             raise ValueError(
@@ -459,7 +482,14 @@ class SketchGram(GramSource):
             loss_fn, named, self.r, generator=self.generator(device), chunk=self.chunk
         )
 
-    def gram(self, losses, *, features=None, params=None, loss_fn=None) -> Tensor:  # noqa: D102
+    def gram(  # noqa: D102
+        self,
+        losses: Sequence[Tensor] | Tensor | None,
+        *,
+        features: Tensor | Sequence[Tensor] | None = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+    ) -> Tensor:
         L = as_loss_vector(losses) if losses is not None else None
         S = self.jacobian(losses, loss_fn=loss_fn, params=params)
         if L is not None and S.shape[0] != L.shape[0]:
@@ -469,15 +499,15 @@ class SketchGram(GramSource):
 
     def part(
         self,
-        losses,
+        losses: LossSet,
         *,
-        features=None,
-        params=None,
-        loss_fn=None,
-        scale=1.0,
-        additive=False,
-        want_grads=False,
-        all_losses=None,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scale: float = 1.0,
+        additive: bool = False,
+        want_grads: bool = False,
+        all_losses: LossSet | None = None,
     ) -> Part:  # noqa: D102
         full = all_losses or losses
         S = self.jacobian(
@@ -490,7 +520,9 @@ class SketchGram(GramSource):
             S = S[which]
         return Part(S.reshape(-1))
 
-    def fix_directions(self, state, losses, *, loss_fn=None, params=None):  # noqa: D102
+    def fix_directions(  # noqa: D102
+        self, state: Tensor | None, losses: LossSet, *, loss_fn: Any = None, params: Any = None
+    ) -> Tensor | None:
         named = self.select(losses.items, loss_fn, params)
         gen = self.generator(next(iter(named.values())).device)
         if state is None:
@@ -498,7 +530,7 @@ class SketchGram(GramSource):
         gen.set_state(state)  # the same directions Ω for every micro-batch of the window
         return state
 
-    def gram_of(self, payload, k, world=1) -> Tensor:  # noqa: D102
+    def gram_of(self, payload: Tensor, k: int, world: int = 1) -> Tensor:  # noqa: D102
         S = payload.reshape(k, -1) / world
         G = S @ S.T / self.r
         return 0.5 * (G + G.T)
