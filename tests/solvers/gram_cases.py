@@ -119,7 +119,7 @@ def kkt_residual_reference(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: fl
     |min(wᵢσᵢ/V, ⟨u, gᵢ⟩/(σᵢV))| and a primary's |min(wⱼσⱼ/V, (⟨u, gⱼ⟩ − ‖u‖²)/((σⱼ + V)V))|.
     Zero gradients count as exactly zero (their rows of G dropped, their constraints exempt):
     auxiliaries with ‖gᵢ‖² ≤ eps·max‖g‖² and any task with ‖gᵢ‖² below the smallest normal
-    float64. Also asserts the sign and sum constraints.
+    number of w's dtype. Also asserts the sign and sum constraints.
     """
     Gl = G.detach().cpu().double().numpy().astype(np.longdouble)
     wl = w.detach().cpu().double().numpy().astype(np.longdouble)
@@ -133,7 +133,9 @@ def kkt_residual_reference(w: torch.Tensor, G: torch.Tensor, n: int = 1, eps: fl
     if total > 0:
         wl = wl / total
     diag = np.clip(np.diagonal(Gl), 0, None)
-    tiny = np.finfo(np.float64).tiny  # a squared norm below it is a zero gradient
+    # a squared norm below the smallest normal number of the answer's dtype is a zero gradient
+    # (float32 answers: float32's, as the solvers treat a float32 Gram)
+    tiny = torch.finfo(w.dtype).tiny if w.dtype.is_floating_point else np.finfo(np.float64).tiny
     live = (diag > eps * diag.max()) & (diag >= tiny)
     live[:n] = diag[:n] >= tiny if n > 1 else True  # the projection's g0 is used as given
     Gl = Gl * np.outer(live, live)
