@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.amp import GradScaler
 
 from ..methods import UndefinedMethodError, Weighting
 from ..methods.loss.mean import Mean
@@ -150,7 +151,7 @@ class Accumulation:
         return 1.0 if self.explicit else 1.0 / self.n
 
 
-def scale_of(scaler: Any, device: torch.device | None = None) -> float:
+def scale_of(scaler: GradScaler | None, device: torch.device | None = None) -> float:
     """The GradScaler's current scale s (1 without an enabled scaler); creates its state lazily."""
     if scaler is None or not scaler.is_enabled():
         return 1.0
@@ -160,7 +161,7 @@ def scale_of(scaler: Any, device: torch.device | None = None) -> float:
     return float(scaler.get_scale())
 
 
-def back_off(scaler: Any, device: torch.device) -> None:
+def back_off(scaler: GradScaler | None, device: torch.device) -> None:
     """Lower the GradScaler's scale as it does after a step with non-finite gradients."""
     if scaler is not None and scaler.is_enabled():
         scaler.scale(torch.zeros((), device=device))
@@ -351,7 +352,12 @@ class GradStep:
         )
 
     def _skip(
-        self, k: int, numbers: StepNumbers, local: Tensor, scaler: Any, reason: str | None = None
+        self,
+        k: int,
+        numbers: StepNumbers,
+        local: Tensor,
+        scaler: GradScaler | None,
+        reason: str | None = None,
     ) -> StepResult:
         message, default_reason = self.reducer.skip_texts(str(numbers.bad), numbers.n_bad)
         if reason is None and self._nonfinite_mode(scaler) == "raise":
@@ -369,7 +375,7 @@ class GradStep:
             reason=reason or default_reason,
         )
 
-    def _nonfinite_mode(self, scaler: Any) -> str:
+    def _nonfinite_mode(self, scaler: GradScaler | None) -> str:
         """This call's mode, "raise" or "skip" ("auto" skips only under an enabled GradScaler)."""
         if self.nonfinite != "auto":
             return self.nonfinite
@@ -474,7 +480,7 @@ class GradStep:
         why: str | None,
         payload_of: Callable[[Tensor | None], Tensor | None],
         gram_of: Callable[[Tensor, Tensor | None], Tensor | None],
-        scaler: Any,
+        scaler: GradScaler | None,
         what: str = "step",
     ) -> StepResult | tuple[Any, ...]:
         """Plan → payload → combine → finiteness → weights; or the skipped step's result."""
@@ -588,7 +594,7 @@ class GradStep:
         features: Tensor | Sequence[Tensor] | None = None,
         params: Sequence[Tensor] | None = None,
         loss_fn: Any = None,
-        scaler: Any = None,
+        scaler: GradScaler | None = None,
         backward_fn: Callable[[Tensor], None] | None = None,
         present: Tensor | Sequence[bool] | None = None,
         absent_primary: Literal["skip"] | Weighting = "skip",
@@ -786,7 +792,12 @@ class GradStep:
         )
 
     def _backward_jacobian(
-        self, ls: LossSet, params: list[Tensor] | None, scaler: Any, features: Any, backward_fn: Any
+        self,
+        ls: LossSet,
+        params: list[Tensor] | None,
+        scaler: GradScaler | None,
+        features: Any,
+        backward_fn: Any,
     ) -> StepResult:
         """The step of a Jacobian aggregator (``needs`` has "jacobian"): J (k × P) over the shared
         parameters (``params``, default: those two or more tasks reach) is materialized from the
@@ -891,7 +902,7 @@ class GradStep:
         params: Sequence[Tensor] | None = None,
         loss_fn: Any = None,
         weight: float | None = None,
-        scaler: Any = None,
+        scaler: GradScaler | None = None,
         present: Tensor | Sequence[bool] | None = None,
     ) -> None:
         """Add one micro-batch (its losses weighted by ``weight``; None: 1/M for M micro-batches).
@@ -1000,7 +1011,7 @@ class GradStep:
         else:
             acc.grads.add_(tg)
 
-    def _accumulated_present(self, acc: Accumulation, scaler: Any) -> StepResult:
+    def _accumulated_present(self, acc: Accumulation, scaler: GradScaler | None) -> StepResult:
         """The step of a window with ``present=``: per-task means over the micro-batches where
         each task is present, then the step on the tasks present somewhere in the window.
         """
@@ -1070,7 +1081,7 @@ class GradStep:
             raise RuntimeError("no gradient source yet: call backward or accumulate first.")
         return self.source
 
-    def backward_accumulated(self, scaler: Any = None) -> StepResult:
+    def backward_accumulated(self, scaler: GradScaler | None = None) -> StepResult:
         """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
         acc, self._acc = self._acc, None
         if acc is None:
@@ -1081,7 +1092,7 @@ class GradStep:
             return self._accumulated_present(acc, scaler)
         return self._step_accumulated(acc, scaler)
 
-    def _step_accumulated(self, acc: Accumulation, scaler: Any) -> StepResult:
+    def _step_accumulated(self, acc: Accumulation, scaler: GradScaler | None) -> StepResult:
         """The step of a window (the body of :meth:`backward_accumulated`)."""
         self.reducer.before_step()
         k = acc.k
@@ -1136,7 +1147,7 @@ class GradStep:
         )
 
     def _accumulated_across(
-        self, acc: Accumulation, grads: TaskGrads | None, scaler: Any
+        self, acc: Accumulation, grads: TaskGrads | None, scaler: GradScaler | None
     ) -> StepResult:
         """The accumulated step over processes: ONE combine of [bad flag, Σ c L, reach mask,
         payload].
@@ -1346,7 +1357,7 @@ class TaskOptimizer(torch.optim.Optimizer):
         optimizer: torch.optim.Optimizer,
         step: GradStep | None = None,
         *,
-        scaler: Any = None,
+        scaler: GradScaler | None = None,
         **gradstep_kwargs: Any,
     ) -> None:
         if isinstance(optimizer, TaskOptimizer):
