@@ -128,7 +128,11 @@ def task_leaves(losses: Sequence[Tensor] | Tensor) -> list[list[Tensor]]:
 
 def shared_parameters(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     """Parameters reachable from at least two of the k losses (all of them when k = 1)."""
-    per_task = task_leaves(losses)
+    return _shared_leaves(task_leaves(losses))
+
+
+def _shared_leaves(per_task: list[list[Tensor]]) -> list[Tensor]:
+    """Leaves in two or more of the per-task lists (first-seen order; the only list if k = 1)."""
     if len(per_task) == 1:
         return per_task[0]
     count: dict[int, int] = {}
@@ -302,24 +306,7 @@ class LossSet:
         """Leaves reached by at least two losses (all of them when k = 1); see
         :func:`shared_parameters`.
         """
-        per_task = self.leaves()
-        if len(per_task) == 1:
-            return per_task[0]
-        count: dict[int, int] = {}
-        order: list[Tensor] = []
-        for leaves in per_task:
-            for p in leaves:
-                if id(p) not in count:
-                    count[id(p)] = 0
-                    order.append(p)
-                count[id(p)] += 1
-        shared = [p for p in order if count[id(p)] >= 2]
-        if not shared:
-            raise ValueError(
-                "no parameter is shared by two or more losses, so there is nothing to trade off; "
-                "pass params= explicitly (e.g. the encoder's parameters)."
-            )
-        return shared
+        return _shared_leaves(self.leaves())
 
     def mask(self) -> Tensor:
         """(k_all,) ones at this view's tasks, zeros elsewhere: the cotangent of Σ_{i in view}
