@@ -115,15 +115,7 @@ def task_leaves(losses: Sequence[Tensor] | Tensor) -> list[list[Tensor]]:
     task is followed from its own input to the stack, since every element of the stacked tensor
     reaches every parameter through the stack.
     """
-    if isinstance(losses, Tensor):
-        fn = losses.grad_fn
-        if (
-            fn is not None
-            and type(fn).__name__.startswith("StackBackward")
-            and len(fn.next_functions) == losses.shape[0]
-        ):
-            return [_leaves_from(nf) for nf, _ in fn.next_functions]
-    return [reachable_leaves(loss) for loss in loss_list(losses)]
+    return LossSet(losses).leaves()
 
 
 def shared_parameters(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
