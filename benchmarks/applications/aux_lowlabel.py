@@ -411,6 +411,7 @@ def run(
                 [{"method": r["method"], "seed": r["seed"], "curve": r["curve"]} for r in rows], f
             )
         summarize(rows, config, out_dir / f"{stem}_summary.md")
+        plot(rows, config, out_dir / f"{stem}.png")
     return rows
 
 
@@ -491,6 +492,55 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
     return text
 
 
+def load_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """The rows of saved runs (the ``<stem>.json`` files ``run`` writes), concatenated; a later
+    file's (method, seed) replaces an earlier one's, so a rerun of some methods can be merged in."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f):
+                merged[(r["method"], int(r["seed"]))] = r
+    return list(merged.values())
+
+
+def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> Path:
+    """Per method, the early-stopped test metric minus primary-only's, paired by seed: each seed a
+    dot, the mean a bar (better is up: accuracy gained or MAE lost), a star where p < 0.05."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import ttest_rel
+
+    kind = config["experiment"]
+    sign, unit = (-1.0, "MAE") if kind in REGRESSION else (100.0, "accuracy, points")
+    base = {r["seed"]: r["test_metric_at_best_val"] for r in rows if r["method"] == "primary-only"}
+    labels = [m["label"] for m in config["methods"] if m["label"] != "primary-only"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels)), 3.6))
+    for i, label in enumerate(labels):
+        mine = {r["seed"]: r["test_metric_at_best_val"] for r in rows if r["method"] == label}
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            continue
+        d = np.array([mine[s] - base[s] for s in seeds]) * sign
+        ax.bar(i, d.mean(), color="tab:blue" if d.mean() >= 0 else "tab:red", alpha=0.6)
+        ax.scatter(np.full(d.shape, i), d, s=10, color="k", zorder=3)
+        if len(seeds) > 1 and not np.allclose(d, 0):
+            p = ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue
+            if p < 0.05:
+                ax.text(i, d.max(), "*", ha="center", va="bottom", fontsize=14)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel(f"gain over primary-only\n({unit}; up is better)")
+    title = f"{config.get('name', kind)}: early-stopped test metric, paired by seed"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -502,6 +552,13 @@ def main() -> None:
         "--steps", type=int, help="override the config's number of steps (a reduced run)"
     )
     ap.add_argument("--name", help="output stem (default: the config's name)")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="ROWS_JSON",
+        help="train nothing: summarize and plot the saved rows of earlier runs of --config "
+        "(e.g. a primary-only/Sum check and the other methods run later)",
+    )
     args = ap.parse_args()
     config = load_config(args.config)
     if args.methods:
@@ -518,6 +575,12 @@ def main() -> None:
         config["steps"] = args.steps
     if args.name:
         config["name"] = args.name
+    if args.merge:
+        rows = load_rows(args.merge)
+        stem = config.get("name", f"aux_lowlabel_{config['experiment']}")
+        print(summarize(rows, config, OUT / f"{stem}_summary.md"))
+        print(f"plot: {plot(rows, config, OUT / f'{stem}.png')}")
+        return
     t = time.perf_counter()
     rows = run(config)
     print(summarize(rows, config))

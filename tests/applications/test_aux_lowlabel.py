@@ -117,3 +117,41 @@ def test_paired_report_matches_scipy() -> None:
     p = ttest_rel([1.0, 2.0, 4.0], [0.5, 1.0, 3.0]).pvalue
     d = np.array([0.5, 1.0, 1.0])
     assert txt == f"{d.mean():+.3f} ± {d.std(ddof=1):.3f} (p={p:.2g})"
+
+
+def test_saved_rows_merge_into_the_same_summary_and_a_plot(tmp_path: Path) -> None:
+    rows = [
+        {
+            "experiment": "parkinsons",
+            "method": m,
+            "seed": s,
+            "steps": 10,
+            "test_metric": v,
+            "test_metric_at_best_val": v + 0.01 * s * len(m),
+            "train_aux_first": 1.0,
+            "train_aux_min": 0.5,
+            "train_aux_last": 0.6,
+            "frac_aux_positive": [0.5],
+            "frac_infeasible": 0.0,
+            "ms_per_step": 1.0,
+        }
+        for m, base in (("primary-only", 5.0), ("sum", 4.0), ("primary-aux", 4.5))
+        for s, v in enumerate([base, base + 0.2, base - 0.1])
+    ]
+    cfg = {
+        "experiment": "parkinsons",
+        "name": "t",
+        "methods": [{"label": m} for m in ("primary-only", "sum", "primary-aux")],
+    }
+    flat = [al._flat(r) for r in rows]
+    (tmp_path / "a.json").write_text(json.dumps(flat[:3]))  # a primary-only check
+    # the later run repeats primary-only seed 0 with another value: the later file wins
+    later = [{**flat[0], "test_metric_at_best_val": 99.0}] + flat[3:]
+    (tmp_path / "b.json").write_text(json.dumps(later))
+    merged = al.load_rows([tmp_path / "a.json", tmp_path / "b.json"])
+    assert len(merged) == 9
+    assert {r["test_metric_at_best_val"] for r in merged if r["method"] == "primary-only"} >= {99.0}
+    expected = [{**rows[0], "test_metric_at_best_val": 99.0}] + rows[1:]
+    assert al.summarize(merged, cfg) == al.summarize(expected, cfg)
+    png = al.plot(merged, cfg, tmp_path / "t.png")
+    assert png.stat().st_size > 1000
