@@ -123,7 +123,14 @@ def test_state_not_formed_yet_runs_on_a_temporary_copy() -> None:
 def test_check_present_messages() -> None:
     assert check_present(None, 3) is None
     assert check_present(torch.ones(3, dtype=torch.bool), 3) is None
+    # non-negative counts: present where > 0
+    assert check_present(torch.ones(3), 3) is None
+    assert check_present(torch.tensor([2, 0, 5]), 3).tolist() == [True, False, True]
     with pytest.raises(TypeError, match="boolean"):
-        check_present(torch.ones(3), 3)
+        check_present(torch.ones(3, dtype=torch.complex64), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        check_present(torch.tensor([1.0, -1.0, 2.0]), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        check_present(torch.tensor([1.0, float("nan"), 2.0]), 3)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         check_present(torch.ones(2, dtype=torch.bool), 3)

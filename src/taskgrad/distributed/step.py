@@ -164,12 +164,17 @@ class AllReduce(Reducer):
             return t
         return self.reduce(t.contiguous().clone(), what) / self.world_size
 
+    def total(self, t: Tensor, what: str = "sum") -> Tensor:  # noqa: D102
+        if self.world_size == 1:
+            return t
+        return self.reduce(t.contiguous().clone(), what)
+
     def layout(self) -> list[Tensor]:  # noqa: D102
         if self.module is None:
             raise ValueError(
-                "gradient accumulation needs the model: build DistributedStep(..., "
-                "module=ddp_model) so "
-                "that every rank keeps (and all-reduces) the same parameters in the same order."
+                "gradient accumulation and present= need the model: build "
+                "DistributedStep(..., module=ddp_model) so that every rank keeps (and "
+                "all-reduces) the same parameters in the same order."
             )
         return [p for p in self.module.parameters() if p.requires_grad]
 

@@ -39,29 +39,46 @@ __all__ = [
     "PresentView",
     "call_restricted",
     "check_present",
+    "present_counts",
     "merge_state",
     "present_weights",
     "restrict_state",
 ]
 
 
-def check_present(present: Any, k: int) -> Tensor | None:
-    """Validate ``present`` for k tasks: a (k,) bool tensor (or a sequence of bools); returns it
-    on the CPU, or None when every task is present (nothing to do).
+def present_counts(present: Any, k: int) -> Tensor:
+    """``present`` as (k,) float64 counts nᵢ ≥ 0 on the CPU: a bool mask gives 1 (present) and
+    0 (absent); non-negative counts (e.g. the number of labelled examples of each task in the
+    batch) are kept. A task is present when nᵢ > 0. Counts weight the means a task's loss is
+    taken over (micro-batches, ranks): Lᵢ = Σ nᵢᵇ Lᵢᵇ / Σ nᵢᵇ over the batches b holding it.
     """
-    if present is None:
-        return None
     p = torch.as_tensor(present)
-    if p.dtype != torch.bool:
+    if p.is_complex():
         raise TypeError(
-            "present must be a boolean tensor (True for a task present in the batch), got dtype "
-            f"{p.dtype}."
+            "present must be a boolean tensor (True for a task present in the batch) or "
+            f"non-negative real counts, got dtype {p.dtype}."
         )
     if p.shape != (k,):
         raise ValueError(
-            f"present must have shape ({k},), one flag per task, got {tuple(p.shape)}."
+            f"present must have shape ({k},), one flag or count per task, got {tuple(p.shape)}."
         )
-    p = p.detach().cpu()
+    n = p.detach().cpu().to(torch.float64)
+    if not bool((torch.isfinite(n) & (n >= 0)).all()):
+        raise ValueError(
+            "present counts must be finite and non-negative (0: the task is absent), got "
+            f"{p.tolist()}."
+        )
+    return n
+
+
+def check_present(present: Any, k: int) -> Tensor | None:
+    """Validate ``present`` for k tasks: a (k,) bool tensor (or a sequence of bools), or (k,)
+    non-negative counts (:func:`present_counts`); returns the bool mask nᵢ > 0 on the CPU, or
+    None when every task is present (nothing to do).
+    """
+    if present is None:
+        return None
+    p = present_counts(present, k) > 0
     return None if bool(p.all()) else p
 
 

@@ -64,6 +64,10 @@ class Reducer:
         """Mean of ``t`` over the processes (the identity in one process)."""
         return t
 
+    def total(self, t: Tensor, what: str = "sum") -> Tensor:
+        """Σ of ``t`` over the processes (the identity in one process)."""
+        return t
+
     def before_step(self) -> None:
         """Called at the start of every step (a consistency check across processes)."""
 

@@ -709,21 +709,28 @@ class GradStep:
         ``absent_primary``: "skip" (default: nothing is applied, the result says why) or a
         Weighting applied to the present auxiliaries instead (e.g. ``taskgrad.Mean()``). The
         result's weights, losses and subset are over the k tasks (weight 0 for absent tasks),
-        its Gram is the m×m one the method saw; ``extra["present"]`` holds the mask. One
-        process, weights recomputed every step, no task subsampling.
-        """
-        from ..methods.registry import lookup
-        from .present import PresentView, check_present
+        its Gram is the m×m one the method saw; ``extra["present"]`` holds the mask. Weights
+        recomputed every step, no task subsampling. ``present`` may also hold non-negative
+        counts (a task is present when its count is > 0; on one process and one batch the
+        counts change nothing else).
 
+        Over R processes (DDP) see :meth:`_backward_present_across`: task i's loss is the
+        count-weighted mean over the processes where it is present.
+        """
+        from .present import check_present
+
+        across = self.reducer.world_size != 1
         k = len(losses) if not isinstance(losses, Tensor) else int(losses.reshape(-1).shape[0])
-        p = check_present(present, k)
-        if p is None:
+        p = None if across else check_present(present, k)
+        if p is None and not across:
             return None
-        if self.reducer.world_size != 1 or self.subsample is not None or self.schedule.period != 1:
+        if self.subsample is not None or self.schedule.period != 1:
             raise ValueError(
-                "present= needs one process, weights recomputed every step (period=1) and no task "
-                "subsampling; under DDP give every rank the same tasks."
+                "present= needs weights recomputed every step (period=1) and no task subsampling."
             )
+        if across:
+            return self._backward_present_across(losses, present, absent_primary, **kwargs)
+        assert p is not None
         idx = p.nonzero().squeeze(-1)
         if isinstance(losses, Tensor):
             flat = losses.reshape(-1)
@@ -741,30 +748,11 @@ class GradStep:
             sub = [losses[i] for i in idx.tolist()]
             L_all = torch.stack([torch.as_tensor(x).detach().reshape(()) for x in losses])
         method, names = self.method, self.names
-        name = getattr(method, "method_name", None)
-        aux_family = name is not None and lookup(name).family == "auxiliary"
-        if aux_family and not bool(p[0]):
-            if isinstance(absent_primary, Weighting):
-                view: Weighting = PresentView.of(absent_primary, p)
-            elif absent_primary == "skip":
-                nan = torch.full((k,), float("nan"), dtype=L_all.dtype, device=L_all.device)
-                return StepResult(
-                    nan,
-                    None,
-                    L_all,
-                    skipped=True,
-                    local_losses=L_all,
-                    reason=f"the primary task ({_task_label(0, names)}) is absent from this batch",
-                    extra={"present": p},
-                )
-            else:
-                raise ValueError(
-                    f"absent_primary must be 'skip' or a Weighting, got {absent_primary!r}."
-                )
-        elif idx.numel() == 0:
+        view = self._present_view(p, absent_primary, L_all, "this batch")
+        if isinstance(view, StepResult):
+            return view
+        if idx.numel() == 0:
             raise ValueError("present= marks every task absent: there is nothing to step on.")
-        else:
-            view = PresentView.of(method, p)
         self.method = view
         self.names = None if names is None else [names[i] for i in idx.tolist()]
         try:
@@ -790,6 +778,85 @@ class GradStep:
             subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
             extra={**res.extra, "present": p},
         )
+
+    def _present_view(
+        self, p: Tensor, absent_primary: Any, L_all: Tensor, where: str
+    ) -> Weighting | StepResult:
+        """The method seen through the present tasks ``p``; for a primary/auxiliary method whose
+        primary (task 0) is absent, the ``absent_primary`` rule: a Weighting seen through the
+        present tasks, or the skipped step's result ("skip").
+        """
+        from ..methods.registry import lookup
+        from .present import PresentView
+
+        if not (absent_primary == "skip" or isinstance(absent_primary, Weighting)):
+            raise ValueError(
+                f"absent_primary must be 'skip' or a Weighting, got {absent_primary!r}."
+            )
+        name = getattr(self.method, "method_name", None)
+        aux_family = name is not None and lookup(name).family == "auxiliary"
+        if not aux_family or bool(p[0]):
+            return PresentView.of(self.method, p)
+        if isinstance(absent_primary, Weighting):
+            return PresentView.of(absent_primary, p)
+        k = p.shape[0]
+        nan = torch.full((k,), float("nan"), dtype=L_all.dtype, device=L_all.device)
+        return StepResult(
+            nan,
+            None,
+            L_all,
+            skipped=True,
+            local_losses=L_all,
+            reason=f"the primary task ({_task_label(0, self.names)}) is absent from {where}",
+            extra={"present": p},
+        )
+
+    def _backward_present_across(
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        present: Any,
+        absent_primary: Any,
+        *,
+        features: Any = None,
+        params: Sequence[Tensor] | None = None,
+        loss_fn: Any = None,
+        scaler: GradScaler | None = None,
+        backward_fn: Callable[[Tensor], None] | None = None,
+    ) -> StepResult:
+        """``present=`` over R processes: the window of one micro-batch per process (see
+        :meth:`accumulate`), exact for the global objective.
+
+        With nᵢʳ the count of task i on process r (a bool mask: 1 present, 0 absent), task i's
+        global loss is Lᵢ = Σ_r nᵢʳ Lᵢʳ / Σ_r nᵢʳ (the mean over the processes where it is
+        present; with every task present on every process, the (1/R) Σ_r Lᵢʳ of DDP). The
+        method sees the Gram of the ∇Lᵢ of the tasks present on some process; ``.grad`` gets
+        Σᵢ wᵢ∇Lᵢ, identical on every process. A process never back-propagates the loss of a
+        task absent on it: each process takes its present tasks' gradients and the step
+        all-reduces them (no DDP backward), so it needs ``module=`` and the full-parameter Gram
+        source. Every process must pass ``present=`` at the same step.
+        """
+        if backward_fn is not None:
+            raise ValueError(
+                "present= over several processes writes .grad itself from the all-reduced "
+                "per-task gradients (no DDP backward runs): backward_fn= does not apply."
+            )
+        if params is not None:
+            raise ValueError(
+                "present= over several processes takes the compared parameters from the source: "
+                "build it as FullGram(params) instead of passing params=."
+            )
+        if self._acc is not None:
+            raise RuntimeError(
+                "micro-batches are being accumulated: call backward_accumulated() first."
+            )
+        try:
+            self.accumulate(
+                losses, features=features, loss_fn=loss_fn, scaler=scaler, present=present
+            )
+        except BaseException:
+            self._acc = None
+            raise
+        return self.backward_accumulated(scaler=scaler, absent_primary=absent_primary)
 
     def _backward_jacobian(
         self,
@@ -908,11 +975,16 @@ class GradStep:
         """Add one micro-batch (its losses weighted by ``weight``; None: 1/M for M micro-batches).
 
         Stores this micro-batch's per-task gradients and the source's payload; touches no ``.grad``.
-        ``present`` (a (k,) bool tensor; full-parameter Gram source): the absent tasks of this
-        micro-batch are not back-propagated (a NaN loss is fine); each task's accumulated loss and
-        gradient are then the mean over the micro-batches where it is present (with ``weight=``,
-        the weighted sum over them), and a task absent from the whole window is absent from the
-        step (see :meth:`_backward_present`).
+        ``present`` (a (k,) bool tensor, or non-negative counts nᵢ; full-parameter Gram source):
+        the absent tasks (nᵢ = 0) of this micro-batch are not back-propagated (a NaN loss is
+        fine); each task's accumulated loss and gradient are then the mean over the micro-batches
+        where it is present, weighted by the counts (Lᵢ = Σ_m nᵢᵐ Lᵢᵐ / Σ_m nᵢᵐ: with masked-mean
+        losses over nᵢᵐ labelled examples, the masked mean over the window's batch); with
+        ``weight=`` (bool masks only), the weighted sum over them. A task absent from the whole
+        window is absent from the step (see :meth:`_backward_present`). Over R processes the
+        sums run over every process's micro-batches (with ``weight=``: Σ_r Σ_m c_m Lᵢʳᵐ over
+        the processes where task i is present, divided by their number); every process must
+        pass ``present=`` in the same windows.
         """
         if "jacobian" in self.method.needs:
             raise ValueError(
@@ -960,17 +1032,15 @@ class GradStep:
         self, acc: Accumulation, ls: LossSet, c: float, present: Any, source: GramSource
     ) -> None:
         """One micro-batch of a window where some micro-batch passed ``present=``."""
-        from .present import check_present
+        from .present import present_counts
 
         k = ls.k
-        if self.reducer.world_size != 1:
-            raise ValueError(
-                "present= runs on one process; under DDP give every rank the same tasks."
-            )
         if self.needs_gram and not source.gram_from_grads:
             raise ValueError(
-                "accumulate(present=) needs the full-parameter Gram source (no features=, no "
-                "sketch)."
+                "accumulate(present=) and present= over several processes need the "
+                "full-parameter Gram source (source='full', FullGram(params) or JacobianGram): "
+                f"the {type(source).__name__} cannot leave a task out of some micro-batches or "
+                "processes exactly; pass no features= (or source='full')."
             )
         if acc.present_weight is None:
             if acc.n > 1:
@@ -978,11 +1048,20 @@ class GradStep:
                     "pass present= from the first micro-batch of a window on (or never in it)."
                 )
             acc.present_weight = torch.zeros(k, dtype=torch.float64)
-        p = check_present(present, k)
-        idx = torch.arange(k) if p is None else p.nonzero().squeeze(-1)
+        n = torch.ones(k, dtype=torch.float64) if present is None else present_counts(present, k)
+        if acc.explicit and present is not None and torch.as_tensor(present).dtype != torch.bool:
+            raise ValueError(
+                "accumulate(weight=) takes a bool present= mask: counts already weight the "
+                "micro-batches (pass counts without weight=, or a bool mask with it)."
+            )
+        idx = (n > 0).nonzero().squeeze(-1)
         if idx.numel() == 0:
             return  # nothing labelled in this micro-batch
-        if ls.stacked and p is not None and not bool(torch.isfinite(ls.vector.detach()[~p]).all()):
+        if (
+            ls.stacked
+            and idx.numel() < k
+            and not bool(torch.isfinite(ls.vector.detach()[n == 0]).all())
+        ):
             raise ValueError(
                 "present=: an absent task's loss is not finite and the losses are one stacked "
                 "tensor, "
@@ -998,47 +1077,85 @@ class GradStep:
             acc.bad = why
             return
         dev = acc.losses.device
-        acc.losses[idx.to(dev)] += c * L_det.to(acc.losses.dtype)
-        acc.present_weight[idx] += c
+        n_sub = n[idx]
+        acc.losses[idx.to(dev)] += c * n_sub.to(acc.losses) * L_det.to(acc.losses.dtype)
+        acc.present_weight[idx] += c * n_sub
         tg = task_gradients(sub, strategy="loop").scaled(c)
         if not tg.finite():
             acc.bad = "gradient"
             return
         ids = idx.tolist()
-        tg = TaskGrads(k, tg.params, [tuple(ids[i] for i in t) for t in tg.tasks], tg.rows)
+        rows = tg.rows
+        if not bool((n_sub == 1).all()):  # counts: each task's gradient times its count
+            rows = [
+                r * n_sub[list(t)].to(r).reshape(-1, *([1] * (r.dim() - 1)))
+                for t, r in zip(tg.tasks, tg.rows, strict=True)
+            ]
+        tg = TaskGrads(k, tg.params, [tuple(ids[i] for i in t) for t in tg.tasks], rows)
         if acc.grads is None:
             acc.grads = tg
         else:
             acc.grads.add_(tg)
 
-    def _accumulated_present(self, acc: Accumulation, scaler: GradScaler | None) -> StepResult:
-        """The step of a window with ``present=``: per-task means over the micro-batches where
-        each task is present, then the step on the tasks present somewhere in the window.
-        """
-        from .present import PresentView
+    def _accumulated_present(
+        self, acc: Accumulation, scaler: GradScaler | None, absent_primary: Any = "skip"
+    ) -> StepResult:
+        """The step of a window with ``present=``: per-task (count-weighted) means over the
+        micro-batches, and over processes, where each task is present, then the step on the tasks
+        present somewhere.
 
+        Over R processes the per-task sums Σ nᵢ are all-reduced first (with the bad-process
+        count), so every process knows the same present tasks and denominators Dᵢ; it then
+        scales its sums Sᵢʳ (losses, gradients) by R/Dᵢ, and the step's combine (which averages
+        over processes) gives Σ_r Sᵢʳ/Dᵢ on every process.
+        """
         assert acc.present_weight is not None
-        k, w = acc.k, acc.present_weight
-        p = w > 0
-        if acc.bad is None and not bool(p.any()):
-            raise ValueError(
-                "every task was absent from every micro-batch of the window: nothing to step on."
-            )
-        f = (
-            torch.where(p, 1.0 / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
-            if not acc.explicit
-            else p.to(w.dtype)
+        k, R = acc.k, self.world_size
+        N_loc = acc.present_weight
+        dev = acc.losses.device
+        head = torch.cat(
+            [
+                torch.tensor([float(acc.bad is not None)], dtype=torch.float64),
+                N_loc,
+                (N_loc > 0).to(torch.float64),
+            ]
         )
+        if R > 1:  # every process runs this all-reduce, whatever it saw
+            head = self.reducer.total(head.to(dev), "present").cpu()
+        n_bad = int(round(float(head[0])))
+        N, ranks = head[1 : k + 1], head[k + 1 :]
+        p = N > 0
+        inv = torch.where(
+            N_loc > 0, 1.0 / N_loc.clamp_min(torch.finfo(N_loc.dtype).tiny), torch.nan
+        )
+        L_loc = acc.losses * inv.to(acc.losses)  # this process's per-task means (NaN: absent)
+        if n_bad:
+            why = acc.bad if (acc.bad is not None and R == 1) else "loss or gradient"
+            numbers = StepNumbers(why, L_loc, None, n_bad=n_bad, numel=head.numel())
+            res = self._skip(k, numbers, L_loc, scaler)
+            return replace(res, extra={**res.extra, "present": p})
+        if not bool(p.any()):
+            raise ValueError(
+                "every task was absent from every micro-batch of the window"
+                + (" on every process" if R > 1 else "")
+                + ": nothing to step on."
+            )
+        D = ranks if acc.explicit else N
+        f = torch.where(p, R / D.clamp_min(torch.finfo(D.dtype).tiny), torch.zeros_like(D))
         idx = p.nonzero().squeeze(-1)
         pos = {int(i): j for j, i in enumerate(idx.tolist())}
         m = idx.numel()
+        view = self._present_view(
+            p, absent_primary, L_loc, "the window" + (" on every process" if R > 1 else "")
+        )
+        if isinstance(view, StepResult):
+            return view
         sub = Accumulation(
             m,
-            (acc.losses[idx.to(acc.losses.device)] * f[idx].to(acc.losses)),
+            (acc.losses[idx.to(dev)] * f[idx].to(acc.losses)),
             scale=acc.scale,
             n=1,
             explicit=True,
-            bad=acc.bad,
         )
         if acc.grads is not None:
             g = acc.grads
@@ -1050,7 +1167,7 @@ class GradStep:
                 m, list(g.params), [tuple(pos[i] for i in t) for t in g.tasks], rows
             )
         method, names = self.method, self.names
-        self.method = PresentView.of(method, p)
+        self.method = view
         self.names = None if names is None else [names[i] for i in idx.tolist()]
         try:
             res = self._step_accumulated(sub, scaler)
@@ -1069,8 +1186,9 @@ class GradStep:
             res,
             weights=weights,
             losses=L_full,
-            local_losses=L_full,
+            local_losses=L_loc.to(res.losses.dtype) if R > 1 else L_full,
             subset=None if res.subset is None else idx.to(res.subset.device)[res.subset],
+            numel_reduced=res.numel_reduced + (head.numel() if R > 1 else 0),
             extra={**res.extra, "present": p},
         )
 
@@ -1081,15 +1199,24 @@ class GradStep:
             raise RuntimeError("no gradient source yet: call backward or accumulate first.")
         return self.source
 
-    def backward_accumulated(self, scaler: GradScaler | None = None) -> StepResult:
-        """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ)."""
+    def backward_accumulated(
+        self,
+        scaler: GradScaler | None = None,
+        *,
+        absent_primary: Literal["skip"] | Weighting = "skip",
+    ) -> StepResult:
+        """Weights from the accumulated Gram, then ``.grad`` += Σᵢ vᵢ (accumulated ∇Lᵢ).
+
+        ``absent_primary``: the rule when the window passed ``present=`` and the primary task
+        of a primary/auxiliary method is absent from all of it (see :meth:`_backward_present`).
+        """
         acc, self._acc = self._acc, None
         if acc is None:
             raise RuntimeError(
                 "nothing accumulated: call accumulate(losses, ...) for each micro-batch first."
             )
         if acc.present_weight is not None:
-            return self._accumulated_present(acc, scaler)
+            return self._accumulated_present(acc, scaler, absent_primary)
         return self._step_accumulated(acc, scaler)
 
     def _step_accumulated(self, acc: Accumulation, scaler: GradScaler | None) -> StepResult:
@@ -1404,7 +1531,7 @@ class TaskOptimizer(torch.optim.Optimizer):
                     "step() without losses needs micro-batches added with accumulate() first."
                 )
             self._accumulating = False
-            res = self.gradstep.backward_accumulated(scaler=self.scaler)
+            res = self.gradstep.backward_accumulated(scaler=self.scaler, **kwargs)
         else:
             if self._accumulating:
                 raise RuntimeError(
