@@ -217,3 +217,69 @@ def test_accumulate_with_a_task_absent_from_the_whole_window() -> None:
     taskgrad.backward([L[0], L[2]], method=M.get("upgrad"))
     for a, b in zip(_grads(net), _grads(ref), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_counts_give_the_masked_mean_over_the_window() -> None:
+    """present= as counts (labelled examples per task and micro-batch): the accumulated loss of
+    task i is Σ_m nᵢᵐ Lᵢᵐ / Σ_m nᵢᵐ, the masked mean over the window's whole batch."""
+    g = torch.Generator().manual_seed(7)
+    xs = [torch.randn(6, 5, generator=g) for _ in range(3)]
+    ys = [torch.randn(6, 3, generator=g) for _ in range(3)]
+    labs = [(torch.rand(6, 3, generator=g) < 0.5).float() for _ in range(3)]
+    labs[1][:, 1] = 0.0  # task 1 unlabelled in micro-batch 1
+    labs[0][:3, 0] = 1.0
+    net = Net()
+    step = GradStep(M.get("mgda"))
+    for x, y, lab in zip(xs, ys, labs, strict=True):
+        step.accumulate(net.losses(x, y, lab), present=lab.sum(0))
+    res = step.backward_accumulated()
+    assert not res.skipped
+
+    ref = Net()
+    L = ref.losses(torch.cat(xs), torch.cat(ys), torch.cat(labs))  # the masked means, by hand
+    shared = [ref.body[0].weight, ref.body[0].bias]
+    J = torch.stack(
+        [
+            torch.cat([t.reshape(-1) for t in torch.autograd.grad(li, shared, retain_graph=True)])
+            for li in L
+        ]
+    ).double()
+    w = M.get("mgda")(gram=J @ J.T)
+    torch.testing.assert_close(res.weights, w.to(res.weights.dtype), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(res.losses, torch.stack(L).detach(), rtol=1e-5, atol=1e-7)
+    expect = torch.autograd.grad(sum(float(w[i]) * L[i] for i in range(3)), list(ref.parameters()))
+    for a, b in zip(_grads(net), expect, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_counts_on_one_batch_act_as_the_mask_and_weight_takes_masks_only() -> None:
+    x, y, mask, present = _batch(absent=(1,))
+    a, b = Net(), Net()
+    counts = torch.tensor([16, 0, 16])
+    ra = taskgrad.backward(a.losses(x, y, mask), method=M.get("mgda"), present=counts)
+    rb = taskgrad.backward(b.losses(x, y, mask), method=M.get("mgda"), present=present)
+    torch.testing.assert_close(ra.weights, rb.weights, rtol=0, atol=0)
+    for ga, gb in zip(_grads(a), _grads(b), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+    step = GradStep(M.get("mgda"))
+    with pytest.raises(ValueError, match="bool present= mask"):
+        step.accumulate(Net().losses(x, y, mask), present=counts, weight=0.5)
+
+
+def test_accumulated_window_without_the_primary_follows_absent_primary() -> None:
+    x, y, mask, present = _batch(absent=(0,))
+    net = Net()
+    step = GradStep(M.get("primary-aux"))
+    for _ in range(2):
+        step.accumulate(net.losses(x, y, mask), present=present)
+    res = step.backward_accumulated()
+    assert res.skipped and "primary" in res.reason
+    assert all(p.grad is None for p in net.parameters())
+
+    net = Net()
+    opt = TaskOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method=M.get("primary-aux"))
+    for _ in range(2):
+        opt.accumulate(net.losses(x, y, mask), present=present)
+    net.zero_grad()
+    res = opt.step(absent_primary=taskgrad.Mean())
+    torch.testing.assert_close(res.weights, torch.tensor([0.0, 0.5, 0.5]))
