@@ -105,6 +105,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "accumulate-counts": {"method": "mgda", "steps": [("accumulate", "counts")], "micro": 2},
 }
+# the same at the shared representation z (the Gram of the ∂Lᵢ/∂z over the global batch)
+for _name in ("mgda-bool", "mgda-counts", "mgda-every", "mgda-none", "accumulate-counts"):
+    SCENARIOS[f"rep-{_name}"] = {**SCENARIOS[_name], "source": "representation"}
 LR = 0.1
 
 
@@ -122,9 +125,10 @@ def _grads(net: nn.Module) -> list[Tensor | None]:
 def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     base = make_model()
     ddp = nn.parallel.DistributedDataParallel(base)
-    step = DistributedStep(
-        make_method(spec["method"]), FullGram(list(base.encoder.parameters())), module=ddp
-    )
+    hook = FeatureHook(base.encoder)
+    rep = spec.get("source") == "representation"
+    source = "representation" if rep else FullGram(list(base.encoder.parameters()))
+    step = DistributedStep(make_method(spec["method"]), source, module=ddp)
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     kw = {"absent_primary": methods.Mean()} if spec.get("absent_primary") == "mean" else {}
     out: dict[str, Any] = {"grads": [], "weights": [], "losses": [], "skipped": [], "state": []}
@@ -140,11 +144,12 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
                 part = slice(m * size, (m + 1) * size)
                 pred = ddp(xr[part])
                 losses = masked_losses(pred, yr[part], lr_[part])
-                step.accumulate(losses, present=_present(lr_[part], kind))
+                step.accumulate(losses, present=_present(lr_[part], kind), features=hook.value)
             res = step.backward_accumulated(**kw)
         else:
             pred = ddp(xr)
-            res = step.backward(masked_losses(pred, yr, lr_), present=_present(lr_, kind), **kw)
+            losses = masked_losses(pred, yr, lr_)
+            res = step.backward(losses, present=_present(lr_, kind), features=hook.value, **kw)
         out["grads"].append(_grads(base))
         out["weights"].append(res.weights.clone())
         out["losses"].append(res.losses.clone())
@@ -153,6 +158,7 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
         out["state"].append(step.method.state_dict())
         if not res.skipped:
             opt.step()
+    hook.remove()
     return out
 
 
@@ -178,7 +184,6 @@ def _errors(rank: int) -> dict[str, str]:
         assert step._acc is None  # a failed call leaves no window open
 
     mgda = methods.MGDA
-    attempt("representation", DistributedStep(mgda(), "auto", module=ddp), features=True)
     sketch = SketchGram(r=4, seed=1)
     attempt("sketch", DistributedStep(mgda(), sketch, module=ddp))
     attempt("no-module", DistributedStep(mgda(), "full"))
@@ -201,11 +206,12 @@ def worker(rank: int, world_size: int, names: list[str], path_prefix: str) -> No
 
 
 # ------------------------------------------------------------------ single-process reference
-def global_losses(net: Net, x: Tensor, y: Tensor, lab: Tensor, kind: str | None) -> list[Tensor]:
-    """The global objective by hand: bool masks (and None) give task i the mean over the ranks
-    where it is present of their masked means; counts give the masked mean over the whole batch.
+def global_losses(net: Net, z: Tensor, y: Tensor, lab: Tensor, kind: str | None) -> list[Tensor]:
+    """The global objective by hand at the features z: bool masks (and None) give task i the
+    mean over the ranks where it is present of their masked means; counts give the masked mean
+    over the whole batch.
     """
-    pred = net(x)
+    pred = torch.cat([h(z) for h in net.heads], dim=1)
     if kind == "counts":
         return masked_losses(pred, y, lab)
     out = []
@@ -225,7 +231,8 @@ def global_losses(net: Net, x: Tensor, y: Tensor, lab: Tensor, kind: str | None)
 
 def reference(spec: dict[str, Any]) -> dict[str, Any]:
     """The same steps in one process: w from the method on the Gram of the global task
-    gradients over the encoder, ``.grad`` = Σᵢ wᵢ∇Lᵢ (explicit autograd.grad per task).
+    gradients over the encoder's parameters (or at its output z for the representation
+    source), ``.grad`` = Σᵢ wᵢ∇Lᵢ (explicit autograd.grad per task).
     """
     net = make_model()
     method = make_method(spec["method"])
@@ -236,12 +243,14 @@ def reference(spec: dict[str, Any]) -> dict[str, Any]:
     for t, (labels, kind) in enumerate(spec["steps"]):
         x, y = batch(t)
         lab = LABELS[labels]
-        losses = global_losses(net, x, y, lab, kind)
+        z = net.encoder(x)
+        losses = global_losses(net, z, y, lab, kind)
         present = lab.sum(0) > 0
         idx = present.nonzero().squeeze(-1).tolist()
+        at = [z] if spec.get("source") == "representation" else enc
         rows = []
         for i in idx:
-            gs_i = torch.autograd.grad(losses[i], enc, retain_graph=True)
+            gs_i = torch.autograd.grad(losses[i], at, retain_graph=True)
             rows.append(torch.cat([g.reshape(-1) for g in gs_i]))
         J = torch.stack(rows)
         G = torch.zeros(K, K, dtype=torch.float64)

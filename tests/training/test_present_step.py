@@ -22,7 +22,7 @@ class Net(nn.Module):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """Masked-mean MSE per task: a task with no labelled example in the batch gets 0/0 = NaN."""
-        z = self.body(x)
+        z = self.z = self.body(x)  # the shared representation, kept for features=
         out = []
         for i, h in enumerate(self.heads):
             err = (h(z).squeeze(-1) - y[:, i]) ** 2 * mask[:, i]
@@ -219,9 +219,11 @@ def test_accumulate_with_a_task_absent_from_the_whole_window() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_counts_give_the_masked_mean_over_the_window() -> None:
+@pytest.mark.parametrize("source", ["full", "representation"])
+def test_counts_give_the_masked_mean_over_the_window(source: str) -> None:
     """present= as counts (labelled examples per task and micro-batch): the accumulated loss of
-    task i is Σ_m nᵢᵐ Lᵢᵐ / Σ_m nᵢᵐ, the masked mean over the window's whole batch."""
+    task i is Σ_m nᵢᵐ Lᵢᵐ / Σ_m nᵢᵐ, the masked mean over the window's whole batch; the Gram is
+    that of its gradients (over the shared parameters, or at the representation z)."""
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(6, 5, generator=g) for _ in range(3)]
     ys = [torch.randn(6, 3, generator=g) for _ in range(3)]
@@ -229,15 +231,16 @@ def test_counts_give_the_masked_mean_over_the_window() -> None:
     labs[1][:, 1] = 0.0  # task 1 unlabelled in micro-batch 1
     labs[0][:3, 0] = 1.0
     net = Net()
-    step = GradStep(M.get("mgda"))
+    step = GradStep(M.get("mgda"), source)
     for x, y, lab in zip(xs, ys, labs, strict=True):
-        step.accumulate(net.losses(x, y, lab), present=lab.sum(0))
+        losses = net.losses(x, y, lab)
+        step.accumulate(losses, present=lab.sum(0), features=net.z)
     res = step.backward_accumulated()
     assert not res.skipped
 
     ref = Net()
     L = ref.losses(torch.cat(xs), torch.cat(ys), torch.cat(labs))  # the masked means, by hand
-    shared = [ref.body[0].weight, ref.body[0].bias]
+    shared = [ref.body[0].weight, ref.body[0].bias] if source == "full" else [ref.z]
     J = torch.stack(
         [
             torch.cat([t.reshape(-1) for t in torch.autograd.grad(li, shared, retain_graph=True)])

@@ -43,7 +43,15 @@ from torch.amp import GradScaler
 
 from ..methods import UndefinedMethodError, Weighting
 from ..methods.loss.mean import Mean
-from ..sources import GramSource, LossSet, Part, TaskGrads, check_params, make_source
+from ..sources import (
+    GramSource,
+    LossSet,
+    Part,
+    RepresentationGram,
+    TaskGrads,
+    check_params,
+    make_source,
+)
 from ..sources.capture import gram_dtype, task_gradients
 from .reduce import LocalReducer, Reducer, StepNumbers
 from .schedule import Periodic, TaskSubsample
@@ -1003,7 +1011,7 @@ class GradStep:
         if acc.bad is not None:
             return
         if present is not None or acc.present_weight is not None:
-            self._accumulate_present(acc, ls, c, present, source)
+            self._accumulate_present(acc, ls, c, present, source, features)
             return
         L_det = ls.vector.detach()
         why = self._nonfinite_loss(L_det)
@@ -1029,18 +1037,25 @@ class GradStep:
         acc.payload = pay if acc.payload is None else acc.payload + pay
 
     def _accumulate_present(
-        self, acc: Accumulation, ls: LossSet, c: float, present: Any, source: GramSource
+        self,
+        acc: Accumulation,
+        ls: LossSet,
+        c: float,
+        present: Any,
+        source: GramSource,
+        features: Any = None,
     ) -> None:
         """One micro-batch of a window where some micro-batch passed ``present=``."""
         from .present import present_counts
 
         k = ls.k
-        if self.needs_gram and not source.gram_from_grads:
+        per_sample = isinstance(source, RepresentationGram)
+        if self.needs_gram and not (source.gram_from_grads or per_sample):
             raise ValueError(
                 "accumulate(present=) and present= over several processes need the "
-                "full-parameter Gram source (source='full', FullGram(params) or JacobianGram): "
-                f"the {type(source).__name__} cannot leave a task out of some micro-batches or "
-                "processes exactly; pass no features= (or source='full')."
+                "full-parameter Gram source (source='full', FullGram(params) or JacobianGram) or "
+                f"the representation source (features=z): the {type(source).__name__} cannot "
+                "leave a task out of some micro-batches or processes exactly."
             )
         if acc.present_weight is None:
             if acc.n > 1:
@@ -1084,6 +1099,22 @@ class GradStep:
         if not tg.finite():
             acc.bad = "gradient"
             return
+        if self.needs_gram and per_sample:
+            # the Gram of the present tasks adds over samples: task i's gradient at z is
+            # c·nᵢ ∂Lᵢ/∂z here, so this micro-batch adds c²nᵢnⱼGᵢⱼ on the present pairs
+            # a list's present losses as their own set: a view's vector stacks every loss, and
+            # the backward through that stack would reach the absent (NaN) ones
+            own = sub if ls.stacked or idx.numel() == k else LossSet(sub.items)
+            part = source.part(own, features=features, scale=acc.scale)
+            assert part.payload is not None
+            m = idx.numel()
+            G = part.payload.reshape(m, m)
+            nn_ = (c * n_sub.to(G)).outer(c * n_sub.to(G))
+            if acc.payload is None:
+                acc.payload = torch.zeros(k * k, dtype=G.dtype, device=G.device)
+            full = acc.payload.view(k, k)
+            d_idx = idx.to(G.device)
+            full[d_idx[:, None], d_idx] += G * nn_
         ids = idx.tolist()
         rows = tg.rows
         if not bool((n_sub == 1).all()):  # counts: each task's gradient times its count
@@ -1166,6 +1197,16 @@ class GradStep:
             sub.grads = TaskGrads(
                 m, list(g.params), [tuple(pos[i] for i in t) for t in g.tasks], rows
             )
+        if self.needs_gram and not self._source.gram_from_grads:
+            # the representation Gram Σ c²nᵢnⱼGᵢⱼ over the present pairs, times fᵢfⱼ (every
+            # process sends one, zeros where none of its tasks is present)
+            d_idx = idx.to(dev)
+            if acc.payload is None:
+                sub.payload = torch.zeros(m * m, dtype=acc.losses.dtype, device=dev)
+            else:
+                fd = f[idx].to(acc.payload)
+                Gp = acc.payload.view(k, k)[d_idx[:, None], d_idx]
+                sub.payload = (Gp * fd.outer(fd)).reshape(-1)
         method, names = self.method, self.names
         self.method = view
         self.names = None if names is None else [names[i] for i in idx.tolist()]
