@@ -63,6 +63,8 @@ LABELS = {
     # task 0 unevenly on every rank, task 1 on rank 0 only, task 2 nowhere
     "partial": _labels({0: [0, 1, 2, 4, 5, 6, 7, 9], 1: [1, 3]}),
     "every": _labels({0: ALL, 1: ALL, 2: ALL}),
+    # every label on rank 0: ranks 1 and 2 have no task present at all
+    "one-rank": _labels({0: [0, 1, 3], 1: [2, 3], 2: [1]}),
     # the primary (task 0) nowhere, task 1 on ranks 0 and 2, task 2 on rank 1
     "no-primary": _labels({1: [0, 1, 2, 8, 11], 2: [4, 6]}),
     # 2 micro-batches of 2 examples per rank: task 1 in one micro-batch of rank 1 only
@@ -93,6 +95,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "mgda-counts": {"method": "mgda", "steps": [("partial", "counts")]},
     "mgda-every": {"method": "mgda", "steps": [("every", "bool")]},
     "mgda-none": {"method": "mgda", "steps": [("every", None)]},
+    "mgda-one-rank": {"method": "mgda", "steps": [("one-rank", "bool")]},
     "gradvac": {
         "method": "gradvac",
         "steps": [("every", "bool"), ("partial", "bool"), ("partial", "counts")],
@@ -106,8 +109,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "accumulate-counts": {"method": "mgda", "steps": [("accumulate", "counts")], "micro": 2},
 }
 # the same at the shared representation z (the Gram of the ∂Lᵢ/∂z over the global batch)
-for _name in ("mgda-bool", "mgda-counts", "mgda-every", "mgda-none", "accumulate-counts"):
+for _name in ("mgda-bool", "mgda-counts", "mgda-every", "mgda-none", "mgda-one-rank"):
     SCENARIOS[f"rep-{_name}"] = {**SCENARIOS[_name], "source": "representation"}
+SCENARIOS["rep-accumulate-counts"] = {**SCENARIOS["accumulate-counts"], "source": "representation"}
 LR = 0.1
 
 
