@@ -177,13 +177,15 @@ def test_yaml_duplicate_keys_and_bad_files_are_errors(tmp_path) -> None:
 
 
 def test_default_fingerprint_is_that_of_older_versions() -> None:
-    """Saved runs of the harness before [scheduler]/[selection]/val_fraction keep their fingerprint:
-    the old rule was sha1 of the sorted JSON of every field but ``device``."""
+    """Saved runs of the harness before [scheduler]/[selection]/val_fraction and the label
+    fractions keep their fingerprint: the old rule was sha1 of the sorted JSON of every field but
+    ``device`` (the fields of that version)."""
     rc = parse_config(
         {**_BASE, "selection": {"criterion": "last"}, "scheduler": {"name": "none"}}
     ).runs[0]
     old = asdict(rc)
-    for k in ("device", "scheduler", "val_fraction", "selection"):
+    later = ("scheduler", "val_fraction", "selection", "label_fractions", "label_seed")
+    for k in ("device", *later, "absent_primary"):
         old.pop(k)
     assert (
         rc.fingerprint()
@@ -194,6 +196,10 @@ def test_default_fingerprint_is_that_of_older_versions() -> None:
         replace(rc, scheduler={"name": "step", "step_size": 1, "gamma": 0.5}).fingerprint()
         != rc.fingerprint()
     )
+    fewer = replace(rc, label_fractions={"reg": 0.5})
+    seeded = replace(fewer, label_seed=3)
+    assert len({rc.fingerprint(), fewer.fingerprint(), seeded.fingerprint()}) == 3
+    assert replace(rc, absent_primary="mean").fingerprint() != rc.fingerprint()
 
 
 # ------------------------------------------------------------------ validation split

@@ -19,6 +19,9 @@ examples is ``benchmarks/configs/README.md``)::
     val_fraction = 0.0             # carve this fraction of the training set (by seed) for
     validation;
                                    # 0: the data set's own validation split if it has one, else none
+    label_fractions = {left = 0.05}  # keep labels of this fraction of a task's training examples
+    label_seed = 0                 # seed of that draw (default: the run's seed)
+    absent_primary = "skip"        # a batch without the primary's label: "skip" or a method name
     [data]                         # keyword arguments of the problem
     [model]                        # keyword arguments of the problem's model
     [optimizer]                    # name = "adam" | "sgd" | "adamw", lr, weight_decay, momentum
@@ -84,6 +87,9 @@ _TOP_KEYS = {
     "scheduler",
     "val_fraction",
     "selection",
+    "label_fractions",
+    "label_seed",
+    "absent_primary",
 }
 _OPT_KEYS = {"name", "lr", "weight_decay", "momentum"}
 TOY_DEFAULTS: dict[str, Any] = {"steps": 700, "lr": 0.05, "scale": 0.1, "record_every": 5}
@@ -109,6 +115,9 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "scheduler": {"name": "none"},
     "val_fraction": 0.0,
     "selection": {"criterion": "last"},
+    "label_fractions": {},
+    "label_seed": None,
+    "absent_primary": "skip",
 }
 
 
@@ -129,6 +138,12 @@ class RunConfig:
     ``method`` is a registry name of :mod:`taskgrad.methods`, or ``"single-task:<i>"`` for the
     single-task baseline of task i. ``label`` names the run in tables and folders. ``scheduler``
     and ``selection`` are the normalized [scheduler] and [selection] tables (defaults filled in).
+    ``label_fractions`` ({task: f}, 0 < f < 1; tasks not named keep every label) keeps the labels
+    of round(f·n) of a task's n labelled training examples, drawn with ``label_seed`` (None: the
+    run's seed; see :mod:`taskgrad.bench.labels`). ``absent_primary``: what a primary/auxiliary
+    method does on a batch without a labelled example of its primary task (task 0): ``"skip"``
+    (no step) or a method name, applied to the present auxiliaries (``primary-only`` always
+    skips).
     """
 
     experiment: str
@@ -150,6 +165,14 @@ class RunConfig:
     scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     val_fraction: float = 0.0
     selection: dict[str, Any] = field(default_factory=lambda: {"criterion": "last"})
+    label_fractions: dict[str, float] = field(default_factory=dict)
+    label_seed: int | None = None
+    absent_primary: str = "skip"
+
+    @property
+    def labels_seed(self) -> int:
+        """The seed of the label-fraction draw: ``label_seed``, or the run's seed when None."""
+        return self.seed if self.label_seed is None else self.label_seed
 
     @property
     def run_id(self) -> str:
@@ -523,6 +546,8 @@ def parse_config(
         hi=1.0,
         hi_open=True,
     )
+    label_fractions, label_seed = _label_fractions(raw, where)
+    absent_primary = _absent_primary(raw, where, check_methods)
     toy = _toy_settings(tables["toy"], kind, where)
     raw_methods = raw.get("methods")
     if kind == "toy" and "methods" in tables["toy"]:  # the older place of a toy config's methods
@@ -551,6 +576,9 @@ def parse_config(
             _check_keys(tables["model"], model_keys, where, f"[model] (dataset {raw['dataset']!r})")
         scheduler = parse_scheduler(tables["scheduler"], vals["epochs"], float(opt["lr"]), where)
         selection = parse_selection(tables["selection"], tasks, where)
+        label_fractions, label_seed = _normalized_fractions(
+            label_fractions, label_seed, tasks, raw["dataset"], where
+        )
         if selection["criterion"] == "delta_m" and not single_task and not tables["baseline"]:
             raise _err(
                 where,
@@ -576,6 +604,9 @@ def parse_config(
             scheduler=scheduler,
             val_fraction=val_fraction,
             selection=selection,
+            label_fractions=label_fractions,
+            label_seed=label_seed,
+            absent_primary=absent_primary,
             **vals,
         )
         for seed in seeds:
@@ -589,6 +620,80 @@ def parse_config(
                 runs.extend(single_task_config(template, i, t) for i, t in enumerate(tasks))
     baseline = {str(k): float(v) for k, v in tables["baseline"].items()}
     return ExperimentConfig(raw["name"], kind, runs, baseline, toy, None, entries)
+
+
+def _label_fractions(raw: dict[str, Any], where: str) -> tuple[dict[str, float], int | None]:
+    """The checked ``label_fractions`` table ({task: f} with 0 < f ≤ 1) and ``label_seed`` (an
+    int, or None: the run's seed).
+    """
+    tbl = _table(raw, "label_fractions", where)
+    fractions: dict[str, float] = {}
+    for task, f in tbl.items():
+        if not _is_num(f) or not math.isfinite(f) or not 0.0 < f <= 1.0:
+            raise _err(
+                where,
+                f"label_fractions[{task!r}] must be a number in (0, 1], the fraction of the "
+                f"task's training examples that keep their label, got {f!r} ({_tname(f)}).",
+            )
+        fractions[task] = float(f)
+    seed = raw.get("label_seed")
+    if "label_seed" in raw and not _is_int(seed):
+        raise _err(
+            where,
+            f"'label_seed' must be an int (leave it out to use each run's seed), got {seed!r} "
+            f"({_tname(seed)}).",
+        )
+    if raw.get("kind", "train") == "toy" and (tbl or "label_seed" in raw):
+        raise _err(where, "label_fractions and label_seed go with kind = 'train' configs.")
+    return fractions, seed
+
+
+def _absent_primary(raw: dict[str, Any], where: str, check: bool) -> str:
+    """The checked ``absent_primary``: ``"skip"`` or the name of a registered stateless method
+    that takes no required argument and is not itself a primary/auxiliary method.
+    """
+    name = raw.get("absent_primary", "skip")
+    if not isinstance(name, str) or not name:
+        raise _err(
+            where,
+            f"'absent_primary' must be 'skip' or a method name (e.g. 'mean'), got {name!r} "
+            f"({_tname(name)}).",
+        )
+    if name == "skip" or not check:
+        return name
+    from ..methods.registry import lookup
+
+    _check_methods([(name, name, {})], f"{where}: 'absent_primary'")
+    info = lookup(name.strip().lower().replace("_", "-").replace(" ", "-"))
+    if info.family == "auxiliary" or info.stateful:
+        why = (
+            "a primary/auxiliary method, which needs the absent primary"
+            if info.family == "auxiliary"
+            else "stateful (it would see only the steps without the primary)"
+        )
+        raise _err(
+            where,
+            f"'absent_primary' = {name!r} is {why}: give 'skip' or a stateless method of the "
+            "auxiliaries alone (e.g. 'mean').",
+        )
+    return info.name
+
+
+def _normalized_fractions(
+    fractions: dict[str, float], seed: int | None, tasks: list[str], dataset: str, where: str
+) -> tuple[dict[str, float], int | None]:
+    """The fractions below 1 (sorted by task; f = 1 is every label, as for a task not named) and
+    the seed (None when no fraction is below 1: it changes nothing then); names are checked.
+    """
+    unknown = [t for t in fractions if t not in tasks]
+    if unknown:
+        raise _err(
+            where,
+            f"label_fractions names {unknown}, which are not tasks of dataset {dataset!r}; its "
+            f"tasks are {tasks}.",
+        )
+    kept = {t: f for t, f in sorted(fractions.items()) if f < 1.0}
+    return kept, (seed if kept else None)
 
 
 def _toy_settings(tbl: dict[str, Any], kind: str, where: str) -> dict[str, Any]:

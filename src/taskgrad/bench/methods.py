@@ -16,7 +16,12 @@ __all__ = ["OneTask", "make_method", "method_arguments"]
 
 
 class OneTask(Weighting):
-    """Single-task baseline: w = e_i (only task i is trained)."""
+    """Single-task baseline: w = e_i (only task i is trained).
+
+    ``present`` (a (k,) bool tensor, set by the harness around a step with absent tasks, whose
+    method sees the present tasks only): task i is then at position Σ_{j<i} present[j] of the
+    losses it is given.
+    """
 
     needs = frozenset({"losses"})
 
@@ -24,15 +29,24 @@ class OneTask(Weighting):
         if index < 0:
             raise ValueError(f"task index must be ≥ 0, got {index}.")
         self.index = index
+        self.present: Tensor | None = None
 
     def compute(self, *, gram: Tensor | None, losses: Tensor | None) -> Tensor:
         assert losses is not None
-        if self.index >= losses.shape[-1]:
+        pos = self.index
+        if self.present is not None:
+            if not bool(self.present[self.index]):
+                raise ValueError(
+                    f"single-task index {self.index} is absent from the batch: there is nothing "
+                    "to train (skip the step)."
+                )
+            pos = int(self.present[: self.index].sum())
+        if pos >= losses.shape[-1]:
             raise ValueError(
                 f"single-task index {self.index} but there are {losses.shape[-1]} tasks."
             )
         w = torch.zeros_like(losses)
-        w[..., self.index] = 1.0
+        w[..., pos] = 1.0
         return w
 
 

@@ -6,6 +6,16 @@ losses) and ``metric_sums(outputs, y)`` (per-metric sums over a batch; ``evaluat
 number of examples, or calls ``finalize`` for non-additive metrics such as AUC).
 Each metric has a direction: :class:`Metric.higher_is_better` sets its sign in Δm.
 
+Partially labelled training data: ``labelled`` (an (N_train, k) bool tensor, row b and column i
+True when training example b carries a label of task i; None: every example labelled) marks what a
+natively partially labelled data set has (e.g. NaN targets: :meth:`Problem.labelled_from_nan`).
+Only the training split may be partially labelled; the ``"test"`` split and a problem's own
+``"val"`` split are fully labelled. Training on a partially labelled batch computes each task's
+loss on its labelled rows only (:meth:`Problem.masked_losses`, which calls
+:meth:`Problem.task_loss` on those rows), so ``outputs[i]`` and ``y`` must have the batch on their
+first axis; the rows kept labelled at a config's label fractions are drawn in
+:mod:`taskgrad.bench.labels`.
+
 The harness evaluates a validation split with :func:`split_evaluator`: metrics and task losses
 from one forward pass per batch (``evaluate_with_losses``) unless a subclass overrides ``evaluate``
 or ``mean_losses`` below it, and it also serves an ``evaluate`` written without ``indices=``.
@@ -16,9 +26,9 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,10 +55,61 @@ class Problem:
     tasks: list[str]
     metrics: list[Metric]
 
-    def __init__(self, x_train: Any, y_train: Tensor, x_test: Any, y_test: Tensor) -> None:
+    labelled: Tensor | None = None
+
+    def __init__(
+        self,
+        x_train: Any,
+        y_train: Tensor,
+        x_test: Any,
+        y_test: Tensor,
+        labelled: Tensor | None = None,
+    ) -> None:
         self.x = {"train": x_train, "test": x_test}
         self.y = {"train": y_train, "test": y_test}
         self.device = torch.device("cpu")
+        self.labelled = labelled
+
+    @staticmethod
+    def labelled_from_nan(y: Tensor) -> Tensor | None:
+        """The label mask of targets ``y`` of shape (N, k) in which NaN means "not labelled":
+        labelled[b, i] = ¬isnan(y[b, i]); None when every target is a number (all labelled).
+        """
+        if y.dim() != 2:
+            raise ValueError(
+                f"labelled_from_nan takes (N, k) targets, one column per task, got shape "
+                f"{tuple(y.shape)}."
+            )
+        mask = ~torch.isnan(y)
+        return None if bool(mask.all()) else mask.cpu()
+
+    def label_mask(self) -> Tensor | None:
+        """The training split's label mask, checked: an (N_train, k) bool CPU tensor with at least
+        one labelled example per task, or None when every training example is labelled for every
+        task (the default).
+        """
+        m = getattr(self, "labelled", None)
+        if m is None:
+            return None
+        n, k = self.n("train"), len(self.tasks)
+        name = type(self).__name__
+        if not isinstance(m, Tensor) or m.dtype != torch.bool or tuple(m.shape) != (n, k):
+            got = (
+                f"a {m.dtype} tensor of shape {tuple(m.shape)}"
+                if isinstance(m, Tensor)
+                else type(m).__name__
+            )
+            raise ValueError(
+                f"{name}.labelled must be a bool tensor of shape (N_train, k) = ({n}, {k}), one "
+                f"flag per training example and task (True: labelled), got {got}."
+            )
+        m = m.cpu()
+        none = [t for t, c in zip(self.tasks, m.sum(0).tolist(), strict=True) if c == 0]
+        if none:
+            raise ValueError(
+                f"{name}.labelled has no labelled training example of the task(s) {none}."
+            )
+        return None if bool(m.all()) else m
 
     def n(self, split: str) -> int:
         return int(self.y[split].shape[0])
@@ -74,6 +135,43 @@ class Problem:
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
         raise NotImplementedError
+
+    def task_loss(self, i: int, outputs: list[Tensor], y: Tensor) -> Tensor:
+        """The loss of task i alone on a batch (``losses(outputs, y)[i]``). Partially labelled
+        training calls it on the rows labelled for task i only; a problem overrides it to compute
+        task i's loss without the other tasks' (whose targets may be NaN on those rows).
+        """
+        return self.losses(outputs, y)[i]
+
+    def masked_losses(
+        self, outputs: Sequence[Tensor], y: Tensor, labelled: Tensor
+    ) -> tuple[list[Tensor], Tensor]:
+        """(the k task losses of a batch, the (k,) bool ``present`` flags) given the batch's
+        (B, k) label mask: L_i = (1/|R_i|) Σ_{b ∈ R_i} ℓ_i(b) over the rows R_i labelled for task
+        i, computed by :meth:`task_loss` on those rows only (by ``losses(...)[i]`` on them when a
+        subclass overrides ``losses`` but not ``task_loss``). A task with R_i = ∅ is absent
+        (present[i] False) and its entry is a NaN placeholder, never differentiated: give the
+        list, never a stack, with ``present=`` to the training step.
+        """
+        k = len(self.tasks)
+        if tuple(labelled.shape) != (int(y.shape[0]), k):
+            raise ValueError(
+                f"the batch's label mask has shape {tuple(labelled.shape)}, expected "
+                f"({int(y.shape[0])}, {k})."
+            )
+        present = labelled.any(0).cpu()
+        cls = type(self)
+        own = _defined_at(cls, "task_loss") <= _defined_at(cls, "losses")
+        out: list[Tensor] = []
+        for i in range(k):
+            if not bool(present[i]):
+                like = outputs[i]
+                out.append(torch.full((), float("nan"), dtype=like.dtype, device=like.device))
+                continue
+            rows = labelled[:, i].nonzero().squeeze(-1).to(y.device)
+            view = cast(list[Tensor], _Rows(outputs, rows))
+            out.append(self.task_loss(i, view, y[rows]) if own else self.losses(view, y[rows])[i])
+        return out, present
 
     def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -197,6 +295,24 @@ class Problem:
         metrics, losses = self._sum_metrics(model, batch_size, split, indices, with_losses=True)
         assert losses is not None
         return metrics, losses
+
+
+class _Rows(Sequence[Tensor]):
+    """Task outputs restricted to some rows, each sliced when read (a task loss that reads only
+    its own output slices only that one).
+    """
+
+    def __init__(self, outputs: Sequence[Tensor], rows: Tensor) -> None:
+        self.outputs, self.rows = outputs, rows
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __getitem__(self, j: int) -> Tensor:  # type: ignore[override]
+        return self.outputs[j][self.rows]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (o[self.rows] for o in self.outputs)
 
 
 def _defined_at(cls: type, name: str) -> int:

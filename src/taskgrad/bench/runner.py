@@ -10,6 +10,14 @@ the selection score ``val_score`` and ``selected`` = 1 on the best epoch so far)
 (the model of the selected epoch, when the criterion is not ``"last"``) and ``result.json`` (config,
 selected and last metrics, history, selection, timings; written when the run completes). ``final``
 in result.json holds the test metrics of the selected epoch (the last one for ``"last"``).
+With ``label_fractions`` in the config, or a problem whose training split is natively partially
+labelled (``Problem.labelled``), each task's training loss is the mean over the batch's rows
+labelled for it, and a task with no labelled row in a batch is absent from that step (``present=``
+of the training step: weight 0, left out of the Gram and the method; a single-task baseline whose
+task is absent skips the step); ``history.csv`` then has ``absent/<task>`` (steps of the epoch
+without that task), ``train_loss/<task>`` averages the steps where the task was present, and
+result.json has ``labels`` (seed, fractions and the labelled count of each task). Validation and
+test metrics are computed on fully labelled data.
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
 of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted
 one.
@@ -37,8 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from ..methods.base import Weighting
-from ..training import GradStep, TaskOptimizer
+from ..training import GradStep, StepResult, TaskOptimizer
 from .config import RunConfig, single_task_config
+from .labels import label_counts, training_label_mask
 from .methods import OneTask, make_method
 from .problem import Problem, split_evaluator
 from .registry import get_problem
@@ -270,6 +279,8 @@ class _Setup:
     criterion: str
     monitor: str | None
     evaluate_val: Callable[[nn.Module, int], tuple[dict[str, float], list[float]]] | None
+    labelled: Tensor | None = None  # (N_train, k) bool over the problem's training rows
+    n_labelled: dict[str, int] = field(default_factory=dict)  # among the rows trained on
 
     @property
     def specs(self) -> dict[str, bool]:
@@ -300,9 +311,52 @@ def _setup(cfg: RunConfig) -> _Setup:
             "set val_fraction (e.g. 0.1) in the config."
         )
     evaluate_val = None if val_split is None else split_evaluator(problem, val_split, val_idx)
+    labelled = _label_mask(problem, cfg, train_idx, val_idx)
+    n = problem.n("train")
     return _Setup(
-        problem, device, train_idx, val_split, val_idx, val_source, crit, monitor, evaluate_val
+        problem,
+        device,
+        train_idx,
+        val_split,
+        val_idx,
+        val_source,
+        crit,
+        monitor,
+        evaluate_val,
+        labelled,
+        label_counts(labelled, n, list(problem.tasks), train_idx),
     )
+
+
+def _label_mask(
+    problem: Problem, cfg: RunConfig, train_idx: Tensor | None, val_idx: Tensor | None
+) -> Tensor | None:
+    """The run's training label mask: the problem's native one with the config's label fractions
+    drawn on top among the rows trained on (None: every example labelled for every task). A
+    validation set carved from natively partially labelled rows is an error (validation metrics
+    are computed on fully labelled data).
+    """
+    native = problem.label_mask()
+    if native is not None and val_idx is not None:
+        unlabelled = int((~native[val_idx.cpu()].all(1)).sum())
+        if unlabelled:
+            raise ValueError(
+                f"{cfg.run_id}: val_fraction = {cfg.val_fraction:g} carves {unlabelled} training "
+                f"examples without a label of some task of dataset {cfg.dataset!r} (natively "
+                "partially labelled) into the validation set, whose metrics need every label: "
+                "give the problem its own fully labelled 'val' split and set val_fraction = 0."
+            )
+    try:
+        return training_label_mask(
+            native,
+            problem.n("train"),
+            list(problem.tasks),
+            cfg.label_fractions,
+            cfg.labels_seed,
+            train_idx,
+        )
+    except ValueError as e:
+        raise ValueError(f"{cfg.run_id}: {e}") from e
 
 
 def _saved_result(
@@ -404,6 +458,13 @@ def _new_trainer(
     seed_everything(cfg.seed)
     model = setup.problem.make_model(**cfg.model).to(setup.device)
     method = build_method(cfg)  # after the model, before the optimizer: the order of random draws
+    if setup.labelled is not None and "jacobian" in method.needs:
+        raise ValueError(
+            f"{cfg.run_id}: method {cfg.method!r} aggregates the Jacobian itself, and the training "
+            "step cannot leave a task without labels in a batch out of a Jacobian aggregation "
+            "(present=); this run is partially labelled (label_fractions, or a natively partially "
+            "labelled dataset): use a Gram, loss-based or auxiliary method, or label every task."
+        )
     opt = _optimizer(model.parameters(), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler)
     topt = TaskOptimizer(opt, GradStep(method, source=cfg.source))
@@ -449,6 +510,40 @@ def _loss_info(tasks: list[str], losses: Any) -> str:
     return "loss " + " ".join(f"{t} {float(v):.3f}" for t, v in zip(tasks, losses, strict=True))
 
 
+def _step(
+    tr: _Trainer, outs: list[Tensor], y: Tensor, idx: Tensor, features: Tensor | None
+) -> tuple[StepResult | None, Tensor | None]:
+    """One optimizer step on a batch (rows ``idx`` of the training split): (the step's result, or
+    None when a single-task baseline's task is absent and nothing is stepped; the (k,) present
+    flags, None when every task is labelled in the batch). With a label mask each task's loss is
+    its masked mean (:meth:`Problem.masked_losses`) and absent tasks are passed
+    to the step as ``present=``.
+    """
+    problem, labelled = tr.setup.problem, tr.setup.labelled
+    rows = None if labelled is None else labelled[idx.cpu()]
+    if rows is None or bool(rows.all()):
+        return tr.topt.step(problem.losses(outs, y), features=features), None
+    losses, present = problem.masked_losses(outs, y, rows)
+    if bool(present.all()):
+        return tr.topt.step(losses, features=features), present
+    method = tr.topt.gradstep.method
+    st = tr.cfg.single_task_index
+    if st is not None:  # a single-task baseline: its own task alone matters
+        if not bool(present[st]):
+            return None, present
+        assert isinstance(method, OneTask)
+        method.present = present
+    fallback: Any = "skip"
+    if tr.cfg.absent_primary != "skip" and getattr(method, "method_name", "") != "primary-only":
+        fallback = make_method(tr.cfg.absent_primary)  # stateless (checked with the config)
+    try:
+        step = tr.topt.step(losses, features=features, present=present, absent_primary=fallback)
+        return step, present
+    finally:
+        if isinstance(method, OneTask):
+            method.present = None
+
+
 def _train_epoch(
     tr: _Trainer,
     progress: Any,
@@ -468,8 +563,10 @@ def _train_epoch(
             "steps": 0,
             "skipped": 0,
             "time": 0.0,
+            "absent": [0] * k,
         }
     stats = state["epoch_stats"]
+    stats.setdefault("absent", [0] * k)  # a checkpoint of an older version
     perm = _perm(cfg.seed, state["epoch"], setup.n_train)
     use_features = cfg.source in ("representation", "auto")
     cuda = setup.device.type == "cuda"
@@ -483,21 +580,25 @@ def _train_epoch(
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         z, outs = tr.model(x)
-        res = tr.topt.step(setup.problem.losses(outs, y), features=z if use_features else None)
+        res, present = _step(tr, outs, y, idx, z if use_features else None)
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         stats["time"] += dt
         stats["steps"] += 1
-        stats["skipped"] += int(res.skipped)
+        stats["skipped"] += int(res is None or res.skipped)
         for i in range(k):
-            stats["loss_sum"][i] += float(res.losses[i])
-            if not res.skipped:
+            if present is not None and not bool(present[i]):
+                stats["absent"][i] += 1
+            elif res is not None:
+                stats["loss_sum"][i] += float(res.losses[i])
+            if res is not None and not res.skipped:
                 stats["w_sum"][i] += float(res.weights[i])
         state["step_times"].append(dt)
         state["step_in_epoch"] = b + 1
         state["global_step"] += 1
-        progress.update(bar, advance=1, info=_loss_info(tr.tasks, res.losses))
+        info = "task absent: skipped" if res is None else _loss_info(tr.tasks, res.losses)
+        progress.update(bar, advance=1, info=info)
         if state["global_step"] % cfg.checkpoint_every == 0 and b + 1 < tr.steps_per_epoch:
             save()
         if on_step is not None:
@@ -510,6 +611,7 @@ def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | N
     """
     cfg, setup, state = tr.cfg, tr.setup, tr.state
     stats = state["epoch_stats"]
+    absent = stats.get("absent", [0] * len(tr.tasks))
     epoch = state["epoch"]
     metrics = setup.problem.evaluate(tr.model, cfg.eval_batch_size)
     n_steps = max(stats["steps"], 1)
@@ -522,8 +624,16 @@ def _end_epoch(tr: _Trainer, best_path: Path) -> tuple[dict[str, Any], float | N
         "lr": float(tr.opt.param_groups[0]["lr"]),
     }
     for i, t in enumerate(tr.tasks):
-        row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
+        present_steps = stats["steps"] - absent[i]  # the mean over the steps with the task
+        if not absent[i]:
+            row[f"train_loss/{t}"] = stats["loss_sum"][i] / n_steps
+        else:
+            row[f"train_loss/{t}"] = (
+                stats["loss_sum"][i] / present_steps if present_steps else float("nan")
+            )
         row[f"weight/{t}"] = stats["w_sum"][i] / applied
+    if setup.labelled is not None:
+        row.update({f"absent/{t}": absent[i] for i, t in enumerate(tr.tasks)})
     row.update(metrics)
     val_metrics: dict[str, float] = {}
     val_losses: list[float] | None = None
@@ -627,6 +737,18 @@ def _result(tr: _Trainer) -> dict[str, Any]:
         "device": str(setup.device),
         "resumed": tr.state["resumed"],
         "torch": torch.__version__,
+        **(
+            {}
+            if setup.labelled is None
+            else {
+                "labels": {
+                    "seed": cfg.labels_seed if cfg.label_fractions else None,
+                    "fractions": dict(cfg.label_fractions),
+                    "n_train": setup.n_train,
+                    "n_labelled": dict(setup.n_labelled),
+                }
+            }
+        ),
     }
 
 
@@ -718,10 +840,7 @@ def check_run(cfg: RunConfig) -> None:
     idx = torch.arange(n) if setup.train_idx is None else setup.train_idx[:n]
     x, y = setup.problem.batch(idx, "train")
     z, outs = tr.model(x)
-    tr.topt.step(
-        setup.problem.losses(outs, y),
-        features=z if cfg.source in ("representation", "auto") else None,
-    )
+    _step(tr, outs, y, idx, z if cfg.source in ("representation", "auto") else None)
 
 
 def order_runs(cfgs: list[RunConfig]) -> list[RunConfig]:

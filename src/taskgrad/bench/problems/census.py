@@ -62,10 +62,13 @@ class CensusProblem(Problem):
         )
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [
-            nn.functional.binary_cross_entropy_with_logits(o.squeeze(-1), y[:, i].float())
-            for i, o in enumerate(outputs)
-        ]
+        return [self.task_loss(i, outputs, y) for i in range(len(outputs))]
+
+    def task_loss(self, i: int, outputs: list[Tensor], y: Tensor) -> Tensor:
+        """Binary cross-entropy of task i's logits."""
+        return nn.functional.binary_cross_entropy_with_logits(
+            outputs[i].squeeze(-1), y[:, i].float()
+        )
 
     def _aucs(
         self,

@@ -48,7 +48,11 @@ class MultiDigitsProblem(Problem):
         return MultiLeNet(n_tasks=2, n_classes=10, dropout=dropout)
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [nn.functional.cross_entropy(o, y[:, i]) for i, o in enumerate(outputs)]
+        return [self.task_loss(i, outputs, y) for i in range(len(outputs))]
+
+    def task_loss(self, i: int, outputs: list[Tensor], y: Tensor) -> Tensor:
+        """Cross-entropy of task i's logits."""
+        return nn.functional.cross_entropy(outputs[i], y[:, i])
 
     def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}

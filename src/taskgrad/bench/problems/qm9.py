@@ -155,7 +155,11 @@ class QM9Problem(Problem):
         return MPNN(len(self.tasks), hidden=hidden, n_layers=n_layers, n_rbf=n_rbf, cutoff=cutoff)
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [nn.functional.mse_loss(o.squeeze(-1), y[:, i]) for i, o in enumerate(outputs)]
+        return [self.task_loss(i, outputs, y) for i in range(len(outputs))]
+
+    def task_loss(self, i: int, outputs: list[Tensor], y: Tensor) -> Tensor:
+        """MSE of task i's standardized target."""
+        return nn.functional.mse_loss(outputs[i].squeeze(-1), y[:, i])
 
     def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
         """Σ |ŷ − y| in original units (meV for energies): standardized error × std (× 1000)."""

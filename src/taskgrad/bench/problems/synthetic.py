@@ -34,10 +34,13 @@ class SyntheticProblem(Problem):
         return MultiHeadMLP(self.dim, [hidden], [1, 1])
 
     def losses(self, outputs: list[Tensor], y: Tensor) -> list[Tensor]:
-        return [
-            nn.functional.mse_loss(outputs[0].squeeze(-1), y[:, 0]),
-            nn.functional.binary_cross_entropy_with_logits(outputs[1].squeeze(-1), y[:, 1]),
-        ]
+        return [self.task_loss(i, outputs, y) for i in range(2)]
+
+    def task_loss(self, i: int, outputs: list[Tensor], y: Tensor) -> Tensor:
+        """MSE of task 0 ("reg"), binary cross-entropy of the logits of task 1 ("cls")."""
+        if i == 0:
+            return nn.functional.mse_loss(outputs[0].squeeze(-1), y[:, 0])
+        return nn.functional.binary_cross_entropy_with_logits(outputs[1].squeeze(-1), y[:, 1])
 
     def metric_sums(self, outputs: list[Tensor], y: Tensor) -> dict[str, Tensor]:
         return {
