@@ -27,6 +27,13 @@ source the k × P per-task gradients themselves, which gives the gradient direct
 is dense over ``module``'s parameters (not per graph leaf, as GradStep's) so that every rank
 all-reduces the same layout even when, with ``find_unused_parameters=True``, a rank's losses
 do not reach every parameter; the reach mask tells which parameters DDP would leave untouched.
+
+Partially labelled tasks (``present=`` on every rank: a (k,) bool mask or non-negative counts
+nᵢʳ) run as a window of one micro-batch, exact for Lᵢ = Σ_r nᵢʳ Lᵢʳ / Σ_r nᵢʳ (the mean over the
+ranks where task i is present; DDP's mean when every task is present everywhere): the per-task
+sums Σ_r nᵢʳ are all-reduced first (2k + 1 numbers), every rank back-propagates only its own
+present tasks, and the tasks absent on every rank are left out of the step (see
+:mod:`taskgrad.training.present`). Full-parameter and representation sources; the sketch raises.
 """
 
 from __future__ import annotations
@@ -215,7 +222,10 @@ class DistributedStep(GradStep):
 
     ``backward(losses, features=..., params=..., loss_fn=..., scaler=..., backward_fn=...)`` is
     a collective: every rank must call it at the same step. Returns a
-    :class:`~taskgrad.training.StepResult`.
+    :class:`~taskgrad.training.StepResult`. ``backward(..., present=p)`` (every rank passes
+    ``present=`` at that step, or none does) takes task i's loss as the mean over the ranks
+    where it is present, count-weighted when ``p`` holds counts (see the module docstring); it
+    needs ``module=``.
 
     Args:
         method: a :class:`~taskgrad.methods.Weighting` (default Mean). Every rank must build

@@ -42,7 +42,7 @@ def backward(  # noqa: D417  (the GradStep options are described together)
     normalize: Literal["sum", "mean-norm"] | None = None,
     names: Sequence[str] | None = None,
     retain_graph: bool = False,
-    present: Tensor | Sequence[bool] | None = None,
+    present: Tensor | Sequence[bool] | Sequence[float] | None = None,
     absent_primary: Literal["skip"] | Weighting = "skip",
 ) -> StepResult:
     """Add ∇Σ wᵢLᵢ to ``.grad`` with w = method(gram=G, losses=L): :meth:`GradStep.backward` once.
@@ -65,7 +65,8 @@ def backward(  # noqa: D417  (the GradStep options are described together)
             raises, or skips the step under an enabled GradScaler; a step where the method is
             undefined is skipped and reported in the result).
         retain_graph: keep the graph after the update.
-        present: (k,) bool tensor, the tasks with a loss in this batch: the absent ones are left
+        present: (k,) bool tensor (or non-negative counts, present where > 0), the tasks with a
+            loss in this batch: the absent ones are left
             out of the Gram and the method, get weight 0 and are never back-propagated (see
             :meth:`GradStep._backward_present`); ``absent_primary`` is the rule for a
             primary/auxiliary method whose primary task is absent ("skip" or a Weighting).

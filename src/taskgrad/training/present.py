@@ -5,6 +5,14 @@ undefined. With ``present`` (a (k,) boolean tensor) the absent tasks are left ou
 sees the Gram matrix and the losses of the present tasks only, the absent tasks get weight 0
 and nothing of their loss reaches ``.grad``.
 
+``present`` may also hold non-negative counts nᵢ (the labelled examples of task i in the batch;
+present where nᵢ > 0). Where a task's loss is a mean over several batches b (the micro-batches
+of an accumulation window, the ranks of a DDP step, or both) it is Lᵢ = Σ_b nᵢᵇ Lᵢᵇ / Σ_b nᵢᵇ
+over the batches holding it: with masked-mean losses, the masked mean over the whole batch; with
+a bool mask (nᵢᵇ ∈ {0, 1}), the plain mean over the batches where it is present, which is the
+usual mean when every task is present everywhere. A task absent from every batch is absent
+from the step.
+
 State of a stateful method: a step advances the state of the present tasks only. Every tensor
 of ``state_dict()`` whose trailing dimension is k is per-task (trailing (k, k): per pair of
 tasks); the method runs on those tensors restricted to the present tasks, and afterwards only

@@ -604,7 +604,7 @@ class GradStep:
         loss_fn: Any = None,
         scaler: GradScaler | None = None,
         backward_fn: Callable[[Tensor], None] | None = None,
-        present: Tensor | Sequence[bool] | None = None,
+        present: Tensor | Sequence[bool] | Sequence[float] | None = None,
         absent_primary: Literal["skip"] | Weighting = "skip",
     ) -> StepResult:
         """Add ∇ Σᵢ vᵢLᵢ to ``.grad`` (scaled by the GradScaler's scale when ``scaler`` is given).
@@ -978,7 +978,7 @@ class GradStep:
         loss_fn: Any = None,
         weight: float | None = None,
         scaler: GradScaler | None = None,
-        present: Tensor | Sequence[bool] | None = None,
+        present: Tensor | Sequence[bool] | Sequence[float] | None = None,
     ) -> None:
         """Add one micro-batch (its losses weighted by ``weight``; None: 1/M for M micro-batches).
 
