@@ -107,6 +107,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "absent_primary": "mean",
     },
     "accumulate-counts": {"method": "mgda", "steps": [("accumulate", "counts")], "micro": 2},
+    # a present task's loss is NaN on rank 2 (a NaN input): every rank skips the step
+    "nan-on-rank-2": {"method": "mgda", "steps": [("partial", "bool")], "nan_rank": 2},
 }
 # the same at the shared representation z (the Gram of the ∂Lᵢ/∂z over the global batch)
 for _name in ("mgda-bool", "mgda-counts", "mgda-every", "mgda-none", "mgda-one-rank"):
@@ -132,7 +134,8 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
     hook = FeatureHook(base.encoder)
     rep = spec.get("source") == "representation"
     source = "representation" if rep else FullGram(list(base.encoder.parameters()))
-    step = DistributedStep(make_method(spec["method"]), source, module=ddp)
+    skip = "skip" if "nan_rank" in spec else "auto"
+    step = DistributedStep(make_method(spec["method"]), source, module=ddp, nonfinite=skip)
     opt = torch.optim.SGD(ddp.parameters(), lr=LR)
     kw = {"absent_primary": methods.Mean()} if spec.get("absent_primary") == "mean" else {}
     out: dict[str, Any] = {"grads": [], "weights": [], "losses": [], "skipped": [], "state": []}
@@ -140,6 +143,9 @@ def _run_one(rank: int, spec: dict[str, Any]) -> dict[str, Any]:
         x, y = batch(t)
         rows = slice(rank * PER, (rank + 1) * PER)
         xr, yr, lr_ = x[rows], y[rows], LABELS[labels][rows]
+        if spec.get("nan_rank") == rank:
+            xr = xr.clone()
+            xr[:, 0] = float("nan")
         opt.zero_grad(set_to_none=True)
         n_micro = spec.get("micro")
         if n_micro:

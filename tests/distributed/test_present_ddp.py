@@ -60,7 +60,7 @@ def _ok(ranks: list[dict], name: str) -> list[dict]:
     return [ranks[r][name] for r in range(sc.R)]
 
 
-@pytest.mark.parametrize("name", [n for n in sc.SCENARIOS if not n.startswith("primary")])
+@pytest.mark.parametrize("name", [n for n in sc.SCENARIOS if not n.startswith(("primary", "nan"))])
 def test_grad_is_the_global_objectives(ranks, refs, name):
     runs, ref = _ok(ranks, name), refs[name]
     for t in range(len(sc.SCENARIOS[name]["steps"])):
@@ -128,3 +128,10 @@ def test_unsupported_combinations_raise_clearly(ranks):
     assert "module=" in got["no-module"]
     assert "backward_fn" in got["backward_fn"]
     assert "period=1" in got["period"]
+
+
+def test_nan_loss_of_a_present_task_on_one_rank_skips_everywhere(ranks):
+    for run in _ok(ranks, "nan-on-rank-2"):
+        assert run["skipped"] == [True] and "1 rank" in run["reason"]
+        assert all(g is None for g in run["grads"][0])
+        assert torch.isnan(run["weights"][0]).all()
