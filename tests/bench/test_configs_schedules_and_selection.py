@@ -184,8 +184,8 @@ def test_default_fingerprint_is_that_of_older_versions() -> None:
         {**_BASE, "selection": {"criterion": "last"}, "scheduler": {"name": "none"}}
     ).runs[0]
     old = asdict(rc)
-    later = ("scheduler", "val_fraction", "selection", "label_fractions", "label_seed")
-    for k in ("device", *later, "absent_primary"):
+    later = ("scheduler", "val_fraction", "selection", "label_fractions", "label_counts")
+    for k in ("device", *later, "label_seed", "absent_primary"):
         old.pop(k)
     assert (
         rc.fingerprint()
@@ -200,6 +200,7 @@ def test_default_fingerprint_is_that_of_older_versions() -> None:
     seeded = replace(fewer, label_seed=3)
     assert len({rc.fingerprint(), fewer.fingerprint(), seeded.fingerprint()}) == 3
     assert replace(rc, absent_primary="mean").fingerprint() != rc.fingerprint()
+    assert replace(rc, label_counts={"reg": 5}).fingerprint() != rc.fingerprint()
 
 
 # ------------------------------------------------------------------ validation split

@@ -51,6 +51,12 @@ def test_fractions_label_round_f_n_examples_per_task_by_seed() -> None:
     assert larger is not None and bool((larger[:, 0] | ~m[:, 0]).all())
     # fractions of 1 label everything: no mask at all
     assert training_label_mask(None, 1000, tasks, {"a": 1.0}, seed=4) is None
+    # a count instead of a fraction: exactly that many, from the same permutation (nested)
+    c = training_label_mask(None, 1000, tasks, {"b": 0.3}, seed=4, counts={"a": 20, "c": 999})
+    assert c is not None and c.sum(0).tolist() == [20, 300, 999]
+    assert bool((m[:, 0] | ~c[:, 0]).all()) and torch.equal(c[:, 1], m[:, 1])
+    with pytest.raises(ValueError, match=r"label_counts\['a'\]: 2000 labelled examples asked"):
+        training_label_mask(None, 1000, tasks, {}, seed=4, counts={"a": 2000})
 
 
 def test_fractions_apply_on_top_of_a_native_mask_among_the_training_rows() -> None:
@@ -87,6 +93,8 @@ def test_label_masks_are_paired_across_methods_and_baselines() -> None:
     assert not torch.equal(masks[0][0], masks[1][0])  # the label seed is the run's seed
     fixed = _config(seeds=[0, 1], label_fractions={"reg": 0.25}, label_seed=7).runs
     assert torch.equal(_setup(fixed[0]).labelled, _setup(fixed[1]).labelled)
+    counted = _config(label_counts={"cls": 10}, val_fraction=0.25).runs[0]
+    assert _setup(counted).n_labelled == {"reg": 48, "cls": 10}
 
 
 # ------------------------------------------------------------------ one step
@@ -226,6 +234,7 @@ def test_absent_counts_single_task_baselines_and_the_absent_primary_rule(tmp_pat
         assert res[label]["labels"] == {
             "seed": 0,
             "fractions": {"reg": 0.1},
+            "counts": {},
             "n_train": 64,
             "n_labelled": {"reg": 6, "cls": 64},
         }
@@ -293,6 +302,13 @@ def test_changed_fractions_make_a_saved_result_stale(tmp_path) -> None:
         ({"label_fractions": {"reg": True}}, r"in \(0, 1\].*bool"),
         ({"label_fractions": 0.1}, r"\[label_fractions\] must be a table"),
         ({"label_seed": 1.5}, "'label_seed' must be an int"),
+        ({"label_counts": {"reg": 0}}, r"label_counts\['reg'\] must be an int ≥ 1"),
+        ({"label_counts": {"reg": 2.5}}, r"label_counts\['reg'\] must be an int ≥ 1"),
+        ({"label_counts": {"rge": 5}}, r"label_counts names \['rge'\].*tasks are"),
+        (
+            {"label_counts": {"reg": 5}, "label_fractions": {"reg": 0.5}},
+            r"\['reg'\] are in both label_fractions and label_counts",
+        ),
         ({"absent_primary": "meen"}, "unknown method 'meen'.*Did you mean 'mean'"),
         ({"absent_primary": "sum"}, "primary/auxiliary method"),
         ({"absent_primary": "dwa"}, "stateful"),
@@ -307,6 +323,8 @@ def test_bad_label_settings_are_clear_errors(over, match) -> None:
 def test_unusable_label_settings_fail_before_training(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"label_fractions\['reg'\].*keeps 0"):
         check_run(_config(label_fractions={"reg": 0.001}).runs[0])
+    with pytest.raises(ValueError, match=r"label_counts\['cls'\]: 100 labelled examples asked"):
+        check_run(_config(label_counts={"cls": 100}).runs[0])
     with pytest.raises(ValueError, match="aggregates the Jacobian"):
         check_run(_config(methods=["graddrop"], label_fractions={"reg": 0.5}).runs[0])
     with pytest.raises(ValueError, match="kind = 'train'"):

@@ -20,6 +20,7 @@ examples is ``benchmarks/configs/README.md``)::
     validation;
                                    # 0: the data set's own validation split if it has one, else none
     label_fractions = {left = 0.05}  # keep labels of this fraction of a task's training examples
+    label_counts = {right = 2000}  # ... or this number of them
     label_seed = 0                 # seed of that draw (default: the run's seed)
     absent_primary = "skip"        # a batch without the primary's label: "skip" or a method name
     [data]                         # keyword arguments of the problem
@@ -88,6 +89,7 @@ _TOP_KEYS = {
     "val_fraction",
     "selection",
     "label_fractions",
+    "label_counts",
     "label_seed",
     "absent_primary",
 }
@@ -116,6 +118,7 @@ NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.0,
     "selection": {"criterion": "last"},
     "label_fractions": {},
+    "label_counts": {},
     "label_seed": None,
     "absent_primary": "skip",
 }
@@ -139,11 +142,11 @@ class RunConfig:
     single-task baseline of task i. ``label`` names the run in tables and folders. ``scheduler``
     and ``selection`` are the normalized [scheduler] and [selection] tables (defaults filled in).
     ``label_fractions`` ({task: f}, 0 < f < 1; tasks not named keep every label) keeps the labels
-    of round(f·n) of a task's n labelled training examples, drawn with ``label_seed`` (None: the
-    run's seed; see :mod:`taskgrad.bench.labels`). ``absent_primary``: what a primary/auxiliary
-    method does on a batch without a labelled example of its primary task (task 0): ``"skip"``
-    (no step) or a method name, applied to the present auxiliaries (``primary-only`` always
-    skips).
+    of round(f·n) of a task's n labelled training examples, ``label_counts`` ({task: m}) keeps m
+    of them, drawn with ``label_seed`` (None: the run's seed; see :mod:`taskgrad.bench.labels`).
+    ``absent_primary``: what a primary/auxiliary method does on a batch without a labelled
+    example of its primary task (task 0): ``"skip"`` (no step) or a method name, applied to the
+    present auxiliaries (``primary-only`` always skips).
     """
 
     experiment: str
@@ -166,12 +169,13 @@ class RunConfig:
     val_fraction: float = 0.0
     selection: dict[str, Any] = field(default_factory=lambda: {"criterion": "last"})
     label_fractions: dict[str, float] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)
     label_seed: int | None = None
     absent_primary: str = "skip"
 
     @property
     def labels_seed(self) -> int:
-        """The seed of the label-fraction draw: ``label_seed``, or the run's seed when None."""
+        """The seed of the labelled-subset draw: ``label_seed``, or the run's seed when None."""
         return self.seed if self.label_seed is None else self.label_seed
 
     @property
@@ -546,7 +550,7 @@ def parse_config(
         hi=1.0,
         hi_open=True,
     )
-    label_fractions, label_seed = _label_fractions(raw, where)
+    label_fractions, label_counts, label_seed = _label_fractions(raw, where)
     absent_primary = _absent_primary(raw, where, check_methods)
     toy = _toy_settings(tables["toy"], kind, where)
     raw_methods = raw.get("methods")
@@ -576,8 +580,8 @@ def parse_config(
             _check_keys(tables["model"], model_keys, where, f"[model] (dataset {raw['dataset']!r})")
         scheduler = parse_scheduler(tables["scheduler"], vals["epochs"], float(opt["lr"]), where)
         selection = parse_selection(tables["selection"], tasks, where)
-        label_fractions, label_seed = _normalized_fractions(
-            label_fractions, label_seed, tasks, raw["dataset"], where
+        label_fractions, label_counts, label_seed = _normalized_fractions(
+            label_fractions, label_counts, label_seed, tasks, raw["dataset"], where
         )
         if selection["criterion"] == "delta_m" and not single_task and not tables["baseline"]:
             raise _err(
@@ -605,6 +609,7 @@ def parse_config(
             val_fraction=val_fraction,
             selection=selection,
             label_fractions=label_fractions,
+            label_counts=label_counts,
             label_seed=label_seed,
             absent_primary=absent_primary,
             **vals,
@@ -622,11 +627,29 @@ def parse_config(
     return ExperimentConfig(raw["name"], kind, runs, baseline, toy, None, entries)
 
 
-def _label_fractions(raw: dict[str, Any], where: str) -> tuple[dict[str, float], int | None]:
-    """The checked ``label_fractions`` table ({task: f} with 0 < f ≤ 1) and ``label_seed`` (an
-    int, or None: the run's seed).
+def _label_fractions(
+    raw: dict[str, Any], where: str
+) -> tuple[dict[str, float], dict[str, int], int | None]:
+    """The checked ``label_fractions`` table ({task: f} with 0 < f ≤ 1), ``label_counts`` table
+    ({task: n} with n ≥ 1, no task in both) and ``label_seed`` (an int, or None: the run's seed).
     """
     tbl = _table(raw, "label_fractions", where)
+    counts_tbl = _table(raw, "label_counts", where)
+    counts: dict[str, int] = {}
+    for task, n in counts_tbl.items():
+        if not _is_int(n) or n < 1:
+            raise _err(
+                where,
+                f"label_counts[{task!r}] must be an int ≥ 1, the number of the task's training "
+                f"examples that keep their label, got {n!r} ({_tname(n)}).",
+            )
+        counts[task] = int(n)
+    both = sorted(set(tbl) & set(counts))
+    if both:
+        raise _err(
+            where,
+            f"{both} are in both label_fractions and label_counts: give each task one of them.",
+        )
     fractions: dict[str, float] = {}
     for task, f in tbl.items():
         if not _is_num(f) or not math.isfinite(f) or not 0.0 < f <= 1.0:
@@ -643,9 +666,11 @@ def _label_fractions(raw: dict[str, Any], where: str) -> tuple[dict[str, float],
             f"'label_seed' must be an int (leave it out to use each run's seed), got {seed!r} "
             f"({_tname(seed)}).",
         )
-    if raw.get("kind", "train") == "toy" and (tbl or "label_seed" in raw):
-        raise _err(where, "label_fractions and label_seed go with kind = 'train' configs.")
-    return fractions, seed
+    if raw.get("kind", "train") == "toy" and (tbl or counts_tbl or "label_seed" in raw):
+        raise _err(
+            where, "label_fractions, label_counts and label_seed go with kind = 'train' configs."
+        )
+    return fractions, counts, seed
 
 
 def _absent_primary(raw: dict[str, Any], where: str, check: bool) -> str:
@@ -680,20 +705,28 @@ def _absent_primary(raw: dict[str, Any], where: str, check: bool) -> str:
 
 
 def _normalized_fractions(
-    fractions: dict[str, float], seed: int | None, tasks: list[str], dataset: str, where: str
-) -> tuple[dict[str, float], int | None]:
-    """The fractions below 1 (sorted by task; f = 1 is every label, as for a task not named) and
-    the seed (None when no fraction is below 1: it changes nothing then); names are checked.
+    fractions: dict[str, float],
+    counts: dict[str, int],
+    seed: int | None,
+    tasks: list[str],
+    dataset: str,
+    where: str,
+) -> tuple[dict[str, float], dict[str, int], int | None]:
+    """The fractions below 1 (sorted by task; f = 1 is every label, as for a task not named), the
+    counts (sorted by task) and the seed (None when neither removes a label: it changes nothing
+    then); task names are checked.
     """
-    unknown = [t for t in fractions if t not in tasks]
-    if unknown:
-        raise _err(
-            where,
-            f"label_fractions names {unknown}, which are not tasks of dataset {dataset!r}; its "
-            f"tasks are {tasks}.",
-        )
+    for key, tbl in (("label_fractions", fractions), ("label_counts", counts)):
+        unknown = [t for t in tbl if t not in tasks]
+        if unknown:
+            raise _err(
+                where,
+                f"{key} names {unknown}, which are not tasks of dataset {dataset!r}; its tasks "
+                f"are {tasks}.",
+            )
     kept = {t: f for t, f in sorted(fractions.items()) if f < 1.0}
-    return kept, (seed if kept else None)
+    kept_counts = dict(sorted(counts.items()))
+    return kept, kept_counts, (seed if kept or kept_counts else None)
 
 
 def _toy_settings(tbl: dict[str, Any], kind: str, where: str) -> dict[str, Any]:

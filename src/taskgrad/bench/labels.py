@@ -1,15 +1,16 @@
 """Partially labelled tasks in the harness: the training label mask of a run and the masked task
 losses of a batch.
 
-* :func:`draw_labelled`: the rows of a task kept labelled at a label fraction f. Among the n_i
-  training rows labelled for task i (all of them, or those of the problem's native mask),
-  m_i = round(f·n_i) are kept: the first m_i of a permutation drawn by a generator seeded with
-  (label seed, i) alone. The subset is a function of (native mask, training rows, f, seed, i)
-  only, so every method and single-task baseline of one label seed trains on the same labelled
-  examples (paired runs), a task's subset does not depend on the other tasks' fractions, and the
-  subsets of one seed are nested (a smaller fraction keeps a subset of a larger one's rows).
+* :func:`draw_labelled`: the rows of a task kept labelled at a label fraction f (or count m).
+  Among the n_i training rows labelled for task i (all of them, or those of the problem's native
+  mask), m_i = round(f·n_i) are kept (m_i = m for a count): the first m_i of a permutation drawn
+  by a generator seeded with (label seed, i) alone. The subset is a function of (native mask,
+  training rows, f or m, seed, i) only, so every method and single-task baseline of one label
+  seed trains on the same labelled examples (paired runs), a task's subset does not depend on the
+  other tasks' settings, and the subsets of one seed are nested (fewer labels keep a subset of
+  the rows of more).
 * :func:`training_label_mask`: the (N_train, k) mask of a run: the native mask, then each task's
-  fraction drawn on top of it (None when every example is labelled for every task).
+  fraction or count drawn on top of it (None when every example is labelled for every task).
 * :meth:`Problem.masked_losses <taskgrad.bench.problem.Problem.masked_losses>`: L_i = mean over
   the batch rows labelled for task i of task i's example losses, computed on those rows only (no
   loss is ever computed on an unlabelled target), and the (k,) ``present`` flags; a task with no
@@ -27,17 +28,28 @@ from torch import Tensor
 __all__ = ["draw_labelled", "label_counts", "training_label_mask"]
 
 
-def draw_labelled(candidates: Tensor, fraction: float, seed: int, task: int) -> Tensor:
-    """The rows kept labelled among ``candidates`` (the rows labelled before the draw) at
-    ``fraction`` f: the first round(f·n) rows of a permutation of the n candidates drawn by a
-    generator seeded with (``seed``, ``task``), sorted. f = 1 keeps every row.
+def draw_labelled(
+    candidates: Tensor, fraction: float | None, seed: int, task: int, count: int | None = None
+) -> Tensor:
+    """The rows kept labelled among ``candidates`` (the rows labelled before the draw): the first
+    m rows of a permutation of the n candidates drawn by a generator seeded with (``seed``,
+    ``task``), sorted; m = round(f·n) for ``fraction`` f, or m = ``count`` (then ``fraction`` is
+    None). f = 1 keeps every row.
     """
     n = int(candidates.numel())
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"a label fraction must be in (0, 1], got {fraction!r}.")
-    if fraction == 1.0:
-        return candidates.clone()
-    m = round(fraction * n)
+    if count is not None:
+        if count > n:
+            raise ValueError(
+                f"{count} labelled examples asked of the task, which has {n} labelled training "
+                "examples (lower the count)."
+            )
+        m = count
+    else:
+        if fraction is None or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a label fraction must be in (0, 1], got {fraction!r}.")
+        if fraction == 1.0:
+            return candidates.clone()
+        m = round(fraction * n)
     if m < 1:
         raise ValueError(
             f"label fraction {fraction:g} of the {n} labelled training examples of the task keeps "
@@ -55,20 +67,24 @@ def training_label_mask(
     fractions: dict[str, float],
     seed: int,
     rows: Tensor | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Tensor | None:
     """The (n, k) label mask of the training split of a run: ``native`` (the problem's own mask;
     None: all labelled), then for each task named in ``fractions`` only the rows
     :func:`draw_labelled` keeps among its labelled training rows ``rows`` (the rows trained on,
-    e.g. without a carved validation set; None: all n). Rows outside ``rows`` keep their native
+    e.g. without a carved validation set; None: all n), and likewise for each task named in
+    ``counts`` (a number of rows instead of a fraction). Rows outside ``rows`` keep their native
     flags (they are not trained on). None when the result labels every example for every task.
     """
     k = len(tasks)
-    unknown = sorted(set(fractions) - set(tasks))
-    if unknown:
-        raise ValueError(
-            f"label_fractions names {unknown}, which are not tasks of the problem; its tasks are "
-            f"{list(tasks)}."
-        )
+    counts = counts or {}
+    for key, tbl in (("label_fractions", fractions), ("label_counts", counts)):
+        unknown = sorted(set(tbl) - set(tasks))
+        if unknown:
+            raise ValueError(
+                f"{key} names {unknown}, which are not tasks of the problem; its tasks are "
+                f"{list(tasks)}."
+            )
     mask = torch.ones(n, k, dtype=torch.bool) if native is None else native.cpu().clone()
     if tuple(mask.shape) != (n, k):
         raise ValueError(
@@ -77,14 +93,15 @@ def training_label_mask(
     in_training = torch.zeros(n, dtype=torch.bool)
     in_training[torch.arange(n) if rows is None else rows.cpu()] = True
     for i, t in enumerate(tasks):
-        f = fractions.get(t, 1.0)
-        if f == 1.0:
+        f, c = fractions.get(t, 1.0), counts.get(t)
+        if f == 1.0 and c is None:
             continue
         candidates = (mask[:, i] & in_training).nonzero().squeeze(-1)
         try:
-            keep = draw_labelled(candidates, f, seed, i)
+            keep = draw_labelled(candidates, None if c is not None else f, seed, i, c)
         except ValueError as e:
-            raise ValueError(f"label_fractions[{t!r}]: {e}") from e
+            key = "label_counts" if c is not None else "label_fractions"
+            raise ValueError(f"{key}[{t!r}]: {e}") from e
         column = mask[:, i] & ~in_training
         column[keep] = True
         mask[:, i] = column

@@ -159,16 +159,21 @@ class Problem:
                 f"the batch's label mask has shape {tuple(labelled.shape)}, expected "
                 f"({int(y.shape[0])}, {k})."
             )
-        present = labelled.any(0).cpu()
+        mask = labelled.cpu()
+        present = mask.any(0)
         cls = type(self)
         own = _defined_at(cls, "task_loss") <= _defined_at(cls, "losses")
+        # every task's rows found on the host and moved to the device in one copy
+        counts = mask.sum(0).tolist()
+        flat = mask.t().nonzero()[:, 1].to(y.device)
+        per_task = flat.split(counts)
         out: list[Tensor] = []
         for i in range(k):
             if not bool(present[i]):
                 like = outputs[i]
                 out.append(torch.full((), float("nan"), dtype=like.dtype, device=like.device))
                 continue
-            rows = labelled[:, i].nonzero().squeeze(-1).to(y.device)
+            rows = per_task[i]
             view = cast(list[Tensor], _Rows(outputs, rows))
             out.append(self.task_loss(i, view, y[rows]) if own else self.losses(view, y[rows])[i])
         return out, present

@@ -10,14 +10,14 @@ the selection score ``val_score`` and ``selected`` = 1 on the best epoch so far)
 (the model of the selected epoch, when the criterion is not ``"last"``) and ``result.json`` (config,
 selected and last metrics, history, selection, timings; written when the run completes). ``final``
 in result.json holds the test metrics of the selected epoch (the last one for ``"last"``).
-With ``label_fractions`` in the config, or a problem whose training split is natively partially
-labelled (``Problem.labelled``), each task's training loss is the mean over the batch's rows
-labelled for it, and a task with no labelled row in a batch is absent from that step (``present=``
-of the training step: weight 0, left out of the Gram and the method; a single-task baseline whose
-task is absent skips the step); ``history.csv`` then has ``absent/<task>`` (steps of the epoch
-without that task), ``train_loss/<task>`` averages the steps where the task was present, and
-result.json has ``labels`` (seed, fractions and the labelled count of each task). Validation and
-test metrics are computed on fully labelled data.
+With ``label_fractions`` or ``label_counts`` in the config, or a problem whose training split is
+natively partially labelled (``Problem.labelled``), each task's training loss is the mean over
+the batch's rows labelled for it, and a task with no labelled row in a batch is absent from that
+step (``present=`` of the training step: weight 0, left out of the Gram and the method; a
+single-task baseline whose task is absent skips the step); ``history.csv`` then has
+``absent/<task>`` (steps of the epoch without that task), ``train_loss/<task>`` averages the steps
+where the task was present, and result.json has ``labels`` (seed, fractions, counts and the
+labelled count of each task). Validation and test metrics are computed on fully labelled data.
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
 of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted
 one.
@@ -354,6 +354,7 @@ def _label_mask(
             cfg.label_fractions,
             cfg.labels_seed,
             train_idx,
+            cfg.label_counts,
         )
     except ValueError as e:
         raise ValueError(f"{cfg.run_id}: {e}") from e
@@ -742,8 +743,9 @@ def _result(tr: _Trainer) -> dict[str, Any]:
             if setup.labelled is None
             else {
                 "labels": {
-                    "seed": cfg.labels_seed if cfg.label_fractions else None,
+                    "seed": cfg.labels_seed if cfg.label_fractions or cfg.label_counts else None,
                     "fractions": dict(cfg.label_fractions),
+                    "counts": dict(cfg.label_counts),
                     "n_train": setup.n_train,
                     "n_labelled": dict(setup.n_labelled),
                 }
