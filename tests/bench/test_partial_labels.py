@@ -356,3 +356,40 @@ def test_a_problem_overriding_losses_alone_keeps_its_losses_under_a_mask() -> No
     got, _ = prob.masked_losses(outs, y, rows)
     sub = prob.losses([o[5:] for o in outs], y[5:])
     assert torch.allclose(got[1], sub[1]) and torch.allclose(got[0], prob.losses(outs, y)[0])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_partially_labelled_run_resumes_bit_identically(tmp_path) -> None:
+    rc = _config(
+        methods=["uncertainty"], epochs=2, label_fractions={"reg": 0.1}, checkpoint_every=3
+    ).runs[0]
+    full = run(rc, tmp_path / "a", show_progress=False)
+
+    def stop(step: int) -> None:
+        if step == 11:  # mid-epoch 2, after a checkpoint at step 9
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run(rc, tmp_path / "b", show_progress=False, on_step=stop)
+    resumed = run(rc, tmp_path / "b", show_progress=False)
+    assert resumed["resumed"] == 1 and sum(r["absent/reg"] for r in full["history"]) > 0
+    for a, b in zip(full["history"], resumed["history"], strict=True):
+        assert {k: v for k, v in a.items() if k != "train_time_s"} == {
+            k: v for k, v in b.items() if k != "train_time_s"
+        }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_partially_labelled_run_on_cuda_draws_the_cpu_labels(tmp_path) -> None:
+    over = {"methods": ["mgda"], "label_fractions": {"reg": 0.1}, "single_task": True}
+    cpu = {rc.label: run(rc, tmp_path / "c", show_progress=False) for rc in _config(**over).runs}
+    gpu_runs = _config(**over, device="cuda").runs
+    gpu = {rc.label: run(rc, tmp_path / "g", show_progress=False) for rc in gpu_runs}
+    for label, res in gpu.items():
+        assert res["device"].startswith("cuda") and res["labels"] == cpu[label]["labels"]
+        h, hc = res["history"][0], cpu[label]["history"][0]
+        assert (h["absent/reg"], h["skipped"]) == (hc["absent/reg"], hc["skipped"])
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in h.items() if "/" in k)
