@@ -393,3 +393,23 @@ def test_a_partially_labelled_run_on_cuda_draws_the_cpu_labels(tmp_path) -> None
         h, hc = res["history"][0], cpu[label]["history"][0]
         assert (h["absent/reg"], h["skipped"]) == (hc["absent/reg"], hc["skipped"])
         assert all(torch.isfinite(torch.tensor(v)) for k, v in h.items() if "/" in k)
+
+
+def test_a_problem_label_mask_is_checked() -> None:
+    prob = SyntheticProblem(n_train=16, n_test=4)
+    assert prob.label_mask() is None  # the default: every example labelled
+    prob.labelled = torch.ones(16, 2, dtype=torch.bool)
+    assert prob.label_mask() is None
+    prob.labelled = torch.ones(16, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"shape \(N_train, k\) = \(16, 2\).*shape \(16, 3\)"):
+        prob.label_mask()
+    prob.labelled = torch.ones(16, 2)
+    with pytest.raises(ValueError, match="must be a bool tensor.*torch.float32"):
+        prob.label_mask()
+    prob.labelled = torch.ones(16, 2, dtype=torch.bool)
+    prob.labelled[:, 1] = False
+    with pytest.raises(ValueError, match=r"no labelled training example of the task.*'cls'"):
+        prob.label_mask()
+    y = torch.tensor([[1.0, float("nan")], [float("nan"), 0.0]])
+    assert SyntheticProblem.labelled_from_nan(y).tolist() == [[True, False], [False, True]]
+    assert SyntheticProblem.labelled_from_nan(torch.zeros(3, 2)) is None
