@@ -16,6 +16,7 @@ from torch import nn
 from taskgrad.bench import parse_config, registry, run
 from taskgrad.bench.labels import draw_labelled, training_label_mask
 from taskgrad.bench.problems.synthetic import SyntheticProblem
+from taskgrad.bench.report import report
 from taskgrad.bench.runner import StaleResultWarning, _new_trainer, _setup, _step, check_run
 
 
@@ -246,6 +247,12 @@ def test_absent_counts_single_task_baselines_and_the_absent_primary_rule(tmp_pat
         assert all(r["skipped"] == 0 for r in res[label]["history"]), label
     # the single-task baseline of cls trains cls alone, also when reg is absent (weight 1 on it)
     assert all(r["weight/cls"] == 1.0 for r in res["single-task:cls"]["history"])
+    md = report(tmp_path).read_text()
+    assert (
+        "Partially labelled training data: labelled examples reg 6 of 64, cls 64 of 64; label "
+        "seed: each run's seed (the runs of one seed share their labels); a batch without a label "
+        "of the primary task: no step (primary/auxiliary methods)." in md
+    )
     # absent_primary = "mean": the auxiliaries are stepped on instead (primary-only still skips)
     cfg2 = _config(
         name="pl2",
@@ -268,6 +275,7 @@ def test_every_fraction_one_is_the_fully_labelled_run(tmp_path) -> None:
     a = run(plain, tmp_path / "a", show_progress=False)
     b = run(ones, tmp_path / "b", show_progress=False)
     assert "labels" not in a and a["history"][0].keys() == b["history"][0].keys()
+    assert "Partially labelled" not in report(tmp_path / "a").read_text()
     for ra, rb in zip(a["history"], b["history"], strict=True):
         assert {k: v for k, v in ra.items() if k != "train_time_s"} == {
             k: v for k, v in rb.items() if k != "train_time_s"

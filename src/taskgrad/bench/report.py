@@ -287,7 +287,41 @@ def summarize(
         "baseline": baseline if has_baseline else {},
         "baseline_source": source if has_baseline or unusable else "none",
         "by_label": by_label,
+        "labels": _labels_note(results),
     }
+
+
+def _labels_note(results: list[dict[str, Any]]) -> str | None:
+    """One line on a partially labelled experiment's training labels (None when fully labelled):
+    the labelled examples of each task (the range over the runs when they differ), the label seed
+    and the rule for a batch without the primary's label.
+    """
+    infos = [r["labels"] for r in results if r.get("labels")]
+    if not infos:
+        return None
+    tasks = results[0]["tasks"]
+    parts = []
+    for t in tasks:
+        counts = sorted({int(i["n_labelled"][t]) for i in infos})
+        totals = sorted({int(i["n_train"]) for i in infos})
+        n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,}"
+        total = f"{totals[0]:,}" if len(totals) == 1 else f"{totals[0]:,}–{totals[-1]:,}"
+        parts.append(f"{t} {n} of {total}")
+    seeds = {i.get("seed") for i in infos}
+    cfg = results[0]["config"]
+    if seeds == {None}:
+        seed = "none drawn (the data set's own labels)"
+    elif cfg.get("label_seed") is None:
+        seed = "each run's seed (the runs of one seed share their labels)"
+    else:
+        seed = f"{cfg['label_seed']} (every run shares its labels)"
+    rule = cfg.get("absent_primary", "skip")
+    return (
+        f"Partially labelled training data: labelled examples {', '.join(parts)}; label seed: "
+        f"{seed}; a batch without a label of the primary task: "
+        + ("no step" if rule == "skip" else f"{rule} of the auxiliaries")
+        + " (primary/auxiliary methods)."
+    )
 
 
 def _fmt(ms: tuple[float, float], n: int, digits: int = 4, pct: bool = False) -> str:
@@ -326,6 +360,8 @@ def markdown_table(name: str, summ: dict[str, Any]) -> str:
         "for one seed); "
         "time per step is the median optimizer step (forward, Gram, weights, backward, update)."
     )
+    if summ.get("labels"):
+        lines.append(summ["labels"])
     if selecting:
         crits = sorted(
             {r["criterion"] for r in summ["rows"] if not r["method"].startswith("single-task")}
