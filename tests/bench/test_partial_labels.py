@@ -421,3 +421,16 @@ def test_a_problem_label_mask_is_checked() -> None:
     y = torch.tensor([[1.0, float("nan")], [float("nan"), 0.0]])
     assert SyntheticProblem.labelled_from_nan(y).tolist() == [[True, False], [False, True]]
     assert SyntheticProblem.labelled_from_nan(torch.zeros(3, 2)) is None
+
+
+@pytest.mark.parametrize("source", ["full", "representation", "jacobian"])
+def test_every_method_family_trains_with_an_absent_task_on_each_gram_source(
+    tmp_path, source
+) -> None:
+    cfg = _config(
+        methods=["upgrad", "dwa", "pcgrad-aux"], source=source, label_fractions={"cls": 0.1}
+    )
+    for rc in cfg.runs:  # Gram-based, loss-based, primary/auxiliary (the primary, reg, present)
+        h = run(rc, tmp_path, show_progress=False)["history"][0]
+        assert h["absent/cls"] > 0 and h["skipped"] == 0, rc.label
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in h.items() if "/" in k), rc.label
