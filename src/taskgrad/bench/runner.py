@@ -463,8 +463,9 @@ def _new_trainer(
         raise ValueError(
             f"{cfg.run_id}: method {cfg.method!r} aggregates the Jacobian itself, and the training "
             "step cannot leave a task without labels in a batch out of a Jacobian aggregation "
-            "(present=); this run is partially labelled (label_fractions, or a natively partially "
-            "labelled dataset): use a Gram, loss-based or auxiliary method, or label every task."
+            "(present=); this run is partially labelled (label_fractions or label_counts, or a "
+            "natively partially labelled dataset): use a Gram, loss-based or auxiliary method, or "
+            "label every task."
         )
     opt = _optimizer(model.parameters(), cfg.optimizer)
     scheduler = build_scheduler(opt, cfg.scheduler)
@@ -534,8 +535,12 @@ def _step(
             return None, present
         assert isinstance(method, OneTask)
         method.present = present
-    fallback: Any = "skip"
-    if tr.cfg.absent_primary != "skip" and getattr(method, "method_name", "") != "primary-only":
+    fallback: Any = "skip"  # used by a primary/auxiliary method whose primary (task 0) is absent
+    if (
+        not bool(present[0])
+        and tr.cfg.absent_primary != "skip"
+        and getattr(method, "method_name", "") != "primary-only"
+    ):
         fallback = make_method(tr.cfg.absent_primary)  # stateless (checked with the config)
     try:
         step = tr.topt.step(losses, features=features, present=present, absent_primary=fallback)
