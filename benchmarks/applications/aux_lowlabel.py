@@ -10,7 +10,9 @@ Protocols (configs in configs/aux_lowlabel/; task 0 primary, tasks 1.. auxiliary
                     molecules (1 / 5 / 10 %), the ten others on all; compact MPNN; metric: test
                     MAE of the primary (original units).
   parkinsons        total_UPDRS labelled on ``label_fraction`` of the training recordings,
-                    motor_UPDRS on all (patient split as in aux_tasks.py); MLP; metric: test MAE.
+                    motor_UPDRS on all; MLP; metric: test MAE. ``"split": "patient"`` (default,
+                    as in aux_tasks.py: ``n_test_patients`` unseen patients) or "recording"
+                    (a ``test_fraction`` of all recordings: every test patient is seen in training).
 
 Every step draws a primary batch from the labelled examples and an auxiliary batch from all
 training examples (two forward passes through the shared model); the task losses are their
@@ -50,7 +52,15 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aux_tasks import REGRESSION, TwoHeadMLP, _rows, _subset, parkinsons_split, qm9_split
+from aux_tasks import (
+    REGRESSION,
+    TwoHeadMLP,
+    _rows,
+    _subset,
+    parkinsons_recording_split,
+    parkinsons_split,
+    qm9_split,
+)
 from common import OUT, BatchStream, load_config, save_rows, to_tensor
 
 import taskgrad
@@ -142,7 +152,10 @@ def make_split(kind: str, data: Any, config: dict[str, Any], seed: int) -> LowLa
         n_lab = max(1, round(config["label_fraction"] * (s.y.shape[0] - n_val)))
         return _lowlabel(s.x, s.y, s.xt, s.yt, n_lab, n_val, seed, s.scale)
     if kind == "parkinsons":
-        s = parkinsons_split(data, config["n_test_patients"], seed)
+        if config.get("split", "patient") == "recording":
+            s = parkinsons_recording_split(data, config["test_fraction"], seed)
+        else:
+            s = parkinsons_split(data, config["n_test_patients"], seed)
         n_lab = max(1, round(config["label_fraction"] * (s.y.shape[0] - n_val)))
         return _lowlabel(s.x, s.y, s.xt, s.yt, n_lab, n_val, seed, s.scale)
     raise ValueError(f"unknown experiment {kind!r}: use one of {KINDS}.")

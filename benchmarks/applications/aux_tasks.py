@@ -121,6 +121,22 @@ def parkinsons_split(
     )
 
 
+def parkinsons_recording_split(data: TaskData, test_fraction: float, seed: int) -> Split:
+    """Recording-level split: a ``test_fraction`` of all recordings, drawn with ``seed`` across
+    every patient, is the test set (each patient is seen in training), standardized as
+    :func:`parkinsons_split` does."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    order = list(data.target_names)
+    cols = [order.index("total_UPDRS"), order.index("motor_UPDRS")]
+    X = np.concatenate([t[0] for t in data.tasks])
+    Y = np.concatenate([t[1][:, cols] for t in data.tasks])
+    perm = np.random.default_rng(seed).permutation(X.shape[0])
+    n_test = max(1, round(test_fraction * X.shape[0]))
+    te, tr = perm[:n_test], perm[n_test:]
+    return _standardized_split({"train": [(X[tr], Y[tr])], "test": [(X[te], Y[te])]})
+
+
 def _standardized_split(parts: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> Split:
     """The Split of the (x, y) blocks of "train", "test" and (if non-empty) "val", x and y
     standardized with the training mean/std: a ← (a − μ)/σ (σ = 0 read as 1)."""
