@@ -134,3 +134,31 @@ def test_check_present_messages() -> None:
         check_present(torch.tensor([1.0, float("nan"), 2.0]), 3)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         check_present(torch.ones(2, dtype=torch.bool), 3)
+
+
+def _stateful_gram_methods() -> list[str]:
+    from taskgrad.methods.registry import infos
+
+    return [
+        name
+        for name, info in infos().items()
+        if info.stateful and "jacobian" not in info.example(3).needs
+    ]
+
+
+@pytest.mark.parametrize("name", _stateful_gram_methods())
+def test_every_stateful_method_steps_through_absences_from_its_second_step_on(name: str) -> None:
+    """A task absent while the state is still forming (e.g. FAMO's Adam state is created on its
+    second step), then back: every step runs, absent tasks get weight 0, present ones finite."""
+    from taskgrad.methods.registry import infos
+
+    info = infos()[name]
+    kw = {"generator": torch.Generator().manual_seed(0)} if info.random else {}
+    method = info.example(3, **kw)
+    masks = ([True] * 3, [False, True, True], [True] * 3, [True, True, False], [True] * 3)
+    for t, mask in enumerate(masks):
+        G, L = _inputs(3, t)
+        present = torch.tensor(mask)
+        w = present_weights(method, G, L, present)
+        assert bool((w[~present] == 0).all()), (name, t)
+        assert bool(torch.isfinite(w[present]).all()), (name, t, w)

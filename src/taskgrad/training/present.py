@@ -148,7 +148,9 @@ def merge_state(old: Any, new: Any, idx: Tensor, k: int) -> Any:
         if len(old) != len(new):
             raise _Unmergeable
         return type(new)(merge_state(o, n, idx, k) for o, n in zip(old, new, strict=True))
-    if isinstance(old, Tensor) != isinstance(new, Tensor):  # None -> tensor: a state being created
+    if (old is None) != (new is None) or any(
+        isinstance(old, c) != isinstance(new, c) for c in (Tensor, dict, list, tuple)
+    ):  # None -> a tensor or an optimizer's state dict: a state being created (or dropped)
         raise _Unmergeable
     return new
 
