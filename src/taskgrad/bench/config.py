@@ -12,6 +12,8 @@ examples is ``benchmarks/configs/README.md``)::
     batch_size = 256
     single_task = true             # also train one single-task baseline per task (for Δm)
     source = "full"                # Gram source: full | representation | jacobian | sketch | auto
+                                   # (sketch: 32 random directions, forward-mode JVPs of the
+                                   # losses; the model's forward must be deterministic)
     device = "auto"                # auto | cpu | cuda | cuda:N
     max_steps_per_epoch = 0        # 0: the whole training set each epoch
     checkpoint_every = 200         # steps between checkpoints (and at every epoch end)

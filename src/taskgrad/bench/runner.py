@@ -18,6 +18,11 @@ single-task baseline whose task is absent skips the step); ``history.csv`` then 
 ``absent/<task>`` (steps of the epoch without that task), ``train_loss/<task>`` averages the steps
 where the task was present, and result.json has ``labels`` (seed, fractions, counts and the
 labelled count of each task). Validation and test metrics are computed on fully labelled data.
+With ``source = "sketch"`` each step also gets the batch's losses (the masked means, of the
+present tasks) as a function of the model's parameters (:class:`~taskgrad.sources.ModuleLoss`),
+whose r = 32 random directional derivatives estimate the Gram; a model whose losses that
+function cannot reproduce (dropout in training mode) or push through forward-mode JVPs is a
+``ValueError`` before the first step (and in :func:`check_run`).
 Starting a run whose folder holds a checkpoint of the same config resumes from it: the data order
 of epoch e is a function of (seed, e), so the resumed run takes the same steps as an uninterrupted
 one.
@@ -45,6 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from ..methods.base import Weighting
+from ..sources import ModuleLoss
+from ..sources.sketch import sketch_jacobian
 from ..training import GradStep, StepResult, TaskOptimizer
 from .config import RunConfig, single_task_config
 from .labels import label_counts, training_label_mask
@@ -512,22 +519,100 @@ def _loss_info(tasks: list[str], losses: Any) -> str:
     return "loss " + " ".join(f"{t} {float(v):.3f}" for t, v in zip(tasks, losses, strict=True))
 
 
+def _sketch_loss(
+    tr: _Trainer, x: Any, y: Tensor, rows: Tensor | None, keep: list[int] | None
+) -> ModuleLoss:
+    """The batch's task losses as a function of the model's parameters, for the sketch source:
+    fn(θ) = [Lᵢ(model_θ(x), y) for i in ``keep``], the losses the step is given (each task's
+    masked mean over its labelled rows ``rows`` of the batch when the run has a label mask),
+    of the tasks ``keep`` only (None: all k). With absent tasks the step's Gram is over the
+    present tasks alone, so ``keep`` lists them, in order.
+    """
+    problem = tr.setup.problem
+
+    def losses_of(out: Any) -> list[Tensor]:
+        outs = out[1]  # the model returns (z, outputs)
+        ls = problem.losses(outs, y) if rows is None else problem.masked_losses(outs, y, rows)[0]
+        return ls if keep is None else [ls[i] for i in keep]
+
+    return ModuleLoss(tr.model, losses_of, x)
+
+
+def _check_sketch(tr: _Trainer, x: Any, outs: list[Tensor], y: Tensor, idx: Tensor) -> None:
+    """For ``source = "sketch"``: the model's losses re-evaluated as a function of its parameters
+    (:class:`~taskgrad.sources.ModuleLoss`) must equal the step's, and go through one
+    forward-mode JVP under vmap as the sketch's do; a clear ValueError otherwise (e.g. dropout
+    in training mode draws other masks on every forward, and vmap refuses random operations).
+    """
+    cfg, problem, labelled = tr.cfg, tr.setup.problem, tr.setup.labelled
+    rows = None if labelled is None else labelled[idx.cpu()]
+    if rows is None or bool(rows.all()):  # the step's losses, as _step computes them
+        rows, keep, losses = None, None, problem.losses(outs, y)
+    else:
+        all_losses, present = problem.masked_losses(outs, y, rows)
+        keep = present.nonzero().squeeze(-1).tolist()
+        losses = [all_losses[i] for i in keep]
+    fn = _sketch_loss(tr, x, y, rows, keep)
+    named = fn.named_parameters()
+    model = type(getattr(tr.model, "_orig_mod", tr.model)).__name__
+    use = (
+        "use source = 'full' or 'representation' for this model (or make its forward "
+        "deterministic, e.g. dropout = 0)."
+    )
+    how = "as a function of its parameters"
+    try:
+        with torch.no_grad():
+            again = fn({n: p.detach() for n, p in named.items()})
+        given = torch.stack([v.detach().reshape(()) for v in losses]).to(again)
+        same = bool(torch.allclose(again, given, rtol=1e-3, atol=1e-6))
+        if same:
+            how = "with forward-mode JVPs (torch.func.jvp under vmap)"
+            device = next(iter(named.values())).device
+            sketch_jacobian(fn, named, 1, generator=torch.Generator(device=device).manual_seed(0))
+    except Exception as e:  # noqa: BLE001 (whatever the model does, say which source to use)
+        raise ValueError(
+            f"{cfg.run_id}: source = 'sketch' re-evaluates the model's losses {how}, and model "
+            f"{model} of dataset {cfg.dataset!r} fails there ({type(e).__name__}: {e}): {use}"
+        ) from e
+    if not same:
+        raise ValueError(
+            f"{cfg.run_id}: source = 'sketch' re-evaluates the model's losses as a function of "
+            f"its parameters, and model {model} of dataset {cfg.dataset!r} gives other losses on "
+            f"the same batch ({given.tolist()} in the step, {again.tolist()} re-evaluated): a "
+            "random layer in training mode (dropout) or a forward that depends on more than "
+            "the parameters and the batch, so the sketch would estimate the Gram of other "
+            f"losses: {use}"
+        )
+
+
 def _step(
-    tr: _Trainer, outs: list[Tensor], y: Tensor, idx: Tensor, features: Tensor | None
+    tr: _Trainer,
+    outs: list[Tensor],
+    y: Tensor,
+    idx: Tensor,
+    features: Tensor | None,
+    x: Any = None,
 ) -> tuple[StepResult | None, Tensor | None]:
     """One optimizer step on a batch (rows ``idx`` of the training split): (the step's result, or
     None when a single-task baseline's task is absent and nothing is stepped; the (k,) present
     flags, None when every task is labelled in the batch). With a label mask each task's loss is
     its masked mean (:meth:`Problem.masked_losses`) and absent tasks are passed
-    to the step as ``present=``.
+    to the step as ``present=``. The sketch source gets the same losses as a function of the
+    parameters (:func:`_sketch_loss` of the batch's inputs ``x``), of the present tasks only.
     """
     problem, labelled = tr.setup.problem, tr.setup.labelled
     rows = None if labelled is None else labelled[idx.cpu()]
+    sketch = tr.cfg.source == "sketch" and x is not None
+
+    def loss_fn(r: Tensor | None, keep: list[int] | None) -> ModuleLoss | None:
+        return _sketch_loss(tr, x, y, r, keep) if sketch else None
+
     if rows is None or bool(rows.all()):
-        return tr.topt.step(problem.losses(outs, y), features=features), None
+        step = tr.topt.step(problem.losses(outs, y), features=features, loss_fn=loss_fn(None, None))
+        return step, None
     losses, present = problem.masked_losses(outs, y, rows)
     if bool(present.all()):
-        return tr.topt.step(losses, features=features), present
+        return tr.topt.step(losses, features=features, loss_fn=loss_fn(rows, None)), present
     method = tr.topt.gradstep.method
     st = tr.cfg.single_task_index
     if st is not None:  # a single-task baseline: its own task alone matters
@@ -543,7 +628,13 @@ def _step(
     ):
         fallback = make_method(tr.cfg.absent_primary)  # stateless (checked with the config)
     try:
-        step = tr.topt.step(losses, features=features, present=present, absent_primary=fallback)
+        step = tr.topt.step(
+            losses,
+            features=features,
+            present=present,
+            absent_primary=fallback,
+            loss_fn=loss_fn(rows, present.nonzero().squeeze(-1).tolist()),
+        )
         return step, present
     finally:
         if isinstance(method, OneTask):
@@ -586,10 +677,15 @@ def _train_epoch(
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         z, outs = tr.model(x)
-        res, present = _step(tr, outs, y, idx, z if use_features else None)
+        checked = 0.0
+        if cfg.source == "sketch" and state["global_step"] == 0:  # a clear error, not a crash
+            t1 = time.perf_counter()
+            _check_sketch(tr, x, outs, y, idx)
+            checked = time.perf_counter() - t1
+        res, present = _step(tr, outs, y, idx, z if use_features else None, x)
         if cuda:
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - checked
         stats["time"] += dt
         stats["steps"] += 1
         stats["skipped"] += int(res is None or res.skipped)
@@ -847,7 +943,9 @@ def check_run(cfg: RunConfig) -> None:
     idx = torch.arange(n) if setup.train_idx is None else setup.train_idx[:n]
     x, y = setup.problem.batch(idx, "train")
     z, outs = tr.model(x)
-    _step(tr, outs, y, idx, z if cfg.source in ("representation", "auto") else None)
+    if cfg.source == "sketch":
+        _check_sketch(tr, x, outs, y, idx)
+    _step(tr, outs, y, idx, z if cfg.source in ("representation", "auto") else None, x)
 
 
 def order_runs(cfgs: list[RunConfig]) -> list[RunConfig]:
