@@ -234,3 +234,48 @@ def test_a_method_failing_in_training_is_caught_by_the_dry_run_and_loses_no_othe
     assert (
         "| mean |" in (out / "report.md").read_text() and "syn/famo/seed0: ValueError" in res.stdout
     )
+
+
+def test_the_dry_run_line_shows_the_label_settings_that_are_set() -> None:
+    from taskgrad.bench import parse_config
+    from taskgrad.cli import _run_line
+
+    base = {"name": "syn", "dataset": "synthetic", "methods": ["pcgrad-aux"], "device": "cpu"}
+    plain = _run_line(parse_config(base).runs[0])
+    assert "label" not in plain and "absent_primary" not in plain
+    labelled = {
+        **base,
+        "label_fractions": {"cls": 0.05},
+        "label_counts": {"reg": 20},
+        "label_seed": 3,
+        "absent_primary": "mean",
+    }
+    line = _run_line(parse_config(labelled).runs[0])
+    assert line.startswith("syn/pcgrad-aux/seed0  epochs=1 ")
+    assert line.endswith(
+        "label_fractions={cls=0.05} label_counts={reg=20} label_seed=3 absent_primary=mean"
+    )
+    # the rule for a batch without the primary's label is shown whenever labels are removed
+    skip = _run_line(parse_config({**base, "label_fractions": {"reg": 0.5}}).runs[0])
+    assert skip.endswith("label_fractions={reg=0.5} absent_primary=skip")
+    # without removed labels, a rule other than "skip" is shown too
+    rule = _run_line(parse_config({**base, "absent_primary": "mean"}).runs[0])
+    assert rule.endswith("selection=last absent_primary=mean")
+
+
+@pytest.mark.slow
+def test_the_dry_run_lists_the_label_settings_of_each_run(tmp_path) -> None:
+    cfg = write(
+        tmp_path / "c.toml",
+        SYNTHETIC.format(epochs=1).replace(
+            'device = "cpu"',
+            'device = "cpu"\nlabel_fractions = {cls = 0.25}\nlabel_seed = 7\n'
+            'absent_primary = "mean"',
+        ),
+    )
+    dry = taskgrad("bench", str(cfg), "--dry-run", "--out", str(tmp_path / "out"))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    lines = [line for line in dry.stdout.splitlines() if "/seed0" in line]
+    assert len(lines) == 4  # mean, mgda and the two single-task baselines
+    for line in lines:
+        assert "label_fractions={cls=0.25} label_seed=7 absent_primary=mean: ok" in line, line

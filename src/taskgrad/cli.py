@@ -164,6 +164,38 @@ def _bench_toy(
         say(f"  [red]{label} failed: {msg}[/]")
 
 
+def _run_line(r: Any) -> str:
+    """A run's settings as the dry run lists them (rich markup escaped): epochs, batch,
+    optimizer, scheduler, validation fraction and selection; then the label settings that are
+    set: ``label_fractions``, ``label_counts``, ``label_seed``, and ``absent_primary`` when it is
+    not "skip" or some labels are removed (it applies to those runs).
+    """
+    from rich.markup import escape
+
+    def table(tbl: dict[str, Any]) -> str:
+        return "{" + ", ".join(f"{t}={v:g}" for t, v in tbl.items()) + "}"
+
+    parts = [
+        r.run_id,
+        f" epochs={r.epochs}",
+        f"batch={r.batch_size}",
+        f"optimizer={r.optimizer['name']}",
+        f"scheduler={r.scheduler['name']}",
+        f"val_fraction={r.val_fraction:g}",
+        f"selection={r.selection['criterion']}",
+    ]
+    partial = bool(r.label_fractions or r.label_counts)
+    if r.label_fractions:
+        parts.append(f"label_fractions={table(r.label_fractions)}")
+    if r.label_counts:
+        parts.append(f"label_counts={table(r.label_counts)}")
+    if r.label_seed is not None:
+        parts.append(f"label_seed={r.label_seed}")
+    if partial or r.absent_primary != "skip":
+        parts.append(f"absent_primary={r.absent_primary}")
+    return escape(" ".join(parts))
+
+
 def _bench_train(
     cfg: Any, args: argparse.Namespace, say: Callable[[str], None], failures: list[str]
 ) -> None:
@@ -189,12 +221,7 @@ def _bench_train(
             except Exception as e:  # noqa: BLE001 (report every run, then fail)
                 failures.append(f"{r.run_id}: {type(e).__name__}: {e}")
                 status = f"[red]{type(e).__name__}: {e}[/]"
-            say(
-                f"  {r.run_id}  epochs={r.epochs} batch={r.batch_size} "
-                f"optimizer={r.optimizer['name']} "
-                f"scheduler={r.scheduler['name']} val_fraction={r.val_fraction:g} "
-                f"selection={r.selection['criterion']}: {status}"
-            )
+            say(f"  {_run_line(r)}: {status}")
         return
     if cfg.baseline:
         (out / cfg.name).mkdir(parents=True, exist_ok=True)
