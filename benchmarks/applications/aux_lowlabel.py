@@ -449,6 +449,26 @@ def paired(rows: list[dict[str, Any]], label: str, base: str, key: str, mult: fl
     return f"{d.mean():+.3f} ± {d.std(ddof=1):.3f} (p={p:.2g})"
 
 
+def aux_metric_correlation(rows: list[dict[str, Any]]) -> tuple[float, float, int] | None:
+    """(Spearman ρ, p-value, n methods) between each method's last auxiliary training loss and
+    its early-stopped test metric, both averaged over seeds: does training the auxiliaries
+    further go with a better primary? None with fewer than three methods or a constant."""
+    methods = sorted({r["method"] for r in rows})
+    if len(methods) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    def mean(m: str, key: str) -> float:
+        return float(np.mean([r[key] for r in rows if r["method"] == m]))
+
+    aux = [mean(m, "train_aux_last") for m in methods]
+    metric = [mean(m, "test_metric_at_best_val") for m in methods]
+    if np.ptp(aux) == 0 or np.ptp(metric) == 0:  # a constant: ρ is undefined
+        return None
+    res = spearmanr(aux, metric)
+    return float(res.statistic), float(res.pvalue), len(methods)
+
+
 def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | None = None) -> str:
     """Markdown: per method the early-stopped test metric (mean ± std over seeds), paired
     differences and t-tests against primary-only and Sum, the last-step metric, the auxiliary
@@ -499,6 +519,13 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any], path: Path | N
         f"{config.get('name', kind)}: {len({r['seed'] for r in rows})} seed(s), "
         f"{rows[0]['steps']} steps\n\n" + "\n".join(lines) + "\n"
     )
+    rho = aux_metric_correlation(rows)
+    if rho is not None:
+        text += (
+            f"\nSpearman ρ over the {rho[2]} methods between the last auxiliary training loss "
+            f"and the early-stopped test metric (means over seeds): {rho[0]:+.2f} "
+            f"(p={rho[1]:.2g}).\n"
+        )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -155,3 +155,17 @@ def test_saved_rows_merge_into_the_same_summary_and_a_plot(tmp_path: Path) -> No
     assert al.summarize(merged, cfg) == al.summarize(expected, cfg)
     png = al.plot(merged, cfg, tmp_path / "t.png")
     assert png.stat().st_size > 1000
+
+
+def test_aux_metric_correlation_is_scipys_spearman_over_method_means() -> None:
+    from scipy.stats import spearmanr
+
+    rows = [
+        {"method": m, "seed": s, "train_aux_last": a + 0.1 * s, "test_metric_at_best_val": e - s}
+        for m, a, e in (("x", 0.2, 5.0), ("y", 0.4, 6.5), ("z", 0.3, 6.0), ("w", 0.9, 6.2))
+        for s in range(3)
+    ]
+    rho, p, n = al.aux_metric_correlation(rows)
+    ref = spearmanr([0.2 + 0.1, 0.4 + 0.1, 0.3 + 0.1, 0.9 + 0.1], [4.0, 5.5, 5.0, 5.2])
+    assert n == 4 and rho == pytest.approx(float(ref.statistic)) and p == pytest.approx(ref.pvalue)
+    assert al.aux_metric_correlation(rows[:6]) is None  # two methods
