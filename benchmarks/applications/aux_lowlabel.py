@@ -570,6 +570,7 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> Path
             if p < 0.05:
                 ax.text(i, d.max(), "*", ha="center", va="bottom", fontsize=14)
     ax.axhline(0, color="k", lw=0.8)
+    ax.margins(y=0.15)  # room for the stars
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel(f"gain over primary-only\n({unit}; up is better)")
     title = f"{config.get('name', kind)}: early-stopped test metric, paired by seed"
