@@ -124,3 +124,28 @@ def add_problem() -> Iterator[Callable[..., None]]:
     yield add
     for name in set(added):
         registry.unregister_problem(name)
+
+
+class Interrupted(Exception):
+    """Raised from a run's ``on_step`` to stop it as a crash would."""
+
+
+@pytest.fixture
+def interrupted_then_resumed() -> Callable[..., tuple[dict[str, Any], dict[str, Any]]]:
+    """``f(rc, tmp_path, at_step)``: run ``rc`` uninterrupted into tmp_path/a; run it into
+    tmp_path/b, stopped by an exception at step ``at_step``, then again (resuming from its
+    checkpoint); returns (uninterrupted result, resumed result)."""
+    from taskgrad.bench import run
+
+    def go(rc: Any, tmp_path: Path, at_step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        full = run(rc, tmp_path / "a", show_progress=False)
+
+        def stop(step: int) -> None:
+            if step == at_step:
+                raise Interrupted
+
+        with pytest.raises(Interrupted):
+            run(rc, tmp_path / "b", show_progress=False, on_step=stop)
+        return full, run(rc, tmp_path / "b", show_progress=False)
+
+    return go

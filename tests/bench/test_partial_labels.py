@@ -366,23 +366,14 @@ def test_a_problem_overriding_losses_alone_keeps_its_losses_under_a_mask() -> No
     assert torch.allclose(got[1], sub[1]) and torch.allclose(got[0], prob.losses(outs, y)[0])
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_an_interrupted_partially_labelled_run_resumes_bit_identically(tmp_path) -> None:
+def test_an_interrupted_partially_labelled_run_resumes_bit_identically(
+    tmp_path, interrupted_then_resumed
+) -> None:
     rc = _config(
         methods=["uncertainty"], epochs=2, label_fractions={"reg": 0.1}, checkpoint_every=3
     ).runs[0]
-    full = run(rc, tmp_path / "a", show_progress=False)
-
-    def stop(step: int) -> None:
-        if step == 11:  # mid-epoch 2, after a checkpoint at step 9
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        run(rc, tmp_path / "b", show_progress=False, on_step=stop)
-    resumed = run(rc, tmp_path / "b", show_progress=False)
+    # stopped mid-epoch 2, after a checkpoint at step 9
+    full, resumed = interrupted_then_resumed(rc, tmp_path, at_step=11)
     assert resumed["resumed"] == 1 and sum(r["absent/reg"] for r in full["history"]) > 0
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert {k: v for k, v in a.items() if k != "train_time_s"} == {

@@ -20,10 +20,6 @@ from taskgrad.bench.runner import _new_trainer, _setup, _sketch_loss, _step, che
 from taskgrad.sources import FullGram, SketchGram
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def _config(**over):
     raw = {
         "name": "sk",
@@ -153,17 +149,12 @@ def test_the_sketch_gram_agrees_with_the_full_gram_within_its_documented_error(
         assert float(res.weights[~flags].abs().sum()) == 0.0
 
 
-def test_an_interrupted_sketch_run_resumes_bit_identically(tmp_path) -> None:
+def test_an_interrupted_sketch_run_resumes_bit_identically(
+    tmp_path, interrupted_then_resumed
+) -> None:
     rc = _config(epochs=2, checkpoint_every=3, label_fractions={"cls": 0.2}).runs[0]
-    full = run(rc, tmp_path / "a", show_progress=False)
-
-    def stop(step: int) -> None:
-        if step == 11:  # mid-epoch 2, after a checkpoint at step 9
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        run(rc, tmp_path / "b", show_progress=False, on_step=stop)
-    resumed = run(rc, tmp_path / "b", show_progress=False)
+    # stopped mid-epoch 2, after a checkpoint at step 9
+    full, resumed = interrupted_then_resumed(rc, tmp_path, at_step=11)
     assert resumed["resumed"] == 1
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert {k: v for k, v in a.items() if k != "train_time_s"} == {
