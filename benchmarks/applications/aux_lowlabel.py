@@ -432,20 +432,31 @@ def _flat(r: dict[str, Any]) -> dict[str, Any]:
     return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items() if k != "curve"}
 
 
-def paired(rows: list[dict[str, Any]], label: str, base: str, key: str, mult: float) -> str:
-    """Mean ± std of the paired differences (label − base, matched by seed) and the two-sided
-    paired t-test p-value (scipy.stats.ttest_rel); '—' without at least two pairs."""
+def paired_values(
+    rows: list[dict[str, Any]], label: str, base: str, key: str
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(label's values, base's values, two-sided paired t-test p) of ``key`` over the seeds both
+    ran, matched by seed; p is None with fewer than two pairs or identical values."""
     a = {r["seed"]: r[key] for r in rows if r["method"] == label}
     b = {r["seed"]: r[key] for r in rows if r["method"] == base}
     seeds = sorted(set(a) & set(b))
-    if label == base or len(seeds) < 2:
-        return "—"
-    d = np.array([a[s] - b[s] for s in seeds]) * mult
-    if np.allclose(d, 0):
-        return f"{d.mean():+.3f} (identical)"
+    x, y = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
+    if len(seeds) < 2 or np.allclose(x - y, 0):
+        return x, y, None
     from scipy.stats import ttest_rel
 
-    p = float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    return x, y, float(ttest_rel(x, y).pvalue)
+
+
+def paired(rows: list[dict[str, Any]], label: str, base: str, key: str, mult: float) -> str:
+    """Mean ± std of the paired differences (label − base, matched by seed) and the two-sided
+    paired t-test p-value (scipy.stats.ttest_rel); '—' without at least two pairs."""
+    a, b, p = paired_values(rows, label, base, key)
+    if label == base or a.size < 2:
+        return "—"
+    d = (a - b) * mult
+    if p is None:
+        return f"{d.mean():+.3f} (identical)"
     return f"{d.mean():+.3f} ± {d.std(ddof=1):.3f} (p={p:.2g})"
 
 
@@ -550,25 +561,20 @@ def plot(rows: list[dict[str, Any]], config: dict[str, Any], path: Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import ttest_rel
 
     kind = config["experiment"]
     sign, unit = (-1.0, "MAE") if kind in REGRESSION else (100.0, "accuracy, points")
-    base = {r["seed"]: r["test_metric_at_best_val"] for r in rows if r["method"] == "primary-only"}
     labels = [m["label"] for m in config["methods"] if m["label"] != "primary-only"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels)), 3.6))
     for i, label in enumerate(labels):
-        mine = {r["seed"]: r["test_metric_at_best_val"] for r in rows if r["method"] == label}
-        seeds = sorted(set(mine) & set(base))
-        if not seeds:
+        mine, base, p = paired_values(rows, label, "primary-only", "test_metric_at_best_val")
+        if not mine.size:
             continue
-        d = np.array([mine[s] - base[s] for s in seeds]) * sign
+        d = (mine - base) * sign
         ax.bar(i, d.mean(), color="tab:blue" if d.mean() >= 0 else "tab:red", alpha=0.6)
         ax.scatter(np.full(d.shape, i), d, s=10, color="k", zorder=3)
-        if len(seeds) > 1 and not np.allclose(d, 0):
-            p = ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue
-            if p < 0.05:
-                ax.text(i, d.max(), "*", ha="center", va="bottom", fontsize=14)
+        if p is not None and p < 0.05:
+            ax.text(i, d.max(), "*", ha="center", va="bottom", fontsize=14)
     ax.axhline(0, color="k", lw=0.8)
     ax.margins(y=0.15)  # room for the stars
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
